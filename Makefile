@@ -1,0 +1,42 @@
+# Keel — the two quick-start commands are `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test test-fast lint typecheck bench clean
+
+$(STAMP): pyproject.toml client/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./client -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Install, migrate, create the default tenant and serve on http://127.0.0.1:8000
+serve: $(STAMP)
+	$(BIN)/keel migrate
+	$(BIN)/keel init
+	$(BIN)/keel serve
+
+## Lint, type-check and run every test (PostgreSQL and Redis tests skip when absent, unless CI=true)
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -x -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src client/src tests benchmarks
+	$(BIN)/ruff format --check src client/src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src client/src
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .keel .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""``create_app(settings)``: every enabled service in one ASGI app, with the shared plumbing.
+
+One process serves everything on the embedded default; the same app, given PostgreSQL and
+Redis, runs as any number of stateless replicas, each with a subset of services if wanted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from keel import __version__
+from keel.core.broadcast import Broadcast, create_broadcast
+from keel.core.db import Database
+from keel.core.errors import install_error_handlers
+from keel.core.health import build_health_router
+from keel.core.http import RequestContextMiddleware
+from keel.core.logging import configure_logging, get_logger
+from keel.core.metrics import Metrics
+from keel.core.services import ServiceSpec, ServiceUnavailableInBuild, available_services, load_service
+from keel.core.telemetry import init_sentry, init_tracing
+from keel.migrations import ensure_schema_current, upgrade
+from keel.settings import Settings, load_settings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class AppContext:
+    """What one running Keel process shares between requests: ``app.state.keel``."""
+
+    settings: Settings
+    database: Database
+    broadcast: Broadcast
+    metrics: Metrics
+    services: list[ServiceSpec]
+    started: bool = False
+    background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def resolve_services(settings: Settings) -> list[ServiceSpec]:
+    """The services to run: all this build has, or exactly those named in ``services``."""
+    if "services" not in settings.model_fields_set:
+        return available_services(settings.services)
+    specs = []
+    for name in settings.services:
+        try:
+            specs.append(load_service(name))
+        except ServiceUnavailableInBuild:
+            raise ServiceUnavailableInBuild(
+                f"service {name!r} is not part of this Keel build yet"
+            ) from None
+    return specs
+
+
+async def prepare_database(database: Database, settings: Settings) -> None:
+    """Migrate the embedded default by itself; elsewhere refuse an out-of-date schema."""
+    if settings.is_embedded:
+        await upgrade(database)
+    else:
+        await ensure_schema_current(database)
+
+
+def create_app(settings: Settings | None = None, *, run_background: bool | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    services = resolve_services(settings)
+    metrics = Metrics()
+    database = Database.from_settings(settings)
+    metrics.watch_database(database)
+    context = AppContext(
+        settings=settings,
+        database=database,
+        broadcast=create_broadcast(
+            settings.redis_url.get_secret_value() if settings.redis_url else None
+        ),
+        metrics=metrics,
+        services=services,
+    )
+    # Background work runs in `keel worker`; on the embedded default there is no other
+    # process to run it, so `keel serve` runs it too.
+    if run_background is None:
+        run_background = settings.is_embedded
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await prepare_database(database, settings)
+        await context.broadcast.connect()
+        if run_background:
+            for spec in services:
+                for task in spec.background:
+                    context.background_tasks.append(
+                        asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
+                    )
+        context.started = True
+        log.info("keel.started", services=[spec.name for spec in services],
+                 database=database.dialect, redis=settings.redis_url is not None)
+        try:
+            yield
+        finally:
+            context.started = False
+            for background in context.background_tasks:
+                background.cancel()
+            for background in context.background_tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await background
+            await context.broadcast.disconnect()
+            await database.dispose()
+
+    app = FastAPI(
+        title="Keel",
+        version=__version__,
+        description="Central services for a fleet of Python web services.",
+        lifespan=lifespan,
+    )
+    app.state.keel = context
+    install_error_handlers(app)
+    app.include_router(build_health_router())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for spec in services:
+        if spec.router is not None:
+            app.include_router(spec.router(), prefix=f"/{spec.name}")
+        if spec.root_router is not None:
+            app.include_router(spec.root_router())
+
+    init_tracing(app, settings)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory ``keel serve`` runs: settings from the environment, logs set up."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    init_sentry(settings)
+    return create_app(settings)

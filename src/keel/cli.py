@@ -1,0 +1,290 @@
+"""The ``keel`` command: serve, worker, migrate, init, doctor, version.
+
+Errors are one line on stderr. Exit codes: 0 success, 1 a check or operation failed,
+2 bad usage or invalid settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from keel import __version__
+from keel.core.logging import configure_logging, get_logger
+from keel.settings import KNOWN_SERVICES, Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: central services for a fleet of Python web services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    typer.echo(f"keel: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coroutine_factory()
+
+    return asyncio.run(main())
+
+
+def _services_option(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in KNOWN_SERVICES]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}"
+            if unknown else "name at least one service"
+        )
+    return names
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (KEEL_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (KEEL_PORT).")] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated services to run, e.g. auth,flags (default: all)."),
+    ] = None,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the Keel API (every enabled service in one ASGI app)."""
+    import uvicorn
+
+    from keel.app import prepare_database, resolve_services
+    from keel.core.db import Database
+    from keel.core.services import ServiceUnavailableInBuild
+    from keel.migrations import SchemaOutOfDate
+
+    service_names = _services_option(services)
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if service_names is not None:
+        overrides["services"] = service_names
+    settings = settings_or_exit(**overrides)
+    try:
+        resolve_services(settings)
+    except ServiceUnavailableInBuild as exc:
+        fail(str(exc), EXIT_USAGE)
+
+    async def check_database() -> None:
+        database = Database.from_settings(settings)
+        try:
+            await prepare_database(database, settings)
+        finally:
+            await database.dispose()
+
+    try:
+        run(check_database)
+    except SchemaOutOfDate as exc:
+        fail(str(exc))
+    except (OSError, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
+        from keel.core.health import describe_failure
+
+        fail(f"cannot reach the database: {describe_failure(exc)}")
+
+    # The app factory reads settings from the environment (also in reloaded children).
+    if service_names is not None:
+        os.environ["KEEL_SERVICES"] = ",".join(service_names)
+    configure_logging(settings.log_level, settings.log_format)
+    get_logger("keel").info("keel.serving", url=f"http://{settings.host}:{settings.port}")
+    uvicorn.run(
+        "keel.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        reload=reload,
+        workers=None if reload else workers,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run background work (sweepers, rotations, deliveries) of the enabled services."""
+    from keel.app import AppContext, prepare_database, resolve_services
+    from keel.core.broadcast import create_broadcast
+    from keel.core.db import Database
+    from keel.core.metrics import Metrics
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger("keel.worker")
+
+    async def main() -> None:
+        database = Database.from_settings(settings)
+        context = AppContext(
+            settings=settings,
+            database=database,
+            broadcast=create_broadcast(
+                settings.redis_url.get_secret_value() if settings.redis_url else None
+            ),
+            metrics=Metrics(),
+            services=resolve_services(settings),
+        )
+        await prepare_database(database, settings)
+        await context.broadcast.connect()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        tasks = [
+            asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
+            for spec in context.services
+            for task in spec.background
+        ]
+        log.info("worker.started", tasks=[task.get_name() for task in tasks])
+        await stop.wait()
+        log.info("worker.stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await context.broadcast.disconnect()
+        await database.dispose()
+
+    run(main)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    check: Annotated[bool, typer.Option(help="Only report whether migration is needed.")] = False,
+) -> None:
+    """Apply database migrations (one history for the whole platform)."""
+    from keel.core.db import Database
+    from keel.migrations import current_revision, head_revision, upgrade
+
+    settings = settings_or_exit()
+
+    async def main() -> None:
+        database = Database.from_settings(settings)
+        try:
+            if check:
+                current, head = await current_revision(database), head_revision()
+                typer.echo(f"schema at {current or 'nothing'}, head is {head}")
+                if current != head:
+                    raise typer.Exit(EXIT_FAILURE)
+                return
+            before, after = await upgrade(database, revision)
+            if before == after:
+                typer.echo(f"schema already at {after}")
+            else:
+                typer.echo(f"migrated {before or 'nothing'} -> {after}")
+        finally:
+            await database.dispose()
+
+    _run_database_command(main)
+
+
+@app.command()
+def init(
+    tenant: Annotated[str, typer.Option(help="Slug of the first tenant.")] = "default",
+) -> None:
+    """Create the first tenant (idempotent); on the embedded default, migrate first."""
+    from keel.app import prepare_database
+    from keel.core.db import Database
+    from keel.core.errors import KeelError
+    from keel.core.tenancy import ensure_tenant
+
+    settings = settings_or_exit()
+
+    async def main() -> None:
+        database = Database.from_settings(settings)
+        try:
+            await prepare_database(database, settings)
+            async with database.session() as session:
+                created_tenant, created = await ensure_tenant(session, tenant)
+            typer.echo(f"tenant {created_tenant.slug}: {'created' if created else 'exists'}")
+        except KeelError as exc:
+            fail(str(exc), EXIT_USAGE)
+        finally:
+            await database.dispose()
+
+    _run_database_command(main)
+
+
+def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
+    from keel.core.health import describe_failure
+    from keel.migrations import SchemaOutOfDate
+
+    try:
+        run(main)
+    except (typer.Exit, typer.Abort):
+        raise
+    except SchemaOutOfDate as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        fail(f"database error: {describe_failure(exc)}")
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Check the database, Redis and each enabled service; print the effective settings."""
+    from keel.core.doctor import run_doctor
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        report: dict[str, Any] = {
+            "ok": False, "checks": [{"name": "settings", "ok": False, "detail": str(exc)}]
+        }
+    else:
+        report = run(lambda: run_doctor(settings))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for check in report["checks"]:
+            mark = "ok  " if check["ok"] else "FAIL"
+            typer.echo(f"[{mark}] {check['name']}: {check['detail']}")
+        if "settings" in report:
+            typer.echo("\neffective settings (secrets masked):")
+            typer.echo(json.dumps(report["settings"], indent=2))
+    if not report["ok"]:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of keel and keel-client."""
+    from keel_client import __version__ as client_version
+
+    typer.echo(f"keel {__version__} (keel-client {client_version}, Python {sys.version.split()[0]})")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Shared plumbing only: database, broadcast, errors, ids, logging, metrics, HTTP conventions."""

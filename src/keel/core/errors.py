@@ -1,0 +1,240 @@
+"""RFC 9457 problem details: one error base, a stable ``type`` per error, one renderer.
+
+Every error that leaves a Keel API is ``application/problem+json``. Services raise a
+:class:`KeelError` subclass from plain code; the handlers installed by
+:func:`install_error_handlers` turn it, FastAPI's validation errors and Starlette's HTTP
+errors into problem documents. Nothing else ever reaches the client: an unexpected exception
+becomes a bare ``internal`` problem carrying only the request ID.
+
+Exception tree::
+
+    KeelError
+     ├── BadRequest            400  malformed-body
+     ├── ValidationFailed      422  validation
+     ├── Unauthorized          401  unauthorized
+     ├── Forbidden             403  forbidden
+     ├── NotFound              404  not-found
+     ├── MethodNotAllowed      405  method-not-allowed
+     ├── Conflict              409  conflict
+     ├── PreconditionFailed    412  precondition-failed
+     ├── PreconditionRequired  428  precondition-required
+     ├── PayloadTooLarge       413  payload-too-large
+     ├── RateLimited           429  rate-limited
+     ├── ServiceUnavailable    503  unavailable
+     └── InternalError         500  internal
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:keel:problem:"
+
+
+def problem_type(slug: str) -> str:
+    return PROBLEM_TYPE_PREFIX + slug
+
+
+class KeelError(Exception):
+    """Base of every error a Keel API answers with."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+    @property
+    def type(self) -> str:
+        return problem_type(self.slug)
+
+
+class BadRequest(KeelError):
+    status, slug, title = 400, "malformed-body", "Malformed request"
+
+
+class ValidationFailed(KeelError):
+    status, slug, title = 422, "validation", "Request validation failed"
+
+
+class Unauthorized(KeelError):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(KeelError):
+    status, slug, title = 403, "forbidden", "Permission denied"
+
+
+class NotFound(KeelError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(KeelError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
+class Conflict(KeelError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(KeelError):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PayloadTooLarge(KeelError):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class PreconditionRequired(KeelError):
+    status, slug, title = 428, "precondition-required", "Precondition required"
+
+
+class RateLimited(KeelError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": str(retry_after)})
+        super().__init__(detail, **kwargs)
+
+
+class ServiceUnavailable(KeelError):
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class InternalError(KeelError):
+    status, slug, title = 500, "internal", "Internal server error"
+
+
+#: Status codes Starlette raises itself (routing, methods) mapped to our error classes.
+_HTTP_STATUS_ERRORS: dict[int, type[KeelError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PreconditionFailed,
+        PayloadTooLarge,
+        PreconditionRequired,
+        RateLimited,
+        ServiceUnavailable,
+    )
+}
+
+#: Every problem type Keel answers with, for the docs and for tests.
+PROBLEM_TYPES = sorted({problem_type(cls.slug) for cls in (*_HTTP_STATUS_ERRORS.values(),
+                                                            ValidationFailed, InternalError)})
+
+
+def problem_response(
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None = None,
+    instance: str | None = None,
+    request_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": problem_type(slug), "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
+    if extensions:
+        body.update({k: v for k, v in extensions.items() if k not in body})
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}),
+                        media_type=PROBLEM_CONTENT_TYPE)
+
+
+def render_error(error: KeelError, request_id: str | None, instance: str | None) -> Response:
+    return problem_response(
+        status=error.status,
+        slug=error.slug,
+        title=error.title,
+        detail=error.detail,
+        instance=instance,
+        request_id=request_id,
+        headers=error.headers,
+        extensions=error.extensions,
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors without the offending input, which may hold a secret."""
+    described = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ())]
+        described.append({"location": location, "message": error.get("msg", "invalid"),
+                          "code": error.get("type", "invalid")})
+    return described
+
+
+async def _keel_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KeelError)
+    return render_error(exc, _request_id(request), request.url.path)
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return render_error(BadRequest("The request body is not valid JSON."),
+                            _request_id(request), request.url.path)
+    return render_error(
+        ValidationFailed("The request does not match the schema.",
+                         errors=describe_validation_errors(errors)),
+        _request_id(request),
+        request.url.path,
+    )
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error_class = _HTTP_STATUS_ERRORS.get(exc.status_code)
+    if error_class is None:
+        return problem_response(status=exc.status_code, slug="http-error", title="HTTP error",
+                                detail=str(exc.detail), instance=request.url.path,
+                                request_id=_request_id(request), headers=exc.headers)
+    error = error_class.__new__(error_class)
+    KeelError.__init__(error, None, headers=exc.headers)
+    if exc.status_code == 404:
+        error.detail = f"No route for {request.method} {request.url.path}."
+    return render_error(error, _request_id(request), request.url.path)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(KeelError, _keel_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)

@@ -1,0 +1,260 @@
+"""HTTP conventions every Keel API shares: request IDs, body limits, access logs, metrics,
+the last-resort error handler, cursor pagination and ``If-Match``/ETag handling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keel.core.errors import (
+    InternalError,
+    PayloadTooLarge,
+    PreconditionFailed,
+    PreconditionRequired,
+    ValidationFailed,
+    render_error,
+)
+from keel.core.logging import get_logger
+from keel.core.metrics import UNMATCHED_ROUTE, Metrics
+
+log = get_logger("keel.http")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def accept_request_id(value: str | None) -> str:
+    """The caller's request ID when it is safe to log and echo, else a new one."""
+    if value and _SAFE_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    """Outermost Keel middleware: one request ID, one log line, one metric per request.
+
+    It also enforces the body size limit while the body streams in (a lying or absent
+    ``Content-Length`` does not get past it) and turns any exception that escaped every
+    handler into a bare ``internal`` problem: no stack trace ever reaches the client.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        headers = dict(scope.get("headers") or [])
+        request_id = accept_request_id(
+            headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1") or None
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        method = scope["method"]
+        path = scope["path"]
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        declared_length = headers.get(b"content-length")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # FastAPI re-raises HTTPException from body reading (anything else becomes
+                    # a 400), and the problem handler renders it as payload-too-large.
+                    raise HTTPException(413)
+            return message
+
+        self.metrics.in_flight.inc()
+        try:
+            if declared_length is not None and _too_large(declared_length, self.max_body_bytes):
+                raise _BodyTooLarge
+            await self.app(scope, limited_receive, send_with_request_id)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._send_problem(
+                    PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes."),
+                    request_id, path, send_with_request_id,
+                )
+        except Exception:
+            log.exception("http.unhandled_error", method=method, path=path)
+            if not response_started:
+                await self._send_problem(InternalError(), request_id, path, send_with_request_id)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            if template != UNMATCHED_ROUTE and scope.get("root_path"):
+                template = scope["root_path"] + template
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(elapsed)
+            log.info(
+                "http.request",
+                method=method,
+                route=template,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+
+    @staticmethod
+    async def _send_problem(error: Any, request_id: str, path: str, send: Send) -> None:
+        response = render_error(error, request_id, path)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+def _too_large(declared_length: bytes, limit: int) -> bool:
+    try:
+        return int(declared_length) > limit
+    except ValueError:
+        return False
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cursor pagination
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    cursor: str | None = None
+    limit: int = DEFAULT_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise ValidationFailed(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    raw = json.dumps(list(values), separators=(",", ":"), default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, width: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ValidationFailed("The cursor is not one this API issued.") from None
+    if not isinstance(values, list) or len(values) != width:
+        raise ValidationFailed("The cursor is not one this API issued.")
+    return values
+
+
+async def paginate(
+    session: AsyncSession,
+    statement: Select[Any],
+    page: PageRequest,
+    *,
+    order_by: Sequence[InstrumentedAttribute[Any]],
+    cursor_of: Callable[[Any], Sequence[Any]],
+) -> tuple[list[Any], str | None]:
+    """Keyset pagination: rows strictly after the cursor in ``order_by`` order (ascending).
+
+    ``order_by`` must end in a unique column so the order is total; ``cursor_of(row)`` gives
+    the values of those columns for a row, as JSON-able values comparable in the database.
+    """
+    if page.cursor is not None:
+        after = decode_cursor(page.cursor, len(order_by))
+        statement = statement.where(tuple_(*order_by) > tuple_(*after))
+    rows = list(await session.scalars(statement.order_by(*order_by).limit(page.limit + 1)))
+    has_more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    next_cursor = encode_cursor(cursor_of(rows[-1])) if has_more and rows else None
+    return rows, next_cursor
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimistic concurrency: ETag / If-Match
+# ---------------------------------------------------------------------------------------------
+
+
+def etag_for(version: int | str) -> str:
+    """The strong ETag of a resource version."""
+    return f'"{version}"'
+
+
+def _parse_etags(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+
+
+def check_if_match(if_match: str | None, current_version: int | str, *, required: bool) -> None:
+    """Raise 412 when ``If-Match`` names another version (428 when required and absent)."""
+    if if_match is None:
+        if required:
+            raise PreconditionRequired("This write needs an If-Match header with the ETag.")
+        return
+    tags = _parse_etags(if_match)
+    if "*" in tags:
+        return
+    if etag_for(current_version) not in tags:
+        raise PreconditionFailed(
+            "The resource changed since it was read.",
+            current_etag=etag_for(current_version),
+        )
+
+
+def is_not_modified(if_none_match: str | None, current_version: int | str) -> bool:
+    """True when the caller's cached copy (``If-None-Match``) is current: answer 304."""
+    if if_none_match is None:
+        return False
+    tags = _parse_etags(if_none_match)
+    return "*" in tags or etag_for(current_version) in tags
+

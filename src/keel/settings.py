@@ -1,0 +1,184 @@
+"""One settings tree for the whole platform.
+
+Every value comes from ``KEEL_``-prefixed environment variables (nested with ``__``, e.g.
+``KEEL_SENTRY__DSN``) or a ``.env`` file in the working directory. Invalid values stop
+start-up with :class:`SettingsError`, whose message names the variable.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "KEEL_"
+NESTED_DELIMITER = "__"
+
+#: Every service Keel knows, in mount order. Later issues add their packages; a name here
+#: without a package is refused by ``--services`` until it exists (see ``keel.services``).
+KNOWN_SERVICES = (
+    "auth",
+    "secrets",
+    "config",
+    "flags",
+    "audit",
+    "notify",
+    "jobs",
+    "storage",
+    "gateway",
+)
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+class SentrySettings(BaseModel):
+    dsn: SecretStr | None = None
+    environment: str | None = None
+    traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class OtelSettings(BaseModel):
+    enabled: bool = False
+    service_name: str = "keel"
+    #: OTLP/HTTP endpoint, e.g. ``http://collector:4318``; empty keeps spans in-process only.
+    exporter_endpoint: str | None = None
+
+
+class DatabasePoolSettings(BaseModel):
+    size: int = Field(default=10, ge=1, le=500)
+    max_overflow: int = Field(default=10, ge=0, le=500)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one Keel process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    environment: str = "development"
+    data_dir: Path = Path(".keel")
+    database_url: SecretStr = SecretStr("")
+    database_pool: DatabasePoolSettings = DatabasePoolSettings()
+    redis_url: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    services: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(KNOWN_SERVICES))
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.auto
+    #: Largest request body any endpoint accepts; larger ones get 413.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Seconds each readiness check may take before it counts as failed.
+    health_check_timeout_seconds: float = Field(default=2.0, gt=0)
+    sentry: SentrySettings = SentrySettings()
+    otel: OtelSettings = OtelSettings()
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _split_services(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in KNOWN_SERVICES]
+        if unknown:
+            raise ValueError(
+                f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw:
+            return value
+        try:
+            url = make_url(raw)
+        except ArgumentError:
+            raise ValueError("is not a database URL") from None
+        if url.get_backend_name() not in {"sqlite", "postgresql"}:
+            raise ValueError("must be a sqlite or postgresql URL")
+        # Accept the plain forms people paste and pick the async drivers ourselves.
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() != "asyncpg":
+            url = url.set(drivername="postgresql+asyncpg")
+        if url.get_backend_name() == "sqlite" and url.get_driver_name() != "aiosqlite":
+            url = url.set(drivername="sqlite+aiosqlite")
+        return SecretStr(url.render_as_string(hide_password=False))
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the configured one or SQLite under ``data_dir``."""
+        configured = self.database_url.get_secret_value()
+        if configured:
+            return configured
+        return f"sqlite+aiosqlite:///{self.data_dir / 'keel.db'}"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True on the embedded default (SQLite), where Keel migrates by itself."""
+        return self.effective_database_url.startswith("sqlite")
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with every secret masked, for ``keel doctor``."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = mask_url(self.effective_database_url)
+        data["redis_url"] = mask_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        if self.sentry.dsn is not None:
+            data["sentry"]["dsn"] = "**********"
+        return data
+
+
+def mask_url(raw: str) -> str:
+    """Render a URL with its password (and a DSN's user part) replaced by stars."""
+    try:
+        return make_url(raw).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "**********"
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message names each offending variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment, naming the variable of every invalid value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}: {message}")
+    return "invalid settings: " + "; ".join(problems)
