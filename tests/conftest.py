@@ -1,0 +1,157 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, a running Keel app.
+
+PostgreSQL and Redis are found at 127.0.0.1 (or ``KEEL_TEST_DATABASE_URL`` /
+``KEEL_TEST_REDIS_URL``). Where they are missing their tests are skipped with one line saying
+so, except when ``CI=true``: there a missing service fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+
+from keel.app import create_app
+from keel.core.db import Database
+from keel.migrations import upgrade
+from keel.settings import Settings
+
+POSTGRES_URL = os.environ.get(
+    "KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def service_missing(what: str, url: str, reason: object) -> None:
+    """Skip (locally) or fail (in CI) a test whose backing service is absent."""
+    message = f"{what} not reachable at {url} ({reason})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+    pytest.skip(f"{message}; set KEEL_TEST_* or start it to run this test")
+
+
+def _postgres_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _postgres_reachable(url: str) -> None:
+    connection = await asyncpg.connect(_postgres_dsn(url), timeout=3)
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """URL of a reachable PostgreSQL server (its ``test`` database), or skip/fail."""
+    try:
+        asyncio.run(_postgres_reachable(POSTGRES_URL))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        service_missing("PostgreSQL", make_url(POSTGRES_URL).render_as_string(), exc)
+    return POSTGRES_URL
+
+
+async def create_postgres_database(admin_url: str, name: str) -> str:
+    connection = await asyncpg.connect(_postgres_dsn(admin_url))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return make_url(admin_url).set(drivername="postgresql+asyncpg", database=name) \
+        .render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(_postgres_dsn(admin_url))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database shared by the session's tests."""
+    name = f"keel_test_{uuid.uuid4().hex[:12]}"
+
+    async def setup() -> str:
+        url = await create_postgres_database(postgres_admin_url, name)
+        database = Database.from_settings(Settings(database_url=url))
+        try:
+            await upgrade(database)
+        finally:
+            await database.dispose()
+        return url
+
+    url = asyncio.run(setup())
+    yield url
+    asyncio.run(drop_postgres_database(postgres_admin_url, name))
+
+
+@pytest.fixture
+async def empty_postgres_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty (unmigrated) PostgreSQL database of this test alone."""
+    name = f"keel_test_{uuid.uuid4().hex[:12]}"
+    url = await create_postgres_database(postgres_admin_url, name)
+    yield url
+    await drop_postgres_database(postgres_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    async def ping() -> None:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (OSError, redis.RedisError) as exc:
+        service_missing("Redis", REDIS_URL, exc)
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs twice: on a fresh SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path / ".keel", redis_url=None)
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    database = Database.from_settings(settings)
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
+        yield http
