@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,33 @@ class DatabasePoolSettings(BaseModel):
     timeout_seconds: float = Field(default=10.0, gt=0)
 
 
+class AuthSettings(BaseModel):
+    #: The ``iss`` of every token; default: the URL Keel is reached at (``http://host:port``).
+    issuer: str | None = None
+    #: The ``aud`` of access tokens unless a client asks for another.
+    audience: str = "keel"
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
+    #: ``RS256`` (default), ``ES256`` or ``EdDSA``.
+    signing_algorithm: Literal["RS256", "ES256", "EdDSA"] = "RS256"
+    #: Rotate the signing key this often (background task); 0 turns scheduled rotation off.
+    signing_key_rotation_days: int = Field(default=30, ge=0)
+    #: How long a new key is published in JWKS before it signs (JWKS cache lifetime).
+    jwks_max_age_seconds: int = Field(default=300, ge=0, le=86_400)
+    password_min_length: int = Field(default=12, ge=8, le=256)
+    password_history: int = Field(default=5, ge=0, le=50)
+    #: Failed logins before an account is locked; each further failure doubles the lock.
+    lockout_threshold: int = Field(default=5, ge=1)
+    lockout_base_seconds: int = Field(default=30, ge=1)
+    lockout_max_seconds: int = Field(default=3600, ge=1)
+    #: Login attempts allowed per client IP per minute.
+    login_rate_per_ip_per_minute: int = Field(default=30, ge=1)
+    #: Argon2id cost; the defaults are OWASP's recommended minimum (19 MiB, 2 passes).
+    argon2_memory_kib: int = Field(default=19_456, ge=8)
+    argon2_time_cost: int = Field(default=2, ge=1)
+    argon2_parallelism: int = Field(default=1, ge=1)
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -85,6 +112,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     #: Seconds each readiness check may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=2.0, gt=0)
+    #: Base64 of 32 random bytes: wraps every key and secret stored at rest.
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    #: The URL services reach Keel at (issuer of tokens, links in e-mails).
+    public_url: str | None = None
+    auth: AuthSettings = AuthSettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
 
@@ -150,6 +183,8 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["database_url"] = mask_url(self.effective_database_url)
         data["redis_url"] = mask_url(self.redis_url.get_secret_value()) if self.redis_url else None
+        if self.master_key is not None:
+            data["master_key"] = "**********"
         if self.sentry.dsn is not None:
             data["sentry"]["dsn"] = "**********"
         return data

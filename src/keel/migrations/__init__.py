@@ -21,7 +21,7 @@ from keel.core.db import Base, Database
 MIGRATIONS_DIR = Path(__file__).parent
 
 #: Modules holding tables, imported so that ``Base.metadata`` knows every table.
-MODEL_MODULES = ("keel.core.tenancy",)
+MODEL_MODULES = ("keel.core.tenancy", "keel.core.audit", "keel.auth.models")
 
 
 class SchemaOutOfDate(RuntimeError):

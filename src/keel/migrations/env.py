@@ -10,8 +10,17 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through `keel migrate`, which provides the connection")
 
+def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    """Render Keel's own column types as imports from keel.core.db, not module paths."""
+    if type_ == "type" and type(obj).__name__ == "UTCDateTime":
+        autogen_context.imports.add("from keel.core.db import UTCDateTime")  # type: ignore[attr-defined]
+        return "UTCDateTime()"
+    return False
+
+
 context.configure(
     connection=connection,
+    render_item=render_item,
     target_metadata=load_all_models(),
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,

@@ -1,0 +1,258 @@
+"""Local JWT verification against published keys: no network hop per request.
+
+:class:`TokenVerifier` keeps the JWKS in memory, refetches it when a token names an unknown
+``kid`` (at most once per ``min_refresh_interval``), accepts only an allow-list of
+asymmetric algorithms, checks ``iss``/``aud``/``exp``/``nbf`` with a small leeway, and caches
+verified tokens (bounded, never past their ``exp``) so a token seen again costs a dictionary
+lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jwt import PyJWK
+from jwt.exceptions import PyJWKError
+
+from keel_client.auth._principal import Principal
+
+#: Asymmetric algorithms only: an HMAC algorithm would let a public key forge tokens.
+DEFAULT_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"}
+)
+
+JWKSFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+class InvalidToken(Exception):
+    """The token is not acceptable; ``code`` says why (never echo the token itself)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: str
+    algorithm: str
+    jwk: PyJWK
+
+
+@dataclass(frozen=True)
+class _CachedToken:
+    principal: Principal
+    kid: str
+    not_before: float
+    expires: float
+
+
+def _b64decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+class TokenVerifier:
+    """Verifies Keel access tokens locally.
+
+    Example::
+
+        verifier = TokenVerifier.from_url("https://keel.internal", audience="keel")
+        principal = await verifier.verify(token)   # raises InvalidToken
+
+    ``fetch_jwks`` is any coroutine returning a JWKS document; :meth:`from_url` builds one that
+    uses OIDC discovery's ``jwks_uri``.
+    """
+
+    def __init__(
+        self,
+        fetch_jwks: JWKSFetcher,
+        *,
+        issuer: str | None,
+        audience: str | Collection[str] | None,
+        algorithms: Collection[str] = DEFAULT_ALGORITHMS,
+        leeway_seconds: float = 10.0,
+        min_refresh_interval: float = 30.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        unsupported = set(algorithms) - SUPPORTED_ALGORITHMS
+        if unsupported:
+            raise ValueError(f"unsupported or unsafe algorithms: {sorted(unsupported)}")
+        self._fetch_jwks = fetch_jwks
+        self.issuer = issuer
+        self.audiences = (
+            None
+            if audience is None
+            else frozenset([audience] if isinstance(audience, str) else audience)
+        )
+        self.algorithms = frozenset(algorithms)
+        self.leeway = leeway_seconds
+        self.min_refresh_interval = min_refresh_interval
+        self._clock = clock
+        self._keys: dict[str, _Key] = {}
+        self._last_refresh = float("-inf")
+        self._refresh_lock = asyncio.Lock()
+        self._cache: OrderedDict[str, _CachedToken] = OrderedDict()
+        self._cache_size = cache_size
+
+    @classmethod
+    def from_url(
+        cls,
+        base_url: str,
+        *,
+        audience: str | Collection[str] | None = "keel",
+        issuer: str | None = None,
+        **kwargs: Any,
+    ) -> TokenVerifier:
+        """A verifier for the Keel at ``base_url``, finding JWKS through OIDC discovery."""
+        import httpx
+
+        base = base_url.rstrip("/")
+
+        async def fetch() -> Mapping[str, Any]:
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                discovery = await http.get(f"{base}/.well-known/openid-configuration")
+                discovery.raise_for_status()
+                jwks = await http.get(discovery.json()["jwks_uri"])
+                jwks.raise_for_status()
+                document: Mapping[str, Any] = jwks.json()
+                return document
+
+        return cls(fetch, issuer=issuer if issuer is not None else base, audience=audience,
+                   **kwargs)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def load_jwks(self, document: Mapping[str, Any]) -> None:
+        """Replace the known keys with those of a JWKS document."""
+        keys: dict[str, _Key] = {}
+        for entry in document.get("keys", []):
+            if not isinstance(entry, Mapping):
+                continue
+            kid, algorithm = entry.get("kid"), entry.get("alg")
+            if not isinstance(kid, str) or algorithm not in self.algorithms:
+                continue
+            if entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys[kid] = _Key(kid, str(algorithm), PyJWK(dict(entry), algorithm=algorithm))
+            except PyJWKError:
+                continue
+        self._keys = keys
+        # Tokens signed by a key that left the set (a compromised key) stop verifying now.
+        for token, cached in list(self._cache.items()):
+            if cached.kid not in keys:
+                del self._cache[token]
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Refetch the JWKS unless it was fetched less than ``min_refresh_interval`` ago."""
+        async with self._refresh_lock:
+            now = self._clock()
+            if not force and now - self._last_refresh < self.min_refresh_interval:
+                return False
+            self._last_refresh = now
+            self.load_jwks(await self._fetch_jwks())
+            return True
+
+    async def _key_for(self, kid: str) -> _Key:
+        key = self._keys.get(kid)
+        if key is None:
+            await self.refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            raise InvalidToken("unknown_key", "the token is signed by an unknown key")
+        return key
+
+    # -- verification -------------------------------------------------------------------------
+
+    async def verify(self, token: str) -> Principal:
+        """The caller a token stands for; :class:`InvalidToken` when it must be refused."""
+        now = self._clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if now < cached.expires + self.leeway and now + self.leeway >= cached.not_before:
+                return cached.principal
+            del self._cache[token]
+        header, payload, signing_input, signature = self._split(token)
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise InvalidToken("algorithm_not_allowed", "the token's algorithm is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidToken("malformed", "the token names no key")
+        key = await self._key_for(kid)
+        if key.algorithm != algorithm:
+            raise InvalidToken("algorithm_not_allowed", "the token's algorithm is not its key's")
+        if not key.jwk.Algorithm.verify(signing_input, key.jwk.key, signature):
+            raise InvalidToken("bad_signature", "the token's signature does not verify")
+        claims = self._parse_claims(payload)
+        principal = self._check_claims(claims, now)
+        self._remember(token, principal, kid, claims)
+        return principal
+
+    @staticmethod
+    def _split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+        if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16_384:
+            raise InvalidToken("malformed", "the token is not a compact JWS")
+        header_segment, payload_segment, signature_segment = token.split(".")
+        try:
+            header = json.loads(_b64decode(header_segment))
+            payload = _b64decode(payload_segment)
+            signature = _b64decode(signature_segment)
+        except (binascii.Error, ValueError):
+            raise InvalidToken("malformed", "the token is not a compact JWS") from None
+        if not isinstance(header, dict):
+            raise InvalidToken("malformed", "the token header is not an object")
+        return header, payload, f"{header_segment}.{payload_segment}".encode(), signature
+
+    @staticmethod
+    def _parse_claims(payload: bytes) -> dict[str, Any]:
+        try:
+            claims = json.loads(payload)
+        except ValueError:
+            raise InvalidToken("malformed", "the token payload is not JSON") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("malformed", "the token payload is not an object")
+        return claims
+
+    def _check_claims(self, claims: dict[str, Any], now: float) -> Principal:
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float):
+            raise InvalidToken("malformed", "the token has no expiry")
+        if now >= exp + self.leeway:
+            raise InvalidToken("expired", "the token has expired")
+        nbf = claims.get("nbf", claims.get("iat"))
+        if isinstance(nbf, int | float) and now + self.leeway < nbf:
+            raise InvalidToken("not_yet_valid", "the token is not valid yet")
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise InvalidToken("bad_issuer", "the token was issued by someone else")
+        if self.audiences is not None:
+            audience = claims.get("aud")
+            audiences = {audience} if isinstance(audience, str) else set(audience or [])
+            if not audiences & self.audiences:
+                raise InvalidToken("bad_audience", "the token is meant for someone else")
+        if not isinstance(claims.get("sub"), str):
+            raise InvalidToken("malformed", "the token has no subject")
+        return Principal.from_claims(claims)
+
+    def _remember(self, token: str, principal: Principal, kid: str, claims: dict[str, Any]) -> None:
+        nbf = claims.get("nbf", claims.get("iat", 0))
+        self._cache[token] = _CachedToken(
+            principal, kid, float(nbf) if isinstance(nbf, int | float) else 0.0,
+            float(claims["exp"]),
+        )
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        """Drop a token from the verified cache (after learning it was revoked)."""
+        self._cache.pop(token, None)

@@ -1,0 +1,475 @@
+"""HTTP routes of the auth service: ``/auth/v1/...`` and the OIDC well-known documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Depends, Form, Header, Request, Response
+from starlette.responses import JSONResponse
+
+from keel.auth import schemas
+from keel.auth.dependencies import Auth, CurrentPrincipal, bearer_credential, require_permission
+from keel.auth.models import PrincipalType
+from keel.auth.service import Actor, AuthFailure, TokenPair
+from keel.core.deps import DbSession, client_ip, get_context
+from keel.core.errors import Forbidden, RateLimited, Unauthorized, ValidationFailed
+from keel.core.http import etag_for
+
+
+def _actor(request: Request, principal: Any = None) -> Actor:
+    actor = Actor.of(principal, client_ip(request))
+    return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
+
+
+def _token_response(pair: TokenPair) -> schemas.TokenResponse:
+    return schemas.TokenResponse(
+        access_token=pair.access_token, expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token, scope=pair.scope,
+    )
+
+
+def _no_store(response: Response) -> None:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["auth"])
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    @router.post("/login", response_model=schemas.TokenResponse)
+    async def login(
+        body: schemas.LoginRequest, request: Request, response: Response, session: DbSession,
+        auth: Auth,
+    ) -> schemas.TokenResponse:
+        """Exchange a username (or e-mail) and password for an access and a refresh token.
+
+        Every failure answers the same 401, whether the account exists or not.
+        """
+        await _limit_login_rate(request, auth)
+        result = await auth.login(
+            session, tenant_slug=body.tenant, identifier=body.username,
+            password=body.password.get_secret_value(), actor=_actor(request),
+        )
+        if isinstance(result, AuthFailure):
+            await session.commit()  # the failure counts towards the lockout
+            raise Unauthorized("Invalid username or password.")
+        _no_store(response)
+        return _token_response(result)
+
+    @router.post("/refresh", response_model=schemas.TokenResponse)
+    async def refresh(
+        body: schemas.RefreshRequest, request: Request, response: Response, session: DbSession,
+        auth: Auth,
+    ) -> schemas.TokenResponse:
+        """Rotate a refresh token. Reusing a rotated token ends its whole session."""
+        result = await auth.refresh(session, body.refresh_token.get_secret_value(),
+                                    _actor(request))
+        if isinstance(result, AuthFailure):
+            await session.commit()  # a detected reuse revokes the family
+            raise Unauthorized("The refresh token is invalid, expired or revoked.")
+        _no_store(response)
+        return _token_response(result)
+
+    @router.post("/logout", status_code=204)
+    async def logout(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> None:
+        """End the session of the presented access token."""
+        await auth.logout(session, principal)
+
+    @router.get("/me", response_model=schemas.Me)
+    async def me(principal: CurrentPrincipal) -> schemas.Me:
+        return schemas.Me(
+            subject=principal.subject, tenant_id=principal.tenant_id,
+            principal_type=principal.principal_type, roles=sorted(principal.roles),
+            permissions=sorted(principal.permissions), credential=principal.credential,
+        )
+
+    @router.get("/sessions", response_model=list[schemas.Session])
+    async def list_sessions(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+        _require_user(principal)
+        return await auth.list_sessions(session, principal.tenant_id, principal.subject)
+
+    @router.delete("/sessions/{session_id}", status_code=204)
+    async def revoke_session(
+        session_id: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> None:
+        _require_user(principal)
+        await auth.revoke_session(session, principal.tenant_id, principal.subject, session_id,
+                                  actor=Actor.of(principal))
+
+    @router.delete("/sessions", status_code=204)
+    async def revoke_all_sessions(
+        principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> None:
+        _require_user(principal)
+        await auth.revoke_all_sessions(session, principal.tenant_id, principal.subject,
+                                       actor=Actor.of(principal))
+
+    # -- users ----------------------------------------------------------------------------------
+
+    @router.post("/users", status_code=201, response_model=schemas.User,
+                 dependencies=[require_permission("auth:user:create")])
+    async def create_user(
+        body: schemas.UserCreate, principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> Any:
+        actor = Actor.of(principal)
+        user = await auth.create_user(
+            session, principal.tenant_id, username=body.username, email=body.email,
+            display_name=body.display_name,
+            password=body.password.get_secret_value() if body.password else None, actor=actor,
+        )
+        for role in body.roles:
+            await auth.assign_role(session, principal.tenant_id, role, PrincipalType.user,
+                                   user.id, actor=actor)
+        return user
+
+    @router.get("/users", response_model=list[schemas.User],
+                dependencies=[require_permission("auth:user:read")])
+    async def list_users(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+        return await auth.list_users(session, principal.tenant_id)
+
+    @router.get("/users/{user_id}", response_model=schemas.User,
+                dependencies=[require_permission("auth:user:read")])
+    async def get_user(
+        user_id: str, response: Response, principal: CurrentPrincipal, session: DbSession,
+        auth: Auth,
+    ) -> Any:
+        user = await auth.get_user(session, principal.tenant_id, user_id)
+        response.headers["ETag"] = etag_for(user.version)
+        return user
+
+    @router.patch("/users/{user_id}", response_model=schemas.User,
+                  dependencies=[require_permission("auth:user:update")])
+    async def update_user(
+        user_id: str, body: schemas.UserUpdate, response: Response,
+        principal: CurrentPrincipal, session: DbSession, auth: Auth,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        user = await auth.update_user(
+            session, principal.tenant_id, user_id, if_match=if_match,
+            changes=body.model_dump(exclude_unset=True), actor=Actor.of(principal),
+        )
+        response.headers["ETag"] = etag_for(user.version)
+        return user
+
+    @router.post("/users/{user_id}/password", status_code=204)
+    async def change_password(
+        user_id: str, body: schemas.PasswordChange, principal: CurrentPrincipal,
+        session: DbSession, auth: Auth,
+    ) -> None:
+        """Users change their own password (giving the current one); admins set anyone's."""
+        is_self = principal.principal_type == PrincipalType.user and principal.subject == user_id
+        if not is_self and not principal.has_permission("auth:user:update"):
+            raise Forbidden("This needs the permission 'auth:user:update'.")
+        if is_self and body.current_password is None:
+            raise ValidationFailed("Give current_password to change your own password.")
+        await auth.set_password(
+            session, principal.tenant_id, user_id, body.new_password.get_secret_value(),
+            current_password=(
+                body.current_password.get_secret_value() if body.current_password else None
+            ),
+            actor=Actor.of(principal),
+        )
+
+    # -- service accounts -----------------------------------------------------------------------
+
+    @router.post("/service-accounts", status_code=201,
+                 response_model=schemas.ServiceAccountCreated,
+                 dependencies=[require_permission("auth:service_account:create")])
+    async def create_service_account(
+        body: schemas.ServiceAccountCreate, response: Response, principal: CurrentPrincipal,
+        session: DbSession, auth: Auth,
+    ) -> schemas.ServiceAccountCreated:
+        actor = Actor.of(principal)
+        account, secret = await auth.create_service_account(
+            session, principal.tenant_id, name=body.name, description=body.description,
+            actor=actor,
+        )
+        for role in body.roles:
+            await auth.assign_role(session, principal.tenant_id, role,
+                                   PrincipalType.service_account, account.id, actor=actor)
+        _no_store(response)
+        return schemas.ServiceAccountCreated(
+            id=account.id, name=account.name, client_id=secret.id, client_secret=secret.secret
+        )
+
+    # -- API keys -------------------------------------------------------------------------------
+
+    @router.post("/api-keys", status_code=201, response_model=schemas.ApiKeyCreated,
+                 dependencies=[require_permission("auth:api_key:create")])
+    async def create_api_key(
+        body: schemas.ApiKeyCreate, response: Response, principal: CurrentPrincipal,
+        session: DbSession, auth: Auth,
+    ) -> schemas.ApiKeyCreated:
+        principal_type = body.principal_type or PrincipalType(principal.principal_type)
+        principal_id = body.principal_id or principal.subject
+        key, token = await auth.create_api_key(
+            session, principal.tenant_id, name=body.name, principal_type=principal_type,
+            principal_id=principal_id, scopes=body.scopes, expires_at=body.expires_at,
+            actor=Actor.of(principal),
+        )
+        _no_store(response)
+        return schemas.ApiKeyCreated.model_validate(
+            {**schemas.ApiKey.model_validate(key).model_dump(), "key": token}
+        )
+
+    @router.get("/api-keys", response_model=list[schemas.ApiKey],
+                dependencies=[require_permission("auth:api_key:read")])
+    async def list_api_keys(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+        return await auth.list_api_keys(session, principal.tenant_id)
+
+    @router.delete("/api-keys/{key_id}", status_code=204,
+                   dependencies=[require_permission("auth:api_key:revoke")])
+    async def revoke_api_key(
+        key_id: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> None:
+        await auth.revoke_api_key(session, principal.tenant_id, key_id, Actor.of(principal))
+
+    # -- roles ----------------------------------------------------------------------------------
+
+    @router.post("/roles", status_code=201, response_model=schemas.Role,
+                 dependencies=[require_permission("auth:role:create")])
+    async def create_role(
+        body: schemas.RoleCreate, principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> Any:
+        return await auth.create_role(
+            session, principal.tenant_id, name=body.name, permissions=body.permissions,
+            description=body.description, actor=Actor.of(principal),
+        )
+
+    @router.get("/roles", response_model=list[schemas.Role],
+                dependencies=[require_permission("auth:role:read")])
+    async def list_roles(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+        return await auth.list_roles(session, principal.tenant_id)
+
+    @router.get("/roles/{name}", response_model=schemas.Role,
+                dependencies=[require_permission("auth:role:read")])
+    async def get_role(
+        name: str, response: Response, principal: CurrentPrincipal, session: DbSession,
+        auth: Auth,
+    ) -> Any:
+        role = await auth.get_role(session, principal.tenant_id, name)
+        response.headers["ETag"] = etag_for(role.version)
+        return role
+
+    @router.put("/roles/{name}", response_model=schemas.Role,
+                dependencies=[require_permission("auth:role:update")])
+    async def update_role(
+        name: str, body: schemas.RoleUpdate, response: Response, principal: CurrentPrincipal,
+        session: DbSession, auth: Auth, if_match: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        role = await auth.update_role(session, principal.tenant_id, name,
+                                      permissions=body.permissions, if_match=if_match,
+                                      actor=Actor.of(principal))
+        response.headers["ETag"] = etag_for(role.version)
+        return role
+
+    @router.delete("/roles/{name}", status_code=204,
+                   dependencies=[require_permission("auth:role:delete")])
+    async def delete_role(
+        name: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> None:
+        await auth.delete_role(session, principal.tenant_id, name, Actor.of(principal))
+
+    @router.post("/roles/{name}/assignments", status_code=204,
+                 dependencies=[require_permission("auth:role:assign")])
+    async def assign_role(
+        name: str, body: schemas.RoleAssignmentCreate, principal: CurrentPrincipal,
+        session: DbSession, auth: Auth,
+    ) -> None:
+        await auth.assign_role(session, principal.tenant_id, name, body.principal_type,
+                               body.principal_id, Actor.of(principal))
+
+    @router.delete("/roles/{name}/assignments/{principal_type}/{principal_id}", status_code=204,
+                   dependencies=[require_permission("auth:role:assign")])
+    async def unassign_role(
+        name: str, principal_type: PrincipalType, principal_id: str,
+        principal: CurrentPrincipal, session: DbSession, auth: Auth,
+    ) -> None:
+        await auth.unassign_role(session, principal.tenant_id, name, principal_type,
+                                 principal_id, Actor.of(principal))
+
+    # -- signing keys ---------------------------------------------------------------------------
+
+    @router.post("/signing-keys/rotate", response_model=schemas.RotatedKey,
+                 dependencies=[require_permission("auth:signing_key:rotate")])
+    async def rotate_signing_key(
+        principal: CurrentPrincipal, session: DbSession, auth: Auth
+    ) -> schemas.RotatedKey:
+        """Promote the published next key to signing and publish a new next key."""
+        return schemas.RotatedKey(
+            active_kid=await auth.rotate_signing_key(session, Actor.of(principal))
+        )
+
+    # -- OAuth 2.0 ------------------------------------------------------------------------------
+
+    @router.post("/oauth/token", include_in_schema=True)
+    async def token(
+        request: Request,
+        session: DbSession,
+        auth: Auth,
+        grant_type: Annotated[str, Form(max_length=100)],
+        scope: Annotated[str, Form(max_length=2000)] = "",
+        audience: Annotated[str | None, Form(max_length=200)] = None,
+        refresh_token: Annotated[str | None, Form(max_length=200)] = None,
+        client_id: Annotated[str | None, Form(max_length=64)] = None,
+        client_secret: Annotated[str | None, Form(max_length=200)] = None,
+    ) -> Response:
+        """OAuth 2.0 token endpoint (RFC 6749): ``client_credentials`` and ``refresh_token``."""
+        basic_id, basic_secret = _basic_credentials(request)
+        client_id = basic_id or client_id
+        client_secret = basic_secret or client_secret
+        if grant_type == "client_credentials":
+            client = (
+                await auth.authenticate_client(session, client_id, client_secret)
+                if client_id else None
+            )
+            if client is None:
+                return _oauth_error("invalid_client", "Client authentication failed.", 401)
+            result = await auth.client_credentials_grant(session, client, scope, audience)
+        elif grant_type == "refresh_token":
+            if not refresh_token:
+                return _oauth_error("invalid_request", "refresh_token is required.")
+            if client_id:
+                client = await auth.authenticate_client(session, client_id, client_secret)
+                if client is None:
+                    return _oauth_error("invalid_client", "Client authentication failed.", 401)
+            result = await auth.refresh(session, refresh_token, _actor(request), client_id)
+        else:
+            return _oauth_error("unsupported_grant_type", f"{grant_type!r} is not supported.")
+        if isinstance(result, AuthFailure):
+            await session.commit()
+            if result.reason == "unauthorized_client":
+                return _oauth_error("unauthorized_client", "This client may not use this grant.")
+            return _oauth_error("invalid_grant", "The grant is invalid, expired or revoked.")
+        body: dict[str, Any] = {
+            "access_token": result.access_token, "token_type": "Bearer",
+            "expires_in": result.expires_in,
+        }
+        if result.refresh_token:
+            body["refresh_token"] = result.refresh_token
+        if result.scope:
+            body["scope"] = result.scope
+        return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    @router.post("/oauth/introspect")
+    async def introspect(
+        request: Request, session: DbSession, auth: Auth,
+        token: Annotated[str, Form(max_length=16_384)],
+    ) -> Response:
+        """RFC 7662 token introspection; the caller authenticates as a client or principal."""
+        if not await _may_introspect(request, session, auth):
+            return _oauth_error("invalid_client", "Authenticate to introspect tokens.", 401)
+        result = await auth.introspect(session, token)
+        return JSONResponse(result, headers={"Cache-Control": "no-store"})
+
+    @router.post("/oauth/revoke")
+    async def revoke(
+        request: Request, session: DbSession, auth: Auth,
+        token: Annotated[str, Form(max_length=16_384)],
+    ) -> Response:
+        """RFC 7009 token revocation: always 200, whether or not the token was known."""
+        await auth.revoke_token(session, token, _actor(request))
+        return Response(status_code=200)
+
+    @router.get("/oauth/userinfo")
+    async def userinfo(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+        """OIDC UserInfo for the user an access token stands for."""
+        if principal.principal_type != PrincipalType.user:
+            return {"sub": principal.subject, "tid": principal.tenant_id}
+        user = await auth.get_user(session, principal.tenant_id, principal.subject)
+        info: dict[str, Any] = {"sub": user.id, "preferred_username": user.username,
+                                "tid": principal.tenant_id}
+        if user.email:
+            info.update(email=user.email, email_verified=user.is_email_verified)
+        if user.display_name:
+            info["name"] = user.display_name
+        return info
+
+    return router
+
+
+def build_well_known_router() -> APIRouter:
+    router = APIRouter(tags=["oidc"])
+
+    @router.get("/.well-known/openid-configuration")
+    async def openid_configuration(request: Request, auth: Auth) -> Response:
+        base = auth.issuer
+        document = {
+            "issuer": base,
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "token_endpoint": f"{base}/auth/v1/oauth/token",
+            "introspection_endpoint": f"{base}/auth/v1/oauth/introspect",
+            "revocation_endpoint": f"{base}/auth/v1/oauth/revoke",
+            "userinfo_endpoint": f"{base}/auth/v1/oauth/userinfo",
+            "grant_types_supported": ["client_credentials", "refresh_token"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [auth.settings.signing_algorithm],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                      "client_secret_post"],
+            "scopes_supported": ["openid", "profile", "email"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "tid", "roles",
+                                 "permissions", "scope"],
+        }
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
+
+    @router.get("/.well-known/jwks.json")
+    async def jwks(request: Request, session: DbSession, auth: Auth) -> Response:
+        document = await auth.keys.published(session)
+        max_age = auth.settings.jwks_max_age_seconds
+        return JSONResponse(document, headers={"Cache-Control": f"public, max-age={max_age}"})
+
+    return router
+
+
+def _require_user(principal: Any) -> None:
+    if principal.principal_type != PrincipalType.user:
+        raise Forbidden("Only users have login sessions.")
+
+
+def _basic_credentials(request: Request) -> tuple[str | None, str | None]:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None, None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None, None
+    client_id, _, client_secret = decoded.partition(":")
+    # RFC 6749 §2.3.1: both parts are form-urlencoded inside the Basic credentials.
+    return unquote(client_id) or None, unquote(client_secret) or None
+
+
+def _oauth_error(error: str, description: str, status: int = 400) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="keel"'
+    return JSONResponse({"error": error, "error_description": description},
+                        status_code=status, headers=headers)
+
+
+async def _may_introspect(request: Request, session: Any, auth: Any) -> bool:
+    client_id, client_secret = _basic_credentials(request)
+    if client_id is not None:
+        return await auth.authenticate_client(session, client_id, client_secret) is not None
+    credential = bearer_credential(request)
+    if credential is None:
+        return False
+    principal = await auth.authenticate(session, credential)
+    return principal is not None and principal.has_permission("auth:token:introspect")
+
+
+async def _limit_login_rate(request: Request, auth: Any) -> None:
+    limiter = get_context(request).resources.get("auth.login_limiter")
+    if limiter is None:
+        return
+    retry_after = await limiter.hit(f"login:{client_ip(request) or 'unknown'}")
+    if retry_after is not None:
+        raise RateLimited("Too many login attempts from this address.",
+                          retry_after=max(1, int(retry_after)))

@@ -1,0 +1,1042 @@
+"""The auth service's logic: identities, credentials, roles, sessions and tokens.
+
+Plain arguments in, plain objects out: the router, the CLI and the tests call these same
+methods. Nothing here commits; the caller's unit of work does. Failures that must still be
+recorded (a wrong password counts towards a lockout, a reused refresh token revokes its
+family) are *returned* as :class:`AuthFailure` rather than raised, so the unit of work that
+records them commits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.auth.credentials import (
+    looks_like_api_key,
+    new_api_key,
+    new_client_id,
+    new_client_secret,
+    new_refresh_token,
+    parse_api_key,
+)
+from keel.auth.keys import SigningKeys
+from keel.auth.models import (
+    ApiKey,
+    LoginSession,
+    OAuthClient,
+    PasswordHistory,
+    PrincipalType,
+    RefreshToken,
+    RevokedAccessToken,
+    Role,
+    RoleAssignment,
+    ServiceAccount,
+    User,
+    UserStatus,
+)
+from keel.auth.passwords import Passwords
+from keel.core.audit import Outcome, record_event
+from keel.core.crypto import Keyring
+from keel.core.db import utcnow
+from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.http import check_if_match
+from keel.core.tenancy import Tenant, bind_tenant
+from keel.settings import AuthSettings
+from keel_client.auth import InvalidToken, Principal, TokenVerifier, is_valid_permission
+
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{1,149}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+#: Last-used times of API keys are written at most this often, not on every request.
+_LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs an operation, for the audit trail."""
+
+    type: str | None = None
+    id: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None, ip_address: str | None = None) -> Actor:
+        if principal is None:
+            return cls(ip_address=ip_address)
+        return cls(principal.principal_type, principal.subject, ip_address)
+
+
+SYSTEM = Actor("system", "keel")
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    expires_in: int
+    refresh_token: str | None
+    scope: str
+    session_id: str | None = None
+    token_type: str = "Bearer"
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """A refused authentication; ``reason`` is for the audit trail, never for the caller."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A credential shown once at creation."""
+
+    id: str
+    secret: str
+    extra: dict[str, Any]
+
+
+class AuthService:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        keyring: Keyring,
+        *,
+        issuer: str,
+    ) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.issuer = issuer
+        self.passwords = Passwords(settings)
+        self.access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)
+        self.refresh_ttl = timedelta(seconds=settings.refresh_token_ttl_seconds)
+        self.keys = SigningKeys(
+            keyring, algorithm=settings.signing_algorithm, token_lifetime=self.access_ttl
+        )
+        self._jwks_document: dict[str, Any] = {"keys": []}
+        self.verifier = TokenVerifier(
+            self._current_jwks,
+            issuer=issuer,
+            audience=None,  # every Keel API accepts tokens for any audience Keel issued
+            min_refresh_interval=1.0,
+        )
+        self._session_factory: Any = None
+
+    # -- signing keys and the local verifier ----------------------------------------------------
+
+    def use_database(self, session_factory: Any) -> None:
+        """Give the verifier a way to reload keys from the database on an unknown ``kid``."""
+        self._session_factory = session_factory
+
+    async def _current_jwks(self) -> dict[str, Any]:
+        if self._session_factory is not None:
+            async with self._session_factory() as session:
+                self._jwks_document = await self.keys.published(session)
+        return self._jwks_document
+
+    async def rotate_signing_key(self, session: AsyncSession, actor: Actor = SYSTEM) -> str:
+        retired, active = await self.keys.rotate(session)
+        tenant_id = await _platform_tenant_id(session)
+        record_event(
+            session, tenant_id=tenant_id, action="auth.signing_key.rotate",
+            actor_type=actor.type, actor_id=actor.id, target_type="signing_key",
+            target_id=active, data={"retired": retired, "active": active},
+        )
+        return active
+
+    # -- users --------------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        username: str,
+        password: str | None,
+        email: str | None = None,
+        display_name: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> User:
+        bind_tenant(session, tenant_id)
+        if not _USERNAME.fullmatch(username):
+            raise ValidationFailed("A username is 2-150 letters, digits and . _ @ + -.")
+        if email is not None and not _EMAIL.fullmatch(email):
+            raise ValidationFailed("The e-mail address is not valid.")
+        clash = select(User.id).where(User.username == username)
+        if email is not None:
+            clash = select(User.id).where((User.username == username) | (User.email == email))
+        if await session.scalar(clash) is not None:
+            raise Conflict("A user with this username or e-mail exists already.")
+        user = User(username=username, email=email, display_name=display_name)
+        if password is not None:
+            self.passwords.check_policy(password, username=username, email=email)
+            user.password_hash = self.passwords.hash(password)
+        session.add(user)
+        await session.flush()
+        if user.password_hash:
+            session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
+        record_event(
+            session, tenant_id=tenant_id, action="auth.user.create", actor_type=actor.type,
+            actor_id=actor.id, target_type="user", target_id=user.id,
+            data={"username": username},
+        )
+        return user
+
+    async def get_user(self, session: AsyncSession, tenant_id: str, user_id: str) -> User:
+        bind_tenant(session, tenant_id)
+        user = await session.scalar(select(User).where(User.id == user_id))
+        if user is None:
+            raise NotFound("No such user.")
+        return user
+
+    async def list_users(self, session: AsyncSession, tenant_id: str) -> list[User]:
+        bind_tenant(session, tenant_id)
+        return list(await session.scalars(select(User).order_by(User.username)))
+
+    async def update_user(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        *,
+        if_match: str | None,
+        changes: dict[str, Any],
+        actor: Actor = SYSTEM,
+    ) -> User:
+        user = await self.get_user(session, tenant_id, user_id)
+        check_if_match(if_match, user.version, required=False)
+        allowed = {"email", "display_name", "status"}
+        for field_name, value in changes.items():
+            if field_name not in allowed:
+                raise ValidationFailed(f"{field_name} cannot be changed here.")
+            if field_name == "status" and value not in {s.value for s in UserStatus}:
+                raise ValidationFailed("status is active or disabled.")
+            if field_name == "email" and value is not None and not _EMAIL.fullmatch(value):
+                raise ValidationFailed("The e-mail address is not valid.")
+            setattr(user, field_name, value)
+        user.version += 1
+        if changes.get("status") == UserStatus.disabled:
+            await self._revoke_sessions(session, user.id, reason="user_disabled")
+        record_event(
+            session, tenant_id=tenant_id, action="auth.user.update", actor_type=actor.type,
+            actor_id=actor.id, target_type="user", target_id=user.id,
+            data={"fields": sorted(changes)},
+        )
+        return user
+
+    async def set_password(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        new_password: str,
+        *,
+        current_password: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> None:
+        user = await self.get_user(session, tenant_id, user_id)
+        if current_password is not None and not self.passwords.verify(
+            user.password_hash, current_password
+        ):
+            raise ValidationFailed("The current password is wrong.")
+        self.passwords.check_policy(new_password, username=user.username, email=user.email)
+        history = list(
+            await session.scalars(
+                select(PasswordHistory.password_hash)
+                .where(PasswordHistory.user_id == user.id)
+                .order_by(PasswordHistory.created_at.desc())
+                .limit(max(self.settings.password_history, 1))
+            )
+        )
+        if self.settings.password_history and any(
+            self.passwords.verify(old, new_password) for old in history
+        ):
+            raise ValidationFailed(
+                f"The password must differ from the last {self.settings.password_history}."
+            )
+        user.password_hash = self.passwords.hash(new_password)
+        user.failed_login_count = 0
+        user.locked_until = None
+        user.version += 1
+        session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
+        await self._revoke_sessions(session, user.id, reason="password_changed")
+        record_event(
+            session, tenant_id=tenant_id, action="auth.user.password_change",
+            actor_type=actor.type, actor_id=actor.id, target_type="user", target_id=user.id,
+        )
+
+    # -- service accounts and OAuth clients -----------------------------------------------------
+
+    async def create_service_account(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        name: str,
+        description: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> tuple[ServiceAccount, IssuedSecret]:
+        """A service account with client credentials (``client_id`` + secret, shown once)."""
+        bind_tenant(session, tenant_id)
+        if not _NAME.fullmatch(name):
+            raise ValidationFailed("A name is 1-100 lowercase letters, digits and . _ -.")
+        if await session.scalar(select(ServiceAccount.id).where(ServiceAccount.name == name)):
+            raise Conflict(f"Service account {name!r} exists already.")
+        account = ServiceAccount(name=name, description=description)
+        session.add(account)
+        await session.flush()
+        client, secret = await self._create_client(
+            session, name=name, service_account_id=account.id,
+            grant_types=["client_credentials"],
+        )
+        record_event(
+            session, tenant_id=tenant_id, action="auth.service_account.create",
+            actor_type=actor.type, actor_id=actor.id, target_type="service_account",
+            target_id=account.id, data={"name": name, "client_id": client.client_id},
+        )
+        return account, IssuedSecret(client.client_id, secret, {"service_account_id": account.id})
+
+    async def create_application_client(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        name: str,
+        redirect_uris: Sequence[str],
+        is_public: bool,
+        actor: Actor = SYSTEM,
+    ) -> IssuedSecret:
+        """An OAuth2 client for the authorization-code flow (public clients use PKCE only)."""
+        bind_tenant(session, tenant_id)
+        for uri in redirect_uris:
+            if not re.fullmatch(r"https?://[^\s#]+", uri):
+                raise ValidationFailed(f"Redirect URI {uri!r} is not an absolute http(s) URL.")
+        client, secret = await self._create_client(
+            session, name=name, service_account_id=None,
+            grant_types=["authorization_code", "refresh_token"],
+            redirect_uris=list(redirect_uris), is_public=is_public,
+        )
+        record_event(
+            session, tenant_id=tenant_id, action="auth.client.create", actor_type=actor.type,
+            actor_id=actor.id, target_type="client", target_id=client.client_id,
+        )
+        return IssuedSecret(client.client_id, secret, {"public": is_public})
+
+    async def _create_client(
+        self,
+        session: AsyncSession,
+        *,
+        name: str,
+        service_account_id: str | None,
+        grant_types: list[str],
+        redirect_uris: list[str] | None = None,
+        is_public: bool = False,
+    ) -> tuple[OAuthClient, str]:
+        secret = "" if is_public else new_client_secret()
+        client = OAuthClient(
+            client_id=new_client_id(),
+            secret_hash=None if is_public else self.keyring.token_hash(secret),
+            name=name,
+            service_account_id=service_account_id,
+            grant_types=grant_types,
+            redirect_uris=redirect_uris or [],
+        )
+        session.add(client)
+        await session.flush()
+        return client, secret
+
+    async def authenticate_client(
+        self, session: AsyncSession, client_id: str, client_secret: str | None
+    ) -> OAuthClient | None:
+        """The client, when ``client_secret`` is its secret (constant-time); else None."""
+        client = await session.scalar(
+            select(OAuthClient)
+            .where(OAuthClient.client_id == client_id)
+            .execution_options(all_tenants=True)  # the client id tells which tenant
+        )
+        if client is None or client.is_revoked:
+            self.keyring.token_hash(client_secret or "")  # same work as a real check
+            return None
+        if client.secret_hash is None:
+            return client if not client_secret else None
+        if not client_secret or not self.keyring.token_matches(client_secret, client.secret_hash):
+            return None
+        return client
+
+    # -- roles ----------------------------------------------------------------------------------
+
+    async def create_role(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        name: str,
+        permissions: Iterable[str],
+        description: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> Role:
+        bind_tenant(session, tenant_id)
+        if not _NAME.fullmatch(name):
+            raise ValidationFailed("A role name is 1-100 lowercase letters, digits and . _ -.")
+        permissions = _validated_permissions(permissions)
+        if await session.scalar(select(Role.id).where(Role.name == name)):
+            raise Conflict(f"Role {name!r} exists already.")
+        role = Role(name=name, permissions=permissions, description=description)
+        session.add(role)
+        await session.flush()
+        record_event(
+            session, tenant_id=tenant_id, action="auth.role.create", actor_type=actor.type,
+            actor_id=actor.id, target_type="role", target_id=role.id,
+            data={"name": name, "permissions": permissions},
+        )
+        return role
+
+    async def get_role(self, session: AsyncSession, tenant_id: str, name: str) -> Role:
+        bind_tenant(session, tenant_id)
+        role = await session.scalar(select(Role).where(Role.name == name))
+        if role is None:
+            raise NotFound(f"No role {name!r}.")
+        return role
+
+    async def list_roles(self, session: AsyncSession, tenant_id: str) -> list[Role]:
+        bind_tenant(session, tenant_id)
+        return list(await session.scalars(select(Role).order_by(Role.name)))
+
+    async def update_role(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        name: str,
+        *,
+        permissions: Iterable[str],
+        if_match: str | None,
+        actor: Actor = SYSTEM,
+    ) -> Role:
+        role = await self.get_role(session, tenant_id, name)
+        check_if_match(if_match, role.version, required=False)
+        before = list(role.permissions)
+        role.permissions = _validated_permissions(permissions)
+        role.version += 1
+        record_event(
+            session, tenant_id=tenant_id, action="auth.role.update", actor_type=actor.type,
+            actor_id=actor.id, target_type="role", target_id=role.id,
+            data={"before": before, "after": role.permissions},
+        )
+        return role
+
+    async def delete_role(
+        self, session: AsyncSession, tenant_id: str, name: str, actor: Actor = SYSTEM
+    ) -> None:
+        role = await self.get_role(session, tenant_id, name)
+        await session.execute(delete(RoleAssignment).where(RoleAssignment.role_id == role.id))
+        await session.delete(role)
+        record_event(
+            session, tenant_id=tenant_id, action="auth.role.delete", actor_type=actor.type,
+            actor_id=actor.id, target_type="role", target_id=role.id, data={"name": name},
+        )
+
+    async def assign_role(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        role_name: str,
+        principal_type: PrincipalType,
+        principal_id: str,
+        actor: Actor = SYSTEM,
+    ) -> None:
+        role = await self.get_role(session, tenant_id, role_name)
+        await self._require_principal(session, principal_type, principal_id)
+        exists = await session.scalar(
+            select(RoleAssignment.id).where(
+                RoleAssignment.role_id == role.id,
+                RoleAssignment.principal_type == principal_type,
+                RoleAssignment.principal_id == principal_id,
+            )
+        )
+        if exists is None:
+            session.add(RoleAssignment(role_id=role.id, principal_type=principal_type,
+                                       principal_id=principal_id))
+        record_event(
+            session, tenant_id=tenant_id, action="auth.role.assign", actor_type=actor.type,
+            actor_id=actor.id, target_type=str(principal_type), target_id=principal_id,
+            data={"role": role_name},
+        )
+
+    async def unassign_role(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        role_name: str,
+        principal_type: PrincipalType,
+        principal_id: str,
+        actor: Actor = SYSTEM,
+    ) -> None:
+        role = await self.get_role(session, tenant_id, role_name)
+        await session.execute(
+            delete(RoleAssignment).where(
+                RoleAssignment.role_id == role.id,
+                RoleAssignment.principal_type == principal_type,
+                RoleAssignment.principal_id == principal_id,
+            )
+        )
+        record_event(
+            session, tenant_id=tenant_id, action="auth.role.unassign", actor_type=actor.type,
+            actor_id=actor.id, target_type=str(principal_type), target_id=principal_id,
+            data={"role": role_name},
+        )
+
+    async def _require_principal(
+        self, session: AsyncSession, principal_type: PrincipalType, principal_id: str
+    ) -> None:
+        model = User if principal_type == PrincipalType.user else ServiceAccount
+        if await session.scalar(select(model.id).where(model.id == principal_id)) is None:
+            raise NotFound(f"No {principal_type} {principal_id!r} in this tenant.")
+
+    async def roles_and_permissions(
+        self, session: AsyncSession, principal_type: str, principal_id: str
+    ) -> tuple[list[str], list[str]]:
+        rows = await session.execute(
+            select(Role.name, Role.permissions)
+            .join(RoleAssignment, RoleAssignment.role_id == Role.id)
+            .where(
+                RoleAssignment.principal_type == principal_type,
+                RoleAssignment.principal_id == principal_id,
+            )
+            .order_by(Role.name)
+        )
+        roles, permissions = [], set()
+        for name, role_permissions in rows:
+            roles.append(name)
+            permissions.update(role_permissions)
+        return roles, sorted(permissions)
+
+    # -- API keys -------------------------------------------------------------------------------
+
+    async def create_api_key(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        name: str,
+        principal_type: PrincipalType,
+        principal_id: str,
+        scopes: Iterable[str] = (),
+        expires_at: datetime | None = None,
+        actor: Actor = SYSTEM,
+    ) -> tuple[ApiKey, str]:
+        bind_tenant(session, tenant_id)
+        await self._require_principal(session, principal_type, principal_id)
+        if expires_at is not None and expires_at <= utcnow():
+            raise ValidationFailed("expires_at must be in the future.")
+        token, lookup = new_api_key()
+        key = ApiKey(
+            lookup=lookup,
+            secret_hash=self.keyring.token_hash(token),
+            name=name,
+            principal_type=principal_type,
+            principal_id=principal_id,
+            scopes=_validated_permissions(scopes),
+            expires_at=expires_at,
+        )
+        session.add(key)
+        await session.flush()
+        record_event(
+            session, tenant_id=tenant_id, action="auth.api_key.create", actor_type=actor.type,
+            actor_id=actor.id, target_type="api_key", target_id=key.id,
+            data={"name": name, "principal_type": str(principal_type),
+                  "principal_id": principal_id, "scopes": key.scopes},
+        )
+        return key, token
+
+    async def list_api_keys(self, session: AsyncSession, tenant_id: str) -> list[ApiKey]:
+        bind_tenant(session, tenant_id)
+        return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+    async def revoke_api_key(
+        self, session: AsyncSession, tenant_id: str, key_id: str, actor: Actor = SYSTEM
+    ) -> None:
+        bind_tenant(session, tenant_id)
+        key = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+        if key is None:
+            raise NotFound("No such API key.")
+        key.revoked_at = key.revoked_at or utcnow()
+        record_event(
+            session, tenant_id=tenant_id, action="auth.api_key.revoke", actor_type=actor.type,
+            actor_id=actor.id, target_type="api_key", target_id=key.id,
+        )
+
+    async def principal_for_api_key(self, session: AsyncSession, token: str) -> Principal | None:
+        lookup = parse_api_key(token)
+        if lookup is None:
+            return None
+        key = await session.scalar(
+            select(ApiKey).where(ApiKey.lookup == lookup).execution_options(all_tenants=True)
+        )
+        if key is None or not self.keyring.token_matches(token, key.secret_hash):
+            return None
+        now = utcnow()
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            return None
+        bind_tenant(session, key.tenant_id)
+        if not await self._principal_is_active(session, key.principal_type, key.principal_id):
+            return None
+        roles, permissions = await self.roles_and_permissions(
+            session, key.principal_type, key.principal_id
+        )
+        if key.scopes:
+            from keel_client.auth import has_permission
+
+            permissions = [p for p in key.scopes if has_permission(permissions, p)]
+        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_GRANULARITY:
+            key.last_used_at = now
+        return Principal(
+            subject=key.principal_id,
+            tenant_id=key.tenant_id,
+            principal_type=key.principal_type,
+            roles=frozenset(roles),
+            permissions=frozenset(permissions),
+            credential="api_key",
+            claims={"api_key_id": key.id},
+        )
+
+    async def _principal_is_active(
+        self, session: AsyncSession, principal_type: str, principal_id: str
+    ) -> bool:
+        if principal_type == PrincipalType.user:
+            status = await session.scalar(select(User.status).where(User.id == principal_id))
+            return status == UserStatus.active
+        disabled = await session.scalar(
+            select(ServiceAccount.is_disabled).where(ServiceAccount.id == principal_id)
+        )
+        return disabled is False
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    async def issue_access_token(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_id: str,
+        principal_type: str,
+        principal_id: str,
+        scope: str = "",
+        audience: str | None = None,
+        session_id: str | None = None,
+        client_id: str | None = None,
+        extra_claims: dict[str, Any] | None = None,
+    ) -> tuple[str, int]:
+        roles, permissions = await self.roles_and_permissions(session, principal_type, principal_id)
+        requested = [s for s in scope.split() if ":" in s]
+        if requested:
+            from keel_client.auth import has_permission
+
+            permissions = [p for p in requested if has_permission(permissions, p)]
+        key = await self.keys.active_key(session)
+        now = int(time.time())
+        ttl = int(self.access_ttl.total_seconds())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": principal_id,
+            "aud": audience or self.settings.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "tid": tenant_id,
+            "typ": principal_type,
+            "roles": roles,
+            "permissions": permissions,
+            "scope": scope,
+        }
+        if session_id:
+            claims["sid"] = session_id
+        if client_id:
+            claims["client_id"] = client_id
+        if extra_claims:
+            claims.update(extra_claims)
+        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm,  # type: ignore[arg-type]
+                           headers={"kid": key.kid, "typ": "at+jwt"})
+        return token, ttl
+
+    async def verify_access_token(self, session: AsyncSession, token: str) -> Principal:
+        """Verify locally, then refuse tokens revoked before their expiry (RFC 7009)."""
+        principal = await self.verifier.verify(token)
+        jti = principal.claims.get("jti")
+        if isinstance(jti, str) and await session.get(RevokedAccessToken, jti) is not None:
+            self.verifier.forget(token)
+            raise InvalidToken("revoked", "the token was revoked")
+        session_id = principal.claims.get("sid")
+        if isinstance(session_id, str):
+            revoked = await session.scalar(
+                select(LoginSession.revoked_at)
+                .where(LoginSession.id == session_id)
+                .execution_options(all_tenants=True)
+            )
+            if revoked is not None:
+                raise InvalidToken("revoked", "the session was ended")
+        return principal
+
+    async def authenticate(self, session: AsyncSession, credential: str) -> Principal | None:
+        """The principal of a bearer credential (JWT or API key), or None."""
+        if looks_like_api_key(credential):
+            return await self.principal_for_api_key(session, credential)
+        try:
+            return await self.verify_access_token(session, credential)
+        except InvalidToken:
+            return None
+
+    # -- login, refresh, logout -----------------------------------------------------------------
+
+    async def login(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_slug: str,
+        identifier: str,
+        password: str,
+        actor: Actor,
+        client_id: str | None = None,
+    ) -> TokenPair | AuthFailure:
+        tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == tenant_slug))
+        user: User | None = None
+        if tenant_id is not None:
+            bind_tenant(session, tenant_id)
+            user = await session.scalar(
+                select(User).where((User.username == identifier) | (User.email == identifier))
+            )
+        # The hash is verified on every path, so every answer costs the same.
+        password_ok = self.passwords.verify(user.password_hash if user else None, password)
+        now = utcnow()
+        failure: str | None = None
+        if user is None:
+            failure = "unknown_user"
+        elif user.status != UserStatus.active:
+            failure = "disabled"
+        elif user.locked_until is not None and user.locked_until > now:
+            failure = "locked"
+        elif not password_ok:
+            failure = "bad_password"
+            user.failed_login_count += 1
+            over = user.failed_login_count - self.settings.lockout_threshold
+            if over >= 0:
+                delay = min(
+                    self.settings.lockout_base_seconds * (2**over), self.settings.lockout_max_seconds
+                )
+                user.locked_until = now + timedelta(seconds=delay)
+        if failure is not None:
+            if tenant_id is not None:
+                record_event(
+                    session, tenant_id=tenant_id, action="auth.session.login",
+                    outcome=Outcome.failure, actor_type="user",
+                    actor_id=user.id if user else None, ip_address=actor.ip_address,
+                    reason=failure, data={"identifier": identifier[:150]},
+                )
+            return AuthFailure(failure)
+        assert user is not None and tenant_id is not None
+        user.failed_login_count = 0
+        user.locked_until = None
+        user.last_login_at = now
+        if user.password_hash and self.passwords.needs_rehash(user.password_hash):
+            user.password_hash = self.passwords.hash(password)
+        pair = await self._start_session(session, tenant_id, user, actor, client_id, scope="")
+        record_event(
+            session, tenant_id=tenant_id, action="auth.session.login", actor_type="user",
+            actor_id=user.id, ip_address=actor.ip_address, target_type="session",
+            target_id=pair.session_id,
+        )
+        return pair
+
+    async def _start_session(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user: User,
+        actor: Actor,
+        client_id: str | None,
+        scope: str,
+    ) -> TokenPair:
+        now = utcnow()
+        login_session = LoginSession(
+            user_id=user.id,
+            client_id=client_id,
+            user_agent=(actor.user_agent or "")[:400] or None,
+            ip_address=actor.ip_address,
+            expires_at=now + self.refresh_ttl,
+        )
+        session.add(login_session)
+        await session.flush()
+        return await self._issue_pair(session, tenant_id, user.id, login_session, scope, client_id)
+
+    async def _issue_pair(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        login_session: LoginSession,
+        scope: str,
+        client_id: str | None,
+    ) -> TokenPair:
+        refresh = new_refresh_token()
+        session.add(
+            RefreshToken(
+                session_id=login_session.id,
+                token_hash=self.keyring.token_hash(refresh),
+                expires_at=login_session.expires_at,
+                scope=scope,
+            )
+        )
+        access, ttl = await self.issue_access_token(
+            session, tenant_id=tenant_id, principal_type=PrincipalType.user,
+            principal_id=user_id, scope=scope, session_id=login_session.id, client_id=client_id,
+        )
+        return TokenPair(access, ttl, refresh, scope, login_session.id)
+
+    async def refresh(
+        self, session: AsyncSession, refresh_token: str, actor: Actor,
+        client_id: str | None = None,
+    ) -> TokenPair | AuthFailure:
+        """Rotate a refresh token; presenting a rotated one again revokes its whole family."""
+        row = await session.scalar(
+            select(RefreshToken)
+            .where(RefreshToken.token_hash == self.keyring.token_hash(refresh_token))
+            .execution_options(all_tenants=True)
+        )
+        if row is None:
+            return AuthFailure("unknown_refresh_token")
+        bind_tenant(session, row.tenant_id)
+        login_session = await session.scalar(
+            select(LoginSession).where(LoginSession.id == row.session_id)
+        )
+        assert login_session is not None
+        now = utcnow()
+        if row.used_at is not None:
+            if login_session.revoked_at is None:
+                login_session.revoked_at = now
+                login_session.revoked_reason = "refresh_token_reuse"
+            record_event(
+                session, tenant_id=row.tenant_id, action="auth.session.revoke",
+                outcome=Outcome.denied, actor_type="user", actor_id=login_session.user_id,
+                ip_address=actor.ip_address, target_type="session", target_id=login_session.id,
+                reason="refresh_token_reuse",
+            )
+            return AuthFailure("refresh_token_reuse")
+        if login_session.revoked_at is not None or row.expires_at <= now:
+            return AuthFailure("session_ended")
+        if client_id is not None and login_session.client_id not in (None, client_id):
+            return AuthFailure("wrong_client")
+        if not await self._principal_is_active(session, PrincipalType.user, login_session.user_id):
+            return AuthFailure("disabled")
+        row.used_at = now
+        login_session.last_used_at = now
+        pair = await self._issue_pair(
+            session, row.tenant_id, login_session.user_id, login_session, row.scope,
+            login_session.client_id,
+        )
+        record_event(
+            session, tenant_id=row.tenant_id, action="auth.token.refresh", actor_type="user",
+            actor_id=login_session.user_id, ip_address=actor.ip_address,
+            target_type="session", target_id=login_session.id,
+        )
+        return pair
+
+    async def logout(self, session: AsyncSession, principal: Principal) -> None:
+        session_id = principal.claims.get("sid")
+        if not isinstance(session_id, str):
+            raise ValidationFailed("This credential has no login session to end.")
+        await self.revoke_session(session, principal.tenant_id, principal.subject, session_id,
+                                  actor=Actor.of(principal))
+
+    async def list_sessions(
+        self, session: AsyncSession, tenant_id: str, user_id: str
+    ) -> list[LoginSession]:
+        bind_tenant(session, tenant_id)
+        return list(
+            await session.scalars(
+                select(LoginSession)
+                .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None),
+                       LoginSession.expires_at > utcnow())
+                .order_by(LoginSession.created_at.desc())
+            )
+        )
+
+    async def revoke_session(
+        self, session: AsyncSession, tenant_id: str, user_id: str, session_id: str,
+        actor: Actor = SYSTEM,
+    ) -> None:
+        bind_tenant(session, tenant_id)
+        login_session = await session.scalar(
+            select(LoginSession).where(
+                LoginSession.id == session_id, LoginSession.user_id == user_id
+            )
+        )
+        if login_session is None:
+            raise NotFound("No such session.")
+        login_session.revoked_at = login_session.revoked_at or utcnow()
+        login_session.revoked_reason = login_session.revoked_reason or "logout"
+        record_event(
+            session, tenant_id=tenant_id, action="auth.session.revoke", actor_type=actor.type,
+            actor_id=actor.id, target_type="session", target_id=session_id,
+        )
+
+    async def revoke_all_sessions(
+        self, session: AsyncSession, tenant_id: str, user_id: str, actor: Actor = SYSTEM
+    ) -> int:
+        bind_tenant(session, tenant_id)
+        count = await self._revoke_sessions(session, user_id, reason="revoke_all")
+        record_event(
+            session, tenant_id=tenant_id, action="auth.session.revoke_all",
+            actor_type=actor.type, actor_id=actor.id, target_type="user", target_id=user_id,
+            data={"count": count},
+        )
+        return count
+
+    async def _revoke_sessions(self, session: AsyncSession, user_id: str, reason: str) -> int:
+        result = await session.execute(
+            update(LoginSession)
+            .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- OAuth2 grants, introspection, revocation ---------------------------------------------
+
+    async def client_credentials_grant(
+        self, session: AsyncSession, client: OAuthClient, scope: str, audience: str | None
+    ) -> TokenPair | AuthFailure:
+        if "client_credentials" not in client.grant_types or client.service_account_id is None:
+            return AuthFailure("unauthorized_client")
+        bind_tenant(session, client.tenant_id)
+        if not await self._principal_is_active(
+            session, PrincipalType.service_account, client.service_account_id
+        ):
+            return AuthFailure("disabled")
+        access, ttl = await self.issue_access_token(
+            session, tenant_id=client.tenant_id, principal_type=PrincipalType.service_account,
+            principal_id=client.service_account_id, scope=scope, audience=audience,
+            client_id=client.client_id,
+        )
+        record_event(
+            session, tenant_id=client.tenant_id, action="auth.token.issue",
+            actor_type="service_account", actor_id=client.service_account_id,
+            target_type="client", target_id=client.client_id,
+            data={"grant_type": "client_credentials", "scope": scope},
+        )
+        return TokenPair(access, ttl, None, scope)
+
+    async def introspect(self, session: AsyncSession, token: str) -> dict[str, Any]:
+        """RFC 7662: ``{"active": false}`` for anything not currently valid."""
+        if looks_like_api_key(token):
+            principal = await self.principal_for_api_key(session, token)
+            if principal is None:
+                return {"active": False}
+            return {"active": True, "token_type": "api_key", "sub": principal.subject,
+                    "tid": principal.tenant_id, "typ": principal.principal_type,
+                    "roles": sorted(principal.roles), "permissions": sorted(principal.permissions)}
+        if token.startswith("krt_"):
+            row = await session.scalar(
+                select(RefreshToken)
+                .where(RefreshToken.token_hash == self.keyring.token_hash(token))
+                .execution_options(all_tenants=True)
+            )
+            if row is None or row.used_at is not None or row.expires_at <= utcnow():
+                return {"active": False}
+            login_session = await session.scalar(
+                select(LoginSession).where(LoginSession.id == row.session_id)
+                .execution_options(all_tenants=True)
+            )
+            if login_session is None or login_session.revoked_at is not None:
+                return {"active": False}
+            return {"active": True, "token_type": "refresh_token", "sub": login_session.user_id,
+                    "tid": row.tenant_id, "exp": int(row.expires_at.timestamp()),
+                    "scope": row.scope}
+        try:
+            principal = await self.verify_access_token(session, token)
+        except InvalidToken:
+            return {"active": False}
+        return {"active": True, "token_type": "access_token", **principal.claims}
+
+    async def revoke_token(self, session: AsyncSession, token: str, actor: Actor) -> None:
+        """RFC 7009: revoke a refresh token's session or an access token; unknown is fine."""
+        if token.startswith("krt_"):
+            row = await session.scalar(
+                select(RefreshToken)
+                .where(RefreshToken.token_hash == self.keyring.token_hash(token))
+                .execution_options(all_tenants=True)
+            )
+            if row is None:
+                return
+            bind_tenant(session, row.tenant_id)
+            await session.execute(
+                update(LoginSession)
+                .where(LoginSession.id == row.session_id, LoginSession.revoked_at.is_(None))
+                .values(revoked_at=utcnow(), revoked_reason="revoked")
+            )
+            record_event(
+                session, tenant_id=row.tenant_id, action="auth.token.revoke",
+                actor_type=actor.type, actor_id=actor.id, target_type="session",
+                target_id=row.session_id, data={"token_type": "refresh_token"},
+            )
+            return
+        try:
+            principal = await self.verifier.verify(token)
+        except InvalidToken:
+            return
+        jti, exp = principal.claims.get("jti"), principal.expires_at
+        if isinstance(jti, str) and exp is not None:
+            if await session.get(RevokedAccessToken, jti) is None:
+                session.add(RevokedAccessToken(jti=jti, expires_at=_from_timestamp(exp)))
+            self.verifier.forget(token)
+            record_event(
+                session, tenant_id=principal.tenant_id, action="auth.token.revoke",
+                actor_type=actor.type, actor_id=actor.id, target_type="access_token",
+                target_id=jti, data={"token_type": "access_token"},
+            )
+
+    async def purge_expired(self, session: AsyncSession) -> None:
+        """Drop revocation entries and refresh tokens nobody can present any more."""
+        now = utcnow()
+        await session.execute(
+            delete(RevokedAccessToken).where(RevokedAccessToken.expires_at < now)
+        )
+        await session.execute(
+            delete(RefreshToken)
+            .where(RefreshToken.expires_at < now)
+            .execution_options(all_tenants=True)
+        )
+
+
+def _validated_permissions(permissions: Iterable[str]) -> list[str]:
+    values = sorted(set(permissions))
+    invalid = [p for p in values if not is_valid_permission(p)]
+    if invalid:
+        raise ValidationFailed(
+            f"Permission {invalid[0]!r} is not service:resource:action (with * wildcards)."
+        )
+    return values
+
+
+def _from_timestamp(value: int) -> datetime:
+    from datetime import UTC
+
+    return datetime.fromtimestamp(value, UTC)
+
+
+async def _platform_tenant_id(session: AsyncSession) -> str:
+    """Platform-wide events (signing keys) are recorded under the ``default`` tenant."""
+    tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == "default"))
+    if tenant_id is None:
+        tenant = Tenant(slug="default", name="default")
+        session.add(tenant)
+        await session.flush()
+        return tenant.id
+    return tenant_id

@@ -1,0 +1,33 @@
+"""FastAPI dependencies every service's router shares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+if TYPE_CHECKING:
+    from keel.app import AppContext
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.keel
+    return context
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request; it commits before the response is sent."""
+    async with get_context(request).database.session() as session:
+        yield session
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+Context = Annotated["AppContext", Depends(get_context)]
+# scope="function": the session commits when the endpoint returns, before the response goes
+# out, so a client never sees success for a write that then fails to commit.
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
