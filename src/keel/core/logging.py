@@ -31,7 +31,7 @@ _SENSITIVE_VALUE = re.compile(
     r"|\bbasic\s+[A-Za-z0-9+/=]{8,}"
     r"|\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWTs
     r"|\bkeel_[A-Za-z0-9_]{16,}"  # Keel API keys
-    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password@ in URLs
+    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # user:password@ in URLs; Redis ones have no user
 )
 
 
