@@ -16,6 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
+import sentry_sdk
 import structlog
 from pydantic import BaseModel
 from sqlalchemy import Select, literal, tuple_
@@ -122,7 +123,10 @@ class RequestContextMiddleware:
                     PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes."),
                     request_id, path, send_with_request_id,
                 )
-        except Exception:
+        except Exception as exc:
+            # Reported here because this middleware answers before any framework integration
+            # of Sentry sees the exception (a no-op when Sentry is not initialised).
+            sentry_sdk.capture_exception(exc)
             log.exception("http.unhandled_error", method=method, path=path)
             if not response_started:
                 await self._send_problem(InternalError(), request_id, path, send_with_request_id)

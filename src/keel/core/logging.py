@@ -35,6 +35,10 @@ _SENSITIVE_VALUE = re.compile(
 )
 
 
+#: ``key=value`` / ``key: value`` written inside a string (exception messages, URLs' queries).
+_ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z][\w.-]*)(?P<sep>\s*[=:]\s*)(?P<value>[^\s&,;'\"]+)")
+
+
 def is_sensitive_key(key: str) -> bool:
     return bool(_SENSITIVE_KEY.search(key))
 
@@ -44,7 +48,7 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if _depth > 12:
         return REDACTED
     if isinstance(value, str):
-        return _SENSITIVE_VALUE.sub(REDACTED, value)
+        return _redact_string(value)
     if isinstance(value, Mapping):
         return {
             key: REDACTED
@@ -57,6 +61,18 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if hasattr(value, "get_secret_value"):  # pydantic SecretStr / SecretBytes
         return REDACTED
     return value
+
+
+def _redact_string(text: str) -> str:
+    text = _SENSITIVE_VALUE.sub(REDACTED, text)
+    if "=" not in text and ":" not in text:
+        return text
+    return _ASSIGNMENT.sub(
+        lambda match: f"{match['key']}{match['sep']}{REDACTED}"
+        if is_sensitive_key(match["key"]) and match["value"] != REDACTED
+        else match[0],
+        text,
+    )
 
 
 def _redact_processor(
