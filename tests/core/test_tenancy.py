@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import ForeignKey, MetaData, String, delete, func, select, update
+from sqlalchemy import ForeignKey, MetaData, String, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -266,6 +266,37 @@ class TestBoundSessionWrites:
             await move()
         async with world.session(world.tenant_a) as session:
             assert await session.get(Project, world.project_a) is not None
+
+    async def test_bulk_update_cannot_move_rows_to_another_tenant(self, world: World) -> None:
+        with pytest.raises(TenantScopeError):
+            async with world.session(world.tenant_a) as session:
+                await session.execute(update(Project).values(tenant_id=world.tenant_b))
+        async with world.session(world.tenant_a) as session:
+            assert list(await session.scalars(select(Project.name))) == ["a-project"]
+
+    async def test_bulk_insert_naming_another_tenant_is_refused(self, world: World) -> None:
+        with pytest.raises(TenantScopeError):
+            async with world.session(world.tenant_a) as session:
+                await session.execute(
+                    insert(Project),
+                    [{"id": new_id(), "name": "smuggled", "tenant_id": world.tenant_b}],
+                )
+        with pytest.raises(TenantScopeError):
+            async with world.session(world.tenant_a) as session:
+                await session.execute(
+                    insert(Project).values(id=new_id(), name="smuggled", tenant_id=world.tenant_b)
+                )
+        async with world.session(world.tenant_b) as session:
+            assert list(await session.scalars(select(Project.name))) == ["b-project"]
+
+    async def test_bulk_insert_for_the_bound_tenant_is_allowed(self, world: World) -> None:
+        async with world.session(world.tenant_a) as session:
+            await session.execute(
+                insert(Project), [{"id": new_id(), "name": "bulk", "tenant_id": world.tenant_a}]
+            )
+        async with world.session(world.tenant_a) as session:
+            names = sorted(await session.scalars(select(Project.name)))
+            assert names == ["a-project", "bulk"]
 
 
 class TestUnboundSession:
