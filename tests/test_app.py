@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import AsyncIterator
 
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
+from keel.settings import Settings
 
 
 async def test_ready_answers_200_with_database_check(client: httpx.AsyncClient) -> None:
@@ -21,3 +29,65 @@ async def test_unknown_path_is_problem_json(client: httpx.AsyncClient) -> None:
     assert body["type"] == "urn:keel:problem:not-found"
     assert body["request_id"] == "abc-123"
     assert response.headers["x-request-id"] == "abc-123"
+
+
+class Widget(BaseModel):
+    name: str
+    size: int
+
+
+def widgets_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/widgets")
+    async def create_widget(widget: Widget) -> Widget:
+        return widget
+
+    return router
+
+
+@pytest.fixture
+async def widgets_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The assembled app plus a route that takes a JSON body."""
+    app = create_app(settings)
+    app.include_router(widgets_router())
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http,
+    ):
+        yield http
+
+
+async def test_malformed_json_body_is_problem_json(widgets_client: httpx.AsyncClient) -> None:
+    response = await widgets_client.post(
+        "/widgets", content=b'{"name": "a", ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert response.json()["type"] == "urn:keel:problem:malformed-body"
+
+
+async def test_invalid_body_is_problem_json_without_the_input(
+    widgets_client: httpx.AsyncClient,
+) -> None:
+    response = await widgets_client.post("/widgets", json={"name": "s3cret-input", "size": "x"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    body = response.json()
+    assert body["type"] == "urn:keel:problem:validation"
+    assert [error["location"] for error in body["errors"]] == [["body", "size"]]
+    assert "s3cret-input" not in response.text
+
+
+async def test_oversized_body_is_problem_json(
+    widgets_client: httpx.AsyncClient, settings: Settings
+) -> None:
+    response = await widgets_client.post(
+        "/widgets",
+        content=b"x" * (settings.max_body_bytes + 1),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert response.json()["type"] == "urn:keel:problem:payload-too-large"

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,10 +25,18 @@ from keel.core.health import build_health_router
 from keel.core.http import RequestContextMiddleware
 from keel.core.logging import configure_logging, get_logger
 from keel.core.metrics import Metrics
-from keel.core.services import ServiceSpec, ServiceUnavailableInBuild, available_services, load_service
+from keel.core.services import (
+    ServiceSpec,
+    ServiceUnavailableInBuild,
+    available_services,
+    load_service,
+)
 from keel.core.telemetry import init_sentry, init_tracing
 from keel.migrations import ensure_schema_current, upgrade
 from keel.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = get_logger(__name__)
 
@@ -68,7 +77,12 @@ async def prepare_database(database: Database, settings: Settings) -> None:
         await ensure_schema_current(database)
 
 
-def create_app(settings: Settings | None = None, *, run_background: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_background: bool | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     settings = settings or load_settings()
     services = resolve_services(settings)
     metrics = Metrics()
@@ -133,7 +147,7 @@ def create_app(settings: Settings | None = None, *, run_background: bool | None 
         if spec.root_router is not None:
             app.include_router(spec.root_router())
 
-    init_tracing(app, settings)
+    init_tracing(app, settings, tracer_provider)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
     )

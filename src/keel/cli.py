@@ -16,6 +16,11 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
 from keel import __version__
 from keel.core.logging import configure_logging, get_logger
 from keel.settings import KNOWN_SERVICES, Settings, SettingsError, load_settings
@@ -60,7 +65,8 @@ def _services_option(value: str | None) -> list[str] | None:
     if unknown or not names:
         raise typer.BadParameter(
             f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}"
-            if unknown else "name at least one service"
+            if unknown else "name at least one service",
+            param_hint="'--services'",
         )
     return names
 
@@ -109,7 +115,7 @@ def serve(
         run(check_database)
     except SchemaOutOfDate as exc:
         fail(str(exc))
-    except (OSError, Exception) as exc:  # noqa: BLE001 - one line, never a traceback
+    except (OSError, Exception) as exc:
         from keel.core.health import describe_failure
 
         fail(f"cannot reach the database: {describe_failure(exc)}")
@@ -246,7 +252,7 @@ def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
         raise
     except SchemaOutOfDate as exc:
         fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+    except Exception as exc:
         fail(f"database error: {describe_failure(exc)}")
 
 
@@ -283,8 +289,25 @@ def version() -> None:
     """Print the versions of keel and keel-client."""
     from keel_client import __version__ as client_version
 
-    typer.echo(f"keel {__version__} (keel-client {client_version}, Python {sys.version.split()[0]})")
+    python_version = sys.version.split()[0]
+    typer.echo(f"keel {__version__} (keel-client {client_version}, Python {python_version})")
 
 
 def main() -> None:
-    app()
+    """Entry point: a usage error is one line on stderr and exit code 2, as any other error."""
+    try:
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except click_exceptions.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        typer.echo(f"keel: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click_exceptions.ClickException as exc:
+        typer.echo(f"keel: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("keel: aborted", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -156,6 +156,8 @@ class Settings(BaseSettings):
             url = make_url(raw)
         except ArgumentError:
             raise ValueError("is not a database URL") from None
+        if url.get_backend_name() == "postgres":  # the scheme Heroku and others hand out
+            url = url.set(drivername="postgresql")
         if url.get_backend_name() not in {"sqlite", "postgresql"}:
             raise ValueError("must be a sqlite or postgresql URL")
         # Accept the plain forms people paste and pick the async drivers ourselves.

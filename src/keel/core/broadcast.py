@@ -4,7 +4,9 @@ Config, flags and signing keys publish here; SSE streams subscribe. Two implemen
 the same tests: :class:`InMemoryBroadcast` (one process, the embedded default) and
 :class:`RedisBroadcast` (``KEEL_REDIS_URL``; every replica sees every event).
 
-Delivery is at-most-once. A subscriber that falls too far behind, or that was subscribed
+Once ``subscribe()`` has returned, every event published afterwards, on any replica, is
+delivered (so "subscribe, then read the current state" misses nothing). Delivery is
+at-most-once. A subscriber that falls too far behind, or that was subscribed
 while the Redis connection dropped, gets :class:`MessagesLost` from its next ``__anext__`` and
 must resynchronise from the database (SSE streams resume from ``Last-Event-ID``); iterating
 again continues with new events.
@@ -46,7 +48,7 @@ class Event:
     data: dict[str, Any]
 
 
-class MessagesLost(Exception):  # noqa: N818 - it is a signal, not an error of the caller
+class MessagesLost(Exception):
     """Events may have been missed; resynchronise, then keep iterating."""
 
 
@@ -167,15 +169,20 @@ class RedisBroadcast(Broadcast):
 
     PREFIX = "keel:"
 
-    def __init__(self, url: str, *, reconnect_delay: float = 0.5) -> None:
+    def __init__(
+        self, url: str, *, reconnect_delay: float = 0.5, subscribe_timeout: float = 5.0
+    ) -> None:
         super().__init__()
         self._redis: redis.Redis = redis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=None, health_check_interval=15
         )
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are read (by the reader task) to know when Redis delivers.
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._confirmations: dict[str, asyncio.Event] = {}
         self._reconnect_delay = reconnect_delay
+        self._subscribe_timeout = subscribe_timeout
 
     async def connect(self) -> None:
         if self._reader is None:
@@ -188,7 +195,7 @@ class RedisBroadcast(Broadcast):
                 await self._reader
             self._reader = None
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
     async def ping(self) -> None:
@@ -198,8 +205,17 @@ class RedisBroadcast(Broadcast):
         await self._redis.publish(self.PREFIX + channel, _encode(data))
 
     async def _on_first_subscriber(self, channel: str) -> None:
-        await self._pubsub.subscribe(self.PREFIX + channel)
-        self._subscribed.set()
+        confirmed = self._confirmations[channel] = asyncio.Event()
+        try:
+            await self._pubsub.subscribe(self.PREFIX + channel)
+            self._subscribed.set()
+            # SUBSCRIBE is only sent so far; until Redis confirms it, an event published on
+            # another connection is not delivered. Callers subscribe and then read the source
+            # of truth, so subscribe() must not return before delivery is in place.
+            if self._reader is not None:
+                await asyncio.wait_for(confirmed.wait(), self._subscribe_timeout)
+        finally:
+            self._confirmations.pop(channel, None)
 
     async def _on_last_unsubscribed(self, channel: str) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -208,13 +224,15 @@ class RedisBroadcast(Broadcast):
     async def _read_forever(self) -> None:
         broken = False
         while True:
-            if not self._pubsub.subscribed:
+            # While broken, keep retrying even though a failed resubscribe left the pubsub
+            # with no channels: waiting for a new first subscriber would strand current ones.
+            if not broken and not self._pubsub.subscribed:
                 self._subscribed.clear()
                 await self._subscribed.wait()
             try:
                 if broken:
                     # Resubscribe on a fresh connection; anything sent meanwhile is gone.
-                    await self._pubsub.reset()
+                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
                     channels = [self.PREFIX + name for name in self._subscriptions]
                     if channels:
                         await self._pubsub.subscribe(*channels)
@@ -227,10 +245,15 @@ class RedisBroadcast(Broadcast):
                 broken = True
                 await asyncio.sleep(self._reconnect_delay)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") not in {"message", "subscribe"}:
                 continue
             raw_channel = message["channel"]
             name = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
+            if message["type"] == "subscribe":
+                confirmed = self._confirmations.get(name.removeprefix(self.PREFIX))
+                if confirmed is not None:
+                    confirmed.set()
+                continue
             try:
                 data = json.loads(message["data"])
             except (TypeError, ValueError):

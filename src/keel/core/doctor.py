@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 from keel.core.broadcast import create_broadcast
@@ -60,8 +61,7 @@ async def run_doctor(settings: Settings) -> dict[str, Any]:
         context = AppContext(settings, database, broadcast, Metrics(), services)
         for spec in services:
             if spec.ready_check is not None:
-                check = spec.ready_check
-                result = await run_check(spec.name, lambda c=check: c(context), timeout)
+                result = await run_check(spec.name, partial(spec.ready_check, context), timeout)
                 add(spec.name, result.ok, "ready" if result.ok else str(result.error))
     finally:
         await broadcast.disconnect()

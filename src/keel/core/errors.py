@@ -145,8 +145,12 @@ _HTTP_STATUS_ERRORS: dict[int, type[KeelError]] = {
 }
 
 #: Every problem type Keel answers with, for the docs and for tests.
-PROBLEM_TYPES = sorted({problem_type(cls.slug) for cls in (*_HTTP_STATUS_ERRORS.values(),
-                                                            ValidationFailed, InternalError)})
+_ALL_ERRORS: list[type[KeelError]] = [*_HTTP_STATUS_ERRORS.values(), ValidationFailed, InternalError]
+#: The type of an HTTP error no Keel error class covers (e.g. a 418 raised by a library).
+GENERIC_HTTP_ERROR_SLUG = "http-error"
+PROBLEM_TYPES = sorted(
+    {problem_type(cls.slug) for cls in _ALL_ERRORS} | {problem_type(GENERIC_HTTP_ERROR_SLUG)}
+)
 
 
 def problem_response(
@@ -224,9 +228,15 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error_class = _HTTP_STATUS_ERRORS.get(exc.status_code)
     if error_class is None:
-        return problem_response(status=exc.status_code, slug="http-error", title="HTTP error",
-                                detail=str(exc.detail), instance=request.url.path,
-                                request_id=_request_id(request), headers=exc.headers)
+        return problem_response(
+            status=exc.status_code,
+            slug=GENERIC_HTTP_ERROR_SLUG,
+            title="HTTP error",
+            detail=str(exc.detail),
+            instance=request.url.path,
+            request_id=_request_id(request),
+            headers=exc.headers,
+        )
     error = error_class.__new__(error_class)
     KeelError.__init__(error, None, headers=exc.headers)
     if exc.status_code == 404:

@@ -46,16 +46,43 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     message = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return redact(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    described: str = redact(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+    return described
+
+
+#: Checks abandoned at their timeout, kept referenced until their cancellation completes.
+_abandoned_checks: set[asyncio.Future[Any]] = set()
 
 
 async def run_check(name: str, check: Check, timeout: float) -> CheckResult:
+    """Run ``check``; a failure or exceeding ``timeout`` seconds counts as failed."""
     started = time.perf_counter()
+    task = asyncio.ensure_future(check())
     try:
-        await asyncio.wait_for(check(), timeout)
-    except Exception as exc:
+        await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done():
+        # Answer at the timeout and let the cancellation finish in the background:
+        # ``wait_for`` would wait for it, and a driver's clean-up can hang as long as the
+        # outage (asyncpg sends a cancel request over a new connection to the same server).
+        task.cancel()
+        _abandoned_checks.add(task)
+        task.add_done_callback(_forget_abandoned_check)
+        return CheckResult(name, False, _ms_since(started), "timed out")
+    if task.cancelled():
+        return CheckResult(name, False, _ms_since(started), "cancelled")
+    exc = task.exception()
+    if exc is not None:
         return CheckResult(name, False, _ms_since(started), describe_failure(exc))
     return CheckResult(name, True, _ms_since(started))
+
+
+def _forget_abandoned_check(task: asyncio.Future[Any]) -> None:
+    _abandoned_checks.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _ms_since(started: float) -> float:

@@ -12,16 +12,21 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
+import sentry_sdk
 import structlog
 from pydantic import BaseModel
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Select, literal, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.types import TypeDecorator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel.core.db import UTCDateTime
 from keel.core.errors import (
     InternalError,
     PayloadTooLarge,
@@ -118,7 +123,10 @@ class RequestContextMiddleware:
                     PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes."),
                     request_id, path, send_with_request_id,
                 )
-        except Exception:
+        except Exception as exc:
+            # Reported here because this middleware answers before any framework integration
+            # of Sentry sees the exception (a no-op when Sentry is not initialised).
+            sentry_sdk.capture_exception(exc)
             log.exception("http.unhandled_error", method=method, path=path)
             if not response_started:
                 await self._send_problem(InternalError(), request_id, path, send_with_request_id)
@@ -198,6 +206,42 @@ def decode_cursor(cursor: str, width: int) -> list[Any]:
     return values
 
 
+#: Column types whose values a cursor carries as JSON strings, and how to read them back.
+_FROM_CURSOR_STRING: dict[type, Callable[[str], Any]] = {
+    datetime: datetime.fromisoformat,
+    date: date.fromisoformat,
+    Decimal: Decimal,
+    uuid.UUID: uuid.UUID,
+}
+
+
+def _cursor_value(column: InstrumentedAttribute[Any], value: Any) -> Any:
+    """``value`` as the Python type of ``column``; a forged cursor is a 422, never a 500."""
+    invalid = ValidationFailed("The cursor is not one this API issued.")
+    sql_type = column.type
+    if isinstance(sql_type, TypeDecorator):  # UTCDateTime and the like: the impl's type
+        sql_type = sql_type.impl_instance
+    try:
+        python_type = sql_type.python_type
+    except NotImplementedError:
+        return value
+    if python_type in _FROM_CURSOR_STRING and isinstance(value, str):
+        try:
+            value = _FROM_CURSOR_STRING[python_type](value)
+        except (ValueError, InvalidOperation):
+            raise invalid from None
+        if isinstance(column.type, UTCDateTime) and value.tzinfo is None:
+            raise invalid
+        return value
+    if isinstance(value, bool) and python_type is not bool:
+        raise invalid
+    if python_type is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, python_type):
+        raise invalid
+    return value
+
+
 async def paginate(
     session: AsyncSession,
     statement: Select[Any],
@@ -209,11 +253,17 @@ async def paginate(
     """Keyset pagination: rows strictly after the cursor in ``order_by`` order (ascending).
 
     ``order_by`` must end in a unique column so the order is total; ``cursor_of(row)`` gives
-    the values of those columns for a row, as JSON-able values comparable in the database.
+    the values of those columns for a row (datetimes, dates, Decimals and UUIDs may be given
+    as they are). Cursor values are read back as their column's type and bound with it, so a
+    timestamp compares as a timestamp on every database.
     """
     if page.cursor is not None:
         after = decode_cursor(page.cursor, len(order_by))
-        statement = statement.where(tuple_(*order_by) > tuple_(*after))
+        bounds = [
+            literal(_cursor_value(column, value), type_=column.type)
+            for column, value in zip(order_by, after, strict=True)
+        ]
+        statement = statement.where(tuple_(*order_by) > tuple_(*bounds))
     rows = list(await session.scalars(statement.order_by(*order_by).limit(page.limit + 1)))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
@@ -231,8 +281,9 @@ def etag_for(version: int | str) -> str:
     return f'"{version}"'
 
 
-def _parse_etags(header: str) -> list[str]:
-    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+def _parse_etags(header: str, *, weak_comparison: bool) -> list[str]:
+    tags = [tag.strip() for tag in header.split(",") if tag.strip()]
+    return [tag.removeprefix("W/") for tag in tags] if weak_comparison else tags
 
 
 def check_if_match(if_match: str | None, current_version: int | str, *, required: bool) -> None:
@@ -241,7 +292,8 @@ def check_if_match(if_match: str | None, current_version: int | str, *, required
         if required:
             raise PreconditionRequired("This write needs an If-Match header with the ETag.")
         return
-    tags = _parse_etags(if_match)
+    # RFC 9110 13.1.1: If-Match uses the strong comparison, so a weak tag never matches.
+    tags = _parse_etags(if_match, weak_comparison=False)
     if "*" in tags:
         return
     if etag_for(current_version) not in tags:
@@ -255,6 +307,6 @@ def is_not_modified(if_none_match: str | None, current_version: int | str) -> bo
     """True when the caller's cached copy (``If-None-Match``) is current: answer 304."""
     if if_none_match is None:
         return False
-    tags = _parse_etags(if_none_match)
+    tags = _parse_etags(if_none_match, weak_comparison=True)
     return "*" in tags or etag_for(current_version) in tags
 

@@ -31,8 +31,12 @@ _SENSITIVE_VALUE = re.compile(
     r"|\bbasic\s+[A-Za-z0-9+/=]{8,}"
     r"|\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # JWTs
     r"|\bkeel_[A-Za-z0-9_]{16,}"  # Keel API keys
-    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password@ in URLs
+    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # user:password@ in URLs; Redis ones have no user
 )
+
+
+#: ``key=value`` / ``key: value`` written inside a string (exception messages, URLs' queries).
+_ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z][\w.-]*)(?P<sep>\s*[=:]\s*)(?P<value>[^\s&,;'\"]+)")
 
 
 def is_sensitive_key(key: str) -> bool:
@@ -44,7 +48,7 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if _depth > 12:
         return REDACTED
     if isinstance(value, str):
-        return _SENSITIVE_VALUE.sub(REDACTED, value)
+        return _redact_string(value)
     if isinstance(value, Mapping):
         return {
             key: REDACTED
@@ -57,6 +61,18 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if hasattr(value, "get_secret_value"):  # pydantic SecretStr / SecretBytes
         return REDACTED
     return value
+
+
+def _redact_string(text: str) -> str:
+    text = _SENSITIVE_VALUE.sub(REDACTED, text)
+    if "=" not in text and ":" not in text:
+        return text
+    return _ASSIGNMENT.sub(
+        lambda match: f"{match['key']}{match['sep']}{REDACTED}"
+        if is_sensitive_key(match["key"]) and match["value"] != REDACTED
+        else match[0],
+        text,
+    )
 
 
 def _redact_processor(

@@ -7,18 +7,18 @@ work; ``/health/ready`` and ``keel doctor`` run each enabled service's readiness
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
 if TYPE_CHECKING:
     from keel.app import AppContext
 
-ReadyCheck = Callable[["AppContext"], Awaitable[None]]
-BackgroundTask = Callable[["AppContext"], Awaitable[None]]
+ReadyCheck = Callable[["AppContext"], Coroutine[Any, Any, None]]
+BackgroundTask = Callable[["AppContext"], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ delete touching such a table (relationship loads included) and stamps new rows w
 tenant. A session bound to no tenant refuses to query tenant-owned tables at all, unless the
 statement says ``execution_options(all_tenants=True)`` — the one, greppable way for platform
 code (``keel audit verify``, migrations of data) to look across tenants.
+
+Bulk ``insert()``/``update()`` statements from a bound session may not write another
+tenant's ``tenant_id``. Scoping covers ORM statements (``select(Model)``, ``update(Model)``);
+Core statements on ``Model.__table__`` bypass it, so services use ORM entities only.
 """
 
 from __future__ import annotations
@@ -53,9 +57,7 @@ class TenantScoped:
 
     @declared_attr
     def tenant_id(cls) -> Mapped[str]:
-        return mapped_column(
-            String(36), ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
-        )
+        return mapped_column(String(36), ForeignKey("tenants.id", ondelete="RESTRICT"), index=True)
 
 
 def bind_tenant(session: AsyncSession | Session, tenant_id: str) -> None:
@@ -70,8 +72,37 @@ def bound_tenant(session: AsyncSession | Session) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _assigned_tenant_ids(state: ORMExecuteState) -> set[Any]:
+    """Every ``tenant_id`` value a bulk INSERT or UPDATE statement would write."""
+    assigned: set[Any] = set()
+    statement: Any = state.statement
+    value_sets = [getattr(statement, "_values", None) or {}]
+    value_sets += list(getattr(statement, "_multi_values", ()) or ())
+    for values in value_sets:
+        rows = values if isinstance(values, list) else [values]
+        for row in rows:
+            for key, value in row.items() if isinstance(row, dict) else ():
+                if getattr(key, "key", key) == "tenant_id":
+                    assigned.add(getattr(value, "value", value))
+    parameters = state.parameters
+    for row in parameters if isinstance(parameters, list) else [parameters or {}]:
+        if isinstance(row, dict) and "tenant_id" in row:
+            assigned.add(row["tenant_id"])
+    return assigned
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _scope_statement(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update:
+        # Bulk writes bypass before_flush: a bound session may not write another tenant's id.
+        tenant_id = state.session.info.get(_TENANT_KEY)
+        if (
+            tenant_id is not None
+            and not state.execution_options.get(ALL_TENANTS_OPTION)
+            and any(issubclass(mapper.class_, TenantScoped) for mapper in state.all_mappers)
+            and _assigned_tenant_ids(state) - {tenant_id}
+        ):
+            raise TenantScopeError("a bulk write names another tenant than the session's")
     if not (state.is_select or state.is_update or state.is_delete):
         return
     if state.is_column_load or state.is_relationship_load:
@@ -113,9 +144,7 @@ def _stamp_new_rows(session: Session, flush_context: Any, instances: Any) -> Non
 
 def validate_tenant_slug(slug: str) -> str:
     if not _SLUG.fullmatch(slug):
-        raise ValidationFailed(
-            "A tenant slug is 1-63 lowercase letters, digits and inner hyphens."
-        )
+        raise ValidationFailed("A tenant slug is 1-63 lowercase letters, digits and inner hyphens.")
     return slug
 
 
@@ -136,9 +165,9 @@ async def create_tenant(session: AsyncSession, slug: str, name: str | None = Non
     return tenant
 
 
-async def ensure_tenant(session: AsyncSession, slug: str, name: str | None = None) -> tuple[
-    Tenant, bool
-]:
+async def ensure_tenant(
+    session: AsyncSession, slug: str, name: str | None = None
+) -> tuple[Tenant, bool]:
     """Return the tenant ``slug``, creating it if needed; the flag says whether it was new."""
     existing = await session.scalar(select(Tenant).where(Tenant.slug == slug))
     if existing is not None:

@@ -1,0 +1,165 @@
+"""The data layer on SQLite and PostgreSQL: UTC timestamps, SQLite pragmas, units of work."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Integer, MetaData, String, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from keel.core.db import Database, UTCDateTime
+from keel.core.ids import new_id
+from keel.core.tenancy import Tenant, TenantScoped, bind_tenant, create_tenant
+from keel.settings import Settings
+from support.tables import add_tenants_stub, created_tables, unique_name
+
+
+class ScratchBase(DeclarativeBase):
+    metadata = MetaData()
+
+
+add_tenants_stub(ScratchBase.metadata)
+
+
+class Reading(ScratchBase):
+    __tablename__ = unique_name("test_reading")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Note(TenantScoped, ScratchBase):
+    __tablename__ = unique_name("test_note")
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    text: Mapped[str] = mapped_column(String(100))
+
+
+@pytest.fixture
+async def db(database: Database) -> AsyncIterator[Database]:
+    async with created_tables(database, ScratchBase.metadata):
+        yield database
+
+
+async def store(db: Database, taken_at: datetime | None) -> datetime | None:
+    async with db.session() as session:
+        reading = Reading(taken_at=taken_at)
+        session.add(reading)
+        await session.flush()
+        reading_id = reading.id
+    async with db.session() as session:
+        return await session.scalar(select(Reading.taken_at).where(Reading.id == reading_id))
+
+
+class TestUTCDateTime:
+    async def test_utc_datetime_round_trips_aware_and_exact(self, db: Database) -> None:
+        moment = datetime(2026, 3, 29, 1, 59, 59, 123456, tzinfo=UTC)
+        loaded = await store(db, moment)
+        assert loaded == moment
+        assert loaded is not None
+        assert loaded.tzinfo is UTC
+
+    async def test_other_zone_is_stored_as_the_same_instant_in_utc(self, db: Database) -> None:
+        india = timezone(timedelta(hours=5, minutes=30))
+        loaded = await store(db, datetime(2026, 1, 1, 5, 30, tzinfo=india))
+        assert loaded == datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+        assert loaded is not None
+        assert loaded.utcoffset() == timedelta(0)
+
+    async def test_null_stays_null(self, db: Database) -> None:
+        assert await store(db, None) is None
+
+    async def test_naive_datetime_is_refused_and_nothing_is_stored(self, db: Database) -> None:
+        with pytest.raises(StatementError, match="naive datetimes are refused"):
+            await store(db, datetime(2026, 1, 1, 12, 0))  # naive: the point of the test
+        async with db.session() as session:
+            assert await session.scalar(select(Reading.id)) is None
+
+    async def test_utc_order_is_kept_across_zones(self, db: Database) -> None:
+        new_york = timezone(timedelta(hours=-5))
+        earlier = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
+        later = datetime(2026, 1, 1, 19, 30, tzinfo=new_york)  # 00:30 UTC the next day
+        await store(db, later)
+        await store(db, earlier)
+        async with db.session() as session:
+            statement = select(Reading.taken_at).order_by(Reading.taken_at)
+            ordered = list(await session.scalars(statement))
+        assert ordered == [earlier, later]
+
+
+class TestSession:
+    async def test_unit_of_work_commits_when_the_block_succeeds(self, db: Database) -> None:
+        slug = unique_name("commit").replace("_", "-")
+        async with db.session() as session:
+            await create_tenant(session, slug)
+        async with db.session() as session:
+            assert await session.scalar(select(Tenant.slug).where(Tenant.slug == slug)) == slug
+
+    async def test_unit_of_work_rolls_back_when_the_block_raises(self, db: Database) -> None:
+        slug = unique_name("rollback").replace("_", "-")
+
+        async def write_then_fail() -> None:
+            async with db.session() as session:
+                await create_tenant(session, slug)
+                raise LookupError("something after the write failed")
+
+        with pytest.raises(LookupError):
+            await write_then_fail()
+        async with db.session() as session:
+            assert await session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is None
+
+    async def test_foreign_keys_are_enforced(self, db: Database) -> None:
+        async def add_note_of_missing_tenant() -> None:
+            async with db.session() as session:
+                bind_tenant(session, new_id())  # a tenant that does not exist
+                session.add(Note(text="orphan"))
+
+        with pytest.raises(IntegrityError):
+            await add_note_of_missing_tenant()
+
+    async def test_ping_reaches_the_database(self, db: Database) -> None:
+        await db.ping()
+
+
+class TestSQLite:
+    @pytest.fixture
+    async def sqlite_database(self, tmp_path: Path) -> AsyncIterator[Database]:
+        database = Database.from_settings(
+            Settings(database_url=f"sqlite:///{tmp_path / 'nested' / 'keel.db'}")
+        )
+        yield database
+        await database.dispose()
+
+    async def test_every_connection_runs_wal_with_foreign_keys_and_busy_timeout(
+        self, sqlite_database: Database
+    ) -> None:
+        engine = sqlite_database.engine
+        async with engine.connect() as first, engine.connect() as second:
+            for connection in (first, second):
+                assert (await connection.scalar(text("PRAGMA journal_mode"))) == "wal"
+                assert (await connection.scalar(text("PRAGMA foreign_keys"))) == 1
+                assert (await connection.scalar(text("PRAGMA busy_timeout"))) == 5000
+
+    async def test_missing_data_directory_is_created(
+        self, sqlite_database: Database, tmp_path: Path
+    ) -> None:
+        await sqlite_database.ping()
+        assert (tmp_path / "nested" / "keel.db").exists()
+
+
+@pytest.mark.postgres
+async def test_postgresql_pool_uses_the_configured_size(postgres_url: str) -> None:
+    database = Database.from_settings(
+        Settings(database_url=postgres_url, database_pool={"size": 3, "max_overflow": 1})
+    )
+    try:
+        await database.ping()
+        stats = database.pool_stats()
+        assert stats["size"] == 3
+        assert stats["checked_out"] == 0
+    finally:
+        await database.dispose()

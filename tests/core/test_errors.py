@@ -1,0 +1,216 @@
+"""RFC 9457 problem details: every Keel error type, FastAPI's own errors, nothing echoed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from keel.app import create_app
+from keel.core.errors import (
+    GENERIC_HTTP_ERROR_SLUG,
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_TYPES,
+    KeelError,
+    PreconditionFailed,
+    RateLimited,
+    Unauthorized,
+    problem_type,
+)
+from keel.settings import Settings
+from support.asgi import serve
+
+
+def all_error_classes(base: type[KeelError] = KeelError) -> list[type[KeelError]]:
+    found = []
+    for cls in base.__subclasses__():
+        found += [cls, *all_error_classes(cls)]
+    return found
+
+
+ERRORS_BY_SLUG = {cls.slug: cls for cls in all_error_classes()}
+SECRET = "correct-horse-battery"
+
+router = APIRouter()
+
+
+class Signup(BaseModel):
+    email: str
+    password: str = Field(min_length=32)
+
+
+@router.get("/raise/{slug}")
+async def raise_error(slug: str) -> None:
+    error_class = ERRORS_BY_SLUG[slug]
+    if error_class is RateLimited:
+        raise RateLimited("slow down", retry_after=30)
+    raise error_class(f"detail of {slug}")
+
+
+@router.get("/raise-http/{status}")
+async def raise_starlette_http_error(status: int) -> None:
+    raise HTTPException(status)
+
+
+@router.post("/signup")
+async def signup(body: Signup) -> dict[str, str]:
+    return {"email": body.email}
+
+
+@router.get("/etag-conflict")
+async def etag_conflict() -> None:
+    raise PreconditionFailed("changed", current_etag='"8"', type="spoofed", status=200)
+
+
+@pytest.fixture
+async def client(sqlite_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app: FastAPI = create_app(sqlite_settings)
+    app.include_router(router)
+    async with serve(app) as http:
+        yield http
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, object]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    body: dict[str, object] = response.json()
+    assert body["type"] == problem_type(slug)
+    assert body["status"] == status
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def test_problem_types_list_every_error_class_and_the_generic_http_error() -> None:
+    slugs = [*ERRORS_BY_SLUG, GENERIC_HTTP_ERROR_SLUG]
+    assert sorted(problem_type(slug) for slug in slugs) == PROBLEM_TYPES
+
+
+def test_problem_types_are_stable_urns() -> None:
+    # Clients match on these strings: changing one is a breaking change of the API.
+    assert PROBLEM_TYPES == [
+        "urn:keel:problem:conflict",
+        "urn:keel:problem:forbidden",
+        "urn:keel:problem:http-error",
+        "urn:keel:problem:internal",
+        "urn:keel:problem:malformed-body",
+        "urn:keel:problem:method-not-allowed",
+        "urn:keel:problem:not-found",
+        "urn:keel:problem:payload-too-large",
+        "urn:keel:problem:precondition-failed",
+        "urn:keel:problem:precondition-required",
+        "urn:keel:problem:rate-limited",
+        "urn:keel:problem:unauthorized",
+        "urn:keel:problem:unavailable",
+        "urn:keel:problem:validation",
+    ]
+
+
+@pytest.mark.parametrize("problem", PROBLEM_TYPES)
+async def test_every_problem_type_is_rendered_as_problem_json(
+    client: httpx.AsyncClient, problem: str
+) -> None:
+    slug = problem.removeprefix("urn:keel:problem:")
+    if slug == GENERIC_HTTP_ERROR_SLUG:
+        # No class of ours raises it: an HTTP error of a status we have no class for.
+        response = await client.get("/raise-http/418", headers={"X-Request-ID": "id-http"})
+        body = assert_problem(response, 418, slug)
+        assert body["request_id"] == "id-http"
+        return
+    error_class = ERRORS_BY_SLUG[slug]
+    response = await client.get(f"/raise/{slug}", headers={"X-Request-ID": f"id-{slug}"})
+    body = assert_problem(response, error_class.status, slug)
+    assert body["title"] == error_class.title
+    assert body["instance"] == f"/raise/{slug}"
+    assert body["request_id"] == f"id-{slug}"
+    assert body["detail"] == ("slow down" if error_class is RateLimited else f"detail of {slug}")
+
+
+async def test_unauthorized_asks_for_a_bearer_token(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/raise/{Unauthorized.slug}")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_rate_limited_says_when_to_retry(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/raise/{RateLimited.slug}")
+    assert response.headers["retry-after"] == "30"
+
+
+async def test_extensions_are_added_but_cannot_override_standard_members(
+    client: httpx.AsyncClient,
+) -> None:
+    body = assert_problem(await client.get("/etag-conflict"), 412, "precondition-failed")
+    assert body["current_etag"] == '"8"'
+
+
+async def test_unknown_path_is_not_found(client: httpx.AsyncClient) -> None:
+    body = assert_problem(await client.get("/no/such/thing"), 404, "not-found")
+    assert body["instance"] == "/no/such/thing"
+
+
+async def test_wrong_method_is_method_not_allowed_with_allow_header(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.delete("/signup")
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "POST"
+
+
+async def test_starlette_http_errors_become_keel_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/raise-http/403"), 403, "forbidden")
+    assert_problem(await client.get("/raise-http/409"), 409, "conflict")
+
+
+async def test_http_error_without_keel_class_is_problem_json_of_a_listed_type(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/raise-http/418")
+    body = assert_problem(response, 418, GENERIC_HTTP_ERROR_SLUG)
+    assert body["type"] in PROBLEM_TYPES
+
+
+async def test_malformed_json_is_a_400_malformed_body(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/signup",
+        content=b'{"email": "a@example.com", "password": "' + SECRET.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(response, 400, "malformed-body")
+    assert SECRET not in response.text
+
+
+async def test_validation_error_names_the_field_without_echoing_its_value(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/signup", json={"email": "a@example.com", "password": SECRET})
+    body = assert_problem(response, 422, "validation")
+    assert SECRET not in response.text
+    assert body["errors"] == [
+        {
+            "location": ["body", "password"],
+            "message": "String should have at least 32 characters",
+            "code": "string_too_short",
+        }
+    ]
+
+
+async def test_validation_error_of_a_wrongly_typed_secret_does_not_echo_it(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/signup", json={"email": "a@example.com", "password": {"value": SECRET}}
+    )
+    assert_problem(response, 422, "validation")
+    assert SECRET not in response.text
+
+
+def test_keel_error_message_defaults_to_its_title() -> None:
+    error = Unauthorized()
+    assert str(error) == Unauthorized.title
+    assert error.detail is None
+    assert error.type == "urn:keel:problem:unauthorized"

@@ -1,0 +1,81 @@
+"""Driving a Keel app in-process: over httpx, or with hand-made ASGI messages.
+
+The raw form exists for what an HTTP client refuses to send, such as a ``Content-Length``
+that lies about the body that follows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from starlette.types import Message
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to ``app``, started (lifespan) and stopped around the block."""
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
+            yield http
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def asgi_request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    chunks: Sequence[bytes] = (),
+) -> RawResponse:
+    """Send one request straight to an ASGI app: ``headers`` and ``chunks`` exactly as given."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("keel.test", 80),
+    }
+    pending = list(chunks) or [b""]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if pending:
+            body = pending.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(pending)}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    return RawResponse(
+        status=start["status"],
+        headers={name.decode(): value.decode() for name, value in start["headers"]},
+        body=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )

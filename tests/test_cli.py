@@ -1,0 +1,233 @@
+"""The ``keel`` command as an operator runs it: a real subprocess with a clean environment.
+
+Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or invalid settings.
+Errors are one line on stderr and never a traceback; secrets never reach the output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from keel import __version__
+from keel.migrations import head_revision
+from keel.settings import KNOWN_SERVICES
+from support.keel_process import (
+    KEEL,
+    free_port,
+    keel_env,
+    read_log_lines,
+    run_keel,
+    run_keel_each,
+    stop_process,
+    wait_for,
+)
+
+COMMANDS = ("serve", "worker", "migrate", "init", "doctor", "version")
+HEAD = head_revision()
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("keel: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def unbuilt_service() -> str:
+    """A service Keel knows but this build does not contain yet."""
+    missing = [name for name in KNOWN_SERVICES if importlib.util.find_spec(f"keel.{name}") is None]
+    assert missing, "every known service is built: nothing left for --services to refuse"
+    return missing[0]
+
+
+def test_help_exits_zero_for_the_app_and_every_command(tmp_path: Path) -> None:
+    results = run_keel_each(
+        [["--help"], *([command, "--help"] for command in COMMANDS)], cwd=tmp_path
+    )
+    for command, result in zip([None, *COMMANDS], results, strict=True):
+        assert result.returncode == 0, (command, result.stderr)
+        assert f"Usage: keel {command or ''}".rstrip() in result.stdout, (command, result.stdout)
+    for name in COMMANDS:
+        assert name in results[0].stdout
+    serve_help = results[1 + COMMANDS.index("serve")].stdout
+    for option in ("--host", "--port", "--services", "--reload"):
+        assert option in serve_help
+    assert not (tmp_path / ".keel").exists(), "--help must not touch the database"
+
+
+def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:
+    from keel_client import __version__ as client_version
+
+    result = run_keel("version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"keel {__version__} (keel-client {client_version}, Python ")
+
+
+def test_init_creates_the_default_tenant_once(tmp_path: Path) -> None:
+    first = run_keel("init", cwd=tmp_path)
+    second = run_keel("init", cwd=tmp_path)
+    assert (first.returncode, first.stdout) == (0, "tenant default: created\n"), first.stderr
+    assert (second.returncode, second.stdout) == (0, "tenant default: exists\n"), second.stderr
+    assert (tmp_path / ".keel" / "keel.db").exists()
+
+
+def test_migrate_twice_then_check(tmp_path: Path) -> None:
+    first = run_keel("migrate", cwd=tmp_path)
+    assert (first.returncode, first.stdout) == (0, f"migrated nothing -> {HEAD}\n"), first.stderr
+    second = run_keel("migrate", cwd=tmp_path)
+    assert (second.returncode, second.stdout) == (0, f"schema already at {HEAD}\n")
+
+    after = run_keel("migrate", "--check", cwd=tmp_path)
+    assert (after.returncode, after.stdout) == (0, f"schema at {HEAD}, head is {HEAD}\n")
+
+
+def test_invalid_settings_stop_serve_with_one_line_naming_each_variable(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / ".env").write_text("KEEL_LOG_LEVEL=chatty\nKEEL_SENTRY__TRACES_SAMPLE_RATE=7\n")
+    result = run_keel("serve", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
+    assert result.returncode == 2
+    assert_one_line_error(
+        result, "KEEL_PORT:", "KEEL_LOG_LEVEL:", "KEEL_SENTRY__TRACES_SAMPLE_RATE:"
+    )
+    assert not (tmp_path / ".keel").exists()
+
+
+def test_bad_usage_exits_2_with_one_line(tmp_path: Path) -> None:
+    unknown_service, bad_port, unknown_command = run_keel_each(
+        [["serve", "--services", "nope"], ["serve", "--port", "0"], ["no-such-command"]],
+        cwd=tmp_path,
+    )
+    for result in (unknown_service, bad_port, unknown_command):
+        assert result.returncode == 2
+        assert_one_line_error(result, "--help")  # the line says where to read the usage
+    assert "'nope'" in unknown_service.stderr
+    assert "--port" in bad_port.stderr
+    assert "no-such-command" in unknown_command.stderr
+    assert not (tmp_path / ".keel").exists()
+
+
+def test_serve_refuses_a_service_not_built_yet(tmp_path: Path) -> None:
+    service = unbuilt_service()
+    result = run_keel("serve", "--services", service, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, repr(service), "not part of this Keel build")
+
+
+def test_doctor_passes_and_prints_settings_with_secrets_masked(tmp_path: Path) -> None:
+    dsn = "https://dsnkey0123456789@o1.ingest.example.test/42"
+    result = run_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_SENTRY__DSN=dsn))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok  ] database: sqlite+aiosqlite:///.keel/keel.db" in result.stdout
+    assert "[ok  ] data_dir:" in result.stdout
+    assert "effective settings (secrets masked):" in result.stdout
+    assert "dsnkey0123456789" not in result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+
+    settings = json.loads(result.stdout.split("effective settings (secrets masked):")[1])
+    assert settings["sentry"]["dsn"] == "**********"
+    assert settings["database_url"] == "sqlite+aiosqlite:///.keel/keel.db"
+
+
+def test_doctor_fails_on_unreachable_redis_without_printing_its_password(
+    tmp_path: Path,
+) -> None:
+    env = keel_env(KEEL_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0")
+    result = run_keel("doctor", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "[FAIL] redis: redis://:***@127.0.0.1:" in result.stdout
+    assert "[ok  ] database" in result.stdout
+    assert "s3cret-pass" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+    assert json.loads(result.stdout.split("(secrets masked):")[1])["redis_url"].startswith(
+        "redis://:***@"
+    )
+
+
+def test_doctor_reports_invalid_settings_as_a_failed_check(tmp_path: Path) -> None:
+    result = run_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
+    assert result.returncode == 1
+    assert "[FAIL] settings:" in result.stdout
+    assert "KEEL_PORT" in result.stdout
+
+
+@pytest.mark.postgres
+def test_doctor_on_postgres_never_prints_the_database_password(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    url = make_url(postgres_url).set(password="pg-s3cret-word")
+    env = keel_env(
+        KEEL_DATABASE_URL=url.render_as_string(hide_password=False), KEEL_REDIS_URL=redis_url
+    )
+    result = run_keel("doctor", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout
+    assert "pg-s3cret-word" not in result.stdout + result.stderr
+    assert "[ok  ] database: postgresql+asyncpg://" in result.stdout
+    assert "[ok  ] redis:" in result.stdout
+    assert f"[ok  ] schema: at {HEAD}" in result.stdout
+    assert not (tmp_path / ".keel").exists(), "PostgreSQL mode must not create SQLite"
+
+
+@pytest.mark.postgres
+def test_serve_on_unmigrated_postgres_says_to_run_migrate(
+    empty_postgres_url: str, tmp_path: Path
+) -> None:
+    env = keel_env(KEEL_DATABASE_URL=empty_postgres_url)
+
+    refused, check = run_keel_each(
+        [["serve", "--port", str(free_port())], ["migrate", "--check"]], cwd=tmp_path, env=env
+    )
+    assert refused.returncode == 1
+    assert_one_line_error(refused, "run `keel migrate`")
+    assert (check.returncode, check.stdout) == (1, f"schema at nothing, head is {HEAD}\n")
+
+    migrated = run_keel("migrate", cwd=tmp_path, env=env)
+    assert (migrated.returncode, migrated.stdout) == (0, f"migrated nothing -> {HEAD}\n")
+    doctor = run_keel("doctor", cwd=tmp_path, env=env)
+    assert doctor.returncode == 0, doctor.stdout
+    assert f"[ok  ] schema: at {HEAD}" in doctor.stdout
+    assert not (tmp_path / ".keel").exists()
+
+
+def test_unreachable_database_is_one_line_exit_1(tmp_path: Path) -> None:
+    url = f"postgresql://keel:db-s3cret@127.0.0.1:{free_port()}/keel"
+    commands = [["migrate"], ["serve", "--port", "1"]]
+    results = run_keel_each(commands, cwd=tmp_path, env=keel_env(KEEL_DATABASE_URL=url))
+    for command, result in zip(commands, results, strict=True):
+        assert result.returncode == 1, command
+        assert_one_line_error(result, "database")
+        assert "db-s3cret" not in result.stderr
+
+
+def test_worker_starts_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [KEEL, "worker"],
+            cwd=tmp_path,
+            env=keel_env(KEEL_LOG_FORMAT="json"),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        wait_for(
+            lambda: any(line["event"] == "worker.started" for line in read_log_lines(log_path)),
+            timeout=20,
+            message=f"worker did not start: {log_path.read_text()}",
+        )
+        assert process.poll() is None
+    finally:
+        returncode = stop_process(process)
+    assert returncode == 0, log_path.read_text()
+    events = [line["event"] for line in read_log_lines(log_path)]
+    assert events[-1] == "worker.stopping"
+    assert (tmp_path / ".keel" / "keel.db").exists()  # the embedded default, migrated
