@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from keel import __version__
 from keel.core.broadcast import Broadcast, create_broadcast
+from keel.core.crypto import Keyring, load_keyring
 from keel.core.db import Database
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
@@ -52,6 +53,37 @@ class AppContext:
     services: list[ServiceSpec]
     started: bool = False
     background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Runtime objects services build at start-up (``keel.auth`` keeps its AuthService here).
+    resources: dict[str, Any] = field(default_factory=dict)
+    _keyring: Keyring | None = None
+
+    @property
+    def keyring(self) -> Keyring:
+        """The master keyring, loaded on first use (missing key: :class:`MasterKeyError`)."""
+        if self._keyring is None:
+            self._keyring = load_keyring(self.settings)
+        return self._keyring
+
+
+def build_context(settings: Settings) -> AppContext:
+    """The shared objects of one process (app, worker or CLI command), not yet started."""
+    return AppContext(
+        settings=settings,
+        database=Database.from_settings(settings),
+        broadcast=create_broadcast(
+            settings.redis_url.get_secret_value() if settings.redis_url else None
+        ),
+        metrics=Metrics(),
+        services=resolve_services(settings),
+    )
+
+
+async def start_services(context: AppContext) -> None:
+    """Prepare the database and run every enabled service's start-up hook."""
+    await prepare_database(context.database, context.settings)
+    for spec in context.services:
+        if spec.startup is not None:
+            await spec.startup(context)
 
 
 def resolve_services(settings: Settings) -> list[ServiceSpec]:
@@ -84,19 +116,9 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     settings = settings or load_settings()
-    services = resolve_services(settings)
-    metrics = Metrics()
-    database = Database.from_settings(settings)
+    context = build_context(settings)
+    services, database, metrics = context.services, context.database, context.metrics
     metrics.watch_database(database)
-    context = AppContext(
-        settings=settings,
-        database=database,
-        broadcast=create_broadcast(
-            settings.redis_url.get_secret_value() if settings.redis_url else None
-        ),
-        metrics=metrics,
-        services=services,
-    )
     # Background work runs in `keel worker`; on the embedded default there is no other
     # process to run it, so `keel serve` runs it too.
     if run_background is None:
@@ -104,7 +126,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_database(database, settings)
+        await start_services(context)
         await context.broadcast.connect()
         if run_background:
             for spec in services:

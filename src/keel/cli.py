@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -24,6 +25,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from keel import __version__
 from keel.core.logging import configure_logging, get_logger
 from keel.settings import KNOWN_SERVICES, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from keel.app import AppContext
 
 T = TypeVar("T")
 EXIT_FAILURE = 1
@@ -85,10 +89,8 @@ def serve(
     """Serve the Keel API (every enabled service in one ASGI app)."""
     import uvicorn
 
-    from keel.app import prepare_database, resolve_services
-    from keel.core.db import Database
+    from keel.app import resolve_services
     from keel.core.services import ServiceUnavailableInBuild
-    from keel.migrations import SchemaOutOfDate
 
     service_names = _services_option(services)
     overrides: dict[str, Any] = {}
@@ -104,25 +106,19 @@ def serve(
     except ServiceUnavailableInBuild as exc:
         fail(str(exc), EXIT_USAGE)
 
-    async def check_database() -> None:
-        database = Database.from_settings(settings)
-        try:
-            await prepare_database(database, settings)
-        finally:
-            await database.dispose()
+    async def check_start() -> None:
+        # Start once here so that a missing master key, an old schema or an unreachable
+        # database is one line from the CLI, not a traceback from inside uvicorn.
+        async with started_context(settings):
+            pass
 
-    try:
-        run(check_database)
-    except SchemaOutOfDate as exc:
-        fail(str(exc))
-    except (OSError, Exception) as exc:
-        from keel.core.health import describe_failure
-
-        fail(f"cannot reach the database: {describe_failure(exc)}")
+    _run_database_command(check_start)
 
     # The app factory reads settings from the environment (also in reloaded children).
     if service_names is not None:
         os.environ["KEEL_SERVICES"] = ",".join(service_names)
+    os.environ["KEEL_HOST"] = settings.host
+    os.environ["KEEL_PORT"] = str(settings.port)
     configure_logging(settings.log_level, settings.log_format)
     get_logger("keel").info("keel.serving", url=f"http://{settings.host}:{settings.port}")
     uvicorn.run(
@@ -141,47 +137,30 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run background work (sweepers, rotations, deliveries) of the enabled services."""
-    from keel.app import AppContext, prepare_database, resolve_services
-    from keel.core.broadcast import create_broadcast
-    from keel.core.db import Database
-    from keel.core.metrics import Metrics
-
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("keel.worker")
 
     async def main() -> None:
-        database = Database.from_settings(settings)
-        context = AppContext(
-            settings=settings,
-            database=database,
-            broadcast=create_broadcast(
-                settings.redis_url.get_secret_value() if settings.redis_url else None
-            ),
-            metrics=Metrics(),
-            services=resolve_services(settings),
-        )
-        await prepare_database(database, settings)
-        await context.broadcast.connect()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        tasks = [
-            asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
-            for spec in context.services
-            for task in spec.background
-        ]
-        log.info("worker.started", tasks=[task.get_name() for task in tasks])
-        await stop.wait()
-        log.info("worker.stopping")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await context.broadcast.disconnect()
-        await database.dispose()
+        async with started_context(settings) as context:
+            await context.broadcast.connect()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            tasks = [
+                asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
+                for spec in context.services
+                for task in spec.background
+            ]
+            log.info("worker.started", tasks=[task.get_name() for task in tasks])
+            await stop.wait()
+            log.info("worker.stopping")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    run(main)
+    _run_database_command(main)
 
 
 @app.command()
@@ -218,31 +197,56 @@ def migrate(
 @app.command()
 def init(
     tenant: Annotated[str, typer.Option(help="Slug of the first tenant.")] = "default",
+    admin: Annotated[str, typer.Option(help="Username of the first administrator.")] = "admin",
 ) -> None:
-    """Create the first tenant (idempotent); on the embedded default, migrate first."""
-    from keel.app import prepare_database
-    from keel.core.db import Database
+    """Create the first tenant and its administrator (idempotent).
+
+    On first run it prints one admin API key: it is shown once and never stored in clear.
+    On the embedded default the database is migrated first.
+    """
     from keel.core.errors import KeelError
     from keel.core.tenancy import ensure_tenant
 
     settings = settings_or_exit()
 
     async def main() -> None:
-        database = Database.from_settings(settings)
-        try:
-            await prepare_database(database, settings)
-            async with database.session() as session:
-                created_tenant, created = await ensure_tenant(session, tenant)
-            typer.echo(f"tenant {created_tenant.slug}: {'created' if created else 'exists'}")
-        except KeelError as exc:
-            fail(str(exc), EXIT_USAGE)
-        finally:
-            await database.dispose()
+        async with started_context(settings) as context:
+            try:
+                async with context.database.session() as session:
+                    created_tenant, created = await ensure_tenant(session, tenant)
+                typer.echo(f"tenant {created_tenant.slug}: {'created' if created else 'exists'}")
+                if "auth" in context.resources:
+                    from keel.auth.bootstrap import ensure_admin
+
+                    async with context.database.session() as session:
+                        outcome = await ensure_admin(
+                            context.resources["auth"], session, created_tenant.id, admin
+                        )
+                    typer.echo(f"admin {admin}: {'created' if outcome.api_key else 'exists'}")
+                    if outcome.api_key:
+                        typer.echo(f"admin API key (shown once, store it now): {outcome.api_key}")
+            except KeelError as exc:
+                fail(str(exc), EXIT_USAGE)
 
     _run_database_command(main)
 
 
+@asynccontextmanager
+async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
+    """An :class:`AppContext` with its services started, disposed of on exit."""
+    from keel.app import build_context, start_services
+
+    context = build_context(settings)
+    try:
+        await start_services(context)
+        yield context
+    finally:
+        await context.broadcast.disconnect()
+        await context.database.dispose()
+
+
 def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
+    from keel.core.crypto import MasterKeyError
     from keel.core.health import describe_failure
     from keel.migrations import SchemaOutOfDate
 
@@ -250,7 +254,7 @@ def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
         run(main)
     except (typer.Exit, typer.Abort):
         raise
-    except SchemaOutOfDate as exc:
+    except (SchemaOutOfDate, MasterKeyError) as exc:
         fail(str(exc))
     except Exception as exc:
         fail(f"database error: {describe_failure(exc)}")
@@ -291,6 +295,15 @@ def version() -> None:
 
     python_version = sys.version.split()[0]
     typer.echo(f"keel {__version__} (keel-client {client_version}, Python {python_version})")
+
+
+def _add_service_commands() -> None:
+    from keel.auth.cli import app as auth_app
+
+    app.add_typer(auth_app, name="auth")
+
+
+_add_service_commands()
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ class ServiceSpec:
     #: Routes mounted at the root, for paths standards fix (``/.well-known/...``).
     root_router: Callable[[], APIRouter] | None = None
     ready_check: ReadyCheck | None = None
+    #: Builds the service's runtime objects into ``context.resources`` before serving.
+    startup: ReadyCheck | None = None
     #: Long-running loops started by ``keel worker`` (and by ``keel serve`` on the
     #: embedded default, where there is no separate worker).
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
