@@ -31,6 +31,8 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
+#: A fixed master key for tests (base64 of 32 bytes); never used outside tests.
+TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="
 
 
 def service_missing(what: str, url: str, reason: object) -> None:
@@ -132,7 +134,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=tmp_path / ".keel", redis_url=None)
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path / ".keel",
+        redis_url=None,
+        master_key=TEST_MASTER_KEY,
+        public_url="http://keel.test",
+    )
 
 
 @pytest.fixture
