@@ -91,3 +91,17 @@ async def test_oversized_body_is_problem_json(
     assert response.status_code == 413
     assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
     assert response.json()["type"] == "urn:keel:problem:payload-too-large"
+
+
+async def test_liveness_is_answered_with_request_id_and_counted(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/live", headers={"X-Request-ID": "live-1"})
+    head = await client.head("/health/live")
+    assert (response.status_code, response.json()) == (200, {"status": "pass"})
+    assert response.headers["x-request-id"] == "live-1"
+    assert head.status_code == 200
+    assert head.content == b""
+    metrics = (await client.get("/metrics")).text
+    assert 'keel_http_requests_total{method="GET",route="/health/live",status="200"} 1.0' in metrics
+    assert (
+        'keel_http_requests_total{method="HEAD",route="/health/live",status="200"} 1.0' in metrics
+    )

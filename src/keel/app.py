@@ -135,8 +135,12 @@ def create_app(
                         asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
                     )
         context.started = True
-        log.info("keel.started", services=[spec.name for spec in services],
-                 database=database.dialect, redis=settings.redis_url is not None)
+        log.info(
+            "keel.started",
+            services=[spec.name for spec in services],
+            database=database.dialect,
+            redis=settings.redis_url is not None,
+        )
         try:
             yield
         finally:
@@ -171,7 +175,10 @@ def create_app(
 
     init_tracing(app, settings, tracer_provider)
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        routes=lambda: app.routes,
     )
     return app
 

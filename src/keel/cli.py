@@ -69,7 +69,8 @@ def _services_option(value: str | None) -> list[str] | None:
     if unknown or not names:
         raise typer.BadParameter(
             f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}"
-            if unknown else "name at least one service",
+            if unknown
+            else "name at least one service",
             param_hint="'--services'",
         )
     return names
@@ -271,7 +272,8 @@ def doctor(
         settings = load_settings()
     except SettingsError as exc:
         report: dict[str, Any] = {
-            "ok": False, "checks": [{"name": "settings", "ok": False, "detail": str(exc)}]
+            "ok": False,
+            "checks": [{"name": "settings", "ok": False, "detail": str(exc)}],
         }
     else:
         report = run(lambda: run_doctor(settings))

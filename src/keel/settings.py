@@ -133,9 +133,7 @@ class Settings(BaseSettings):
     def _known_services(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in KNOWN_SERVICES]
         if unknown:
-            raise ValueError(
-                f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}"
-            )
+            raise ValueError(f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}")
         return list(dict.fromkeys(value))
 
     @field_validator("log_level")

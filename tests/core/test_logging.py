@@ -153,15 +153,35 @@ class TestConfiguredOutput:
     ) -> None:
         configure_logging("info", LogFormat.json)
         async with serve(create_app(sqlite_settings)) as client:
-            response = await client.get("/health/live", headers={"X-Request-ID": "log-req-1"})
-        assert response.status_code == 200
+            response = await client.get("/no-such-page", headers={"X-Request-ID": "log-req-1"})
+            probe = await client.get("/health/ready", headers={"X-Request-ID": "probe-1"})
+        assert response.status_code == 404
+        assert probe.status_code == 200
         lines = json_lines(capsys.readouterr().err)
         request_lines = [line for line in lines if line["event"] == "http.request"]
+        # Probes log at debug, so at info only the page request has a line.
         assert len(request_lines) == 1
         assert request_lines[0]["request_id"] == "log-req-1"
-        assert request_lines[0]["status"] == 200
+        assert request_lines[0]["status"] == 404
         assert request_lines[0]["level"] == "info"
+        assert request_lines[0]["logger"] == "keel.http"
         assert "timestamp" in request_lines[0]
+
+    async def test_probe_requests_are_logged_at_debug(
+        self, capsys: pytest.CaptureFixture[str], sqlite_settings: Settings
+    ) -> None:
+        configure_logging("debug", LogFormat.json)
+        async with serve(create_app(sqlite_settings)) as client:
+            await client.get("/health/ready", headers={"X-Request-ID": "probe-2"})
+        lines = json_lines(capsys.readouterr().err)
+        probe_lines = [
+            line
+            for line in lines
+            if line.get("request_id") == "probe-2" and line["event"] == "http.request"
+        ]
+        assert [(line["event"], line["level"]) for line in probe_lines] == [
+            ("http.request", "debug")
+        ]
 
     def test_context_bound_values_appear_on_every_line(
         self, capsys: pytest.CaptureFixture[str]

@@ -145,7 +145,11 @@ _HTTP_STATUS_ERRORS: dict[int, type[KeelError]] = {
 }
 
 #: Every problem type Keel answers with, for the docs and for tests.
-_ALL_ERRORS: list[type[KeelError]] = [*_HTTP_STATUS_ERRORS.values(), ValidationFailed, InternalError]
+_ALL_ERRORS: list[type[KeelError]] = [
+    *_HTTP_STATUS_ERRORS.values(),
+    ValidationFailed,
+    InternalError,
+]
 #: The type of an HTTP error no Keel error class covers (e.g. a 418 raised by a library).
 GENERIC_HTTP_ERROR_SLUG = "http-error"
 PROBLEM_TYPES = sorted(
@@ -173,8 +177,9 @@ def problem_response(
         body["request_id"] = request_id
     if extensions:
         body.update({k: v for k, v in extensions.items() if k not in body})
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}),
-                        media_type=PROBLEM_CONTENT_TYPE)
+    return JSONResponse(
+        body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_CONTENT_TYPE
+    )
 
 
 def render_error(error: KeelError, request_id: str | None, instance: str | None) -> Response:
@@ -200,8 +205,13 @@ def describe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     described = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
-        described.append({"location": location, "message": error.get("msg", "invalid"),
-                          "code": error.get("type", "invalid")})
+        described.append(
+            {
+                "location": location,
+                "message": error.get("msg", "invalid"),
+                "code": error.get("type", "invalid"),
+            }
+        )
     return described
 
 
@@ -214,11 +224,15 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
-        return render_error(BadRequest("The request body is not valid JSON."),
-                            _request_id(request), request.url.path)
+        return render_error(
+            BadRequest("The request body is not valid JSON."),
+            _request_id(request),
+            request.url.path,
+        )
     return render_error(
-        ValidationFailed("The request does not match the schema.",
-                         errors=describe_validation_errors(errors)),
+        ValidationFailed(
+            "The request does not match the schema.", errors=describe_validation_errors(errors)
+        ),
         _request_id(request),
         request.url.path,
     )

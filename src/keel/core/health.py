@@ -34,8 +34,10 @@ class CheckResult:
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"status": "pass" if self.ok else "fail",
-                                  "duration_ms": self.duration_ms}
+        result: dict[str, Any] = {
+            "status": "pass" if self.ok else "fail",
+            "duration_ms": self.duration_ms,
+        }
         if self.error:
             result["error"] = self.error
         return result
@@ -121,8 +123,9 @@ def build_health_router() -> APIRouter:
     async def startup(request: Request) -> Response:
         context: AppContext = request.app.state.keel
         if not context.started:
-            return problem_response(status=503, slug="unavailable", title="Starting",
-                                    detail="Keel is still starting.")
+            return problem_response(
+                status=503, slug="unavailable", title="Starting", detail="Keel is still starting."
+            )
         return JSONResponse({"status": "pass"})
 
     @router.get("/ready", summary="Readiness: every dependency and enabled service answers")
@@ -133,9 +136,14 @@ def build_health_router() -> APIRouter:
         failing = [result.name for result in results if not result.ok]
         if failing or not context.started:
             detail = ("not ready: " + ", ".join(failing)) if failing else "Keel is still starting."
-            return problem_response(status=503, slug="unavailable", title="Not ready",
-                                    detail=detail, extensions={"checks": checks},
-                                    request_id=request.scope["state"].get("request_id"))
+            return problem_response(
+                status=503,
+                slug="unavailable",
+                title="Not ready",
+                detail=detail,
+                extensions={"checks": checks},
+                request_id=request.scope["state"].get("request_id"),
+            )
         return JSONResponse({"status": "pass", "checks": checks})
 
     return router

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import time
 import uuid
@@ -44,11 +45,19 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+#: Answered by the middleware itself: liveness proves the event loop turns and needs nothing
+#: of routing, dependencies or the database, so probe storms stay cheap.
+LIVENESS_PATH = "/health/live"
+_LIVENESS_BODY = b'{"status":"pass"}'
+#: Probes and scrapes are logged at debug: a line per kubelet probe would drown the rest.
+_QUIET_PREFIXES = ("/health/", "/metrics")
+
+
 def accept_request_id(value: str | None) -> str:
     """The caller's request ID when it is safe to log and echo, else a new one."""
     if value and _SAFE_REQUEST_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class _BodyTooLarge(Exception):
@@ -59,46 +68,106 @@ class RequestContextMiddleware:
     """Outermost Keel middleware: one request ID, one log line, one metric per request.
 
     It also enforces the body size limit while the body streams in (a lying or absent
-    ``Content-Length`` does not get past it) and turns any exception that escaped every
-    handler into a bare ``internal`` problem: no stack trace ever reaches the client.
+    ``Content-Length`` does not get past it), answers liveness probes itself, and turns any
+    exception that escaped every handler into a bare ``internal`` problem: no stack trace
+    ever reaches the client.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        routes: Callable[[], Sequence[Any]] = tuple,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self._routes = routes
+        self._endpoint_paths: dict[Any, str] | None = None
+        # Labelled children cached: .labels() costs a lock and a dict build per call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _observe(self, template: str, method: str, status: int, elapsed: float) -> None:
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.metrics.requests.labels(template, method, str(status)),
+                self.metrics.latency.labels(template, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+    def _template(self, scope: Scope) -> str:
+        """The route template that answered: FastAPI routes set ``scope["route"]``; plain
+        Starlette routes (``/openapi.json``, ``/docs``) only ``scope["endpoint"]``."""
+        path = getattr(scope.get("route"), "path", None)
+        if path:
+            return str(path)
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return UNMATCHED_ROUTE
+        if self._endpoint_paths is None:
+            self._endpoint_paths = {
+                getattr(route, "endpoint", None): route.path
+                for route in self._routes()
+                if hasattr(route, "path")
+            }
+        return self._endpoint_paths.get(endpoint, UNMATCHED_ROUTE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        headers = dict(scope.get("headers") or [])
-        request_id = accept_request_id(
-            headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1") or None
-        )
+        started = time.perf_counter()
+        raw_request_id = None
+        declared_length = None
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                raw_request_id = value.decode("latin-1")
+            elif name == b"content-length":
+                declared_length = value
+        request_id = accept_request_id(raw_request_id)
+        method = scope["method"]
+        path = scope["path"]
+
+        if path == LIVENESS_PATH and method in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_LIVENESS_BODY)).encode()),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": _LIVENESS_BODY if method == "GET" else b""}
+            )
+            self._observe(LIVENESS_PATH, method, 200, time.perf_counter() - started)
+            return
+
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        method = scope["method"]
-        path = scope["path"]
-        started = time.perf_counter()
         status = 500
         response_started = False
+        request_id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-request-id", request_id.encode()),
-                ]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
-        declared_length = headers.get(b"content-length")
         received = 0
 
         async def limited_receive() -> Message:
@@ -121,7 +190,9 @@ class RequestContextMiddleware:
             if not response_started:
                 await self._send_problem(
                     PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes."),
-                    request_id, path, send_with_request_id,
+                    request_id,
+                    path,
+                    send_with_request_id,
                 )
         except Exception as exc:
             # Reported here because this middleware answers before any framework integration
@@ -132,14 +203,13 @@ class RequestContextMiddleware:
                 await self._send_problem(InternalError(), request_id, path, send_with_request_id)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            template = self._template(scope)
             if template != UNMATCHED_ROUTE and scope.get("root_path"):
                 template = scope["root_path"] + template
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(elapsed)
-            log.info(
+            self._observe(template, method, status, elapsed)
+            emit = log.debug if path.startswith(_QUIET_PREFIXES) else log.info
+            emit(
                 "http.request",
                 method=method,
                 route=template,
@@ -309,4 +379,3 @@ def is_not_modified(if_none_match: str | None, current_version: int | str) -> bo
         return False
     tags = _parse_etags(if_none_match, weak_comparison=True)
     return "*" in tags or etag_for(current_version) in tags
-

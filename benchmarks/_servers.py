@@ -1,0 +1,441 @@
+"""Shared helpers for benchmarks that run real servers in subprocesses.
+
+- :func:`free_port`, :func:`clean_env`, :func:`keel_command`, :func:`starlette_command`:
+  how to start ``keel serve`` (the real console script) and a bare uvicorn + Starlette peer.
+- :class:`Server`: one server subprocess bound to 127.0.0.1; poll it until it answers, read
+  its RSS, stop it (SIGTERM, then SIGKILL) — use it as a context manager so it always stops.
+- :func:`run_load`: a closed-loop HTTP/1.1 load generator in a *separate process* (raw asyncio
+  protocol, keep-alive, one request in flight per connection, no pipelining), so the client
+  does not compete with the server for the same interpreter. ``python _servers.py load ...``
+  is its entry point; it imports only the standard library (and uvloop when installed).
+
+Only the standard library is imported at module level: uvicorn imports this module in the
+peer process (``benchmarks._servers:starlette_app``), and its RSS is a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve()
+#: The JSON both Keel's ``/health/live`` and the Starlette peer answer.
+LIVE_BODY = {"status": "pass"}
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any ``KEEL_*`` variable, plus ``overrides``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KEEL_")}
+    env.update(overrides)
+    return env
+
+
+def keel_command(*args: str) -> list[str]:
+    """The real ``keel`` console script next to this interpreter (``.venv/bin/keel``)."""
+    script = Path(sys.executable).parent / "keel"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from keel.cli import main; main()", *args]
+
+
+def keel_serve_command(port: int, *args: str) -> list[str]:
+    return keel_command("serve", "--host", HOST, "--port", str(port), *args)
+
+
+def starlette_command(
+    port: int, *, log_level: str = "warning", app: str = "starlette"
+) -> list[str]:
+    """A bare Starlette app (or, with ``app="fastapi"``, a bare FastAPI app) answering
+    ``GET /health/live`` and ``/health/ready`` with the same JSON as Keel, served by uvicorn
+    with Keel's options (auto loop and HTTP implementation, proxy headers on, no server
+    header, no access log)."""
+    return [
+        sys.executable, "-m", "uvicorn", f"benchmarks._servers:{app}_app", "--factory",
+        "--app-dir", str(REPO_ROOT),
+        "--host", HOST, "--port", str(port),
+        "--log-level", log_level, "--no-access-log",
+        "--proxy-headers", "--no-server-header",
+    ]  # fmt: skip
+
+
+def starlette_app() -> Any:
+    """The peer app (a uvicorn factory)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def live(request: Any) -> JSONResponse:
+        return JSONResponse(LIVE_BODY)
+
+    return Starlette(
+        routes=[Route("/health/live", live), Route("/health/ready", live)],
+    )
+
+
+def fastapi_app() -> Any:
+    """A bare FastAPI app with the same two routes (a second peer: Keel is a FastAPI app)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return LIVE_BODY
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, str]:
+        return LIVE_BODY
+
+    return app
+
+
+def fastapi_command(port: int, *, log_level: str = "warning") -> list[str]:
+    return starlette_command(port, log_level=log_level, app="fastapi")
+
+
+def http_get(port: int, path: str, *, host: str = HOST, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One GET on a fresh connection: ``(status, body)``."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class Server:
+    """One server subprocess: ``with Server(cmd, cwd=..., port=...) as server: ...``.
+
+    stdout and stderr go to ``log_path`` (default ``<cwd>/server.log``), never to a pipe
+    nobody reads (a full pipe would stall a server that logs each request).
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        port: int,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.command = command
+        self.port = port
+        self.cwd = Path(cwd)
+        self.env = env if env is not None else clean_env()
+        self.log_path = log_path or self.cwd / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Server:
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.spawned_at = time.perf_counter()
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_http(
+        self, path: str = "/health/ready", *, timeout: float = 60.0, interval: float = 0.01
+    ) -> float:
+        """Poll ``path`` every ``interval`` s until a 200; return seconds since the spawn."""
+        assert self.process is not None
+        deadline = self.spawned_at + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise ServerFailed(
+                    f"{self.command[0]} exited with {self.process.returncode}: {self.log_tail()}"
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _ = http_get(self.port, path, timeout=max(interval, 1.0))
+                if status == 200:
+                    return time.perf_counter() - self.spawned_at
+            if time.perf_counter() > deadline:
+                raise ServerFailed(f"no 200 from {path} within {timeout} s: {self.log_tail()}")
+            time.sleep(interval)
+
+    def rss_bytes(self, *, children: bool = True) -> int:
+        """Resident set size of the server (and its children, if any)."""
+        import psutil
+
+        process = psutil.Process(self.pid)
+        processes = [process, *(process.children(recursive=True) if children else [])]
+        return sum(p.memory_info().rss for p in processes)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server (and its children) used so far."""
+        import psutil
+
+        process = psutil.Process(self.pid)
+        total = 0.0
+        for p in [process, *process.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+        return total
+
+    def uss_bytes(self) -> int | None:
+        """Unique set size (memory freed if the process ended), when the OS can tell."""
+        import psutil
+
+        try:
+            return int(psutil.Process(self.pid).memory_full_info().uss)
+        except (psutil.AccessDenied, AttributeError):
+            return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Server:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generator (runs in its own process)
+# ---------------------------------------------------------------------------------------------
+
+LOAD_GENERATOR = "python asyncio raw HTTP/1.1 keep-alive client (separate process)"
+
+
+@dataclass
+class LoadResult:
+    rps: float
+    #: 2xx answers in the measured window / in the whole run (warm-up included).
+    requests: int
+    total: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    concurrency: int
+    loop: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_load(
+    port: int,
+    path: str = "/health/live",
+    *,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    concurrency: int = 32,
+    host: str = HOST,
+) -> LoadResult:
+    """Drive ``GET path`` with ``concurrency`` keep-alive connections from a child process."""
+    command = [
+        sys.executable, str(HERE), "load",
+        "--host", host, "--port", str(port), "--path", path,
+        "--duration", str(duration), "--warmup", str(warmup),
+        "--concurrency", str(concurrency),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        command, capture_output=True, timeout=duration + warmup + 60, check=False, cwd=REPO_ROOT
+    )
+    if completed.returncode != 0:
+        raise ServerFailed(f"load generator failed: {completed.stderr.decode(errors='replace')}")
+    data = json.loads(completed.stdout.decode().strip().splitlines()[-1])
+    if not data["requests"]:
+        raise ServerFailed(f"load generator got no answer: {completed.stderr.decode()[-2000:]}")
+    return LoadResult(**data)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.measuring = False
+        self.running = True
+        self.ok = 0
+        self.total = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection sending the next request as soon as a response completes."""
+
+    def __init__(self, request: bytes, stats: _Stats, closed: asyncio.Future[None]) -> None:
+        self.request = request
+        self.stats = stats
+        self.closed = closed
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        marker = head.find(b"\r\ncontent-length:")
+        if marker < 0:
+            self._fail()
+            return
+        line_end = head.find(b"\r\n", marker + 2)
+        length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return
+        status = int(head[9:12])
+        del self.buffer[:total]
+        stats = self.stats
+        stats.total += 1
+        if stats.measuring:
+            if 200 <= status < 300:
+                stats.ok += 1
+                stats.latencies.append(time.perf_counter() - self.sent_at)
+            else:
+                stats.errors += 1
+        if stats.running:
+            self._send()
+        else:
+            assert self.transport is not None
+            self.transport.close()
+
+    def _fail(self) -> None:
+        self.stats.errors += 1
+        assert self.transport is not None
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stats.running:
+            self.stats.errors += 1
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def _load(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    request = (
+        f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+        "User-Agent: keel-bench\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    stats = _Stats()
+    closed: list[asyncio.Future[None]] = []
+    for _ in range(args.concurrency):
+        done: asyncio.Future[None] = loop.create_future()
+        closed.append(done)
+        await loop.create_connection(
+            functools.partial(_Connection, request, stats, done), args.host, args.port
+        )
+    await asyncio.sleep(args.warmup)
+    stats.measuring = True
+    started = time.perf_counter()
+    await asyncio.sleep(args.duration)
+    stats.measuring = False
+    elapsed = time.perf_counter() - started
+    stats.running = False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*closed), 5)
+    latencies = sorted(stats.latencies) or [0.0]
+    return {
+        "rps": round(stats.ok / elapsed, 1),
+        "requests": stats.ok,
+        "total": stats.total,
+        "errors": stats.errors,
+        "seconds": round(elapsed, 3),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
+        "concurrency": args.concurrency,
+        "loop": type(loop).__module__.split(".")[0],
+    }
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="_servers.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    load = sub.add_parser("load", help="closed-loop HTTP/1.1 load generator")
+    load.add_argument("--host", default=HOST)
+    load.add_argument("--port", type=int, required=True)
+    load.add_argument("--path", default="/health/live")
+    load.add_argument("--duration", type=float, default=5.0)
+    load.add_argument("--warmup", type=float, default=1.0)
+    load.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(_load(args))
+    else:
+        result = uvloop.run(_load(args))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
