@@ -21,18 +21,15 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from keel.app import create_app
+from keel.app import build_context, create_app, start_services
 from keel.core.db import Database
 from keel.migrations import upgrade
 from keel.settings import Settings
+from support.keel_process import TEST_MASTER_KEY
 
-POSTGRES_URL = os.environ.get(
-    "KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
-#: A fixed master key for tests (base64 of 32 bytes); never used outside tests.
-TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="
 
 
 def service_missing(what: str, url: str, reason: object) -> None:
@@ -68,8 +65,11 @@ async def create_postgres_database(admin_url: str, name: str) -> str:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
-    return make_url(admin_url).set(drivername="postgresql+asyncpg", database=name) \
+    return (
+        make_url(admin_url)
+        .set(drivername="postgresql+asyncpg", database=name)
         .render_as_string(hide_password=False)
+    )
 
 
 async def drop_postgres_database(admin_url: str, name: str) -> None:
@@ -87,11 +87,13 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 
     async def setup() -> str:
         url = await create_postgres_database(postgres_admin_url, name)
-        database = Database.from_settings(Settings(database_url=url))
+        # As `keel migrate` does: the schema, then the services' start-up data.
+        context = build_context(Settings(database_url=url, master_key=TEST_MASTER_KEY))
         try:
-            await upgrade(database)
+            await upgrade(context.database)
+            await start_services(context)
         finally:
-            await database.dispose()
+            await context.database.dispose()
         return url
 
     url = asyncio.run(setup())

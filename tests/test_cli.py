@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -71,11 +72,19 @@ def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:
     assert result.stdout.startswith(f"keel {__version__} (keel-client {client_version}, Python ")
 
 
-def test_init_creates_the_default_tenant_once(tmp_path: Path) -> None:
+def test_init_creates_the_default_tenant_and_admin_once(tmp_path: Path) -> None:
     first = run_keel("init", cwd=tmp_path)
     second = run_keel("init", cwd=tmp_path)
-    assert (first.returncode, first.stdout) == (0, "tenant default: created\n"), first.stderr
-    assert (second.returncode, second.stdout) == (0, "tenant default: exists\n"), second.stderr
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[:2] == ["tenant default: created", "admin admin: created"]
+    assert re.fullmatch(
+        r"admin API key \(shown once, store it now\): keel_[0-9A-Za-z]{46}", lines[2]
+    )
+    assert (second.returncode, second.stdout) == (
+        0,
+        "tenant default: exists\nadmin admin: exists\n",
+    ), second.stderr
     assert (tmp_path / ".keel" / "keel.db").exists()
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
+from support.keel_process import TEST_MASTER_KEY
 from support.tcpproxy import TcpProxy, tcp_proxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -53,7 +54,9 @@ async def proxied_client(
         .render_as_string(hide_password=False),
         redis_url=str(httpx.URL(redis_url).copy_with(host="127.0.0.1", port=redis_proxy.port)),
         data_dir=tmp_path / ".keel",
+        master_key=TEST_MASTER_KEY,
         health_check_timeout_seconds=CHECK_TIMEOUT,
+        services=[],  # the checks of the platform's own dependencies, nothing else
     )
     app = create_app(settings)
     async with (

@@ -199,6 +199,7 @@ async def test_server_span_joins_the_callers_w3c_trace(tmp_path: Path) -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}",
+        data_dir=tmp_path / ".keel",
         otel=OtelSettings(enabled=True),
     )
     app = create_app(settings, tracer_provider=provider)
@@ -231,7 +232,9 @@ async def test_tracing_stays_off_unless_enabled(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}", data_dir=tmp_path / ".keel"
+    )
     app = create_app(settings, tracer_provider=provider)
     async with (
         LifespanManager(app),

@@ -191,6 +191,10 @@ def migrate(
                 typer.echo(f"migrated {before or 'nothing'} -> {after}")
         finally:
             await database.dispose()
+        if revision == "head":
+            # Services' start-up data (the first signing keys) is part of a ready database.
+            async with started_context(settings):
+                pass
 
     _run_database_command(main)
 

@@ -29,9 +29,15 @@ COMMAND_TIMEOUT = 60.0
 READY_TIMEOUT = 30.0
 
 
+#: A fixed master key for tests (base64 of 32 bytes); never used outside tests.
+TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="
+
+
 def keel_env(**variables: str) -> dict[str, str]:
-    """The test process's environment without ``KEEL_*``, plus ``variables``."""
+    """The test process's environment without ``KEEL_*``, plus the test master key and
+    ``variables``."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("KEEL_")}
+    env["KEEL_MASTER_KEY"] = TEST_MASTER_KEY
     env.update(variables)
     return env
 

@@ -28,7 +28,10 @@ async def ensure_admin(
     bind_tenant(session, tenant_id)
     if await session.scalar(select(Role.id).where(Role.name == ADMIN_ROLE)) is None:
         await auth.create_role(
-            session, tenant_id, name=ADMIN_ROLE, permissions=["*"],
+            session,
+            tenant_id,
+            name=ADMIN_ROLE,
+            permissions=["*"],
             description="Every permission in this tenant.",
         )
     user = await session.scalar(select(User).where(User.username == username))
@@ -38,7 +41,10 @@ async def ensure_admin(
     user = await auth.create_user(session, tenant_id, username=username, password=None)
     await auth.assign_role(session, tenant_id, ADMIN_ROLE, PrincipalType.user, user.id)
     _, api_key = await auth.create_api_key(
-        session, tenant_id, name="initial admin key", principal_type=PrincipalType.user,
+        session,
+        tenant_id,
+        name="initial admin key",
+        principal_type=PrincipalType.user,
         principal_id=user.id,
     )
     return AdminOutcome(user.id, api_key)

@@ -18,8 +18,10 @@ from keel.core.db import utcnow
 from keel.core.errors import KeelError
 from keel.core.tenancy import bind_tenant, get_tenant_by_slug
 
-app = typer.Typer(help="Administer users, service accounts, API keys, roles and signing keys.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Administer users, service accounts, API keys, roles and signing keys.",
+    no_args_is_help=True,
+)
 
 TenantOption = Annotated[str, typer.Option(help="Tenant slug.")]
 
@@ -91,8 +93,9 @@ def create_user(
 
     async def main() -> None:
         async with _auth_session(tenant) as (auth, session, tenant_id):
-            user = await auth.create_user(session, tenant_id, username=username, email=email,
-                                          password=password)
+            user = await auth.create_user(
+                session, tenant_id, username=username, email=email, password=password
+            )
             for name in role or []:
                 await auth.assign_role(session, tenant_id, name, PrincipalType.user, user.id)
         typer.echo(f"user {username}: created ({user.id})")
@@ -111,7 +114,7 @@ def set_password(
 
     async def main() -> None:
         async with _auth_session(tenant) as (auth, session, tenant_id):
-            kind, user_id = await _principal(session, username, None)
+            _, user_id = await _principal(session, username, None)
             await auth.set_password(session, tenant_id, user_id, password)
         typer.echo(f"user {username}: password set")
 
@@ -130,8 +133,9 @@ def create_service_account(
         async with _auth_session(tenant) as (auth, session, tenant_id):
             account, secret = await auth.create_service_account(session, tenant_id, name=name)
             for role_name in role or []:
-                await auth.assign_role(session, tenant_id, role_name,
-                                       PrincipalType.service_account, account.id)
+                await auth.assign_role(
+                    session, tenant_id, role_name, PrincipalType.service_account, account.id
+                )
         typer.echo(f"service account {name}: created ({account.id})")
         typer.echo(f"client_id: {secret.id}")
         typer.echo(f"client_secret (shown once, store it now): {secret.secret}")
@@ -155,8 +159,13 @@ def create_api_key(
             kind, principal_id = await _principal(session, user, service_account)
             expires = utcnow() + timedelta(days=expires_days) if expires_days else None
             key, token = await auth.create_api_key(
-                session, tenant_id, name=name, principal_type=kind, principal_id=principal_id,
-                scopes=scope or [], expires_at=expires,
+                session,
+                tenant_id,
+                name=name,
+                principal_type=kind,
+                principal_id=principal_id,
+                scopes=scope or [],
+                expires_at=expires,
             )
         typer.echo(f"api key {key.id}: created")
         typer.echo(f"key (shown once, store it now): {token}")

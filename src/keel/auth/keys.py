@@ -36,9 +36,9 @@ class LoadedKey:
 
 def _public_jwk(algorithm: str, private_key: PrivateKey) -> dict[str, Any]:
     public_key = private_key.public_key()
-    if algorithm == "RS256":
+    if isinstance(public_key, rsa.RSAPublicKey):
         jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
-    elif algorithm == "ES256":
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
         jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
     else:
         jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
@@ -47,7 +47,11 @@ def _public_jwk(algorithm: str, private_key: PrivateKey) -> dict[str, Any]:
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order."""
-    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
+    required = {
+        "RSA": ("e", "kty", "n"),
+        "EC": ("crv", "kty", "x", "y"),
+        "OKP": ("crv", "kty", "x"),
+    }
     members = {name: jwk[name] for name in required[jwk["kty"]]}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
     return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).decode().rstrip("=")
@@ -151,8 +155,10 @@ class SigningKeys:
             assert row is not None
             der = self.keyring.open(row.private_key_sealed, _associated_data(kid))
             private_key = serialization.load_der_private_key(der, password=None)
-            assert isinstance(private_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                              | ed25519.Ed25519PrivateKey)
+            assert isinstance(
+                private_key,
+                rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey,
+            )
             loaded = LoadedKey(kid, row.algorithm, private_key)
             self._loaded[kid] = loaded
         return loaded

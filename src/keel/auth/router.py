@@ -7,7 +7,7 @@ import binascii
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Depends, Form, Header, Request, Response
+from fastapi import APIRouter, Form, Header, Request, Response
 from starlette.responses import JSONResponse
 
 from keel.auth import schemas
@@ -26,8 +26,10 @@ def _actor(request: Request, principal: Any = None) -> Actor:
 
 def _token_response(pair: TokenPair) -> schemas.TokenResponse:
     return schemas.TokenResponse(
-        access_token=pair.access_token, expires_in=pair.expires_in,
-        refresh_token=pair.refresh_token, scope=pair.scope,
+        access_token=pair.access_token,
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+        scope=pair.scope,
     )
 
 
@@ -43,7 +45,10 @@ def build_router() -> APIRouter:
 
     @router.post("/login", response_model=schemas.TokenResponse)
     async def login(
-        body: schemas.LoginRequest, request: Request, response: Response, session: DbSession,
+        body: schemas.LoginRequest,
+        request: Request,
+        response: Response,
+        session: DbSession,
         auth: Auth,
     ) -> schemas.TokenResponse:
         """Exchange a username (or e-mail) and password for an access and a refresh token.
@@ -52,8 +57,11 @@ def build_router() -> APIRouter:
         """
         await _limit_login_rate(request, auth)
         result = await auth.login(
-            session, tenant_slug=body.tenant, identifier=body.username,
-            password=body.password.get_secret_value(), actor=_actor(request),
+            session,
+            tenant_slug=body.tenant,
+            identifier=body.username,
+            password=body.password.get_secret_value(),
+            actor=_actor(request),
         )
         if isinstance(result, AuthFailure):
             await session.commit()  # the failure counts towards the lockout
@@ -63,12 +71,14 @@ def build_router() -> APIRouter:
 
     @router.post("/refresh", response_model=schemas.TokenResponse)
     async def refresh(
-        body: schemas.RefreshRequest, request: Request, response: Response, session: DbSession,
+        body: schemas.RefreshRequest,
+        request: Request,
+        response: Response,
+        session: DbSession,
         auth: Auth,
     ) -> schemas.TokenResponse:
         """Rotate a refresh token. Reusing a rotated token ends its whole session."""
-        result = await auth.refresh(session, body.refresh_token.get_secret_value(),
-                                    _actor(request))
+        result = await auth.refresh(session, body.refresh_token.get_secret_value(), _actor(request))
         if isinstance(result, AuthFailure):
             await session.commit()  # a detected reuse revokes the family
             raise Unauthorized("The refresh token is invalid, expired or revoked.")
@@ -83,9 +93,12 @@ def build_router() -> APIRouter:
     @router.get("/me", response_model=schemas.Me)
     async def me(principal: CurrentPrincipal) -> schemas.Me:
         return schemas.Me(
-            subject=principal.subject, tenant_id=principal.tenant_id,
-            principal_type=principal.principal_type, roles=sorted(principal.roles),
-            permissions=sorted(principal.permissions), credential=principal.credential,
+            subject=principal.subject,
+            tenant_id=principal.tenant_id,
+            principal_type=principal.principal_type,
+            roles=sorted(principal.roles),
+            permissions=sorted(principal.permissions),
+            credential=principal.credential,
         )
 
     @router.get("/sessions", response_model=list[schemas.Session])
@@ -98,68 +111,102 @@ def build_router() -> APIRouter:
         session_id: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> None:
         _require_user(principal)
-        await auth.revoke_session(session, principal.tenant_id, principal.subject, session_id,
-                                  actor=Actor.of(principal))
+        await auth.revoke_session(
+            session, principal.tenant_id, principal.subject, session_id, actor=Actor.of(principal)
+        )
 
     @router.delete("/sessions", status_code=204)
     async def revoke_all_sessions(
         principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> None:
         _require_user(principal)
-        await auth.revoke_all_sessions(session, principal.tenant_id, principal.subject,
-                                       actor=Actor.of(principal))
+        await auth.revoke_all_sessions(
+            session, principal.tenant_id, principal.subject, actor=Actor.of(principal)
+        )
 
     # -- users ----------------------------------------------------------------------------------
 
-    @router.post("/users", status_code=201, response_model=schemas.User,
-                 dependencies=[require_permission("auth:user:create")])
+    @router.post(
+        "/users",
+        status_code=201,
+        response_model=schemas.User,
+        dependencies=[require_permission("auth:user:create")],
+    )
     async def create_user(
         body: schemas.UserCreate, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> Any:
         actor = Actor.of(principal)
         user = await auth.create_user(
-            session, principal.tenant_id, username=body.username, email=body.email,
+            session,
+            principal.tenant_id,
+            username=body.username,
+            email=body.email,
             display_name=body.display_name,
-            password=body.password.get_secret_value() if body.password else None, actor=actor,
+            password=body.password.get_secret_value() if body.password else None,
+            actor=actor,
         )
         for role in body.roles:
-            await auth.assign_role(session, principal.tenant_id, role, PrincipalType.user,
-                                   user.id, actor=actor)
+            await auth.assign_role(
+                session, principal.tenant_id, role, PrincipalType.user, user.id, actor=actor
+            )
         return user
 
-    @router.get("/users", response_model=list[schemas.User],
-                dependencies=[require_permission("auth:user:read")])
+    @router.get(
+        "/users",
+        response_model=list[schemas.User],
+        dependencies=[require_permission("auth:user:read")],
+    )
     async def list_users(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
         return await auth.list_users(session, principal.tenant_id)
 
-    @router.get("/users/{user_id}", response_model=schemas.User,
-                dependencies=[require_permission("auth:user:read")])
+    @router.get(
+        "/users/{user_id}",
+        response_model=schemas.User,
+        dependencies=[require_permission("auth:user:read")],
+    )
     async def get_user(
-        user_id: str, response: Response, principal: CurrentPrincipal, session: DbSession,
+        user_id: str,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
         auth: Auth,
     ) -> Any:
         user = await auth.get_user(session, principal.tenant_id, user_id)
         response.headers["ETag"] = etag_for(user.version)
         return user
 
-    @router.patch("/users/{user_id}", response_model=schemas.User,
-                  dependencies=[require_permission("auth:user:update")])
+    @router.patch(
+        "/users/{user_id}",
+        response_model=schemas.User,
+        dependencies=[require_permission("auth:user:update")],
+    )
     async def update_user(
-        user_id: str, body: schemas.UserUpdate, response: Response,
-        principal: CurrentPrincipal, session: DbSession, auth: Auth,
+        user_id: str,
+        body: schemas.UserUpdate,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
         if_match: Annotated[str | None, Header()] = None,
     ) -> Any:
         user = await auth.update_user(
-            session, principal.tenant_id, user_id, if_match=if_match,
-            changes=body.model_dump(exclude_unset=True), actor=Actor.of(principal),
+            session,
+            principal.tenant_id,
+            user_id,
+            if_match=if_match,
+            changes=body.model_dump(exclude_unset=True),
+            actor=Actor.of(principal),
         )
         response.headers["ETag"] = etag_for(user.version)
         return user
 
     @router.post("/users/{user_id}/password", status_code=204)
     async def change_password(
-        user_id: str, body: schemas.PasswordChange, principal: CurrentPrincipal,
-        session: DbSession, auth: Auth,
+        user_id: str,
+        body: schemas.PasswordChange,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
     ) -> None:
         """Users change their own password (giving the current one); admins set anyone's."""
         is_self = principal.principal_type == PrincipalType.user and principal.subject == user_id
@@ -168,7 +215,10 @@ def build_router() -> APIRouter:
         if is_self and body.current_password is None:
             raise ValidationFailed("Give current_password to change your own password.")
         await auth.set_password(
-            session, principal.tenant_id, user_id, body.new_password.get_secret_value(),
+            session,
+            principal.tenant_id,
+            user_id,
+            body.new_password.get_secret_value(),
             current_password=(
                 body.current_password.get_secret_value() if body.current_password else None
             ),
@@ -177,21 +227,36 @@ def build_router() -> APIRouter:
 
     # -- service accounts -----------------------------------------------------------------------
 
-    @router.post("/service-accounts", status_code=201,
-                 response_model=schemas.ServiceAccountCreated,
-                 dependencies=[require_permission("auth:service_account:create")])
+    @router.post(
+        "/service-accounts",
+        status_code=201,
+        response_model=schemas.ServiceAccountCreated,
+        dependencies=[require_permission("auth:service_account:create")],
+    )
     async def create_service_account(
-        body: schemas.ServiceAccountCreate, response: Response, principal: CurrentPrincipal,
-        session: DbSession, auth: Auth,
+        body: schemas.ServiceAccountCreate,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
     ) -> schemas.ServiceAccountCreated:
         actor = Actor.of(principal)
         account, secret = await auth.create_service_account(
-            session, principal.tenant_id, name=body.name, description=body.description,
+            session,
+            principal.tenant_id,
+            name=body.name,
+            description=body.description,
             actor=actor,
         )
         for role in body.roles:
-            await auth.assign_role(session, principal.tenant_id, role,
-                                   PrincipalType.service_account, account.id, actor=actor)
+            await auth.assign_role(
+                session,
+                principal.tenant_id,
+                role,
+                PrincipalType.service_account,
+                account.id,
+                actor=actor,
+            )
         _no_store(response)
         return schemas.ServiceAccountCreated(
             id=account.id, name=account.name, client_id=secret.id, client_secret=secret.secret
@@ -199,17 +264,29 @@ def build_router() -> APIRouter:
 
     # -- API keys -------------------------------------------------------------------------------
 
-    @router.post("/api-keys", status_code=201, response_model=schemas.ApiKeyCreated,
-                 dependencies=[require_permission("auth:api_key:create")])
+    @router.post(
+        "/api-keys",
+        status_code=201,
+        response_model=schemas.ApiKeyCreated,
+        dependencies=[require_permission("auth:api_key:create")],
+    )
     async def create_api_key(
-        body: schemas.ApiKeyCreate, response: Response, principal: CurrentPrincipal,
-        session: DbSession, auth: Auth,
+        body: schemas.ApiKeyCreate,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
     ) -> schemas.ApiKeyCreated:
         principal_type = body.principal_type or PrincipalType(principal.principal_type)
         principal_id = body.principal_id or principal.subject
         key, token = await auth.create_api_key(
-            session, principal.tenant_id, name=body.name, principal_type=principal_type,
-            principal_id=principal_id, scopes=body.scopes, expires_at=body.expires_at,
+            session,
+            principal.tenant_id,
+            name=body.name,
+            principal_type=principal_type,
+            principal_id=principal_id,
+            scopes=body.scopes,
+            expires_at=body.expires_at,
             actor=Actor.of(principal),
         )
         _no_store(response)
@@ -217,13 +294,19 @@ def build_router() -> APIRouter:
             {**schemas.ApiKey.model_validate(key).model_dump(), "key": token}
         )
 
-    @router.get("/api-keys", response_model=list[schemas.ApiKey],
-                dependencies=[require_permission("auth:api_key:read")])
+    @router.get(
+        "/api-keys",
+        response_model=list[schemas.ApiKey],
+        dependencies=[require_permission("auth:api_key:read")],
+    )
     async def list_api_keys(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
         return await auth.list_api_keys(session, principal.tenant_id)
 
-    @router.delete("/api-keys/{key_id}", status_code=204,
-                   dependencies=[require_permission("auth:api_key:revoke")])
+    @router.delete(
+        "/api-keys/{key_id}",
+        status_code=204,
+        dependencies=[require_permission("auth:api_key:revoke")],
+    )
     async def revoke_api_key(
         key_id: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> None:
@@ -231,72 +314,126 @@ def build_router() -> APIRouter:
 
     # -- roles ----------------------------------------------------------------------------------
 
-    @router.post("/roles", status_code=201, response_model=schemas.Role,
-                 dependencies=[require_permission("auth:role:create")])
+    @router.post(
+        "/roles",
+        status_code=201,
+        response_model=schemas.Role,
+        dependencies=[require_permission("auth:role:create")],
+    )
     async def create_role(
         body: schemas.RoleCreate, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> Any:
         return await auth.create_role(
-            session, principal.tenant_id, name=body.name, permissions=body.permissions,
-            description=body.description, actor=Actor.of(principal),
+            session,
+            principal.tenant_id,
+            name=body.name,
+            permissions=body.permissions,
+            description=body.description,
+            actor=Actor.of(principal),
         )
 
-    @router.get("/roles", response_model=list[schemas.Role],
-                dependencies=[require_permission("auth:role:read")])
+    @router.get(
+        "/roles",
+        response_model=list[schemas.Role],
+        dependencies=[require_permission("auth:role:read")],
+    )
     async def list_roles(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
         return await auth.list_roles(session, principal.tenant_id)
 
-    @router.get("/roles/{name}", response_model=schemas.Role,
-                dependencies=[require_permission("auth:role:read")])
+    @router.get(
+        "/roles/{name}",
+        response_model=schemas.Role,
+        dependencies=[require_permission("auth:role:read")],
+    )
     async def get_role(
-        name: str, response: Response, principal: CurrentPrincipal, session: DbSession,
+        name: str,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
         auth: Auth,
     ) -> Any:
         role = await auth.get_role(session, principal.tenant_id, name)
         response.headers["ETag"] = etag_for(role.version)
         return role
 
-    @router.put("/roles/{name}", response_model=schemas.Role,
-                dependencies=[require_permission("auth:role:update")])
+    @router.put(
+        "/roles/{name}",
+        response_model=schemas.Role,
+        dependencies=[require_permission("auth:role:update")],
+    )
     async def update_role(
-        name: str, body: schemas.RoleUpdate, response: Response, principal: CurrentPrincipal,
-        session: DbSession, auth: Auth, if_match: Annotated[str | None, Header()] = None,
+        name: str,
+        body: schemas.RoleUpdate,
+        response: Response,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
+        if_match: Annotated[str | None, Header()] = None,
     ) -> Any:
-        role = await auth.update_role(session, principal.tenant_id, name,
-                                      permissions=body.permissions, if_match=if_match,
-                                      actor=Actor.of(principal))
+        role = await auth.update_role(
+            session,
+            principal.tenant_id,
+            name,
+            permissions=body.permissions,
+            if_match=if_match,
+            actor=Actor.of(principal),
+        )
         response.headers["ETag"] = etag_for(role.version)
         return role
 
-    @router.delete("/roles/{name}", status_code=204,
-                   dependencies=[require_permission("auth:role:delete")])
+    @router.delete(
+        "/roles/{name}", status_code=204, dependencies=[require_permission("auth:role:delete")]
+    )
     async def delete_role(
         name: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> None:
         await auth.delete_role(session, principal.tenant_id, name, Actor.of(principal))
 
-    @router.post("/roles/{name}/assignments", status_code=204,
-                 dependencies=[require_permission("auth:role:assign")])
+    @router.post(
+        "/roles/{name}/assignments",
+        status_code=204,
+        dependencies=[require_permission("auth:role:assign")],
+    )
     async def assign_role(
-        name: str, body: schemas.RoleAssignmentCreate, principal: CurrentPrincipal,
-        session: DbSession, auth: Auth,
+        name: str,
+        body: schemas.RoleAssignmentCreate,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
     ) -> None:
-        await auth.assign_role(session, principal.tenant_id, name, body.principal_type,
-                               body.principal_id, Actor.of(principal))
+        await auth.assign_role(
+            session,
+            principal.tenant_id,
+            name,
+            body.principal_type,
+            body.principal_id,
+            Actor.of(principal),
+        )
 
-    @router.delete("/roles/{name}/assignments/{principal_type}/{principal_id}", status_code=204,
-                   dependencies=[require_permission("auth:role:assign")])
+    @router.delete(
+        "/roles/{name}/assignments/{principal_type}/{principal_id}",
+        status_code=204,
+        dependencies=[require_permission("auth:role:assign")],
+    )
     async def unassign_role(
-        name: str, principal_type: PrincipalType, principal_id: str,
-        principal: CurrentPrincipal, session: DbSession, auth: Auth,
+        name: str,
+        principal_type: PrincipalType,
+        principal_id: str,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        auth: Auth,
     ) -> None:
-        await auth.unassign_role(session, principal.tenant_id, name, principal_type,
-                                 principal_id, Actor.of(principal))
+        await auth.unassign_role(
+            session, principal.tenant_id, name, principal_type, principal_id, Actor.of(principal)
+        )
 
     # -- signing keys ---------------------------------------------------------------------------
 
-    @router.post("/signing-keys/rotate", response_model=schemas.RotatedKey,
-                 dependencies=[require_permission("auth:signing_key:rotate")])
+    @router.post(
+        "/signing-keys/rotate",
+        response_model=schemas.RotatedKey,
+        dependencies=[require_permission("auth:signing_key:rotate")],
+    )
     async def rotate_signing_key(
         principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> schemas.RotatedKey:
@@ -326,7 +463,8 @@ def build_router() -> APIRouter:
         if grant_type == "client_credentials":
             client = (
                 await auth.authenticate_client(session, client_id, client_secret)
-                if client_id else None
+                if client_id
+                else None
             )
             if client is None:
                 return _oauth_error("invalid_client", "Client authentication failed.", 401)
@@ -347,7 +485,8 @@ def build_router() -> APIRouter:
                 return _oauth_error("unauthorized_client", "This client may not use this grant.")
             return _oauth_error("invalid_grant", "The grant is invalid, expired or revoked.")
         body: dict[str, Any] = {
-            "access_token": result.access_token, "token_type": "Bearer",
+            "access_token": result.access_token,
+            "token_type": "Bearer",
             "expires_in": result.expires_in,
         }
         if result.refresh_token:
@@ -358,7 +497,9 @@ def build_router() -> APIRouter:
 
     @router.post("/oauth/introspect")
     async def introspect(
-        request: Request, session: DbSession, auth: Auth,
+        request: Request,
+        session: DbSession,
+        auth: Auth,
         token: Annotated[str, Form(max_length=16_384)],
     ) -> Response:
         """RFC 7662 token introspection; the caller authenticates as a client or principal."""
@@ -369,7 +510,9 @@ def build_router() -> APIRouter:
 
     @router.post("/oauth/revoke")
     async def revoke(
-        request: Request, session: DbSession, auth: Auth,
+        request: Request,
+        session: DbSession,
+        auth: Auth,
         token: Annotated[str, Form(max_length=16_384)],
     ) -> Response:
         """RFC 7009 token revocation: always 200, whether or not the token was known."""
@@ -382,8 +525,11 @@ def build_router() -> APIRouter:
         if principal.principal_type != PrincipalType.user:
             return {"sub": principal.subject, "tid": principal.tenant_id}
         user = await auth.get_user(session, principal.tenant_id, principal.subject)
-        info: dict[str, Any] = {"sub": user.id, "preferred_username": user.username,
-                                "tid": principal.tenant_id}
+        info: dict[str, Any] = {
+            "sub": user.id,
+            "preferred_username": user.username,
+            "tid": principal.tenant_id,
+        }
         if user.email:
             info.update(email=user.email, email_verified=user.is_email_verified)
         if user.display_name:
@@ -410,11 +556,19 @@ def build_well_known_router() -> APIRouter:
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [auth.settings.signing_algorithm],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                      "client_secret_post"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": ["openid", "profile", "email"],
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "tid", "roles",
-                                 "permissions", "scope"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "tid",
+                "roles",
+                "permissions",
+                "scope",
+            ],
         }
         return JSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
 
@@ -450,8 +604,9 @@ def _oauth_error(error: str, description: str, status: int = 400) -> Response:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="keel"'
-    return JSONResponse({"error": error, "error_description": description},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
 
 
 async def _may_introspect(request: Request, session: Any, auth: Any) -> bool:
@@ -471,5 +626,6 @@ async def _limit_login_rate(request: Request, auth: Any) -> None:
         return
     retry_after = await limiter.hit(f"login:{client_ip(request) or 'unknown'}")
     if retry_after is not None:
-        raise RateLimited("Too many login attempts from this address.",
-                          retry_after=max(1, int(retry_after)))
+        raise RateLimited(
+            "Too many login attempts from this address.", retry_after=max(1, int(retry_after))
+        )

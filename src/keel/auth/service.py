@@ -87,7 +87,7 @@ class TokenPair:
     refresh_token: str | None
     scope: str
     session_id: str | None = None
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,14 @@ class AuthService:
         retired, active = await self.keys.rotate(session)
         tenant_id = await _platform_tenant_id(session)
         record_event(
-            session, tenant_id=tenant_id, action="auth.signing_key.rotate",
-            actor_type=actor.type, actor_id=actor.id, target_type="signing_key",
-            target_id=active, data={"retired": retired, "active": active},
+            session,
+            tenant_id=tenant_id,
+            action="auth.signing_key.rotate",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="signing_key",
+            target_id=active,
+            data={"retired": retired, "active": active},
         )
         return active
 
@@ -186,8 +191,13 @@ class AuthService:
         if user.password_hash:
             session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
         record_event(
-            session, tenant_id=tenant_id, action="auth.user.create", actor_type=actor.type,
-            actor_id=actor.id, target_type="user", target_id=user.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.user.create",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="user",
+            target_id=user.id,
             data={"username": username},
         )
         return user
@@ -228,8 +238,13 @@ class AuthService:
         if changes.get("status") == UserStatus.disabled:
             await self._revoke_sessions(session, user.id, reason="user_disabled")
         record_event(
-            session, tenant_id=tenant_id, action="auth.user.update", actor_type=actor.type,
-            actor_id=actor.id, target_type="user", target_id=user.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.user.update",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="user",
+            target_id=user.id,
             data={"fields": sorted(changes)},
         )
         return user
@@ -271,8 +286,13 @@ class AuthService:
         session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
         await self._revoke_sessions(session, user.id, reason="password_changed")
         record_event(
-            session, tenant_id=tenant_id, action="auth.user.password_change",
-            actor_type=actor.type, actor_id=actor.id, target_type="user", target_id=user.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.user.password_change",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="user",
+            target_id=user.id,
         )
 
     # -- service accounts and OAuth clients -----------------------------------------------------
@@ -296,13 +316,20 @@ class AuthService:
         session.add(account)
         await session.flush()
         client, secret = await self._create_client(
-            session, name=name, service_account_id=account.id,
+            session,
+            name=name,
+            service_account_id=account.id,
             grant_types=["client_credentials"],
         )
         record_event(
-            session, tenant_id=tenant_id, action="auth.service_account.create",
-            actor_type=actor.type, actor_id=actor.id, target_type="service_account",
-            target_id=account.id, data={"name": name, "client_id": client.client_id},
+            session,
+            tenant_id=tenant_id,
+            action="auth.service_account.create",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="service_account",
+            target_id=account.id,
+            data={"name": name, "client_id": client.client_id},
         )
         return account, IssuedSecret(client.client_id, secret, {"service_account_id": account.id})
 
@@ -322,13 +349,21 @@ class AuthService:
             if not re.fullmatch(r"https?://[^\s#]+", uri):
                 raise ValidationFailed(f"Redirect URI {uri!r} is not an absolute http(s) URL.")
         client, secret = await self._create_client(
-            session, name=name, service_account_id=None,
+            session,
+            name=name,
+            service_account_id=None,
             grant_types=["authorization_code", "refresh_token"],
-            redirect_uris=list(redirect_uris), is_public=is_public,
+            redirect_uris=list(redirect_uris),
+            is_public=is_public,
         )
         record_event(
-            session, tenant_id=tenant_id, action="auth.client.create", actor_type=actor.type,
-            actor_id=actor.id, target_type="client", target_id=client.client_id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.client.create",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="client",
+            target_id=client.client_id,
         )
         return IssuedSecret(client.client_id, secret, {"public": is_public})
 
@@ -395,8 +430,13 @@ class AuthService:
         session.add(role)
         await session.flush()
         record_event(
-            session, tenant_id=tenant_id, action="auth.role.create", actor_type=actor.type,
-            actor_id=actor.id, target_type="role", target_id=role.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.role.create",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="role",
+            target_id=role.id,
             data={"name": name, "permissions": permissions},
         )
         return role
@@ -428,8 +468,13 @@ class AuthService:
         role.permissions = _validated_permissions(permissions)
         role.version += 1
         record_event(
-            session, tenant_id=tenant_id, action="auth.role.update", actor_type=actor.type,
-            actor_id=actor.id, target_type="role", target_id=role.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.role.update",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="role",
+            target_id=role.id,
             data={"before": before, "after": role.permissions},
         )
         return role
@@ -441,8 +486,14 @@ class AuthService:
         await session.execute(delete(RoleAssignment).where(RoleAssignment.role_id == role.id))
         await session.delete(role)
         record_event(
-            session, tenant_id=tenant_id, action="auth.role.delete", actor_type=actor.type,
-            actor_id=actor.id, target_type="role", target_id=role.id, data={"name": name},
+            session,
+            tenant_id=tenant_id,
+            action="auth.role.delete",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="role",
+            target_id=role.id,
+            data={"name": name},
         )
 
     async def assign_role(
@@ -464,11 +515,19 @@ class AuthService:
             )
         )
         if exists is None:
-            session.add(RoleAssignment(role_id=role.id, principal_type=principal_type,
-                                       principal_id=principal_id))
+            session.add(
+                RoleAssignment(
+                    role_id=role.id, principal_type=principal_type, principal_id=principal_id
+                )
+            )
         record_event(
-            session, tenant_id=tenant_id, action="auth.role.assign", actor_type=actor.type,
-            actor_id=actor.id, target_type=str(principal_type), target_id=principal_id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.role.assign",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type=str(principal_type),
+            target_id=principal_id,
             data={"role": role_name},
         )
 
@@ -490,8 +549,13 @@ class AuthService:
             )
         )
         record_event(
-            session, tenant_id=tenant_id, action="auth.role.unassign", actor_type=actor.type,
-            actor_id=actor.id, target_type=str(principal_type), target_id=principal_id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.role.unassign",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type=str(principal_type),
+            target_id=principal_id,
             data={"role": role_name},
         )
 
@@ -551,10 +615,19 @@ class AuthService:
         session.add(key)
         await session.flush()
         record_event(
-            session, tenant_id=tenant_id, action="auth.api_key.create", actor_type=actor.type,
-            actor_id=actor.id, target_type="api_key", target_id=key.id,
-            data={"name": name, "principal_type": str(principal_type),
-                  "principal_id": principal_id, "scopes": key.scopes},
+            session,
+            tenant_id=tenant_id,
+            action="auth.api_key.create",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="api_key",
+            target_id=key.id,
+            data={
+                "name": name,
+                "principal_type": str(principal_type),
+                "principal_id": principal_id,
+                "scopes": key.scopes,
+            },
         )
         return key, token
 
@@ -571,8 +644,13 @@ class AuthService:
             raise NotFound("No such API key.")
         key.revoked_at = key.revoked_at or utcnow()
         record_event(
-            session, tenant_id=tenant_id, action="auth.api_key.revoke", actor_type=actor.type,
-            actor_id=actor.id, target_type="api_key", target_id=key.id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.api_key.revoke",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="api_key",
+            target_id=key.id,
         )
 
     async def principal_for_api_key(self, session: AsyncSession, token: str) -> Principal | None:
@@ -664,8 +742,12 @@ class AuthService:
             claims["client_id"] = client_id
         if extra_claims:
             claims.update(extra_claims)
-        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm,  # type: ignore[arg-type]
-                           headers={"kid": key.kid, "typ": "at+jwt"})
+        token = jwt.encode(
+            claims,
+            key.private_key,
+            algorithm=key.algorithm,
+            headers={"kid": key.kid, "typ": "at+jwt"},
+        )
         return token, ttl
 
     async def verify_access_token(self, session: AsyncSession, token: str) -> Principal:
@@ -730,19 +812,26 @@ class AuthService:
             over = user.failed_login_count - self.settings.lockout_threshold
             if over >= 0:
                 delay = min(
-                    self.settings.lockout_base_seconds * (2**over), self.settings.lockout_max_seconds
+                    self.settings.lockout_base_seconds * (2**over),
+                    self.settings.lockout_max_seconds,
                 )
                 user.locked_until = now + timedelta(seconds=delay)
         if failure is not None:
             if tenant_id is not None:
                 record_event(
-                    session, tenant_id=tenant_id, action="auth.session.login",
-                    outcome=Outcome.failure, actor_type="user",
-                    actor_id=user.id if user else None, ip_address=actor.ip_address,
-                    reason=failure, data={"identifier": identifier[:150]},
+                    session,
+                    tenant_id=tenant_id,
+                    action="auth.session.login",
+                    outcome=Outcome.failure,
+                    actor_type="user",
+                    actor_id=user.id if user else None,
+                    ip_address=actor.ip_address,
+                    reason=failure,
+                    data={"identifier": identifier[:150]},
                 )
             return AuthFailure(failure)
-        assert user is not None and tenant_id is not None
+        assert user is not None
+        assert tenant_id is not None
         user.failed_login_count = 0
         user.locked_until = None
         user.last_login_at = now
@@ -750,8 +839,13 @@ class AuthService:
             user.password_hash = self.passwords.hash(password)
         pair = await self._start_session(session, tenant_id, user, actor, client_id, scope="")
         record_event(
-            session, tenant_id=tenant_id, action="auth.session.login", actor_type="user",
-            actor_id=user.id, ip_address=actor.ip_address, target_type="session",
+            session,
+            tenant_id=tenant_id,
+            action="auth.session.login",
+            actor_type="user",
+            actor_id=user.id,
+            ip_address=actor.ip_address,
+            target_type="session",
             target_id=pair.session_id,
         )
         return pair
@@ -796,13 +890,21 @@ class AuthService:
             )
         )
         access, ttl = await self.issue_access_token(
-            session, tenant_id=tenant_id, principal_type=PrincipalType.user,
-            principal_id=user_id, scope=scope, session_id=login_session.id, client_id=client_id,
+            session,
+            tenant_id=tenant_id,
+            principal_type=PrincipalType.user,
+            principal_id=user_id,
+            scope=scope,
+            session_id=login_session.id,
+            client_id=client_id,
         )
         return TokenPair(access, ttl, refresh, scope, login_session.id)
 
     async def refresh(
-        self, session: AsyncSession, refresh_token: str, actor: Actor,
+        self,
+        session: AsyncSession,
+        refresh_token: str,
+        actor: Actor,
         client_id: str | None = None,
     ) -> TokenPair | AuthFailure:
         """Rotate a refresh token; presenting a rotated one again revokes its whole family."""
@@ -824,9 +926,15 @@ class AuthService:
                 login_session.revoked_at = now
                 login_session.revoked_reason = "refresh_token_reuse"
             record_event(
-                session, tenant_id=row.tenant_id, action="auth.session.revoke",
-                outcome=Outcome.denied, actor_type="user", actor_id=login_session.user_id,
-                ip_address=actor.ip_address, target_type="session", target_id=login_session.id,
+                session,
+                tenant_id=row.tenant_id,
+                action="auth.session.revoke",
+                outcome=Outcome.denied,
+                actor_type="user",
+                actor_id=login_session.user_id,
+                ip_address=actor.ip_address,
+                target_type="session",
+                target_id=login_session.id,
                 reason="refresh_token_reuse",
             )
             return AuthFailure("refresh_token_reuse")
@@ -839,13 +947,22 @@ class AuthService:
         row.used_at = now
         login_session.last_used_at = now
         pair = await self._issue_pair(
-            session, row.tenant_id, login_session.user_id, login_session, row.scope,
+            session,
+            row.tenant_id,
+            login_session.user_id,
+            login_session,
+            row.scope,
             login_session.client_id,
         )
         record_event(
-            session, tenant_id=row.tenant_id, action="auth.token.refresh", actor_type="user",
-            actor_id=login_session.user_id, ip_address=actor.ip_address,
-            target_type="session", target_id=login_session.id,
+            session,
+            tenant_id=row.tenant_id,
+            action="auth.token.refresh",
+            actor_type="user",
+            actor_id=login_session.user_id,
+            ip_address=actor.ip_address,
+            target_type="session",
+            target_id=login_session.id,
         )
         return pair
 
@@ -853,8 +970,9 @@ class AuthService:
         session_id = principal.claims.get("sid")
         if not isinstance(session_id, str):
             raise ValidationFailed("This credential has no login session to end.")
-        await self.revoke_session(session, principal.tenant_id, principal.subject, session_id,
-                                  actor=Actor.of(principal))
+        await self.revoke_session(
+            session, principal.tenant_id, principal.subject, session_id, actor=Actor.of(principal)
+        )
 
     async def list_sessions(
         self, session: AsyncSession, tenant_id: str, user_id: str
@@ -863,14 +981,21 @@ class AuthService:
         return list(
             await session.scalars(
                 select(LoginSession)
-                .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None),
-                       LoginSession.expires_at > utcnow())
+                .where(
+                    LoginSession.user_id == user_id,
+                    LoginSession.revoked_at.is_(None),
+                    LoginSession.expires_at > utcnow(),
+                )
                 .order_by(LoginSession.created_at.desc())
             )
         )
 
     async def revoke_session(
-        self, session: AsyncSession, tenant_id: str, user_id: str, session_id: str,
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        session_id: str,
         actor: Actor = SYSTEM,
     ) -> None:
         bind_tenant(session, tenant_id)
@@ -884,8 +1009,13 @@ class AuthService:
         login_session.revoked_at = login_session.revoked_at or utcnow()
         login_session.revoked_reason = login_session.revoked_reason or "logout"
         record_event(
-            session, tenant_id=tenant_id, action="auth.session.revoke", actor_type=actor.type,
-            actor_id=actor.id, target_type="session", target_id=session_id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.session.revoke",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="session",
+            target_id=session_id,
         )
 
     async def revoke_all_sessions(
@@ -894,8 +1024,13 @@ class AuthService:
         bind_tenant(session, tenant_id)
         count = await self._revoke_sessions(session, user_id, reason="revoke_all")
         record_event(
-            session, tenant_id=tenant_id, action="auth.session.revoke_all",
-            actor_type=actor.type, actor_id=actor.id, target_type="user", target_id=user_id,
+            session,
+            tenant_id=tenant_id,
+            action="auth.session.revoke_all",
+            actor_type=actor.type,
+            actor_id=actor.id,
+            target_type="user",
+            target_id=user_id,
             data={"count": count},
         )
         return count
@@ -921,14 +1056,22 @@ class AuthService:
         ):
             return AuthFailure("disabled")
         access, ttl = await self.issue_access_token(
-            session, tenant_id=client.tenant_id, principal_type=PrincipalType.service_account,
-            principal_id=client.service_account_id, scope=scope, audience=audience,
+            session,
+            tenant_id=client.tenant_id,
+            principal_type=PrincipalType.service_account,
+            principal_id=client.service_account_id,
+            scope=scope,
+            audience=audience,
             client_id=client.client_id,
         )
         record_event(
-            session, tenant_id=client.tenant_id, action="auth.token.issue",
-            actor_type="service_account", actor_id=client.service_account_id,
-            target_type="client", target_id=client.client_id,
+            session,
+            tenant_id=client.tenant_id,
+            action="auth.token.issue",
+            actor_type="service_account",
+            actor_id=client.service_account_id,
+            target_type="client",
+            target_id=client.client_id,
             data={"grant_type": "client_credentials", "scope": scope},
         )
         return TokenPair(access, ttl, None, scope)
@@ -939,9 +1082,15 @@ class AuthService:
             principal = await self.principal_for_api_key(session, token)
             if principal is None:
                 return {"active": False}
-            return {"active": True, "token_type": "api_key", "sub": principal.subject,
-                    "tid": principal.tenant_id, "typ": principal.principal_type,
-                    "roles": sorted(principal.roles), "permissions": sorted(principal.permissions)}
+            return {
+                "active": True,
+                "token_type": "api_key",
+                "sub": principal.subject,
+                "tid": principal.tenant_id,
+                "typ": principal.principal_type,
+                "roles": sorted(principal.roles),
+                "permissions": sorted(principal.permissions),
+            }
         if token.startswith("krt_"):
             row = await session.scalar(
                 select(RefreshToken)
@@ -951,14 +1100,20 @@ class AuthService:
             if row is None or row.used_at is not None or row.expires_at <= utcnow():
                 return {"active": False}
             login_session = await session.scalar(
-                select(LoginSession).where(LoginSession.id == row.session_id)
+                select(LoginSession)
+                .where(LoginSession.id == row.session_id)
                 .execution_options(all_tenants=True)
             )
             if login_session is None or login_session.revoked_at is not None:
                 return {"active": False}
-            return {"active": True, "token_type": "refresh_token", "sub": login_session.user_id,
-                    "tid": row.tenant_id, "exp": int(row.expires_at.timestamp()),
-                    "scope": row.scope}
+            return {
+                "active": True,
+                "token_type": "refresh_token",
+                "sub": login_session.user_id,
+                "tid": row.tenant_id,
+                "exp": int(row.expires_at.timestamp()),
+                "scope": row.scope,
+            }
         try:
             principal = await self.verify_access_token(session, token)
         except InvalidToken:
@@ -982,9 +1137,14 @@ class AuthService:
                 .values(revoked_at=utcnow(), revoked_reason="revoked")
             )
             record_event(
-                session, tenant_id=row.tenant_id, action="auth.token.revoke",
-                actor_type=actor.type, actor_id=actor.id, target_type="session",
-                target_id=row.session_id, data={"token_type": "refresh_token"},
+                session,
+                tenant_id=row.tenant_id,
+                action="auth.token.revoke",
+                actor_type=actor.type,
+                actor_id=actor.id,
+                target_type="session",
+                target_id=row.session_id,
+                data={"token_type": "refresh_token"},
             )
             return
         try:
@@ -997,17 +1157,20 @@ class AuthService:
                 session.add(RevokedAccessToken(jti=jti, expires_at=_from_timestamp(exp)))
             self.verifier.forget(token)
             record_event(
-                session, tenant_id=principal.tenant_id, action="auth.token.revoke",
-                actor_type=actor.type, actor_id=actor.id, target_type="access_token",
-                target_id=jti, data={"token_type": "access_token"},
+                session,
+                tenant_id=principal.tenant_id,
+                action="auth.token.revoke",
+                actor_type=actor.type,
+                actor_id=actor.id,
+                target_type="access_token",
+                target_id=jti,
+                data={"token_type": "access_token"},
             )
 
     async def purge_expired(self, session: AsyncSession) -> None:
         """Drop revocation entries and refresh tokens nobody can present any more."""
         now = utcnow()
-        await session.execute(
-            delete(RevokedAccessToken).where(RevokedAccessToken.expires_at < now)
-        )
+        await session.execute(delete(RevokedAccessToken).where(RevokedAccessToken.expires_at < now))
         await session.execute(
             delete(RefreshToken)
             .where(RefreshToken.expires_at < now)

@@ -143,8 +143,7 @@ def load_keyring(settings: Settings) -> Keyring:
         return Keyring(_read_key_file(settings.master_key_file))
     if not settings.is_embedded:
         raise MasterKeyError(
-            "no master key: set KEEL_MASTER_KEY (base64 of 32 random bytes) or "
-            "KEEL_MASTER_KEY_FILE"
+            "no master key: set KEEL_MASTER_KEY (base64 of 32 random bytes) or KEEL_MASTER_KEY_FILE"
         )
     path = settings.data_dir / "master.key"
     if not path.exists():

@@ -69,6 +69,7 @@ def create_rate_limiter(
     redis_url: str | None, *, limit: int, window_seconds: int, prefix: str
 ) -> RateLimiter:
     if redis_url:
-        return RedisRateLimiter(redis_url, limit=limit, window_seconds=window_seconds,
-                                prefix=prefix)
+        return RedisRateLimiter(
+            redis_url, limit=limit, window_seconds=window_seconds, prefix=prefix
+        )
     return InMemoryRateLimiter(limit=limit, window_seconds=window_seconds, prefix=prefix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
 
 from keel.migrations import load_all_models
@@ -10,10 +12,11 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through `keel migrate`, which provides the connection")
 
-def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+
+def render_item(type_: str, obj: object, autogen_context: Any) -> str | Literal[False]:
     """Render Keel's own column types as imports from keel.core.db, not module paths."""
     if type_ == "type" and type(obj).__name__ == "UTCDateTime":
-        autogen_context.imports.add("from keel.core.db import UTCDateTime")  # type: ignore[attr-defined]
+        autogen_context.imports.add("from keel.core.db import UTCDateTime")
         return "UTCDateTime()"
     return False
 

@@ -6,7 +6,6 @@ import email.utils
 
 import httpx
 import pytest
-
 from keel_client.http import (
     BreakerPolicy,
     CircuitBreaker,

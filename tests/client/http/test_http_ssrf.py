@@ -10,7 +10,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 from faultserver import FaultServer
-
 from keel_client.http import (
     BaseAPIClient,
     KeelHTTPError,

@@ -14,7 +14,7 @@ _SEGMENT = re.compile(r"^(\*|[a-z0-9][a-z0-9_.-]*)$")
 
 
 def is_valid_permission(permission: str) -> bool:
-    """True when ``permission`` is 1–5 colon-separated lowercase segments or ``*``."""
+    """True when ``permission`` is 1 to 5 colon-separated lowercase segments or ``*``."""
     segments = permission.split(":")
     return 1 <= len(segments) <= 5 and all(_SEGMENT.fullmatch(s) for s in segments)
 

@@ -127,8 +127,9 @@ class TokenVerifier:
                 document: Mapping[str, Any] = jwks.json()
                 return document
 
-        return cls(fetch, issuer=issuer if issuer is not None else base, audience=audience,
-                   **kwargs)
+        return cls(
+            fetch, issuer=issuer if issuer is not None else base, audience=audience, **kwargs
+        )
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -247,7 +248,9 @@ class TokenVerifier:
     def _remember(self, token: str, principal: Principal, kid: str, claims: dict[str, Any]) -> None:
         nbf = claims.get("nbf", claims.get("iat", 0))
         self._cache[token] = _CachedToken(
-            principal, kid, float(nbf) if isinstance(nbf, int | float) else 0.0,
+            principal,
+            kid,
+            float(nbf) if isinstance(nbf, int | float) else 0.0,
             float(claims["exp"]),
         )
         if len(self._cache) > self._cache_size:
