@@ -26,9 +26,7 @@ from keel.core.db import Database
 from keel.migrations import upgrade
 from keel.settings import Settings
 
-POSTGRES_URL = os.environ.get(
-    "KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
 
@@ -66,8 +64,11 @@ async def create_postgres_database(admin_url: str, name: str) -> str:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
-    return make_url(admin_url).set(drivername="postgresql+asyncpg", database=name) \
+    return (
+        make_url(admin_url)
+        .set(drivername="postgresql+asyncpg", database=name)
         .render_as_string(hide_password=False)
+    )
 
 
 async def drop_postgres_database(admin_url: str, name: str) -> None:
