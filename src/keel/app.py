@@ -101,12 +101,21 @@ def resolve_services(settings: Settings) -> list[ServiceSpec]:
     return specs
 
 
+#: Databases this process already brought to (or found at) the head revision. `keel serve`
+#: checks before starting uvicorn and the app's lifespan would check again in the same process.
+_PREPARED: set[str] = set()
+
+
 async def prepare_database(database: Database, settings: Settings) -> None:
     """Migrate the embedded default by itself; elsewhere refuse an out-of-date schema."""
+    url = settings.effective_database_url
+    if url in _PREPARED:
+        return
     if settings.is_embedded:
         await upgrade(database)
     else:
         await ensure_schema_current(database)
+    _PREPARED.add(url)
 
 
 def create_app(

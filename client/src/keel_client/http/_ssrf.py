@@ -1,0 +1,661 @@
+"""An SSRF-safe transport for services that fetch URLs their users supply.
+
+Three rules make it safe, each closing a known bypass:
+
+1. **Every textual form is read the way the OS would read it.** ``2130706433``, ``0177.0.0.1``,
+   ``0x7f.1`` and ``127.1`` all mean 127.0.0.1 to ``inet_aton``; ``[::ffff:127.0.0.1]``,
+   NAT64 ``64:ff9b::7f00:1`` and 6to4 ``2002:7f00:1::`` embed it. ``parse_ip_literal`` and
+   ``embedded_ipv4`` decode all of them, so the policy judges the address, not the spelling.
+2. **The checked address is the connected address.** The network backend resolves the host
+   once, checks every answer, and connects to the checked IP; the URL keeps the hostname, so
+   the Host header and TLS SNI stay correct. A DNS answer that changes between check and
+   connect (rebinding) cannot reach a different address.
+3. **Every redirect hop is checked again.** The transport follows redirects itself, up to
+   ``max_redirects``, and each new destination goes through rules 1 and 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import typing
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+import httpcore
+import httpx
+
+from keel_client.http._exceptions import SSRFBlockedError
+
+__all__ = [
+    "IPAddress",
+    "Resolver",
+    "SSRFPolicy",
+    "SSRFSafeTransport",
+    "SyncSSRFSafeTransport",
+    "blocked_reason",
+    "default_resolver",
+    "embedded_ipv4",
+    "parse_ip_literal",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``resolver(host, port)`` returns the host's addresses as strings.
+Resolver = Callable[[str, int], Sequence[str]]
+
+_V4 = ipaddress.IPv4Network
+_V6 = ipaddress.IPv6Network
+
+#: Cloud instance-metadata endpoints: the classic SSRF target, so they get their own reason and
+#: are refused even inside an allowed network unless allowed by their exact address.
+CLOUD_METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(address)
+    for address in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle
+        "169.254.169.253",  # AWS VPC DNS
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.170.23",  # AWS EKS pod identity
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure wire server (a public address!)
+        "192.0.0.192",  # Oracle Cloud
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::23",  # AWS EKS pod identity over IPv6
+    )
+)
+#: Host names that are loopback or metadata by definition (RFC 6761, cloud docs).
+BLOCKED_HOSTNAMES = (
+    "localhost",
+    "*.localhost",
+    "localhost.localdomain",
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata",
+    "instance-data",
+    "instance-data.ec2.internal",
+)
+
+# IANA IPv4 Special-Purpose Address Registry, plus multicast and the broadcast address.
+_IPV4_BLOCKED: tuple[tuple[_V4, str], ...] = tuple(
+    (ipaddress.IPv4Network(network), reason)
+    for network, reason in (
+        ("0.0.0.0/8", "unspecified"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "carrier-grade NAT"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "reserved (IETF protocol assignments)"),
+        ("192.0.2.0/24", "reserved (documentation)"),
+        ("192.88.99.0/24", "reserved (6to4 relay anycast)"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "reserved (benchmarking)"),
+        ("198.51.100.0/24", "reserved (documentation)"),
+        ("203.0.113.0/24", "reserved (documentation)"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("255.255.255.255/32", "broadcast"),
+    )
+)
+# IANA IPv6 Special-Purpose Address Registry. Anything outside 2000::/3 (global unicast) is
+# refused as well, after the embedded-IPv4 forms below have been decoded.
+_IPV6_BLOCKED: tuple[tuple[_V6, str], ...] = tuple(
+    (ipaddress.IPv6Network(network), reason)
+    for network, reason in (
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("64:ff9b:1::/48", "private (local-use NAT64)"),
+        ("100::/64", "reserved (discard-only)"),
+        ("2001:db8::/32", "reserved (documentation)"),
+        ("2001::/23", "reserved (IETF protocol assignments, Teredo)"),
+        ("3fff::/20", "reserved (documentation)"),
+        ("fc00::/7", "private (unique local)"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+# Unicode dots that IDNA (UTS #46) maps to ".", so "127。0。0。1" is 127.0.0.1 to a resolver.
+_DOTS = ("\u3002", "\uff0e", "\uff61")
+
+
+def _normalize_host(host: str) -> str:
+    """Lower-case, percent-decoded, NFKC-folded host without brackets or trailing dots."""
+    text = urllib.parse.unquote(host)
+    text = unicodedata.normalize("NFKC", text)
+    for dot in _DOTS:
+        text = text.replace(dot, ".")
+    text = text.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return text.rstrip(".") if ":" not in text else text
+
+
+def _parse_ipv4_loose(text: str) -> ipaddress.IPv4Address | None:
+    """Parse ``text`` exactly as BSD/glibc ``inet_aton`` does, or return ``None``.
+
+    One to four parts; each decimal, octal (leading ``0``) or hex (``0x``); the last part
+    fills the remaining bytes. So ``127.1``, ``0x7f.1``, ``017700000001`` and ``2130706433``
+    are all 127.0.0.1, as they are to ``getaddrinfo``.
+    """
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        if not part or not part.isascii():
+            return None
+        if part.startswith(("0x", "0X")):
+            digits, base = part[2:] or "0", 16
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+        else:
+            digits, base = part, 10
+        try:
+            values.append(int(digits, base))
+        except ValueError:
+            return None
+        if digits.startswith(("+", "-", "_")) or "_" in digits:
+            return None
+    *head, last = values
+    if any(value > 0xFF for value in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    number = 0
+    for value in head:
+        number = (number << 8) | value
+    number = (number << (8 * (4 - len(head)))) | last
+    return ipaddress.IPv4Address(number)
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells, in any textual form, or ``None`` for a host name.
+
+    Handles brackets, IPv6 zone IDs (``fe80::1%eth0``, ``%25eth0``), trailing dots,
+    percent-encoding, full-width digits and dots, and every ``inet_aton`` IPv4 form.
+
+    Example::
+
+        >>> parse_ip_literal("0x7f.1")
+        IPv4Address('127.0.0.1')
+    """
+    text = _normalize_host(host)
+    if ":" in text:
+        text = text.split("%", 1)[0]
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            return None
+    return _parse_ipv4_loose(text)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address carries, and how: mapped, compatible, NAT64, 6to4..."""
+    number = int(address)
+    if address in _IPV4_MAPPED:
+        return "IPv4-mapped", ipaddress.IPv4Address(number & 0xFFFFFFFF)
+    if address in _IPV4_TRANSLATED:
+        return "IPv4-translated", ipaddress.IPv4Address(number & 0xFFFFFFFF)
+    if address in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(number & 0xFFFFFFFF)
+    if address in _SIX_TO_FOUR:
+        return "6to4", ipaddress.IPv4Address((number >> 80) & 0xFFFFFFFF)
+    if address in _TEREDO:
+        # RFC 4380: the client's address is stored inverted in the last 32 bits.
+        return "Teredo", ipaddress.IPv4Address(~number & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and number > 1:
+        return "IPv4-compatible", ipaddress.IPv4Address(number & 0xFFFFFFFF)
+    return None
+
+
+def blocked_reason(address: IPAddress) -> str | None:
+    """Why the default rules refuse ``address`` (``None``: a public address, allowed).
+
+    Example::
+
+        >>> blocked_reason(ipaddress.ip_address("::ffff:169.254.169.254"))
+        'IPv4-mapped 169.254.169.254: cloud metadata'
+    """
+    if address in CLOUD_METADATA_ADDRESSES:
+        return "cloud metadata"
+    if isinstance(address, ipaddress.IPv4Address):
+        for network, reason in _IPV4_BLOCKED:
+            if address in network:
+                return reason
+        return None
+    if address.ipv4_mapped is None and address in _IPV4_COMPATIBLE and int(address) <= 1:
+        return "unspecified" if int(address) == 0 else "loopback"
+    embedded = embedded_ipv4(address)
+    if embedded is not None:
+        kind, inner = embedded
+        inner_reason = blocked_reason(inner)
+        if inner_reason is not None:
+            return f"{kind} {inner}: {inner_reason}"
+        if kind in ("IPv4-mapped", "IPv4-translated", "IPv4-compatible", "NAT64"):
+            # The IPv4 address itself, spelt in IPv6 (NAT64 translates to it): judged as such.
+            return None
+    for network6, reason in _IPV6_BLOCKED:
+        if address in network6:
+            return reason
+    if address not in _GLOBAL_UNICAST:
+        return "reserved (not global unicast)"
+    return None
+
+
+def default_resolver(host: str, port: int) -> list[str]:
+    """The system resolver (``getaddrinfo``), distinct addresses in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _host_matches(host: str, patterns: Iterable[str]) -> bool:
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
+def _split_rules(
+    entries: Iterable[str],
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], tuple[str, ...]]:
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    names: list[str] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            names.append(_normalize_host(entry))
+    return tuple(networks), tuple(names)
+
+
+@dataclass(frozen=True)
+class SSRFPolicy:
+    """Which destinations an SSRF-safe client may reach.
+
+    By default only public (global unicast) addresses over http/https. ``allow`` and ``deny``
+    take IP addresses, CIDR networks and host names (``"*.example.com"`` matches
+    subdomains); ``hook(host, address)`` may return ``True`` (allow), ``False`` (refuse) or
+    ``None`` (no opinion). Precedence: deny lists, hook, cloud metadata, allow lists, defaults.
+    Cloud-metadata addresses stay refused inside an allowed network unless allowed one by one.
+
+    ``resolver`` is injectable so tests (and service meshes) can control DNS.
+
+    Example::
+
+        fetcher = WebhookClient(ssrf=SSRFPolicy(deny=("*.corp.example",), max_redirects=3))
+        # tests: SSRFPolicy(allow=("127.0.0.1",)) to reach a local server
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    hook: Callable[[str, IPAddress], bool | None] | None = None
+    allowed_schemes: frozenset[str] = frozenset({"http", "https"})
+    allowed_ports: frozenset[int] | None = None
+    max_redirects: int = 5
+    resolver: Resolver = default_resolver
+    _allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False
+    )
+    _allow_names: tuple[str, ...] = field(init=False, repr=False)
+    _deny_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False
+    )
+    _deny_names: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        allow_networks, allow_names = _split_rules(self.allow)
+        deny_networks, deny_names = _split_rules(self.deny)
+        object.__setattr__(self, "_allow_networks", allow_networks)
+        object.__setattr__(self, "_allow_names", allow_names)
+        object.__setattr__(self, "_deny_networks", deny_networks)
+        object.__setattr__(self, "_deny_names", deny_names)
+
+    def _refuse(self, host: str, reason: str) -> SSRFBlockedError:
+        return SSRFBlockedError(f"destination {host!r} refused: {reason}", reason=reason)
+
+    def _in(
+        self,
+        address: IPAddress,
+        networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    ) -> bool:
+        candidates: list[IPAddress] = [address]
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = embedded_ipv4(address)
+            if embedded is not None:
+                candidates.append(embedded[1])
+        return any(
+            candidate in network
+            for candidate in candidates
+            for network in networks
+            if candidate.version == network.version
+        )
+
+    def check_name(self, host: str) -> None:
+        """Refuse a host name on the deny list or one that is loopback/metadata by definition."""
+        name = _normalize_host(host)
+        if _host_matches(name, self._deny_names):
+            raise self._refuse(host, "host on the deny list")
+        if _host_matches(name, BLOCKED_HOSTNAMES) and not _host_matches(name, self._allow_names):
+            raise self._refuse(host, "loopback or metadata host name")
+
+    def check_address(self, host: str, address: IPAddress) -> None:
+        """Refuse ``address`` (which ``host`` resolved to or spells) unless the policy allows it."""
+        name = _normalize_host(host)
+        if self._in(address, self._deny_networks):
+            raise self._refuse(host, f"{address} is on the deny list")
+        if self.hook is not None:
+            verdict = self.hook(name, address)
+            if verdict is True:
+                return
+            if verdict is False:
+                raise self._refuse(host, f"{address} refused by the policy hook")
+        reason = blocked_reason(address)
+        exact = ipaddress.ip_network(address)
+        if (
+            reason is not None
+            and (address in CLOUD_METADATA_ADDRESSES or reason.endswith("cloud metadata"))
+            and exact not in self._allow_networks
+        ):
+            raise self._refuse(host, f"{address} is {reason}")
+        if self._in(address, self._allow_networks) or _host_matches(name, self._allow_names):
+            return
+        if reason is not None:
+            raise self._refuse(host, f"{address} is {reason}")
+
+    def check_url(self, url: str) -> None:
+        """Check what can be checked without DNS: scheme, port, literal address, host name.
+
+        Runs before the URL is even parsed by httpx, so forms httpx would reject (``0177.0.0.1``)
+        still get an ``SSRFBlockedError`` saying why.
+        """
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as error:
+            raise self._refuse(url, f"unparseable URL ({error})") from None
+        scheme = parts.scheme.lower()
+        if scheme not in self.allowed_schemes:
+            raise self._refuse(url, f"scheme {scheme or '(none)'!r} not allowed")
+        raw_host = parts.netloc.rpartition("@")[2]
+        if raw_host.startswith("["):
+            raw_host = raw_host[: raw_host.find("]") + 1]
+        else:
+            raw_host = raw_host.split(":", 1)[0]
+        if not raw_host:
+            raise self._refuse(url, "no host")
+        effective_port = port if port is not None else (443 if scheme == "https" else 80)
+        if self.allowed_ports is not None and effective_port not in self.allowed_ports:
+            raise self._refuse(url, f"port {effective_port} not allowed")
+        address = parse_ip_literal(raw_host)
+        if address is not None:
+            self.check_address(raw_host, address)
+        else:
+            self.check_name(raw_host)
+
+    def literal_address(self, host: str) -> IPAddress | None:
+        """``host`` as a checked address when it spells one; ``None`` for a name to resolve."""
+        address = parse_ip_literal(host)
+        if address is not None:
+            self.check_address(host, address)
+        return address
+
+    def check_resolved(self, host: str, answers: Sequence[str]) -> list[IPAddress]:
+        """Check every address ``host`` resolved to; one refused address refuses them all.
+
+        All, not just the first: a name that resolves to a public and a private address is
+        either misconfigured or an attack, and the OS could otherwise fall back to the second.
+        """
+        addresses: list[IPAddress] = []
+        for answer in answers:
+            address = parse_ip_literal(answer)
+            if address is None:
+                raise self._refuse(host, f"resolver returned {answer!r}, not an address")
+            self.check_address(host, address)
+            addresses.append(address)
+        if not addresses:
+            raise httpcore.ConnectError(f"{host!r} did not resolve to any address")
+        return addresses
+
+
+def _resolution_failed(host: str, error: OSError) -> httpcore.ConnectError:
+    return httpcore.ConnectError(f"could not resolve {host!r}: {error}")
+
+
+class _PinnedAsyncBackend(httpcore.AsyncNetworkBackend):
+    """Resolves once, checks every answer, connects to a checked address (never the name)."""
+
+    def __init__(self, policy: SSRFPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        literal = self._policy.literal_address(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            self._policy.check_name(host)
+            try:
+                # The resolver may block (getaddrinfo does), so it runs in a worker thread.
+                answers = await anyio.to_thread.run_sync(self._policy.resolver, host, port)
+            except OSError as error:
+                raise _resolution_failed(host, error) from error
+            addresses = self._policy.check_resolved(host, answers)
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise SSRFBlockedError("unix sockets are not reachable", reason="unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PinnedSyncBackend(httpcore.NetworkBackend):
+    """The blocking twin of ``_PinnedAsyncBackend``."""
+
+    def __init__(self, policy: SSRFPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        literal = self._policy.literal_address(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            self._policy.check_name(host)
+            try:
+                answers = self._policy.resolver(host, port)
+            except OSError as error:
+                raise _resolution_failed(host, error) from error
+            addresses = self._policy.check_resolved(host, answers)
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise SSRFBlockedError("unix sockets are not reachable", reason="unix socket")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Sent only to the origin they were meant for (what browsers and httpx itself do).
+_ORIGIN_BOUND_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+def redirect_request(request: httpx.Request, response: httpx.Response) -> httpx.Request | None:
+    """The request a redirect asks for, or ``None`` when ``response`` is not a redirect."""
+    location = response.headers.get("location")
+    if response.status_code not in _REDIRECT_STATUSES or location is None:
+        return None
+    url = request.url.join(location)
+    method = request.method
+    if (response.status_code == 303 and method != "HEAD") or (
+        response.status_code in (301, 302) and method == "POST"
+    ):
+        method = "GET"
+    headers = httpx.Headers(request.headers)
+    # httpx only fills in Host for requests it builds without a stream.
+    headers["Host"] = url.netloc.decode("ascii")
+    if (url.scheme, url.host, url.port) != (request.url.scheme, request.url.host, request.url.port):
+        for name in _ORIGIN_BOUND_HEADERS:
+            headers.pop(name, None)
+    if method != request.method:
+        for name in ("content-length", "content-type", "transfer-encoding", "content-digest"):
+            headers.pop(name, None)
+        return httpx.Request(method, url, headers=headers, extensions=request.extensions)
+    return httpx.Request(
+        method, url, headers=headers, stream=request.stream, extensions=request.extensions
+    )
+
+
+def _pool_options(limits: httpx.Limits) -> dict[str, typing.Any]:
+    return {
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+    }
+
+
+class SSRFSafeTransport(httpx.AsyncHTTPTransport):
+    """An httpx transport that only reaches destinations its ``SSRFPolicy`` allows.
+
+    Use it through ``BaseAPIClient(ssrf=SSRFPolicy(...))`` or directly in any httpx client
+    (keep that client's ``follow_redirects`` off: this transport follows them, checking each
+    hop). Environment proxies are never used: a proxy would resolve the name itself.
+
+    Example::
+
+        async with httpx.AsyncClient(transport=SSRFSafeTransport(SSRFPolicy())) as http:
+            await http.get(user_supplied_url)   # SSRFBlockedError for internal targets
+    """
+
+    def __init__(
+        self,
+        policy: SSRFPolicy | None = None,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    ) -> None:
+        super().__init__(verify=verify, http1=http1, http2=http2, limits=limits, trust_env=False)
+        self.policy = policy or SSRFPolicy()
+        # httpx takes no network backend, so the pool it built is replaced by an identical one
+        # that connects through the pinning backend. This is the only place addresses are used.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            http1=http1,
+            http2=http2,
+            network_backend=_PinnedAsyncBackend(self.policy),
+            **_pool_options(limits),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(self.policy.max_redirects + 1):
+            self.policy.check_url(str(request.url))
+            response = await super().handle_async_request(request)
+            next_request = redirect_request(request, response)
+            if next_request is None or self.policy.max_redirects == 0:
+                return response
+            await response.aread()
+            await response.aclose()
+            request = next_request
+        raise httpx.TooManyRedirects(
+            f"more than {self.policy.max_redirects} redirects", request=request
+        )
+
+
+class SyncSSRFSafeTransport(httpx.HTTPTransport):
+    """The blocking twin of ``SSRFSafeTransport``, for ``SyncBaseAPIClient`` and ``httpx.Client``.
+
+    Example::
+
+        with httpx.Client(transport=SyncSSRFSafeTransport(SSRFPolicy())) as http:
+            http.get(user_supplied_url)
+    """
+
+    def __init__(
+        self,
+        policy: SSRFPolicy | None = None,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    ) -> None:
+        super().__init__(verify=verify, http1=http1, http2=http2, limits=limits, trust_env=False)
+        self.policy = policy or SSRFPolicy()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            http1=http1,
+            http2=http2,
+            network_backend=_PinnedSyncBackend(self.policy),
+            **_pool_options(limits),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(self.policy.max_redirects + 1):
+            self.policy.check_url(str(request.url))
+            response = super().handle_request(request)
+            next_request = redirect_request(request, response)
+            if next_request is None or self.policy.max_redirects == 0:
+                return response
+            response.read()
+            response.close()
+            request = next_request
+        raise httpx.TooManyRedirects(
+            f"more than {self.policy.max_redirects} redirects", request=request
+        )
