@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, cached_property
 from importlib.resources import files
 
 from argon2 import PasswordHasher, Type
@@ -25,9 +25,13 @@ class Passwords:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
+
+    @cached_property
+    def _decoy_hash(self) -> str:
         # Verified against when the account does not exist, so that path costs the same
-        # hash work as a real one and timing does not reveal which accounts exist.
-        self._decoy_hash = self._hasher.hash("keel decoy password, never valid")
+        # hash work as a real one and timing does not reveal which accounts exist. Made on
+        # first use, not at start-up, where it would add a hash to every cold start.
+        return self._hasher.hash("keel decoy password, never valid")
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-
-import redis.asyncio as redis
+from typing import Any
 
 
 class RateLimiter(ABC):
@@ -50,7 +49,11 @@ class RedisRateLimiter(RateLimiter):
 
     def __init__(self, url: str, **kwargs: int | str) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._redis = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        import redis.asyncio as redis  # only when Redis is configured: it costs start-up time
+
+        self._redis: Any = redis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=2.0
+        )
 
     async def hit(self, key: str) -> float | None:
         index, remaining = self._window(time.time())
