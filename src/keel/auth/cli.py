@@ -143,6 +143,32 @@ def create_service_account(
     _run(main)
 
 
+@app.command("create-client")
+def create_client(
+    name: str,
+    redirect_uri: Annotated[
+        list[str], typer.Option(help="Exact redirect URI the client may use (repeatable).")
+    ],
+    public: Annotated[
+        bool, typer.Option(help="A public client (no secret; PKCE only), e.g. an SPA or CLI.")
+    ] = False,
+    tenant: TenantOption = "default",
+) -> None:
+    """Register an application for the authorization code flow and print its credentials."""
+
+    async def main() -> None:
+        async with _auth_session(tenant) as (auth, session, tenant_id):
+            issued = await auth.create_application_client(
+                session, tenant_id, name=name, redirect_uris=redirect_uri, is_public=public
+            )
+        typer.echo(f"client {name}: created ({'public' if public else 'confidential'})")
+        typer.echo(f"client_id: {issued.id}")
+        if issued.secret:
+            typer.echo(f"client_secret (shown once, store it now): {issued.secret}")
+
+    _run(main)
+
+
 @app.command("create-api-key")
 def create_api_key(
     name: Annotated[str, typer.Option(help="What the key is for.")],

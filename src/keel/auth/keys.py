@@ -105,12 +105,28 @@ class SigningKeys:
         return key
 
     async def ensure_keys(self, session: AsyncSession) -> list[str]:
-        """Make sure an active and a next key exist; returns the kids created."""
-        statuses = set(await session.scalars(select(SigningKey.status)))
+        """Make sure an active and a next key exist; returns the kids created.
+
+        A next key of another algorithm than the configured one (the setting changed) is
+        replaced: it has signed nothing, and the next rotation then switches algorithms
+        while the new key is still published before it signs.
+        """
+        keys = list(
+            await session.scalars(
+                select(SigningKey).where(
+                    SigningKey.status.in_([SigningKeyStatus.active, SigningKeyStatus.next])
+                )
+            )
+        )
         created = []
-        if SigningKeyStatus.active not in statuses:
+        if not any(key.status == SigningKeyStatus.active for key in keys):
             created.append((await self.create_key(session, SigningKeyStatus.active)).kid)
-        if SigningKeyStatus.next not in statuses:
+        upcoming = [key for key in keys if key.status == SigningKeyStatus.next]
+        if upcoming and upcoming[0].algorithm != self.algorithm:
+            await session.delete(upcoming[0])
+            await session.flush()
+            upcoming = []
+        if not upcoming:
             created.append((await self.create_key(session, SigningKeyStatus.next)).kid)
         return created
 

@@ -1,4 +1,4 @@
-"""Auth tables: identities, credentials, sessions, roles and signing keys."""
+"""Auth tables: identities, credentials, sessions, roles, keys, MFA and one-time tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -216,3 +217,81 @@ class SigningKey(Base):
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: After this, no token it signed is valid any more; it leaves JWKS.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class UserTotp(TenantScoped, Base):
+    """A user's TOTP authenticator (RFC 6238); it guards logins once confirmed."""
+
+    __tablename__ = "auth_totp"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("auth_users.id", ondelete="CASCADE"), unique=True
+    )
+    #: The shared secret (base32), sealed by the master key and bound to the user.
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    #: None while enrolment awaits its first code.
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The time step of the last accepted code; a code of this step or older is refused.
+    last_used_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RecoveryCode(TenantScoped, Base):
+    """A one-time code that stands in for a TOTP code when the authenticator is lost."""
+
+    __tablename__ = "auth_recovery_codes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("auth_users.id", ondelete="CASCADE"), index=True
+    )
+    #: Keyed hash (``Keyring.token_hash``) of the normalised code.
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OneTimeTokenPurpose(StrEnum):
+    email_verification = "email_verification"
+    password_reset = "password_reset"  # noqa: S105 - a purpose, not a secret
+
+
+class OneTimeToken(TenantScoped, Base):
+    """A single-use, expiring token sent to a user: e-mail verification, password reset."""
+
+    __tablename__ = "auth_one_time_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("auth_users.id", ondelete="CASCADE"), index=True
+    )
+    purpose: Mapped[str] = mapped_column(String(30))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The address the token was sent to: verifying it must not vouch for a later one.
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuthorizationCode(TenantScoped, Base):
+    """An OAuth 2.0 authorization code (RFC 6749 §4.1) bound to its PKCE challenge."""
+
+    __tablename__ = "auth_authorization_codes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("auth_users.id", ondelete="CASCADE"), index=True
+    )
+    redirect_uri: Mapped[str] = mapped_column(String(2000))
+    #: ``BASE64URL(SHA256(code_verifier))`` (RFC 7636, S256 only).
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(1000), default="")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The login session the code was exchanged for; revoked if the code is presented again.
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -11,7 +11,9 @@ from fastapi import APIRouter, Form, Header, Request, Response
 from starlette.responses import JSONResponse
 
 from keel.auth import schemas
+from keel.auth.authorize import AuthorizationCodeFlow
 from keel.auth.dependencies import Auth, CurrentPrincipal, bearer_credential, require_permission
+from keel.auth.mfa import MfaCheck
 from keel.auth.models import PrincipalType
 from keel.auth.service import Actor, AuthFailure, TokenPair
 from keel.core.deps import DbSession, client_ip, get_context
@@ -62,9 +64,13 @@ def build_router() -> APIRouter:
             identifier=body.username,
             password=body.password.get_secret_value(),
             actor=_actor(request),
+            totp_code=body.totp_code.get_secret_value() if body.totp_code else None,
         )
         if isinstance(result, AuthFailure):
             await session.commit()  # the failure counts towards the lockout
+            if result.reason == MfaCheck.required:
+                # Only after the right password: it tells nothing about who has an account.
+                raise Unauthorized("A second-factor code is required.", mfa_required=True)
             raise Unauthorized("Invalid username or password.")
         _no_store(response)
         return _token_response(result)
@@ -147,7 +153,13 @@ def build_router() -> APIRouter:
         )
         for role in body.roles:
             await auth.assign_role(
-                session, principal.tenant_id, role, PrincipalType.user, user.id, actor=actor
+                session,
+                principal.tenant_id,
+                role,
+                PrincipalType.user,
+                user.id,
+                actor=actor,
+                grantor=principal,
             )
         return user
 
@@ -223,6 +235,7 @@ def build_router() -> APIRouter:
                 body.current_password.get_secret_value() if body.current_password else None
             ),
             actor=Actor.of(principal),
+            grantor=principal,
         )
 
     # -- service accounts -----------------------------------------------------------------------
@@ -256,6 +269,7 @@ def build_router() -> APIRouter:
                 PrincipalType.service_account,
                 account.id,
                 actor=actor,
+                grantor=principal,
             )
         _no_store(response)
         return schemas.ServiceAccountCreated(
@@ -288,6 +302,7 @@ def build_router() -> APIRouter:
             scopes=body.scopes,
             expires_at=body.expires_at,
             actor=Actor.of(principal),
+            grantor=principal,
         )
         _no_store(response)
         return schemas.ApiKeyCreated.model_validate(
@@ -330,6 +345,7 @@ def build_router() -> APIRouter:
             permissions=body.permissions,
             description=body.description,
             actor=Actor.of(principal),
+            grantor=principal,
         )
 
     @router.get(
@@ -377,6 +393,7 @@ def build_router() -> APIRouter:
             permissions=body.permissions,
             if_match=if_match,
             actor=Actor.of(principal),
+            grantor=principal,
         )
         response.headers["ETag"] = etag_for(role.version)
         return role
@@ -408,6 +425,7 @@ def build_router() -> APIRouter:
             body.principal_type,
             body.principal_id,
             Actor.of(principal),
+            grantor=principal,
         )
 
     @router.delete(
@@ -439,7 +457,9 @@ def build_router() -> APIRouter:
     ) -> schemas.RotatedKey:
         """Promote the published next key to signing and publish a new next key."""
         return schemas.RotatedKey(
-            active_kid=await auth.rotate_signing_key(session, Actor.of(principal))
+            active_kid=await auth.rotate_signing_key(
+                session, Actor.of(principal), tenant_id=principal.tenant_id
+            )
         )
 
     # -- OAuth 2.0 ------------------------------------------------------------------------------
@@ -455,8 +475,12 @@ def build_router() -> APIRouter:
         refresh_token: Annotated[str | None, Form(max_length=200)] = None,
         client_id: Annotated[str | None, Form(max_length=64)] = None,
         client_secret: Annotated[str | None, Form(max_length=200)] = None,
+        code: Annotated[str | None, Form(max_length=200)] = None,
+        redirect_uri: Annotated[str | None, Form(max_length=2000)] = None,
+        code_verifier: Annotated[str | None, Form(max_length=128)] = None,
     ) -> Response:
-        """OAuth 2.0 token endpoint (RFC 6749): ``client_credentials`` and ``refresh_token``."""
+        """OAuth 2.0 token endpoint (RFC 6749): ``authorization_code`` (with PKCE),
+        ``client_credentials`` and ``refresh_token``."""
         basic_id, basic_secret = _basic_credentials(request)
         client_id = basic_id or client_id
         client_secret = basic_secret or client_secret
@@ -477,6 +501,26 @@ def build_router() -> APIRouter:
                 if client is None:
                     return _oauth_error("invalid_client", "Client authentication failed.", 401)
             result = await auth.refresh(session, refresh_token, _actor(request), client_id)
+        elif grant_type == "authorization_code":
+            client = (
+                await auth.authenticate_client(session, client_id, client_secret)
+                if client_id
+                else None
+            )
+            if client is None:
+                return _oauth_error("invalid_client", "Client authentication failed.", 401)
+            if not code or not redirect_uri or not code_verifier:
+                return _oauth_error(
+                    "invalid_request", "code, redirect_uri and code_verifier are required."
+                )
+            result = await AuthorizationCodeFlow(auth).exchange(
+                session,
+                client,
+                code=code,
+                redirect_uri=redirect_uri,
+                code_verifier=code_verifier,
+                actor=_actor(request),
+            )
         else:
             return _oauth_error("unsupported_grant_type", f"{grant_type!r} is not supported.")
         if isinstance(result, AuthFailure):
@@ -503,9 +547,10 @@ def build_router() -> APIRouter:
         token: Annotated[str, Form(max_length=16_384)],
     ) -> Response:
         """RFC 7662 token introspection; the caller authenticates as a client or principal."""
-        if not await _may_introspect(request, session, auth):
+        tenant_id = await _introspecting_tenant(request, session, auth)
+        if tenant_id is None:
             return _oauth_error("invalid_client", "Authenticate to introspect tokens.", 401)
-        result = await auth.introspect(session, token)
+        result = await auth.introspect(session, token, tenant_id=tenant_id)
         return JSONResponse(result, headers={"Cache-Control": "no-store"})
 
     @router.post("/oauth/revoke")
@@ -552,11 +597,19 @@ def build_well_known_router() -> APIRouter:
             "introspection_endpoint": f"{base}/auth/v1/oauth/introspect",
             "revocation_endpoint": f"{base}/auth/v1/oauth/revoke",
             "userinfo_endpoint": f"{base}/auth/v1/oauth/userinfo",
-            "grant_types_supported": ["client_credentials", "refresh_token"],
-            "response_types_supported": ["token"],
+            "authorization_endpoint": f"{base}/auth/v1/oauth/authorize",
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [auth.settings.signing_algorithm],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
             "scopes_supported": ["openid", "profile", "email"],
             "claims_supported": [
                 "sub",
@@ -609,15 +662,19 @@ def _oauth_error(error: str, description: str, status: int = 400) -> Response:
     )
 
 
-async def _may_introspect(request: Request, session: Any, auth: Any) -> bool:
+async def _introspecting_tenant(request: Request, session: Any, auth: Any) -> str | None:
+    """The tenant of a caller allowed to introspect (a client or a permitted principal)."""
     client_id, client_secret = _basic_credentials(request)
     if client_id is not None:
-        return await auth.authenticate_client(session, client_id, client_secret) is not None
+        client = await auth.authenticate_client(session, client_id, client_secret)
+        return str(client.tenant_id) if client is not None else None
     credential = bearer_credential(request)
     if credential is None:
-        return False
+        return None
     principal = await auth.authenticate(session, credential)
-    return principal is not None and principal.has_permission("auth:token:introspect")
+    if principal is None or not principal.has_permission("auth:token:introspect"):
+        return None
+    return str(principal.tenant_id)
 
 
 async def _limit_login_rate(request: Request, auth: Any) -> None:

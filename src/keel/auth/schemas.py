@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from keel.auth.models import PrincipalType
 
@@ -14,6 +14,11 @@ class LoginRequest(BaseModel):
     tenant: str = Field(default="default", max_length=63)
     username: str = Field(min_length=1, max_length=320, description="Username or e-mail.")
     password: SecretStr = Field(max_length=1024)
+    totp_code: SecretStr | None = Field(
+        default=None,
+        max_length=64,
+        description="The authenticator's current code, or a recovery code, when MFA is on.",
+    )
 
 
 class RefreshRequest(BaseModel):
@@ -161,3 +166,65 @@ class Me(BaseModel):
 
 class RotatedKey(BaseModel):
     active_kid: str
+
+
+class TotpEnrolment(BaseModel):
+    secret: str = Field(description="Base32 secret for manual entry; shown once.")
+    otpauth_uri: str = Field(description="``otpauth://`` URI to show as a QR code.")
+
+
+class TotpConfirm(BaseModel):
+    code: SecretStr = Field(min_length=6, max_length=16)
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str] = Field(description="Each works once instead of a code; shown once.")
+
+
+class TotpDisable(BaseModel):
+    password: SecretStr | None = Field(default=None, max_length=1024)
+    code: SecretStr | None = Field(
+        default=None, max_length=64, description="A current code or a recovery code."
+    )
+
+
+class MfaStatus(BaseModel):
+    totp_enabled: bool
+    recovery_codes_left: int
+
+
+class PasswordResetRequest(BaseModel):
+    tenant: str = Field(default="default", max_length=63)
+    email: str = Field(min_length=3, max_length=320)
+
+
+class PasswordResetConfirm(BaseModel):
+    token: SecretStr = Field(max_length=200)
+    new_password: SecretStr = Field(max_length=1024)
+
+
+class EmailVerificationConfirm(BaseModel):
+    token: SecretStr = Field(max_length=200)
+
+
+class ClientCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=150)
+    redirect_uris: list[str] = Field(min_length=1, max_length=20)
+    is_public: bool = Field(
+        default=False, description="A public client (SPA, mobile, CLI) has no secret: PKCE only."
+    )
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _bounded_uris(cls, values: list[str]) -> list[str]:
+        if any(len(value) > 2000 for value in values):
+            raise ValueError("a redirect URI is at most 2000 characters")
+        return values
+
+
+class ClientCreated(BaseModel):
+    client_id: str
+    name: str
+    redirect_uris: list[str]
+    is_public: bool
+    client_secret: str | None = Field(default=None, description="Shown once; store it now.")

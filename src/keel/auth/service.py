@@ -30,6 +30,7 @@ from keel.auth.credentials import (
     parse_api_key,
 )
 from keel.auth.keys import SigningKeys
+from keel.auth.mfa import MfaCheck, TotpMfa
 from keel.auth.models import (
     ApiKey,
     LoginSession,
@@ -44,15 +45,22 @@ from keel.auth.models import (
     User,
     UserStatus,
 )
+from keel.auth.one_time_tokens import AccountTokenDelivery, log_account_token_request
 from keel.auth.passwords import Passwords
 from keel.core.audit import Outcome, record_event
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
-from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from keel.core.http import check_if_match
 from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import AuthSettings
-from keel_client.auth import InvalidToken, Principal, TokenVerifier, is_valid_permission
+from keel_client.auth import (
+    InvalidToken,
+    Principal,
+    TokenVerifier,
+    is_valid_permission,
+    narrow_permissions,
+)
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{1,149}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -131,6 +139,9 @@ class AuthService:
             min_refresh_interval=1.0,
         )
         self._session_factory: Any = None
+        self.mfa = TotpMfa(keyring, self.passwords)
+        #: Sends e-mail verification and password reset tokens; replace to deliver them.
+        self.deliver_account_token: AccountTokenDelivery = log_account_token_request
 
     # -- signing keys and the local verifier ----------------------------------------------------
 
@@ -144,9 +155,20 @@ class AuthService:
                 self._jwks_document = await self.keys.published(session)
         return self._jwks_document
 
-    async def rotate_signing_key(self, session: AsyncSession, actor: Actor = SYSTEM) -> str:
+    async def rotate_signing_key(
+        self, session: AsyncSession, actor: Actor = SYSTEM, *, tenant_id: str | None = None
+    ) -> str:
+        """Rotate the platform's signing keys; ``tenant_id`` is the caller's tenant, if any.
+
+        The keys sign every tenant's tokens, so only the platform (``default``) tenant may
+        rotate them: another tenant's administrator could otherwise churn keys for everyone
+        (each rotation publishes one more key to every verifier).
+        """
+        platform_tenant_id = await _platform_tenant_id(session)
+        if tenant_id is not None and tenant_id != platform_tenant_id:
+            raise Forbidden("Signing keys belong to the platform: rotate them as its tenant.")
         retired, active = await self.keys.rotate(session)
-        tenant_id = await _platform_tenant_id(session)
+        tenant_id = platform_tenant_id
         record_event(
             session,
             tenant_id=tenant_id,
@@ -258,8 +280,13 @@ class AuthService:
         *,
         current_password: str | None = None,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> None:
+        """``grantor`` sets another user's password: it must hold all that user may do."""
         user = await self.get_user(session, tenant_id, user_id)
+        if grantor is not None and not _is_self(grantor, PrincipalType.user, user.id):
+            _, held = await self.roles_and_permissions(session, PrincipalType.user, user.id)
+            _ensure_may_grant(grantor, held)
         if current_password is not None and not self.passwords.verify(
             user.password_hash, current_password
         ):
@@ -419,11 +446,13 @@ class AuthService:
         permissions: Iterable[str],
         description: str | None = None,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> Role:
         bind_tenant(session, tenant_id)
         if not _NAME.fullmatch(name):
             raise ValidationFailed("A role name is 1-100 lowercase letters, digits and . _ -.")
         permissions = _validated_permissions(permissions)
+        _ensure_may_grant(grantor, permissions)
         if await session.scalar(select(Role.id).where(Role.name == name)):
             raise Conflict(f"Role {name!r} exists already.")
         role = Role(name=name, permissions=permissions, description=description)
@@ -461,11 +490,14 @@ class AuthService:
         permissions: Iterable[str],
         if_match: str | None,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> Role:
         role = await self.get_role(session, tenant_id, name)
         check_if_match(if_match, role.version, required=False)
         before = list(role.permissions)
-        role.permissions = _validated_permissions(permissions)
+        permissions = _validated_permissions(permissions)
+        _ensure_may_grant(grantor, permissions)
+        role.permissions = permissions
         role.version += 1
         record_event(
             session,
@@ -504,9 +536,11 @@ class AuthService:
         principal_type: PrincipalType,
         principal_id: str,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> None:
         role = await self.get_role(session, tenant_id, role_name)
         await self._require_principal(session, principal_type, principal_id)
+        _ensure_may_grant(grantor, role.permissions)
         exists = await session.scalar(
             select(RoleAssignment.id).where(
                 RoleAssignment.role_id == role.id,
@@ -597,11 +631,18 @@ class AuthService:
         scopes: Iterable[str] = (),
         expires_at: datetime | None = None,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> tuple[ApiKey, str]:
+        """A key acting as the principal; ``grantor`` (when not that principal itself) must
+        hold every permission the key would carry, or minting one would be an escalation."""
         bind_tenant(session, tenant_id)
         await self._require_principal(session, principal_type, principal_id)
         if expires_at is not None and expires_at <= utcnow():
             raise ValidationFailed("expires_at must be in the future.")
+        scopes = _validated_permissions(scopes)
+        if grantor is not None and not _is_self(grantor, principal_type, principal_id):
+            _, held = await self.roles_and_permissions(session, principal_type, principal_id)
+            _ensure_may_grant(grantor, narrow_permissions(held, scopes) if scopes else held)
         token, lookup = new_api_key()
         key = ApiKey(
             lookup=lookup,
@@ -609,7 +650,7 @@ class AuthService:
             name=name,
             principal_type=principal_type,
             principal_id=principal_id,
-            scopes=_validated_permissions(scopes),
+            scopes=scopes,
             expires_at=expires_at,
         )
         session.add(key)
@@ -672,9 +713,7 @@ class AuthService:
             session, key.principal_type, key.principal_id
         )
         if key.scopes:
-            from keel_client.auth import has_permission
-
-            permissions = [p for p in key.scopes if has_permission(permissions, p)]
+            permissions = narrow_permissions(permissions, key.scopes)
         if key.last_used_at is None or now - key.last_used_at > _LAST_USED_GRANULARITY:
             key.last_used_at = now
         return Principal(
@@ -716,9 +755,7 @@ class AuthService:
         roles, permissions = await self.roles_and_permissions(session, principal_type, principal_id)
         requested = [s for s in scope.split() if ":" in s]
         if requested:
-            from keel_client.auth import has_permission
-
-            permissions = [p for p in requested if has_permission(permissions, p)]
+            permissions = narrow_permissions(permissions, requested)
         key = await self.keys.active_key(session)
         now = int(time.time())
         ttl = int(self.access_ttl.total_seconds())
@@ -788,7 +825,47 @@ class AuthService:
         password: str,
         actor: Actor,
         client_id: str | None = None,
+        totp_code: str | None = None,
     ) -> TokenPair | AuthFailure:
+        checked = await self.check_credentials(
+            session,
+            tenant_slug=tenant_slug,
+            identifier=identifier,
+            password=password,
+            totp_code=totp_code,
+            actor=actor,
+        )
+        if isinstance(checked, AuthFailure):
+            return checked
+        user, tenant_id = checked, checked.tenant_id
+        pair = await self._start_session(session, tenant_id, user, actor, client_id, scope="")
+        record_event(
+            session,
+            tenant_id=tenant_id,
+            action="auth.session.login",
+            actor_type="user",
+            actor_id=user.id,
+            ip_address=actor.ip_address,
+            target_type="session",
+            target_id=pair.session_id,
+        )
+        return pair
+
+    async def check_credentials(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_slug: str,
+        identifier: str,
+        password: str,
+        actor: Actor,
+        totp_code: str | None = None,
+    ) -> User | AuthFailure:
+        """The user, when the password (and the second factor, if on) are right.
+
+        Failures are recorded and count towards the lockout; ``mfa_required`` is only ever
+        returned after the password was verified.
+        """
         tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == tenant_slug))
         user: User | None = None
         if tenant_id is not None:
@@ -808,14 +885,11 @@ class AuthService:
             failure = "locked"
         elif not password_ok:
             failure = "bad_password"
-            user.failed_login_count += 1
-            over = user.failed_login_count - self.settings.lockout_threshold
-            if over >= 0:
-                delay = min(
-                    self.settings.lockout_base_seconds * (2**over),
-                    self.settings.lockout_max_seconds,
-                )
-                user.locked_until = now + timedelta(seconds=delay)
+            self._count_failed_login(user, now)
+        else:
+            failure = await self.mfa.check_login_code(session, user, totp_code)
+            if failure is not None and failure != MfaCheck.required:
+                self._count_failed_login(user, now)  # guessing codes locks out too
         if failure is not None:
             if tenant_id is not None:
                 record_event(
@@ -829,26 +903,24 @@ class AuthService:
                     reason=failure,
                     data={"identifier": identifier[:150]},
                 )
-            return AuthFailure(failure)
+            return AuthFailure(str(failure))
         assert user is not None
-        assert tenant_id is not None
         user.failed_login_count = 0
         user.locked_until = None
         user.last_login_at = now
         if user.password_hash and self.passwords.needs_rehash(user.password_hash):
             user.password_hash = self.passwords.hash(password)
-        pair = await self._start_session(session, tenant_id, user, actor, client_id, scope="")
-        record_event(
-            session,
-            tenant_id=tenant_id,
-            action="auth.session.login",
-            actor_type="user",
-            actor_id=user.id,
-            ip_address=actor.ip_address,
-            target_type="session",
-            target_id=pair.session_id,
-        )
-        return pair
+        return user
+
+    def _count_failed_login(self, user: User, now: datetime) -> None:
+        user.failed_login_count += 1
+        over = user.failed_login_count - self.settings.lockout_threshold
+        if over >= 0:
+            delay = min(
+                self.settings.lockout_base_seconds * (2**over),
+                self.settings.lockout_max_seconds,
+            )
+            user.locked_until = now + timedelta(seconds=delay)
 
     async def _start_session(
         self,
@@ -940,7 +1012,8 @@ class AuthService:
             return AuthFailure("refresh_token_reuse")
         if login_session.revoked_at is not None or row.expires_at <= now:
             return AuthFailure("session_ended")
-        if client_id is not None and login_session.client_id not in (None, client_id):
+        if login_session.client_id is not None and client_id != login_session.client_id:
+            # A client's refresh token is bound to it (RFC 6749 §6); anyone else is refused.
             return AuthFailure("wrong_client")
         if not await self._principal_is_active(session, PrincipalType.user, login_session.user_id):
             return AuthFailure("disabled")
@@ -1076,8 +1149,20 @@ class AuthService:
         )
         return TokenPair(access, ttl, None, scope)
 
-    async def introspect(self, session: AsyncSession, token: str) -> dict[str, Any]:
-        """RFC 7662: ``{"active": false}`` for anything not currently valid."""
+    async def introspect(
+        self, session: AsyncSession, token: str, *, tenant_id: str | None = None
+    ) -> dict[str, Any]:
+        """RFC 7662: ``{"active": false}`` for anything not currently valid.
+
+        With ``tenant_id`` (the caller's), another tenant's token is reported inactive too: a
+        client of one tenant learns nothing about another's identities.
+        """
+        result = await self._introspect(session, token)
+        if tenant_id is not None and result.get("tid") != tenant_id:
+            return {"active": False}
+        return result
+
+    async def _introspect(self, session: AsyncSession, token: str) -> dict[str, Any]:
         if looks_like_api_key(token):
             principal = await self.principal_for_api_key(session, token)
             if principal is None:
@@ -1176,6 +1261,24 @@ class AuthService:
             .where(RefreshToken.expires_at < now)
             .execution_options(all_tenants=True)
         )
+
+
+def _is_self(principal: Principal, principal_type: str, principal_id: str) -> bool:
+    return principal.principal_type == principal_type and principal.subject == principal_id
+
+
+def _ensure_may_grant(grantor: Principal | None, permissions: Iterable[str]) -> None:
+    """Refuse to let ``grantor`` hand out a permission it does not hold itself.
+
+    Without this, ``auth:role:assign`` or ``auth:api_key:create`` alone would reach every
+    permission of the tenant (assign yourself ``admin``, mint a key for an administrator).
+    ``None`` is the platform itself (CLI, bootstrap), which may grant anything.
+    """
+    if grantor is None:
+        return
+    missing = [p for p in permissions if not grantor.has_permission(p)]
+    if missing:
+        raise Forbidden(f"Granting {missing[0]!r} needs holding it.")
 
 
 def _validated_permissions(permissions: Iterable[str]) -> list[str]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from fastapi import APIRouter
 from sqlalchemy import select
 
 from keel.app import AppContext
+from keel.auth.account_router import build_account_router
+from keel.auth.authorize_router import build_authorize_router
 from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.models import SigningKey, SigningKeyStatus
+from keel.auth.one_time_tokens import purge_spent_one_time_rows
 from keel.auth.router import build_router, build_well_known_router
 from keel.auth.service import AuthService
 from keel.core.logging import get_logger
@@ -65,14 +69,23 @@ async def rotate_signing_keys_on_schedule(context: AppContext) -> None:
                     kid = await auth.rotate_signing_key(session)
                     log.info("auth.signing_key.rotated", kid=kid)
                 await auth.purge_expired(session)
+                await purge_spent_one_time_rows(session)
         except Exception:  # a failed round must not end the loop
             log.exception("auth.maintenance.failed")
         await asyncio.sleep(300)
 
 
+def build_service_router() -> APIRouter:
+    """The API routes, the account-security routes and the OAuth authorization endpoint."""
+    router = build_router()
+    router.include_router(build_account_router())
+    router.include_router(build_authorize_router())
+    return router
+
+
 service = ServiceSpec(
     name="auth",
-    router=build_router,
+    router=build_service_router,
     root_router=build_well_known_router,
     ready_check=auth_ready,
     startup=start_auth,
