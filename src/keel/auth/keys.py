@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
+
+#: Seconds the active key's identity is remembered between database lookups.
+ACTIVE_KEY_TTL = 5.0
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -80,6 +84,7 @@ class SigningKeys:
         #: How long a retired key stays published: the longest a token it signed lives.
         self.token_lifetime = token_lifetime
         self._loaded: dict[str, LoadedKey] = {}
+        self._active: tuple[float, LoadedKey] | None = None
 
     async def create_key(self, session: AsyncSession, status: SigningKeyStatus) -> SigningKey:
         private_key = generate_private_key(self.algorithm)
@@ -154,17 +159,32 @@ class SigningKeys:
             active.expires_at = now + self.token_lifetime + timedelta(minutes=5)
         upcoming.status = SigningKeyStatus.active
         upcoming.activated_at = now
+        self._active = None
         await session.flush()
         await self.create_key(session, SigningKeyStatus.next)
         return (active.kid if active else None), upcoming.kid
 
     async def active_key(self, session: AsyncSession) -> LoadedKey:
+        """The key that signs now, looked up at most every ``ACTIVE_KEY_TTL`` seconds.
+
+        Another replica's rotation is seen within that time; meanwhile this process signs
+        with the previous key, which stays published (retired) for a whole token lifetime, so
+        every token still verifies. A rotation in this process takes effect at once.
+        """
+        cached = self._active
+        if cached is not None and time.monotonic() - cached[0] < ACTIVE_KEY_TTL:
+            return cached[1]
+        loaded = await self._load_active_key(session)
+        self._active = (time.monotonic(), loaded)
+        return loaded
+
+    async def _load_active_key(self, session: AsyncSession) -> LoadedKey:
         kid = await session.scalar(
             select(SigningKey.kid).where(SigningKey.status == SigningKeyStatus.active)
         )
         if kid is None:
             await self.ensure_keys(session)
-            return await self.active_key(session)
+            return await self._load_active_key(session)
         loaded = self._loaded.get(kid)
         if loaded is None:
             row = await session.get(SigningKey, kid)

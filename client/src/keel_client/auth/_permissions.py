@@ -35,3 +35,18 @@ def permission_matches(granted: str, required: str) -> bool:
 
 def has_permission(granted: Iterable[str], required: str) -> bool:
     return any(permission_matches(permission, required) for permission in granted)
+
+
+def narrow_permissions(held: Iterable[str], requested: Iterable[str]) -> list[str]:
+    """What ``held`` permissions remain when limited to ``requested`` ones (token scopes,
+    API key scopes): each requested permission a held one covers, and each held permission
+    a requested one covers. Never more than ``held``: ``["auth:*"]`` keeps a held
+    ``auth:user:read``; a held ``*`` keeps ``auth:*`` itself.
+    """
+    held = list(held)
+    narrowed: set[str] = set()
+    for scope in requested:
+        if has_permission(held, scope):
+            narrowed.add(scope)
+        narrowed.update(permission for permission in held if permission_matches(scope, permission))
+    return sorted(narrowed)

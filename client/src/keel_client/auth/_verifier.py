@@ -10,7 +10,6 @@ lookup.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import json
 import time
@@ -19,6 +18,9 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
@@ -31,6 +33,16 @@ SUPPORTED_ALGORITHMS = frozenset(
 )
 
 JWKSFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+SignatureCheck = Callable[[bytes, bytes], bool]
+
+_RSA_PKCS1_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "RS256": hashes.SHA256,
+    "RS384": hashes.SHA384,
+    "RS512": hashes.SHA512,
+}
+#: Distinct token headers remembered (a signing key's tokens all share one header).
+_HEADER_CACHE_SIZE = 256
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 class InvalidToken(Exception):
@@ -46,6 +58,32 @@ class _Key:
     kid: str
     algorithm: str
     jwk: PyJWK
+    #: ``(signing input, signature) -> bool``, bound once per key.
+    verify_signature: SignatureCheck
+
+
+def _signature_check(algorithm: str, jwk: PyJWK) -> SignatureCheck:
+    public_key = jwk.key
+    hash_class = _RSA_PKCS1_HASHES.get(algorithm)
+    if hash_class is not None and isinstance(public_key, rsa.RSAPublicKey):
+        # Measured: calling cryptography directly with the padding and hash built once takes
+        # a few microseconds off every first-seen RS* token (benchmarks/bench_auth.py).
+        pkcs1, hash_algorithm = padding.PKCS1v15(), hash_class()
+
+        def verify_rsa(signing_input: bytes, signature: bytes) -> bool:
+            try:
+                public_key.verify(signature, signing_input, pkcs1, hash_algorithm)
+            except InvalidSignature:
+                return False
+            return True
+
+        return verify_rsa
+    algorithm_object = jwk.Algorithm
+
+    def verify_other(signing_input: bytes, signature: bytes) -> bool:
+        return bool(algorithm_object.verify(signing_input, public_key, signature))
+
+    return verify_other
 
 
 @dataclass(frozen=True)
@@ -57,7 +95,9 @@ class _CachedToken:
 
 
 def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    # base64.urlsafe_b64decode's semantics without its per-call argument normalisation.
+    data = segment.encode("ascii").translate(_URLSAFE_TO_STANDARD)
+    return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
 
 
 class TokenVerifier:
@@ -103,6 +143,7 @@ class TokenVerifier:
         self._refresh_lock = asyncio.Lock()
         self._cache: OrderedDict[str, _CachedToken] = OrderedDict()
         self._cache_size = cache_size
+        self._headers: dict[str, tuple[str, str]] = {}
 
     @classmethod
     def from_url(
@@ -145,9 +186,10 @@ class TokenVerifier:
             if entry.get("use", "sig") != "sig":
                 continue
             try:
-                keys[kid] = _Key(kid, str(algorithm), PyJWK(dict(entry), algorithm=algorithm))
+                jwk = PyJWK(dict(entry), algorithm=algorithm)
             except PyJWKError:
                 continue
+            keys[kid] = _Key(kid, str(algorithm), jwk, _signature_check(str(algorithm), jwk))
         self._keys = keys
         # Tokens signed by a key that left the set (a compromised key) stop verifying now.
         for token, cached in list(self._cache.items()):
@@ -183,42 +225,53 @@ class TokenVerifier:
             if now < cached.expires + self.leeway and now + self.leeway >= cached.not_before:
                 return cached.principal
             del self._cache[token]
-        header, payload, signing_input, signature = self._split(token)
-        algorithm = header.get("alg")
-        if algorithm not in self.algorithms:
-            raise InvalidToken("algorithm_not_allowed", "the token's algorithm is not accepted")
-        kid = header.get("kid")
-        if not isinstance(kid, str):
-            raise InvalidToken("malformed", "the token names no key")
-        key = await self._key_for(kid)
+        algorithm, kid, payload, signing_input, signature = self._split(token)
+        key = self._keys.get(kid) or await self._key_for(kid)
         if key.algorithm != algorithm:
             raise InvalidToken("algorithm_not_allowed", "the token's algorithm is not its key's")
-        if not key.jwk.Algorithm.verify(signing_input, key.jwk.key, signature):
+        if not key.verify_signature(signing_input, signature):
             raise InvalidToken("bad_signature", "the token's signature does not verify")
         claims = self._parse_claims(payload)
         principal = self._check_claims(claims, now)
         self._remember(token, principal, kid, claims)
         return principal
 
-    @staticmethod
-    def _split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    def _split(self, token: str) -> tuple[str, str, bytes, bytes, bytes]:
+        """``(alg, kid, payload, signing input, signature)`` of a compact JWS."""
         if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16_384:
             raise InvalidToken("malformed", "the token is not a compact JWS")
         header_segment, payload_segment, signature_segment = token.split(".")
+        algorithm_and_kid = self._headers.get(header_segment)
         try:
-            header = json.loads(_b64decode(header_segment))
+            if algorithm_and_kid is None:
+                algorithm_and_kid = self._parse_header(header_segment)
             payload = _b64decode(payload_segment)
             signature = _b64decode(signature_segment)
         except (binascii.Error, ValueError):
             raise InvalidToken("malformed", "the token is not a compact JWS") from None
+        signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode()
+        return (*algorithm_and_kid, payload, signing_input, signature)
+
+    def _parse_header(self, segment: str) -> tuple[str, str]:
+        header = json.loads(_b64decode(segment))
         if not isinstance(header, dict):
             raise InvalidToken("malformed", "the token header is not an object")
-        return header, payload, f"{header_segment}.{payload_segment}".encode(), signature
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise InvalidToken("algorithm_not_allowed", "the token's algorithm is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise InvalidToken("malformed", "the token names no key")
+        if len(self._headers) >= _HEADER_CACHE_SIZE:
+            self._headers.clear()
+        # Only accepted headers are remembered, so a cached one needs no check again.
+        self._headers[segment] = (algorithm, kid)
+        return algorithm, kid
 
     @staticmethod
     def _parse_claims(payload: bytes) -> dict[str, Any]:
         try:
-            claims = json.loads(payload)
+            claims = json.loads(payload.decode())
         except ValueError:
             raise InvalidToken("malformed", "the token payload is not JSON") from None
         if not isinstance(claims, dict):
