@@ -1,0 +1,214 @@
+"""API keys: format and checksum, keyed hash at rest, scopes, expiry, revocation, last use."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from auth.conftest import (
+    TenantAdmin,
+    auth_service,
+    bearer,
+    create_api_key,
+    create_role,
+    create_user,
+    login_tokens,
+    unit_of_work,
+)
+from keel.auth.credentials import API_KEY_PREFIX, parse_api_key
+from keel.auth.models import ApiKey
+from keel.core.db import utcnow
+from keel.core.tenancy import bind_tenant
+
+KEY_FORMAT = re.compile(r"keel_[0-9A-Za-z]{46}")
+
+
+async def _me(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    return await client.get("/auth/v1/me", headers=bearer(key))
+
+
+async def _key_row(app: FastAPI, tenant_id: str, key_id: str) -> ApiKey:
+    async with unit_of_work(app) as session:
+        bind_tenant(session, tenant_id)
+        row = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+    assert row is not None
+    return row
+
+
+async def _update_key(app: FastAPI, tenant_id: str, key_id: str, **values: Any) -> None:
+    async with unit_of_work(app) as session:
+        bind_tenant(session, tenant_id)
+        row = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+        assert row is not None
+        for name, value in values.items():
+            setattr(row, name, value)
+
+
+async def test_api_key_format_and_checksum(client: httpx.AsyncClient, admin: TenantAdmin) -> None:
+    key = admin.api_key
+    assert KEY_FORMAT.fullmatch(key)
+    assert (await _me(client, key)).status_code == 200
+
+    body_index = len(API_KEY_PREFIX) + 20
+    replacement = "a" if key[body_index] != "a" else "b"
+    mutated = key[:body_index] + replacement + key[body_index + 1 :]
+    # The checksum refuses it before any lookup could happen.
+    assert parse_api_key(mutated) is None
+    assert parse_api_key(key) is not None
+    assert (await _me(client, mutated)).status_code == 401
+    assert (await _me(client, key[:-1])).status_code == 401
+
+
+async def test_only_a_keyed_hash_of_the_key_is_stored(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    created = await client.post("/auth/v1/api-keys", headers=admin.headers, json={"name": "ci"})
+    assert created.status_code == 201
+    assert created.headers["cache-control"] == "no-store"
+    body = created.json()
+    key = body["key"]
+    row = await _key_row(app, admin.tenant_id, body["id"])
+
+    stored = " ".join(str(getattr(row, column.key)) for column in ApiKey.__table__.columns)
+    assert key not in stored
+    assert key[len(API_KEY_PREFIX) :] not in stored
+    assert row.secret_hash == auth_service(app).keyring.token_hash(key)
+    assert row.secret_hash != hashlib.sha256(key.encode()).hexdigest()  # keyed, not plain
+    listed = await client.get("/auth/v1/api-keys", headers=admin.headers)
+    assert key not in listed.text
+    assert body["id"] in listed.text
+
+
+async def test_scopes_limit_the_keys_permissions(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    created = await client.post(
+        "/auth/v1/api-keys",
+        headers=admin.headers,
+        json={"name": "reader", "scopes": ["auth:user:read"]},
+    )
+    key = created.json()["key"]
+
+    me = await _me(client, key)
+    assert me.json()["permissions"] == ["auth:user:read"]
+    assert me.json()["credential"] == "api_key"
+    assert (await client.get("/auth/v1/users", headers=bearer(key))).status_code == 200
+    assert (await client.get("/auth/v1/roles", headers=bearer(key))).status_code == 403
+    assert (
+        await client.post("/auth/v1/api-keys", headers=bearer(key), json={"name": "escalate"})
+    ).status_code == 403
+
+
+async def test_wildcard_scope_keeps_the_narrower_permissions_it_covers(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_role(app, admin.tenant_id, "reader", ["auth:user:read", "flags:flag:read"])
+    user = await create_user(app, admin.tenant_id, "alice", roles=["reader"])
+    _, key = await create_api_key(app, admin.tenant_id, user.id, scopes=["auth:*"])
+
+    me = await _me(client, key)
+
+    assert me.json()["permissions"] == ["auth:user:read"]
+
+
+async def test_expired_key_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    key_id, key = await create_api_key(
+        app, admin.tenant_id, admin.user_id, expires_at=utcnow() + timedelta(days=1)
+    )
+    assert (await _me(client, key)).status_code == 200
+
+    await _update_key(app, admin.tenant_id, key_id, expires_at=utcnow() - timedelta(seconds=1))
+
+    assert (await _me(client, key)).status_code == 401
+    past = await client.post(
+        "/auth/v1/api-keys",
+        headers=admin.headers,
+        json={"name": "late", "expires_at": "2000-01-01T00:00:00Z"},
+    )
+    assert past.status_code == 422
+
+
+async def test_revoked_key_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    key_id, key = await create_api_key(app, admin.tenant_id, admin.user_id)
+    assert (await _me(client, key)).status_code == 200
+
+    revoked = await client.delete(f"/auth/v1/api-keys/{key_id}", headers=admin.headers)
+
+    assert revoked.status_code == 204
+    assert (await _me(client, key)).status_code == 401
+    assert (await _key_row(app, admin.tenant_id, key_id)).revoked_at is not None
+
+
+async def test_last_used_at_is_written_at_most_once_a_minute(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    key_id, key = await create_api_key(app, admin.tenant_id, admin.user_id)
+    assert (await _key_row(app, admin.tenant_id, key_id)).last_used_at is None
+
+    await _me(client, key)
+    first = (await _key_row(app, admin.tenant_id, key_id)).last_used_at
+    await _me(client, key)
+    second = (await _key_row(app, admin.tenant_id, key_id)).last_used_at
+    assert first is not None
+    assert second == first
+
+    earlier = utcnow() - timedelta(minutes=2)
+    await _update_key(app, admin.tenant_id, key_id, last_used_at=earlier)
+    await _me(client, key)
+    third = (await _key_row(app, admin.tenant_id, key_id)).last_used_at
+    assert third is not None
+    assert third > earlier + timedelta(minutes=1)
+
+
+async def test_key_of_a_disabled_user_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    user = await create_user(app, admin.tenant_id, "alice")
+    _, key = await create_api_key(app, admin.tenant_id, user.id)
+    assert (await _me(client, key)).status_code == 200
+
+    disabled = await client.patch(
+        f"/auth/v1/users/{user.id}", headers=admin.headers, json={"status": "disabled"}
+    )
+
+    assert disabled.status_code == 200
+    assert (await _me(client, key)).status_code == 401
+
+
+async def test_key_for_another_principal_needs_the_permissions_it_would_grant(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_role(app, admin.tenant_id, "key-maker", ["auth:api_key:create"])
+    maker = await create_user(app, admin.tenant_id, "alice", roles=["key-maker"])
+    plain = await create_user(app, admin.tenant_id, "bob")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+    h = bearer(tokens["access_token"])
+
+    for_admin = await client.post(
+        "/auth/v1/api-keys",
+        headers=h,
+        json={"name": "mine now", "principal_type": "user", "principal_id": admin.user_id},
+    )
+    for_self = await client.post("/auth/v1/api-keys", headers=h, json={"name": "mine"})
+    for_lesser = await client.post(
+        "/auth/v1/api-keys",
+        headers=h,
+        json={"name": "bob's", "principal_type": "user", "principal_id": plain.id},
+    )
+
+    # A key for the admin would be the admin's every permission: an escalation.
+    assert for_admin.status_code == 403
+    assert "key" not in for_admin.json()
+    assert for_self.status_code == 201
+    assert for_self.json()["principal_id"] == maker.id
+    assert for_lesser.status_code == 201

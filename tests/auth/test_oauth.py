@@ -1,0 +1,262 @@
+"""OAuth 2.0 endpoints: token (RFC 6749), introspection (RFC 7662), revocation (RFC 7009)
+and the discovery documents."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from auth.conftest import (
+    TenantAdmin,
+    bearer,
+    create_role,
+    create_service_account,
+    create_user,
+    login_tokens,
+    make_tenant_admin,
+)
+
+TOKEN = "/auth/v1/oauth/token"
+INTROSPECT = "/auth/v1/oauth/introspect"
+REVOKE = "/auth/v1/oauth/revoke"
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {credentials}"}
+
+
+async def _service_client(app: FastAPI, admin: TenantAdmin) -> tuple[str, str, str]:
+    await create_role(app, admin.tenant_id, "introspector", ["auth:user:read"])
+    return await create_service_account(app, admin.tenant_id, "billing", roles=["introspector"])
+
+
+async def _introspect(
+    client: httpx.AsyncClient, token: str, headers: dict[str, str]
+) -> dict[str, Any]:
+    response = await client.post(INTROSPECT, headers=headers, data={"token": token})
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_client_credentials_with_basic_and_with_post(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    account_id, client_id, secret = await _service_client(app, admin)
+
+    answers = [
+        await client.post(
+            TOKEN, headers=basic(client_id, secret), data={"grant_type": "client_credentials"}
+        ),
+        await client.post(
+            TOKEN,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": secret,
+            },
+        ),
+    ]
+
+    for response in answers:
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+        body = response.json()
+        assert body["token_type"] == "Bearer"
+        assert body["expires_in"] == 900
+        assert "refresh_token" not in body
+        me = (await client.get("/auth/v1/me", headers=bearer(body["access_token"]))).json()
+        assert me["subject"] == account_id
+        assert me["principal_type"] == "service_account"
+        assert me["permissions"] == ["auth:user:read"]
+
+
+async def test_wrong_client_secret_is_invalid_client(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    _, client_id, secret = await _service_client(app, admin)
+
+    for headers, data in [
+        (basic(client_id, secret + "x"), {"grant_type": "client_credentials"}),
+        (basic("kc_unknown", secret), {"grant_type": "client_credentials"}),
+        ({}, {"grant_type": "client_credentials", "client_id": client_id}),
+        ({}, {"grant_type": "client_credentials"}),
+    ]:
+        response = await client.post(TOKEN, headers=headers, data=data)
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["www-authenticate"].startswith("Basic")
+        assert response.json()["error"] == "invalid_client"
+        assert secret not in response.text
+
+
+async def test_unsupported_grant_type(client: httpx.AsyncClient) -> None:
+    response = await client.post(TOKEN, data={"grant_type": "password"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+
+
+async def test_refresh_token_grant_rotates(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+
+    rotated = await client.post(
+        TOKEN, data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert rotated.status_code == 200
+    body = rotated.json()
+    assert body["refresh_token"] != tokens["refresh_token"]
+    assert (await client.get("/auth/v1/me", headers=bearer(body["access_token"]))).is_success
+    again = await client.post(
+        TOKEN, data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    missing = await client.post(TOKEN, data={"grant_type": "refresh_token"})
+
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_grant"
+    assert missing.json()["error"] == "invalid_request"
+
+
+async def test_introspection_of_each_token_kind(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    _, client_id, secret = await _service_client(app, admin)
+    auth_header = basic(client_id, secret)
+    user = await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+
+    access = await _introspect(client, tokens["access_token"], auth_header)
+    assert access["active"] is True
+    assert access["token_type"] == "access_token"
+    assert access["sub"] == user.id
+    assert access["tid"] == admin.tenant_id
+    assert isinstance(access["exp"], int)
+
+    refresh = await _introspect(client, tokens["refresh_token"], auth_header)
+    assert refresh["active"] is True
+    assert refresh["token_type"] == "refresh_token"
+    assert refresh["sub"] == user.id
+
+    api_key = await _introspect(client, admin.api_key, auth_header)
+    assert api_key["active"] is True
+    assert api_key["token_type"] == "api_key"
+    assert api_key["sub"] == admin.user_id
+
+    # Rotated, garbage and look-alike tokens are simply inactive.
+    await client.post("/auth/v1/refresh", json={"refresh_token": tokens["refresh_token"]})
+    for token in (tokens["refresh_token"], "garbage", "krt_unknown", admin.api_key[:-1] + "0"):
+        assert await _introspect(client, token, auth_header) == {"active": False}
+
+
+async def test_introspection_needs_client_or_permission(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    _, client_id, _secret = await _service_client(app, admin)
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+    token = {"token": tokens["access_token"]}
+
+    anonymous = await client.post(INTROSPECT, data=token)
+    wrong_secret = await client.post(INTROSPECT, headers=basic(client_id, "nope"), data=token)
+    unprivileged = await client.post(INTROSPECT, headers=bearer(tokens["access_token"]), data=token)
+    privileged = await client.post(INTROSPECT, headers=admin.headers, data=token)
+
+    for refused in (anonymous, wrong_secret, unprivileged):
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_client"
+        assert "sub" not in refused.text
+    assert privileged.status_code == 200
+    assert privileged.json()["active"] is True
+
+
+async def test_introspection_does_not_reveal_another_tenants_tokens(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    other = await make_tenant_admin(app)
+    _, client_id, secret = await _service_client(app, other)
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+
+    for token in (tokens["access_token"], tokens["refresh_token"], admin.api_key):
+        by_client = await _introspect(client, token, basic(client_id, secret))
+        by_admin = await _introspect(client, token, other.headers)
+        assert by_client == {"active": False}
+        assert by_admin == {"active": False}
+        assert (await _introspect(client, token, admin.headers))["active"] is True
+
+
+async def test_revoking_an_access_token(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+    access = tokens["access_token"]
+    assert (await client.get("/auth/v1/me", headers=bearer(access))).status_code == 200
+
+    revoked = await client.post(REVOKE, data={"token": access})
+
+    assert revoked.status_code == 200
+    assert (await client.get("/auth/v1/me", headers=bearer(access))).status_code == 401
+    assert await _introspect(client, access, admin.headers) == {"active": False}
+    # Only that access token: the session's refresh token still works.
+    refreshed = await client.post(
+        "/auth/v1/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200
+
+
+async def test_revoking_a_refresh_token_ends_its_session(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+
+    revoked = await client.post(REVOKE, data={"token": tokens["refresh_token"]})
+
+    assert revoked.status_code == 200
+    refreshed = await client.post(
+        "/auth/v1/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 401
+    assert (
+        await client.get("/auth/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+
+
+async def test_revoking_an_unknown_token_answers_200(client: httpx.AsyncClient) -> None:
+    for token in ("krt_never-issued", "eyJhbGciOiJub25lIn0.e30.", "anything"):
+        response = await client.post(REVOKE, data={"token": token})
+        assert response.status_code == 200
+        assert response.content == b""
+
+
+async def test_discovery_document_and_jwks_headers(client: httpx.AsyncClient) -> None:
+    discovery = await client.get("/.well-known/openid-configuration")
+    jwks = await client.get("/.well-known/jwks.json")
+
+    assert discovery.status_code == 200
+    document = discovery.json()
+    assert document["issuer"] == "http://keel.test"
+    assert document["jwks_uri"] == "http://keel.test/.well-known/jwks.json"
+    assert document["token_endpoint"] == "http://keel.test/auth/v1/oauth/token"
+    assert document["introspection_endpoint"] == "http://keel.test/auth/v1/oauth/introspect"
+    assert document["revocation_endpoint"] == "http://keel.test/auth/v1/oauth/revoke"
+    assert {"client_credentials", "refresh_token"} <= set(document["grant_types_supported"])
+    assert {"client_secret_basic", "client_secret_post"} <= set(
+        document["token_endpoint_auth_methods_supported"]
+    )
+    assert document["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert jwks.status_code == 200
+    assert jwks.headers["cache-control"] == "public, max-age=300"
+    keys = jwks.json()["keys"]
+    assert len(keys) >= 2  # the active key and the next one
+    for key in keys:
+        assert set(key) >= {"kid", "kty", "alg", "use"}
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # public parts only

@@ -1,0 +1,101 @@
+"""Secrets never reach the audit trail or the logs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+
+from auth.conftest import (
+    PASSWORD,
+    TenantAdmin,
+    bearer,
+    create_service_account,
+    create_user,
+    login_tokens,
+    unit_of_work,
+)
+from keel.core.audit import AuditRecord, list_events
+from keel.core.logging import configure_logging
+from keel.settings import LogFormat
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    """Keel's logging as `keel serve` configures it (debug, JSON), put back afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("debug", LogFormat.json)
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:], root.level = saved
+
+
+def _record_text(record: AuditRecord) -> str:
+    return " ".join(str(getattr(record, column.key)) for column in AuditRecord.__table__.columns)
+
+
+@pytest.mark.usefixtures("json_logs")
+async def test_secrets_never_reach_audit_records_or_logs(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin: TenantAdmin,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await create_user(app, admin.tenant_id, "alice")
+    _, client_id, client_secret = await create_service_account(app, admin.tenant_id, "billing")
+
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+    wrong = await client.post(
+        "/auth/v1/login",
+        json={"tenant": admin.tenant_slug, "username": "alice", "password": PASSWORD + "x"},
+    )
+    granted = await client.post(
+        "/auth/v1/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        },
+    )
+    refreshed = await client.post(
+        "/auth/v1/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    await client.post(
+        "/auth/v1/oauth/introspect",
+        headers=admin.headers,
+        data={"token": refreshed.json()["refresh_token"]},
+    )
+    await client.get("/auth/v1/me", headers=bearer(admin.api_key))
+    await client.post("/auth/v1/oauth/revoke", data={"token": refreshed.json()["refresh_token"]})
+    assert wrong.status_code == 401
+    assert granted.status_code == 200
+
+    secrets = {
+        "password": PASSWORD,
+        "wrong password": PASSWORD + "x",
+        "client secret": client_secret,
+        "refresh token": tokens["refresh_token"],
+        "rotated refresh token": refreshed.json()["refresh_token"],
+        "api key": admin.api_key,
+        "access token": tokens["access_token"],
+        "client access token": granted.json()["access_token"],
+    }
+    async with unit_of_work(app) as session:
+        records = await list_events(session, admin.tenant_id, limit=1000)
+    audit_text = "\n".join(_record_text(record) for record in records)
+    captured = capsys.readouterr()
+    logs = captured.out + captured.err
+
+    assert {"auth.session.login", "auth.token.issue", "auth.token.refresh"} <= {
+        record.action for record in records
+    }
+    assert '"route": "/v1/login"' in logs  # the requests were logged
+    for name, secret in secrets.items():
+        assert secret not in audit_text, f"{name} in the audit trail"
+        assert secret not in logs, f"{name} in the logs"
