@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from fastapi import FastAPI
 
@@ -117,3 +119,19 @@ async def test_sessions_are_listed_and_revoked_one_or_all(
     assert await _me_status(client, third["access_token"]) == 401
     assert (await _refresh(client, third["refresh_token"])).status_code == 401
     assert await _me_status(client, bobs["access_token"]) == 200
+
+
+async def test_concurrent_refreshes_with_one_token_spend_it_once(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await create_user(app, admin.tenant_id, "alice")
+    tokens = await login_tokens(client, admin.tenant_slug, "alice")
+
+    first, second = await asyncio.gather(
+        _refresh(client, tokens["refresh_token"]), _refresh(client, tokens["refresh_token"])
+    )
+
+    # One spends the token; the other is the reuse it is, and ends the family.
+    assert sorted([first.status_code, second.status_code]) == [200, 401]
+    winner = first if first.status_code == 200 else second
+    assert (await _refresh(client, winner.json()["refresh_token"])).status_code == 401

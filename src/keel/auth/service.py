@@ -255,6 +255,9 @@ class AuthService:
                 raise ValidationFailed("status is active or disabled.")
             if field_name == "email" and value is not None and not _EMAIL.fullmatch(value):
                 raise ValidationFailed("The e-mail address is not valid.")
+            if field_name == "email" and value != user.email:
+                # A new address is unproven: an old verification must not vouch for it.
+                user.is_email_verified = False
             setattr(user, field_name, value)
         user.version += 1
         if changes.get("status") == UserStatus.disabled:
@@ -870,9 +873,11 @@ class AuthService:
         user: User | None = None
         if tenant_id is not None:
             bind_tenant(session, tenant_id)
-            user = await session.scalar(
-                select(User).where((User.username == identifier) | (User.email == identifier))
-            )
+            # A username match wins over an e-mail match, so one identifier never picks
+            # between two accounts arbitrarily.
+            user = await session.scalar(select(User).where(User.username == identifier))
+            if user is None:
+                user = await session.scalar(select(User).where(User.email == identifier))
         # The hash is verified on every path, so every answer costs the same.
         password_ok = self.passwords.verify(user.password_hash if user else None, password)
         now = utcnow()
@@ -1017,6 +1022,18 @@ class AuthService:
             return AuthFailure("wrong_client")
         if not await self._principal_is_active(session, PrincipalType.user, login_session.user_id):
             return AuthFailure("disabled")
+        # Spend the token with a conditional update: of two concurrent refreshes with the same
+        # token only one finds it unused; the other is treated as the reuse it is.
+        spent = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if int(getattr(spent, "rowcount", 0) or 0) != 1:
+            login_session.revoked_at = login_session.revoked_at or now
+            login_session.revoked_reason = login_session.revoked_reason or "refresh_token_reuse"
+            return AuthFailure("refresh_token_reuse")
         row.used_at = now
         login_session.last_used_at = now
         pair = await self._issue_pair(
