@@ -127,6 +127,7 @@ def items_router() -> APIRouter:
 async def metrics_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     app.include_router(items_router())
+    app.include_router(items_router(), prefix="/shop/v1")  # as services are mounted
     async with (
         LifespanManager(app),
         httpx.AsyncClient(
@@ -160,6 +161,14 @@ async def test_requests_are_counted_by_route_template_not_raw_path(
     assert requests[("/items/{item_id}", "GET", "200")] == 2
     assert requests[("/items/{item_id}", "GET", "422")] == 1
     assert requests[(UNMATCHED_ROUTE, "GET", "404")] == 2
+    await metrics_client.get("/shop/v1/items/7")
+    samples = scrape((await metrics_client.get("/metrics")).text)
+    prefixed = [
+        labels["route"]
+        for name, labels, _ in samples
+        if name == "keel_http_requests_total" and labels["route"].startswith("/shop")
+    ]
+    assert prefixed == ["/shop/v1/items/{item_id}"]
     routes = {labels.get("route") for _, labels, _ in samples}
     assert not any(route and ("123" in route or "nowhere" in route) for route in routes)
     latency_counts = {

@@ -104,9 +104,9 @@ class RequestContextMiddleware:
     def _template(self, scope: Scope) -> str:
         """The route template that answered: FastAPI routes set ``scope["route"]``; plain
         Starlette routes (``/openapi.json``, ``/docs``) only ``scope["endpoint"]``."""
-        path = getattr(scope.get("route"), "path", None)
-        if path:
-            return str(path)
+        route_path = getattr(scope.get("route"), "path", None)
+        if route_path:
+            return _with_include_prefix(scope["path"], str(route_path))
         endpoint = scope.get("endpoint")
         if endpoint is None:
             return UNMATCHED_ROUTE
@@ -221,6 +221,23 @@ class RequestContextMiddleware:
     async def _send_problem(error: Any, request_id: str, path: str, send: Send) -> None:
         response = render_error(error, request_id, path)
         await response({"type": "http"}, _empty_receive, send)
+
+
+def _with_include_prefix(path: str, route_path: str) -> str:
+    """The full template of a route reached through ``include_router(prefix=...)``.
+
+    FastAPI keeps included routers as they were declared, so ``scope["route"].path`` lacks
+    the include prefix (``/v1/oauth/token`` for ``/auth/v1/oauth/token``). The route template
+    matches the tail of the request path segment by segment, so the leading segments the
+    template does not cover are the (static) prefix.
+    """
+    if ":path}" in route_path:  # a path parameter spans segments: no alignment possible
+        return route_path
+    real_segments = path.split("/")
+    extra = len(real_segments) - len(route_path.split("/"))
+    if extra <= 0:
+        return route_path
+    return "/".join(real_segments[: extra + 1]) + route_path
 
 
 def _too_large(declared_length: bytes, limit: int) -> bool:

@@ -165,7 +165,9 @@ def configure_logging(level: str = "info", log_format: LogFormat = LogFormat.aut
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers[:] = []
         uvicorn_logger.propagate = True
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Alembic narrates every step; aiosqlite logs SQL parameters at debug (hashes, tokens).
+    for noisy in ("alembic", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Our middleware logs each request with its context; uvicorn's access line would repeat it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
