@@ -95,7 +95,7 @@ async def test_secrets_never_reach_audit_records_or_logs(
     assert {"auth.session.login", "auth.token.issue", "auth.token.refresh"} <= {
         record.action for record in records
     }
-    assert '"route": "/v1/login"' in logs  # the requests were logged
+    assert '"route": "/auth/v1/login"' in logs  # the requests were logged
     for name, secret in secrets.items():
         assert secret not in audit_text, f"{name} in the audit trail"
         assert secret not in logs, f"{name} in the logs"

@@ -51,9 +51,7 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         import redis.asyncio as redis  # only when Redis is configured: it costs start-up time
 
-        self._redis: Any = redis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_timeout=2.0
-        )
+        self._redis: Any = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
 
     async def hit(self, key: str) -> float | None:
         index, remaining = self._window(time.time())
