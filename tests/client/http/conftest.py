@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from faultserver import FaultServer
+
 from keel_client.http import BreakerPolicy, RetryBudget
 
 #: A budget that never interferes unless a test is about the budget.

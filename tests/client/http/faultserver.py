@@ -27,11 +27,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 import uvicorn
-from keel_client.http import RetryPolicy, SignatureVerificationError, SignatureVerifier
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from keel_client.http import RetryPolicy, SignatureVerificationError, SignatureVerifier
 
 #: Backoff small enough that a test with retries against this server takes milliseconds.
 FAST_RETRY = RetryPolicy(max_retries=3, backoff_base=0.005, backoff_max=0.02)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from faultserver import CLIENT_ID, CLIENT_SECRET, FaultServer
+
 from keel_client.http import (
     APIKey,
     BaseAPIClient,

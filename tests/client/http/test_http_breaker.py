@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from faultserver import FaultServer
+
 from keel_client.http import (
     BaseAPIClient,
     BreakerPolicy,

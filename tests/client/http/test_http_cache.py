@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from faultserver import FaultServer
+
 from keel_client.http import BaseAPIClient, HTTPCache, SyncBaseAPIClient
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import httpx
-import keel_client.http
 import pydantic
 import pytest
 from faultserver import FaultServer
+
+import keel_client.http
 from keel_client.http import (
     BaseAPIClient,
     CircuitOpenError,

@@ -6,12 +6,13 @@ import logging
 
 import pytest
 from faultserver import FAST_RETRY, FaultServer
-from keel_client.http import BaseAPIClient, BearerToken, ServerError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, CollectorRegistry
+
+from keel_client.http import BaseAPIClient, BearerToken, ServerError
 
 
 @pytest.fixture

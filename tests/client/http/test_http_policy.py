@@ -6,6 +6,7 @@ import email.utils
 
 import httpx
 import pytest
+
 from keel_client.http import (
     BreakerPolicy,
     CircuitBreaker,

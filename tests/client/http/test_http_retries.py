@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 from faultserver import FAST_RETRY, FaultServer
+
 from keel_client.http import (
     BaseAPIClient,
     BreakerPolicy,

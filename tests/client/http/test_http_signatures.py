@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 from faultserver import SIGNING_KEYS, FaultServer
+
 from keel_client.http import (
     BaseAPIClient,
     ClientError,

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from faultserver import FaultServer
+
 from keel_client.http import (
     BaseAPIClient,
     KeelHTTPError,
