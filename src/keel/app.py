@@ -33,7 +33,7 @@ from keel.core.services import (
     load_service,
 )
 from keel.core.telemetry import init_sentry, init_tracing
-from keel.migrations import ensure_schema_current, upgrade
+from keel.migrations import current_revision, ensure_schema_current, head_revision, upgrade
 from keel.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -112,7 +112,8 @@ async def prepare_database(database: Database, settings: Settings) -> None:
     if url in _PREPARED:
         return
     if settings.is_embedded:
-        await upgrade(database)
+        if await current_revision(database) != head_revision():
+            await upgrade(database)
     else:
         await ensure_schema_current(database)
     _PREPARED.add(url)

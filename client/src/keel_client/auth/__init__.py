@@ -14,14 +14,8 @@ introspection) and ``Authenticator`` (API keys to introspection, JWTs to the ver
 FastAPI dependencies and middleware are in ``keel_client.fastapi``.
 """
 
-from keel_client.auth._client import (
-    API_KEY_PREFIX,
-    AuthClient,
-    Authenticator,
-    ServiceCredentials,
-    TokenIntrospector,
-    TokenSet,
-)
+from typing import TYPE_CHECKING, Any
+
 from keel_client.auth._permissions import (
     has_permission,
     is_valid_permission,
@@ -34,6 +28,38 @@ from keel_client.auth._verifier import (
     InvalidToken,
     TokenVerifier,
 )
+
+if TYPE_CHECKING:
+    from keel_client.auth._client import (
+        API_KEY_PREFIX,
+        AuthClient,
+        Authenticator,
+        ServiceCredentials,
+        TokenIntrospector,
+        TokenSet,
+    )
+
+_CLIENT_NAMES = frozenset(
+    {
+        "API_KEY_PREFIX",
+        "AuthClient",
+        "Authenticator",
+        "ServiceCredentials",
+        "TokenIntrospector",
+        "TokenSet",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP clients pull in keel_client.http (httpx, hishel...); code that only verifies
+    # tokens -- the Keel server itself, a service's request path -- does not pay for them.
+    if name in _CLIENT_NAMES:
+        from keel_client.auth import _client
+
+        return getattr(_client, name)
+    raise AttributeError(f"module 'keel_client.auth' has no attribute {name!r}")
+
 
 __all__ = [
     "API_KEY_PREFIX",
