@@ -379,29 +379,36 @@ class _Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def _load(args: argparse.Namespace) -> dict[str, Any]:
+async def drive(
+    request: bytes,
+    *,
+    host: str,
+    port: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    drain_timeout: float = 5.0,
+) -> dict[str, Any]:
+    """Send ``request`` over ``concurrency`` keep-alive connections, one in flight on each,
+    for ``warmup`` then ``duration`` seconds; the figures cover the measured part only."""
     loop = asyncio.get_running_loop()
-    request = (
-        f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
-        "User-Agent: keel-bench\r\nAccept: */*\r\n\r\n"
-    ).encode()
     stats = _Stats()
     closed: list[asyncio.Future[None]] = []
-    for _ in range(args.concurrency):
+    for _ in range(concurrency):
         done: asyncio.Future[None] = loop.create_future()
         closed.append(done)
         await loop.create_connection(
-            functools.partial(_Connection, request, stats, done), args.host, args.port
+            functools.partial(_Connection, request, stats, done), host, port
         )
-    await asyncio.sleep(args.warmup)
+    await asyncio.sleep(warmup)
     stats.measuring = True
     started = time.perf_counter()
-    await asyncio.sleep(args.duration)
+    await asyncio.sleep(duration)
     stats.measuring = False
     elapsed = time.perf_counter() - started
     stats.running = False
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*closed), 5)
+        await asyncio.wait_for(asyncio.gather(*closed), drain_timeout)
     latencies = sorted(stats.latencies) or [0.0]
     return {
         "rps": round(stats.ok / elapsed, 1),
@@ -411,9 +418,24 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
-        "concurrency": args.concurrency,
+        "concurrency": concurrency,
         "loop": type(loop).__module__.split(".")[0],
     }
+
+
+async def _load(args: argparse.Namespace) -> dict[str, Any]:
+    request = (
+        f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+        "User-Agent: keel-bench\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    return await drive(
+        request,
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        duration=args.duration,
+    )
 
 
 def _main(argv: list[str]) -> int:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import functools
 import json
 import os
 import re
@@ -45,9 +44,8 @@ from benchmarks._servers import (
     REPO_ROOT,
     Server,
     ServerFailed,
-    _Connection,
-    _Stats,
     clean_env,
+    drive,
     free_port,
     keel_command,
     keel_serve_command,
@@ -464,7 +462,6 @@ def main() -> list[Figure]:
 
 
 async def _load(args: argparse.Namespace) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
     body = b"grant_type=client_credentials"
     request = (
         f"POST /auth/v1/oauth/token HTTP/1.1\r\nHost: {HOST}:{args.port}\r\n"
@@ -472,33 +469,15 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         "Content-Type: application/x-www-form-urlencoded\r\n"
         f"Content-Length: {len(body)}\r\nUser-Agent: keel-bench\r\n\r\n"
     ).encode() + body
-    stats = _Stats()
-    closed: list[asyncio.Future[None]] = []
-    for _ in range(args.concurrency):
-        done: asyncio.Future[None] = loop.create_future()
-        closed.append(done)
-        await loop.create_connection(
-            functools.partial(_Connection, request, stats, done), HOST, args.port
-        )
-    await asyncio.sleep(args.warmup)
-    stats.measuring = True
-    started = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    stats.measuring = False
-    elapsed = time.perf_counter() - started
-    stats.running = False
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*closed), 10)
-    latencies = sorted(stats.latencies) or [0.0]
-    return {
-        "rps": round(stats.ok / elapsed, 1),
-        "requests": stats.ok,
-        "total": stats.total,
-        "errors": stats.errors,
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
-        "loop": type(loop).__module__.split(".")[0],
-    }
+    return await drive(
+        request,
+        host=HOST,
+        port=args.port,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        duration=args.duration,
+        drain_timeout=10.0,
+    )
 
 
 def _load_main(argv: list[str]) -> int:
