@@ -33,7 +33,13 @@ from keel.core.services import (
     load_service,
 )
 from keel.core.telemetry import init_sentry, init_tracing
-from keel.migrations import current_revision, ensure_schema_current, head_revision, upgrade
+from keel.migrations import (
+    create_fresh,
+    current_revision,
+    ensure_schema_current,
+    head_revision,
+    upgrade,
+)
 from keel.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -112,7 +118,10 @@ async def prepare_database(database: Database, settings: Settings) -> None:
     if url in _PREPARED:
         return
     if settings.is_embedded:
-        if await current_revision(database) != head_revision():
+        current = await current_revision(database)
+        if current is None and await create_fresh(database):
+            pass  # a new embedded database: built at head in one step
+        elif current != head_revision():
             await upgrade(database)
     else:
         await ensure_schema_current(database)
