@@ -12,43 +12,26 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 
 from keel.auth import schemas
-from keel.auth.dependencies import Auth, CurrentPrincipal, require_permission
+from keel.auth.dependencies import (
+    Auth,
+    CurrentPrincipal,
+    limit_by_address,
+    no_store,
+    request_actor,
+    require_permission,
+)
 from keel.auth.models import PrincipalType, User
 from keel.auth.one_time_tokens import AccountTokenMessage, AccountTokens, deliver
-from keel.auth.service import Actor, AuthService
-from keel.core.deps import DbSession, client_ip, get_context
-from keel.core.errors import Forbidden, RateLimited, Unauthorized
+from keel.auth.service import AuthService
+from keel.core.deps import DbSession
+from keel.core.errors import Forbidden, Unauthorized
 from keel_client.auth import Principal
-
-LOGIN_LIMITER_RESOURCE = "auth.login_limiter"
-
-
-def _actor(request: Request, principal: Principal | None = None) -> Actor:
-    actor = Actor.of(principal, client_ip(request))
-    return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
-
-
-def _no_store(response: Response) -> None:
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
 
 
 async def _current_user(principal: Principal, session: Any, auth: AuthService) -> User:
     if principal.principal_type != PrincipalType.user:
         raise Forbidden("Only users have a second factor.")
     return await auth.get_user(session, principal.tenant_id, principal.subject)
-
-
-async def limit_by_address(request: Request, purpose: str) -> None:
-    """The per-address limiter of logins, for every endpoint that checks a guessable secret."""
-    limiter = get_context(request).resources.get(LOGIN_LIMITER_RESOURCE)
-    if limiter is None:
-        return
-    retry_after = await limiter.hit(f"{purpose}:{client_ip(request) or 'unknown'}")
-    if retry_after is not None:
-        raise RateLimited(
-            "Too many attempts from this address.", retry_after=max(1, int(retry_after))
-        )
 
 
 def _send_after_response(
@@ -86,8 +69,8 @@ def build_account_router() -> APIRouter:
     ) -> schemas.TotpEnrolment:
         """Start TOTP enrolment: a new secret, on only once confirmed with a first code."""
         user = await _current_user(principal, session, auth)
-        enrolment = await auth.mfa.enrol(session, user, _actor(request, principal))
-        _no_store(response)
+        enrolment = await auth.mfa.enrol(session, user, request_actor(request, principal))
+        no_store(response)
         return schemas.TotpEnrolment(
             secret=enrolment.secret, otpauth_uri=enrolment.provisioning_uri
         )
@@ -105,9 +88,9 @@ def build_account_router() -> APIRouter:
         await limit_by_address(request, "mfa")
         user = await _current_user(principal, session, auth)
         codes = await auth.mfa.confirm(
-            session, user, body.code.get_secret_value(), _actor(request, principal)
+            session, user, body.code.get_secret_value(), request_actor(request, principal)
         )
-        _no_store(response)
+        no_store(response)
         return schemas.RecoveryCodes(recovery_codes=codes)
 
     @router.delete("/mfa/totp", status_code=204)
@@ -126,7 +109,7 @@ def build_account_router() -> APIRouter:
             user,
             password=body.password.get_secret_value() if body.password else None,
             code=body.code.get_secret_value() if body.code else None,
-            actor=_actor(request, principal),
+            actor=request_actor(request, principal),
         )
         if not removed:
             await session.commit()  # the refusal stays on the record
@@ -148,7 +131,7 @@ def build_account_router() -> APIRouter:
         """
         await limit_by_address(request, "password-reset")
         message = await AccountTokens(auth).request_password_reset(
-            session, tenant_slug=body.tenant, email=body.email, actor=_actor(request)
+            session, tenant_slug=body.tenant, email=body.email, actor=request_actor(request)
         )
         _send_after_response(background, auth, message)
         return {"status": "If the address belongs to an account, a reset link is on its way."}
@@ -163,7 +146,7 @@ def build_account_router() -> APIRouter:
             session,
             token=body.token.get_secret_value(),
             new_password=body.new_password.get_secret_value(),
-            actor=_actor(request),
+            actor=request_actor(request),
         )
 
     @router.post("/users/{user_id}/verify-email", status_code=202)
@@ -180,7 +163,7 @@ def build_account_router() -> APIRouter:
         if not is_self and not principal.has_permission("auth:user:update"):
             raise Forbidden("This needs the permission 'auth:user:update'.")
         message = await AccountTokens(auth).request_email_verification(
-            session, principal.tenant_id, user_id, _actor(request, principal)
+            session, principal.tenant_id, user_id, request_actor(request, principal)
         )
         _send_after_response(background, auth, message)
         return {"status": "A verification link is on its way."}
@@ -191,7 +174,7 @@ def build_account_router() -> APIRouter:
     ) -> None:
         """Mark the address the token was sent to as verified."""
         await AccountTokens(auth).verify_email(
-            session, token=body.token.get_secret_value(), actor=_actor(request)
+            session, token=body.token.get_secret_value(), actor=request_actor(request)
         )
 
     # -- application clients --------------------------------------------------------------------
@@ -217,9 +200,9 @@ def build_account_router() -> APIRouter:
             name=body.name,
             redirect_uris=body.redirect_uris,
             is_public=body.is_public,
-            actor=_actor(request, principal),
+            actor=request_actor(request, principal),
         )
-        _no_store(response)
+        no_store(response)
         return schemas.ClientCreated(
             client_id=issued.id,
             name=body.name,

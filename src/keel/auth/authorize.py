@@ -29,8 +29,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import AuthorizationCode, LoginSession, OAuthClient, User, UserStatus
-from keel.auth.service import Actor, AuthFailure, AuthService, TokenPair
-from keel.core.audit import Outcome, record_event
+from keel.auth.service import AuthFailure, AuthService, TokenPair
+from keel.core.audit import Actor, Outcome, record_event
 from keel.core.db import utcnow
 from keel.core.tenancy import Tenant, bind_tenant
 
@@ -328,7 +328,7 @@ class AuthorizationCodeFlow:
         user = await session.scalar(select(User).where(User.id == row.user_id))
         if user is None or user.status != UserStatus.active:
             return AuthFailure("disabled")
-        pair = await self.auth._start_session(
+        pair = await self.auth.start_session(
             session, row.tenant_id, user, actor, client.client_id, scope=row.scope
         )
         await session.execute(

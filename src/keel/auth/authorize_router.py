@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from keel.auth.account_router import limit_by_address
 from keel.auth.authorize import (
     BROWSER_COOKIE,
     MAX_STATE_LENGTH,
@@ -26,9 +25,10 @@ from keel.auth.authorize import (
     redirect_with,
     valid_browser_binding,
 )
-from keel.auth.dependencies import Auth
+from keel.auth.dependencies import Auth, limit_by_address
 from keel.auth.mfa import MfaCheck
-from keel.auth.service import Actor, AuthFailure
+from keel.auth.service import AuthFailure
+from keel.core.audit import Actor
 from keel.core.deps import DbSession, client_ip
 from keel.core.errors import RateLimited
 

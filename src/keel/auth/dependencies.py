@@ -16,15 +16,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from keel.auth.service import AuthService
-from keel.core.deps import DbSession, get_context
-from keel.core.errors import Forbidden, Unauthorized
+from keel.core.audit import Actor
+from keel.core.deps import DbSession, client_ip, get_context
+from keel.core.errors import Forbidden, RateLimited, Unauthorized
 from keel.core.tenancy import bind_tenant
 from keel_client.auth import Principal
 
 AUTH_RESOURCE = "auth"
+#: The per-address limiter of every endpoint that checks a guessable secret.
+LOGIN_LIMITER_RESOURCE = "auth.login_limiter"
 
 
 def get_auth_service(request: Request) -> AuthService:
@@ -77,3 +80,27 @@ def require_permission(permission: str) -> Any:
 
     check.__name__ = f"require_{permission.replace(':', '_').replace('*', 'any')}"
     return Depends(check)
+
+
+def request_actor(request: Request, principal: Principal | None = None) -> Actor:
+    """The caller of a request as the audit trail names it (with address and user agent)."""
+    actor = Actor.of(principal, client_ip(request))
+    return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
+
+
+def no_store(response: Response) -> None:
+    """Responses carrying credentials must never be cached (RFC 6749 §5.1)."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+async def limit_by_address(request: Request, purpose: str) -> None:
+    """Count one attempt of ``purpose`` from the caller's address; 429 once over the limit."""
+    limiter = get_context(request).resources.get(LOGIN_LIMITER_RESOURCE)
+    if limiter is None:
+        return
+    retry_after = await limiter.hit(f"{purpose}:{client_ip(request) or 'unknown'}")
+    if retry_after is not None:
+        raise RateLimited(
+            "Too many attempts from this address.", retry_after=max(1, int(retry_after))
+        )

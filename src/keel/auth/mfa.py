@@ -16,7 +16,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import pyotp
 from sqlalchemy import delete, func, select, update
@@ -24,13 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import RecoveryCode, User, UserTotp
 from keel.auth.passwords import Passwords
-from keel.core.audit import Outcome, record_event
+from keel.core.audit import Actor, Outcome, record_event
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
-
-if TYPE_CHECKING:
-    from keel.auth.service import Actor
 
 RECOVERY_CODE_COUNT = 10
 #: Steps accepted either side of the current one (RFC 6238 §5.2 recommends at most one).
@@ -132,8 +128,7 @@ class TotpMfa:
             session,
             tenant_id=user.tenant_id,
             action="auth.mfa.enrol",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             ip_address=actor.ip_address,
             target_type="user",
             target_id=user.id,
@@ -164,8 +159,7 @@ class TotpMfa:
             session,
             tenant_id=user.tenant_id,
             action="auth.mfa.confirm",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             ip_address=actor.ip_address,
             target_type="user",
             target_id=user.id,
@@ -265,8 +259,7 @@ class TotpMfa:
                 tenant_id=user.tenant_id,
                 action="auth.mfa.disable",
                 outcome=Outcome.denied,
-                actor_type=actor.type,
-                actor_id=actor.id,
+                actor=actor,
                 ip_address=actor.ip_address,
                 target_type="user",
                 target_id=user.id,
@@ -284,8 +277,7 @@ class TotpMfa:
             session,
             tenant_id=user.tenant_id,
             action="auth.mfa.disable",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             ip_address=actor.ip_address,
             target_type="user",
             target_id=user.id,

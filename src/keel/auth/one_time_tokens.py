@@ -28,14 +28,14 @@ from keel.auth.models import (
     User,
     UserStatus,
 )
-from keel.core.audit import record_event
+from keel.core.audit import Actor, record_event
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, ValidationFailed
 from keel.core.logging import get_logger
 from keel.core.tenancy import Tenant, bind_tenant
 
 if TYPE_CHECKING:
-    from keel.auth.service import Actor, AuthService
+    from keel.auth.service import AuthService
 
 log = get_logger(__name__)
 
@@ -125,8 +125,7 @@ class AccountTokens:
             session,
             tenant_id=user.tenant_id,
             action=f"auth.{purpose}.request",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             ip_address=actor.ip_address,
             target_type="user",
             target_id=user.id,

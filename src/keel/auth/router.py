@@ -12,18 +12,22 @@ from starlette.responses import JSONResponse
 
 from keel.auth import schemas
 from keel.auth.authorize import AuthorizationCodeFlow
-from keel.auth.dependencies import Auth, CurrentPrincipal, bearer_credential, require_permission
+from keel.auth.dependencies import (
+    Auth,
+    CurrentPrincipal,
+    bearer_credential,
+    limit_by_address,
+    no_store,
+    request_actor,
+    require_permission,
+)
 from keel.auth.mfa import MfaCheck
 from keel.auth.models import PrincipalType
-from keel.auth.service import Actor, AuthFailure, TokenPair
-from keel.core.deps import DbSession, client_ip, get_context
-from keel.core.errors import Forbidden, RateLimited, Unauthorized, ValidationFailed
+from keel.auth.service import AuthFailure, TokenPair
+from keel.core.audit import Actor
+from keel.core.deps import DbSession
+from keel.core.errors import Forbidden, Unauthorized, ValidationFailed
 from keel.core.http import etag_for
-
-
-def _actor(request: Request, principal: Any = None) -> Actor:
-    actor = Actor.of(principal, client_ip(request))
-    return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
 
 
 def _token_response(pair: TokenPair) -> schemas.TokenResponse:
@@ -33,11 +37,6 @@ def _token_response(pair: TokenPair) -> schemas.TokenResponse:
         refresh_token=pair.refresh_token,
         scope=pair.scope,
     )
-
-
-def _no_store(response: Response) -> None:
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
 
 
 def build_router() -> APIRouter:
@@ -57,13 +56,13 @@ def build_router() -> APIRouter:
 
         Every failure answers the same 401, whether the account exists or not.
         """
-        await _limit_login_rate(request, auth)
+        await limit_by_address(request, "login")
         result = await auth.login(
             session,
             tenant_slug=body.tenant,
             identifier=body.username,
             password=body.password.get_secret_value(),
-            actor=_actor(request),
+            actor=request_actor(request),
             totp_code=body.totp_code.get_secret_value() if body.totp_code else None,
         )
         if isinstance(result, AuthFailure):
@@ -72,7 +71,7 @@ def build_router() -> APIRouter:
                 # Only after the right password: it tells nothing about who has an account.
                 raise Unauthorized("A second-factor code is required.", mfa_required=True)
             raise Unauthorized("Invalid username or password.")
-        _no_store(response)
+        no_store(response)
         return _token_response(result)
 
     @router.post("/refresh", response_model=schemas.TokenResponse)
@@ -84,11 +83,13 @@ def build_router() -> APIRouter:
         auth: Auth,
     ) -> schemas.TokenResponse:
         """Rotate a refresh token. Reusing a rotated token ends its whole session."""
-        result = await auth.refresh(session, body.refresh_token.get_secret_value(), _actor(request))
+        result = await auth.refresh(
+            session, body.refresh_token.get_secret_value(), request_actor(request)
+        )
         if isinstance(result, AuthFailure):
             await session.commit()  # a detected reuse revokes the family
             raise Unauthorized("The refresh token is invalid, expired or revoked.")
-        _no_store(response)
+        no_store(response)
         return _token_response(result)
 
     @router.post("/logout", status_code=204)
@@ -271,7 +272,7 @@ def build_router() -> APIRouter:
                 actor=actor,
                 grantor=principal,
             )
-        _no_store(response)
+        no_store(response)
         return schemas.ServiceAccountCreated(
             id=account.id, name=account.name, client_id=secret.id, client_secret=secret.secret
         )
@@ -304,7 +305,7 @@ def build_router() -> APIRouter:
             actor=Actor.of(principal),
             grantor=principal,
         )
-        _no_store(response)
+        no_store(response)
         return schemas.ApiKeyCreated.model_validate(
             {**schemas.ApiKey.model_validate(key).model_dump(), "key": token}
         )
@@ -500,7 +501,7 @@ def build_router() -> APIRouter:
                 client = await auth.authenticate_client(session, client_id, client_secret)
                 if client is None:
                     return _oauth_error("invalid_client", "Client authentication failed.", 401)
-            result = await auth.refresh(session, refresh_token, _actor(request), client_id)
+            result = await auth.refresh(session, refresh_token, request_actor(request), client_id)
         elif grant_type == "authorization_code":
             client = (
                 await auth.authenticate_client(session, client_id, client_secret)
@@ -519,7 +520,7 @@ def build_router() -> APIRouter:
                 code=code,
                 redirect_uri=redirect_uri,
                 code_verifier=code_verifier,
-                actor=_actor(request),
+                actor=request_actor(request),
             )
         else:
             return _oauth_error("unsupported_grant_type", f"{grant_type!r} is not supported.")
@@ -561,7 +562,7 @@ def build_router() -> APIRouter:
         token: Annotated[str, Form(max_length=16_384)],
     ) -> Response:
         """RFC 7009 token revocation: always 200, whether or not the token was known."""
-        await auth.revoke_token(session, token, _actor(request))
+        await auth.revoke_token(session, token, request_actor(request))
         return Response(status_code=200)
 
     @router.get("/oauth/userinfo")
@@ -675,14 +676,3 @@ async def _introspecting_tenant(request: Request, session: Any, auth: Any) -> st
     if principal is None or not principal.has_permission("auth:token:introspect"):
         return None
     return str(principal.tenant_id)
-
-
-async def _limit_login_rate(request: Request, auth: Any) -> None:
-    limiter = get_context(request).resources.get("auth.login_limiter")
-    if limiter is None:
-        return
-    retry_after = await limiter.hit(f"login:{client_ip(request) or 'unknown'}")
-    if retry_after is not None:
-        raise RateLimited(
-            "Too many login attempts from this address.", retry_after=max(1, int(retry_after))
-        )

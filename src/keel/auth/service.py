@@ -47,7 +47,7 @@ from keel.auth.models import (
 )
 from keel.auth.one_time_tokens import AccountTokenDelivery, log_account_token_request
 from keel.auth.passwords import Passwords
-from keel.core.audit import Outcome, record_event
+from keel.core.audit import SYSTEM, Actor, Outcome, record_event
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -67,25 +67,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 #: Last-used times of API keys are written at most this often, not on every request.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who performs an operation, for the audit trail."""
-
-    type: str | None = None
-    id: str | None = None
-    ip_address: str | None = None
-    user_agent: str | None = None
-
-    @classmethod
-    def of(cls, principal: Principal | None, ip_address: str | None = None) -> Actor:
-        if principal is None:
-            return cls(ip_address=ip_address)
-        return cls(principal.principal_type, principal.subject, ip_address)
-
-
-SYSTEM = Actor("system", "keel")
 
 
 @dataclass(frozen=True)
@@ -173,8 +154,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.signing_key.rotate",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="signing_key",
             target_id=active,
             data={"retired": retired, "active": active},
@@ -216,8 +196,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.user.create",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="user",
             target_id=user.id,
             data={"username": username},
@@ -266,8 +245,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.user.update",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="user",
             target_id=user.id,
             data={"fields": sorted(changes)},
@@ -319,8 +297,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.user.password_change",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="user",
             target_id=user.id,
         )
@@ -355,8 +332,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.service_account.create",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="service_account",
             target_id=account.id,
             data={"name": name, "client_id": client.client_id},
@@ -390,8 +366,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.client.create",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="client",
             target_id=client.client_id,
         )
@@ -465,8 +440,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.role.create",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="role",
             target_id=role.id,
             data={"name": name, "permissions": permissions},
@@ -506,8 +480,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.role.update",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="role",
             target_id=role.id,
             data={"before": before, "after": role.permissions},
@@ -524,8 +497,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.role.delete",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="role",
             target_id=role.id,
             data={"name": name},
@@ -561,8 +533,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.role.assign",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type=str(principal_type),
             target_id=principal_id,
             data={"role": role_name},
@@ -589,8 +560,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.role.unassign",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type=str(principal_type),
             target_id=principal_id,
             data={"role": role_name},
@@ -662,8 +632,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.api_key.create",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="api_key",
             target_id=key.id,
             data={
@@ -691,8 +660,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.api_key.revoke",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="api_key",
             target_id=key.id,
         )
@@ -841,7 +809,7 @@ class AuthService:
         if isinstance(checked, AuthFailure):
             return checked
         user, tenant_id = checked, checked.tenant_id
-        pair = await self._start_session(session, tenant_id, user, actor, client_id, scope="")
+        pair = await self.start_session(session, tenant_id, user, actor, client_id, scope="")
         record_event(
             session,
             tenant_id=tenant_id,
@@ -927,7 +895,7 @@ class AuthService:
             )
             user.locked_until = now + timedelta(seconds=delay)
 
-    async def _start_session(
+    async def start_session(
         self,
         session: AsyncSession,
         tenant_id: str,
@@ -1102,8 +1070,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.session.revoke",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="session",
             target_id=session_id,
         )
@@ -1117,8 +1084,7 @@ class AuthService:
             session,
             tenant_id=tenant_id,
             action="auth.session.revoke_all",
-            actor_type=actor.type,
-            actor_id=actor.id,
+            actor=actor,
             target_type="user",
             target_id=user_id,
             data={"count": count},
@@ -1242,8 +1208,7 @@ class AuthService:
                 session,
                 tenant_id=row.tenant_id,
                 action="auth.token.revoke",
-                actor_type=actor.type,
-                actor_id=actor.id,
+                actor=actor,
                 target_type="session",
                 target_id=row.session_id,
                 data={"token_type": "refresh_token"},
@@ -1262,8 +1227,7 @@ class AuthService:
                 session,
                 tenant_id=principal.tenant_id,
                 action="auth.token.revoke",
-                actor_type=actor.type,
-                actor_id=actor.id,
+                actor=actor,
                 target_type="access_token",
                 target_id=jti,
                 data={"token_type": "access_token"},

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from keel.app import AppContext
 from keel.auth.account_router import build_account_router
 from keel.auth.authorize_router import build_authorize_router
-from keel.auth.dependencies import AUTH_RESOURCE
+from keel.auth.dependencies import AUTH_RESOURCE, LOGIN_LIMITER_RESOURCE
 from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.auth.one_time_tokens import purge_spent_one_time_rows
 from keel.auth.router import build_router, build_well_known_router
@@ -22,8 +22,6 @@ from keel.core.services import ServiceSpec
 from keel.settings import Settings
 
 log = get_logger(__name__)
-
-LOGIN_LIMITER_RESOURCE = "auth.login_limiter"
 
 
 def issuer_for(settings: Settings) -> str:

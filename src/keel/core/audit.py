@@ -9,6 +9,7 @@ tokens and passwords never reach the audit trail.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,27 @@ from keel.core.db import Base, UTCDateTime, utcnow
 from keel.core.ids import new_id
 from keel.core.logging import redact
 from keel.core.tenancy import TenantScoped, bind_tenant, bound_tenant
+from keel_client.auth import Principal
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs an operation, for the audit trail."""
+
+    type: str | None = None
+    id: str | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None, ip_address: str | None = None) -> Actor:
+        if principal is None:
+            return cls(ip_address=ip_address)
+        return cls(principal.principal_type, principal.subject, ip_address)
+
+
+#: Keel itself: the CLI, start-up and scheduled work.
+SYSTEM = Actor("system", "keel")
 
 
 class Outcome(StrEnum):
@@ -53,6 +75,7 @@ def record_event(
     tenant_id: str,
     action: str,
     outcome: Outcome = Outcome.success,
+    actor: Actor | None = None,
     actor_type: str | None = None,
     actor_id: str | None = None,
     target_type: str | None = None,
@@ -61,7 +84,15 @@ def record_event(
     reason: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditRecord:
-    """Add an audit event to ``session``; it lands with the caller's transaction."""
+    """Add an audit event to ``session``; it lands with the caller's transaction.
+
+    ``actor`` fills the actor fields and address; an explicit ``actor_type``, ``actor_id`` or
+    ``ip_address`` wins over it.
+    """
+    if actor is not None:
+        actor_type = actor_type or actor.type
+        actor_id = actor_id or actor.id
+        ip_address = ip_address or actor.ip_address
     context = structlog.contextvars.get_contextvars()
     event = AuditRecord(
         tenant_id=tenant_id,
