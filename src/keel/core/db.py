@@ -1,13 +1,15 @@
 """The data layer: one async engine per process, one session per unit of work.
 
 SQLite (the embedded default) runs in WAL mode with foreign keys on and a busy timeout;
-PostgreSQL runs on asyncpg with pre-ping, so a restarted server is reconnected to by itself.
+PostgreSQL runs on asyncpg with a ping at checkout, so a restarted server is reconnected to
+by itself.
 Services never commit: :meth:`Database.session` commits when the unit of work succeeds and
 rolls back when it raises.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,7 +27,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import await_
 
+from keel.core.sqlite import use_one_hop_connections
 from keel.settings import Settings
 
 #: Constraint names are fixed so that Alembic migrations are the same on every database.
@@ -82,17 +87,36 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
+        use_one_hop_connections(engine)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
     pool = settings.database_pool
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool.size,
         max_overflow=pool.max_overflow,
         pool_timeout=pool.timeout_seconds,
-        pool_pre_ping=True,
         connect_args={"timeout": pool.timeout_seconds},
     )
+    _ping_on_checkout(engine, pool.timeout_seconds)
+    return engine
+
+
+def _ping_on_checkout(engine: AsyncEngine, timeout: float) -> None:
+    """Pessimistic disconnect handling, one round trip a checkout.
+
+    SQLAlchemy's ``pool_pre_ping`` on asyncpg makes three (``BEGIN``, ``;``, ``ROLLBACK``)
+    before every unit of work; one simple-protocol ``SELECT 1`` proves the connection alive in
+    one. A dead connection is replaced by a fresh one before the unit of work sees it, so a
+    restarted server costs no failed request.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        try:
+            await_(asyncio.wait_for(proxy.driver_connection.execute("SELECT 1"), timeout))
+        except Exception as error:
+            raise DisconnectionError("the pooled connection is gone") from error
 
 
 class Database:

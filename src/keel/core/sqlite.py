@@ -1,0 +1,166 @@
+"""SQLite connections that cross to their worker thread once per statement.
+
+aiosqlite runs each connection on a thread of its own and hands it every call: SQLAlchemy's
+adapter makes four such hand-overs for one ``SELECT`` (open a cursor, execute, fetch, close),
+and each costs a thread wake-up and a GIL hand-over that dwarf the statement itself. Here
+:class:`OneHopCursor` runs the whole statement — execute, fetch the first rows, close — as
+one call on the worker thread, so a query is one hand-over. Results longer than
+``FIRST_FETCH`` rows stay open on the thread and are fetched in chunks, so a streamed
+result is never read into memory whole.
+
+The connection is an :class:`aiosqlite.Connection` (its thread, queue and shutdown), created
+through SQLAlchemy's ``async_creator`` hook; only its cursor differs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import aiosqlite
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+#: Rows fetched together with the statement; more are fetched in chunks of ``arraysize``.
+FIRST_FETCH = 512
+
+_Description = tuple[tuple[Any, ...], ...] | None
+
+
+def connect(database: str, **kwargs: Any) -> OneHopConnection:
+    """Like :func:`aiosqlite.connect`: await the result to open the connection."""
+    connection = OneHopConnection(partial(sqlite3.connect, database, **kwargs), 64)
+    connection._thread.daemon = True  # as SQLAlchemy sets it: never hold up interpreter exit
+    return connection
+
+
+def use_one_hop_connections(engine: AsyncEngine) -> None:
+    """Make ``engine`` (``sqlite+aiosqlite``) open :class:`OneHopConnection` connections."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def one_hop(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=connect, **cparams)
+
+
+class OneHopConnection(aiosqlite.Connection):
+    def cursor(self) -> OneHopCursor:  # type: ignore[override]
+        return OneHopCursor(self)
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call ``function(sqlite3_connection, *args)`` on the connection's thread."""
+        return await self._execute(function, self._conn, *args)  # type: ignore[no-untyped-call]
+
+
+class OneHopCursor:
+    """The DB-API cursor SQLAlchemy's aiosqlite adapter expects, one hand-over a statement."""
+
+    arraysize = 256
+
+    def __init__(self, connection: OneHopConnection) -> None:
+        self._connection = connection
+        self._open: sqlite3.Cursor | None = None  # a long result still being read
+        self._rows: list[Any] = []
+        self.description: _Description = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+
+    async def __aenter__(self) -> OneHopCursor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> OneHopCursor:
+        await self.close()
+        result = await self._connection.run(_execute, sql, parameters)
+        self.description, self.rowcount, self.lastrowid, self._rows, self._open = result
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Any) -> OneHopCursor:
+        await self.close()
+        result = await self._connection.run(_executemany, sql, seq_of_parameters)
+        self.description, self.rowcount, self.lastrowid = result
+        self._rows = []
+        return self
+
+    async def fetchone(self) -> Any:
+        rows = await self.fetchmany(1)
+        return rows[0] if rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        size = size or self.arraysize
+        if len(self._rows) < size and self._open is not None:
+            more, done = await self._connection.run(_fetch, self._open, size - len(self._rows))
+            self._rows.extend(more)
+            if done:
+                self._open = None
+        rows, self._rows = self._rows[:size], self._rows[size:]
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        if self._open is not None:
+            rows.extend(await self._connection.run(_fetch_rest, self._open))
+            self._open = None
+        return rows
+
+    async def close(self) -> None:
+        self._rows = []
+        if self._open is not None:
+            cursor, self._open = self._open, None
+            await self._connection.run(_close, cursor)
+
+
+# -- run on the connection's thread --------------------------------------------------------------
+
+
+def _execute(
+    connection: sqlite3.Connection, sql: str, parameters: Sequence[Any] | None
+) -> tuple[_Description, int, int | None, list[Any], sqlite3.Cursor | None]:
+    cursor = connection.cursor()
+    still_open = None
+    try:
+        cursor.execute(sql, parameters or ())
+        rows: list[Any] = []
+        if cursor.description is not None:
+            rows = cursor.fetchmany(FIRST_FETCH)
+            if len(rows) == FIRST_FETCH:
+                still_open = cursor
+        return cursor.description, cursor.rowcount, cursor.lastrowid, rows, still_open
+    finally:
+        if still_open is None:
+            cursor.close()
+
+
+def _executemany(
+    connection: sqlite3.Connection, sql: str, seq_of_parameters: Any
+) -> tuple[_Description, int, int | None]:
+    cursor = connection.cursor()
+    try:
+        cursor.executemany(sql, seq_of_parameters)
+        return cursor.description, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+def _fetch(
+    connection: sqlite3.Connection, cursor: sqlite3.Cursor, size: int
+) -> tuple[list[Any], bool]:
+    rows = cursor.fetchmany(size)
+    done = len(rows) < size
+    if done:
+        cursor.close()
+    return rows, done
+
+
+def _fetch_rest(connection: sqlite3.Connection, cursor: sqlite3.Cursor) -> list[Any]:
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _close(connection: sqlite3.Connection, cursor: sqlite3.Cursor) -> None:
+    cursor.close()

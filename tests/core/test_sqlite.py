@@ -1,0 +1,114 @@
+"""The embedded default's SQLite connections: one hand-over to the worker thread a statement,
+long results read in chunks, errors and transactions as with plain aiosqlite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from keel.core import sqlite
+from keel.core.db import Database
+from keel.settings import Settings
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database.from_settings(Settings(data_dir=tmp_path, _env_file=None))
+    async with database.session() as session:
+        await session.execute(text("CREATE TABLE n (i INTEGER PRIMARY KEY, label TEXT NOT NULL)"))
+    yield database
+    await database.engine.dispose()
+
+
+async def fill(db: Database, count: int) -> None:
+    if not count:
+        return
+    async with db.session() as session:
+        await session.execute(
+            text("INSERT INTO n (i, label) VALUES (:i, :label)"),
+            [{"i": i, "label": f"row {i}"} for i in range(count)],
+        )
+
+
+async def test_connections_are_one_hop_connections(db: Database) -> None:
+    async with db.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        assert isinstance(raw.driver_connection, sqlite.OneHopConnection)
+
+
+async def test_a_query_is_one_call_on_the_worker_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fill(db, 3)
+    calls: list[str] = []
+    run = sqlite.OneHopConnection.run
+
+    async def counting_run(
+        self: sqlite.OneHopConnection, function: object, *args: object
+    ) -> object:
+        calls.append(getattr(function, "__name__", "?"))
+        return await run(self, function, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite.OneHopConnection, "run", counting_run)
+    async with db.session() as session:
+        rows = (await session.execute(text("SELECT i, label FROM n ORDER BY i"))).all()
+    assert [tuple(row) for row in rows] == [(0, "row 0"), (1, "row 1"), (2, "row 2")]
+    assert calls == ["_execute"]
+
+
+@pytest.mark.parametrize("count", [0, 1, sqlite.FIRST_FETCH, sqlite.FIRST_FETCH + 1, 2_000])
+async def test_results_of_every_length_come_back_whole_and_in_order(
+    db: Database, count: int
+) -> None:
+    await fill(db, count)
+    async with db.session() as session:
+        everything = (await session.execute(text("SELECT i FROM n ORDER BY i"))).scalars().all()
+        streamed = [
+            i
+            async for i in (
+                await session.stream(
+                    text("SELECT i FROM n ORDER BY i").execution_options(yield_per=100)
+                )
+            ).scalars()
+        ]
+        first = (await session.execute(text("SELECT i FROM n ORDER BY i"))).first()
+    assert everything == list(range(count))
+    assert streamed == list(range(count))
+    assert first == ((0,) if count else None)
+
+
+async def test_a_long_result_abandoned_midway_leaves_the_connection_usable(db: Database) -> None:
+    await fill(db, 3 * sqlite.FIRST_FETCH)
+    async with db.session() as session:
+        result = await session.stream(text("SELECT i FROM n ORDER BY i"))
+        partial = await result.fetchmany(10)
+        await result.close()
+        assert [row[0] for row in partial] == list(range(10))
+        count = await session.scalar(text("SELECT count(*) FROM n"))
+    assert count == 3 * sqlite.FIRST_FETCH
+
+
+async def test_errors_and_rollback_behave_as_with_aiosqlite(db: Database) -> None:
+    await fill(db, 1)
+
+    async def write_then_collide() -> None:
+        async with db.session() as session:
+            await session.execute(text("INSERT INTO n (i, label) VALUES (5, 'kept?')"))
+            await session.execute(text("INSERT INTO n (i, label) VALUES (0, 'duplicate')"))
+
+    with pytest.raises(IntegrityError):
+        await write_then_collide()
+    async with db.session() as session:
+        labels = (await session.execute(text("SELECT label FROM n ORDER BY i"))).scalars().all()
+    assert labels == ["row 0"]  # the whole unit of work was rolled back
+
+
+async def test_row_counts_of_writes(db: Database) -> None:
+    await fill(db, 10)
+    async with db.session() as session:
+        updated = await session.execute(text("UPDATE n SET label = 'x' WHERE i < 4"))
+    assert getattr(updated, "rowcount", None) == 4
