@@ -233,22 +233,32 @@ async def test_client_credentials_scope_narrows_permissions(
         app, admin.tenant_id, "billing", roles=["reader"]
     )
 
-    async def permissions(scope: str) -> list[str]:
-        response = await client.post(
+    async def token(scope: str) -> httpx.Response:
+        return await client.post(
             "/auth/v1/oauth/token",
             headers=_basic(client_id, secret),
             data={"grant_type": "client_credentials", "scope": scope},
         )
+
+    async def granted(scope: str) -> tuple[str | None, list[str]]:
+        response = await token(scope)
         assert response.status_code == 200, response.text
         claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
         assert claims["typ"] == "service_account"
-        permissions: list[str] = claims["permissions"]
-        return permissions
+        assert claims["scope"] == response.json().get("scope", "")
+        return response.json().get("scope"), claims["permissions"]
 
-    assert await permissions("") == ["auth:role:read", "auth:user:read"]
-    assert await permissions("auth:user:read") == ["auth:user:read"]
-    assert await permissions("auth:user:delete") == []
-    assert await permissions("auth:user:read auth:user:delete") == ["auth:user:read"]
+    assert await granted("") == (None, ["auth:role:read", "auth:user:read"])
+    assert await granted("auth:user:read") == ("auth:user:read", ["auth:user:read"])
+    # The answer names the scope granted, not the one asked for (RFC 6749 section 5.1).
+    assert await granted("auth:user:read auth:user:delete") == (
+        "auth:user:read",
+        ["auth:user:read"],
+    )
+    # Nothing requested is held: refused (RFC 6749 section 5.2), not an empty token.
+    refused = await token("auth:user:delete")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_scope"
 
 
 @pytest.mark.parametrize(
@@ -303,8 +313,16 @@ async def test_delegated_admin_cannot_grant_what_it_does_not_hold(
         headers=h,
         json={"username": "mallory", "password": "granite-Window-falcon-33", "roles": ["admin"]},
     )
+    # The e-mail receives password resets: pointing an admin's at yourself is a takeover.
+    email_takeover = await client.patch(
+        f"/auth/v1/users/{admin.user_id}", headers=h, json={"email": "mallory@example.com"}
+    )
+    disabled_admin = await client.patch(
+        f"/auth/v1/users/{admin.user_id}", headers=h, json={"status": "disabled"}
+    )
 
-    for refused in (self_admin, widened, created, takeover, new_admin):
+    refusals = (self_admin, widened, created, takeover, new_admin, email_takeover, disabled_admin)
+    for refused in refusals:
         assert refused.status_code == 403, refused.request.url
         assert refused.json()["type"] == "urn:keel:problem:forbidden"
     me = await client.get(
@@ -316,6 +334,15 @@ async def test_delegated_admin_cannot_grant_what_it_does_not_hold(
     assert reader.json()["permissions"] == ["auth:user:read"]
     users = await client.get("/auth/v1/users", headers=admin.headers)
     assert "mallory" not in users.text
+    admin_user = await client.get(f"/auth/v1/users/{admin.user_id}", headers=admin.headers)
+    assert admin_user.json()["status"] == "active"
+
+    # A user who may do no more than the delegate may have the e-mail changed by it.
+    bob = await create_user(app, admin.tenant_id, "bob", roles=["reader"])
+    changed = await client.patch(
+        f"/auth/v1/users/{bob.id}", headers=h, json={"email": "bob@example.com"}
+    )
+    assert changed.status_code == 200, changed.text
 
     # What it holds, it may hand on.
     allowed = await client.post(

@@ -30,7 +30,8 @@ AUTH_RESOURCE = "auth"
 LOGIN_LIMITER_RESOURCE = "auth.login_limiter"
 
 
-def get_auth_service(request: Request) -> AuthService:
+async def get_auth_service(request: Request) -> AuthService:
+    """``async`` so FastAPI calls it inline, not in its thread pool."""
     service = get_context(request).resources.get(AUTH_RESOURCE)
     if not isinstance(service, AuthService):
         raise RuntimeError("the auth service is not running in this process")

@@ -209,6 +209,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             changes=body.model_dump(exclude_unset=True),
             actor=Actor.of(principal),
+            grantor=principal,
         )
         response.headers["ETag"] = etag_for(user.version)
         return user
@@ -486,14 +487,11 @@ def build_router() -> APIRouter:
         client_id = basic_id or client_id
         client_secret = basic_secret or client_secret
         if grant_type == "client_credentials":
-            client = (
-                await auth.authenticate_client(session, client_id, client_secret)
-                if client_id
-                else None
-            )
-            if client is None:
+            if not client_id:
                 return _oauth_error("invalid_client", "Client authentication failed.", 401)
-            result = await auth.client_credentials_grant(session, client, scope, audience)
+            result = await auth.client_credentials_grant(
+                session, client_id, client_secret, scope, audience
+            )
         elif grant_type == "refresh_token":
             if not refresh_token:
                 return _oauth_error("invalid_request", "refresh_token is required.")
@@ -526,8 +524,12 @@ def build_router() -> APIRouter:
             return _oauth_error("unsupported_grant_type", f"{grant_type!r} is not supported.")
         if isinstance(result, AuthFailure):
             await session.commit()
+            if result.reason == "invalid_client":
+                return _oauth_error("invalid_client", "Client authentication failed.", 401)
             if result.reason == "unauthorized_client":
                 return _oauth_error("unauthorized_client", "This client may not use this grant.")
+            if result.reason == "invalid_scope":
+                return _oauth_error("invalid_scope", "No requested scope can be granted.")
             return _oauth_error("invalid_grant", "The grant is invalid, expired or revoked.")
         body: dict[str, Any] = {
             "access_token": result.access_token,

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.credentials import (
@@ -29,7 +29,7 @@ from keel.auth.credentials import (
     new_refresh_token,
     parse_api_key,
 )
-from keel.auth.keys import SigningKeys
+from keel.auth.keys import LoadedKey, SigningKeys
 from keel.auth.mfa import MfaCheck, TotpMfa
 from keel.auth.models import (
     ApiKey,
@@ -67,6 +67,52 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 #: Last-used times of API keys are written at most this often, not on every request.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+#: A confidential client, its service account and that account's roles: one row per role.
+#: The client id tells the tenant; every join stays inside it.
+_CLIENT_GRANT = (
+    select(
+        OAuthClient.tenant_id,
+        OAuthClient.secret_hash,
+        OAuthClient.grant_types,
+        OAuthClient.is_revoked,
+        OAuthClient.service_account_id,
+        ServiceAccount.is_disabled,
+        Role.name.label("role"),
+        Role.permissions,
+    )
+    .outerjoin(
+        ServiceAccount,
+        and_(
+            ServiceAccount.id == OAuthClient.service_account_id,
+            ServiceAccount.tenant_id == OAuthClient.tenant_id,
+        ),
+    )
+    .outerjoin(
+        RoleAssignment,
+        and_(
+            RoleAssignment.principal_type == PrincipalType.service_account.value,
+            RoleAssignment.principal_id == OAuthClient.service_account_id,
+            RoleAssignment.tenant_id == OAuthClient.tenant_id,
+        ),
+    )
+    .outerjoin(
+        Role, and_(Role.id == RoleAssignment.role_id, Role.tenant_id == OAuthClient.tenant_id)
+    )
+    .where(OAuthClient.client_id == bindparam("client_id"))
+    .execution_options(all_tenants=True)
+)
+
+
+def granted_scope(permissions: Sequence[str], requested: str) -> str | None:
+    """The scope granted for ``requested`` (RFC 6749 section 3.3): each requested permission
+    that ``permissions`` cover at least in part, and every other scope (``openid``, ...) as
+    asked; None when permissions were asked for and not one of them is held."""
+    scopes = requested.split()
+    granted = [s for s in scopes if ":" not in s or narrow_permissions(permissions, [s])]
+    if any(":" in s for s in scopes) and not any(":" in s for s in granted):
+        return None
+    return " ".join(granted)
 
 
 @dataclass(frozen=True)
@@ -223,9 +269,16 @@ class AuthService:
         if_match: str | None,
         changes: dict[str, Any],
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> User:
+        """``grantor`` changing another user's e-mail or status must hold all that user may
+        do: the e-mail receives password resets, so changing it is taking the account over."""
         user = await self.get_user(session, tenant_id, user_id)
         check_if_match(if_match, user.version, required=False)
+        takeover = {"email", "status"} & changes.keys()
+        if takeover and grantor is not None and not _is_self(grantor, PrincipalType.user, user.id):
+            _, held = await self.roles_and_permissions(session, PrincipalType.user, user.id)
+            _ensure_may_grant(grantor, held)
         allowed = {"email", "display_name", "status"}
         for field_name, value in changes.items():
             if field_name not in allowed:
@@ -724,10 +777,39 @@ class AuthService:
         extra_claims: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
         roles, permissions = await self.roles_and_permissions(session, principal_type, principal_id)
+        return self._sign_access_token(
+            tenant_id=tenant_id,
+            principal_type=principal_type,
+            principal_id=principal_id,
+            roles=roles,
+            permissions=permissions,
+            scope=scope,
+            audience=audience,
+            key=await self.keys.active_key(session),
+            session_id=session_id,
+            client_id=client_id,
+            extra_claims=extra_claims,
+        )
+
+    def _sign_access_token(
+        self,
+        *,
+        tenant_id: str,
+        principal_type: str,
+        principal_id: str,
+        roles: list[str],
+        permissions: list[str],
+        scope: str,
+        audience: str | None,
+        key: LoadedKey,
+        session_id: str | None = None,
+        client_id: str | None = None,
+        extra_claims: dict[str, Any] | None = None,
+    ) -> tuple[str, int]:
+        """The signed JWT and its lifetime; permission scopes narrow the permissions claim."""
         requested = [s for s in scope.split() if ":" in s]
         if requested:
             permissions = narrow_permissions(permissions, requested)
-        key = await self.keys.active_key(session)
         now = int(time.time())
         ttl = int(self.access_ttl.total_seconds())
         claims: dict[str, Any] = {
@@ -874,7 +956,9 @@ class AuthService:
                     actor_id=user.id if user else None,
                     ip_address=actor.ip_address,
                     reason=failure,
-                    data={"identifier": identifier[:150]},
+                    # Never what was typed (it may be a password typed in the wrong field):
+                    # a keyed fingerprint still ties repeated attempts at one name together.
+                    data={} if user else {"identifier_fingerprint": self._fingerprint(identifier)},
                 )
             return AuthFailure(str(failure))
         assert user is not None
@@ -884,6 +968,9 @@ class AuthService:
         if user.password_hash and self.passwords.needs_rehash(user.password_hash):
             user.password_hash = self.passwords.hash(password)
         return user
+
+    def _fingerprint(self, identifier: str) -> str:
+        return self.keyring.token_hash(identifier.strip().casefold())[:16]
 
     def _count_failed_login(self, user: User, now: datetime) -> None:
         user.failed_login_count += 1
@@ -1102,35 +1189,60 @@ class AuthService:
     # -- OAuth2 grants, introspection, revocation ---------------------------------------------
 
     async def client_credentials_grant(
-        self, session: AsyncSession, client: OAuthClient, scope: str, audience: str | None
+        self,
+        session: AsyncSession,
+        client_id: str,
+        client_secret: str | None,
+        scope: str,
+        audience: str | None,
     ) -> TokenPair | AuthFailure:
-        if "client_credentials" not in client.grant_types or client.service_account_id is None:
+        """RFC 6749 section 4.4: authenticate the client and sign its service account's token.
+
+        The hot path of machine-to-machine calls: the client, its service account and that
+        account's roles come back from one query, and the only write is the audit event.
+        """
+        rows = (await session.execute(_CLIENT_GRANT, {"client_id": client_id})).all()
+        if not rows or rows[0].is_revoked:
+            self.keyring.token_hash(client_secret or "")  # same work as a real check
+            return AuthFailure("invalid_client")
+        client = rows[0]
+        if client.secret_hash is None or not client_secret:
+            return AuthFailure("invalid_client")
+        if not self.keyring.token_matches(client_secret, client.secret_hash):
+            return AuthFailure("invalid_client")
+        account_id = client.service_account_id
+        if "client_credentials" not in client.grant_types or account_id is None:
             return AuthFailure("unauthorized_client")
         bind_tenant(session, client.tenant_id)
-        if not await self._principal_is_active(
-            session, PrincipalType.service_account, client.service_account_id
-        ):
+        if client.is_disabled is not False:
             return AuthFailure("disabled")
-        access, ttl = await self.issue_access_token(
-            session,
+        roles = sorted(row.role for row in rows if row.role is not None)
+        permissions = {p for row in rows if row.permissions for p in row.permissions}
+        granted = granted_scope(sorted(permissions), scope)
+        if granted is None:
+            return AuthFailure("invalid_scope")
+        access, ttl = self._sign_access_token(
             tenant_id=client.tenant_id,
             principal_type=PrincipalType.service_account,
-            principal_id=client.service_account_id,
-            scope=scope,
+            principal_id=account_id,
+            roles=roles,
+            permissions=sorted(permissions),
+            scope=granted,
             audience=audience,
-            client_id=client.client_id,
+            key=await self.keys.active_key(session),
+            client_id=client_id,
         )
         record_event(
             session,
             tenant_id=client.tenant_id,
             action="auth.token.issue",
             actor_type="service_account",
-            actor_id=client.service_account_id,
+            actor_id=account_id,
             target_type="client",
-            target_id=client.client_id,
-            data={"grant_type": "client_credentials", "scope": scope},
+            target_id=client_id,
+            data={"grant_type": "client_credentials", "scope": granted},
         )
-        return TokenPair(access, ttl, None, scope)
+        return TokenPair(access, ttl, None, granted)
 
     async def introspect(
         self, session: AsyncSession, token: str, *, tenant_id: str | None = None

@@ -17,6 +17,12 @@ def get_context(request: Request) -> AppContext:
     return context
 
 
+async def context_dependency(request: Request) -> AppContext:
+    """:func:`get_context` as a dependency: ``async`` so FastAPI calls it inline rather than
+    in its thread pool, as every cheap dependency should be."""
+    return get_context(request)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One unit of work per request; it commits before the response is sent."""
     async with get_context(request).database.session() as session:
@@ -27,7 +33,7 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-Context = Annotated["AppContext", Depends(get_context)]
+Context = Annotated["AppContext", Depends(context_dependency)]
 # scope="function": the session commits when the endpoint returns, before the response goes
 # out, so a client never sees success for a write that then fails to commit.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
