@@ -147,12 +147,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await start_services(context)
         await context.broadcast.connect()
-        if run_background:
-            for spec in services:
-                for task in spec.background:
-                    context.background_tasks.append(
-                        asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
-                    )
+        for spec in services:
+            for task in (*spec.companions, *(spec.background if run_background else ())):
+                context.background_tasks.append(
+                    asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
+                )
         context.started = True
         log.info(
             "keel.started",

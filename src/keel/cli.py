@@ -304,9 +304,11 @@ def version() -> None:
 
 
 def _add_service_commands() -> None:
+    from keel.audit.cli import app as audit_app
     from keel.auth.cli import app as auth_app
 
     app.add_typer(auth_app, name="auth")
+    app.add_typer(audit_app, name="audit")
 
 
 _add_service_commands()

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.app import create_app
+from keel.audit.service import AuditLog, EventFilter, StoredEvent
 from keel.auth.bootstrap import ensure_admin
 from keel.auth.models import PrincipalType, User
 from keel.auth.service import AuthService
@@ -42,6 +43,23 @@ async def unit_of_work(app: FastAPI) -> AsyncIterator[AsyncSession]:
     """A session of the app's database that commits when the block succeeds."""
     async with app.state.keel.database.session() as session:
         yield session
+
+
+async def audit_events(
+    app: FastAPI, tenant_id: str, *, action_prefix: str = "", limit: int = 100
+) -> list[StoredEvent]:
+    """The tenant's audit events, newest first, once the outbox is sequenced into the log."""
+    audit = app.state.keel.resources["audit"]
+    assert isinstance(audit, AuditLog)
+    await audit.sequence_outbox(tenant_id)
+    async with unit_of_work(app) as session:
+        return await audit.events(
+            session,
+            tenant_id,
+            filters=EventFilter(action_prefix=action_prefix),
+            limit=limit,
+            newest_first=True,
+        )
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -21,13 +21,13 @@ from sqlalchemy import update
 from auth.conftest import (
     PASSWORD,
     TenantAdmin,
+    audit_events,
     bearer,
     create_user,
     login_tokens,
     unit_of_work,
 )
 from keel.auth.models import AuthorizationCode
-from keel.core.audit import list_events
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 
@@ -429,8 +429,7 @@ async def test_a_reused_code_is_refused_and_revokes_the_tokens_it_bought(
     )
     assert refreshed.status_code == 400
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, action_prefix="auth.token.issue")
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.token.issue")
     assert "code_reuse" in {event.reason for event in events}
 
 
@@ -526,8 +525,7 @@ async def test_wrong_credentials_show_the_form_again_and_are_audited(
     assert "wrong-password-9" not in answer.text
     form_token_of(answer)  # a fresh form to try again
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, action_prefix="auth.session.login")
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.session.login")
     assert [event.reason for event in events] == ["bad_password"]
 
 

@@ -15,6 +15,7 @@ from auth.conftest import (
     OTHER_PASSWORD,
     PASSWORD,
     TenantAdmin,
+    audit_events,
     auth_service,
     bearer,
     create_user,
@@ -25,7 +26,6 @@ from auth.conftest import (
     with_auth,
 )
 from keel.auth.models import User
-from keel.core.audit import list_events
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from keel.settings import Settings
@@ -167,8 +167,7 @@ async def test_login_success_and_failure_are_audited(
     assert (await login(client, admin.tenant_slug, "NoBody ")).status_code == 401
     assert (await login(client, admin.tenant_slug, "alice")).status_code == 200
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, action_prefix="auth.session.login")
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.session.login")
 
     by_outcome = {(event.outcome, event.reason): event for event in events}
     success = by_outcome[("success", None)]

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from auth.conftest import (
     PASSWORD,
     TenantAdmin,
+    audit_events,
     auth_service,
     bearer,
     create_service_account,
@@ -26,7 +27,6 @@ from auth.conftest import (
 )
 from keel.auth.mfa import matching_step, new_recovery_code, normalise_code
 from keel.auth.models import User, UserTotp
-from keel.core.audit import list_events
 from keel.core.crypto import DecryptionError
 from keel.core.tenancy import bind_tenant
 
@@ -228,8 +228,7 @@ async def test_login_with_the_current_code_succeeds_and_the_same_code_is_refused
     assert replay.status_code == 401
     assert "mfa_required" not in replay.json()
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, action_prefix="auth.session.login")
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.session.login")
     assert [e.reason for e in events if e.outcome == "failure"][:1] == ["mfa_replayed"]
 
 
@@ -321,8 +320,7 @@ async def test_disabling_needs_the_password_or_a_code(
     }
     assert (await _login(client, admin.tenant_slug, "ned")).status_code == 200
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, action_prefix="auth.mfa.disable")
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.mfa.disable")
     assert sorted(e.outcome for e in events) == ["denied", "success"]
 
 
@@ -355,8 +353,7 @@ async def test_mfa_events_are_audited_without_secrets_or_codes(
         "DELETE", "/auth/v1/mfa/totp", json={"password": PASSWORD}, headers=headers
     )
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, limit=500)
+    events = await audit_events(app, admin.tenant_id, limit=500)
     actions = {event.action for event in events}
     assert {
         "auth.mfa.enrol",

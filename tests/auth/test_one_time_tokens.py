@@ -14,6 +14,7 @@ from auth.conftest import (
     OTHER_PASSWORD,
     PASSWORD,
     TenantAdmin,
+    audit_events,
     auth_service,
     bearer,
     create_user,
@@ -23,7 +24,6 @@ from auth.conftest import (
 )
 from keel.auth.models import OneTimeToken, OneTimeTokenPurpose
 from keel.auth.one_time_tokens import AccountTokenMessage, purge_spent_one_time_rows
-from keel.core.audit import list_events
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 
@@ -80,8 +80,7 @@ async def test_password_reset_sets_the_new_password_and_ends_every_session(
     me = await client.get("/auth/v1/me", headers=bearer(before["access_token"]))
     assert me.status_code == 401
 
-    async with unit_of_work(app) as session:
-        events = await list_events(session, admin.tenant_id, limit=500)
+    events = await audit_events(app, admin.tenant_id, limit=500)
     actions = [event.action for event in events]
     assert "auth.password_reset.request" in actions
     assert "auth.password_reset.confirm" in actions

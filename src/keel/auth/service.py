@@ -21,6 +21,7 @@ import jwt
 from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import keel.auth.audit_actions  # noqa: F401 - registers the catalogue entries
 from keel.auth.credentials import (
     looks_like_api_key,
     new_api_key,

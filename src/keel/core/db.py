@@ -71,11 +71,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
 def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
@@ -87,7 +90,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
-        use_one_hop_connections(engine)
+        use_one_hop_connections(engine, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
     pool = settings.database_pool

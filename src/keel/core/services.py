@@ -34,6 +34,9 @@ class ServiceSpec:
     #: Long-running loops started by ``keel worker`` (and by ``keel serve`` on the
     #: embedded default, where there is no separate worker).
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
+    #: Loops every process serving the service runs alongside its requests (``keel serve``
+    #: on any database), such as sequencing what those requests recorded.
+    companions: Sequence[BackgroundTask] = field(default_factory=tuple)
     #: Modules with tables, for the migration history.
     model_modules: Sequence[str] = field(default_factory=tuple)
 

@@ -1,0 +1,138 @@
+"""Canonical event bytes and signed tree heads: what a third party needs to check a receipt.
+
+An audit event is stored as its RFC 8785 canonical JSON; the Merkle leaf is those bytes. A
+signed tree head binds a tenant's tree size and root hash at a time with the log's Ed25519
+key: ``signature = Ed25519(canonical({"tenant", "tree_size", "root_hash", "timestamp",
+"key_id"}))``, hashes and signatures in standard base64. Verify the head first, then proofs
+against its root and size (a proof alone does not pin the size of the tree it was made for).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from keel_client.audit.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
+
+
+def canonical_json(value: Any) -> bytes:
+    """RFC 8785 (JCS) bytes of a JSON value: the form every event is hashed and signed in."""
+    return rfc8785.dumps(value)
+
+
+def event_leaf_hash(event: Mapping[str, Any]) -> bytes:
+    """The Merkle leaf hash of a stored event document."""
+    return leaf_hash(canonical_json(dict(event)))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ProofError(f"{what} is not base64") from None
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    """A signed statement of a tenant's tree: its size and root hash at ``timestamp`` (ms)."""
+
+    tenant: str
+    tree_size: int
+    root_hash: bytes
+    timestamp: int
+    key_id: str
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return tree_head_message(
+            self.tenant, self.tree_size, self.root_hash, self.timestamp, self.key_id
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "tree_size": self.tree_size,
+            "root_hash": b64(self.root_hash),
+            "timestamp": self.timestamp,
+            "key_id": self.key_id,
+            "signature": b64(self.signature),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TreeHead:
+        try:
+            head = cls(
+                tenant=str(data["tenant"]),
+                tree_size=int(data["tree_size"]),
+                root_hash=unb64(data["root_hash"], "root_hash"),
+                timestamp=int(data["timestamp"]),
+                key_id=str(data["key_id"]),
+                signature=unb64(data["signature"], "signature"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ProofError):
+                raise
+            raise ProofError(f"not a signed tree head: {error!r}") from None
+        if head.tree_size < 0 or len(head.root_hash) != HASH_SIZE:
+            raise ProofError("not a signed tree head: bad size or root hash")
+        return head
+
+
+def tree_head_message(
+    tenant: str, tree_size: int, root_hash: bytes, timestamp: int, key_id: str
+) -> bytes:
+    """The bytes an Ed25519 tree-head signature covers."""
+    return canonical_json(
+        {
+            "tenant": tenant,
+            "tree_size": tree_size,
+            "root_hash": b64(root_hash),
+            "timestamp": timestamp,
+            "key_id": key_id,
+        }
+    )
+
+
+def public_keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:
+    """``{kid: key}`` of the Ed25519 (``OKP``) keys of a JWK set, as ``/audit/v1/keys`` serves."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for jwk in jwks.get("keys", []):
+        if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk:
+            raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+            keys[str(jwk["kid"])] = Ed25519PublicKey.from_public_bytes(raw)
+    return keys
+
+
+def verify_tree_head(head: TreeHead, keys: Mapping[str, Ed25519PublicKey]) -> None:
+    """Raise :class:`ProofError` unless ``head`` is signed by one of ``keys``."""
+    key = keys.get(head.key_id)
+    if key is None:
+        raise ProofError(f"tree head signed by unknown key {head.key_id!r}")
+    try:
+        key.verify(head.signature, head.signed_bytes())
+    except InvalidSignature:
+        raise ProofError("tree head signature does not verify") from None
+
+
+def verify_event_receipt(
+    event: Mapping[str, Any],
+    leaf_index: int,
+    proof: list[bytes],
+    head: TreeHead,
+    keys: Mapping[str, Ed25519PublicKey],
+) -> None:
+    """Check, trusting only ``keys``, that the log holds ``event`` at ``leaf_index`` in the
+    tree ``head`` signs."""
+    verify_tree_head(head, keys)
+    verify_inclusion(event_leaf_hash(event), leaf_index, head.tree_size, proof, head.root_hash)

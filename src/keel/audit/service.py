@@ -1,0 +1,673 @@
+"""The audit log: sequencing events into per-tenant Merkle trees, signed heads, proofs, queries.
+
+Events arrive two ways. Keel's own services record through :func:`keel.core.audit.record_event`,
+which stores them in the outbox in the transaction of the change they record; the
+:class:`Sequencer` moves them into the log shortly after (woken by the commit, and every
+second in case a wake-up was missed). Services of the fleet append over HTTP
+(:meth:`AuditLog.append`), which sequences at once and answers with receipts.
+
+Sequencing a batch, under a per-tenant lock: give each new event the next leaf index, store its
+leaf hash and document, store the perfect-subtree nodes it completes, and sign a tree head
+for the new size. Nothing already stored is ever changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import delete, func, insert, select, text, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.audit.models import (
+    AuditAction,
+    AuditEvent,
+    AuditNode,
+    AuditPayload,
+    AuditSigningKey,
+    AuditTreeHead,
+)
+from keel.core.audit import (
+    ACTION_PATTERN,
+    ActionSpec,
+    AuditOutbox,
+    Sensitivity,
+    builtin_action,
+)
+from keel.core.crypto import Keyring
+from keel.core.db import utcnow
+from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.logging import get_logger
+from keel.core.tenancy import bind_tenant
+from keel_client.audit import (
+    EMPTY_ROOT,
+    TreeHead,
+    canonical_json,
+    consistency_path,
+    inclusion_path,
+    leaf_hash,
+    node_hash,
+    nodes_for_ranges,
+    range_hash,
+    tree_head_message,
+)
+
+log = get_logger(__name__)
+
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+Node = tuple[int, int]
+
+#: Events sequenced in one transaction at most.
+SEQUENCE_BATCH = 2_000
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event_id: str
+    leaf_index: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    event_id: str
+    document: bytes
+    fields: dict[str, Any]
+    request_hash: bytes
+
+
+class AuditLog:
+    def __init__(self, keyring: Keyring, sessions: SessionFactory) -> None:
+        self.keyring = keyring
+        self.sessions = sessions
+        self._key: tuple[str, Ed25519PrivateKey] | None = None
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+
+    # -- the catalogue ------------------------------------------------------------------------
+
+    async def action(self, session: AsyncSession, tenant_id: str, name: str) -> ActionSpec:
+        """The catalogue entry of ``name`` for this tenant, or a validation error."""
+        spec = builtin_action(name)
+        if spec is not None:
+            return spec
+        bind_tenant(session, tenant_id)
+        row = await session.scalar(select(AuditAction).where(AuditAction.name == name))
+        if row is None:
+            raise ValidationFailed(
+                f"Unknown action {name!r}: register it first (PUT /audit/v1/actions/{name})."
+            )
+        return ActionSpec(
+            row.name,
+            row.description,
+            row.category,
+            Sensitivity(row.sensitivity),
+            frozenset(row.sensitive_fields),
+        )
+
+    async def register_action(
+        self, session: AsyncSession, tenant_id: str, spec: ActionSpec
+    ) -> tuple[ActionSpec, bool]:
+        """Create or update a tenant's action; Keel's own names are reserved."""
+        if not ACTION_PATTERN.fullmatch(spec.name):
+            raise ValidationFailed("An action is service.resource.verb: lowercase, dot-separated.")
+        if is_reserved(spec.name):
+            raise Conflict(f"{spec.name!r} is one of Keel's own actions.")
+        bind_tenant(session, tenant_id)
+        row = await session.scalar(select(AuditAction).where(AuditAction.name == spec.name))
+        created = row is None
+        if row is None:
+            row = AuditAction(name=spec.name)
+            session.add(row)
+        row.description = spec.description
+        row.category = spec.category
+        row.sensitivity = str(spec.sensitivity)
+        row.sensitive_fields = sorted(spec.sensitive_fields)
+        await session.flush()
+        return spec, created
+
+    async def tenant_actions(self, session: AsyncSession, tenant_id: str) -> list[ActionSpec]:
+        bind_tenant(session, tenant_id)
+        rows = await session.scalars(select(AuditAction).order_by(AuditAction.name))
+        return [
+            ActionSpec(
+                r.name,
+                r.description,
+                r.category,
+                Sensitivity(r.sensitivity),
+                frozenset(r.sensitive_fields),
+            )
+            for r in rows
+        ]
+
+    # -- appending ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        tenant_id: str,
+        documents: Sequence[dict[str, Any]],
+        request_hashes: Sequence[bytes] | None = None,
+    ) -> list[Receipt]:
+        """Append validated event documents now; idempotent on each document's ``id``.
+
+        An id already in the log sent with the same content (``request_hashes``: a hash of
+        each event as the appender sent it; default, of its document) answers its first
+        receipt; with other content it is a conflict, and nothing of the batch is stored.
+        """
+        hashes: Sequence[bytes | None] = request_hashes or [None] * len(documents)
+        leaves = [
+            _leaf(document, digest) for document, digest in zip(documents, hashes, strict=True)
+        ]
+        for attempt in range(3):
+            try:
+                async with self._tenant_lock(tenant_id), self.sessions() as session:
+                    return await self._append(session, tenant_id, leaves)
+            except IntegrityError:  # another process took the same index: once more
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _append(
+        self, session: AsyncSession, tenant_id: str, leaves: list[_Leaf]
+    ) -> list[Receipt]:
+        await self._lock(session, tenant_id)
+        ids = [leaf.event_id for leaf in leaves]
+        known = await self._known(session, ids)
+        stored = {event_id: request for event_id, (_, _, request) in known.items()}
+        fresh: dict[str, _Leaf] = {}
+        for leaf in leaves:
+            earlier = stored.get(leaf.event_id)
+            if earlier is None and leaf.event_id not in fresh:
+                fresh[leaf.event_id] = leaf
+                continue
+            if (earlier or fresh[leaf.event_id].request_hash) != leaf.request_hash:
+                raise Conflict(f"Event {leaf.event_id!r} exists with other content.")
+        receipts = await self._sequence(session, tenant_id, list(fresh.values()))
+        by_id = {receipt.event_id: receipt for receipt in receipts}
+        for event_id, (index, digest, _) in known.items():
+            by_id[event_id] = Receipt(event_id, index, digest)
+        return [by_id[event_id] for event_id in ids]
+
+    async def _known(
+        self, session: AsyncSession, event_ids: Sequence[str]
+    ) -> dict[str, tuple[int, bytes, bytes]]:
+        """``{event id: (leaf index, leaf hash, request hash)}`` of those already in the log."""
+        rows = await session.execute(
+            select(
+                AuditEvent.event_id,
+                AuditEvent.leaf_index,
+                AuditEvent.leaf_hash,
+                AuditEvent.request_hash,
+            ).where(AuditEvent.event_id.in_(set(event_ids)))
+        )
+        return {row.event_id: (row.leaf_index, row.leaf_hash, row.request_hash) for row in rows}
+
+    # -- sequencing ---------------------------------------------------------------------------
+
+    async def sequence_outbox(self, tenant_id: str) -> int:
+        """Move the tenant's outbox into its log, batch by batch; returns the events added."""
+        added = 0
+        while True:
+            async with self._tenant_lock(tenant_id), self.sessions() as session:
+                count, more = await self._sequence_outbox_batch(session, tenant_id)
+            added += count
+            if not more:
+                return added
+
+    async def _sequence_outbox_batch(
+        self, session: AsyncSession, tenant_id: str
+    ) -> tuple[int, bool]:
+        await self._lock(session, tenant_id)
+        rows = (
+            await session.execute(
+                select(AuditOutbox.seq, AuditOutbox.event_id, AuditOutbox.document)
+                .where(AuditOutbox.tenant_id == tenant_id)
+                .order_by(AuditOutbox.seq)
+                .limit(SEQUENCE_BATCH)
+            )
+        ).all()
+        if not rows:
+            return 0, False
+        known = await self._known(session, [row.event_id for row in rows])
+        leaves: dict[str, _Leaf] = {}
+        for row in rows:
+            if row.event_id not in known and row.event_id not in leaves:
+                leaves[row.event_id] = _Leaf(
+                    row.event_id,
+                    row.document,
+                    json.loads(row.document),
+                    hashlib.sha256(row.document).digest(),
+                )
+        await self._sequence(session, tenant_id, list(leaves.values()))
+        await session.execute(
+            delete(AuditOutbox).where(AuditOutbox.seq.in_([row.seq for row in rows]))
+        )
+        return len(leaves), len(rows) == SEQUENCE_BATCH
+
+    async def tenants_with_outbox(self) -> list[str]:
+        async with self.sessions() as session:
+            return list(await session.scalars(select(AuditOutbox.tenant_id).distinct()))
+
+    async def _sequence(
+        self, session: AsyncSession, tenant_id: str, leaves: list[_Leaf]
+    ) -> list[Receipt]:
+        """Append ``leaves`` after the current tree; store nodes and a new signed head."""
+        if not leaves:
+            return []
+        bind_tenant(session, tenant_id)
+        size = await self.tree_size(session, tenant_id)
+        nodes = await self._fetch_nodes(session, _frontier(size))
+        new_nodes: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        payloads: list[dict[str, Any]] = []
+        receipts: list[Receipt] = []
+        now = utcnow()
+        for offset, leaf in enumerate(leaves):
+            index = size + offset
+            digest = leaf_hash(leaf.document)
+            nodes[(0, index)] = digest
+            level, position, current = 0, index, digest
+            while position & 1:
+                current = node_hash(nodes[(level, position - 1)], current)
+                level, position = level + 1, position >> 1
+                nodes[(level, position)] = current
+                new_nodes.append(
+                    {"tenant_id": tenant_id, "level": level, "index": position, "hash": current}
+                )
+            events.append(_event_row(tenant_id, index, leaf, digest, now))
+            payloads.append(
+                {"tenant_id": tenant_id, "leaf_index": index, "document": leaf.document}
+            )
+            receipts.append(Receipt(leaf.event_id, index, digest))
+        connection = await session.connection()
+        await connection.execute(insert(AuditEvent), events)
+        await connection.execute(insert(AuditPayload), payloads)
+        if new_nodes:
+            await connection.execute(insert(AuditNode), new_nodes)
+        new_size = size + len(leaves)
+        root = range_hash(0, new_size, lambda level, index: nodes[(level, index)])
+        await self._sign_head(session, tenant_id, new_size, root)
+        return receipts
+
+    async def tree_size(self, session: AsyncSession, tenant_id: str) -> int:
+        bind_tenant(session, tenant_id)
+        last = await session.scalar(select(func.max(AuditEvent.leaf_index)))
+        return 0 if last is None else int(last) + 1
+
+    async def _fetch_nodes(
+        self, session: AsyncSession, wanted: Iterable[Node]
+    ) -> dict[Node, bytes]:
+        """Stored hashes of perfect subtrees: leaves (level 0) from the events, others from
+        the nodes table; two indexed queries whatever the count."""
+        wanted = set(wanted)
+        leaves = [index for level, index in wanted if level == 0]
+        inner = [(level, index) for level, index in wanted if level > 0]
+        found: dict[Node, bytes] = {}
+        if leaves:
+            rows = await session.execute(
+                select(AuditEvent.leaf_index, AuditEvent.leaf_hash).where(
+                    AuditEvent.leaf_index.in_(leaves)
+                )
+            )
+            found.update({(0, row.leaf_index): row.leaf_hash for row in rows})
+        if inner:
+            rows = await session.execute(
+                select(AuditNode.level, AuditNode.index.label("position"), AuditNode.hash).where(
+                    tuple_(AuditNode.level, AuditNode.index).in_(inner)
+                )
+            )
+            found.update({(row.level, row.position): row.hash for row in rows})
+        missing = wanted - found.keys()
+        if missing:
+            raise LogCorrupted(f"the log lacks tree nodes {sorted(missing)[:5]}")
+        return found
+
+    def _tenant_lock(self, tenant_id: str) -> asyncio.Lock:
+        """One sequencer per tenant at a time in this process (see :meth:`_lock` for others)."""
+        return self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
+
+    async def _lock(self, session: AsyncSession, tenant_id: str) -> None:
+        """One sequencer per tenant at a time across processes on PostgreSQL; on SQLite the
+        database's single writer orders them, and a lost race ends in a retried conflict."""
+        bind_tenant(session, tenant_id)
+        if session.get_bind().dialect.name == "postgresql":
+            key = int.from_bytes(
+                hashlib.sha256(b"keel-audit:" + tenant_id.encode()).digest()[:8], "big", signed=True
+            )
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    # -- signed tree heads --------------------------------------------------------------------
+
+    async def _sign_head(
+        self, session: AsyncSession, tenant_id: str, size: int, root: bytes
+    ) -> TreeHead:
+        key_id, key = await self.signing_key(session)
+        timestamp = int(time.time() * 1000)
+        signature = key.sign(tree_head_message(tenant_id, size, root, timestamp, key_id))
+        session.add(
+            AuditTreeHead(
+                tenant_id=tenant_id,
+                tree_size=size,
+                root_hash=root,
+                timestamp=timestamp,
+                key_id=key_id,
+                signature=signature,
+            )
+        )
+        await session.flush()
+        return TreeHead(tenant_id, size, root, timestamp, key_id, signature)
+
+    async def sign_current_head(self, tenant_id: str) -> TreeHead:
+        """A fresh signed head of the tree as it is (the timer's heartbeat)."""
+        async with self._tenant_lock(tenant_id), self.sessions() as session:
+            await self._lock(session, tenant_id)
+            size = await self.tree_size(session, tenant_id)
+            nodes = await self._fetch_nodes(session, _frontier(size))
+            root = (
+                EMPTY_ROOT
+                if size == 0
+                else range_hash(0, size, lambda level, index: nodes[(level, index)])
+            )
+            return await self._sign_head(session, tenant_id, size, root)
+
+    async def latest_head(self, session: AsyncSession, tenant_id: str) -> TreeHead | None:
+        bind_tenant(session, tenant_id)
+        row = await session.scalar(
+            select(AuditTreeHead)
+            .order_by(AuditTreeHead.tree_size.desc(), AuditTreeHead.id.desc())
+            .limit(1)
+        )
+        return None if row is None else _head(row)
+
+    async def heads(self, session: AsyncSession, tenant_id: str) -> list[TreeHead]:
+        bind_tenant(session, tenant_id)
+        rows = await session.scalars(select(AuditTreeHead).order_by(AuditTreeHead.id))
+        return [_head(row) for row in rows]
+
+    async def signing_key(self, session: AsyncSession) -> tuple[str, Ed25519PrivateKey]:
+        """The log's Ed25519 key, created on first use, its private half sealed at rest."""
+        if self._key is not None:
+            return self._key
+        row = await session.scalar(
+            select(AuditSigningKey).order_by(AuditSigningKey.created_at.desc()).limit(1)
+        )
+        if row is None:
+            private = Ed25519PrivateKey.generate()
+            public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            key_id = base64.urlsafe_b64encode(hashlib.sha256(public).digest()[:12]).decode()
+            raw = private.private_bytes_raw()
+            row = AuditSigningKey(
+                key_id=key_id,
+                public_key=public,
+                private_key_sealed=self.keyring.seal(raw, _key_aad(key_id)),
+            )
+            session.add(row)
+            await session.flush()
+        else:
+            private = Ed25519PrivateKey.from_private_bytes(
+                self.keyring.open(row.private_key_sealed, _key_aad(row.key_id))
+            )
+        self._key = (row.key_id, private)
+        return self._key
+
+    async def jwks(self, session: AsyncSession) -> dict[str, Any]:
+        rows = await session.scalars(select(AuditSigningKey).order_by(AuditSigningKey.created_at))
+        return {
+            "keys": [
+                {
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                    "kid": row.key_id,
+                    "x": base64.urlsafe_b64encode(row.public_key).rstrip(b"=").decode(),
+                }
+                for row in rows
+            ]
+        }
+
+    # -- proofs -------------------------------------------------------------------------------
+
+    async def inclusion_proof(
+        self, session: AsyncSession, tenant_id: str, leaf_index: int, tree_size: int
+    ) -> list[bytes]:
+        size = await self.tree_size(session, tenant_id)
+        if not 0 <= leaf_index < tree_size <= size:
+            raise ValidationFailed(
+                f"Leaf {leaf_index} is not in a tree of size {tree_size} (the log has {size})."
+            )
+        return await self._hashes(session, inclusion_path(leaf_index, tree_size))
+
+    async def consistency_proof(
+        self, session: AsyncSession, tenant_id: str, first: int, second: int
+    ) -> list[bytes]:
+        size = await self.tree_size(session, tenant_id)
+        if not 0 < first <= second <= size:
+            raise ValidationFailed(
+                f"No consistency proof from size {first} to {second} (the log has {size})."
+            )
+        return await self._hashes(session, consistency_path(first, second))
+
+    async def _hashes(self, session: AsyncSession, ranges: list[tuple[int, int]]) -> list[bytes]:
+        nodes = await self._fetch_nodes(session, nodes_for_ranges(ranges))
+        return [
+            range_hash(start, end, lambda level, index: nodes[(level, index)])
+            for start, end in ranges
+        ]
+
+    # -- reading events -----------------------------------------------------------------------
+
+    async def event(self, session: AsyncSession, tenant_id: str, event_id: str) -> StoredEvent:
+        bind_tenant(session, tenant_id)
+        row = (
+            await session.execute(_events_query().where(AuditEvent.event_id == event_id))
+        ).first()
+        if row is None:
+            raise NotFound(f"No audit event {event_id!r}.")
+        return _stored(row)
+
+    async def events(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        filters: EventFilter | None = None,
+        after_index: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[StoredEvent]:
+        bind_tenant(session, tenant_id)
+        statement = (filters or EventFilter()).apply(_events_query())
+        if after_index is not None:
+            statement = statement.where(
+                AuditEvent.leaf_index < after_index
+                if newest_first
+                else AuditEvent.leaf_index > after_index
+            )
+        order = AuditEvent.leaf_index.desc() if newest_first else AuditEvent.leaf_index
+        rows = await session.execute(statement.order_by(order).limit(limit))
+        return [_stored(row) for row in rows]
+
+
+_RESERVED = {
+    "auth",
+    "audit",
+    "secrets",
+    "config",
+    "flags",
+    "notify",
+    "jobs",
+    "storage",
+    "gateway",
+    "keel",
+}
+
+
+def is_reserved(action: str) -> bool:
+    """Keel's own actions and namespaces: recorded by Keel only, never appended or registered."""
+    return builtin_action(action) is not None or action.split(".")[0] in _RESERVED
+
+
+class LogCorrupted(RuntimeError):
+    """The stored tree lacks what its own structure says it has: run ``keel audit verify``."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    actor_id: str | None = None
+    actor_type: str | None = None
+    action_prefix: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    sensitivity: str | None = None
+
+    def apply(self, statement: Any) -> Any:
+        conditions = []
+        if self.since is not None:
+            conditions.append(AuditEvent.time >= self.since)
+        if self.until is not None:
+            conditions.append(AuditEvent.time < self.until)
+        if self.actor_id is not None:
+            conditions.append(AuditEvent.actor_id == self.actor_id)
+        if self.actor_type is not None:
+            conditions.append(AuditEvent.actor_type == self.actor_type)
+        if self.action_prefix:
+            conditions.append(AuditEvent.action.startswith(self.action_prefix, autoescape=True))
+        if self.target_type is not None:
+            conditions.append(AuditEvent.target_type == self.target_type)
+        if self.target_id is not None:
+            conditions.append(AuditEvent.target_id == self.target_id)
+        if self.outcome is not None:
+            conditions.append(AuditEvent.outcome == self.outcome)
+        if self.sensitivity is not None:
+            conditions.append(AuditEvent.sensitivity == self.sensitivity)
+        return statement.where(*conditions) if conditions else statement
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event of the log: its leaf and, unless retention erased it, its document."""
+
+    leaf_index: int
+    leaf_hash: bytes
+    event_id: str
+    action: str
+    document: dict[str, Any] | None
+
+    def __getattr__(self, name: str) -> Any:
+        """The document's fields as attributes (``outcome``, ``reason``, ``data``...), and the
+        actor's and target's as ``actor_id``, ``ip_address``, ``target_type``..."""
+        document = self.__dict__.get("document") or {}
+        if name in _FLAT:
+            part, key = _FLAT[name]
+            return (document.get(part) or {}).get(key)
+        if name in (
+            "outcome",
+            "reason",
+            "data",
+            "time",
+            "tenant",
+            "sensitivity",
+            "request_id",
+            "trace_id",
+            "actor",
+            "target",
+        ):
+            return document.get(name, {} if name == "data" else None)
+        raise AttributeError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = dict(self.document or {"id": self.event_id, "action": self.action})
+        body["leaf_index"] = self.leaf_index
+        body["leaf_hash"] = base64.b64encode(self.leaf_hash).decode()
+        if self.document is None:
+            body["erased"] = True
+        return body
+
+
+_FLAT = {
+    "actor_type": ("actor", "type"),
+    "actor_id": ("actor", "id"),
+    "ip_address": ("actor", "ip"),
+    "user_agent": ("actor", "user_agent"),
+    "target_type": ("target", "type"),
+    "target_id": ("target", "id"),
+}
+
+
+def _events_query() -> Any:
+    return select(
+        AuditEvent.leaf_index,
+        AuditEvent.leaf_hash,
+        AuditEvent.event_id,
+        AuditEvent.action,
+        AuditPayload.document,
+    ).join(
+        AuditPayload,
+        (AuditPayload.tenant_id == AuditEvent.tenant_id)
+        & (AuditPayload.leaf_index == AuditEvent.leaf_index),
+        isouter=True,
+    )
+
+
+def _stored(row: Any) -> StoredEvent:
+    document = json.loads(row.document) if row.document is not None else None
+    return StoredEvent(row.leaf_index, row.leaf_hash, row.event_id, row.action, document)
+
+
+def _leaf(document: dict[str, Any], request_hash: bytes | None = None) -> _Leaf:
+    raw = canonical_json(document)
+    return _Leaf(document["id"], raw, document, request_hash or hashlib.sha256(raw).digest())
+
+
+def _event_row(
+    tenant_id: str, index: int, leaf: _Leaf, digest: bytes, now: datetime
+) -> dict[str, Any]:
+    fields = leaf.fields
+    actor = fields.get("actor") or {}
+    target = fields.get("target") or {}
+    return {
+        "tenant_id": tenant_id,
+        "leaf_index": index,
+        "event_id": leaf.event_id,
+        "time": datetime.fromisoformat(fields["time"]),
+        "action": fields["action"],
+        "outcome": fields["outcome"],
+        "sensitivity": fields["sensitivity"],
+        "actor_type": actor.get("type"),
+        "actor_id": actor.get("id"),
+        "target_type": target.get("type"),
+        "target_id": target.get("id"),
+        "leaf_hash": digest,
+        "request_hash": leaf.request_hash,
+        "sequenced_at": now,
+    }
+
+
+def _frontier(size: int) -> set[Node]:
+    """The perfect subtrees a tree of ``size`` leaves is made of, left to right: its root
+    combines them, and the next appended leaves combine with them."""
+    return {(level, (size >> level) - 1) for level in range(size.bit_length()) if size >> level & 1}
+
+
+def _head(row: AuditTreeHead) -> TreeHead:
+    return TreeHead(
+        row.tenant_id, row.tree_size, row.root_hash, row.timestamp, row.key_id, row.signature
+    )
+
+
+def _key_aad(key_id: str) -> bytes:
+    return f"keel-audit-signing-key:{key_id}".encode()

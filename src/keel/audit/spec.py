@@ -1,0 +1,80 @@
+"""The audit service as Keel mounts and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from sqlalchemy import select
+
+from keel.app import AppContext
+from keel.audit.models import AuditSigningKey
+from keel.audit.router import build_router
+from keel.audit.service import AuditLog
+from keel.core.audit import on_recorded
+from keel.core.logging import get_logger
+from keel.core.services import ServiceSpec
+
+log = get_logger(__name__)
+
+AUDIT_RESOURCE = "audit"
+#: Outboxes are swept this often even when no commit woke the sequencer (another process
+#: recorded, or a wake-up was lost).
+SWEEP_SECONDS = 1.0
+
+
+async def start_audit(context: AppContext) -> None:
+    audit = AuditLog(context.keyring, context.database.session)
+    async with context.database.session() as session:
+        await audit.signing_key(session)  # created on the first start, sealed at rest
+    context.resources[AUDIT_RESOURCE] = audit
+
+
+async def audit_ready(context: AppContext) -> None:
+    """The log's tables answer and its signing key exists (``keel doctor`` runs this too,
+    without starting the service)."""
+    async with context.database.session() as session:
+        if await session.scalar(select(AuditSigningKey.key_id).limit(1)) is None:
+            raise RuntimeError("the audit log has no signing key yet")
+
+
+async def sequence_recorded_events(context: AppContext) -> None:
+    """Sequence the outbox into the log, woken by every commit that recorded events."""
+    audit = context.resources[AUDIT_RESOURCE]
+    assert isinstance(audit, AuditLog)
+    woken = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    tenants: set[str] = set()
+
+    def wake(recorded: set[str]) -> None:  # runs inside a commit: only note and signal
+        tenants.update(recorded)
+        loop.call_soon_threadsafe(woken.set)
+
+    undo = on_recorded(wake)
+    try:
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stops this loop when it lands as the timeout fires.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SWEEP_SECONDS):
+                    await woken.wait()
+            woken.clear()
+            pending = set(tenants) or set(await audit.tenants_with_outbox())
+            tenants.clear()
+            for tenant_id in sorted(pending):
+                try:
+                    await audit.sequence_outbox(tenant_id)
+                except Exception:  # a failed round must not end the loop; the rows stay
+                    log.exception("audit.sequence.failed", tenant=tenant_id)
+    finally:
+        undo()
+
+
+service = ServiceSpec(
+    name="audit",
+    router=build_router,
+    ready_check=audit_ready,
+    startup=start_audit,
+    companions=(sequence_recorded_events,),
+    model_modules=("keel.audit.models",),
+)

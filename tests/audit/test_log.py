@@ -1,0 +1,338 @@
+"""The audit log over its API, on SQLite and PostgreSQL: appends with receipts, idempotency,
+the catalogue, queries, tenant isolation, and proofs that the SDK's offline verifier accepts."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from auth.conftest import TenantAdmin, audit_events, create_user, make_tenant_admin
+from keel_client.audit import (
+    ProofError,
+    TreeHead,
+    event_leaf_hash,
+    public_keys_from_jwks,
+    verify_consistency,
+    verify_event_receipt,
+    verify_inclusion,
+    verify_tree_head,
+)
+
+ACTION = "billing.invoice.pay"
+
+
+async def register(client: httpx.AsyncClient, admin: TenantAdmin, action: str = ACTION) -> None:
+    response = await client.put(
+        f"/audit/v1/actions/{action}",
+        headers=admin.headers,
+        json={
+            "description": "An invoice paid.",
+            "category": "finance",
+            "sensitive_fields": ["card_number"],
+        },
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+def event(number: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": f"evt-{number}-{uuid.uuid4().hex[:8]}",
+        "action": ACTION,
+        "actor": {"type": "user", "id": "u-1", "display": "Alice", "ip": "10.0.0.1"},
+        "target": {"type": "invoice", "id": f"inv-{number}"},
+        "data": {"amount": "12.30", "number": number},
+        **fields,
+    }
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+async def keys(client: httpx.AsyncClient) -> Any:
+    response = await client.get("/audit/v1/keys")
+    assert response.status_code == 200
+    return public_keys_from_jwks(response.json())
+
+
+async def test_batch_append_answers_receipts_that_verify_offline(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    events = [event(n) for n in range(25)]
+    response = await client.post(
+        "/audit/v1/events/batch", headers=admin.headers, json={"events": events}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    receipts = body["receipts"]
+    assert [r["id"] for r in receipts] == [e["id"] for e in events]
+    indexes = [r["leaf_index"] for r in receipts]
+    assert indexes == list(range(indexes[0], indexes[0] + 25))
+    head = TreeHead.from_json(body["tree_head"])
+    trusted = await keys(client)
+    verify_tree_head(head, trusted)
+
+    for receipt, sent in zip(receipts[::6], events[::6], strict=True):
+        stored = (await client.get(f"/audit/v1/events/{sent['id']}", headers=admin.headers)).json()
+        document = {k: v for k, v in stored.items() if k not in ("leaf_index", "leaf_hash")}
+        assert base64.b64decode(receipt["leaf_hash"]) == event_leaf_hash(document)
+        proof = (
+            await client.get(
+                "/audit/v1/proofs/inclusion",
+                params={"event_id": sent["id"]},
+                headers=admin.headers,
+            )
+        ).json()
+        assert proof["tree_size"] == head.tree_size
+        verify_event_receipt(
+            document, receipt["leaf_index"], [unb64(p) for p in proof["proof"]], head, trusted
+        )
+        # A changed document no longer verifies against the signed head.
+        forged = {**document, "data": {**document["data"], "amount": "99.99"}}
+        with pytest.raises(ProofError):
+            verify_event_receipt(
+                forged, receipt["leaf_index"], [unb64(p) for p in proof["proof"]], head, trusted
+            )
+
+
+async def test_heads_grow_consistently_and_the_sdk_checks_the_proof(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    heads = []
+    for size in (1, 3, 4, 9):
+        batch = {"events": [event(n) for n in range(size)]}
+        response = await client.post("/audit/v1/events/batch", headers=admin.headers, json=batch)
+        heads.append(TreeHead.from_json(response.json()["tree_head"]))
+    for old, new in itertools.pairwise(heads):
+        proof = (
+            await client.get(
+                "/audit/v1/proofs/consistency",
+                params={"first": old.tree_size, "second": new.tree_size},
+                headers=admin.headers,
+            )
+        ).json()["proof"]
+        verify_consistency(
+            old.tree_size, new.tree_size, old.root_hash, new.root_hash, [unb64(p) for p in proof]
+        )
+        with pytest.raises(ProofError):
+            verify_consistency(
+                old.tree_size,
+                new.tree_size,
+                new.root_hash,
+                old.root_hash,
+                [unb64(p) for p in proof],
+            )
+    latest = (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()
+    assert TreeHead.from_json(latest).tree_size >= heads[-1].tree_size
+
+
+async def test_appends_are_idempotent_on_the_event_id(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    sent = event(1, time="2026-11-22T10:00:00.000001Z")
+    first = await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+    again = await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["leaf_index"] == again.json()["leaf_index"]
+    assert first.json()["leaf_hash"] == again.json()["leaf_hash"]
+
+    changed = await client.post(
+        "/audit/v1/events", headers=admin.headers, json={**sent, "reason": "other"}
+    )
+    assert changed.status_code == 409
+    assert changed.json()["type"] == "urn:keel:problem:conflict"
+    listed = await client.get(
+        "/audit/v1/events", params={"target_id": "inv-1"}, headers=admin.headers
+    )
+    assert [item["id"] for item in listed.json()["items"]] == [sent["id"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"action": "billing.invoice.unknown"}, "Unknown action"),
+        ({"action": "NotAnAction"}, "service.resource.verb"),
+        ({"outcome": "maybe"}, "outcome"),
+        ({"sensitivity": "secret"}, "sensitivity"),
+        ({"time": "2026-11-22T10:00:00"}, "offset"),
+        ({"surprise": 1}, "surprise"),
+        ({"data": {"big": 2**60}}, "2**53"),
+    ],
+)
+async def test_malformed_or_unknown_events_are_refused_and_nothing_is_stored(
+    client: httpx.AsyncClient, admin: TenantAdmin, change: dict[str, Any], fragment: str
+) -> None:
+    await register(client, admin)
+    good, bad = event(1), {**event(2), **change}
+    response = await client.post(
+        "/audit/v1/events/batch", headers=admin.headers, json={"events": [good, bad]}
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert fragment in response.text
+    listed = await client.get("/audit/v1/events", params={"action": ACTION}, headers=admin.headers)
+    assert listed.json()["items"] == []
+
+
+async def test_sensitive_fields_of_the_catalogue_are_redacted_before_storage(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    sent = event(1, data={"card_number": "4111111111111111", "password": "hunter22", "n": 1})
+    await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+    stored = (await client.get(f"/audit/v1/events/{sent['id']}", headers=admin.headers)).json()
+    assert stored["data"] == {"card_number": "[REDACTED]", "password": "[REDACTED]", "n": 1}
+    assert "4111111111111111" not in str(stored)
+
+
+async def test_query_filters_and_cursor_pagination(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    events = [
+        event(n, outcome="failure" if n % 3 == 0 else "success", sensitivity="confidential")
+        for n in range(12)
+    ]
+    await client.post("/audit/v1/events/batch", headers=admin.headers, json={"events": events})
+    failures = (
+        await client.get(
+            "/audit/v1/events",
+            params={"outcome": "failure", "action": "billing."},
+            headers=admin.headers,
+        )
+    ).json()["items"]
+    assert [item["target"]["id"] for item in failures] == ["inv-0", "inv-3", "inv-6", "inv-9"]
+
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"action": ACTION, "limit": 5}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/audit/v1/events", params=params, headers=admin.headers)).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [e["id"] for e in events]
+    bad_cursor = await client.get(
+        "/audit/v1/events", params={"cursor": "nonsense"}, headers=admin.headers
+    )
+    assert bad_cursor.status_code == 422
+
+
+async def test_a_tenant_never_sees_another_tenants_log(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    other = await make_tenant_admin(app)
+    await register(client, admin)
+    sent = event(1)
+    await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+
+    assert (
+        await client.get(f"/audit/v1/events/{sent['id']}", headers=other.headers)
+    ).status_code == 404
+    listed = await client.get("/audit/v1/events", headers=other.headers)
+    assert sent["id"] not in listed.text
+    # The action is the first tenant's: the second cannot record it.
+    refused = await client.post("/audit/v1/events", headers=other.headers, json=event(2))
+    assert refused.status_code == 422
+
+
+async def test_reading_and_writing_need_their_permissions(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    response = await client.get("/audit/v1/events")
+    assert response.status_code == 401
+    user = await create_user(app, admin.tenant_id, "reader")
+    from auth.conftest import create_api_key
+
+    _, key = await create_api_key(app, admin.tenant_id, user.id)
+    forbidden = await client.get("/audit/v1/events", headers={"Authorization": f"Bearer {key}"})
+    assert forbidden.status_code == 403
+
+
+async def test_keel_records_its_own_changes_in_the_log_with_the_change(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    created = await client.post(
+        "/auth/v1/roles",
+        headers=admin.headers,
+        json={"name": "auditor", "permissions": ["audit:event:read"]},
+    )
+    assert created.status_code == 201
+    refused = await client.post(
+        "/auth/v1/roles", headers=admin.headers, json={"name": "auditor", "permissions": []}
+    )
+    assert refused.status_code == 409  # the failed change records nothing
+
+    events = await audit_events(app, admin.tenant_id, action_prefix="auth.role.create")
+    assert [e.data["name"] for e in events] == ["auditor", "admin"]  # newest first
+    stored = events[0]
+    assert stored.target_id == created.json()["id"]
+    assert stored.actor_id == admin.user_id
+    head = (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()
+    proof = (
+        await client.get(
+            "/audit/v1/proofs/inclusion",
+            params={"leaf_index": stored.leaf_index},
+            headers=admin.headers,
+        )
+    ).json()
+    verify_inclusion(
+        event_leaf_hash(stored.document or {}),
+        stored.leaf_index,
+        head["tree_size"],
+        [unb64(p) for p in proof["proof"]],
+        unb64(head["root_hash"]),
+    )
+
+
+async def test_keel_actions_cannot_be_registered_or_forged_by_tenants(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    taken = await client.put(
+        "/audit/v1/actions/auth.session.login",
+        headers=admin.headers,
+        json={"description": "mine now"},
+    )
+    assert taken.status_code == 409
+    catalogue = (await client.get("/audit/v1/actions", headers=admin.headers)).json()
+    assert any(a["name"] == "auth.session.login" and a["builtin"] for a in catalogue)
+    forged = await client.post(
+        "/audit/v1/events",
+        headers=admin.headers,
+        json={"action": "auth.session.login", "outcome": "success"},
+    )
+    assert forged.status_code == 422
+    assert "Keel's own action" in forged.json()["detail"]
+
+
+async def test_a_retry_is_the_same_event_even_after_the_catalogue_changed(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    sent = event(1, data={"note": "kept", "n": 1})
+    first = await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+    # The action now redacts "note": the stored document would differ, the request does not.
+    changed = await client.put(
+        f"/audit/v1/actions/{ACTION}",
+        headers=admin.headers,
+        json={
+            "description": "An invoice paid.",
+            "category": "finance",
+            "sensitive_fields": ["note"],
+        },
+    )
+    assert changed.status_code == 200
+    retried = await client.post("/audit/v1/events", headers=admin.headers, json=sent)
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["leaf_index"] == first.json()["leaf_index"]
