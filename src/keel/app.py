@@ -7,7 +7,6 @@ Redis, runs as any number of stateless replicas, each with a subset of services 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -165,9 +164,11 @@ def create_app(
             context.started = False
             for background in context.background_tasks:
                 background.cancel()
-            for background in context.background_tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await background
+            if context.background_tasks:
+                # Bounded: a task that swallowed its cancellation must not hold up shutdown.
+                _, stuck = await asyncio.wait(context.background_tasks, timeout=3.0)
+                for straggler in stuck:
+                    log.error("keel.shutdown.task_stuck", task=straggler.get_name())
             await context.broadcast.disconnect()
             await database.dispose()
 

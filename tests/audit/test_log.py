@@ -336,3 +336,25 @@ async def test_a_retry_is_the_same_event_even_after_the_catalogue_changed(
     retried = await client.post("/audit/v1/events", headers=admin.headers, json=sent)
     assert retried.status_code == 201, retried.text
     assert retried.json()["leaf_index"] == first.json()["leaf_index"]
+
+
+async def test_a_quiet_log_gets_a_fresh_signed_head_on_the_timer(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    await client.post("/audit/v1/events", headers=admin.headers, json=event(1))
+    before = TreeHead.from_json(
+        (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()
+    )
+    audit = app.state.keel.resources["audit"]
+    await audit.sequence_outbox(admin.tenant_id)
+    current = TreeHead.from_json(
+        (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()
+    )
+
+    assert admin.tenant_id not in await audit.tenants_with_stale_heads(3600)
+    assert admin.tenant_id in await audit.tenants_with_stale_heads(-1)
+    fresh = await audit.sign_current_head(admin.tenant_id)
+    assert (fresh.tree_size, fresh.root_hash) == (current.tree_size, current.root_hash)
+    assert fresh.timestamp >= before.timestamp
+    verify_tree_head(fresh, await keys(client))

@@ -261,3 +261,38 @@ async def test_discovery_document_and_jwks_headers(client: httpx.AsyncClient) ->
     for key in keys:
         assert set(key) >= {"kid", "kty", "alg", "use"}
         assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)  # public parts only
+
+
+async def test_malformed_token_requests_answer_invalid_request(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    _, client_id, secret = await _service_client(app, admin)
+    auth = basic(client_id, secret)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        ({**auth}, {"json": {"grant_type": "client_credentials"}}, "x-www-form-urlencoded"),
+        ({**auth, **form}, {"content": b"scope=a"}, "grant_type is required"),
+        (
+            {**auth, **form},
+            {"content": b"grant_type=client_credentials&grant_type=password"},
+            "more than once",
+        ),
+        (
+            {**auth, **form},
+            {"content": b"grant_type=client_credentials&scope=" + b"a" * 2001},
+            "longer",
+        ),
+        ({**auth, **form}, {"content": b"grant_type=%ff%fe"}, "cannot be read"),
+    ]
+    for headers, body, fragment in cases:
+        response = await client.post(TOKEN, headers=headers, **body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+        assert fragment in response.json()["error_description"]
+        assert response.headers["cache-control"] == "no-store"
+    unknown = await client.post(TOKEN, headers=auth, data={"grant_type": "password"})
+    assert unknown.json()["error"] == "unsupported_grant_type"
+    schema = (await client.get("/openapi.json")).json()["paths"][TOKEN]["post"]["requestBody"]
+    assert (
+        "grant_type" in schema["content"]["application/x-www-form-urlencoded"]["schema"]["required"]
+    )

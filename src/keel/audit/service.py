@@ -254,6 +254,24 @@ class AuditLog:
         )
         return len(leaves), len(rows) == SEQUENCE_BATCH
 
+    async def tenants_with_stale_heads(self, age_seconds: float) -> list[str]:
+        """Tenants whose latest signed head is older than ``age_seconds``."""
+        cutoff = int((time.time() - age_seconds) * 1000)
+        async with self.sessions() as session:
+            latest = (
+                select(AuditTreeHead.tenant_id, func.max(AuditTreeHead.timestamp).label("last"))
+                .group_by(AuditTreeHead.tenant_id)
+                .execution_options(all_tenants=True)
+                .subquery()
+            )
+            return list(
+                await session.scalars(
+                    select(latest.c.tenant_id)
+                    .where(latest.c.last < cutoff)
+                    .execution_options(all_tenants=True)
+                )
+            )
+
     async def tenants_with_outbox(self) -> list[str]:
         async with self.sessions() as session:
             return list(await session.scalars(select(AuditOutbox.tenant_id).distinct()))
@@ -301,7 +319,10 @@ class AuditLog:
 
     async def tree_size(self, session: AsyncSession, tenant_id: str) -> int:
         bind_tenant(session, tenant_id)
-        last = await session.scalar(select(func.max(AuditEvent.leaf_index)))
+        # ORDER BY ... LIMIT 1 rather than max(): an index seek on both databases.
+        last = await session.scalar(
+            select(AuditEvent.leaf_index).order_by(AuditEvent.leaf_index.desc()).limit(1)
+        )
         return 0 if last is None else int(last) + 1
 
     async def _fetch_nodes(

@@ -114,10 +114,16 @@ def _ping_on_checkout(engine: AsyncEngine, timeout: float) -> None:
     restarted server costs no failed request.
     """
 
+    async def select_one(connection: Any) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # of the caller that lands as the query completes.
+        async with asyncio.timeout(timeout):
+            await connection.execute("SELECT 1")
+
     @event.listens_for(engine.sync_engine, "checkout")
     def ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         try:
-            await_(asyncio.wait_for(proxy.driver_connection.execute("SELECT 1"), timeout))
+            await_(select_one(proxy.driver_connection))
         except Exception as error:
             raise DisconnectionError("the pooled connection is gone") from error
 
