@@ -66,7 +66,7 @@ class EventIn(_Strict):
 
 
 def _refuse_unsafe_numbers(value: Any, depth: int = 0) -> None:
-    """Canonical JSON (RFC 8785) keeps IEEE doubles and integers up to 2**53 exactly; refuse
+    """Canonical JSON (RFC 8785) keeps IEEE doubles and integers below 2**53 exactly; refuse
     what it would change, so the stored event is exactly what was sent."""
     if depth > 32:
         raise ValueError("data is nested too deeply (32 levels at most)")
@@ -76,8 +76,8 @@ def _refuse_unsafe_numbers(value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             _refuse_unsafe_numbers(item, depth + 1)
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
-        raise ValueError("integers beyond 2**53 lose precision in JSON: send them as strings")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**53:
+        raise ValueError("integers of 2**53 or more lose precision in JSON: send them as strings")
 
 
 class EventBatch(_Strict):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from fastapi import APIRouter
 from sqlalchemy import select
 
 from keel.app import AppContext
+from keel.audit import router, transactions
 from keel.audit.models import AuditSigningKey
-from keel.audit.router import build_router
 from keel.audit.service import AuditLog
 from keel.core.audit import on_recorded
 from keel.core.logging import get_logger
@@ -21,6 +22,11 @@ AUDIT_RESOURCE = "audit"
 #: Outboxes are swept this often even when no commit woke the sequencer (another process
 #: recorded, or a wake-up was lost).
 SWEEP_SECONDS = 1.0
+#: A woken sequencer waits this long for more commits: one tree update and one signed head
+#: then cover every event recorded meanwhile.
+LINGER_SECONDS = 0.02
+#: A log's head is signed again when its latest is older than this, appends or not.
+HEARTBEAT_SECONDS = 600.0
 
 
 async def start_audit(context: AppContext) -> None:
@@ -58,6 +64,8 @@ async def sequence_recorded_events(context: AppContext) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SWEEP_SECONDS):
                     await woken.wait()
+            if tenants:  # let the commits right behind this one join its batch
+                await asyncio.sleep(LINGER_SECONDS)
             woken.clear()
             pending = set(tenants) or set(await audit.tenants_with_outbox())
             tenants.clear()
@@ -70,11 +78,34 @@ async def sequence_recorded_events(context: AppContext) -> None:
         undo()
 
 
+async def sign_heads_on_a_timer(context: AppContext) -> None:
+    """Sign a fresh head of every log whose latest head is older than ``HEARTBEAT_SECONDS``:
+    even a log nobody writes to shows, by a recent timestamp, that it is alive and unforked."""
+    audit = context.resources[AUDIT_RESOURCE]
+    assert isinstance(audit, AuditLog)
+    while True:
+        try:
+            for tenant_id in await audit.tenants_with_stale_heads(HEARTBEAT_SECONDS):
+                await audit.sign_current_head(tenant_id)
+        except Exception:  # a failed round must not end the loop
+            log.exception("audit.heartbeat.failed")
+        await asyncio.sleep(HEARTBEAT_SECONDS / 10)
+
+
+def build_routers() -> APIRouter:
+    """The audit API: events, proofs and the catalogue, and financial transactions."""
+    api = APIRouter()
+    api.include_router(router.build_router())
+    api.include_router(transactions.build_router())
+    return api
+
+
 service = ServiceSpec(
     name="audit",
-    router=build_router,
+    router=build_routers,
     ready_check=audit_ready,
     startup=start_audit,
     companions=(sequence_recorded_events,),
+    background=(sign_heads_on_a_timer,),
     model_modules=("keel.audit.models",),
 )

@@ -11,17 +11,24 @@ Every action comes from a catalogue (``register_actions``): an unknown action is
 error and raises. Event data passes the log redaction, and fields the catalogue marks
 sensitive are replaced before anything is stored: secrets, tokens and passwords never reach
 the audit trail.
+
+Financial transactions have a typed recorder of their own, ``record_transaction``: a
+``Decimal`` amount (floats refused), an ISO 4217 currency, both accounts, the reason, the user
+and the authorising chain, recorded as the built-in action ``finance.transaction.record``
+with the amount kept as its exact decimal text.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import pycountry
 import structlog
 from sqlalchemy import BigInteger, Integer, LargeBinary, String, event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +39,14 @@ from keel.core.ids import new_id
 from keel.core.logging import REDACTED, redact
 from keel.core.tenancy import bound_tenant
 from keel_client.audit import canonical_json
+from keel_client.audit.client import (
+    CURRENCY_PATTERN,
+    TRANSACTION_EVENT_PREFIX,
+    check_amount,
+    check_authorising_chain,
+    check_transaction_id,
+    check_transaction_text,
+)
 from keel_client.auth import Principal
 
 #: Version of the event document's shape, stored in every event.
@@ -121,6 +136,8 @@ class AuditOutbox(Base):
 
 def event_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds: the one time format of event documents."""
+    if moment.utcoffset() is not None:
+        moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -185,11 +202,15 @@ def record_event(
     ip_address: str | None = None,
     reason: str | None = None,
     data: dict[str, Any] | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
 ) -> dict[str, Any]:
     """Keep an audit event on ``session``; it is stored when, and only if, the session commits.
 
     ``actor`` fills the actor fields and address; an explicit ``actor_type``, ``actor_id`` or
-    ``ip_address`` wins over it. Returns the event document.
+    ``ip_address`` wins over it. ``event_id`` (default: a new one) makes recording the same
+    fact twice harmless: the log keeps the first event of an id. ``time`` (aware; default:
+    now) is when it happened. Returns the event document.
     """
     spec = _CATALOGUE.get(action)
     if spec is None:
@@ -202,14 +223,10 @@ def record_event(
         tenant_id=tenant_id,
         action=action,
         spec=spec,
+        event_id=event_id,
+        time=time,
         outcome=outcome,
-        actor={
-            "type": actor_type or actor.type,
-            "id": actor_id or actor.id,
-            "display": actor.display,
-            "ip": ip_address or actor.ip_address,
-            "user_agent": actor.user_agent,
-        },
+        actor=_actor_fields(actor, type=actor_type, id=actor_id, ip=ip_address),
         target={"type": target_type, "id": target_id},
         reason=reason,
         request_id=context.get("request_id"),
@@ -218,6 +235,191 @@ def record_event(
     )
     session.sync_session.info.setdefault(_PENDING, []).append(document)
     return document
+
+
+def _actor_fields(
+    actor: Actor, *, type: str | None = None, id: str | None = None, ip: str | None = None
+) -> dict[str, Any]:
+    """The document's ``actor`` of ``actor``; ``type``, ``id`` and ``ip`` win when given."""
+    return {
+        "type": type or actor.type,
+        "id": id or actor.id,
+        "display": actor.display,
+        "ip": ip or actor.ip_address,
+        "user_agent": actor.user_agent,
+    }
+
+
+# -- financial transactions -----------------------------------------------------------------
+
+TRANSACTION_ACTION = "finance.transaction.record"
+#: The target type of a transaction's event; its id is the transaction id.
+TRANSACTION_TARGET = "transaction"
+
+register_actions(
+    ActionSpec(
+        TRANSACTION_ACTION,
+        "A financial transaction: amount, currency, accounts, user and authorising chain.",
+        "finance",
+        Sensitivity.confidential,
+    )
+)
+
+
+def check_currency(currency: object) -> str:
+    """``currency`` when it is an ISO 4217 alphabetic code as written there (``"EUR"``,
+    never ``"eur"``); ``ValueError`` otherwise."""
+    if not isinstance(currency, str):
+        raise TypeError("currency must be a string, an ISO 4217 code such as 'EUR'")
+    if (
+        not CURRENCY_PATTERN.fullmatch(currency)
+        or pycountry.currencies.get(alpha_3=currency) is None
+    ):
+        raise ValueError(f"currency {currency!r} is not an ISO 4217 code such as 'EUR'")
+    return currency
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A financial transaction as the audit trail keeps it; checked when made.
+
+    Raises ``TypeError`` for a float (or any non-``Decimal``) amount and ``ValueError`` for a
+    non-finite amount, an unknown currency, more decimal places than the currency has, a
+    naive time or a malformed field (see ``keel_client.audit.client.check_amount``).
+
+    Example::
+
+        Transaction(
+            "tx-2026-0042", Decimal("1234.50"), "EUR", "ops-eur", "supplier-981",
+            "invoice INV-118", "u-42", ("u-7", "u-9"), datetime.now(UTC),
+        )
+    """
+
+    transaction_id: str
+    amount: Decimal
+    currency: str
+    from_account: str
+    to_account: str
+    reason: str
+    #: Who made it: an ``Actor`` with an id, or a user id.
+    user: Actor | str
+    #: Who approved it, in order; empty when no one had to.
+    authorising_chain: Sequence[str]
+    #: When it happened (timezone-aware); stored in UTC to the microsecond.
+    time: datetime
+
+    def __post_init__(self) -> None:
+        check_transaction_id(self.transaction_id)
+        check_currency(self.currency)
+        check_amount(self.amount, self.currency)
+        for name in ("from_account", "to_account", "reason"):
+            check_transaction_text(name, getattr(self, name))
+        if isinstance(self.user, str):
+            check_transaction_text("user", self.user)
+        elif not isinstance(self.user, Actor):
+            raise TypeError("user must be an Actor or a user id")
+        elif not self.user.id:
+            raise ValueError("the transaction's user needs an id")
+        chain = tuple(check_authorising_chain(self.authorising_chain))
+        object.__setattr__(self, "authorising_chain", chain)
+        if not isinstance(self.time, datetime):
+            raise TypeError("time must be a datetime")
+        if self.time.utcoffset() is None:
+            raise ValueError("a transaction's time must be timezone-aware")
+
+    @property
+    def event_id(self) -> str:
+        """The id of its audit event: recording the transaction again is harmless."""
+        return TRANSACTION_EVENT_PREFIX + self.transaction_id
+
+    @property
+    def user_actor(self) -> Actor:
+        return Actor("user", self.user) if isinstance(self.user, str) else self.user
+
+    def data(self) -> dict[str, Any]:
+        """The event's data: the amount as its exact text (``"1234.50"``), never a number."""
+        user = self.user_actor
+        return {
+            "transaction_id": self.transaction_id,
+            "amount": check_amount(self.amount, self.currency),
+            "currency": self.currency,
+            "from_account": self.from_account,
+            "to_account": self.to_account,
+            "user": _without_none(
+                {"type": user.type or "user", "id": user.id, "display": user.display}
+            ),
+            "authorising_chain": list(self.authorising_chain),
+        }
+
+
+def record_transaction(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    transaction_id: str,
+    amount: Decimal,
+    currency: str,
+    from_account: str,
+    to_account: str,
+    reason: str,
+    user: Actor | str,
+    authorising_chain: Sequence[str],
+    time: datetime,
+    actor: Actor | None = None,
+) -> dict[str, Any]:
+    """Keep a financial transaction's audit event on ``session``, like :func:`record_event`:
+    stored when, and only if, the session commits, with the change it records.
+
+    The event is ``finance.transaction.record`` (category ``finance``, confidential), its id
+    ``txn:<transaction_id>`` (the log keeps the first event of an id, so recording it again
+    is harmless), its time the transaction's, its target the transaction, its actor
+    ``actor`` (default: the user). Checks as :class:`Transaction`: a float amount is a
+    ``TypeError``. Returns the event document.
+    """
+    transaction = Transaction(
+        transaction_id,
+        amount,
+        currency,
+        from_account,
+        to_account,
+        reason,
+        user,
+        authorising_chain,
+        time,
+    )
+    return record_event(
+        session,
+        tenant_id=tenant_id,
+        action=TRANSACTION_ACTION,
+        actor=actor or transaction.user_actor,
+        target_type=TRANSACTION_TARGET,
+        target_id=transaction.transaction_id,
+        reason=transaction.reason,
+        data=transaction.data(),
+        event_id=transaction.event_id,
+        time=transaction.time,
+    )
+
+
+def transaction_document(
+    *, tenant_id: str, transaction: Transaction, actor: Actor | None = None
+) -> dict[str, Any]:
+    """The event document of ``transaction``, as :func:`record_transaction` records it, for
+    appending to the log directly (``POST /audit/v1/transactions``)."""
+    context = structlog.contextvars.get_contextvars()
+    return build_document(
+        tenant_id=tenant_id,
+        action=TRANSACTION_ACTION,
+        spec=_CATALOGUE[TRANSACTION_ACTION],
+        event_id=transaction.event_id,
+        time=transaction.time,
+        actor=_actor_fields(actor or transaction.user_actor),
+        target={"type": TRANSACTION_TARGET, "id": transaction.transaction_id},
+        reason=transaction.reason,
+        request_id=context.get("request_id"),
+        trace_id=context.get("trace_id"),
+        data=transaction.data(),
+    )
 
 
 _PENDING = "keel.audit.pending"

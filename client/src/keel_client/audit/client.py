@@ -46,8 +46,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol, Self, TypedDict, TypeVar, Unpack
+from typing import Any, NotRequired, Protocol, Self, TypedDict, TypeVar, Unpack
 
 import httpx
 import pydantic
@@ -84,7 +85,12 @@ __all__ = [
     "SpoolFullError",
     "SpoolLockedError",
     "SyncAuditClient",
+    "TransactionFields",
+    "TransactionReceipt",
     "build_event",
+    "build_transaction",
+    "check_amount",
+    "currency_minor_units",
     "encode_event",
     "failure_step",
     "new_event_id",
@@ -122,8 +128,8 @@ FIELD_LIMITS = {
     "request_id": 128,
     "trace_id": 128,
 }
-#: JSON numbers survive canonicalisation (RFC 8785) exactly up to 2**53.
-MAX_SAFE_INTEGER = 2**53
+#: JSON numbers survive canonicalisation (RFC 8785) exactly below 2**53.
+MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DATA_DEPTH = 32
 
 LOCK_FILE = "spool.lock"
@@ -308,14 +314,14 @@ def build_event(action: str, **fields: Unpack[EventFields]) -> dict[str, Any]:
     retry and replay. Raises ``ValueError`` (or ``TypeError``) for a field Keel would refuse,
     so a bad event fails at the call site instead of in the background.
     """
-    if not isinstance(action, str) or not ACTION_PATTERN.match(action):
+    if not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action):
         raise ValueError(
             f"action {action!r} is not service.resource.verb (lowercase, dot-separated)"
         )
     event_id = fields.get("id")
     if event_id is None:
         event_id = new_event_id()
-    elif not isinstance(event_id, str) or not EVENT_ID_PATTERN.match(event_id):
+    elif not isinstance(event_id, str) or not EVENT_ID_PATTERN.fullmatch(event_id):
         raise ValueError("an event id is 1 to 64 of A-Z a-z 0-9 . _ : -")
     moment = fields.get("time")
     event: dict[str, Any] = {
@@ -362,6 +368,201 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     """
     # JSON escapes control characters inside strings, so the line never holds a raw newline.
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# --- financial transactions ---------------------------------------------------------------
+#
+# A transaction is not spooled: ``record_transaction`` posts it to Keel's transactions
+# endpoint and returns its receipt, retrying what may be retried. Keel checks its shape
+# (amount, currency, accounts, authorising chain) and records it under Keel's own action
+# ``finance.transaction.record``, which the events endpoints (and so the spool) refuse.
+
+TRANSACTIONS_PATH = "/audit/v1/transactions"
+#: A transaction id; its event's id is ``txn:<transaction id>``, 64 characters at most.
+TRANSACTION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,60}")
+TRANSACTION_EVENT_PREFIX = "txn:"
+#: The shape of an ISO 4217 alphabetic code (Keel also checks that the code exists).
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+#: An amount as it travels and is stored: plain decimal text with an optional minus, no
+#: exponent, no leading zeros, so ``Decimal(text)`` written back with ``format(_, "f")`` is
+#: the same text.
+AMOUNT_PATTERN = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+#: Digits of an amount at most: what an IEEE 754 decimal128 holds, so a ledger can read it
+#: back into its own decimal type.
+MAX_AMOUNT_DIGITS = 34
+#: Approvers in an authorising chain at most.
+MAX_AUTHORISERS = 20
+#: Longest text of a transaction's fields (``authoriser``: each entry of the chain).
+TRANSACTION_FIELD_LIMITS = {
+    "from_account": 200,
+    "to_account": 200,
+    "reason": 500,
+    "authoriser": 200,
+    "user": 200,
+}
+#: ISO 4217 minor units of the currencies with other than two; ``None`` for the codes without
+#: a minor unit (precious metals, SDR, bond-market units, the test and "no currency" codes),
+#: whose amounts may have any number of decimal places.
+_MINOR_UNITS: dict[str, int | None] = {
+    **dict.fromkeys(
+        ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+         "VND", "VUV", "XAF", "XOF", "XPF"),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+    **dict.fromkeys(
+        ("XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA",
+         "XXX"),
+        None,
+    ),
+}  # fmt: skip
+
+
+def currency_minor_units(currency: str) -> int | None:
+    """Decimal places of ``currency`` (ISO 4217): 0 for JPY, 3 for KWD, 2 for most;
+    ``None`` when the code has no minor unit (XAU, XDR...)."""
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def check_amount(amount: object, currency: str) -> str:
+    """The exact text of a transaction's ``amount`` in ``currency``: how it is sent and stored.
+
+    ``amount`` must be a :class:`~decimal.Decimal`; a float is refused (``TypeError``)
+    because most decimal amounts have no exact float (``0.1`` is
+    0.1000000000000000055511151231257827...). ``ValueError`` for NaN or infinity, more than
+    :data:`MAX_AMOUNT_DIGITS` digits, or more decimal places than the currency has: the text
+    keeps the scale as given (``Decimal("1234.50")`` is ``"1234.50"``), so ``"12.300"`` in
+    EUR is refused rather than silently rounded.
+    """
+    if isinstance(amount, float):
+        raise TypeError(
+            "amount must be a decimal.Decimal, not a float: a float cannot hold most decimal "
+            "amounts exactly (0.1 is 0.1000000000000000055...); write Decimal('0.10')"
+        )
+    if not isinstance(amount, Decimal):
+        raise TypeError(f"amount must be a decimal.Decimal, not {type(amount).__name__}")
+    if not amount.is_finite():
+        raise ValueError(f"amount must be a finite number, not {amount}")
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    places = max(-exponent, 0)
+    if amount.adjusted() >= MAX_AMOUNT_DIGITS or places > MAX_AMOUNT_DIGITS:
+        raise ValueError(f"amount has more than {MAX_AMOUNT_DIGITS} digits")
+    allowed = currency_minor_units(currency)
+    if allowed is not None and places > allowed:
+        raise ValueError(f"amount {amount} has more decimal places than {currency} has ({allowed})")
+    text = format(amount, "f")
+    if sum(character.isdigit() for character in text) > MAX_AMOUNT_DIGITS:
+        raise ValueError(f"amount has more than {MAX_AMOUNT_DIGITS} digits")
+    return text
+
+
+def check_transaction_id(transaction_id: object) -> str:
+    if not isinstance(transaction_id, str) or not TRANSACTION_ID_PATTERN.fullmatch(transaction_id):
+        raise ValueError("a transaction id is 1 to 60 of A-Z a-z 0-9 . _ : -")
+    return transaction_id
+
+
+def check_transaction_text(name: str, value: object) -> str:
+    """A required text field of a transaction: a string of 1 to its limit characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    limit = TRANSACTION_FIELD_LIMITS[name]
+    if not 0 < len(value) <= limit:
+        raise ValueError(f"{name} must be 1 to {limit} characters")
+    return value
+
+
+def check_authorising_chain(chain: object) -> list[str]:
+    """Who authorised a transaction, in order (possibly nobody): a sequence of principal ids.
+
+    A bare string is refused: it is a sequence of its characters, not a chain of one.
+    """
+    if isinstance(chain, str | bytes) or not isinstance(chain, Sequence):
+        raise TypeError("authorising_chain must be a sequence of ids, e.g. ['u-7', 'u-9']")
+    if len(chain) > MAX_AUTHORISERS:
+        raise ValueError(f"authorising_chain has more than {MAX_AUTHORISERS} entries")
+    return [check_transaction_text("authoriser", entry) for entry in chain]
+
+
+class TransactionFields(TypedDict):
+    """A financial transaction, for :meth:`AuditClient.record_transaction`.
+
+    - ``transaction_id``: your id of the transaction (1 to 60 of ``A-Z a-z 0-9 . _ : -``);
+      recording it again with the same fields is harmless.
+    - ``amount``: a :class:`~decimal.Decimal` (never a float), negative for a reversal;
+      stored as its exact text, at most the currency's decimal places.
+    - ``currency``: an ISO 4217 code in capitals (``"EUR"``).
+    - ``from_account``, ``to_account``: the accounts debited and credited.
+    - ``reason``: why (an invoice number, a refund ticket).
+    - ``user``: who made it, a user id or an :class:`EventActor` with an id.
+    - ``authorising_chain``: who approved it, in order (``[]`` when no one had to).
+    - ``time``: when it happened (timezone-aware); default: now.
+    - ``actor``: who performed it, when not the user (a scheduler, a service account).
+
+    Example::
+
+        fields: TransactionFields = {
+            "transaction_id": "tx-2026-0042",
+            "amount": Decimal("1234.50"),
+            "currency": "EUR",
+            "from_account": "ops-eur",
+            "to_account": "supplier-981",
+            "reason": "invoice INV-118",
+            "user": "u-42",
+            "authorising_chain": ["u-7", "u-9"],
+        }
+        receipt = await audit.record_transaction(**fields)
+    """
+
+    transaction_id: str
+    amount: Decimal
+    currency: str
+    from_account: str
+    to_account: str
+    reason: str
+    user: EventActor | str
+    authorising_chain: Sequence[str]
+    time: NotRequired[datetime]
+    actor: NotRequired[EventActor]
+
+
+def build_transaction(**fields: Unpack[TransactionFields]) -> dict[str, Any]:
+    """The wire form of a transaction (``POST /audit/v1/transactions``), checked.
+
+    Raises ``TypeError`` for a float amount (or any other wrong type) and ``ValueError`` for
+    what Keel would refuse, except an unknown currency code, which only Keel knows (it
+    answers 422). ``time`` is set here when absent, so a retry sends the same transaction.
+    """
+    currency = fields["currency"]
+    if not isinstance(currency, str) or not CURRENCY_PATTERN.fullmatch(currency):
+        raise ValueError(f"currency {currency!r} is not an ISO 4217 code such as 'EUR'")
+    user = fields["user"]
+    if isinstance(user, EventActor):
+        if not user.id:
+            raise ValueError("the transaction's user needs an id")
+        user_json: str | dict[str, str] = user.to_json()
+    else:
+        user_json = check_transaction_text("user", user)
+    moment = fields.get("time")
+    body: dict[str, Any] = {
+        "transaction_id": check_transaction_id(fields["transaction_id"]),
+        "amount": check_amount(fields["amount"], currency),
+        "currency": currency,
+        "from_account": check_transaction_text("from_account", fields["from_account"]),
+        "to_account": check_transaction_text("to_account", fields["to_account"]),
+        "reason": check_transaction_text("reason", fields["reason"]),
+        "user": user_json,
+        "authorising_chain": check_authorising_chain(fields["authorising_chain"]),
+        "time": format_time(moment if moment is not None else datetime.now(UTC)),
+    }
+    actor = fields.get("actor")
+    if actor is not None:
+        if not isinstance(actor, EventActor):
+            raise TypeError("actor must be an EventActor")
+        body["actor"] = actor.to_json()
+    return body
 
 
 # --- the spool ----------------------------------------------------------------------------
@@ -750,6 +951,17 @@ class BatchReceipts(pydantic.BaseModel):
         return TreeHead.from_json(self.tree_head)
 
 
+class TransactionReceipt(EventReceipt):
+    """Keel's acknowledgement of a transaction: its event's id (``txn:<transaction id>``),
+    leaf index and hash, and the signed tree head that includes it."""
+
+    tree_head: dict[str, Any] = {}
+
+    def signed_head(self) -> TreeHead:
+        """``tree_head`` parsed; raises ``ProofError`` when it is not a signed tree head."""
+        return TreeHead.from_json(self.tree_head)
+
+
 class EventPage(pydantic.BaseModel):
     """One page of stored events; pass ``next_cursor`` back as ``cursor`` for the next."""
 
@@ -796,6 +1008,21 @@ class AuditAPI(BaseAPIClient):
             idempotent=True,
         )
 
+    async def record_transaction(self, **fields: Unpack[TransactionFields]) -> TransactionReceipt:
+        """Record a financial transaction now (see :class:`TransactionFields`); its receipt.
+
+        Checked first (:func:`build_transaction`: a float amount is a ``TypeError``), then
+        sent, retried on connection errors, timeouts and 429/502/503/504: Keel keys the event
+        by the transaction id, so a resend answers the first receipt. The same id with other
+        fields is a ``ClientError`` with status 409; an unknown currency one with status 422.
+        """
+        return await self.post(
+            TRANSACTIONS_PATH,
+            json=build_transaction(**fields),
+            response_model=TransactionReceipt,
+            idempotent=True,
+        )
+
     async def register_action(
         self,
         action: str,
@@ -806,7 +1033,7 @@ class AuditAPI(BaseAPIClient):
         sensitive_fields: Sequence[str] = (),
     ) -> None:
         """Register (or update) an action for the caller's tenant; events need it first."""
-        if not ACTION_PATTERN.match(action):
+        if not ACTION_PATTERN.fullmatch(action):
             raise ValueError(f"action {action!r} is not of the form service.resource.verb")
         await self.put(
             f"{ACTIONS_PATH}/{action}",
@@ -1164,6 +1391,31 @@ class AuditClient:
                 extra={"spool_dir": str(self.spool.directory), "last_error": self._last_error},
             )
 
+    async def record_transaction(self, **fields: Unpack[TransactionFields]) -> TransactionReceipt:
+        """Record a financial transaction and return Keel's receipt once it is in the log.
+
+        Unlike :meth:`record`, this waits for Keel: a transaction is not spooled, so the
+        caller knows it was recorded (or gets the error) before going on. See
+        :meth:`AuditAPI.record_transaction` for the checks, retries and errors; a float
+        amount raises ``TypeError`` before anything is sent. Needs no :meth:`start`.
+
+        Example::
+
+            receipt = await audit.record_transaction(
+                transaction_id="tx-2026-0042",
+                amount=Decimal("1234.50"),
+                currency="EUR",
+                from_account="ops-eur",
+                to_account="supplier-981",
+                reason="invoice INV-118",
+                user="u-42",
+                authorising_chain=["u-7", "u-9"],
+            )
+        """
+        if self._is_closed:
+            raise RuntimeError("the AuditClient is closed")
+        return await self.api.record_transaction(**fields)
+
     def stats(self) -> AuditClientStats:
         """Pending, delivered and refused counts, and the last send error."""
         return AuditClientStats(
@@ -1391,6 +1643,13 @@ class SyncAuditClient:
     def record(self, action: str, **fields: Unpack[EventFields]) -> str:
         """See :meth:`AuditClient.record`; thread-safe."""
         return self.client.record(action, **fields)
+
+    def record_transaction(self, **fields: Unpack[TransactionFields]) -> TransactionReceipt:
+        """See :meth:`AuditClient.record_transaction`; blocks until Keel answers."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the SyncAuditClient is not started")
+        build_transaction(**fields)  # a float amount fails here, on the caller's thread
+        return self._run(self.client.record_transaction(**fields))
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """See :meth:`AuditClient.flush`; blocks the calling thread."""

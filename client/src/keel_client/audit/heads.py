@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,51 @@ from keel_client.audit.merkle import HASH_SIZE, ProofError, leaf_hash, verify_in
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) bytes of a JSON value: the form every event is hashed and signed in."""
+    """RFC 8785 (JCS) bytes of a JSON value: the form every event is hashed and signed in.
+
+    Values made only of strings, integers below 2**53, booleans, nulls, lists and objects
+    with ASCII keys come out of the standard library's encoder byte for byte as JCS has them
+    (keys in code-point order, the same escapes, integers as written), at a fifth of the cost
+    of the general encoder; anything else (floats, non-ASCII keys, whose JCS order is by
+    UTF-16 units) goes through ``rfc8785``.
+    """
+    if _plain(value, 0):
+        return _PLAIN.encode(value).encode()
     return rfc8785.dumps(value)
+
+
+_PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_SAFE_INTEGER = 2**53 - 1  # as rfc8785 has it
+
+
+def _plain(value: Any, depth: int) -> bool:
+    if value is None or value is True or value is False:
+        return True
+    kind = type(value)
+    if kind is str:
+        return not _has_lone_surrogate(value)
+    if kind is int:
+        return bool(-_SAFE_INTEGER <= value <= _SAFE_INTEGER)
+    if depth > 64:
+        return False
+    if kind is dict:
+        return all(
+            type(key) is str and key.isascii() and _plain(item, depth + 1)
+            for key, item in value.items()
+        )
+    if kind is list:
+        return all(_plain(item, depth + 1) for item in value)
+    return False
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def event_leaf_hash(event: Mapping[str, Any]) -> bytes:
