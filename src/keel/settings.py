@@ -7,6 +7,8 @@ start-up with :class:`SettingsError`, whose message names the variable.
 
 from __future__ import annotations
 
+import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -86,6 +88,47 @@ class AuthSettings(BaseModel):
     argon2_parallelism: int = Field(default=1, ge=1)
 
 
+_CATEGORY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: A century: longer periods are almost surely a typo for "keep forever" (0).
+_MAX_RETENTION_DAYS = 36_500
+
+
+class AuditSettings(BaseModel):
+    #: Days an event's document is kept, per action category (``security``, ``access``,
+    #: ``change``, ``finance``... the ``category`` of the action catalogue), e.g.
+    #: ``KEEL_AUDIT__RETENTION_DAYS='{"access": 90, "security": 730}'``. 0 keeps forever.
+    #: Retention erases the document only; the event's leaf, and so every proof, stays.
+    retention_days: Annotated[
+        dict[str, Annotated[int, Field(ge=0, le=_MAX_RETENTION_DAYS)]], NoDecode
+    ] = Field(default_factory=dict)
+    #: Days for the categories ``retention_days`` does not list; 0 (default) keeps forever.
+    default_retention_days: int = Field(default=0, ge=0, le=_MAX_RETENTION_DAYS)
+    #: Documents one retention transaction erases at most (one ``audit.retention.erase``
+    #: event records them); a larger backlog takes several transactions of the same run.
+    retention_batch_size: int = Field(default=10_000, ge=1, le=100_000)
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _decode_json(cls, value: Any) -> Any:
+        # Decoded here rather than by pydantic-settings, so bad JSON names its variable.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('must be a JSON object, e.g. {"access": 90}') from None
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _categories(cls, value: dict[str, int]) -> dict[str, int]:
+        for category in value:
+            if not _CATEGORY.fullmatch(category):
+                raise ValueError(
+                    f"{category!r} is not an action category (lowercase letters, digits, _)"
+                )
+        return value
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -118,6 +161,7 @@ class Settings(BaseSettings):
     #: The URL services reach Keel at (issuer of tokens, links in e-mails).
     public_url: str | None = None
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
 

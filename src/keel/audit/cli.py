@@ -1,4 +1,4 @@
-"""``keel audit ...``: check the tamper-evident log from a shell."""
+"""``keel audit ...``: check the tamper-evident log and apply retention from a shell."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from sqlalchemy import select
 
 from keel.core.tenancy import Tenant
 
-app = typer.Typer(help="Check the tamper-evident audit log.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check the tamper-evident audit log; erase expired documents.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -70,8 +72,9 @@ def verify(
                     typer.echo(json.dumps({"slug": row.slug, **report.to_json()}))
                     continue
                 status = "ok" if report.ok else "TAMPERED"
+                erased = f", {report.erased} erased by retention" if report.erased else ""
                 typer.echo(
-                    f"{row.slug}: {status} ({report.tree_size} events, "
+                    f"{row.slug}: {status} ({report.tree_size} events{erased}, "
                     f"{report.heads_checked} signed heads)"
                 )
                 if not report.ok:
@@ -80,5 +83,69 @@ def verify(
                         typer.echo(f"  - {problem}")
             if failed:
                 raise typer.Exit(EXIT_FAILURE)
+
+    _run_database_command(main)
+
+
+@app.command()
+def retention(
+    tenant: Annotated[str | None, typer.Option(help="Tenant slug (default: every tenant).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be erased; change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per transaction.")] = False,
+) -> None:
+    """Erase the documents of events older than their category's retention period.
+
+    Periods come from KEEL_AUDIT__RETENTION_DAYS (e.g. '{"access": 90}') and
+    KEEL_AUDIT__DEFAULT_RETENTION_DAYS; 0 keeps forever. Leaves stay, so every proof still
+    verifies; each erasure is recorded as an audit.retention.erase event. Exits 0, or 2 on
+    bad input.
+    """
+    from keel.audit.retention import RetentionPolicy, run_retention
+    from keel.cli import (
+        EXIT_USAGE,
+        _run_database_command,
+        fail,
+        settings_or_exit,
+        started_context,
+    )
+
+    settings = settings_or_exit()
+
+    async def main() -> None:
+        async with started_context(settings) as context:
+            async with context.database.session() as session:
+                statement = select(Tenant.id, Tenant.slug)
+                if tenant is not None:
+                    statement = statement.where(Tenant.slug == tenant)
+                slugs = {tenant_id: slug for tenant_id, slug in await session.execute(statement)}
+            if not slugs:
+                fail(f"no tenant {tenant!r}", EXIT_USAGE)
+            if RetentionPolicy.from_settings(settings.audit).keeps_everything:
+                typer.echo(
+                    "no retention period is set (KEEL_AUDIT__RETENTION_DAYS, "
+                    "KEEL_AUDIT__DEFAULT_RETENTION_DAYS): every document is kept"
+                )
+                return
+            tenant_id = next(iter(slugs)) if tenant is not None else None
+            runs = await run_retention(context, tenant_id=tenant_id, dry_run=dry_run)
+        for run in runs:
+            slug = slugs.get(run.tenant_id, run.tenant_id)
+            if as_json:
+                typer.echo(json.dumps({"slug": slug, **run.to_json()}))
+                continue
+            verb = "would erase" if dry_run else "erased"
+            details = ", ".join(
+                f"{erasure.category or 'uncatalogued'}: {erasure.count} before "
+                f"{erasure.cutoff:%Y-%m-%d %H:%M}Z"
+                for erasure in run.erasures
+            )
+            more = "; more remain" if run.has_more else ""
+            typer.echo(
+                f"{slug}: {verb} {run.erased} documents"
+                + (f" ({details})" if details else "")
+                + more
+            )
 
     _run_database_command(main)

@@ -7,11 +7,13 @@ import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
-from keel.audit import schemas
+import keel.audit.retention  # noqa: F401  (registers audit.retention.erase in the catalogue)
+from keel.audit import export, schemas
 from keel.audit.service import AuditLog, EventFilter, Receipt, is_reserved
-from keel.auth.dependencies import CurrentPrincipal, require_permission
+from keel.auth.dependencies import CurrentPrincipal, request_actor, require_permission
 from keel.core.audit import ActionSpec, Outcome, Sensitivity, build_document, builtin_actions
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound, ValidationFailed
@@ -20,6 +22,8 @@ from keel_client.audit import TreeHead, canonical_json
 
 WRITE = "audit:event:write"
 READ = "audit:event:read"
+#: Exporting needs this as well as READ: a bulk copy of the trail is granted on its own.
+EXPORT = "audit:event:export"
 
 
 def _audit(request: Request) -> AuditLog:
@@ -74,6 +78,29 @@ async def _documents(
             )
         )
     return documents
+
+
+def event_filter(
+    since: datetime | None = None,
+    until: datetime | None = None,
+    actor_id: Annotated[str | None, Query(max_length=200)] = None,
+    actor_type: Annotated[str | None, Query(max_length=40)] = None,
+    action: Annotated[str | None, Query(max_length=128, description="prefix")] = None,
+    target_type: Annotated[str | None, Query(max_length=60)] = None,
+    target_id: Annotated[str | None, Query(max_length=200)] = None,
+    outcome: Outcome | None = None,
+    sensitivity: Sensitivity | None = None,
+) -> EventFilter:
+    """The query filters of the event list and the export."""
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise ValidationFailed(f"Give {name} with its offset (RFC 3339), e.g. ...Z.")
+    return EventFilter(
+        since, until, actor_id, actor_type, action, target_type, target_id, outcome, sensitivity
+    )
+
+
+Filters = Annotated[EventFilter, Depends(event_filter)]
 
 
 def _request_hashes(events: list[schemas.EventIn]) -> list[bytes]:
@@ -132,15 +159,7 @@ def build_router() -> APIRouter:
         request: Request,
         principal: CurrentPrincipal,
         session: DbSession,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        actor_id: Annotated[str | None, Query(max_length=200)] = None,
-        actor_type: Annotated[str | None, Query(max_length=40)] = None,
-        action: Annotated[str | None, Query(max_length=128, description="prefix")] = None,
-        target_type: Annotated[str | None, Query(max_length=60)] = None,
-        target_id: Annotated[str | None, Query(max_length=200)] = None,
-        outcome: Outcome | None = None,
-        sensitivity: Sensitivity | None = None,
+        filters: Filters,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> Page[dict[str, Any]]:
@@ -152,19 +171,58 @@ def build_router() -> APIRouter:
                 raise ValidationFailed("The cursor is not one this API issued.")
             after = position[0]
         events = await _audit(request).events(
-            session,
-            principal.tenant_id,
-            filters=EventFilter(
-                since, until, actor_id, actor_type, action, target_type, target_id,
-                outcome, sensitivity,
-            ),
-            after_index=after,
-            limit=limit + 1,
-        )  # fmt: skip
+            session, principal.tenant_id, filters=filters, after_index=after, limit=limit + 1
+        )
         more = len(events) > limit
         events = events[:limit]
         next_cursor = encode_cursor([events[-1].leaf_index]) if more and events else None
         return Page(items=[event.to_json() for event in events], next_cursor=next_cursor)
+
+    @router.get(
+        "/export",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The export, streamed; its signed head also in the "
+                f"`{export.TREE_HEAD_HEADER}` header.",
+                "content": {"application/jsonl": {}, "text/csv": {}},
+            }
+        },
+        dependencies=[require_permission(READ), require_permission(EXPORT)],
+    )
+    async def export_events(
+        request: Request,
+        principal: CurrentPrincipal,
+        session: DbSession,
+        filters: Filters,
+        export_format: Annotated[
+            export.ExportFormat, Query(alias="format")
+        ] = export.ExportFormat.jsonl,
+    ) -> StreamingResponse:
+        """The events of the latest signed tree head, filtered as ``GET /events``, each with
+        its inclusion proof in that head: JSON Lines (the head on the first line) or CSV (the
+        head in the ``Keel-Tree-Head`` header). Needs ``audit:event:read`` and
+        ``audit:event:export``; the export is itself recorded (``audit.log.export``)."""
+        audit = _audit(request)
+        head = await export.start_export(
+            session,
+            audit,
+            principal.tenant_id,
+            actor=request_actor(request, principal),
+            export_format=export_format,
+            filters=filters,
+        )
+        pages = export.exported_pages(audit, principal.tenant_id, head, filters)
+        body = (
+            export.jsonl_export(head, pages)
+            if export_format is export.ExportFormat.jsonl
+            else export.csv_export(pages)
+        )
+        return StreamingResponse(
+            body,
+            media_type=export_format.media_type,
+            headers=export.export_headers(head, export_format),
+        )
 
     @router.get("/events/{event_id}", dependencies=[require_permission(READ)])
     async def get_event(

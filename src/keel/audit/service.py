@@ -284,7 +284,7 @@ class AuditLog:
             return []
         bind_tenant(session, tenant_id)
         size = await self.tree_size(session, tenant_id)
-        nodes = await self._fetch_nodes(session, _frontier(size))
+        nodes = await self.fetch_nodes(session, _frontier(size))
         new_nodes: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         payloads: list[dict[str, Any]] = []
@@ -325,9 +325,7 @@ class AuditLog:
         )
         return 0 if last is None else int(last) + 1
 
-    async def _fetch_nodes(
-        self, session: AsyncSession, wanted: Iterable[Node]
-    ) -> dict[Node, bytes]:
+    async def fetch_nodes(self, session: AsyncSession, wanted: Iterable[Node]) -> dict[Node, bytes]:
         """Stored hashes of perfect subtrees: leaves (level 0) from the events, others from
         the nodes table; two indexed queries whatever the count."""
         wanted = set(wanted)
@@ -393,7 +391,7 @@ class AuditLog:
         async with self._tenant_lock(tenant_id), self.sessions() as session:
             await self._lock(session, tenant_id)
             size = await self.tree_size(session, tenant_id)
-            nodes = await self._fetch_nodes(session, _frontier(size))
+            nodes = await self.fetch_nodes(session, _frontier(size))
             root = (
                 EMPTY_ROOT
                 if size == 0
@@ -480,7 +478,7 @@ class AuditLog:
         return await self._hashes(session, consistency_path(first, second))
 
     async def _hashes(self, session: AsyncSession, ranges: list[tuple[int, int]]) -> list[bytes]:
-        nodes = await self._fetch_nodes(session, nodes_for_ranges(ranges))
+        nodes = await self.fetch_nodes(session, nodes_for_ranges(ranges))
         return [
             range_hash(start, end, lambda level, index: nodes[(level, index)])
             for start, end in ranges
@@ -490,9 +488,7 @@ class AuditLog:
 
     async def event(self, session: AsyncSession, tenant_id: str, event_id: str) -> StoredEvent:
         bind_tenant(session, tenant_id)
-        row = (
-            await session.execute(_events_query().where(AuditEvent.event_id == event_id))
-        ).first()
+        row = (await session.execute(events_query().where(AuditEvent.event_id == event_id))).first()
         if row is None:
             raise NotFound(f"No audit event {event_id!r}.")
         return _stored(row)
@@ -508,7 +504,7 @@ class AuditLog:
         newest_first: bool = False,
     ) -> list[StoredEvent]:
         bind_tenant(session, tenant_id)
-        statement = (filters or EventFilter()).apply(_events_query())
+        statement = (filters or EventFilter()).apply(events_query())
         if after_index is not None:
             statement = statement.where(
                 AuditEvent.leaf_index < after_index
@@ -629,7 +625,8 @@ _FLAT = {
 }
 
 
-def _events_query() -> Any:
+def events_query() -> Any:
+    """Events with their documents (None once erased), for one tenant's session."""
     return select(
         AuditEvent.leaf_index,
         AuditEvent.leaf_hash,

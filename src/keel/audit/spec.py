@@ -27,6 +27,8 @@ SWEEP_SECONDS = 1.0
 LINGER_SECONDS = 0.02
 #: A log's head is signed again when its latest is older than this, appends or not.
 HEARTBEAT_SECONDS = 600.0
+#: Expired documents are erased this often.
+RETENTION_SECONDS = 24 * 3600.0
 
 
 async def start_audit(context: AppContext) -> None:
@@ -92,6 +94,18 @@ async def sign_heads_on_a_timer(context: AppContext) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS / 10)
 
 
+async def erase_expired_payloads_daily(context: AppContext) -> None:
+    """Retention (``KEEL_AUDIT__RETENTION_DAYS``): erase expired documents once a day."""
+    from keel.audit.retention import run_retention
+
+    while True:
+        try:
+            await run_retention(context)
+        except Exception:  # a failed round must not end the loop; the next one retries
+            log.exception("audit.retention.failed")
+        await asyncio.sleep(RETENTION_SECONDS)
+
+
 def build_routers() -> APIRouter:
     """The audit API: events, proofs and the catalogue, and financial transactions."""
     api = APIRouter()
@@ -106,6 +120,6 @@ service = ServiceSpec(
     ready_check=audit_ready,
     startup=start_audit,
     companions=(sequence_recorded_events,),
-    background=(sign_heads_on_a_timer,),
+    background=(sign_heads_on_a_timer, erase_expired_payloads_daily),
     model_modules=("keel.audit.models",),
 )

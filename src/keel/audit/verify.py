@@ -7,6 +7,10 @@ recomputed at its size, and each head must be consistent with the one before (an
 consistency proof, checked with the SDK's verifier). The first event where the stored log
 departs from what was signed is reported.
 
+A document may be missing only where retention erased it: an ``audit.retention.erase`` event
+(in the log, or committed to the outbox and not yet sequenced) must cover its leaf, recorded
+after it, with a cutoff later than the event's time. Any other missing document is reported.
+
 Signatures are checked with the keys in the database unless trusted keys are given: someone
 who can rewrite the tables could replace those too, so pin the JWK set of ``/audit/v1/keys``
 elsewhere and pass it for a check that trusts nothing in the database.
@@ -14,9 +18,11 @@ elsewhere and pass it for a check that trusts nothing in the database.
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,11 +30,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.audit.models import AuditEvent, AuditNode, AuditPayload, AuditSigningKey, AuditTreeHead
+from keel.audit.retention import ERASE_ACTION, erased_ranges
+from keel.core.audit import AuditOutbox
 from keel.core.tenancy import bind_tenant
 from keel_client.audit import (
     EMPTY_ROOT,
     ProofError,
     TreeHead,
+    canonical_json,
     consistency_path,
     leaf_hash,
     node_hash,
@@ -46,6 +55,8 @@ class Report:
     tenant_id: str
     tree_size: int = 0
     heads_checked: int = 0
+    #: Documents retention erased, each covered by an erasure event.
+    erased: int = 0
     problems: list[str] = field(default_factory=list)
     #: The lowest leaf index at which the stored log departs from what was signed.
     first_divergent_event: int | None = None
@@ -78,6 +89,7 @@ class Report:
             "ok": self.ok,
             "tree_size": self.tree_size,
             "heads_checked": self.heads_checked,
+            "erased": self.erased,
             "first_divergent_event": self.first_divergent_event,
             "problems": self.problems,
         }
@@ -89,8 +101,10 @@ async def verify_tenant(
     trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> Report:
     bind_tenant(session, tenant_id)
+    await _read_one_snapshot(session)
     report = Report(tenant_id)
-    leaves, missing = await _check_leaves(session, report)
+    erasures = await _erasures(session, report, tenant_id)
+    leaves, missing = await _check_leaves(session, report, erasures)
     levels = _levels(leaves)
     await _check_nodes(session, report, levels, missing)
     keys = trusted_keys if trusted_keys is not None else await _stored_keys(session)
@@ -100,13 +114,99 @@ async def verify_tenant(
     return report
 
 
-async def _check_leaves(session: AsyncSession, report: Report) -> tuple[list[bytes], set[int]]:
+async def _read_one_snapshot(session: AsyncSession) -> None:
+    """Make every read of the check see the log as of one moment: a sequencer appending
+    meanwhile (``keel serve`` while ``keel audit verify`` runs) would otherwise show as
+    events deleted at the end, or as tree nodes over no event. ``session`` must be fresh."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        return
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is not None and not driver.in_transaction:
+        # pysqlite begins no transaction for reads; in WAL mode one holds a read snapshot.
+        await connection.exec_driver_sql("BEGIN")
+
+
+@dataclass(frozen=True)
+class _Erasure:
+    first: int
+    last: int
+    cutoff: datetime
+    #: The leaf of the erasure event; ``None`` while it waits in the outbox.
+    recorded_at: int | None
+
+    def allows(self, index: int, time: datetime) -> bool:
+        return (self.recorded_at is None or index < self.recorded_at) and time < self.cutoff
+
+
+class _Erasures:
+    """The leaf ranges erasure events cover, looked up by leaf index."""
+
+    def __init__(self, erasures: list[_Erasure]) -> None:
+        self._erasures = sorted(erasures, key=lambda erasure: erasure.first)
+        self._firsts = [erasure.first for erasure in self._erasures]
+        # The largest ``last`` up to each position: a backward scan stops once it is passed.
+        self._reach = list(_running_max(erasure.last for erasure in self._erasures))
+
+    def covering(self, index: int) -> Iterator[_Erasure]:
+        position = bisect.bisect_right(self._firsts, index) - 1
+        while position >= 0 and self._reach[position] >= index:
+            if self._erasures[position].last >= index:
+                yield self._erasures[position]
+            position -= 1
+
+
+def _running_max(values: Any) -> Iterator[int]:
+    largest = -1
+    for value in values:
+        largest = max(largest, value)
+        yield largest
+
+
+async def _erasures(session: AsyncSession, report: Report, tenant_id: str) -> _Erasures:
+    """Every erasure recorded for the tenant: in the log, and in the outbox, where the
+    transaction that erased put it."""
+    rows = await session.execute(
+        select(AuditEvent.leaf_index, AuditPayload.document)
+        .join(
+            AuditPayload,
+            (AuditPayload.tenant_id == AuditEvent.tenant_id)
+            & (AuditPayload.leaf_index == AuditEvent.leaf_index),
+        )
+        .where(AuditEvent.action == ERASE_ACTION)
+    )
+    recorded: list[tuple[int | None, bytes]] = [(index, document) for index, document in rows]
+    marker = canonical_json({"action": ERASE_ACTION})[1:-1]  # as every document spells it
+    pending = await session.scalars(
+        select(AuditOutbox.document).where(AuditOutbox.tenant_id == tenant_id)
+    )
+    recorded += [(None, document) for document in pending if marker in document]
+    erasures = []
+    for index, document in recorded:
+        try:
+            fields = json.loads(document)
+            if fields.get("action") != ERASE_ACTION:
+                continue
+            covered = erased_ranges(fields.get("data") or {})
+        except (ValueError, AttributeError) as error:
+            where = "an erasure waiting in the outbox" if index is None else f"event {index}"
+            report.problem(f"{where}: not a readable erasure record ({error})", index)
+            continue
+        erasures += [_Erasure(first, last, cutoff, index) for (first, last), cutoff in covered]
+    return _Erasures(erasures)
+
+
+async def _check_leaves(
+    session: AsyncSession, report: Report, erasures: _Erasures
+) -> tuple[list[bytes], set[int]]:
     """The stored leaf hashes in order (a placeholder where one is missing), and the missing."""
     rows = await session.stream(
         select(
             AuditEvent.leaf_index,
             AuditEvent.event_id,
             AuditEvent.action,
+            AuditEvent.time,
             AuditEvent.leaf_hash,
             AuditPayload.document,
         )
@@ -121,14 +221,14 @@ async def _check_leaves(session: AsyncSession, report: Report) -> tuple[list[byt
     )
     leaves: list[bytes] = []
     missing: set[int] = set()
-    async for index, event_id, action, stored_hash, document in rows:
+    async for index, event_id, action, time, stored_hash, document in rows:
         expected = len(leaves)
         if index != expected:
             report.problem(f"events {expected}..{index - 1} are missing (deleted)", expected)
             leaves.extend([b"\0" * 32] * (index - expected))  # keep positions aligned
             missing.update(range(expected, index))
         if document is None:
-            report.problem(f"event {index}: its document is missing", index)
+            _check_erased(report, erasures, index, time)
         else:
             if leaf_hash(document) != stored_hash:
                 report.problem(f"event {index}: its document does not hash to its leaf", index)
@@ -140,6 +240,16 @@ async def _check_leaves(session: AsyncSession, report: Report) -> tuple[list[byt
                 report.problem(f"event {index}: its columns differ from its document", index)
         leaves.append(stored_hash)
     return leaves, missing
+
+
+def _check_erased(report: Report, erasures: _Erasures, index: int, time: datetime) -> None:
+    covering = list(erasures.covering(index))
+    if any(erasure.allows(index, time) for erasure in covering):
+        report.erased += 1
+    elif covering:
+        report.problem(f"event {index}: its document was erased before it expired", index)
+    else:
+        report.problem(f"event {index}: its document is missing", index)
 
 
 def _levels(leaves: list[bytes]) -> list[list[bytes]]:

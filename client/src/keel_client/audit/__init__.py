@@ -26,6 +26,7 @@ from keel_client.audit.client import (
     SpoolLockedError,
     SyncAuditClient,
 )
+from keel_client.audit.export import verify_export_csv, verify_export_lines
 from keel_client.audit.heads import (
     TreeHead,
     canonical_json,
@@ -91,6 +92,8 @@ __all__ = [
     "tree_head_message",
     "verify_consistency",
     "verify_event_receipt",
+    "verify_export_csv",
+    "verify_export_lines",
     "verify_inclusion",
     "verify_tree_head",
 ]
