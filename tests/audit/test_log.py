@@ -358,3 +358,27 @@ async def test_a_quiet_log_gets_a_fresh_signed_head_on_the_timer(
     assert (fresh.tree_size, fresh.root_hash) == (current.tree_size, current.root_hash)
     assert fresh.timestamp >= before.timestamp
     verify_tree_head(fresh, await keys(client))
+
+
+async def test_proof_answers_name_only_what_they_prove(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await register(client, admin)
+    await client.post(
+        "/audit/v1/events/batch", headers=admin.headers, json={"events": [event(1), event(2)]}
+    )
+    size = (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()["tree_size"]
+    inclusion = await client.get(
+        "/audit/v1/proofs/inclusion", params={"leaf_index": 0}, headers=admin.headers
+    )
+    assert set(inclusion.json()) == {"leaf_index", "tree_size", "proof", "tree_head"}
+    consistency = await client.get(
+        "/audit/v1/proofs/consistency", params={"first": 1, "second": size}, headers=admin.headers
+    )
+    assert set(consistency.json()) == {"first", "second", "proof"}
+    beyond = await client.get(
+        "/audit/v1/proofs/consistency",
+        params={"first": 1, "second": size + 1},
+        headers=admin.headers,
+    )
+    assert beyond.status_code == 422

@@ -243,7 +243,10 @@ def build_router() -> APIRouter:
         return _head(head)
 
     @router.get(
-        "/proofs/inclusion", response_model=schemas.Proof, dependencies=[require_permission(READ)]
+        "/proofs/inclusion",
+        response_model=schemas.Proof,
+        response_model_exclude_none=True,
+        dependencies=[require_permission(READ)],
     )
     async def inclusion_proof(
         request: Request,
@@ -277,6 +280,7 @@ def build_router() -> APIRouter:
     @router.get(
         "/proofs/consistency",
         response_model=schemas.Proof,
+        response_model_exclude_none=True,
         dependencies=[require_permission(READ)],
     )
     async def consistency_proof(
