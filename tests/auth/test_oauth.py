@@ -296,3 +296,30 @@ async def test_malformed_token_requests_answer_invalid_request(
     assert (
         "grant_type" in schema["content"]["application/x-www-form-urlencoded"]["schema"]["required"]
     )
+
+
+async def test_a_clients_token_is_revoked_only_by_that_client_authenticated(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    _, client_id, secret = await _service_client(app, admin)
+    _, other_id, other_secret = await create_service_account(app, admin.tenant_id, "other")
+    issued = await client.post(
+        TOKEN, headers=basic(client_id, secret), data={"grant_type": "client_credentials"}
+    )
+    access = issued.json()["access_token"]
+
+    anonymous = await client.post(REVOKE, data={"token": access})
+    wrong_secret = await client.post(
+        REVOKE, headers=basic(client_id, secret + "x"), data={"token": access}
+    )
+    another_client = await client.post(
+        REVOKE, headers=basic(other_id, other_secret), data={"token": access}
+    )
+    for refused in (anonymous, wrong_secret, another_client):
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "invalid_client"
+    assert (await _introspect(client, access, admin.headers))["active"] is True
+
+    revoked = await client.post(REVOKE, headers=basic(client_id, secret), data={"token": access})
+    assert revoked.status_code == 200
+    assert await _introspect(client, access, admin.headers) == {"active": False}

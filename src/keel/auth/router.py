@@ -566,9 +566,23 @@ def build_router() -> APIRouter:
         session: DbSession,
         auth: Auth,
         token: Annotated[str, Form(max_length=16_384)],
+        client_id: Annotated[str | None, Form(max_length=64)] = None,
+        client_secret: Annotated[str | None, Form(max_length=200)] = None,
     ) -> Response:
-        """RFC 7009 token revocation: always 200, whether or not the token was known."""
-        await auth.revoke_token(session, token, request_actor(request))
+        """RFC 7009 token revocation: 200 whether or not the token was known.
+
+        A token issued to a client (client credentials, authorization code) is revoked only
+        by that client, authenticated (section 2.1); a login's tokens need no client.
+        """
+        basic_id, basic_secret = _basic_credentials(request)
+        client_id = basic_id or client_id
+        client_secret = basic_secret or client_secret
+        if client_id and not await auth.authenticate_client(session, client_id, client_secret):
+            return _oauth_error("invalid_client", "Client authentication failed.", 401)
+        if not await auth.revoke_token(session, token, request_actor(request), client_id):
+            return _oauth_error(
+                "invalid_client", "The token was issued to a client: authenticate as it.", 401
+            )
         return Response(status_code=200)
 
     @router.get("/oauth/userinfo")

@@ -1301,8 +1301,14 @@ class AuthService:
             return {"active": False}
         return {"active": True, "token_type": "access_token", **principal.claims}
 
-    async def revoke_token(self, session: AsyncSession, token: str, actor: Actor) -> None:
-        """RFC 7009: revoke a refresh token's session or an access token; unknown is fine."""
+    async def revoke_token(
+        self, session: AsyncSession, token: str, actor: Actor, client_id: str | None = None
+    ) -> bool:
+        """RFC 7009: revoke a refresh token's session or an access token; unknown is fine.
+
+        ``client_id`` is the authenticated caller's client, if any. A token issued to a client
+        is revoked only for that client: False, and nothing revoked, for anyone else.
+        """
         if token.startswith("krt_"):
             row = await session.scalar(
                 select(RefreshToken)
@@ -1310,8 +1316,13 @@ class AuthService:
                 .execution_options(all_tenants=True)
             )
             if row is None:
-                return
+                return True
             bind_tenant(session, row.tenant_id)
+            owner = await session.scalar(
+                select(LoginSession.client_id).where(LoginSession.id == row.session_id)
+            )
+            if owner is not None and owner != client_id:
+                return False
             await session.execute(
                 update(LoginSession)
                 .where(LoginSession.id == row.session_id, LoginSession.revoked_at.is_(None))
@@ -1326,11 +1337,14 @@ class AuthService:
                 target_id=row.session_id,
                 data={"token_type": "refresh_token"},
             )
-            return
+            return True
         try:
             principal = await self.verifier.verify(token)
         except InvalidToken:
-            return
+            return True
+        owner = principal.claims.get("client_id")
+        if isinstance(owner, str) and owner != client_id:
+            return False
         jti, exp = principal.claims.get("jti"), principal.expires_at
         if isinstance(jti, str) and exp is not None:
             if await session.get(RevokedAccessToken, jti) is None:
@@ -1345,6 +1359,7 @@ class AuthService:
                 target_id=jti,
                 data={"token_type": "access_token"},
             )
+        return True
 
     async def purge_expired(self, session: AsyncSession) -> None:
         """Drop revocation entries and refresh tokens nobody can present any more."""
