@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks._databases import postgres_database
 from benchmarks._figures import Figure, emit
 from benchmarks._servers import (
     HOST,
@@ -61,7 +62,6 @@ CONCURRENCY = 16
 LOGINS = 50
 ISSUER = "https://keel.bench"
 AUDIENCE = "keel"
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 BENCH_MASTER_KEY = base64.b64encode(b"keel-bench-master-key-32-bytes!!").decode()
 PASSWORD = "plum-Tractor-kettle-47"  # noqa: S105 - a benchmark user's password
 
@@ -318,28 +318,6 @@ def _token_load(port: int, basic: str) -> dict[str, Any]:
     return result
 
 
-def _postgres_database() -> tuple[str, Callable[[], None]]:
-    """A fresh PostgreSQL database: its SQLAlchemy URL and a function dropping it."""
-    import asyncpg
-
-    name = f"keel_bench_auth_{uuid.uuid4().hex[:8]}"
-
-    async def execute(statement: str) -> None:
-        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    url = POSTGRES_ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
-    return f"{url}/{name}", drop
-
-
 def _login_latencies(port: int, admin_key: str) -> list[float]:
     import httpx
 
@@ -379,7 +357,8 @@ def issuance_and_login(root: Path) -> list[Figure]:
         "KEEL_AUTH__LOGIN_RATE_PER_IP_PER_MINUTE": "100000",
     }
     sqlite_env = clean_env(**env_common)
-    database_url, drop_database = _postgres_database()
+    databases = contextlib.ExitStack()
+    database_url = databases.enter_context(postgres_database("keel_bench_auth"))
     postgres_env = clean_env(KEEL_DATABASE_URL=database_url, **env_common)
     figures = []
     try:
@@ -452,7 +431,7 @@ def issuance_and_login(root: Path) -> list[Figure]:
                 )
             )  # fmt: skip
     finally:
-        drop_database()
+        databases.close()
     return figures
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 import keel.audit.retention  # noqa: F401  (registers audit.retention.erase in the catalogue)
 from keel.audit import export, schemas
@@ -103,7 +105,7 @@ def event_filter(
 Filters = Annotated[EventFilter, Depends(event_filter)]
 
 
-def _request_hashes(events: list[schemas.EventIn]) -> list[bytes]:
+def _request_hashes(events: Sequence[BaseModel]) -> list[bytes]:
     """What a retry must repeat: the events as sent, before redaction or defaults."""
     return [
         hashlib.sha256(canonical_json(event.model_dump(mode="json", exclude_none=True))).digest()

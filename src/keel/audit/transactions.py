@@ -10,7 +10,6 @@ its first receipt, the same id with other fields is a conflict.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Self
@@ -19,11 +18,10 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keel.audit import schemas
-from keel.audit.router import WRITE, _audit, _head, _receipt
+from keel.audit.router import WRITE, _audit, _head, _receipt, _request_hashes
 from keel.auth.dependencies import CurrentPrincipal, require_permission
 from keel.core.audit import Actor, Transaction, check_currency, transaction_document
 from keel.core.deps import DbSession
-from keel_client.audit import canonical_json
 from keel_client.audit.client import (
     AMOUNT_PATTERN,
     MAX_AMOUNT_DIGITS,
@@ -127,11 +125,6 @@ def _actor(actor: schemas.ActorIn) -> Actor:
     return Actor(actor.type, actor.id, actor.ip, actor.user_agent, actor.display)
 
 
-def _request_hash(body: TransactionIn) -> bytes:
-    """What a retry must repeat: the transaction as sent."""
-    return hashlib.sha256(canonical_json(body.model_dump(mode="json", exclude_none=True))).digest()
-
-
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["audit"])
 
@@ -157,7 +150,7 @@ def build_router() -> APIRouter:
             transaction=body.transaction(),
             actor=body.recording_actor(),
         )
-        (receipt,) = await audit.append(principal.tenant_id, [document], [_request_hash(body)])
+        (receipt,) = await audit.append(principal.tenant_id, [document], _request_hashes([body]))
         head = await audit.latest_head(session, principal.tenant_id)
         assert head is not None
         return schemas.ReceiptOut(**_receipt(receipt).model_dump(), tree_head=_head(head))
