@@ -56,8 +56,11 @@ class OtelSettings(BaseModel):
 
 
 class DatabasePoolSettings(BaseModel):
-    size: int = Field(default=10, ge=1, le=500)
-    max_overflow: int = Field(default=10, ge=0, le=500)
+    #: Connections each process keeps open.
+    size: int = Field(default=20, ge=1, le=500)
+    #: Extra connections opened under a burst and closed as soon as they are returned; 0
+    #: (a fixed pool) makes a burst wait for a connection instead of paying for new ones.
+    max_overflow: int = Field(default=0, ge=0, le=500)
     timeout_seconds: float = Field(default=10.0, gt=0)
 
 

@@ -3,6 +3,7 @@ the catalogue, queries, tenant isolation, and proofs that the SDK's offline veri
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import uuid
@@ -10,9 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy import event as sqlalchemy_event
 
 from auth.conftest import TenantAdmin, audit_events, create_user, make_tenant_admin
+from keel.app import create_app
+from keel.settings import DatabasePoolSettings, Settings
 from keel_client.audit import (
     ProofError,
     TreeHead,
@@ -382,3 +387,68 @@ async def test_proof_answers_name_only_what_they_prove(
         headers=admin.headers,
     )
     assert beyond.status_code == 422
+
+
+async def test_tree_nodes_are_read_by_index_seeks_not_a_scan_of_the_log(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Every append and proof reads a few tree nodes; each must be an index seek, or the cost
+    of a batch grows with the log (a row-value ``IN`` scanned all nodes on SQLite)."""
+    await register(client, admin)
+    reads: list[tuple[str, Any]] = []
+    engine = app.state.keel.database.engine.sync_engine
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")) and "audit_nodes" in statement:
+            reads.append((statement, parameters))
+
+    sqlalchemy_event.listen(engine, "before_cursor_execute", capture)
+    try:
+        for batch in range(3):
+            events = [event(batch * 10 + n) for n in range(10)]
+            response = await client.post(
+                "/audit/v1/events/batch", headers=admin.headers, json={"events": events}
+            )
+            assert response.status_code == 200, response.text
+        proof = await client.get(
+            "/audit/v1/proofs/inclusion",
+            params={"event_id": events[3]["id"]},
+            headers=admin.headers,
+        )
+        assert proof.status_code == 200
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", capture)
+    assert reads, "no tree node was read"
+    if engine.dialect.name != "sqlite":
+        pytest.skip("a plan check for SQLite: PostgreSQL plans a table this small as a scan")
+    async with app.state.keel.database.engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        for statement, parameters in reads:
+            rows = await (
+                await driver.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            ).fetchall()
+            plan = " | ".join(str(row[-1]) for row in rows)
+            assert "SCAN audit_nodes" not in plan, plan
+            assert "level=? AND index=?" in plan, plan
+
+
+async def test_appends_above_the_pool_size_wait_their_turn_and_all_land(
+    settings: Settings,
+) -> None:
+    """An append holds one connection at a time: more concurrent appends than the pool has
+    connections queue for them instead of each holding one while waiting for a second."""
+    pool = DatabasePoolSettings(size=2, timeout_seconds=5.0)
+    application = create_app(settings.model_copy(update={"database_pool": pool}))
+    async with LifespanManager(application):
+        admin = await make_tenant_admin(application)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
+            await register(client, admin)
+            answers = await asyncio.gather(
+                *(
+                    client.post("/audit/v1/events", headers=admin.headers, json=event(n))
+                    for n in range(8)
+                )
+            )
+    assert [answer.status_code for answer in answers] == [201] * 8
+    assert len({answer.json()["leaf_index"] for answer in answers}) == 8

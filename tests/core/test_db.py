@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, MetaData, String, select, text
+from sqlalchemy import Integer, MetaData, String, event, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from keel.core.db import Database, UTCDateTime
 from keel.core.ids import new_id
 from keel.core.tenancy import Tenant, TenantScoped, bind_tenant, create_tenant
-from keel.settings import Settings
+from keel.settings import DatabasePoolSettings, Settings
 from support.tables import add_tenants_stub, created_tables, unique_name
 
 
@@ -149,6 +150,31 @@ class TestSQLite:
     ) -> None:
         await sqlite_database.ping()
         assert (tmp_path / "nested" / "keel.db").exists()
+
+
+async def test_load_above_the_pool_size_waits_instead_of_opening_connections(
+    settings: Settings,
+) -> None:
+    """Overflow connections are closed as soon as they are returned: a sustained load above
+    a pool with overflow opened and closed a connection per unit of work. The default pool is
+    fixed, so twelve concurrent units of work share its three connections."""
+    pool = DatabasePoolSettings(size=3)
+    database = Database.from_settings(settings.model_copy(update={"database_pool": pool}))
+    opened = []
+    event.listen(database.engine.sync_engine, "connect", lambda *_: opened.append(1))
+
+    async def unit_of_work() -> None:
+        async with database.session() as session:
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(0.01)  # hold the connection, as a request does
+
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(unit_of_work() for _ in range(12)))
+        assert len(opened) <= 3
+        assert database.pool_stats()["overflow"] <= 0
+    finally:
+        await database.dispose()
 
 
 @pytest.mark.postgres

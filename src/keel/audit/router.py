@@ -128,6 +128,7 @@ def build_router() -> APIRouter:
         """Append one event; the answer is its receipt (leaf index) and the signed head."""
         audit = _audit(request)
         documents = await _documents(audit, session, principal.tenant_id, [body])
+        await session.commit()  # a request holds one connection at a time; the log takes its own
         (receipt,) = await audit.append(principal.tenant_id, documents, _request_hashes([body]))
         head = await audit.latest_head(session, principal.tenant_id)
         assert head is not None
@@ -147,6 +148,7 @@ def build_router() -> APIRouter:
         """Append up to 1,000 events at once, all or none; idempotent on each event's id."""
         audit = _audit(request)
         documents = await _documents(audit, session, principal.tenant_id, body.events)
+        await session.commit()  # a request holds one connection at a time; the log takes its own
         receipts = await audit.append(principal.tenant_id, documents, _request_hashes(body.events))
         head = await audit.latest_head(session, principal.tenant_id)
         assert head is not None

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import delete, func, insert, select, text, tuple_
+from sqlalchemy import Integer, column, delete, func, insert, select, text, values
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -339,10 +339,12 @@ class AuditLog:
                 )
             )
             found.update({(0, row.leaf_index): row.leaf_hash for row in rows})
-        if inner:
+        for first in range(0, len(inner), _NODES_PER_QUERY):
+            nodes = _wanted_nodes(inner[first : first + _NODES_PER_QUERY])
             rows = await session.execute(
-                select(AuditNode.level, AuditNode.index.label("position"), AuditNode.hash).where(
-                    tuple_(AuditNode.level, AuditNode.index).in_(inner)
+                select(AuditNode.level, AuditNode.index.label("position"), AuditNode.hash).join(
+                    nodes,
+                    (AuditNode.level == nodes.c.level) & (AuditNode.index == nodes.c.position),
                 )
             )
             found.update({(row.level, row.position): row.hash for row in rows})
@@ -673,6 +675,21 @@ def _event_row(
         "request_hash": leaf.request_hash,
         "sequenced_at": now,
     }
+
+
+#: Nodes looked up by one query (two bound parameters each).
+_NODES_PER_QUERY = 2_000
+
+
+def _wanted_nodes(wanted: Sequence[Node]) -> Any:
+    """``wanted`` as a ``VALUES`` list the node table is joined to: an index seek per node on
+    both databases, where a row-value ``(level, index) IN (…)`` scans all of the tenant's
+    nodes on SQLite."""
+    return (
+        values(column("level", Integer), column("position", Integer), name="wanted")
+        .data(list(wanted))
+        .cte()
+    )
 
 
 def _frontier(size: int) -> set[Node]:

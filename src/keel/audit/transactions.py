@@ -150,6 +150,7 @@ def build_router() -> APIRouter:
             transaction=body.transaction(),
             actor=body.recording_actor(),
         )
+        await session.commit()  # a request holds one connection at a time; the log takes its own
         (receipt,) = await audit.append(principal.tenant_id, [document], _request_hashes([body]))
         head = await audit.latest_head(session, principal.tenant_id)
         assert head is not None

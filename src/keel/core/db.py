@@ -86,22 +86,25 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> Non
 
 def create_engine(settings: Settings) -> AsyncEngine:
     url = make_url(settings.effective_database_url)
+    pool = settings.database_pool
+    # Sized as HikariCP recommends, fixed: SQLAlchemy closes an overflow connection as soon as
+    # it is returned, so load above the pool size opened and closed a connection a request.
+    sizing = {
+        "pool_size": pool.size,
+        "max_overflow": pool.max_overflow,
+        "pool_timeout": pool.timeout_seconds,
+    }
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+            engine = create_async_engine(url, **sizing)
+        else:
+            engine = create_async_engine(url)
         use_one_hop_connections(engine, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
-    pool = settings.database_pool
-    engine = create_async_engine(
-        url,
-        pool_size=pool.size,
-        max_overflow=pool.max_overflow,
-        pool_timeout=pool.timeout_seconds,
-        connect_args={"timeout": pool.timeout_seconds},
-    )
+    engine = create_async_engine(url, **sizing, connect_args={"timeout": pool.timeout_seconds})
     _ping_on_checkout(engine, pool.timeout_seconds)
     return engine
 
