@@ -3,11 +3,14 @@ and the discovery documents."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
 import httpx
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from auth.conftest import (
     TenantAdmin,
@@ -17,7 +20,12 @@ from auth.conftest import (
     create_user,
     login_tokens,
     make_tenant_admin,
+    unit_of_work,
 )
+from keel.app import create_app
+from keel.audit.service import EventFilter
+from keel.core.audit import AuditOutbox
+from keel.settings import Settings
 
 TOKEN = "/auth/v1/oauth/token"
 INTROSPECT = "/auth/v1/oauth/introspect"
@@ -323,3 +331,66 @@ async def test_a_clients_token_is_revoked_only_by_that_client_authenticated(
     revoked = await client.post(REVOKE, headers=basic(client_id, secret), data={"token": access})
     assert revoked.status_code == 200
     assert await _introspect(client, access, admin.headers) == {"active": False}
+
+
+async def test_issued_tokens_are_in_the_log_before_the_answer_in_group_commits(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Issuing a token changes nothing in the database; its audit event is appended at once,
+    concurrent issues sharing a transaction and a signed head, not queued in the outbox."""
+    account_id, client_id, secret = await _service_client(app, admin)
+    audit = app.state.keel.resources["audit"]
+    heads_before = await _heads(app, admin.tenant_id)
+
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                TOKEN, headers=basic(client_id, secret), data={"grant_type": "client_credentials"}
+            )
+            for _ in range(12)
+        )
+    )
+
+    assert [answer.status_code for answer in answers] == [200] * 12
+    async with unit_of_work(app) as session:
+        waiting = await session.scalar(
+            select(func.count())
+            .select_from(AuditOutbox)
+            .where(AuditOutbox.tenant_id == admin.tenant_id)
+        )
+        issued = await audit.events(
+            session, admin.tenant_id, filters=EventFilter(action_prefix="auth.token.issue")
+        )
+    assert waiting == 0
+    assert len(issued) == 12
+    assert {event.document["actor"]["id"] for event in issued} == {account_id}
+    new_heads = len(await _heads(app, admin.tenant_id)) - len(heads_before)
+    assert 1 <= new_heads < 12  # batched: fewer transactions than events
+
+
+async def test_without_the_audit_service_an_issued_token_is_recorded_through_the_outbox(
+    settings: Settings,
+) -> None:
+    application = create_app(settings.model_copy(update={"services": ["auth"]}))
+    async with LifespanManager(application):
+        admin = await make_tenant_admin(application)
+        _, client_id, secret = await _service_client(application, admin)
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:
+            answer = await client.post(
+                TOKEN, headers=basic(client_id, secret), data={"grant_type": "client_credentials"}
+            )
+        assert answer.status_code == 200, answer.text
+        async with unit_of_work(application) as session:
+            documents = list(
+                await session.scalars(
+                    select(AuditOutbox.document).where(AuditOutbox.tenant_id == admin.tenant_id)
+                )
+            )
+    assert any(b'"auth.token.issue"' in document for document in documents)
+
+
+async def _heads(app: FastAPI, tenant_id: str) -> list[Any]:
+    audit = app.state.keel.resources["audit"]
+    async with unit_of_work(app) as session:
+        return list(await audit.heads(session, tenant_id))

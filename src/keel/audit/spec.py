@@ -12,7 +12,8 @@ from keel.app import AppContext
 from keel.audit import router, transactions
 from keel.audit.models import AuditSigningKey
 from keel.audit.service import AuditLog
-from keel.core.audit import on_recorded
+from keel.audit.writer import GroupWriter
+from keel.core.audit import on_recorded, use_event_writer
 from keel.core.logging import get_logger
 from keel.core.services import ServiceSpec
 
@@ -80,6 +81,18 @@ async def sequence_recorded_events(context: AppContext) -> None:
         undo()
 
 
+async def write_events_now(context: AppContext) -> None:
+    """Group-commit the events recorded with ``record_event_now`` in this process."""
+    audit = context.resources[AUDIT_RESOURCE]
+    assert isinstance(audit, AuditLog)
+    writer = GroupWriter(audit)
+    undo = use_event_writer(context.database.engine, writer)
+    try:
+        await writer.run()
+    finally:
+        undo()
+
+
 async def sign_heads_on_a_timer(context: AppContext) -> None:
     """Sign a fresh head of every log whose latest head is older than ``HEARTBEAT_SECONDS``:
     even a log nobody writes to shows, by a recent timestamp, that it is alive and unforked."""
@@ -119,7 +132,7 @@ service = ServiceSpec(
     router=build_routers,
     ready_check=audit_ready,
     startup=start_audit,
-    companions=(sequence_recorded_events,),
+    companions=(sequence_recorded_events, write_events_now),
     background=(sign_heads_on_a_timer, erase_expired_payloads_daily),
     model_modules=("keel.audit.models",),
 )

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl, unquote
 
 from fastapi import APIRouter, Form, Header, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from keel.auth import schemas
@@ -16,6 +17,7 @@ from keel.auth.dependencies import (
     Auth,
     CurrentPrincipal,
     bearer_credential,
+    get_auth_service,
     limit_by_address,
     no_store,
     request_actor,
@@ -23,9 +25,9 @@ from keel.auth.dependencies import (
 )
 from keel.auth.mfa import MfaCheck
 from keel.auth.models import PrincipalType
-from keel.auth.service import AuthFailure, TokenPair
+from keel.auth.service import AuthFailure, AuthService, TokenPair
 from keel.core.audit import Actor
-from keel.core.deps import DbSession
+from keel.core.deps import DbSession, get_context
 from keel.core.errors import Forbidden, Unauthorized, ValidationFailed
 from keel.core.http import etag_for
 
@@ -467,14 +469,22 @@ def build_router() -> APIRouter:
     # -- OAuth 2.0 ------------------------------------------------------------------------------
 
     @router.post("/oauth/token", openapi_extra=_TOKEN_REQUEST_SCHEMA)
-    async def token(request: Request, session: DbSession, auth: Auth) -> Response:
+    async def token(request: Request) -> Response:
         """OAuth 2.0 token endpoint (RFC 6749): ``authorization_code`` (with PKCE),
         ``client_credentials`` and ``refresh_token``.
 
-        The form is read here rather than declared as eleven ``Form`` parameters: this is the
-        hottest endpoint of machine-to-machine traffic, and a malformed request gets the
-        OAuth ``invalid_request`` answer its clients expect rather than a 422.
+        The form is read here rather than declared as eleven ``Form`` parameters, and the unit
+        of work opened here rather than by a dependency: this is the hottest endpoint of
+        machine-to-machine traffic, and a malformed request gets the OAuth
+        ``invalid_request`` answer its clients expect rather than a 422.
         """
+        auth = await get_auth_service(request)
+        async with get_context(request).database.session() as session:
+            return await _token_grant(request, session, auth)
+
+    async def _token_grant(
+        request: Request, session: AsyncSession, auth: AuthService
+    ) -> Response:
         form = await _token_form(request)
         if isinstance(form, Response):
             return form

@@ -48,7 +48,7 @@ from keel.auth.models import (
 )
 from keel.auth.one_time_tokens import AccountTokenDelivery, log_account_token_request
 from keel.auth.passwords import Passwords
-from keel.core.audit import SYSTEM, Actor, Outcome, record_event
+from keel.core.audit import SYSTEM, Actor, Outcome, record_event, record_event_now
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -1202,7 +1202,9 @@ class AuthService:
         The hot path of machine-to-machine calls: the client, its service account and that
         account's roles come back from one query, and the only write is the audit event.
         """
-        rows = (await session.execute(_CLIENT_GRANT, {"client_id": client_id})).all()
+        # Core, not the ORM: half the cost on the hottest query of machine-to-machine traffic.
+        connection = await session.connection()
+        rows = (await connection.execute(_CLIENT_GRANT, {"client_id": client_id})).all()
         if not rows or rows[0].is_revoked:
             self.keyring.token_hash(client_secret or "")  # same work as a real check
             return AuthFailure("invalid_client")
@@ -1233,7 +1235,7 @@ class AuthService:
             key=await self.keys.active_key(session),
             client_id=client_id,
         )
-        record_event(
+        await record_event_now(
             session,
             tenant_id=client.tenant_id,
             action="auth.token.issue",

@@ -21,22 +21,23 @@ with the amount kept as its exact decimal text.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import pycountry
 import structlog
 from sqlalchemy import BigInteger, Integer, LargeBinary, String, event, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from keel.core.db import Base, UTCDateTime, utcnow
 from keel.core.ids import new_id
-from keel.core.logging import REDACTED, redact
+from keel.core.logging import REDACTED, get_logger, redact
 from keel.core.tenancy import bound_tenant
 from keel_client.audit import canonical_json
 from keel_client.audit.client import (
@@ -48,6 +49,8 @@ from keel_client.audit.client import (
     check_transaction_text,
 )
 from keel_client.auth import Principal
+
+_log = get_logger(__name__)
 
 #: Version of the event document's shape, stored in every event.
 SCHEMA_VERSION = 1
@@ -235,6 +238,60 @@ def record_event(
     )
     session.sync_session.info.setdefault(_PENDING, []).append(document)
     return document
+
+
+class EventWriter(Protocol):
+    """Appends one event document to the log and returns once it is stored."""
+
+    async def __call__(self, document: dict[str, Any]) -> None: ...
+
+
+#: The writer of each engine, where this process runs the audit service.
+_writers: weakref.WeakKeyDictionary[Any, EventWriter] = weakref.WeakKeyDictionary()
+
+
+def use_event_writer(engine: AsyncEngine, writer: EventWriter) -> Callable[[], None]:
+    """Let :func:`record_event_now` on ``engine``'s sessions use ``writer``; returns an undo."""
+    _writers[engine.sync_engine] = writer
+
+    def undo() -> None:
+        _writers.pop(engine.sync_engine, None)
+
+    return undo
+
+
+async def record_event_now(session: AsyncSession, **fields: Any) -> dict[str, Any]:
+    """:func:`record_event` for a fact the unit of work does not change anything for (a token
+    issued, a secret read): the event is in the log before this returns, appended with those
+    of concurrent callers in one transaction, and the caller's unit of work stays read-only.
+
+    Where this process does not run the audit service, where the unit of work has already
+    begun writing (on SQLite the append would wait for it), or where the append fails, the
+    event goes with the unit of work's commit as :func:`record_event` does.
+    """
+    document = record_event(session, **fields)
+    writer = _writers.get(session.sync_session.get_bind().engine)
+    if writer is None or await _writes_pending(session):
+        return document
+    pending: list[dict[str, Any]] = session.sync_session.info[_PENDING]
+    pending.remove(document)
+    try:
+        await writer(document)
+    except Exception:
+        pending.append(document)  # stored with the commit instead
+        _log.warning("audit.write_now.failed", action=document["action"], exc_info=True)
+    return document
+
+
+async def _writes_pending(session: AsyncSession) -> bool:
+    sync_session = session.sync_session
+    if sync_session.new or sync_session.dirty or sync_session.deleted:
+        return True
+    if not sync_session.in_transaction():
+        return False
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    return bool(getattr(driver, "writing", False))
 
 
 def _actor_fields(

@@ -82,6 +82,11 @@ class OneHopConnection(aiosqlite.Connection):
         self._writers = writers
         self._writing: asyncio.Lock | None = None  # held from the first write to the end
 
+    @property
+    def writing(self) -> bool:
+        """Whether the current transaction has written (and holds the engine's writer turn)."""
+        return self._writing is not None
+
     def cursor(self) -> OneHopCursor:  # type: ignore[override]
         return OneHopCursor(self)
 
