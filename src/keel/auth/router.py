@@ -482,9 +482,7 @@ def build_router() -> APIRouter:
         async with get_context(request).database.session() as session:
             return await _token_grant(request, session, auth)
 
-    async def _token_grant(
-        request: Request, session: AsyncSession, auth: AuthService
-    ) -> Response:
+    async def _token_grant(request: Request, session: AsyncSession, auth: AuthService) -> Response:
         form = await _token_form(request)
         if isinstance(form, Response):
             return form
