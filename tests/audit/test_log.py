@@ -161,6 +161,29 @@ async def test_appends_are_idempotent_on_the_event_id(
     assert [item["id"] for item in listed.json()["items"]] == [sent["id"]]
 
 
+async def test_a_large_batch_repeating_stored_events_answers_their_first_receipts(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Large batches are written optimistically (by COPY on PostgreSQL); a repeated id is
+    caught by the unique key and the batch appended again with the repeats looked up."""
+    await register(client, admin)
+    stored = [event(n) for n in range(100)]
+    first = await client.post(
+        "/audit/v1/events/batch", headers=admin.headers, json={"events": stored}
+    )
+    assert first.status_code == 200, first.text
+    fresh = [event(n) for n in range(100, 110)]
+    again = await client.post(
+        "/audit/v1/events/batch", headers=admin.headers, json={"events": stored + fresh}
+    )
+    assert again.status_code == 200, again.text
+    receipts = again.json()["receipts"]
+    assert receipts[:100] == first.json()["receipts"]
+    last = first.json()["receipts"][-1]["leaf_index"]
+    assert [r["leaf_index"] for r in receipts[100:]] == list(range(last + 1, last + 11))
+    assert again.json()["tree_head"]["tree_size"] == last + 11
+
+
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [

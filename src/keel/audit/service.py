@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Integer, column, delete, func, insert, select, text, values
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keel.audit.models import (
     AuditAction,
@@ -46,7 +47,7 @@ from keel.core.audit import (
     builtin_action,
 )
 from keel.core.crypto import Keyring
-from keel.core.db import utcnow
+from keel.core.db import Base, utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
@@ -171,18 +172,20 @@ class AuditLog:
         for attempt in range(3):
             try:
                 async with self._tenant_lock(tenant_id), self.sessions() as session:
-                    return await self._append(session, tenant_id, leaves)
-            except IntegrityError:  # another process took the same index: once more
+                    # Optimistic first: new ids are the rule, and the unique key on the
+                    # event id catches a repeat, which the next attempt looks up.
+                    return await self._append(session, tenant_id, leaves, look_up=attempt > 0)
+            except IntegrityError:  # a repeated id, or another process took the same index
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def _append(
-        self, session: AsyncSession, tenant_id: str, leaves: list[_Leaf]
+        self, session: AsyncSession, tenant_id: str, leaves: list[_Leaf], *, look_up: bool
     ) -> list[Receipt]:
         await self._lock(session, tenant_id)
         ids = [leaf.event_id for leaf in leaves]
-        known = await self._known(session, ids)
+        known = await self._known(session, ids) if look_up else {}
         stored = {event_id: request for event_id, (_, _, request) in known.items()}
         fresh: dict[str, _Leaf] = {}
         for leaf in leaves:
@@ -308,10 +311,8 @@ class AuditLog:
             )
             receipts.append(Receipt(leaf.event_id, index, digest))
         connection = await session.connection()
-        await connection.execute(insert(AuditEvent), events)
-        await connection.execute(insert(AuditPayload), payloads)
-        if new_nodes:
-            await connection.execute(insert(AuditNode), new_nodes)
+        for model, rows in ((AuditEvent, events), (AuditPayload, payloads), (AuditNode, new_nodes)):
+            await _insert(connection, model, rows)
         new_size = size + len(leaves)
         root = range_hash(0, new_size, lambda level, index: nodes[(level, index)])
         await self._sign_head(session, tenant_id, new_size, root)
@@ -675,6 +676,35 @@ def _event_row(
         "request_hash": leaf.request_hash,
         "sequenced_at": now,
     }
+
+
+#: From this many rows, PostgreSQL gets them by ``COPY`` rather than ``INSERT``.
+COPY_FROM_ROWS = 64
+
+
+async def _insert(
+    connection: AsyncConnection, model: type[Base], rows: list[dict[str, Any]]
+) -> None:
+    """Insert ``rows`` (complete, the columns of ``model``'s table, values as the driver takes
+    them); a large batch on PostgreSQL by ``COPY``, which costs the database and this process
+    about half what a multi-row ``INSERT`` does."""
+    if not rows:
+        return
+    table = Base.metadata.tables[model.__tablename__]
+    if connection.dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
+        await connection.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    try:
+        await driver.copy_records_to_table(
+            table.name, columns=columns, records=list(map(itemgetter(*columns), rows))
+        )
+    except Exception as error:  # the driver's own, as SQLAlchemy would have wrapped it
+        if str(getattr(error, "sqlstate", "")).startswith("23"):  # integrity violation
+            raise IntegrityError(f"COPY {table.name}", None, error) from error
+        raise
 
 
 #: Nodes looked up by one query (two bound parameters each).

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,48 +27,52 @@ def canonical_json(value: Any) -> bytes:
     """RFC 8785 (JCS) bytes of a JSON value: the form every event is hashed and signed in.
 
     Values made only of strings, integers below 2**53, booleans, nulls, lists and objects
-    with ASCII keys come out of the standard library's encoder byte for byte as JCS has them
-    (keys in code-point order, the same escapes, integers as written), at a fifth of the cost
-    of the general encoder; anything else (floats, non-ASCII keys, whose JCS order is by
-    UTF-16 units) goes through ``rfc8785``.
+    with ASCII keys come out of ``orjson`` byte for byte as JCS has them (keys in code-point
+    order, the same escapes, integers as written, UTF-8), at a thirtieth of the cost of the
+    general encoder; anything else (floats, non-ASCII keys, whose JCS order is by UTF-16
+    units) goes through ``rfc8785``.
     """
     if _plain(value, 0):
-        return _PLAIN.encode(value).encode()
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:
+            pass  # a lone surrogate: rfc8785 says what is wrong with it
     return rfc8785.dumps(value)
 
 
-_PLAIN = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _SAFE_INTEGER = 2**53 - 1  # as rfc8785 has it
 
 
 def _plain(value: Any, depth: int) -> bool:
-    if value is None or value is True or value is False:
-        return True
+    """Whether ``orjson`` writes ``value`` as JCS does. Strings need no look: ``orjson``
+    refuses a lone surrogate, the one string JCS writes otherwise (as ``rfc8785`` refuses).
+
+    Loops with the checks in place rather than calls a value: this runs over every event the
+    log appends.
+    """
     kind = type(value)
-    if kind is str:
-        return not _has_lone_surrogate(value)
-    if kind is int:
-        return bool(-_SAFE_INTEGER <= value <= _SAFE_INTEGER)
-    if depth > 64:
-        return False
     if kind is dict:
-        return all(
-            type(key) is str and key.isascii() and _plain(item, depth + 1)
-            for key, item in value.items()
-        )
-    if kind is list:
-        return all(_plain(item, depth + 1) for item in value)
-    return False
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
+        if depth > 64:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int:
+                if not -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
+                    return False
+            elif (kind is not dict and kind is not list) or not _plain(item, depth + 1):
+                return False
         return True
-    return False
+    if kind is list:
+        if depth > 64:
+            return False
+        return all(_plain(item, depth + 1) for item in value)
+    if kind is str or kind is bool or value is None:
+        return True
+    return kind is int and -_SAFE_INTEGER <= value <= _SAFE_INTEGER
 
 
 def event_leaf_hash(event: Mapping[str, Any]) -> bytes:
