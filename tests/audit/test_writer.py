@@ -1,16 +1,20 @@
 """Events recorded "now" (``record_event_now``): appended in group commits, or with the unit
-of work's commit where appending at once cannot be."""
+of work's commit where appending at once cannot be; appends from several processes."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 from fastapi import FastAPI
 
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
-from keel.core.audit import record_event_now
+from keel.audit.service import AuditLog
+from keel.core.audit import ActionSpec, build_document, record_event_now
+from keel.core.db import Database
 from keel.core.tenancy import Tenant
+from keel.settings import Settings
 
 
 async def test_an_event_recorded_now_is_in_the_log_when_the_call_returns(
@@ -50,3 +54,39 @@ async def test_after_a_write_the_event_goes_with_the_commit_and_nothing_waits(
             )
     events = await audit_events(app, admin.tenant_id, action_prefix="auth.token.issue")
     assert [event.document["id"] for event in events] == [document["id"]]
+
+
+async def test_two_processes_appending_to_one_log_at_once_both_land(
+    app: FastAPI, settings: Settings, admin: TenantAdmin
+) -> None:
+    """Another engine is another process: it shares no lock in this one, only the database's
+    (SQLite's write lock, PostgreSQL's advisory lock)."""
+    spec = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
+    here = app.state.keel.resources["audit"]
+    elsewhere = Database.from_settings(settings)
+    there = AuditLog(app.state.keel.keyring, elsewhere.session)
+
+    def documents(count: int) -> list[dict[str, Any]]:
+        return [
+            build_document(
+                tenant_id=admin.tenant_id,
+                action=spec.name,
+                spec=spec,
+                actor={"type": "user", "id": "u-1"},
+                target={"type": "invoice", "id": f"inv-{n}"},
+            )
+            for n in range(count)
+        ]
+
+    try:
+        rounds = await asyncio.gather(
+            *(log.append(admin.tenant_id, documents(20)) for log in (here, there) * 4)
+        )
+    finally:
+        await elsewhere.dispose()
+    indexes = sorted(receipt.leaf_index for receipts in rounds for receipt in receipts)
+    assert len(set(indexes)) == 160  # (the sequencer may slot the admin's events between)
+    async with unit_of_work(app) as session:
+        head = await here.latest_head(session, admin.tenant_id)
+    assert head is not None
+    assert head.tree_size > indexes[-1]

@@ -27,7 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import Integer, column, delete, func, insert, select, text, values
+from sqlalchemy import Integer, column, delete, func, insert, select, text, tuple_, values
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -340,13 +340,10 @@ class AuditLog:
                 )
             )
             found.update({(0, row.leaf_index): row.leaf_hash for row in rows})
+        sqlite = session.get_bind().dialect.name == "sqlite"
         for first in range(0, len(inner), _NODES_PER_QUERY):
-            nodes = _wanted_nodes(inner[first : first + _NODES_PER_QUERY])
             rows = await session.execute(
-                select(AuditNode.level, AuditNode.index.label("position"), AuditNode.hash).join(
-                    nodes,
-                    (AuditNode.level == nodes.c.level) & (AuditNode.index == nodes.c.position),
-                )
+                _nodes_query(inner[first : first + _NODES_PER_QUERY], sqlite=sqlite)
             )
             found.update({(row.level, row.position): row.hash for row in rows})
         missing = wanted - found.keys()
@@ -359,10 +356,15 @@ class AuditLog:
         return self._tenant_locks.setdefault(tenant_id, asyncio.Lock())
 
     async def _lock(self, session: AsyncSession, tenant_id: str) -> None:
-        """One sequencer per tenant at a time across processes on PostgreSQL; on SQLite the
-        database's single writer orders them, and a lost race ends in a retried conflict."""
+        """One sequencer per tenant at a time across processes: an advisory lock on
+        PostgreSQL, the database's write lock on SQLite."""
         bind_tenant(session, tenant_id)
-        if session.get_bind().dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "sqlite":
+            # A write before any read, as BEGIN IMMEDIATE: the transaction holds SQLite's
+            # write lock before it reads the tree size. Begun as a read, it would find the
+            # lock taken by another process's append, and its snapshot stale once free.
+            await session.execute(text("DELETE FROM audit_outbox WHERE 0"))
+        elif session.get_bind().dialect.name == "postgresql":
             key = int.from_bytes(
                 hashlib.sha256(b"keel-audit:" + tenant_id.encode()).digest()[:8], "big", signed=True
             )
@@ -711,14 +713,24 @@ async def _insert(
 _NODES_PER_QUERY = 2_000
 
 
-def _wanted_nodes(wanted: Sequence[Node]) -> Any:
-    """``wanted`` as a ``VALUES`` list the node table is joined to: an index seek per node on
-    both databases, where a row-value ``(level, index) IN (…)`` scans all of the tenant's
-    nodes on SQLite."""
-    return (
+def _nodes_query(wanted: Sequence[Node], *, sqlite: bool) -> Any:
+    """The stored nodes among ``wanted``, an index seek each.
+
+    Each database needs its own form: SQLite answers a row-value ``(level, index) IN (…)`` by
+    scanning every node of the tenant, so it joins a ``VALUES`` list; PostgreSQL plans that
+    join as a scan at a million events (11 ms a proof) and the ``IN`` list as index lookups
+    (4.5 ms).
+    """
+    columns = select(AuditNode.level, AuditNode.index.label("position"), AuditNode.hash)
+    if not sqlite:
+        return columns.where(tuple_(AuditNode.level, AuditNode.index).in_(wanted))
+    nodes = (
         values(column("level", Integer), column("position", Integer), name="wanted")
         .data(list(wanted))
         .cte()
+    )
+    return columns.join(
+        nodes, (AuditNode.level == nodes.c.level) & (AuditNode.index == nodes.c.position)
     )
 
 
