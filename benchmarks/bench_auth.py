@@ -10,8 +10,8 @@
   PyJWT, which verifies every time.
 - ``auth.client_credentials_per_s``: ``POST /auth/v1/oauth/token`` (client_credentials,
   Basic client auth) answered per second by a real ``keel serve`` on the embedded SQLite and
-  on PostgreSQL (a fresh database, dropped afterwards), driven by a closed-loop HTTP/1.1 load
-  generator in a separate process. No peer.
+  on PostgreSQL (a fresh database, dropped afterwards), with one worker and with two, driven
+  by a closed-loop HTTP/1.1 load generator in a separate process. No peer.
 - ``auth.login_p50_ms``: median latency of sequential ``POST /auth/v1/login`` (argon2id-bound).
 
 Peers run in the same process and rounds alternate; every figure is a median of rounds.
@@ -365,12 +365,15 @@ def issuance_and_login(root: Path) -> list[Figure]:
         _keel("migrate", cwd=root, env=postgres_env)
         with (
             _running_keel(root / "sqlite", sqlite_env) as (sqlite, sqlite_admin),
+            _serving(root / "sqlite", sqlite_env, "--workers", "2") as sqlite_2,
             _running_keel(root / "postgres", postgres_env) as (postgres, postgres_admin),
             _serving(root / "postgres", postgres_env, "--workers", "2") as postgres_2,
         ):
             basic = _basic_header(postgres.port, postgres_admin)
+            sqlite_basic = _basic_header(sqlite.port, sqlite_admin)
             servers = {
-                "sqlite": (sqlite, _basic_header(sqlite.port, sqlite_admin)),
+                "sqlite": (sqlite, sqlite_basic),
+                "sqlite, 2 workers": (sqlite_2, sqlite_basic),
                 "postgresql": (postgres, basic),
                 "postgresql, 2 workers": (postgres_2, basic),
             }
