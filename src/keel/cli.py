@@ -91,6 +91,7 @@ def serve(
     import uvicorn
 
     from keel.app import resolve_services
+    from keel.core.http_protocol import ListingHttpToolsProtocol
     from keel.core.services import ServiceUnavailableInBuild
 
     service_names = _services_option(services)
@@ -132,6 +133,7 @@ def serve(
         log_config=None,
         proxy_headers=True,
         server_header=False,
+        http=ListingHttpToolsProtocol,  # Vault's LIST method (keel.core.http_protocol)
     )
 
 

@@ -1,0 +1,1 @@
+"""Secrets manager: Vault KV version 2 compatible, envelope-encrypted, audited."""

@@ -1,0 +1,501 @@
+"""HashiCorp Vault's HTTP API, KV version 2, under ``/secrets/v1/``.
+
+Point a Vault client at ``http://<keel>/secrets`` and it works unchanged: ``hvac``, the
+``vault`` CLI (``VAULT_ADDR``), Vault Agent. Bodies, status codes and the ``{"errors": [...]}``
+shape are Vault's, not Keel's problem+json. Callers authenticate with ``X-Vault-Token`` or a
+bearer header holding any Keel token or API key.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel import __version__
+from keel.auth.dependencies import bearer_credential, get_auth_service, request_actor
+from keel.core.audit import Actor, Outcome, record_event, record_event_now
+from keel.core.deps import get_context
+from keel.core.errors import BadRequest, KeelError, NotFound
+from keel.core.ids import new_id
+from keel.core.tenancy import bind_tenant
+from keel.secrets.kv import (
+    KvEngine,
+    SecretUnreadable,
+    check_secret_path,
+    format_duration,
+    version_metadata,
+)
+from keel.secrets.models import SecretPolicy
+from keel.secrets.policies import (
+    NAME,
+    ROOT_PERMISSION,
+    allowed,
+    held_policy_names,
+    parse_policy,
+    rules_of,
+    stored_rules,
+)
+from keel_client.auth import Principal
+
+SECRETS_RESOURCE = "secrets.kv"
+PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
+_OPERATIONS = {"data", "metadata", "delete", "undelete", "destroy"}
+_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "LIST"]
+
+
+class Denied(Exception):
+    pass
+
+
+@dataclass
+class Call:
+    """One authenticated request: who calls, in which tenant, in which unit of work."""
+
+    request: Request
+    session: AsyncSession
+    principal: Principal
+    engine: KvEngine
+
+    @property
+    def tenant_id(self) -> str:
+        return self.principal.tenant_id
+
+    @property
+    def actor(self) -> Actor:
+        return request_actor(self.request, self.principal)
+
+    async def authorize(self, path: str, capability: str, action: str) -> None:
+        """Deny by default: ``secrets:root`` may do all, others what their policies grant."""
+        if self.principal.has_permission(ROOT_PERMISSION):
+            return
+        rules = await rules_of(self.session, self.tenant_id, held_policy_names(self.principal))
+        if allowed(rules, path, capability):
+            return
+        await record_event_now(
+            self.session,
+            tenant_id=self.tenant_id,
+            action=action,
+            outcome=Outcome.denied,
+            actor=self.actor,
+            target_type="secret_path",
+            target_id=path,
+            data={"capability": capability},
+        )
+        raise Denied()
+
+    def record(self, action: str, path: str, **data: Any) -> None:
+        record_event(
+            self.session,
+            tenant_id=self.tenant_id,
+            action=action,
+            actor=self.actor,
+            target_type="secret_path",
+            target_id=path,
+            data=data or None,
+        )
+
+    async def record_read(self, action: str, path: str, **data: Any) -> None:
+        await record_event_now(
+            self.session,
+            tenant_id=self.tenant_id,
+            action=action,
+            actor=self.actor,
+            target_type="secret_path",
+            target_id=path,
+            data=data or None,
+        )
+
+
+def vault_errors(status: int, *errors: str) -> JSONResponse:
+    return JSONResponse({"errors": list(errors)}, status_code=status)
+
+
+def vault_data(data: Any, **fields: Any) -> JSONResponse:
+    return JSONResponse(
+        {
+            "request_id": new_id(),
+            "lease_id": "",
+            "renewable": False,
+            "lease_duration": 0,
+            "data": data,
+            "wrap_info": None,
+            "warnings": None,
+            "auth": None,
+            **fields,
+        }
+    )
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+@asynccontextmanager
+async def _call(request: Request) -> AsyncIterator[Call]:
+    context = get_context(request)
+    engine = context.resources.get(SECRETS_RESOURCE)
+    assert isinstance(engine, KvEngine)
+    auth = await get_auth_service(request)
+    async with context.database.session() as session:
+        credential = bearer_credential(request)
+        principal = await auth.authenticate(session, credential) if credential else None
+        if principal is None:
+            raise Denied()
+        bind_tenant(session, principal.tenant_id)
+        yield Call(request, session, principal, engine)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise BadRequest(f"failed to parse JSON input: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body is a JSON object")
+    return body
+
+
+def _versions(body: dict[str, Any]) -> list[int]:
+    versions = body.get("versions")
+    if not isinstance(versions, list) or not versions:
+        raise BadRequest("no version number provided")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions):
+        raise BadRequest("versions are positive integers")
+    return versions
+
+
+def _errors_as_vault(handler: Any) -> Any:
+    """Answer Keel's errors in Vault's shape, whatever the handler raised."""
+
+    @functools.wraps(handler)  # FastAPI reads the handler's own parameters
+    async def handle(request: Request, **params: Any) -> Response:
+        try:
+            response: Response = await handler(request, **params)
+            return response
+        except Denied:
+            return vault_errors(403, PERMISSION_DENIED)
+        except NotFound:
+            return vault_errors(404)
+        except SecretUnreadable:
+            return vault_errors(
+                500,
+                "the stored value does not open: it was altered, or sealed under a master key "
+                "this server does not hold",
+            )
+        except KeelError as error:
+            return vault_errors(error.status, str(error.detail or error))
+
+    return handle
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["secrets (Vault KV v2)"])
+
+    @router.get("/sys/health")
+    async def health(request: Request) -> Response:
+        """Vault's health answer: initialised, unsealed, active."""
+        return JSONResponse(
+            {
+                "initialized": True,
+                "sealed": False,
+                "standby": False,
+                "performance_standby": False,
+                "replication_performance_mode": "disabled",
+                "replication_dr_mode": "disabled",
+                "server_time_utc": int(time.time()),
+                "version": f"1.15.0+keel.{__version__}",
+                "cluster_name": "keel",
+            }
+        )
+
+    @_errors_as_vault
+    async def lookup_self(request: Request) -> Response:
+        async with _call(request) as call:
+            principal = call.principal
+            expires = principal.expires_at
+            ttl = max(0, expires - int(time.time())) if expires else 0
+            return vault_data(
+                {
+                    "accessor": "",
+                    "creation_time": principal.claims.get("iat", 0),
+                    "creation_ttl": ttl,
+                    "display_name": f"{principal.principal_type}-{principal.subject}",
+                    "entity_id": principal.subject,
+                    "expire_time": None,
+                    "explicit_max_ttl": 0,
+                    "id": "",
+                    "meta": {"tenant": principal.tenant_id, "type": principal.principal_type},
+                    "num_uses": 0,
+                    "orphan": True,
+                    "path": "auth/keel/login",
+                    "policies": ["root"]
+                    if principal.has_permission(ROOT_PERMISSION)
+                    else held_policy_names(principal),
+                    "renewable": False,
+                    "ttl": ttl,
+                    "type": "service",
+                }
+            )
+
+    router.add_api_route("/auth/token/lookup-self", lookup_self, methods=["GET", "POST"])
+
+    @_errors_as_vault
+    async def mounts(request: Request) -> Response:
+        async with _call(request) as call:
+            await call.authorize("sys/mounts", "read", "secrets.kv.read")
+            listed = {
+                f"{mount.path}/": {
+                    "type": "kv",
+                    "description": mount.description,
+                    "options": {"version": "2"},
+                    "config": {"max_versions": mount.max_versions},
+                }
+                for mount in await call.engine.mounts(call.session, call.tenant_id)
+            }
+            return vault_data(listed, **listed)
+
+    router.add_api_route("/sys/mounts", mounts, methods=["GET"])
+
+    @_errors_as_vault
+    async def enable_mount(request: Request, path: str) -> Response:
+        async with _call(request) as call:
+            body = await _body(request)
+            await call.authorize(f"sys/mounts/{path}", "create", "secrets.mount.write")
+            kind = body.get("type")
+            version = str((body.get("options") or {}).get("version", "2"))
+            if kind not in ("kv", "kv-v2") or version != "2":
+                raise BadRequest("only the kv secrets engine, version 2, is available")
+            description = body.get("description") or ""
+            if not isinstance(description, str) or len(description) > 1000:
+                raise BadRequest("description is a string of up to 1000 characters")
+            mount = await call.engine.enable(call.session, call.tenant_id, path, description)
+            call.record("secrets.mount.write", mount.path, operation="enable")
+            return no_content()
+
+    router.add_api_route("/sys/mounts/{path}", enable_mount, methods=["POST", "PUT"])
+
+    # -- policies (sys/policy and sys/policies/acl) -------------------------------------------
+
+    @_errors_as_vault
+    async def list_policies(request: Request) -> Response:
+        async with _call(request) as call:
+            await call.authorize("sys/policies/acl", "list", "secrets.kv.list")
+            names = sorted(await call.session.scalars(select(SecretPolicy.name)))
+            return vault_data({"keys": names, "policies": names}, keys=names, policies=names)
+
+    router.add_api_route("/sys/policy", list_policies, methods=["GET"])
+    router.add_api_route("/sys/policies/acl", list_policies, methods=["GET", "LIST"])
+
+    @_errors_as_vault
+    async def policy(request: Request, name: str) -> Response:
+        if not NAME.fullmatch(name):
+            raise BadRequest("a policy name is lowercase letters, digits, '.', '-' and '_'")
+        async with _call(request) as call:
+            method = request.method
+            path = f"sys/policies/acl/{name}"
+            if method == "GET":
+                await call.authorize(path, "read", "secrets.kv.read")
+                stored = await call.session.scalar(
+                    select(SecretPolicy).where(SecretPolicy.name == name)
+                )
+                if stored is None:
+                    raise NotFound()
+                document = {"name": name, "rules": stored.text, "policy": stored.text}
+                return vault_data(document, **document)
+            if method == "DELETE":
+                await call.authorize(path, "delete", "secrets.policy.write")
+                await call.session.execute(delete(SecretPolicy).where(SecretPolicy.name == name))
+                call.record("secrets.policy.write", path, operation="delete")
+                return no_content()
+            body = await _body(request)
+            text = body.get("policy", body.get("rules"))
+            if not isinstance(text, str):
+                raise BadRequest("'policy' is required: the policy's HCL or JSON")
+            rules = parse_policy(text)
+            await call.authorize(path, "update", "secrets.policy.write")
+            stored = await call.session.scalar(
+                select(SecretPolicy).where(SecretPolicy.name == name)
+            )
+            if stored is None:
+                stored = SecretPolicy(tenant_id=call.tenant_id, name=name)
+                call.session.add(stored)
+            stored.text = text
+            stored.rules = stored_rules(rules)
+            call.record("secrets.policy.write", path, operation="write", rules=len(rules))
+            return no_content()
+
+    for prefix in ("/sys/policy/{name}", "/sys/policies/acl/{name}"):
+        router.add_api_route(prefix, policy, methods=["GET", "PUT", "POST", "DELETE"])
+
+    # -- a mount's configuration -----------------------------------------------------------
+
+    @_errors_as_vault
+    async def config(request: Request, mount: str) -> Response:
+        async with _call(request) as call:
+            engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            path = f"{mount}/config"
+            if request.method == "GET":
+                await call.authorize(path, "read", "secrets.kv.read")
+                return vault_data(
+                    {
+                        "max_versions": engine_mount.max_versions,
+                        "cas_required": engine_mount.cas_required,
+                        "delete_version_after": format_duration(
+                            engine_mount.delete_version_after_s
+                        ),
+                    }
+                )
+            body = await _body(request)
+            await call.authorize(path, "update", "secrets.mount.write")
+            await call.engine.configure(call.session, engine_mount, body)
+            call.record("secrets.mount.write", path, operation="configure")
+            return no_content()
+
+    router.add_api_route("/{mount}/config", config, methods=["GET", "POST", "PUT"])
+
+    # -- data, metadata, delete, undelete, destroy ---------------------------------------------
+
+    @_errors_as_vault
+    async def kv(request: Request, mount: str, operation: str, path: str) -> Response:
+        if operation not in _OPERATIONS:
+            raise NotFound()
+        method = request.method
+        listing = method == "LIST" or (
+            method == "GET" and request.query_params.get("list") in ("true", "1")
+        )
+        if listing and operation != "metadata":
+            return vault_errors(405, "unsupported operation")
+        path = path.strip("/")
+        if not listing or path:
+            path = check_secret_path(path)
+        async with _call(request) as call:
+            engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            full = f"{mount}/{operation}/{path}"
+            return await _operate(call, engine_mount, operation, method, path, full, listing)
+
+    router.add_api_route("/{mount}/{operation}/{path:path}", kv, methods=_ALL_METHODS)
+
+    return router
+
+
+async def _operate(
+    call: Call,
+    mount: Any,
+    operation: str,
+    method: str,
+    path: str,
+    full: str,
+    listing: bool,
+) -> Response:
+    engine, session = call.engine, call.session
+    request = call.request
+    if listing:
+        await call.authorize(full, "list", "secrets.kv.list")
+        keys = await engine.keys(session, mount, path)
+        await call.record_read("secrets.kv.list", full, keys=len(keys))
+        if not keys:
+            raise NotFound()
+        return vault_data({"keys": keys})
+    if operation == "data":
+        if method == "GET":
+            await call.authorize(full, "read", "secrets.kv.read")
+            version = _version_param(request.query_params.get("version"))
+            result = await engine.read(session, mount, path, version)
+            await call.record_read("secrets.kv.read", full, version=result.metadata["version"])
+            body = {"data": result.data, "metadata": result.metadata}
+            if result.data is None:  # deleted or destroyed: Vault's 404 with the metadata
+                return JSONResponse({"data": body, "errors": []}, status_code=404)
+            return vault_data(body)
+        if method in ("POST", "PUT"):
+            body = await _body(request)
+            exists = await _exists(call, mount, path)
+            await call.authorize(full, "update" if exists else "create", "secrets.kv.write")
+            row, secret = await engine.write(session, mount, path, body.get("data"), _cas(body))
+            call.record("secrets.kv.write", full, version=row.version)
+            return vault_data(version_metadata(row, secret))
+        if method == "PATCH":
+            body = await _body(request)
+            await call.authorize(full, "patch", "secrets.kv.write")
+            row, secret = await engine.patch(session, mount, path, body.get("data"), _cas(body))
+            call.record("secrets.kv.write", full, version=row.version, operation="patch")
+            return vault_data(version_metadata(row, secret))
+        if method == "DELETE":
+            await call.authorize(full, "delete", "secrets.kv.delete")
+            deleted = await engine.delete_versions(session, mount, path)
+            call.record("secrets.kv.delete", full, operation="delete", versions=deleted)
+            return no_content()
+    if operation in ("delete", "undelete", "destroy") and method in ("POST", "PUT"):
+        body = await _body(request)
+        versions = _versions(body)
+        await call.authorize(full, "update", "secrets.kv.delete")
+        act = {
+            "delete": engine.delete_versions,
+            "undelete": engine.undelete,
+            "destroy": engine.destroy,
+        }[operation]
+        changed = await act(session, mount, path, versions)
+        call.record("secrets.kv.delete", full, operation=operation, versions=changed)
+        return no_content()
+    if operation == "metadata":
+        if method == "GET":
+            await call.authorize(full, "read", "secrets.kv.read")
+            secret = await engine.metadata(session, mount, path)
+            await call.record_read("secrets.kv.read", full, operation="metadata")
+            return vault_data(await engine.metadata_document(session, mount, secret))
+        if method in ("POST", "PUT", "PATCH"):
+            body = await _body(request)
+            exists = await _exists(call, mount, path)
+            capability = "patch" if method == "PATCH" else "update" if exists else "create"
+            await call.authorize(full, capability, "secrets.metadata.write")
+            if method == "PATCH" and not exists:
+                raise NotFound()
+            await engine.write_metadata(session, mount, path, body, merge=method == "PATCH")
+            call.record("secrets.metadata.write", full, fields=sorted(body))
+            return no_content()
+        if method == "DELETE":
+            await call.authorize(full, "delete", "secrets.kv.delete")
+            removed = await engine.delete_metadata(session, mount, path)
+            call.record("secrets.kv.delete", full, operation="delete_metadata", removed=removed)
+            return no_content()
+    return vault_errors(405, "unsupported operation")
+
+
+async def _exists(call: Call, mount: Any, path: str) -> bool:
+    try:
+        await call.engine.metadata(call.session, mount, path)
+    except NotFound:
+        return False
+    return True
+
+
+def _cas(body: dict[str, Any]) -> int | None:
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("options is an object")
+    cas = options.get("cas")
+    if cas is None:
+        return None
+    if isinstance(cas, bool) or not isinstance(cas, int) or cas < 0:
+        raise BadRequest("cas is a non-negative integer")
+    return cas
+
+
+def _version_param(value: str | None) -> int | None:
+    if value is None or value in ("", "0"):
+        return None
+    if not value.isdigit():
+        raise BadRequest("version is a positive integer")
+    return int(value)
