@@ -152,7 +152,11 @@ async def _call(request: Request) -> AsyncIterator[Call]:
         if principal is None:
             raise Denied()
         bind_tenant(session, principal.tenant_id)
-        yield Call(request, session, principal, engine)
+        try:
+            yield Call(request, session, principal, engine)
+        except Denied:
+            await session.commit()  # the record of the denial (nothing else was written)
+            raise
 
 
 async def _body(request: Request) -> dict[str, Any]:
