@@ -287,17 +287,21 @@ def run_load(
     warmup: float = 1.0,
     concurrency: int = 32,
     host: str = HOST,
+    header: str | None = None,
 ) -> LoadResult:
-    """Drive ``GET path`` with ``concurrency`` keep-alive connections from a child process."""
+    """Drive ``GET path`` with ``concurrency`` keep-alive connections from a child process;
+    ``header`` (``"Name: value"``, a credential) is sent with every request."""
     command = [
         sys.executable, str(HERE), "load",
         "--host", host, "--port", str(port), "--path", path,
         "--duration", str(duration), "--warmup", str(warmup),
         "--concurrency", str(concurrency),
     ]  # fmt: skip
+    env = {**os.environ, "KEEL_BENCH_HEADER": header} if header else None
     completed = subprocess.run(
-        command, capture_output=True, timeout=duration + warmup + 60, check=False, cwd=REPO_ROOT
-    )
+        command, capture_output=True, timeout=duration + warmup + 60, check=False, cwd=REPO_ROOT,
+        env=env,
+    )  # fmt: skip
     if completed.returncode != 0:
         raise ServerFailed(f"load generator failed: {completed.stderr.decode(errors='replace')}")
     data = json.loads(completed.stdout.decode().strip().splitlines()[-1])
@@ -424,9 +428,12 @@ async def drive(
 
 
 async def _load(args: argparse.Namespace) -> dict[str, Any]:
+    # A credential travels in the environment, not on a command line others can read.
+    header = os.environ.get("KEEL_BENCH_HEADER")
+    extra = f"{header}\r\n" if header else ""
     request = (
         f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
-        "User-Agent: keel-bench\r\nAccept: */*\r\n\r\n"
+        f"User-Agent: keel-bench\r\nAccept: */*\r\n{extra}\r\n"
     ).encode()
     return await drive(
         request,
