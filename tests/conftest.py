@@ -25,6 +25,7 @@ from keel.app import build_context, create_app, start_services
 from keel.core.db import Database
 from keel.migrations import upgrade
 from keel.settings import Settings
+from support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
 from support.keel_process import TEST_MASTER_KEY
 
 POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -40,12 +41,8 @@ def service_missing(what: str, url: str, reason: object) -> None:
     pytest.skip(f"{message}; set KEEL_TEST_* or start it to run this test")
 
 
-def _postgres_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _postgres_reachable(url: str) -> None:
-    connection = await asyncpg.connect(_postgres_dsn(url), timeout=3)
+    connection = await asyncpg.connect(postgres_dsn(url), timeout=3)
     await connection.close()
 
 
@@ -57,27 +54,6 @@ def postgres_admin_url() -> str:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         service_missing("PostgreSQL", make_url(POSTGRES_URL).render_as_string(), exc)
     return POSTGRES_URL
-
-
-async def create_postgres_database(admin_url: str, name: str) -> str:
-    connection = await asyncpg.connect(_postgres_dsn(admin_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return (
-        make_url(admin_url)
-        .set(drivername="postgresql+asyncpg", database=name)
-        .render_as_string(hide_password=False)
-    )
-
-
-async def drop_postgres_database(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(_postgres_dsn(admin_url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="session")

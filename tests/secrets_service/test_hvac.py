@@ -13,7 +13,7 @@ import hvac
 import pytest
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
-from conftest import create_postgres_database, drop_postgres_database
+from support.databases import create_postgres_database, drop_postgres_database
 from support.keel_process import KeelServer, keel_env, keel_server, run_keel
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
