@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy import event as sqlalchemy_event
 
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.service import AuditLog
@@ -90,3 +91,53 @@ async def test_two_processes_appending_to_one_log_at_once_both_land(
         head = await here.latest_head(session, admin.tenant_id)
     assert head is not None
     assert head.tree_size > indexes[-1]
+
+
+async def test_an_append_after_this_process_own_reads_no_tree_node(
+    app: FastAPI, admin: TenantAdmin
+) -> None:
+    """The frontier this process committed is remembered: the next append, finding the tree
+    at that size, reads no node; after another process appended, it reads them again."""
+    spec = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
+    audit = app.state.keel.resources["audit"]
+
+    def documents() -> list[dict[str, Any]]:
+        return [
+            build_document(
+                tenant_id=admin.tenant_id,
+                action=spec.name,
+                spec=spec,
+                actor={"type": "user", "id": "u-1"},
+                target={"type": "invoice", "id": "inv-1"},
+            )
+            for _ in range(3)
+        ]
+
+    node_reads: list[str] = []
+    engine = app.state.keel.database.engine.sync_engine
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM audit_nodes" in statement:
+            node_reads.append(statement)
+
+    await audit.append(admin.tenant_id, documents())
+    sqlalchemy_event.listen(engine, "before_cursor_execute", capture)
+    try:
+        await audit.append(admin.tenant_id, documents())
+        assert node_reads == []
+        elsewhere = Database.from_settings(app.state.keel.settings)
+        try:
+            await AuditLog(app.state.keel.keyring, elsewhere.session).append(
+                admin.tenant_id, documents()
+            )
+        finally:
+            await elsewhere.dispose()
+        node_reads.clear()
+        receipts = await audit.append(admin.tenant_id, documents())
+        assert node_reads  # the tree grew elsewhere: its frontier is read
+    finally:
+        sqlalchemy_event.remove(engine, "before_cursor_execute", capture)
+    async with unit_of_work(app) as session:
+        head = await audit.latest_head(session, admin.tenant_id)
+    assert head is not None
+    assert head.tree_size > receipts[-1].leaf_index

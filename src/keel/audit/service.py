@@ -94,6 +94,9 @@ class AuditLog:
         self.sessions = sessions
         self._key: tuple[str, Ed25519PrivateKey] | None = None
         self._tenant_locks: dict[str, asyncio.Lock] = {}
+        #: Each tenant's tree size and frontier nodes as this process last committed them:
+        #: an append finding the tree at that size (leaves never change) skips reading them.
+        self._frontiers: dict[str, tuple[int, dict[Node, bytes]]] = {}
 
     # -- the catalogue ------------------------------------------------------------------------
 
@@ -174,7 +177,9 @@ class AuditLog:
                 async with self._tenant_lock(tenant_id), self.sessions() as session:
                     # Optimistic first: new ids are the rule, and the unique key on the
                     # event id catches a repeat, which the next attempt looks up.
-                    return await self._append(session, tenant_id, leaves, look_up=attempt > 0)
+                    receipts = await self._append(session, tenant_id, leaves, look_up=attempt > 0)
+                self._remember_frontier(session)
+                return receipts
             except IntegrityError:  # a repeated id, or another process took the same index
                 if attempt == 2:
                     raise
@@ -223,6 +228,7 @@ class AuditLog:
         while True:
             async with self._tenant_lock(tenant_id), self.sessions() as session:
                 count, more = await self._sequence_outbox_batch(session, tenant_id)
+            self._remember_frontier(session)
             added += count
             if not more:
                 return added
@@ -287,7 +293,11 @@ class AuditLog:
             return []
         bind_tenant(session, tenant_id)
         size = await self.tree_size(session, tenant_id)
-        nodes = await self.fetch_nodes(session, _frontier(size))
+        known = self._frontiers.get(tenant_id)
+        if known is not None and known[0] == size:
+            nodes = dict(known[1])
+        else:
+            nodes = await self.fetch_nodes(session, _frontier(size))
         new_nodes: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         payloads: list[dict[str, Any]] = []
@@ -314,6 +324,8 @@ class AuditLog:
         for model, rows in ((AuditEvent, events), (AuditPayload, payloads), (AuditNode, new_nodes)):
             await _insert(connection, model, rows)
         new_size = size + len(leaves)
+        frontier = {node: nodes[node] for node in _frontier(new_size)}
+        session.info[_FRONTIER] = (tenant_id, new_size, frontier)  # remembered once committed
         root = range_hash(0, new_size, lambda level, index: nodes[(level, index)])
         await self._sign_head(session, tenant_id, new_size, root)
         return receipts
@@ -350,6 +362,13 @@ class AuditLog:
         if missing:
             raise LogCorrupted(f"the log lacks tree nodes {sorted(missing)[:5]}")
         return found
+
+    def _remember_frontier(self, session: AsyncSession) -> None:
+        """After a commit: the frontier the committed unit of work left, if it appended."""
+        committed = session.info.pop(_FRONTIER, None)
+        if committed is not None:
+            tenant_id, size, frontier = committed
+            self._frontiers[tenant_id] = (size, frontier)
 
     def _tenant_lock(self, tenant_id: str) -> asyncio.Lock:
         """One sequencer per tenant at a time in this process (see :meth:`_lock` for others)."""
@@ -708,6 +727,8 @@ async def _insert(
             raise IntegrityError(f"COPY {table.name}", None, error) from error
         raise
 
+
+_FRONTIER = "keel.audit.frontier"
 
 #: Nodes looked up by one query (two bound parameters each).
 _NODES_PER_QUERY = 2_000
