@@ -175,3 +175,35 @@ def test_an_approle_less_service_reads_what_its_policy_grants_and_nothing_else(
         vault(server, "not-a-token").secrets.kv.v2.read_secret_version(
             path="apps/billing/db", raise_on_deleted_version=True
         )
+
+
+def test_approle_login_gives_a_token_limited_to_its_policies(
+    served: tuple[KeelServer, str],
+) -> None:
+    server, admin_key = served
+    admin = vault(server, admin_key)
+    admin.secrets.kv.v2.create_or_update_secret(path="apps/billing/db", secret={"p": "1"})
+    admin.secrets.kv.v2.create_or_update_secret(path="apps/web/db", secret={"p": "2"})
+    admin.sys.create_or_update_policy(
+        name="billing-read", policy='path "secret/data/apps/billing/*" { capabilities = ["read"] }'
+    )
+    admin.auth.approle.create_or_update_approle("billing", token_policies=["billing-read"])
+    assert admin.auth.approle.read_role("billing")["data"]["token_policies"] == ["billing-read"]
+    role_id = admin.auth.approle.read_role_id("billing")["data"]["role_id"]
+    secret_id = admin.auth.approle.generate_secret_id("billing")["data"]["secret_id"]
+
+    service = hvac.Client(url=f"{server.base_url}/secrets")
+    login = service.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    assert login["auth"]["policies"] == ["billing-read"]
+    assert service.is_authenticated()
+    kv = service.secrets.kv.v2
+    assert kv.read_secret_version(path="apps/billing/db", raise_on_deleted_version=True)["data"][
+        "data"
+    ] == {"p": "1"}
+    with pytest.raises(Forbidden):
+        kv.read_secret_version(path="apps/web/db", raise_on_deleted_version=True)
+
+    stranger = hvac.Client(url=f"{server.base_url}/secrets")
+    for wrong_role, wrong_secret in ((role_id, "not-the-secret"), ("no-such-role", secret_id)):
+        with pytest.raises(InvalidRequest, match="invalid role or secret ID"):
+            stranger.auth.approle.login(role_id=wrong_role, secret_id=wrong_secret)

@@ -100,7 +100,10 @@ class OAuthClient(TenantScoped, Base):
     secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     name: Mapped[str] = mapped_column(String(150))
     service_account_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("auth_service_accounts.id", ondelete="CASCADE"), nullable=True
+        String(36),
+        ForeignKey("auth_service_accounts.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
     )
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -449,6 +449,35 @@ class AuthService:
         await session.flush()
         return client, secret
 
+    async def add_client_secret(
+        self, session: AsyncSession, tenant_id: str, service_account_id: str, name: str
+    ) -> IssuedSecret:
+        """One more credential (``client_id`` + secret, shown once) for a service account."""
+        bind_tenant(session, tenant_id)
+        client, secret = await self._create_client(
+            session,
+            name=name,
+            service_account_id=service_account_id,
+            grant_types=["client_credentials"],
+        )
+        return IssuedSecret(client.client_id, secret, {"service_account_id": service_account_id})
+
+    async def client_id_for_secret(
+        self, session: AsyncSession, service_account_id: str, secret: str
+    ) -> str | None:
+        """The client of ``service_account_id`` whose secret is ``secret`` (found by its keyed
+        hash: an indexed equality, no secret compared by hand), if any and not revoked."""
+        client_id = await session.scalar(
+            select(OAuthClient.client_id)
+            .where(
+                OAuthClient.service_account_id == service_account_id,
+                OAuthClient.secret_hash == self.keyring.token_hash(secret),
+                OAuthClient.is_revoked.is_(False),
+            )
+            .execution_options(all_tenants=True)  # the account id tells which tenant
+        )
+        return client_id
+
     async def authenticate_client(
         self, session: AsyncSession, client_id: str, client_secret: str | None
     ) -> OAuthClient | None:

@@ -116,9 +116,14 @@ def allowed(rules: Iterable[Rule], path: str, capability: str) -> bool:
 
 
 def held_policy_names(principal: Principal) -> list[str]:
+    return held_policy_names_of(principal.permissions)
+
+
+def held_policy_names_of(permissions: Iterable[str]) -> list[str]:
+    """The policies ``permissions`` name (``secrets:policy:<name>``, no wildcard)."""
     return sorted(
         permission[len(POLICY_PERMISSION) :]
-        for permission in principal.permissions
+        for permission in permissions
         if permission.startswith(POLICY_PERMISSION) and "*" not in permission
     )
 

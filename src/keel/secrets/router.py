@@ -22,12 +22,18 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel import __version__
-from keel.auth.dependencies import bearer_credential, get_auth_service, request_actor
+from keel.auth.dependencies import (
+    bearer_credential,
+    get_auth_service,
+    limit_by_address,
+    request_actor,
+)
 from keel.core.audit import Actor, Outcome, record_event, record_event_now
 from keel.core.deps import get_context
 from keel.core.errors import BadRequest, KeelError, NotFound
 from keel.core.ids import new_id
 from keel.core.tenancy import bind_tenant
+from keel.secrets import approle
 from keel.secrets.kv import (
     KvEngine,
     SecretUnreadable,
@@ -41,6 +47,7 @@ from keel.secrets.policies import (
     ROOT_PERMISSION,
     allowed,
     held_policy_names,
+    held_policy_names_of,
     parse_policy,
     rules_of,
     stored_rules,
@@ -343,6 +350,96 @@ def build_router() -> APIRouter:
 
     for prefix in ("/sys/policy/{name}", "/sys/policies/acl/{name}"):
         router.add_api_route(prefix, policy, methods=["GET", "PUT", "POST", "DELETE"])
+
+    # -- AppRole (auth/approle) ------------------------------------------------------------
+
+    @_errors_as_vault
+    async def approle_role(request: Request, name: str) -> Response:
+        async with _call(request) as call:
+            path = f"auth/approle/role/{name}"
+            auth = await get_auth_service(request)
+            if request.method == "GET":
+                await call.authorize(path, "read", "secrets.kv.read")
+                found = await approle.account(call.session, call.tenant_id, name)
+                role = await auth.get_role(call.session, call.tenant_id, found.name)
+                policies = held_policy_names_of(role.permissions)
+                return vault_data({"token_policies": policies, "policies": policies})
+            body = await _body(request)
+            policies = body.get("token_policies", body.get("policies", []))
+            if isinstance(policies, str):
+                policies = [p.strip() for p in policies.split(",") if p.strip()]
+            if not isinstance(policies, list):
+                raise BadRequest("token_policies is a list of policy names")
+            await call.authorize(path, "update", "secrets.policy.write")
+            await approle.write(auth, call.session, call.principal, name, policies, call.actor)
+            call.record("secrets.policy.write", path, operation="approle", policies=policies)
+            return no_content()
+
+    router.add_api_route("/auth/approle/role/{name}", approle_role, methods=["GET", "POST", "PUT"])
+
+    @_errors_as_vault
+    async def approle_role_id(request: Request, name: str) -> Response:
+        async with _call(request) as call:
+            await call.authorize(f"auth/approle/role/{name}/role-id", "read", "secrets.kv.read")
+            found = await approle.account(call.session, call.tenant_id, name)
+            return vault_data({"role_id": found.id})
+
+    router.add_api_route("/auth/approle/role/{name}/role-id", approle_role_id, methods=["GET"])
+
+    @_errors_as_vault
+    async def approle_secret_id(request: Request, name: str) -> Response:
+        async with _call(request) as call:
+            path = f"auth/approle/role/{name}/secret-id"
+            await call.authorize(path, "update", "secrets.policy.write")
+            found = await approle.account(call.session, call.tenant_id, name)
+            auth = await get_auth_service(request)
+            issued = await auth.add_client_secret(
+                call.session, call.tenant_id, found.id, f"{found.name} secret-id"
+            )
+            call.record("secrets.policy.write", path, operation="secret_id", accessor=issued.id)
+            return vault_data(
+                {"secret_id": issued.secret, "secret_id_accessor": issued.id, "secret_id_ttl": 0}
+            )
+
+    router.add_api_route(
+        "/auth/approle/role/{name}/secret-id", approle_secret_id, methods=["POST", "PUT"]
+    )
+
+    @_errors_as_vault
+    async def approle_login(request: Request) -> Response:
+        """``role_id`` + ``secret_id`` → a token (no token needed to call this)."""
+        body = await _body(request)
+        role_id, secret_id = body.get("role_id"), body.get("secret_id")
+        if not isinstance(role_id, str) or not isinstance(secret_id, str):
+            raise BadRequest("role_id and secret_id are required")
+        if len(role_id) > 64 or len(secret_id) > 256:
+            return vault_errors(400, approle.INVALID_LOGIN)
+        await limit_by_address(request, "approle_login")
+        context = get_context(request)
+        auth = await get_auth_service(request)
+        async with context.database.session() as session:
+            issued = await approle.login(auth, session, role_id, secret_id)
+            principal = await auth.authenticate(session, issued.access_token) if issued else None
+        if issued is None or principal is None:
+            return vault_errors(400, approle.INVALID_LOGIN)
+        policies = held_policy_names(principal)
+        return vault_data(
+            None,
+            auth={
+                "client_token": issued.access_token,
+                "accessor": "",
+                "policies": policies,
+                "token_policies": policies,
+                "metadata": {"role_id": role_id},
+                "lease_duration": issued.expires_in,
+                "renewable": False,
+                "entity_id": role_id,
+                "token_type": "service",
+                "orphan": True,
+            },
+        )
+
+    router.add_api_route("/auth/approle/login", approle_login, methods=["POST", "PUT"])
 
     # -- a mount's configuration -----------------------------------------------------------
 
