@@ -105,3 +105,21 @@ async def test_liveness_is_answered_with_request_id_and_counted(client: httpx.As
     assert (
         'keel_http_requests_total{method="HEAD",route="/health/live",status="200"} 1.0' in metrics
     )
+
+
+def test_the_openapi_document_builds_without_warnings(settings: Settings) -> None:
+    """Every operation has its own id (a warning here goes to stderr, breaking JSON logs)."""
+    import warnings
+
+    app = create_app(settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        document = app.openapi()
+    assert [str(warning.message) for warning in caught] == []
+    operation_ids = [
+        operation["operationId"]
+        for path in document["paths"].values()
+        for operation in path.values()
+    ]
+    assert len(operation_ids) == len(set(operation_ids))
+    assert "/secrets/v1/{mount}/{operation}/{path}" in document["paths"]

@@ -212,6 +212,19 @@ def _errors_as_vault(handler: Any) -> Any:
     return handle
 
 
+def _route(router: APIRouter, path: str, endpoint: Any, methods: list[str]) -> None:
+    """One route a method, so each has its own OpenAPI operation; ``LIST`` (not an OpenAPI
+    method; ``GET …?list=true`` is documented instead) is left out of the schema."""
+    for method in methods:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            name=f"{endpoint.__name__}_{method.lower()}",
+            include_in_schema=method != "LIST",
+        )
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["secrets (Vault KV v2)"])
 
@@ -261,7 +274,7 @@ def build_router() -> APIRouter:
                 }
             )
 
-    router.add_api_route("/auth/token/lookup-self", lookup_self, methods=["GET", "POST"])
+    _route(router, "/auth/token/lookup-self", lookup_self, ["GET", "POST"])
 
     @_errors_as_vault
     async def mounts(request: Request) -> Response:
@@ -278,7 +291,7 @@ def build_router() -> APIRouter:
             }
             return vault_data(listed, **listed)
 
-    router.add_api_route("/sys/mounts", mounts, methods=["GET"])
+    _route(router, "/sys/mounts", mounts, ["GET"])
 
     @_errors_as_vault
     async def enable_mount(request: Request, path: str) -> Response:
@@ -296,7 +309,7 @@ def build_router() -> APIRouter:
             call.record("secrets.mount.write", mount.path, operation="enable")
             return no_content()
 
-    router.add_api_route("/sys/mounts/{path}", enable_mount, methods=["POST", "PUT"])
+    _route(router, "/sys/mounts/{path}", enable_mount, ["POST", "PUT"])
 
     # -- policies (sys/policy and sys/policies/acl) -------------------------------------------
 
@@ -307,8 +320,8 @@ def build_router() -> APIRouter:
             names = sorted(await call.session.scalars(select(SecretPolicy.name)))
             return vault_data({"keys": names, "policies": names}, keys=names, policies=names)
 
-    router.add_api_route("/sys/policy", list_policies, methods=["GET"])
-    router.add_api_route("/sys/policies/acl", list_policies, methods=["GET", "LIST"])
+    _route(router, "/sys/policy", list_policies, ["GET"])
+    _route(router, "/sys/policies/acl", list_policies, ["GET", "LIST"])
 
     @_errors_as_vault
     async def policy(request: Request, name: str) -> Response:
@@ -349,7 +362,7 @@ def build_router() -> APIRouter:
             return no_content()
 
     for prefix in ("/sys/policy/{name}", "/sys/policies/acl/{name}"):
-        router.add_api_route(prefix, policy, methods=["GET", "PUT", "POST", "DELETE"])
+        _route(router, prefix, policy, ["GET", "PUT", "POST", "DELETE"])
 
     # -- AppRole (auth/approle) ------------------------------------------------------------
 
@@ -375,7 +388,7 @@ def build_router() -> APIRouter:
             call.record("secrets.policy.write", path, operation="approle", policies=policies)
             return no_content()
 
-    router.add_api_route("/auth/approle/role/{name}", approle_role, methods=["GET", "POST", "PUT"])
+    _route(router, "/auth/approle/role/{name}", approle_role, ["GET", "POST", "PUT"])
 
     @_errors_as_vault
     async def approle_role_id(request: Request, name: str) -> Response:
@@ -384,7 +397,7 @@ def build_router() -> APIRouter:
             found = await approle.account(call.session, call.tenant_id, name)
             return vault_data({"role_id": found.id})
 
-    router.add_api_route("/auth/approle/role/{name}/role-id", approle_role_id, methods=["GET"])
+    _route(router, "/auth/approle/role/{name}/role-id", approle_role_id, ["GET"])
 
     @_errors_as_vault
     async def approle_secret_id(request: Request, name: str) -> Response:
@@ -401,9 +414,7 @@ def build_router() -> APIRouter:
                 {"secret_id": issued.secret, "secret_id_accessor": issued.id, "secret_id_ttl": 0}
             )
 
-    router.add_api_route(
-        "/auth/approle/role/{name}/secret-id", approle_secret_id, methods=["POST", "PUT"]
-    )
+    _route(router, "/auth/approle/role/{name}/secret-id", approle_secret_id, ["POST", "PUT"])
 
     @_errors_as_vault
     async def approle_login(request: Request) -> Response:
@@ -439,7 +450,7 @@ def build_router() -> APIRouter:
             },
         )
 
-    router.add_api_route("/auth/approle/login", approle_login, methods=["POST", "PUT"])
+    _route(router, "/auth/approle/login", approle_login, ["POST", "PUT"])
 
     # -- a mount's configuration -----------------------------------------------------------
 
@@ -465,7 +476,7 @@ def build_router() -> APIRouter:
             call.record("secrets.mount.write", path, operation="configure")
             return no_content()
 
-    router.add_api_route("/{mount}/config", config, methods=["GET", "POST", "PUT"])
+    _route(router, "/{mount}/config", config, ["GET", "POST", "PUT"])
 
     # -- data, metadata, delete, undelete, destroy ---------------------------------------------
 
@@ -487,7 +498,7 @@ def build_router() -> APIRouter:
             full = f"{mount}/{operation}/{path}"
             return await _operate(call, engine_mount, operation, method, path, full, listing)
 
-    router.add_api_route("/{mount}/{operation}/{path:path}", kv, methods=_ALL_METHODS)
+    _route(router, "/{mount}/{operation}/{path:path}", kv, _ALL_METHODS)
 
     return router
 
