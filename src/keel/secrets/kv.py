@@ -160,21 +160,63 @@ class KvEngine:
     # -- data --------------------------------------------------------------------------------
 
     async def read(
-        self, session: AsyncSession, mount: SecretMount, path: str, version: int | None = None
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        mount_path: str,
+        path: str,
+        version: int | None = None,
     ) -> ReadResult:
         """The data of ``version`` (default: the current one) and its metadata; ``data`` is
-        None for a deleted or destroyed version (Vault answers those with 404)."""
-        secret = await self._secret(session, mount, path)
-        if secret is None or secret.current_version == 0:
-            raise NotFound()
-        wanted = version or secret.current_version
-        row = await self._version(session, secret, wanted)
+        None for a deleted or destroyed version (Vault answers those with 404).
+
+        One Core query for mount, secret and version: reads are the hot path, and three ORM
+        queries cost three times as much. Tenant-scoped by hand, as Core skips the ORM's
+        scoping.
+        """
+        mounts, secrets, versions = (
+            SecretMount.__table__,
+            Secret.__table__,
+            SecretVersion.__table__,
+        )
+        wanted = versions.c.version == (version or secrets.c.current_version)
+        query = (
+            select(
+                versions.c.version,
+                versions.c.sealed,
+                versions.c.created_at,
+                versions.c.deletion_time,
+                versions.c.destroyed,
+                secrets.c.custom_metadata,
+            )
+            .select_from(
+                mounts.join(secrets, secrets.c.mount_id == mounts.c.id).join(
+                    versions, versions.c.secret_id == secrets.c.id
+                )
+            )
+            .where(
+                mounts.c.tenant_id == tenant_id,
+                mounts.c.path == mount_path,
+                secrets.c.tenant_id == tenant_id,
+                secrets.c.path == path,
+                versions.c.tenant_id == tenant_id,
+                wanted,
+            )
+        )
+        row = (await (await session.connection()).execute(query)).first()
         if row is None:
             raise NotFound()
-        metadata = _version_metadata(row, secret)
-        if row.destroyed or row.sealed is None or _deleted(row):
+        deletion_time = row.deletion_time
+        metadata = {
+            "created_time": vault_time(row.created_at),
+            "custom_metadata": row.custom_metadata or None,
+            "deletion_time": vault_time(deletion_time),
+            "destroyed": row.destroyed,
+            "version": row.version,
+        }
+        if row.destroyed or row.sealed is None or (deletion_time and deletion_time <= utcnow()):
             return ReadResult(None, metadata)
-        location = Location(mount.tenant_id, mount.path, secret.path)
+        location = Location(tenant_id, mount_path, path)
         try:
             plaintext = self.keyring.open(row.sealed, location.associated_data(row.version))
         except DecryptionError as error:
@@ -238,7 +280,7 @@ class KvEngine:
         """RFC 7396 merge patch of the current version into a new one."""
         if not isinstance(changes, dict):
             raise BadRequest("no data provided")
-        current = await self.read(session, mount, path)
+        current = await self.read(session, mount.tenant_id, mount.path, path)
         if current.data is None:
             raise NotFound()
         merged = _merge_patch(current.data, changes)
