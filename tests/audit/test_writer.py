@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.service import AuditLog
@@ -18,18 +19,23 @@ from keel.core.tenancy import Tenant
 from keel.settings import Settings
 
 
+async def issue_event(session: AsyncSession, tenant_id: str) -> dict[str, Any]:
+    """A token-issued event, recorded now."""
+    return await record_event_now(
+        session,
+        tenant_id=tenant_id,
+        action="auth.token.issue",
+        actor_type="service_account",
+        actor_id="sa-1",
+        data={"grant_type": "client_credentials", "scope": ""},
+    )
+
+
 async def test_an_event_recorded_now_is_in_the_log_when_the_call_returns(
     app: FastAPI, admin: TenantAdmin
 ) -> None:
     async with unit_of_work(app) as session:
-        document = await record_event_now(
-            session,
-            tenant_id=admin.tenant_id,
-            action="auth.token.issue",
-            actor_type="service_account",
-            actor_id="sa-1",
-            data={"grant_type": "client_credentials", "scope": ""},
-        )
+        document = await issue_event(session, admin.tenant_id)
         audit = app.state.keel.resources["audit"]
         stored = await audit.event(session, admin.tenant_id, document["id"])
     assert stored.leaf_index >= 0
@@ -45,14 +51,7 @@ async def test_after_a_write_the_event_goes_with_the_commit_and_nothing_waits(
         session.add(Tenant(slug=slug, name="written first"))
         await session.flush()
         async with asyncio.timeout(2):
-            document = await record_event_now(
-                session,
-                tenant_id=admin.tenant_id,
-                action="auth.token.issue",
-                actor_type="service_account",
-                actor_id="sa-1",
-                data={"grant_type": "client_credentials", "scope": ""},
-            )
+            document = await issue_event(session, admin.tenant_id)
     events = await audit_events(app, admin.tenant_id, action_prefix="auth.token.issue")
     assert [event.document["id"] for event in events] == [document["id"]]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -293,45 +293,54 @@ class KvEngine:
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int] = ()
     ) -> list[int]:
         """Soft-delete ``versions`` (default: the current one); returns those deleted."""
-        secret = await self._secret(session, mount, path)
-        if secret is None:
-            return []
-        targets = list(versions) or [secret.current_version]
         now = utcnow()
-        changed = []
-        for row in await self._versions(session, secret, targets):
-            if not row.destroyed and not _deleted(row):
-                row.deletion_time = now
-                changed.append(row.version)
-        return changed
+
+        def delete(row: SecretVersion) -> bool:
+            if row.destroyed or _deleted(row):
+                return False
+            row.deletion_time = now
+            return True
+
+        return await self._change(session, mount, path, versions, delete)
 
     async def undelete(
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int]
     ) -> list[int]:
-        secret = await self._secret(session, mount, path)
-        if secret is None:
-            return []
-        changed = []
-        for row in await self._versions(session, secret, versions):
-            if not row.destroyed and row.deletion_time is not None:
-                row.deletion_time = None
-                changed.append(row.version)
-        return changed
+        def undelete(row: SecretVersion) -> bool:
+            if row.destroyed or row.deletion_time is None:
+                return False
+            row.deletion_time = None
+            return True
+
+        return await self._change(session, mount, path, versions, undelete)
 
     async def destroy(
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int]
     ) -> list[int]:
         """Erase the sealed values of ``versions`` for good; their metadata stays."""
+
+        def destroy(row: SecretVersion) -> bool:
+            if row.destroyed:
+                return False
+            row.destroyed, row.sealed = True, None
+            return True
+
+        return await self._change(session, mount, path, versions, destroy)
+
+    async def _change(
+        self,
+        session: AsyncSession,
+        mount: SecretMount,
+        path: str,
+        versions: Sequence[int],
+        change: Callable[[SecretVersion], bool],
+    ) -> list[int]:
+        """Apply ``change`` to ``versions`` (default: the current one); the versions changed."""
         secret = await self._secret(session, mount, path)
         if secret is None:
             return []
-        changed = []
-        for row in await self._versions(session, secret, versions):
-            if not row.destroyed:
-                row.destroyed = True
-                row.sealed = None
-                changed.append(row.version)
-        return changed
+        rows = await self._versions(session, secret, list(versions) or [secret.current_version])
+        return [row.version for row in rows if change(row)]
 
     # -- metadata ----------------------------------------------------------------------------
 

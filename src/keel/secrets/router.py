@@ -90,37 +90,28 @@ class Call:
             return
         await record_event_now(
             self.session,
-            tenant_id=self.tenant_id,
-            action=action,
             outcome=Outcome.denied,
-            actor=self.actor,
-            target_type="secret_path",
-            target_id=path,
-            data={"capability": capability},
+            **self._event(action, path, {"capability": capability}),
         )
         raise Denied()
 
+    def _event(self, action: str, path: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "action": action,
+            "actor": self.actor,
+            "target_type": "secret_path",
+            "target_id": path,
+            "data": data or None,
+        }
+
     def record(self, action: str, path: str, **data: Any) -> None:
-        record_event(
-            self.session,
-            tenant_id=self.tenant_id,
-            action=action,
-            actor=self.actor,
-            target_type="secret_path",
-            target_id=path,
-            data=data or None,
-        )
+        """An event stored with this unit of work's commit (a change)."""
+        record_event(self.session, **self._event(action, path, data))
 
     async def record_read(self, action: str, path: str, **data: Any) -> None:
-        await record_event_now(
-            self.session,
-            tenant_id=self.tenant_id,
-            action=action,
-            actor=self.actor,
-            target_type="secret_path",
-            target_id=path,
-            data=data or None,
-        )
+        """An event in the log before the answer (a read: nothing to commit with)."""
+        await record_event_now(self.session, **self._event(action, path, data))
 
 
 def vault_errors(status: int, *errors: str) -> JSONResponse:
