@@ -7,7 +7,6 @@ import asyncio
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import hvac
 import pytest
@@ -19,10 +18,16 @@ from support.keel_process import KeelServer, keel_env, keel_server, run_keel
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[KeelServer, str]]:
-    """``keel init`` then ``keel serve``, on SQLite and on a fresh PostgreSQL database: the
-    server and the administrator's API key."""
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[KeelServer, str]]:
+    """``keel init`` then ``keel serve``, on SQLite and on a fresh PostgreSQL database, shared
+    by this module's tests (each writes under paths of its own): the server and the
+    administrator's API key."""
+    tmp_path = tmp_path_factory.mktemp("hvac")
     database = None
     if request.param == "postgresql":
         admin_url = str(request.getfixturevalue("postgres_admin_url"))
@@ -58,7 +63,7 @@ def test_every_kv_v2_call_works_from_hvac(served: tuple[KeelServer, str]) -> Non
     assert client.lookup_token()["data"]["policies"] == ["root"]
     assert client.sys.read_health_status(method="GET")["sealed"] is False
 
-    path = "apps/billing/db"
+    path = "kv1/billing/db"
     first = kv.create_or_update_secret(path=path, secret={"password": "hunter2-first"})
     assert first["data"]["version"] == 1
     assert kv.read_secret_version(path=path, raise_on_deleted_version=True)["data"]["data"] == {
@@ -80,10 +85,10 @@ def test_every_kv_v2_call_works_from_hvac(served: tuple[KeelServer, str]) -> Non
     older = kv.read_secret_version(path=path, version=1, raise_on_deleted_version=True)
     assert older["data"]["data"] == {"password": "hunter2-first"}
 
-    kv.create_or_update_secret(path="apps/billing/api", secret={"key": "k"})
-    kv.create_or_update_secret(path="apps/web", secret={"key": "w"})
-    assert kv.list_secrets(path="apps")["data"]["keys"] == ["billing/", "web"]
-    assert kv.list_secrets(path="apps/billing")["data"]["keys"] == ["api", "db"]
+    kv.create_or_update_secret(path="kv1/billing/api", secret={"key": "k"})
+    kv.create_or_update_secret(path="kv1/web", secret={"key": "w"})
+    assert kv.list_secrets(path="kv1")["data"]["keys"] == ["billing/", "web"]
+    assert kv.list_secrets(path="kv1/billing")["data"]["keys"] == ["api", "db"]
     with pytest.raises(InvalidPath):
         kv.list_secrets(path="nothing/here")
 
