@@ -54,6 +54,18 @@ def vault(server: KeelServer, token: str) -> hvac.Client:
     return hvac.Client(url=f"{server.base_url}/secrets", token=token)
 
 
+def billing_secrets_and_policy(server: KeelServer, admin_key: str) -> hvac.Client:
+    """Two secrets and a policy reading only the first, written with hvac; the admin client."""
+    admin = vault(server, admin_key)
+    admin.secrets.kv.v2.create_or_update_secret(path="apps/billing/db", secret={"p": "1"})
+    admin.secrets.kv.v2.create_or_update_secret(path="apps/web/db", secret={"p": "2"})
+    admin.sys.create_or_update_policy(
+        name="billing-read",
+        policy='path "secret/data/apps/billing/*" {\n  capabilities = ["read"]\n}\n',
+    )
+    return admin
+
+
 @pytest.mark.filterwarnings("ignore:The raise_on_deleted_version:DeprecationWarning")
 def test_every_kv_v2_call_works_from_hvac(served: tuple[KeelServer, str]) -> None:
     server, admin_key = served
@@ -139,13 +151,7 @@ def test_an_approle_less_service_reads_what_its_policy_grants_and_nothing_else(
 ) -> None:
     """A policy written with hvac, held by a role, limits a service account's token."""
     server, admin_key = served
-    admin = vault(server, admin_key)
-    admin.secrets.kv.v2.create_or_update_secret(path="apps/billing/db", secret={"p": "1"})
-    admin.secrets.kv.v2.create_or_update_secret(path="apps/web/db", secret={"p": "2"})
-    admin.sys.create_or_update_policy(
-        name="billing-read",
-        policy='path "secret/data/apps/billing/*" {\n  capabilities = ["read"]\n}\n',
-    )
+    admin = billing_secrets_and_policy(server, admin_key)
     assert "billing-read" in admin.sys.list_policies()["data"]["policies"]
     headers = {"Authorization": f"Bearer {admin_key}"}
     with server.client() as http:
@@ -186,12 +192,7 @@ def test_approle_login_gives_a_token_limited_to_its_policies(
     served: tuple[KeelServer, str],
 ) -> None:
     server, admin_key = served
-    admin = vault(server, admin_key)
-    admin.secrets.kv.v2.create_or_update_secret(path="apps/billing/db", secret={"p": "1"})
-    admin.secrets.kv.v2.create_or_update_secret(path="apps/web/db", secret={"p": "2"})
-    admin.sys.create_or_update_policy(
-        name="billing-read", policy='path "secret/data/apps/billing/*" { capabilities = ["read"] }'
-    )
+    admin = billing_secrets_and_policy(server, admin_key)
     admin.auth.approle.create_or_update_approle("billing", token_policies=["billing-read"])
     assert admin.auth.approle.read_role("billing")["data"]["token_policies"] == ["billing-read"]
     role_id = admin.auth.approle.read_role_id("billing")["data"]["role_id"]

@@ -481,7 +481,7 @@ class KvEngine:
             secret.oldest_version = oldest
 
 
-def _version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
+def version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
     return {
         "created_time": vault_time(row.created_at),
         "custom_metadata": secret.custom_metadata or None,
@@ -489,10 +489,6 @@ def _version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
         "destroyed": row.destroyed,
         "version": row.version,
     }
-
-
-def version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
-    return _version_metadata(row, secret)
 
 
 def _deleted(row: SecretVersion) -> bool:
