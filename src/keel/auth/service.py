@@ -49,6 +49,7 @@ from keel.auth.models import (
 from keel.auth.one_time_tokens import AccountTokenDelivery, log_account_token_request
 from keel.auth.passwords import Passwords
 from keel.core.audit import SYSTEM, Actor, Outcome, record_event, record_event_now
+from keel.core.cache import SharedCache, invalidate_after_commit
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -68,6 +69,10 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 #: Last-used times of API keys are written at most this often, not on every request.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+#: Whether an access token (by ``jti``) was revoked. A revocation reaches this process at
+#: once, other replicas through the broadcast, and at worst after the TTL.
+REVOCATIONS = SharedCache[str, bool]("auth.revoked_access_tokens", ttl=2.0, max_entries=100_000)
 
 #: A confidential client, its service account and that account's roles: one row per role.
 #: The client id tells the tenant; every join stays inside it.
@@ -874,7 +879,7 @@ class AuthService:
         """Verify locally, then refuse tokens revoked before their expiry (RFC 7009)."""
         principal = await self.verifier.verify(token)
         jti = principal.claims.get("jti")
-        if isinstance(jti, str) and await session.get(RevokedAccessToken, jti) is not None:
+        if isinstance(jti, str) and await self._is_revoked(session, jti):
             self.verifier.forget(token)
             raise InvalidToken("revoked", "the token was revoked")
         session_id = principal.claims.get("sid")
@@ -887,6 +892,16 @@ class AuthService:
             if revoked is not None:
                 raise InvalidToken("revoked", "the session was ended")
         return principal
+
+    async def _is_revoked(self, session: AsyncSession, jti: str) -> bool:
+        """Whether access token ``jti`` was revoked; the answer is kept for a moment
+        (:data:`REVOCATIONS`), as every authenticated request asks."""
+        revoked = REVOCATIONS.get(jti)
+        if revoked is None:
+            stamp = REVOCATIONS.stamp()
+            revoked = await session.get(RevokedAccessToken, jti) is not None
+            REVOCATIONS.put(jti, revoked, stamp)
+        return revoked
 
     async def authenticate(self, session: AsyncSession, credential: str) -> Principal | None:
         """The principal of a bearer credential (JWT or API key), or None."""
@@ -1380,6 +1395,7 @@ class AuthService:
         if isinstance(jti, str) and exp is not None:
             if await session.get(RevokedAccessToken, jti) is None:
                 session.add(RevokedAccessToken(jti=jti, expires_at=_from_timestamp(exp)))
+            invalidate_after_commit(session, REVOCATIONS, jti)
             self.verifier.forget(token)
             record_event(
                 session,

@@ -24,6 +24,7 @@ import hcl2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.cache import SharedCache, invalidate_after_commit
 from keel.core.errors import BadRequest
 from keel.core.tenancy import bind_tenant
 from keel.secrets.models import MAX_POLICY_BYTES, SecretPolicy
@@ -128,16 +129,37 @@ def held_policy_names_of(permissions: Iterable[str]) -> list[str]:
     )
 
 
+#: A policy's parsed rules by (tenant id, name); an unknown name holds no rules. Checked on
+#: every secrets call, changed rarely: see :mod:`keel.core.cache`.
+POLICY_RULES = SharedCache[tuple[str, str], tuple[Rule, ...]]("secrets.policy_rules", ttl=2.0)
+
+
 async def rules_of(session: AsyncSession, tenant_id: str, names: list[str]) -> list[Rule]:
-    if not names:
-        return []
-    bind_tenant(session, tenant_id)
-    stored = await session.scalars(select(SecretPolicy.rules).where(SecretPolicy.name.in_(names)))
-    return [
-        Rule(pattern, frozenset(capabilities))
-        for rules in stored
-        for pattern, capabilities in rules
-    ]
+    found: dict[str, tuple[Rule, ...]] = {}
+    for name in names:
+        cached = POLICY_RULES.get((tenant_id, name))
+        if cached is not None:
+            found[name] = cached
+    missing = [name for name in names if name not in found]
+    if missing:
+        stamp = POLICY_RULES.stamp()
+        bind_tenant(session, tenant_id)
+        stored = await session.execute(
+            select(SecretPolicy.name, SecretPolicy.rules).where(SecretPolicy.name.in_(missing))
+        )
+        loaded = {
+            name: tuple(Rule(pattern, frozenset(capabilities)) for pattern, capabilities in rules)
+            for name, rules in stored
+        }
+        for name in missing:
+            found[name] = loaded.get(name, ())
+            POLICY_RULES.put((tenant_id, name), found[name], stamp)
+    return [rule for name in names for rule in found[name]]
+
+
+def forget_policy(session: AsyncSession, tenant_id: str, name: str) -> None:
+    """Call where policy ``name`` is written or deleted, in that unit of work."""
+    invalidate_after_commit(session, POLICY_RULES, (tenant_id, name))
 
 
 def stored_rules(rules: list[Rule]) -> list[Any]:
