@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from auth.conftest import (
     TenantAdmin,
+    auth_service,
     bearer,
     create_role,
     create_service_account,
@@ -24,6 +25,7 @@ from auth.conftest import (
 )
 from keel.app import create_app
 from keel.audit.service import EventFilter
+from keel.auth.models import PrincipalType
 from keel.core.audit import AuditOutbox
 from keel.settings import Settings
 
@@ -82,6 +84,40 @@ async def test_client_credentials_with_basic_and_with_post(
         assert me["subject"] == account_id
         assert me["principal_type"] == "service_account"
         assert me["permissions"] == ["auth:user:read"]
+
+
+async def test_a_role_change_reaches_the_next_client_credentials_token_at_once(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Token requests keep the client's grant in a cache; a role change drops it."""
+    account_id, client_id, secret = await _service_client(app, admin)
+
+    async def permissions() -> list[str]:
+        answer = await client.post(
+            TOKEN, headers=basic(client_id, secret), data={"grant_type": "client_credentials"}
+        )
+        assert answer.status_code == 200, answer.text
+        token = answer.json()["access_token"]
+        me = (await client.get("/auth/v1/me", headers=bearer(token))).json()
+        return list(me["permissions"])
+
+    assert await permissions() == ["auth:user:read"]  # cached from here on
+    await create_role(app, admin.tenant_id, "auditor", ["audit:events:read"])
+    async with unit_of_work(app) as session:
+        await auth_service(app).assign_role(
+            session, admin.tenant_id, "auditor", PrincipalType.service_account, account_id
+        )
+    assert await permissions() == ["audit:events:read", "auth:user:read"]
+    async with unit_of_work(app) as session:
+        await auth_service(app).update_role(
+            session, admin.tenant_id, "auditor", permissions=["audit:*:read"], if_match=None
+        )
+    assert await permissions() == ["audit:*:read", "auth:user:read"]
+    async with unit_of_work(app) as session:
+        await auth_service(app).unassign_role(
+            session, admin.tenant_id, "introspector", PrincipalType.service_account, account_id
+        )
+    assert await permissions() == ["audit:*:read"]
 
 
 async def test_wrong_client_secret_is_invalid_client(

@@ -6,6 +6,7 @@ that lies about the body that follows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from starlette.types import Message
@@ -25,6 +27,38 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
             yield http
+
+
+@asynccontextmanager
+async def serve_over_tcp(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` (already started) served by uvicorn on a free port of 127.0.0.1; yields its
+    base URL. For what httpx's ASGI transport cannot do, such as streaming a response."""
+    from support.keel_process import free_port
+
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):  # up to 10 s
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        await task
+        raise RuntimeError(f"uvicorn did not start on port {port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @dataclass

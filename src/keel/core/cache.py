@@ -97,13 +97,16 @@ class SharedCache(Generic[K, V]):
         self._entries.clear()
 
 
-def invalidate_after_commit(session: AsyncSession, cache: SharedCache[K, Any], key: K) -> None:
-    """Drop ``key`` everywhere once ``session`` commits the change that makes it stale.
+def invalidate_after_commit(
+    session: AsyncSession, cache: SharedCache[K, Any], key: K | None
+) -> None:
+    """Drop ``key`` (None: every entry) everywhere once ``session`` commits the change that
+    makes it stale.
 
     Dropped locally at once too: a reader in this process must not keep the old answer while
     the change commits.
     """
-    cache.drop(key)
+    _drop(cache, key)
     sync_session = session.sync_session
     pending: list[tuple[SharedCache[Any, Any], Any]] = sync_session.info.setdefault(_PENDING, [])
     if not pending and not event.contains(sync_session, "after_commit", _publish_pending):
@@ -117,7 +120,7 @@ def _publish_pending(sync_session: Session) -> None:
     if not pending:
         return
     for cache, key in pending:
-        cache.drop(key)
+        _drop(cache, key)
     broadcast = _broadcast
     if broadcast is None:
         return
@@ -145,6 +148,13 @@ async def _publish(broadcast: Broadcast, messages: list[dict[str, Any]]) -> None
             )
 
 
+def _drop(cache: SharedCache[Any, Any], key: Any) -> None:
+    if key is None:
+        cache.clear()
+    else:
+        cache.drop(key)
+
+
 def _wire_key(key: Any) -> Any:
     return list(key) if isinstance(key, tuple) else key
 
@@ -168,7 +178,7 @@ async def listen_for_invalidations(broadcast: Broadcast) -> None:
                     continue
                 named = _CACHES.get(str(message.get("cache")))
                 if named is not None:
-                    named.drop(_local_key(message.get("key")))
+                    _drop(named, _local_key(message.get("key")))
     finally:
         if _broadcast is broadcast:
             _broadcast = None

@@ -1,0 +1,161 @@
+"""Keel's extensions of the Vault API: rotation policies and the secrets change stream.
+
+``POST|PUT|GET|DELETE {mount}/rotation/{path}`` set, read and remove a secret's rotation
+policy; ``POST {mount}/rotate/{path}`` rotates it now; ``GET sys/changes`` streams the
+changes of the secrets the caller may read (Server-Sent Events, see :mod:`keel.core.changes`).
+Capabilities are checked on the request's path, as Vault does for every endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Request, Response
+
+from keel.auth.dependencies import bearer_credential, get_auth_service
+from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
+from keel.core.deps import get_context
+from keel.secrets.kv import SECRETS_STREAM, check_secret_path, version_metadata
+from keel.secrets.policies import ROOT_PERMISSION, Rule, allowed, held_policy_names, rules_of
+from keel.secrets.rotation import (
+    RotationFailed,
+    delete_rotation,
+    get_rotation,
+    parse_rotation_policy,
+    rotate_secret,
+    rotation_document,
+    set_rotation,
+)
+from keel.secrets.router import (
+    _body,
+    _call,
+    _errors_as_vault,
+    _route,
+    no_content,
+    vault_data,
+    vault_errors,
+)
+from keel_client.auth import Principal
+
+#: A stream re-checks its caller's credential and policies this often: a revoked key or a
+#: narrowed policy stops the events within this time, an expired token ends the stream.
+RECHECK_SECONDS = 15.0
+
+
+def add_routes(router: APIRouter) -> None:
+    """Add the routes; before the catch-all ``{mount}/{operation}/{path}`` route."""
+    _route(router, "/sys/changes", watch_changes, ["GET"])
+    _route(
+        router, "/{mount}/rotation/{path:path}", rotation_policy, ["GET", "POST", "PUT", "DELETE"]
+    )
+    _route(router, "/{mount}/rotate/{path:path}", rotate_now, ["POST", "PUT"])
+
+
+@_errors_as_vault
+async def rotation_policy(request: Request, mount: str, path: str) -> Response:
+    """A secret's rotation policy (Keel extension): ``{"field", "interval", "length",
+    "alphabet"}`` or ``{"field", "interval", "hook"}``."""
+    path = check_secret_path(path)
+    async with _call(request) as call:
+        full = f"{mount}/rotation/{path}"
+        method = request.method
+        if method == "GET":
+            await call.authorize(full, "read", "secrets.kv.read")
+            engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            rotation = await get_rotation(call.session, call.engine, engine_mount, path)
+            await call.record_read("secrets.kv.read", full, operation="rotation")
+            return vault_data(rotation_document(rotation))
+        if method == "DELETE":
+            await call.authorize(full, "delete", "secrets.rotation.write")
+            engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            removed = await delete_rotation(call.session, call.engine, engine_mount, path)
+            call.record("secrets.rotation.write", full, operation="delete", removed=removed)
+            return no_content()
+        await call.authorize(full, "update", "secrets.rotation.write")
+        policy = parse_rotation_policy(await _body(request))
+        engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+        rotation = await set_rotation(call.session, call.engine, engine_mount, path, policy)
+        call.record(
+            "secrets.rotation.write",
+            full,
+            operation="write",
+            field=policy.field,
+            interval_s=policy.interval_s,
+            hook=policy.hook,
+        )
+        return vault_data(rotation_document(rotation))
+
+
+@_errors_as_vault
+async def rotate_now(request: Request, mount: str, path: str) -> Response:
+    """Rotate a secret now by its policy (Keel extension); answers the new version."""
+    path = check_secret_path(path)
+    async with _call(request) as call:
+        full = f"{mount}/rotate/{path}"
+        await call.authorize(full, "update", "secrets.kv.rotate")
+        engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+        rotation = await get_rotation(call.session, call.engine, engine_mount, path)
+        try:
+            row, secret = await rotate_secret(
+                call.session, call.engine, engine_mount, path, rotation, actor=call.actor
+            )
+        except RotationFailed as error:
+            # Answered, not raised: the unit of work commits the failure's record.
+            return vault_errors(error.status, f"rotation failed: {error.reason}")
+        return vault_data(version_metadata(row, secret))
+
+
+@_errors_as_vault
+async def watch_changes(request: Request) -> Response:
+    """The changes of the secrets the caller may read or list, as Server-Sent Events
+    (Keel extension). Resume with ``Last-Event-ID`` or ``?since=<id>``; events carry the
+    path, version and operation, never a value."""
+    after = resume_point(request)
+    async with _call(request) as call:
+        principal = call.principal
+        rules = await rules_of(call.session, call.tenant_id, held_policy_names(principal))
+        await call.record_read("secrets.changes.watch", "sys/changes", since=after)
+    readable = ReadableChanges(request, principal, rules)
+    return change_stream_response(request, principal.tenant_id, [SECRETS_STREAM], allow=readable)
+
+
+class ReadableChanges:
+    """The change filter of one stream: keeps the changes of paths its caller may ``read``
+    (``{mount}/data/{path}``, ``{mount}/metadata/{path}``) or ``list``
+    (``{mount}/metadata/{path}``), and re-checks the caller every ``RECHECK_SECONDS``."""
+
+    def __init__(self, request: Request, principal: Principal, rules: list[Rule]) -> None:
+        self._request = request
+        self._credential = bearer_credential(request)
+        self._principal = principal
+        self._rules = rules
+        self._checked_at = time.monotonic()
+
+    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
+        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
+            await self._recheck()
+        if self._principal.has_permission(ROOT_PERMISSION):
+            return changes
+        return [change for change in changes if self.may_see(change.subject)]
+
+    def may_see(self, subject: str) -> bool:
+        mount, _, path = subject.partition("/")
+        rules = self._rules
+        return (
+            allowed(rules, f"{mount}/data/{path}", "read")
+            or allowed(rules, f"{mount}/metadata/{path}", "read")
+            or allowed(rules, f"{mount}/metadata/{path}", "list")
+        )
+
+    async def _recheck(self) -> None:
+        auth = await get_auth_service(self._request)
+        async with get_context(self._request).database.session() as session:
+            principal = (
+                await auth.authenticate(session, self._credential) if self._credential else None
+            )
+            if principal is None or principal.tenant_id != self._principal.tenant_id:
+                raise StreamClosed()
+            self._rules = await rules_of(session, principal.tenant_id, held_policy_names(principal))
+        self._principal = principal
+        self._checked_at = time.monotonic()

@@ -1,0 +1,40 @@
+"""Fixtures of the SDK secrets tests: the in-process Keel (SQLite and PostgreSQL, through the
+``app`` fixture), a tenant administrator, a counting transport, a clock and the SDK client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI
+from sdk_secrets_support import BASE_URL, Clock, CountingTransport
+
+from auth.conftest import TenantAdmin, make_tenant_admin
+from keel_client.secrets import SecretsClient
+
+
+@pytest.fixture
+async def admin(app: FastAPI) -> TenantAdmin:
+    """A tenant of this test alone and its administrator's API key (``secrets:root``)."""
+    return await make_tenant_admin(app)
+
+
+@pytest.fixture
+def transport(app: FastAPI) -> CountingTransport:
+    return CountingTransport(app)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def secrets(
+    admin: TenantAdmin, transport: CountingTransport, clock: Clock
+) -> AsyncIterator[SecretsClient]:
+    """The administrator's SDK client: default cache (5 s on ``clock``)."""
+    async with SecretsClient(
+        BASE_URL, auth=admin.api_key, transport=transport, clock=clock
+    ) as client:
+        yield client
