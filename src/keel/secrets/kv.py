@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import BindParameter, Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.changes import record_change
 from keel.core.crypto import DecryptionError, Keyring
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, NotFound
+from keel.core.sealed import register_sealed_column
 from keel.core.tenancy import bind_tenant
 from keel.secrets.models import Secret, SecretMount, SecretVersion
 
@@ -108,6 +110,22 @@ class Location:
         return f"secrets.kv:{self.tenant_id}:{self.mount}:{self.path}:{version}".encode()
 
 
+register_sealed_column(
+    SecretVersion.sealed,
+    lambda row: Location(row.tenant_id, row.mount_path, row.path).associated_data(row.version),
+    context=(
+        SecretVersion.tenant_id,
+        SecretVersion.version,
+        SecretMount.path.label("mount_path"),
+        Secret.path,
+    ),
+    joins=(
+        (Secret, Secret.id == SecretVersion.secret_id),
+        (SecretMount, SecretMount.id == Secret.mount_id),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class ReadResult:
     data: dict[str, Any] | None
@@ -174,36 +192,11 @@ class KvEngine:
         queries cost three times as much. Tenant-scoped by hand, as Core skips the ORM's
         scoping.
         """
-        mounts, secrets, versions = (
-            SecretMount.__table__,
-            Secret.__table__,
-            SecretVersion.__table__,
-        )
-        wanted = versions.c.version == (version or secrets.c.current_version)
-        query = (
-            select(
-                versions.c.version,
-                versions.c.sealed,
-                versions.c.created_at,
-                versions.c.deletion_time,
-                versions.c.destroyed,
-                secrets.c.custom_metadata,
-            )
-            .select_from(
-                mounts.join(secrets, secrets.c.mount_id == mounts.c.id).join(
-                    versions, versions.c.secret_id == secrets.c.id
-                )
-            )
-            .where(
-                mounts.c.tenant_id == tenant_id,
-                mounts.c.path == mount_path,
-                secrets.c.tenant_id == tenant_id,
-                secrets.c.path == path,
-                versions.c.tenant_id == tenant_id,
-                wanted,
-            )
-        )
-        row = (await (await session.connection()).execute(query)).first()
+        query = _READ_CURRENT if version is None else _READ_VERSION
+        parameters: dict[str, Any] = {"tenant_id": tenant_id, "mount": mount_path, "path": path}
+        if version is not None:
+            parameters["version"] = version
+        row = (await (await session.connection()).execute(query, parameters)).first()
         if row is None:
             raise NotFound()
         deletion_time = row.deletion_time
@@ -230,6 +223,7 @@ class KvEngine:
         path: str,
         data: Any,
         cas: int | None = None,
+        operation: str = "write",
     ) -> tuple[SecretVersion, Secret]:
         if not isinstance(data, dict):
             raise BadRequest("no data provided")
@@ -267,6 +261,7 @@ class KvEngine:
         secret.updated_at = now
         await self._keep_newest(session, mount, secret)
         await session.flush()
+        _record_change(session, mount, path, operation, version=version)
         return row, secret
 
     async def patch(
@@ -287,7 +282,7 @@ class KvEngine:
         version = current.metadata["version"]
         if cas is not None and cas != version:
             raise CheckAndSetFailed("check-and-set parameter did not match the current version")
-        return await self.write(session, mount, path, merged, cas=version)
+        return await self.write(session, mount, path, merged, cas=version, operation="patch")
 
     async def delete_versions(
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int] = ()
@@ -301,7 +296,7 @@ class KvEngine:
             row.deletion_time = now
             return True
 
-        return await self._change(session, mount, path, versions, delete)
+        return await self._change(session, mount, path, versions, delete, "delete")
 
     async def undelete(
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int]
@@ -312,7 +307,7 @@ class KvEngine:
             row.deletion_time = None
             return True
 
-        return await self._change(session, mount, path, versions, undelete)
+        return await self._change(session, mount, path, versions, undelete, "undelete")
 
     async def destroy(
         self, session: AsyncSession, mount: SecretMount, path: str, versions: Sequence[int]
@@ -325,7 +320,7 @@ class KvEngine:
             row.destroyed, row.sealed = True, None
             return True
 
-        return await self._change(session, mount, path, versions, destroy)
+        return await self._change(session, mount, path, versions, destroy, "destroy")
 
     async def _change(
         self,
@@ -334,13 +329,17 @@ class KvEngine:
         path: str,
         versions: Sequence[int],
         change: Callable[[SecretVersion], bool],
+        operation: str,
     ) -> list[int]:
         """Apply ``change`` to ``versions`` (default: the current one); the versions changed."""
         secret = await self._secret(session, mount, path)
         if secret is None:
             return []
         rows = await self._versions(session, secret, list(versions) or [secret.current_version])
-        return [row.version for row in rows if change(row)]
+        changed = [row.version for row in rows if change(row)]
+        if changed:
+            _record_change(session, mount, path, operation, secret.current_version, changed)
+        return changed
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -417,6 +416,7 @@ class KvEngine:
         await session.execute(delete(SecretVersion).where(SecretVersion.secret_id == secret.id))
         await session.delete(secret)
         await session.flush()
+        _record_change(session, mount, path, "delete_metadata", secret.current_version)
         return True
 
     async def keys(self, session: AsyncSession, mount: SecretMount, prefix: str) -> list[str]:
@@ -481,6 +481,43 @@ class KvEngine:
             secret.oldest_version = oldest
 
 
+def _read_query(current: bool) -> Select[Any]:
+    """Mount, secret and a version in one statement, built once (a read only binds values).
+
+    Tenant-scoped by hand: Core skips the ORM's scoping.
+    """
+    mounts, secrets, versions = SecretMount.__table__, Secret.__table__, SecretVersion.__table__
+    tenant: BindParameter[str] = bindparam("tenant_id")
+    wanted = secrets.c.current_version if current else bindparam("version")
+    return (
+        select(
+            versions.c.version,
+            versions.c.sealed,
+            versions.c.created_at,
+            versions.c.deletion_time,
+            versions.c.destroyed,
+            secrets.c.custom_metadata,
+        )
+        .select_from(
+            mounts.join(secrets, secrets.c.mount_id == mounts.c.id).join(
+                versions, versions.c.secret_id == secrets.c.id
+            )
+        )
+        .where(
+            mounts.c.tenant_id == tenant,
+            mounts.c.path == bindparam("mount"),
+            secrets.c.tenant_id == tenant,
+            secrets.c.path == bindparam("path"),
+            versions.c.tenant_id == tenant,
+            versions.c.version == wanted,
+        )
+    )
+
+
+_READ_CURRENT = _read_query(current=True)
+_READ_VERSION = _read_query(current=False)
+
+
 def version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
     return {
         "created_time": vault_time(row.created_at),
@@ -489,6 +526,26 @@ def version_metadata(row: SecretVersion, secret: Secret) -> dict[str, Any]:
         "destroyed": row.destroyed,
         "version": row.version,
     }
+
+
+#: The change stream secrets publish on (``GET /secrets/v1/sys/changes``).
+SECRETS_STREAM = "secrets"
+
+
+def _record_change(
+    session: AsyncSession,
+    mount: SecretMount,
+    path: str,
+    operation: str,
+    version: int,
+    versions: list[int] | None = None,
+) -> None:
+    """Announce a change of ``<mount>/<path>`` on the ``secrets`` stream: versions and the
+    operation, never a value."""
+    data: dict[str, Any] = {"version": version, "operation": operation}
+    if versions is not None:
+        data["versions"] = versions
+    record_change(session, mount.tenant_id, SECRETS_STREAM, f"{mount.path}/{path}", data)
 
 
 def _deleted(row: SecretVersion) -> bool:

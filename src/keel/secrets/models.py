@@ -118,7 +118,8 @@ class SecretRotation(TenantScoped, Base):
     field: Mapped[str] = mapped_column(String(128))
     interval_s: Mapped[int] = mapped_column(Integer)
     length: Mapped[int] = mapped_column(Integer, default=32)
-    alphabet: Mapped[str] = mapped_column(String(32), default="alphanumeric")
+    #: A named alphabet (``alphanumeric``, ``hex``...) or the characters themselves.
+    alphabet: Mapped[str] = mapped_column(String(256), default="alphanumeric")
     hook: Mapped[str | None] = mapped_column(String(64), nullable=True)
     next_rotation_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     last_rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -197,4 +198,6 @@ class Lease(TenantScoped, Base):
     max_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: After a failed revocation: the sweeper's next attempt, not before (backoff).
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -46,6 +46,7 @@ from keel.secrets.policies import (
     NAME,
     ROOT_PERMISSION,
     allowed,
+    forget_policy,
     held_policy_names,
     held_policy_names_of,
     parse_policy,
@@ -273,10 +274,10 @@ def build_router() -> APIRouter:
             await call.authorize("sys/mounts", "read", "secrets.kv.read")
             listed = {
                 f"{mount.path}/": {
-                    "type": "kv",
+                    "type": mount.type,
                     "description": mount.description,
-                    "options": {"version": "2"},
-                    "config": {"max_versions": mount.max_versions},
+                    "options": {"version": "2"} if mount.type == "kv" else None,
+                    "config": {"max_versions": mount.max_versions} if mount.type == "kv" else {},
                 }
                 for mount in await call.engine.mounts(call.session, call.tenant_id)
             }
@@ -291,13 +292,14 @@ def build_router() -> APIRouter:
             await call.authorize(f"sys/mounts/{path}", "create", "secrets.mount.write")
             kind = body.get("type")
             version = str((body.get("options") or {}).get("version", "2"))
-            if kind not in ("kv", "kv-v2") or version != "2":
-                raise BadRequest("only the kv secrets engine, version 2, is available")
+            if kind != "database" and (kind not in ("kv", "kv-v2") or version != "2"):
+                raise BadRequest("the secrets engines available are kv (version 2) and database")
             description = body.get("description") or ""
             if not isinstance(description, str) or len(description) > 1000:
                 raise BadRequest("description is a string of up to 1000 characters")
             mount = await call.engine.enable(call.session, call.tenant_id, path, description)
-            call.record("secrets.mount.write", mount.path, operation="enable")
+            mount.type = "database" if kind == "database" else "kv"
+            call.record("secrets.mount.write", mount.path, operation="enable", type=mount.type)
             return no_content()
 
     _route(router, "/sys/mounts/{path}", enable_mount, ["POST", "PUT"])
@@ -333,6 +335,7 @@ def build_router() -> APIRouter:
             if method == "DELETE":
                 await call.authorize(path, "delete", "secrets.policy.write")
                 await call.session.execute(delete(SecretPolicy).where(SecretPolicy.name == name))
+                forget_policy(call.session, call.tenant_id, name)
                 call.record("secrets.policy.write", path, operation="delete")
                 return no_content()
             body = await _body(request)
@@ -349,6 +352,7 @@ def build_router() -> APIRouter:
                 call.session.add(stored)
             stored.text = text
             stored.rules = stored_rules(rules)
+            forget_policy(call.session, call.tenant_id, name)
             call.record("secrets.policy.write", path, operation="write", rules=len(rules))
             return no_content()
 
@@ -447,8 +451,15 @@ def build_router() -> APIRouter:
 
     @_errors_as_vault
     async def config(request: Request, mount: str) -> Response:
+        from keel.secrets.database_router import is_listing, list_connections
+
+        if is_listing(request):  # a database mount's connections (KV's config has no list)
+            response: Response = await list_connections(request, mount=mount)
+            return response
         async with _call(request) as call:
             engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            if engine_mount.type != "kv":
+                raise NotFound()
             path = f"{mount}/config"
             if request.method == "GET":
                 await call.authorize(path, "read", "secrets.kv.read")
@@ -468,6 +479,18 @@ def build_router() -> APIRouter:
             return no_content()
 
     _route(router, "/{mount}/config", config, ["GET", "POST", "PUT"])
+
+    # -- the database engine and leases (before the catch-all below) --------------------------
+
+    from keel.secrets.database_router import add_database_routes  # it imports this module
+
+    add_database_routes(router)
+
+    # Keel's extensions: rotation policies and the change stream (a module that imports this
+    # one, so imported here).
+    from keel.secrets import rotation_router
+
+    rotation_router.add_routes(router)
 
     # -- data, metadata, delete, undelete, destroy ---------------------------------------------
 
@@ -489,6 +512,8 @@ def build_router() -> APIRouter:
             if operation == "data" and method == "GET" and not listing:
                 return await _read(call, mount, path, full)
             engine_mount = await call.engine.mount(call.session, call.tenant_id, mount)
+            if engine_mount.type != "kv":
+                raise NotFound()
             return await _operate(call, engine_mount, operation, method, path, full, listing)
 
     _route(router, "/{mount}/{operation}/{path:path}", kv, _ALL_METHODS)

@@ -5,18 +5,22 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from keel.app import AppContext
+from keel.core.changes import prune_change_events_periodically
 from keel.core.services import ServiceSpec
 from keel.secrets import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
     router,
 )
+from keel.secrets.database import DATABASE_RESOURCE, DatabaseEngine, sweep_forever
 from keel.secrets.kv import KvEngine
 from keel.secrets.models import SecretMount
+from keel.secrets.rotation import rotate_secrets_on_schedule
 from keel.secrets.router import SECRETS_RESOURCE
 
 
 async def start_secrets(context: AppContext) -> None:
     context.resources[SECRETS_RESOURCE] = KvEngine(context.keyring)
+    context.resources[DATABASE_RESOURCE] = DatabaseEngine(context.keyring)
 
 
 async def secrets_ready(context: AppContext) -> None:
@@ -25,10 +29,23 @@ async def secrets_ready(context: AppContext) -> None:
         await session.execute(select(SecretMount.id).limit(1).execution_options(all_tenants=True))
 
 
+async def revoke_expired_leases(context: AppContext) -> None:
+    """The lease sweeper: expired dynamic credentials are revoked within seconds."""
+    engine = context.resources[DATABASE_RESOURCE]
+    assert isinstance(engine, DatabaseEngine)
+    await sweep_forever(engine, context.database.session)
+
+
 service = ServiceSpec(
     name="secrets",
     router=router.build_router,
     ready_check=secrets_ready,
     startup=start_secrets,
+    # Change events are pruned by their first user's worker (config and flags come next).
+    background=(
+        revoke_expired_leases,
+        rotate_secrets_on_schedule,
+        prune_change_events_periodically,
+    ),
     model_modules=("keel.secrets.models",),
 )

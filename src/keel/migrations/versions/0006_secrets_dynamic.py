@@ -132,6 +132,7 @@ def upgrade() -> None:
         sa.Column("max_expires_at", UTCDateTime(), nullable=False),
         sa.Column("revoked_at", UTCDateTime(), nullable=True),
         sa.Column("revoke_attempts", sa.Integer(), nullable=False),
+        sa.Column("retry_at", UTCDateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.ForeignKeyConstraint(
@@ -162,7 +163,7 @@ def upgrade() -> None:
         sa.Column("field", sa.String(length=128), nullable=False),
         sa.Column("interval_s", sa.Integer(), nullable=False),
         sa.Column("length", sa.Integer(), nullable=False),
-        sa.Column("alphabet", sa.String(length=32), nullable=False),
+        sa.Column("alphabet", sa.String(length=256), nullable=False),
         sa.Column("hook", sa.String(length=64), nullable=True),
         sa.Column("next_rotation_at", UTCDateTime(), nullable=False),
         sa.Column("last_rotated_at", UTCDateTime(), nullable=True),

@@ -1,0 +1,272 @@
+"""Vault's database secrets engine and lease API, under ``/secrets/v1/``.
+
+``<mount>/config/<name>``, ``<mount>/roles/<name>``, ``<mount>/creds/<role>`` and
+``sys/leases/{lookup,renew,revoke}`` (with Vault's older ``sys/renew``, ``sys/revoke`` forms),
+so ``hvac``'s ``secrets.database`` and ``sys`` lease calls work unchanged. The logic is in
+:mod:`keel.secrets.database`; this module parses, authorises, audits and shapes answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from keel.core.db import utcnow
+from keel.core.deps import get_context
+from keel.core.errors import BadRequest, NotFound
+from keel.secrets.database import DATABASE_RESOURCE, DatabaseEngine
+from keel.secrets.kv import parse_duration, vault_time
+from keel.secrets.router import (
+    Call,
+    _body,
+    _call,
+    _errors_as_vault,
+    _route,
+    no_content,
+    vault_data,
+)
+
+_READ = "secrets.database.read"
+_CONNECTION_WRITE = "secrets.db_connection.write"
+_ROLE_WRITE = "secrets.db_role.write"
+
+
+def _engine(request: Request) -> DatabaseEngine:
+    engine = get_context(request).resources.get(DATABASE_RESOURCE)
+    assert isinstance(engine, DatabaseEngine)
+    return engine
+
+
+@_errors_as_vault
+async def list_connections(request: Request, mount: str) -> Response:
+    """``LIST <mount>/config``; also reached through the KV ``config`` route, which ``GET
+    …?list=true`` (how ``keel serve`` receives ``LIST``) matches first."""
+    async with _call(request) as call:
+        engine = _engine(request)
+        await call.authorize(f"{mount}/config", "list", _READ)
+        found = await engine.mount(call.session, call.tenant_id, mount)
+        names = await engine.connection_names(call.session, found)
+        await call.record_read(_READ, f"{mount}/config", keys=len(names))
+        if not names:
+            raise NotFound()
+        return vault_data({"keys": names})
+
+
+def is_listing(request: Request) -> bool:
+    return request.method == "LIST" or request.query_params.get("list") in ("true", "1")
+
+
+def add_database_routes(router: APIRouter) -> None:
+    """Register the routes on ``router``: before its ``/{mount}/{operation}/{path}`` catch-all,
+    which would otherwise take ``sys/leases/…`` and ``<mount>/creds/…``."""
+
+    # -- connections -------------------------------------------------------------------------
+
+    _route(router, "/{mount}/config", list_connections, ["LIST"])
+
+    @_errors_as_vault
+    async def connection(request: Request, mount: str, name: str) -> Response:
+        async with _call(request) as call:
+            engine, session = _engine(request), call.session
+            path = f"{mount}/config/{name}"
+            method = request.method
+            if method == "GET":
+                await call.authorize(path, "read", _READ)
+                found = await engine.mount(session, call.tenant_id, mount)
+                stored = await engine.connection(session, found, name)
+                if stored is None:
+                    raise NotFound()
+                await call.record_read(_READ, path)
+                return vault_data(engine.connection_document(stored))
+            if method == "DELETE":
+                await call.authorize(path, "delete", _CONNECTION_WRITE)
+                found = await engine.mount(session, call.tenant_id, mount)
+                removed = await engine.delete_connection(session, found, name)
+                call.record(_CONNECTION_WRITE, path, operation="delete", removed=removed)
+                return no_content()
+            body = await _body(request)
+            found = await engine.mount(session, call.tenant_id, mount)
+            exists = await engine.connection(session, found, name) is not None
+            await call.authorize(path, "update" if exists else "create", _CONNECTION_WRITE)
+            stored = await engine.write_connection(session, found, name, body)
+            call.record(
+                _CONNECTION_WRITE,
+                path,
+                operation="update" if exists else "create",
+                fields=sorted(key for key in body if key != "password"),
+                password_changed="password" in body,
+                allowed_roles=list(stored.allowed_roles),
+            )
+            return no_content()
+
+    _route(router, "/{mount}/config/{name}", connection, ["GET", "POST", "PUT", "DELETE"])
+
+    # -- roles -------------------------------------------------------------------------------
+
+    @_errors_as_vault
+    async def list_roles(request: Request, mount: str) -> Response:
+        if not is_listing(request):
+            raise NotFound()
+        async with _call(request) as call:
+            engine = _engine(request)
+            await call.authorize(f"{mount}/roles", "list", _READ)
+            found = await engine.mount(call.session, call.tenant_id, mount)
+            names = await engine.role_names(call.session, found)
+            await call.record_read(_READ, f"{mount}/roles", keys=len(names))
+            if not names:
+                raise NotFound()
+            return vault_data({"keys": names})
+
+    _route(router, "/{mount}/roles", list_roles, ["GET", "LIST"])
+
+    @_errors_as_vault
+    async def role(request: Request, mount: str, name: str) -> Response:
+        async with _call(request) as call:
+            engine, session = _engine(request), call.session
+            path = f"{mount}/roles/{name}"
+            method = request.method
+            if method == "GET":
+                await call.authorize(path, "read", _READ)
+                found = await engine.mount(session, call.tenant_id, mount)
+                stored = await engine.role(session, found, name)
+                if stored is None:
+                    raise NotFound()
+                await call.record_read(_READ, path)
+                return vault_data(engine.role_document(stored))
+            if method == "DELETE":
+                await call.authorize(path, "delete", _ROLE_WRITE)
+                found = await engine.mount(session, call.tenant_id, mount)
+                removed = await engine.delete_role(session, found, name)
+                call.record(_ROLE_WRITE, path, operation="delete", removed=removed)
+                return no_content()
+            body = await _body(request)
+            found = await engine.mount(session, call.tenant_id, mount)
+            exists = await engine.role(session, found, name) is not None
+            await call.authorize(path, "update" if exists else "create", _ROLE_WRITE)
+            stored = await engine.write_role(session, found, name, body)
+            call.record(
+                _ROLE_WRITE,
+                path,
+                operation="update" if exists else "create",
+                db_name=stored.db_name,
+                default_ttl=stored.default_ttl_s,
+                max_ttl=stored.max_ttl_s,
+            )
+            return no_content()
+
+    _route(router, "/{mount}/roles/{name}", role, ["GET", "POST", "PUT", "DELETE"])
+
+    # -- credentials -------------------------------------------------------------------------
+
+    @_errors_as_vault
+    async def credentials(request: Request, mount: str, name: str) -> Response:
+        """A new database user and its lease; the password is in this answer only."""
+        async with _call(request) as call:
+            engine = _engine(request)
+            path = f"{mount}/creds/{name}"
+            await call.authorize(path, "read", "secrets.creds.issue")
+            found = await engine.mount(call.session, call.tenant_id, mount)
+            issued = await engine.issue(call.session, found, name, call.principal.principal_type)
+            call.record(
+                "secrets.creds.issue",
+                path,
+                lease_id=issued.lease.lease_id,
+                username=issued.username,
+                ttl=issued.ttl_seconds,
+            )
+            return vault_data(
+                {"username": issued.username, "password": issued.password},
+                lease_id=issued.lease.lease_id,
+                renewable=True,
+                lease_duration=issued.ttl_seconds,
+            )
+
+    _route(router, "/{mount}/creds/{name}", credentials, ["GET"])
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def _lease_id(request: Request, lease_id: str | None) -> tuple[Any, dict[str, Any]]:
+        body = await _body(request)
+        return (lease_id or body.get("lease_id")), body
+
+    @_errors_as_vault
+    async def lookup(request: Request) -> Response:
+        async with _call(request) as call:
+            lease_id, _ = await _lease_id(request, None)
+            await call.authorize("sys/leases/lookup", "update", "secrets.lease.read")
+            lease = await _engine(request).lease(call.session, lease_id)
+            await call.record_read("secrets.lease.read", lease.lease_id)
+            live = lease.revoked_at is None
+            ttl = _remaining(lease.expires_at) if live else 0
+            return vault_data(
+                {
+                    "id": lease.lease_id,
+                    "issue_time": vault_time(lease.issued_at),
+                    "expire_time": vault_time(lease.expires_at),
+                    "last_renewal": None,
+                    "renewable": live and ttl > 0,
+                    "ttl": ttl,
+                }
+            )
+
+    _route(router, "/sys/leases/lookup", lookup, ["PUT", "POST"])
+
+    @_errors_as_vault
+    async def renew(request: Request, lease_id: str | None = None) -> Response:
+        async with _call(request) as call:
+            found_id, body = await _lease_id(request, lease_id)
+            increment = body.get("increment")
+            seconds = parse_duration(increment) if increment is not None else None
+            await call.authorize("sys/leases/renew", "update", "secrets.lease.renew")
+            renewal = await _engine(request).renew(call.session, found_id, seconds)
+            call.record(
+                "secrets.lease.renew",
+                renewal.lease.lease_id,
+                ttl=renewal.ttl_seconds,
+                capped=renewal.capped,
+            )
+            warnings = (
+                [
+                    f"TTL of {seconds}s exceeded the effective max_ttl; "
+                    f"TTL value is capped to {renewal.ttl_seconds}s"
+                ]
+                if renewal.capped
+                else None
+            )
+            return vault_data(
+                None,
+                lease_id=renewal.lease.lease_id,
+                renewable=True,
+                lease_duration=renewal.ttl_seconds,
+                warnings=warnings,
+            )
+
+    _route(router, "/sys/leases/renew", renew, ["PUT", "POST"])
+    _route(router, "/sys/renew", renew, ["PUT", "POST"])
+    for prefix in ("/sys/leases/renew", "/sys/renew"):
+        _route(router, prefix + "/{lease_id:path}", renew, ["PUT", "POST"])
+
+    @_errors_as_vault
+    async def revoke(request: Request, lease_id: str | None = None) -> Response:
+        async with _call(request) as call:
+            found_id, _ = await _lease_id(request, lease_id)
+            if not isinstance(found_id, str) or not found_id:
+                raise BadRequest("lease_id is required")
+            await call.authorize("sys/leases/revoke", "update", "secrets.lease.revoke")
+            lease = await _engine(request).revoke(call.session, found_id)
+            _record_revoke(call, found_id, lease is not None)
+            return no_content()
+
+    _route(router, "/sys/leases/revoke", revoke, ["PUT", "POST"])
+    _route(router, "/sys/revoke", revoke, ["PUT", "POST"])
+    for prefix in ("/sys/leases/revoke", "/sys/revoke"):
+        _route(router, prefix + "/{lease_id:path}", revoke, ["PUT", "POST"])
+
+
+def _record_revoke(call: Call, lease_id: str, found: bool) -> None:
+    call.record("secrets.lease.revoke", lease_id, reason="requested", found=found)
+
+
+def _remaining(expires_at: Any) -> int:
+    return max(0, int((expires_at - utcnow()).total_seconds()))
