@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from keel import __version__
 from keel.core.broadcast import Broadcast, create_broadcast
+from keel.core.cache import listen_for_invalidations
+from keel.core.changes import use_change_publisher
 from keel.core.crypto import Keyring, load_keyring
 from keel.core.db import Database
 from keel.core.errors import install_error_handlers
@@ -25,6 +27,7 @@ from keel.core.health import build_health_router
 from keel.core.http import RequestContextMiddleware
 from keel.core.logging import configure_logging, get_logger
 from keel.core.metrics import Metrics
+from keel.core.sealed import load_token_hash_key
 from keel.core.services import (
     ServiceSpec,
     ServiceUnavailableInBuild,
@@ -84,8 +87,12 @@ def build_context(settings: Settings) -> AppContext:
 
 
 async def start_services(context: AppContext) -> None:
-    """Prepare the database and run every enabled service's start-up hook."""
+    """Prepare the database, load the platform keys and run every enabled service's start-up
+    hook."""
     await prepare_database(context.database, context.settings)
+    # Before any service hashes a token: the stored key survives master key rotation.
+    await load_token_hash_key(context.database, context.keyring)
+    use_change_publisher(context.database.engine, context.broadcast)
     for spec in context.services:
         if spec.startup is not None:
             await spec.startup(context)
@@ -146,6 +153,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await start_services(context)
         await context.broadcast.connect()
+        context.background_tasks.append(
+            asyncio.create_task(
+                listen_for_invalidations(context.broadcast), name="cache-invalidations"
+            )
+        )
         for spec in services:
             for task in (*spec.companions, *(spec.background if run_background else ())):
                 context.background_tasks.append(

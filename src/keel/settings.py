@@ -13,7 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -132,6 +139,23 @@ class AuditSettings(BaseModel):
         return value
 
 
+class SecretsSettings(BaseModel):
+    #: ``KEEL_SECRETS__MASTER_KEY`` / ``KEEL_SECRETS__MASTER_KEY_FILE``: aliases of
+    #: ``KEEL_MASTER_KEY`` / ``KEEL_MASTER_KEY_FILE``, under the names the secrets service's
+    #: documentation uses. One master key serves every service; set either name (both only
+    #: with the same value).
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+
+
+class ChangeStreamSettings(BaseModel):
+    #: Days change events are kept for resuming streams; a resume point older than that
+    #: gets an ``event: reset`` (reload everything).
+    retention_days: int = Field(default=7, ge=1, le=_MAX_RETENTION_DAYS)
+    #: Seconds between the comment lines that keep an idle stream's connection open.
+    heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -161,12 +185,36 @@ class Settings(BaseSettings):
     #: Base64 of 32 random bytes: wraps every key and secret stored at rest.
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
+    #: Older master keys still accepted for opening values (a rotation in progress): base64
+    #: keys separated by commas, or a file of them, one a line. Never used to seal.
+    master_key_previous: SecretStr | None = None
+    master_key_previous_file: Path | None = None
     #: The URL services reach Keel at (issuer of tokens, links in e-mails).
     public_url: str | None = None
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
+    changes: ChangeStreamSettings = ChangeStreamSettings()
+    secrets: SecretsSettings = SecretsSettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
+
+    @model_validator(mode="after")
+    def _one_master_key(self) -> Settings:
+        """Fold the ``KEEL_SECRETS__`` aliases into the platform's master key settings."""
+        for name in ("master_key", "master_key_file"):
+            alias = getattr(self.secrets, name)
+            if alias is None:
+                continue
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, alias)
+            elif _plain(value) != _plain(alias):
+                variable = f"{ENV_PREFIX}{name.upper()}"
+                raise ValueError(
+                    f"{variable} and {ENV_PREFIX}SECRETS{NESTED_DELIMITER}{name.upper()} are "
+                    f"both set and differ; one master key serves every service, set one of them"
+                )
+        return self
 
     @field_validator("services", mode="before")
     @classmethod
@@ -230,11 +278,18 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["database_url"] = mask_url(self.effective_database_url)
         data["redis_url"] = mask_url(self.redis_url.get_secret_value()) if self.redis_url else None
-        if self.master_key is not None:
-            data["master_key"] = "**********"
+        for name in ("master_key", "master_key_previous"):
+            if getattr(self, name) is not None:
+                data[name] = "**********"
+        if self.secrets.master_key is not None:
+            data["secrets"]["master_key"] = "**********"
         if self.sentry.dsn is not None:
             data["sentry"]["dsn"] = "**********"
         return data
+
+
+def _plain(value: SecretStr | Path) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def mask_url(raw: str) -> str:
@@ -260,7 +315,10 @@ def load_settings(**overrides: Any) -> Settings:
 def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        variable = ENV_PREFIX + NESTED_DELIMITER.join(str(part) for part in error["loc"]).upper()
         message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a check across variables: its message names them
+            problems.append(message)
+            continue
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(str(part) for part in error["loc"]).upper()
         problems.append(f"{variable}: {message}")
     return "invalid settings: " + "; ".join(problems)

@@ -50,6 +50,7 @@ from keel.core.crypto import Keyring
 from keel.core.db import Base, utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.logging import get_logger
+from keel.core.sealed import register_sealed_column
 from keel.core.tenancy import bind_tenant
 from keel_client.audit import (
     EMPTY_ROOT,
@@ -769,3 +770,6 @@ def _head(row: AuditTreeHead) -> TreeHead:
 
 def _key_aad(key_id: str) -> bytes:
     return f"keel-audit-signing-key:{key_id}".encode()
+
+
+register_sealed_column(AuditSigningKey.private_key_sealed, lambda row: _key_aad(row.key_id))

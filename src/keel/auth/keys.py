@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
+from keel.core.sealed import register_sealed_column
 
 #: Seconds the active key's identity is remembered between database lookups.
 ACTIVE_KEY_TTL = 5.0
@@ -73,6 +74,9 @@ def generate_private_key(algorithm: str) -> PrivateKey:
 
 def _associated_data(kid: str) -> bytes:
     return f"auth.signing_key:{kid}".encode()
+
+
+register_sealed_column(SigningKey.private_key_sealed, lambda row: _associated_data(row.kid))
 
 
 class SigningKeys:

@@ -27,6 +27,7 @@ from keel.core.audit import Actor, Outcome, record_event
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.sealed import register_sealed_column
 
 RECOVERY_CODE_COUNT = 10
 #: Steps accepted either side of the current one (RFC 6238 §5.2 recommends at most one).
@@ -54,6 +55,11 @@ class TotpEnrolment:
 
 def _associated_data(user_id: str) -> bytes:
     return f"auth.totp:{user_id}".encode()
+
+
+register_sealed_column(
+    UserTotp.secret_sealed, lambda row: _associated_data(row.user_id), context=(UserTotp.user_id,)
+)
 
 
 def new_recovery_code() -> str:
