@@ -346,21 +346,24 @@ class _Connection(asyncio.Protocol):
         if end < 0:
             return
         head = bytes(self.buffer[:end]).lower()
+        status = int(head[9:12])
         marker = head.find(b"\r\ncontent-length:")
-        if marker < 0:
+        if marker >= 0:
+            line_end = head.find(b"\r\n", marker + 2)
+            length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
+        elif status in (204, 304):  # never a body (RFC 9110 6.4.1)
+            length = 0
+        else:
             self._fail()
             return
-        line_end = head.find(b"\r\n", marker + 2)
-        length = int(head[marker + 17 : line_end if line_end >= 0 else len(head)])
         total = end + 4 + length
         if len(self.buffer) < total:
             return
-        status = int(head[9:12])
         del self.buffer[:total]
         stats = self.stats
         stats.total += 1
         if stats.measuring:
-            if 200 <= status < 300:
+            if 200 <= status < 300 or status == 304:  # a revalidated cache entry is success
                 stats.ok += 1
                 stats.latencies.append(time.perf_counter() - self.sent_at)
             else:

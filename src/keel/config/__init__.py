@@ -1,0 +1,1 @@
+"""Config service: versioned, validated, watched runtime configuration per environment."""

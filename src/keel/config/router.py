@@ -1,0 +1,517 @@
+"""HTTP routes of the config service: ``/config/v1/...``.
+
+Reads answer with the environment's revision as ``ETag`` and ``304 Not Modified`` for a
+current ``If-None-Match``; writes take an optional ``If-Match`` (412 when the environment
+moved on). Errors are problem+json; schema refusals list each failing path and rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from keel.auth.dependencies import (
+    CurrentPrincipal,
+    bearer_credential,
+    get_auth_service,
+    request_actor,
+)
+from keel.config import schemas, service
+from keel.config.auth import (
+    Access,
+    ApplicationCreator,
+    ConfigAdmin,
+    ConfigReader,
+    ConfigWriter,
+    may,
+)
+from keel.config.models import ConfigRevision
+from keel.config.validation import Diff, check_key
+from keel.core.audit import record_event_now
+from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
+from keel.core.deps import DbSession, get_context
+from keel.core.errors import NotFound
+from keel.core.http import Page, PageRequest, etag_for, is_not_modified
+from keel_client.auth import Principal
+
+#: How often an open watch stream checks that its caller may still read the application.
+RECHECK_SECONDS = 30.0
+
+IfMatch = Annotated[
+    str | None,
+    Header(description="The ETag of the environment (its revision) this write is based on."),
+]
+IfNoneMatch = Annotated[str | None, Header()]
+ResolveSecrets = Annotated[
+    bool,
+    Query(description="Replace each secret reference the caller may read by its value."),
+]
+
+
+def _summary(row: ConfigRevision) -> schemas.RevisionSummary:
+    return schemas.RevisionSummary(
+        number=row.number,
+        operation=row.operation,
+        source=row.source,
+        message=row.message,
+        changes=row.changes,
+        author=schemas.Author(type=row.author_type, id=row.author_id),
+        created_at=row.created_at,
+    )
+
+
+def _diff(diff: Diff) -> schemas.DiffOut:
+    return schemas.DiffOut(
+        added=diff.added,
+        removed=diff.removed,
+        changed={key: schemas.ChangedValue(**change) for key, change in diff.changed.items()},
+    )
+
+
+def _written(outcome: service.WriteOutcome, response: Response) -> schemas.WriteResult:
+    response.headers["ETag"] = etag_for(outcome.revision.number)
+    return schemas.WriteResult(revision=_summary(outcome.revision), created=outcome.created)
+
+
+def _not_modified(revision: int) -> Response:
+    return Response(status_code=304, headers={"ETag": etag_for(revision)})
+
+
+def _no_store(response: Response) -> None:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+
+
+async def _resolve(
+    request: Request,
+    session: DbSession,
+    principal: Principal,
+    values: dict[str, Any],
+    subject: str,
+) -> tuple[dict[str, Any], list[schemas.SecretReferenceState]]:
+    context = get_context(request)
+    engine = service.secrets_engine(context.resources, context.keyring)
+    resolved, report = await service.resolve_secret_references(
+        session,
+        engine,
+        principal,
+        values,
+        actor=request_actor(request, principal),
+        subject=subject,
+    )
+    return resolved, [schemas.SecretReferenceState(**entry.as_dict()) for entry in report]
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["config"])
+
+    # -- applications ---------------------------------------------------------------------
+
+    @router.post("/apps", status_code=201, response_model=schemas.Application)
+    async def create_application(
+        body: schemas.ApplicationCreate,
+        request: Request,
+        response: Response,
+        principal: ApplicationCreator,
+        session: DbSession,
+    ) -> Any:
+        """Create an application (needs ``config:<name>:admin``)."""
+        application = await service.create_application(
+            session,
+            principal.tenant_id,
+            body.name,
+            description=body.description,
+            json_schema=body.json_schema,
+            actor=request_actor(request, principal),
+        )
+        response.headers["ETag"] = etag_for(application.version)
+        return application
+
+    @router.get("/apps", response_model=list[schemas.Application])
+    async def list_applications(principal: CurrentPrincipal, session: DbSession) -> Any:
+        """The applications the caller may read."""
+        applications = await service.list_applications(session, principal.tenant_id)
+        return [app for app in applications if may(principal, app.name, Access.read)]
+
+    @router.get("/apps/{app}", response_model=schemas.Application)
+    async def get_application(
+        app: str, response: Response, principal: ConfigReader, session: DbSession
+    ) -> Any:
+        """The application and its JSON Schema; ``ETag`` is its version."""
+        application = await service.get_application(session, principal.tenant_id, app)
+        response.headers["ETag"] = etag_for(application.version)
+        return application
+
+    @router.put("/apps/{app}", response_model=schemas.Application)
+    async def update_application(
+        app: str,
+        body: schemas.ApplicationUpdate,
+        request: Request,
+        response: Response,
+        principal: ConfigAdmin,
+        session: DbSession,
+        if_match: IfMatch = None,
+    ) -> Any:
+        """Replace the JSON Schema (``null`` removes it). Refused (422) when a current
+        environment's values would fail it."""
+        application = await service.update_application(
+            session,
+            principal.tenant_id,
+            app,
+            json_schema=body.json_schema,
+            description=body.description,
+            if_match=if_match,
+            actor=request_actor(request, principal),
+        )
+        response.headers["ETag"] = etag_for(application.version)
+        return application
+
+    # -- environments ---------------------------------------------------------------------
+
+    @router.post("/apps/{app}/envs", status_code=201, response_model=schemas.Environment)
+    async def create_environment(
+        app: str,
+        body: schemas.EnvironmentCreate,
+        request: Request,
+        response: Response,
+        principal: ConfigAdmin,
+        session: DbSession,
+    ) -> Any:
+        """Create an environment: revision 1, no values."""
+        environment = await service.create_environment(
+            session,
+            principal.tenant_id,
+            app,
+            body.name,
+            actor=request_actor(request, principal),
+        )
+        response.headers["ETag"] = etag_for(environment.revision)
+        return environment
+
+    @router.get("/apps/{app}/envs", response_model=list[schemas.Environment])
+    async def list_environments(app: str, principal: ConfigReader, session: DbSession) -> Any:
+        return await service.list_environments(session, principal.tenant_id, app)
+
+    @router.get("/apps/{app}/envs/{env}", response_model=schemas.SnapshotOut)
+    async def read_snapshot(
+        app: str,
+        env: str,
+        request: Request,
+        response: Response,
+        principal: ConfigReader,
+        session: DbSession,
+        if_none_match: IfNoneMatch = None,
+        resolve_secrets: ResolveSecrets = False,
+    ) -> Any:
+        """The environment's values at its current revision. ``ETag`` is the revision;
+        ``If-None-Match`` with it answers 304. With ``resolve_secrets=true`` the references
+        the caller may read are replaced by their values (``Cache-Control: no-store``, no
+        ETag: a secret changes without a new revision)."""
+        environment_id, revision = await service.environment_revision(
+            session, principal.tenant_id, app, env
+        )
+        if not resolve_secrets and is_not_modified(if_none_match, revision):
+            return _not_modified(revision)
+        values = await service.values_of_revision(session, environment_id, revision)
+        if resolve_secrets:
+            resolved, report = await _resolve(
+                request, session, principal, values, service.change_subject(app, env)
+            )
+            _no_store(response)
+            return schemas.SnapshotOut(
+                application=app, environment=env, revision=revision, values=resolved, secrets=report
+            )
+        response.headers["ETag"] = etag_for(revision)
+        return schemas.SnapshotOut(
+            application=app, environment=env, revision=revision, values=values
+        )
+
+    @router.patch("/apps/{app}/envs/{env}", response_model=schemas.WriteResult)
+    async def write_values(
+        app: str,
+        env: str,
+        body: schemas.ChangeSet,
+        request: Request,
+        response: Response,
+        principal: ConfigWriter,
+        session: DbSession,
+        if_match: IfMatch = None,
+    ) -> Any:
+        """One atomic change set: ``set`` and ``unset`` keys in one new revision. Validated
+        against the application's JSON Schema as a whole; a change set that changes nothing
+        makes no revision (``created: false``)."""
+        outcome = await service.write_values(
+            session,
+            principal.tenant_id,
+            app,
+            env,
+            set_values=body.set,
+            unset=body.unset,
+            message=body.message,
+            if_match=if_match,
+            actor=request_actor(request, principal),
+        )
+        return _written(outcome, response)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    @router.get("/apps/{app}/envs/{env}/keys/{key}", response_model=schemas.KeyOut)
+    async def read_key(
+        app: str,
+        env: str,
+        key: str,
+        request: Request,
+        response: Response,
+        principal: ConfigReader,
+        session: DbSession,
+        if_none_match: IfNoneMatch = None,
+        resolve_secrets: ResolveSecrets = False,
+    ) -> Any:
+        """One key's value; ``ETag`` is the environment's revision."""
+        check_key(key)
+        environment_id, revision = await service.environment_revision(
+            session, principal.tenant_id, app, env
+        )
+        if not resolve_secrets and is_not_modified(if_none_match, revision):
+            return _not_modified(revision)
+        values = await service.values_of_revision(session, environment_id, revision)
+        if key not in values:
+            raise NotFound(f"No key {key!r} in {service.change_subject(app, env)}.")
+        if resolve_secrets:
+            resolved, report = await _resolve(
+                request, session, principal, {key: values[key]}, service.change_subject(app, env)
+            )
+            _no_store(response)
+            return schemas.KeyOut(key=key, revision=revision, value=resolved[key], secrets=report)
+        response.headers["ETag"] = etag_for(revision)
+        return schemas.KeyOut(key=key, revision=revision, value=values[key])
+
+    @router.put("/apps/{app}/envs/{env}/keys/{key}", response_model=schemas.WriteResult)
+    async def write_key(
+        app: str,
+        env: str,
+        key: str,
+        body: schemas.KeyWrite,
+        request: Request,
+        response: Response,
+        principal: ConfigWriter,
+        session: DbSession,
+        if_match: IfMatch = None,
+    ) -> Any:
+        """Set one key: a change set of one."""
+        outcome = await service.write_values(
+            session,
+            principal.tenant_id,
+            app,
+            env,
+            set_values={key: body.value},
+            message=body.message,
+            if_match=if_match,
+            actor=request_actor(request, principal),
+        )
+        return _written(outcome, response)
+
+    @router.delete("/apps/{app}/envs/{env}/keys/{key}", response_model=schemas.WriteResult)
+    async def delete_key(
+        app: str,
+        env: str,
+        key: str,
+        request: Request,
+        response: Response,
+        principal: ConfigWriter,
+        session: DbSession,
+        if_match: IfMatch = None,
+        message: Annotated[str, Query(max_length=2000)] = "",
+    ) -> Any:
+        """Remove one key (404 when absent)."""
+        outcome = await service.delete_key(
+            session,
+            principal.tenant_id,
+            app,
+            env,
+            key,
+            message=message,
+            if_match=if_match,
+            actor=request_actor(request, principal),
+        )
+        return _written(outcome, response)
+
+    # -- history --------------------------------------------------------------------------
+
+    @router.get("/apps/{app}/envs/{env}/revisions", response_model=Page[schemas.RevisionSummary])
+    async def list_revisions(
+        app: str,
+        env: str,
+        principal: ConfigReader,
+        session: DbSession,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> Page[schemas.RevisionSummary]:
+        """The revisions, oldest first (author, time, message, keys changed; no values);
+        pass ``next_cursor`` back as ``cursor``."""
+        rows, next_cursor = await service.history(
+            session, principal.tenant_id, app, env, PageRequest(cursor, limit)
+        )
+        return Page(items=[_summary(row) for row in rows], next_cursor=next_cursor)
+
+    @router.get("/apps/{app}/envs/{env}/revisions/{number}", response_model=schemas.Revision)
+    async def get_revision(
+        app: str, env: str, number: int, principal: ConfigReader, session: DbSession
+    ) -> Any:
+        """One revision with its whole snapshot of values."""
+        row = await service.get_revision(session, principal.tenant_id, app, env, number)
+        return schemas.Revision(**_summary(row).model_dump(), values=row.values)
+
+    @router.get("/apps/{app}/envs/{env}/diff", response_model=schemas.RevisionDiff)
+    async def diff_revisions(
+        app: str,
+        env: str,
+        principal: ConfigReader,
+        session: DbSession,
+        from_revision: Annotated[int, Query(alias="from", ge=1)],
+        to_revision: Annotated[int | None, Query(alias="to", ge=1)] = None,
+    ) -> Any:
+        """Key-level differences between two revisions (``to`` defaults to the current)."""
+        if to_revision is None:
+            _, to_revision = await service.environment_revision(
+                session, principal.tenant_id, app, env
+            )
+        diff = await service.diff_revisions(
+            session, principal.tenant_id, app, env, from_revision, to_revision
+        )
+        return schemas.RevisionDiff(
+            **_diff(diff).model_dump(), from_revision=from_revision, to_revision=to_revision
+        )
+
+    @router.post("/apps/{app}/envs/{env}/rollback", response_model=schemas.WriteResult)
+    async def rollback(
+        app: str,
+        env: str,
+        body: schemas.Rollback,
+        request: Request,
+        response: Response,
+        principal: ConfigWriter,
+        session: DbSession,
+        if_match: IfMatch = None,
+    ) -> Any:
+        """A new revision holding the values of an earlier one."""
+        outcome = await service.rollback(
+            session,
+            principal.tenant_id,
+            app,
+            env,
+            body.revision,
+            message=body.message,
+            if_match=if_match,
+            actor=request_actor(request, principal),
+        )
+        return _written(outcome, response)
+
+    # -- promotion ------------------------------------------------------------------------
+
+    @router.post("/apps/{app}/promote", response_model=schemas.PromotionOut)
+    async def promote(
+        app: str,
+        body: schemas.PromotionRequest,
+        request: Request,
+        response: Response,
+        principal: ConfigWriter,
+        session: DbSession,
+        if_match: IfMatch = None,
+    ) -> Any:
+        """Copy one environment's values to another. ``confirm: false`` answers the diff the
+        target would see (its ``ETag`` is the target's revision); ``confirm: true`` with
+        that ``If-Match`` applies it as a new revision of the target."""
+        promotion = await service.promote(
+            session,
+            principal.tenant_id,
+            app,
+            body.source,
+            body.target,
+            keys=body.keys,
+            confirm=body.confirm,
+            if_match=if_match,
+            source_revision=body.source_revision,
+            message=body.message,
+            actor=request_actor(request, principal),
+        )
+        response.headers["ETag"] = etag_for(promotion.target_revision)
+        return schemas.PromotionOut(
+            source=promotion.source,
+            source_revision=promotion.source_revision,
+            target=promotion.target,
+            target_revision=promotion.target_revision,
+            diff=_diff(promotion.diff),
+            applied=promotion.applied,
+        )
+
+    # -- watch ----------------------------------------------------------------------------
+
+    @router.get(
+        "/apps/{app}/envs/{env}/watch",
+        response_class=JSONResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def watch(
+        app: str, env: str, request: Request, principal: ConfigReader, session: DbSession
+    ) -> Response:
+        """The environment's new revisions as Server-Sent Events (``event: config``, data
+        ``{"seq", "stream", "subject": "<app>/<env>", "data": {"revision", "keys"}}``: key
+        names, never values; fetch the snapshot with ``If-None-Match``). Resume with
+        ``Last-Event-ID`` (or ``?since=``): no revision committed after that id is missed."""
+        after = resume_point(request)
+        await service.environment_revision(session, principal.tenant_id, app, env)
+        subject = service.change_subject(app, env)
+        await record_event_now(
+            session,
+            tenant_id=principal.tenant_id,
+            action="config.changes.watch",
+            actor=request_actor(request, principal),
+            target_type="config_environment",
+            target_id=subject,
+            data={"since": after},
+        )
+        await session.commit()
+        keep = EnvironmentChanges(request, principal, app, subject)
+        return change_stream_response(
+            request, principal.tenant_id, [service.CONFIG_STREAM], allow=keep
+        )
+
+    return router
+
+
+class EnvironmentChanges:
+    """The change filter of one watch: keeps its environment's changes, and re-checks every
+    ``RECHECK_SECONDS`` that the caller still may read the application (a revoked
+    credential or permission ends the stream)."""
+
+    def __init__(self, request: Request, principal: Principal, app: str, subject: str) -> None:
+        self._request = request
+        self._credential = bearer_credential(request)
+        self._tenant_id = principal.tenant_id
+        self._app = app
+        self._subject = subject
+        self._checked_at = time.monotonic()
+
+    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
+        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
+            await self._recheck()
+        return [change for change in changes if change.subject == self._subject]
+
+    async def _recheck(self) -> None:
+        auth = await get_auth_service(self._request)
+        async with get_context(self._request).database.session() as session:
+            principal = (
+                await auth.authenticate(session, self._credential) if self._credential else None
+            )
+        if (
+            principal is None
+            or principal.tenant_id != self._tenant_id
+            or not may(principal, self._app, Access.read)
+        ):
+            raise StreamClosed()
+        self._checked_at = time.monotonic()

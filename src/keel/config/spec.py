@@ -1,0 +1,30 @@
+"""The config service as Keel mounts and runs it."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from keel.app import AppContext
+from keel.config import (
+    audit_actions,  # noqa: F401  (registers the catalogue entries)
+    router,
+)
+from keel.config.models import ConfigApplication
+from keel.core.services import ServiceSpec
+
+
+async def config_ready(context: AppContext) -> None:
+    """The service's tables answer."""
+    async with context.database.session() as session:
+        await session.execute(
+            select(ConfigApplication.id).limit(1).execution_options(all_tenants=True)
+        )
+
+
+service = ServiceSpec(
+    name="config",
+    router=router.build_router,
+    ready_check=config_ready,
+    # Change events are pruned by the secrets service's worker (one pruner for every stream).
+    model_modules=("keel.config.models",),
+)
