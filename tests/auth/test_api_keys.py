@@ -23,6 +23,8 @@ from auth.conftest import (
 )
 from keel.auth.credentials import API_KEY_PREFIX, parse_api_key
 from keel.auth.models import ApiKey
+from keel.auth.service import API_KEYS
+from keel.core.cache import invalidate_after_commit
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 
@@ -42,12 +44,37 @@ async def _key_row(app: FastAPI, tenant_id: str, key_id: str) -> ApiKey:
 
 
 async def _update_key(app: FastAPI, tenant_id: str, key_id: str, **values: Any) -> None:
+    """Change the row behind the service's back (no API changes these fields), so drop what
+    the process keeps of it, as a change through the service would."""
     async with unit_of_work(app) as session:
         bind_tenant(session, tenant_id)
         row = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
         assert row is not None
         for name, value in values.items():
             setattr(row, name, value)
+        invalidate_after_commit(session, API_KEYS, row.lookup)
+
+
+async def test_a_cached_key_is_refused_once_revoked_or_its_role_is_gone(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Keys are verified from a cache after their first use: changes must still land at once."""
+    await create_role(app, admin.tenant_id, "viewer", ["auth:user:read"])
+    user = await create_user(app, admin.tenant_id, "bob", roles=["viewer"])
+    key_id, key = await create_api_key(app, admin.tenant_id, user.id)
+    first = await _me(client, key)
+    assert first.json()["permissions"] == ["auth:user:read"]
+    assert (await _me(client, key)).status_code == 200  # served from the cache
+
+    unassigned = await client.delete(
+        f"/auth/v1/roles/viewer/assignments/user/{user.id}", headers=admin.headers
+    )
+    assert unassigned.status_code == 204, unassigned.text
+    assert (await _me(client, key)).json()["permissions"] == []
+
+    revoked = await client.delete(f"/auth/v1/api-keys/{key_id}", headers=admin.headers)
+    assert revoked.status_code == 204
+    assert (await _me(client, key)).status_code == 401
 
 
 async def test_api_key_format_and_checksum(client: httpx.AsyncClient, admin: TenantAdmin) -> None:

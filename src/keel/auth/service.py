@@ -78,6 +78,20 @@ REVOCATIONS = SharedCache[str, bool]("auth.revoked_access_tokens", ttl=2.0, max_
 #: of roles or assignments drops them all; a client revoked elsewhere is refused within the TTL.
 CLIENT_GRANTS = SharedCache[str, tuple[Any, ...]]("auth.client_grants", ttl=2.0)
 
+#: The principal of an API key by its lookup part, with what a hit must still check: the
+#: secret's keyed hash, the expiry, and when ``last_used_at`` was last written (a hit older
+#: than :data:`_LAST_USED_GRANULARITY` takes the slow path, which writes it again).
+API_KEYS = SharedCache[str, tuple[str, Principal, datetime | None, datetime]](
+    "auth.api_keys", ttl=2.0
+)
+
+
+def _forget_grants(session: AsyncSession) -> None:
+    """Roles or assignments changed: every cached client grant and API key principal."""
+    invalidate_after_commit(session, CLIENT_GRANTS, None)
+    invalidate_after_commit(session, API_KEYS, None)
+
+
 #: A confidential client, its service account and that account's roles: one row per role.
 #: The client id tells the tenant; every join stays inside it.
 _CLIENT_GRANT = (
@@ -304,6 +318,7 @@ class AuthService:
         user.version += 1
         if changes.get("status") == UserStatus.disabled:
             await self._revoke_sessions(session, user.id, reason="user_disabled")
+        invalidate_after_commit(session, API_KEYS, None)  # a disabled user's keys stop at once
         record_event(
             session,
             tenant_id=tenant_id,
@@ -568,7 +583,7 @@ class AuthService:
         _ensure_may_grant(grantor, permissions)
         role.permissions = permissions
         role.version += 1
-        invalidate_after_commit(session, CLIENT_GRANTS, None)  # roles of clients changed
+        _forget_grants(session)
         record_event(
             session,
             tenant_id=tenant_id,
@@ -586,7 +601,7 @@ class AuthService:
         role = await self.get_role(session, tenant_id, name)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.role_id == role.id))
         await session.delete(role)
-        invalidate_after_commit(session, CLIENT_GRANTS, None)  # roles of clients changed
+        _forget_grants(session)
         record_event(
             session,
             tenant_id=tenant_id,
@@ -623,7 +638,7 @@ class AuthService:
                     role_id=role.id, principal_type=principal_type, principal_id=principal_id
                 )
             )
-        invalidate_after_commit(session, CLIENT_GRANTS, None)  # roles of clients changed
+        _forget_grants(session)
         record_event(
             session,
             tenant_id=tenant_id,
@@ -651,7 +666,7 @@ class AuthService:
                 RoleAssignment.principal_id == principal_id,
             )
         )
-        invalidate_after_commit(session, CLIENT_GRANTS, None)  # roles of clients changed
+        _forget_grants(session)
         record_event(
             session,
             tenant_id=tenant_id,
@@ -752,6 +767,7 @@ class AuthService:
         if key is None:
             raise NotFound("No such API key.")
         key.revoked_at = key.revoked_at or utcnow()
+        invalidate_after_commit(session, API_KEYS, key.lookup)
         record_event(
             session,
             tenant_id=tenant_id,
@@ -765,12 +781,23 @@ class AuthService:
         lookup = parse_api_key(token)
         if lookup is None:
             return None
+        now = utcnow()
+        cached = API_KEYS.get(lookup)
+        if cached is not None:
+            secret_hash, principal, expires_at, last_used_at = cached
+            if (
+                (expires_at is None or expires_at > now)
+                and now - last_used_at <= _LAST_USED_GRANULARITY
+                and self.keyring.token_matches(token, secret_hash)
+            ):
+                bind_tenant(session, principal.tenant_id)
+                return principal
+        stamp = API_KEYS.stamp()
         key = await session.scalar(
             select(ApiKey).where(ApiKey.lookup == lookup).execution_options(all_tenants=True)
         )
         if key is None or not self.keyring.token_matches(token, key.secret_hash):
             return None
-        now = utcnow()
         if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
             return None
         bind_tenant(session, key.tenant_id)
@@ -783,7 +810,7 @@ class AuthService:
             permissions = narrow_permissions(permissions, key.scopes)
         if key.last_used_at is None or now - key.last_used_at > _LAST_USED_GRANULARITY:
             key.last_used_at = now
-        return Principal(
+        principal = Principal(
             subject=key.principal_id,
             tenant_id=key.tenant_id,
             principal_type=key.principal_type,
@@ -792,6 +819,8 @@ class AuthService:
             credential="api_key",
             claims={"api_key_id": key.id},
         )
+        API_KEYS.put(lookup, (key.secret_hash, principal, key.expires_at, key.last_used_at), stamp)
+        return principal
 
     async def _principal_is_active(
         self, session: AsyncSession, principal_type: str, principal_id: str
