@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from keel.core.broadcast import Broadcast, InMemoryBroadcast, RedisBroadcast
 from keel.core.changes import (
+    POLL_LOCAL_BROADCAST_SECONDS,
     ChangeEvent,
     change_channel,
     change_events,
@@ -187,6 +188,20 @@ async def test_resume_delivers_exactly_the_missed_events_in_order_then_live_ones
         event = await watch.next()
         assert (event.id, subjects([event])) == (str(live), ["secret/live"])
         await watch.assert_nothing_more()
+
+
+async def test_a_change_committed_by_another_process_reaches_a_stream_of_this_one(
+    database: Database,
+) -> None:
+    """Without Redis each process has its own broadcast: a change another process (a CLI
+    command, another worker) commits wakes nobody here, so the stream reads the table."""
+    tenant_id = await new_tenant(database)
+    ours = InMemoryBroadcast()  # this process's, never told of the other process's commits
+    async with watching(database, ours, tenant_id, after=None) as watch:
+        assert (await watch.next()).event == "ready"
+        seq = await record(database, tenant_id, "secret/from-elsewhere")  # nobody publishes
+        event = await watch.next(timeout=3 * POLL_LOCAL_BROADCAST_SECONDS)
+        assert (event.id, subjects([event])) == (str(seq), ["secret/from-elsewhere"])
 
 
 async def test_a_new_subscriber_starts_now_and_learns_its_position(

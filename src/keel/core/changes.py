@@ -38,7 +38,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from keel.core.broadcast import Broadcast, MessagesLost, Subscription
+from keel.core.broadcast import Broadcast, InMemoryBroadcast, MessagesLost, Subscription
 from keel.core.db import Base, Database, UTCDateTime, utcnow
 from keel.core.errors import BadRequest
 from keel.core.logging import get_logger
@@ -57,6 +57,9 @@ REPLAY_PAGE_SIZE = 500
 PRUNE_INTERVAL_SECONDS = 3600.0
 #: How often a stream reads the table while the broadcast may be dropping events.
 POLL_WHILE_UNRELIABLE_SECONDS = 1.0
+#: How often a stream reads the table when the broadcast is this process's own: changes
+#: committed by another process (``keel serve --workers``, a CLI command) wake nobody here.
+POLL_LOCAL_BROADCAST_SECONDS = 1.0
 #: Suggested to clients as the SSE ``retry:`` (milliseconds).
 CLIENT_RETRY_MS = 2000
 
@@ -379,6 +382,7 @@ async def change_events(
     reads the table every ``POLL_WHILE_UNRELIABLE_SECONDS``.
     """
     wakeup = _Wakeup(asyncio.Event())
+    process_local = isinstance(broadcast, InMemoryBroadcast)
     loop = asyncio.get_running_loop()
     last_beat = loop.time()
     listeners: list[asyncio.Task[None]] = []
@@ -417,19 +421,24 @@ async def change_events(
                 woken = False
                 while not woken:
                     beat_in = heartbeat_seconds - (loop.time() - last_beat)
+                    poll = (
+                        POLL_WHILE_UNRELIABLE_SECONDS
+                        if wakeup.unreliable
+                        else POLL_LOCAL_BROADCAST_SECONDS
+                        if process_local
+                        else None
+                    )
                     try:
-                        async with asyncio.timeout(
-                            min(beat_in, POLL_WHILE_UNRELIABLE_SECONDS)
-                            if wakeup.unreliable
-                            else beat_in
-                        ):
+                        async with asyncio.timeout(min(beat_in, poll) if poll else beat_in):
                             await wakeup.event.wait()
                     except TimeoutError:
                         if loop.time() - last_beat >= heartbeat_seconds:
                             await allow(())
                             yield ": keepalive\n\n"
                             last_beat = loop.time()
-                        woken = wakeup.unreliable
+                            woken = True  # and read the table: a safety net for lost events
+                        else:
+                            woken = poll is not None
                         continue
                     # Already sent (the replay read it): no need to read the table again.
                     woken = wakeup.lost or wakeup.highest_seen > position
