@@ -7,7 +7,7 @@
 - ``secrets.kv_read_p50_ms``: the same read, one at a time on one connection (latency without
   queueing), p50 and p99.
 
-No peer: Vault itself cannot run here. The SDK's cached read waits for ``keel_client.secrets``.
+No peer: Vault itself cannot run here. The SDK's cached read is in ``bench_secrets_sdk``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from keel.core.crypto import Keyring, load_keyring
 from keel.core.db import Database
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
-from keel.core.http import RequestContextMiddleware
+from keel.core.http import RequestContextMiddleware, ServiceRouter
 from keel.core.logging import configure_logging, get_logger
 from keel.core.metrics import Metrics
 from keel.core.sealed import load_token_hash_key
@@ -200,7 +200,10 @@ def create_app(
 
     for spec in services:
         if spec.router is not None:
-            app.include_router(spec.router(), prefix=f"/{spec.name}")
+            router = spec.router()
+            if isinstance(router, ServiceRouter):
+                router.mount_prefix = f"/{spec.name}/"
+            app.include_router(router, prefix=f"/{spec.name}")
         if spec.root_router is not None:
             app.include_router(spec.root_router())
 

@@ -14,6 +14,7 @@ from keel.audit.models import AuditSigningKey
 from keel.audit.service import AuditLog
 from keel.audit.writer import GroupWriter
 from keel.core.audit import on_recorded, use_event_writer
+from keel.core.http import ServiceRouter
 from keel.core.logging import get_logger
 from keel.core.services import ServiceSpec
 
@@ -121,7 +122,7 @@ async def erase_expired_payloads_daily(context: AppContext) -> None:
 
 def build_routers() -> APIRouter:
     """The audit API: events, proofs and the catalogue, and financial transactions."""
-    api = APIRouter()
+    api = ServiceRouter()
     api.include_router(router.build_router())
     api.include_router(transactions.build_router())
     return api

@@ -35,7 +35,7 @@ from keel.core.audit import record_event_now
 from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound
-from keel.core.http import Page, PageRequest, etag_for, is_not_modified
+from keel.core.http import Page, PageRequest, ServiceRouter, etag_for, is_not_modified
 from keel_client.auth import Principal
 
 #: How often an open watch stream checks that its caller may still read the application.
@@ -107,7 +107,7 @@ async def _resolve(
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["config"])
+    router = ServiceRouter(prefix="/v1", tags=["config"])
 
     # -- applications ---------------------------------------------------------------------
 

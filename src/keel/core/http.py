@@ -18,12 +18,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 import structlog
+from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import Select, literal, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.types import TypeDecorator
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.core.db import UTCDateTime
@@ -397,3 +400,27 @@ def is_not_modified(if_none_match: str | None, current_version: int | str) -> bo
         return False
     tags = _parse_etags(if_none_match, weak_comparison=True)
     return "*" in tags or etag_for(current_version) in tags
+
+
+class ServiceRouter(APIRouter):
+    """A service's top router: declines a path outside ``/<service>/`` without trying its routes.
+
+    FastAPI tries the routes of every included router in turn until one matches. With every
+    service mounted, a secret read went through some 180 route patterns of the services
+    mounted before it, a fifth of its CPU. ``create_app`` sets :attr:`mount_prefix` when it
+    mounts the router.
+    """
+
+    mount_prefix: str | None = None
+
+    def match_first(self, *paths: str) -> None:
+        """Try the routes of ``paths`` (full paths, e.g. ``/v1/oauth/token``) before the
+        others: the hot endpoints, when no earlier route could also match their requests."""
+        wanted = set(paths)
+        self.routes.sort(key=lambda route: getattr(route, "path", None) not in wanted)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        prefix = self.mount_prefix
+        if prefix and scope["type"] == "http" and not get_route_path(scope).startswith(prefix):
+            return Match.NONE, {}
+        return super().matches(scope)

@@ -31,6 +31,7 @@ from keel.auth.dependencies import (
 from keel.core.audit import Actor, Outcome, record_event, record_event_now
 from keel.core.deps import get_context
 from keel.core.errors import BadRequest, KeelError, NotFound
+from keel.core.http import ServiceRouter
 from keel.core.ids import new_id
 from keel.core.tenancy import bind_tenant
 from keel.secrets import approle
@@ -218,7 +219,17 @@ def _route(router: APIRouter, path: str, endpoint: Any, methods: list[str]) -> N
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["secrets (Vault KV v2)"])
+    router = ServiceRouter(prefix="/v1", tags=["secrets (Vault KV v2)"])
+
+    async def read_data(request: Request, mount: str, path: str) -> Response:
+        response: Response = await kv(request, mount=mount, operation="data", path=path)
+        return response
+
+    # The hot path is matched first: FastAPI tries routes in order, and the catch-all below
+    # comes after some seventy others. Documented through the catch-all.
+    router.add_api_route(
+        "/{mount}/data/{path:path}", read_data, methods=["GET"], include_in_schema=False
+    )
 
     @router.get("/sys/health")
     async def health(request: Request) -> Response:
