@@ -1,6 +1,16 @@
-"""Feature flags: the evaluation engine the SDK and the server share.
+"""Feature flags: the SDK client, and the evaluation engine the SDK and the server share.
 
 Example::
+
+    from keel_client.flags import FlagsClient
+
+    async with FlagsClient.from_env("production") as flags:   # KEEL_URL, KEEL_TOKEN
+        if flags.is_enabled("checkout-v2", {"key": "user-1"}):
+            ...
+        flags.track("purchase", {"key": "user-1"}, 12.5)
+
+The OpenFeature provider is ``keel_client.flags.openfeature.KeelProvider`` (needs
+``keel-client[openfeature]``). The engine alone::
 
     from keel_client.flags import FlagStore
 
@@ -9,9 +19,16 @@ Example::
     detail.value, detail.variation, detail.reason.to_dict()
 
 The server validates writes with :func:`validate_flag` and :func:`validate_segment`.
-See ``docs/flags.md`` (section "Evaluation engine").
+See ``docs/flags.md`` (sections "Evaluation engine", "SDK" and "OpenFeature").
 """
 
+from keel_client.flags._client import (
+    FlagsChange,
+    FlagsChangeCallback,
+    FlagsClient,
+    SyncFlagsClient,
+    default_flags_cache_path,
+)
 from keel_client.flags._engine import (
     ErrorKind,
     EvaluationDetail,
@@ -21,16 +38,33 @@ from keel_client.flags._engine import (
     bucket,
     evaluate,
 )
+from keel_client.flags._events import EventStats
+from keel_client.flags._exceptions import (
+    FlagsError,
+    FlagsNotFound,
+    FlagsPermissionDenied,
+    FlagsUnavailable,
+)
 from keel_client.flags._model import FlagType, validate_flag, validate_segment
 
 __all__ = [
     "ErrorKind",
     "EvaluationDetail",
     "EvaluationReason",
+    "EventStats",
     "FlagStore",
     "FlagType",
+    "FlagsChange",
+    "FlagsChangeCallback",
+    "FlagsClient",
+    "FlagsError",
+    "FlagsNotFound",
+    "FlagsPermissionDenied",
+    "FlagsUnavailable",
     "ReasonKind",
+    "SyncFlagsClient",
     "bucket",
+    "default_flags_cache_path",
     "evaluate",
     "validate_flag",
     "validate_segment",
