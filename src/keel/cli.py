@@ -308,9 +308,15 @@ def version() -> None:
 def _add_service_commands() -> None:
     from keel.audit.cli import app as audit_app
     from keel.auth.cli import app as auth_app
+    from keel.config.cli import app as config_app
+    from keel.flags.cli import app as flags_app
+    from keel.secrets.cli import app as secrets_app
 
     app.add_typer(auth_app, name="auth")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(secrets_app, name="secrets")
+    app.add_typer(config_app, name="config")
+    app.add_typer(flags_app, name="flags")
 
 
 _add_service_commands()

@@ -23,7 +23,7 @@ MIGRATIONS_DIR = Path(__file__).parent
 #: The newest revision of the history. Kept here so that a start-up on a current schema reads
 #: one row instead of importing Alembic (a fifth of a cold start); a test holds it equal to
 #: the head Alembic computes from ``versions/``.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0008"
 
 #: Modules holding tables, imported so that ``Base.metadata`` knows every table.
 MODEL_MODULES = (
@@ -34,6 +34,8 @@ MODEL_MODULES = (
     "keel.auth.models",
     "keel.audit.models",
     "keel.secrets.models",
+    "keel.config.models",
+    "keel.flags.models",
 )
 
 

@@ -1,0 +1,1 @@
+"""The feature flags service: ``/flags/v1/...``."""
