@@ -468,6 +468,31 @@ async def test_evaluate_answers_value_variation_and_reason_for_each_flag(
         f"{API}/evaluate", headers=headers, json={"environment": env, "context": {"name": "x"}}
     )
     assert no_key.json()["flags"]["checkout-v2"]["reason"]["kind"] == "ERROR"
+    batch = await client.post(
+        f"{API}/evaluate",
+        headers=headers,
+        json={
+            "environment": env,
+            "contexts": [{"key": "user-8"}, {"key": "u", "email": "a@corp.com"}],
+        },
+    )
+    assert batch.status_code == 200, batch.text
+    assert "flags" not in batch.json()
+    assert [result["checkout-v2"]["reason"]["kind"] for result in batch.json()["results"]] == [
+        "FALLTHROUGH",
+        "RULE_MATCH",
+    ]
+    assert batch.json()["results"][0]["dormant"] == {
+        "value": False, "variation": "off", "reason": {"kind": "OFF"}
+    }  # fmt: skip
+    for wrong in (
+        {"environment": env},  # neither
+        {"environment": env, "context": {"key": "a"}, "contexts": [{"key": "a"}]},  # both
+        {"environment": env, "contexts": []},
+        {"environment": env, "contexts": [{"key": str(n)} for n in range(1001)]},
+    ):
+        refused = await client.post(f"{API}/evaluate", headers=headers, json=wrong)
+        assert refused.status_code == 422, refused.text
     missing_env = await client.post(
         f"{API}/evaluate", headers=headers, json={"environment": "nope", "context": {"key": "u"}}
     )

@@ -11,12 +11,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Events one batch of ``POST /flags/v1/events`` holds at most.
 MAX_EVENTS_PER_BATCH = 1000
 #: Keys evaluated by one ``POST /flags/v1/evaluate`` at most (``null``: all flags).
 MAX_EVALUATED_KEYS = 1000
+MAX_EVALUATED_CONTEXTS = 1000
 
 
 class FlagType(StrEnum):
@@ -170,11 +171,22 @@ class EvaluateRequest(BaseModel):
 
     environment: str = Field(max_length=63)
     #: At least ``key`` (a string); ``kind`` defaults to ``user``.
-    context: dict[str, Any]
+    context: dict[str, Any] | None = None
+    #: Instead of ``context``: up to 1000 contexts evaluated on the same snapshot, answered in
+    #: ``results`` in the same order.
+    contexts: list[dict[str, Any]] | None = Field(
+        default=None, min_length=1, max_length=MAX_EVALUATED_CONTEXTS
+    )
     #: The flags to evaluate (``null``: every flag of the environment).
     flags: list[Annotated[str, Field(max_length=128)]] | None = Field(
         default=None, max_length=MAX_EVALUATED_KEYS
     )
+
+    @model_validator(mode="after")
+    def _one_of_context_and_contexts(self) -> EvaluateRequest:
+        if (self.context is None) == (self.contexts is None):
+            raise ValueError("give either context or contexts")
+        return self
 
 
 class EvaluationDetail(BaseModel):
@@ -187,7 +199,10 @@ class EvaluateResponse(BaseModel):
     environment: str
     #: The snapshot version evaluated.
     version: int
-    flags: dict[str, EvaluationDetail]
+    #: For ``context``: each flag's evaluation.
+    flags: dict[str, EvaluationDetail] | None = None
+    #: For ``contexts``: one such map per context, in order.
+    results: list[dict[str, EvaluationDetail]] | None = None
 
 
 # -- SDK events -----------------------------------------------------------------------------

@@ -1045,15 +1045,18 @@ async def evaluate(
     session: AsyncSession,
     tenant_id: str,
     environment_key: str,
-    context: Mapping[str, Any],
+    contexts: Sequence[Mapping[str, Any]],
     keys: Sequence[str] | None = None,
-) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Evaluate ``keys`` (default: every flag) for ``context`` with the SDK's engine on the
-    environment's current snapshot: ``(version, {key: {"value", "variation", "reason"}})``."""
+) -> tuple[int, list[dict[str, dict[str, Any]]]]:
+    """Evaluate ``keys`` (default: every flag) for each of ``contexts`` with the SDK's engine
+    on the environment's current snapshot:
+    ``(version, [{key: {"value", "variation", "reason"}}, ...])``, one map per context."""
     environment_id, version, store = await _compiled_snapshot(session, tenant_id, environment_key)
     known = store.keys()
     names = list(dict.fromkeys(keys)) if keys is not None else known
-    results = {key: store.evaluate(key, context).to_dict() for key in names}
+    results = [
+        {key: store.evaluate(key, context).to_dict() for key in names} for context in contexts
+    ]
     found = [key for key in names if key in set(known)]
     await record_evaluations(session, tenant_id, environment_id, dict.fromkeys(found, utcnow()))
     return version, results
