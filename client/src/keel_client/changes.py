@@ -118,6 +118,9 @@ class Change:
     subject: str
     data: dict[str, Any]
     is_reset: bool = False
+    #: The stream starts from now at ``id`` (a connection without a resume point): every
+    #: change after this point follows. Yielded only by ``watch_changes(yield_ready=True)``.
+    is_ready: bool = False
 
 
 def _http_client(client: BaseAPIClient | httpx.AsyncClient) -> httpx.AsyncClient:
@@ -138,6 +141,7 @@ async def watch_changes(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     max_reconnect_delay: float = MAX_RECONNECT_DELAY,
     random_fraction: Callable[[], float] = random.random,
+    yield_ready: bool = False,
 ) -> AsyncIterator[Change]:
     """Yield the changes of the stream at ``path``, reconnecting for ever.
 
@@ -146,6 +150,10 @@ async def watch_changes(
     retried with jittered backoff from the server's ``retry:`` delay up to
     ``max_reconnect_delay``; any other error status raises the ``keel_client.http`` error
     (``ClientError`` for a 401 or 403, say) and ends the iteration.
+
+    With ``yield_ready`` the ``ready`` event that opens a stream started from now is yielded
+    too (``is_ready``): a snapshot read after it misses no change, so a client that keeps one
+    loads it then, without a gap between its read and the stream.
     """
     http = _http_client(client)
     position = last_event_id
@@ -174,7 +182,7 @@ async def watch_changes(
                             delay = decoder.retry / 1000
                         if event is None:
                             continue
-                        change = _change_of(event)
+                        change = _change_of(event, yield_ready=yield_ready)
                         if event.id is not None and event.id.isdigit():
                             position = int(event.id)
                         if change is not None:
@@ -188,12 +196,14 @@ async def watch_changes(
         )
 
 
-def _change_of(event: ServerSentEvent) -> Change | None:
+def _change_of(event: ServerSentEvent, *, yield_ready: bool = False) -> Change | None:
     """The change an event carries; ``None`` for the stream's own events (``ready``...)."""
     if event.id is None or not event.id.isdigit():
         return None
     if event.event == "reset":
         return Change(int(event.id), "", "", {}, is_reset=True)
+    if event.event == "ready" and yield_ready:
+        return Change(int(event.id), "", "", {}, is_ready=True)
     if event.event in ("ready", "closed", "message"):
         return None
     try:

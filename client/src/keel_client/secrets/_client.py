@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import os
 import re
 import time
 import types
@@ -31,9 +30,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from keel_client._env import ENV_TOKEN, ENV_URL, env_settings
+from keel_client._env import as_auth as _as_auth
 from keel_client.http import (
     BaseAPIClient,
-    BearerToken,
     ClientError,
     KeelHTTPError,
     ResponseValidationError,
@@ -60,9 +60,6 @@ __all__ = [
     "SyncSecretsClient",
 ]
 
-#: The environment variables ``from_env`` reads: Keel's base URL and the service's credential.
-ENV_URL = "KEEL_URL"
-ENV_TOKEN = "KEEL_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 DEFAULT_MOUNT = "secret"
 DEFAULT_DATABASE_MOUNT = "database"
 #: Seconds a read is served from memory: long enough to spare Keel a read per request,
@@ -103,12 +100,6 @@ def _reveal(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
-def _as_auth(auth: str | SecretStr | httpx.Auth | None) -> httpx.Auth | None:
-    if auth is None or isinstance(auth, httpx.Auth):
-        return auth
-    return BearerToken(auth)
-
-
 def _vault_errors(response: httpx.Response) -> list[str]:
     """Vault's ``{"errors": [...]}`` strings of an error answer (empty when there are none)."""
     try:
@@ -126,16 +117,6 @@ def _error_fields(error: KeelHTTPError) -> dict[str, Any]:
         "method": error.method,
         "url": error.url,
     }
-
-
-def env_settings(environ: Mapping[str, str] | None = None) -> tuple[str, SecretStr | None]:
-    """``(base_url, token)`` from ``KEEL_URL`` and ``KEEL_TOKEN``; ``ValueError`` without a URL."""
-    environ = os.environ if environ is None else environ
-    url = environ.get(ENV_URL, "").strip()
-    if not url:
-        raise ValueError(f"{ENV_URL} is not set: it names the Keel to read secrets from")
-    token = environ.get(ENV_TOKEN, "").strip()
-    return url, SecretStr(token) if token else None
 
 
 class _SecretsCore:

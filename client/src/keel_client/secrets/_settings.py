@@ -27,9 +27,10 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from keel_client._env import env_settings
 from keel_client.http import KeelHTTPError
 from keel_client.secrets._cache import CacheKey
-from keel_client.secrets._client import SyncSecretsClient, env_settings
+from keel_client.secrets._client import SyncSecretsClient
 from keel_client.secrets._exceptions import (
     SecretNotFound,
     SecretPermissionDenied,

@@ -1,0 +1,530 @@
+"""``ConfigClient`` (async) and ``SyncConfigClient``: an environment's configuration, kept
+current in memory.
+
+::
+
+    start() ── GET snapshot (If-None-Match: the local copy's revision) ──┬─ 200/304 ─▶ memory + file
+                                                                        └─ unreachable ─▶ the file
+            └─ background task: watch_changes(GET .../watch) ─ reconnect, resume, backoff
+                 ├─ ready / reset ─────────────▶ GET snapshot (If-None-Match) ─▶ swap if newer
+                 └─ config {revision > current} ▶ GET snapshot (If-None-Match) ─▶ swap if newer
+                                                   swap: new dict, then the file, then callbacks
+
+    get(key, default) ── a dict lookup: never I/O, never a lock
+
+A snapshot read that fails while following (Keel went away between an event and the read)
+is retried: the stream is reopened from before that event, so the event comes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import threading
+import types
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Self
+
+import anyio
+import httpx
+from pydantic import SecretStr
+
+from keel_client._env import as_auth, env_settings
+from keel_client.changes import MAX_RECONNECT_DELAY, Change, watch_changes
+from keel_client.config._exceptions import ConfigError
+from keel_client.config._snapshot import (
+    ConfigChange,
+    ConfigCore,
+    Snapshot,
+    Source,
+    changed_keys,
+)
+from keel_client.http import (
+    BaseAPIClient,
+    ClientError,
+    KeelHTTPError,
+    SyncBaseAPIClient,
+    backoff,
+)
+
+__all__ = [
+    "DEFAULT_START_TIMEOUT",
+    "ChangeCallback",
+    "ConfigClient",
+    "SyncConfigClient",
+    "load_snapshot",
+]
+
+logger = logging.getLogger("keel_client.config")
+
+#: Seconds ``start()`` waits for the watch stream to open after the first load.
+DEFAULT_START_TIMEOUT = 10.0
+#: The first pause before reopening a stream that ended on an error (doubles, jittered).
+_RETRY_BASE = 1.0
+
+#: A change callback: sync or async, called with a :class:`ConfigChange`.
+ChangeCallback = Callable[[ConfigChange], Awaitable[None] | None]
+
+
+class _NotStarted(dict[str, Any]):
+    """The values of a client not started yet: every read is a mistake, said loudly.
+
+    A subclass so that ``get`` stays a bare ``dict.get`` once the client has started."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise RuntimeError("ConfigClient.get before start(): await client.start() first")
+
+
+class ConfigClient:
+    """An environment's configuration from Keel, kept current in memory by a background watch.
+
+    Example::
+
+        config = ConfigClient("billing", "production", "https://keel.internal", auth=api_key)
+        await config.start()            # or: async with ConfigClient(...) as config:
+        workers = config.get("workers", 4)
+
+        @config.on_change
+        async def changed(change: ConfigChange) -> None:
+            log.info("config %s -> %s: %s", change.old_revision, change.revision, change.keys)
+
+        config = ConfigClient.from_env("billing", "production")    # KEEL_URL, KEEL_TOKEN
+
+    ``start()`` reads the snapshot, writes it to the local copy (``cache_path``, by default
+    ``~/.cache/keel/config/<app>-<env>.json``) and follows the environment's watch stream in
+    a background task, reconnecting with backoff and resuming without missing a revision.
+    When Keel cannot be reached at start, the local copy is used (a warning is logged) and
+    the client catches up once Keel answers; with neither, :class:`ConfigUnavailable`.
+
+    :meth:`get` is a dict lookup on the current snapshot: it never waits on the network.
+    Values are shared, not copied: treat them as read-only. Secret references
+    (``{"$secret": "..."}``) are returned as stored unless ``resolve_secrets=True``, which
+    asks Keel to replace those the caller may read by their values; such snapshots are never
+    written to disk (so there is no local copy to start from), and a secret's rotation makes
+    no new revision (read it again, or use ``keel_client.secrets``).
+
+    ``persist=False`` keeps no local copy. Every other keyword argument is a
+    ``BaseAPIClient`` option (timeouts, retries, ``transport``...); the resilient client is
+    :attr:`api`.
+    """
+
+    def __init__(
+        self,
+        application: str,
+        environment: str,
+        base_url: str | None = None,
+        *,
+        auth: str | SecretStr | httpx.Auth | None = None,
+        cache_path: str | os.PathLike[str] | None = None,
+        persist: bool = True,
+        resolve_secrets: bool = False,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        max_reconnect_delay: float = MAX_RECONNECT_DELAY,
+        **options: Any,
+    ) -> None:
+        self._core = ConfigCore(
+            application,
+            environment,
+            cache_path=cache_path,
+            persist=persist,
+            resolve_secrets=resolve_secrets,
+        )
+        self._snapshot: Snapshot | None = None
+        self._values: dict[str, Any] = _NotStarted()
+        self._source: Source | None = None
+        self._callbacks: list[ChangeCallback] = []
+        self._task: asyncio.Task[None] | None = None
+        self._following = asyncio.Event()
+        self._start_timeout = start_timeout
+        self._max_reconnect_delay = max_reconnect_delay
+        options.setdefault("name", "ConfigClient")
+        #: The resilient HTTP client the reads and the watch go through.
+        self.api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+
+    @classmethod
+    def from_env(
+        cls,
+        application: str,
+        environment: str,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> ConfigClient:
+        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN`` (an API key or token)."""
+        url, token = env_settings(environ)
+        options.setdefault("auth", token)
+        return cls(application, environment, url, **options)
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` in the current snapshot, or ``default``. No I/O, no lock."""
+        return self._values.get(key, default)
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """The current snapshot's values (read-only view)."""
+        return MappingProxyType(self._values)
+
+    @property
+    def revision(self) -> int:
+        """The current snapshot's revision (0 before ``start()``)."""
+        return self._snapshot.revision if self._snapshot is not None else 0
+
+    @property
+    def loaded_from(self) -> Source | None:
+        """``"server"`` once Keel gave or confirmed the snapshot; ``"file"`` while running on
+        the local copy because Keel could not be reached."""
+        return self._source
+
+    @property
+    def application(self) -> str:
+        return self._core.application
+
+    @property
+    def environment(self) -> str:
+        return self._core.environment
+
+    @property
+    def cache_path(self) -> os.PathLike[str]:
+        """Where the local copy is kept."""
+        return self._core.local.path
+
+    def on_change(self, callback: ChangeCallback) -> ChangeCallback:
+        """Call ``callback(change)`` (sync or async) after each new snapshot is in memory and
+        on disk; returns it, so it also works as a decorator. Callbacks run one after the
+        other in the watch task: keep them short (start a task for long work). One that
+        raises is logged and the others still run."""
+        self._callbacks.append(callback)
+        return callback
+
+    def remove_callback(self, callback: ChangeCallback) -> None:
+        self._callbacks.remove(callback)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Load the snapshot (from Keel, else the local copy) and start following changes.
+
+        Returns once the watch stream is open (at most ``start_timeout`` seconds; a slower
+        stream is still followed), so a write made after ``start()`` returns reaches this
+        client. Raises :class:`ConfigNotFound`, :class:`ConfigPermissionDenied`, or
+        :class:`ConfigUnavailable` when neither Keel nor the local copy has a snapshot.
+        """
+        if self._task is not None:
+            raise RuntimeError("this ConfigClient is already started")
+        local, local_problem = await anyio.to_thread.run_sync(self._core.load_local)
+        try:
+            fetched = await self._fetch(local)
+        except ConfigError:
+            raise
+        except KeelHTTPError as error:
+            if local is None:
+                raise self._core.unavailable(error, local_problem) from error
+            logger.warning(
+                "keel config: %s/%s unreachable (%s); starting from the local copy %s "
+                "(revision %d)",
+                self.application,
+                self.environment,
+                error.message,
+                self._core.local.path,
+                local.revision,
+            )
+            self._install(local, "file")
+        else:
+            if local_problem is not None and local is None and self._core.local.path.exists():
+                logger.warning("keel config: %s; it is replaced", local_problem)
+            snapshot = fetched if fetched is not None else local
+            if snapshot is None:  # a 304 answers only a revalidation of the local copy
+                raise RuntimeError("Keel answered 304 to a read that was not a revalidation")
+            self._install(snapshot, "server")
+            if fetched is not None:
+                await anyio.to_thread.run_sync(self._core.save, fetched)
+        self._task = asyncio.create_task(
+            self._follow(), name=f"keel-config-{self.application}-{self.environment}"
+        )
+        if self._source == "server":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._start_timeout):
+                    await self._following.wait()
+        return self
+
+    async def aclose(self) -> None:
+        """Stop following and close pooled connections (the local copy stays)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.api.aclose()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _install(self, snapshot: Snapshot, source: Source) -> None:
+        # One assignment each: a reader sees the old dict or the new one, never a mixture.
+        self._snapshot = snapshot
+        self._values = snapshot.values
+        self._source = source
+
+    async def _fetch(self, current: Snapshot | None) -> Snapshot | None:
+        """The snapshot from Keel; ``None`` when ``current`` is still current (304)."""
+        headers, params = self._core.request(current)
+        try:
+            response = await self.api.get(self._core.snapshot_path, headers=headers, params=params)
+        except ClientError as error:
+            raise self._core.translate(error) from error
+        if response.status_code == 304:
+            return None
+        return self._core.parse(response)
+
+    async def _reload(self) -> None:
+        fetched = await self._fetch(self._snapshot)
+        if fetched is None:
+            self._source = "server"
+            return
+        old = self._snapshot
+        self._install(fetched, "server")
+        await anyio.to_thread.run_sync(self._core.save, fetched)
+        if old is not None and old.revision != fetched.revision:
+            await self._notify(
+                ConfigChange(
+                    self.application,
+                    self.environment,
+                    old.revision,
+                    fetched.revision,
+                    changed_keys(old.values, fetched.values),
+                )
+            )
+
+    async def _notify(self, change: ConfigChange) -> None:
+        for callback in list(self._callbacks):
+            try:
+                result = callback(change)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception(
+                    "keel config: change callback %s failed (revision %d)",
+                    getattr(callback, "__qualname__", repr(callback)),
+                    change.revision,
+                )
+
+    async def _follow(self) -> None:
+        position: int | None = None
+        failures = 0
+        while True:
+            try:
+                stream: AsyncGenerator[Change, None] = watch_changes(  # type: ignore[assignment]
+                    self.api,
+                    self._core.watch_path,
+                    last_event_id=position,
+                    max_reconnect_delay=self._max_reconnect_delay,
+                    yield_ready=True,
+                )
+                async with contextlib.aclosing(stream) as changes:
+                    async for change in changes:
+                        if change.is_ready or change.is_reset:
+                            # From here on nothing is missed: read what came before.
+                            await self._reload()
+                            self._following.set()
+                        elif change.subject == self._core.subject and _is_newer(
+                            change.data.get("revision"), self.revision
+                        ):
+                            await self._reload()
+                        # Only once handled: a failed reload reopens from before the event.
+                        position = change.id
+                        failures = 0
+            except ClientError as error:  # the stream was refused (401, 403, 404)
+                logger.warning(
+                    "keel config: the watch of %s was refused (%s); retrying",
+                    self._core.subject,
+                    self._core.translate(error).message,
+                )
+            except KeelHTTPError as error:  # a snapshot read failed: Keel is away
+                logger.warning(
+                    "keel config: reading %s failed (%s); retrying", self._core.subject, error
+                )
+            except Exception:  # never let the follower die: memory keeps serving
+                logger.exception("keel config: following %s failed", self._core.subject)
+            failures += 1
+            await asyncio.sleep(
+                _RETRY_BASE + backoff(failures - 1, base=_RETRY_BASE, cap=self._max_reconnect_delay)
+            )
+
+
+def _is_newer(revision: Any, current: int) -> bool:
+    return isinstance(revision, int) and not isinstance(revision, bool) and revision > current
+
+
+class SyncConfigClient:
+    """The blocking face of :class:`ConfigClient`, for a service without an event loop
+    (Flask, Django, a worker): the client runs on an event loop in a daemon thread of its
+    own; :meth:`get` reads the same in-memory snapshot, without a lock.
+
+    Example::
+
+        config = SyncConfigClient("billing", "production", "https://keel.internal",
+                                  auth=api_key).start()
+        workers = config.get("workers", 4)
+        config.on_change(lambda change: log.info("config now %d", change.revision))
+        ...
+        config.close()
+
+    Callbacks run on that thread. Takes the same arguments as :class:`ConfigClient`.
+    """
+
+    def __init__(self, application: str, environment: str, *args: Any, **kwargs: Any) -> None:
+        self._client = ConfigClient(application, environment, *args, **kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_env(
+        cls,
+        application: str,
+        environment: str,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> SyncConfigClient:
+        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN``."""
+        url, token = env_settings(environ)
+        options.setdefault("auth", token)
+        return cls(application, environment, url, **options)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` in the current snapshot, or ``default``. No I/O, no lock."""
+        return self._client.get(key, default)
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self._client.values
+
+    @property
+    def revision(self) -> int:
+        return self._client.revision
+
+    @property
+    def loaded_from(self) -> Source | None:
+        return self._client.loaded_from
+
+    @property
+    def application(self) -> str:
+        return self._client.application
+
+    @property
+    def environment(self) -> str:
+        return self._client.environment
+
+    def on_change(self, callback: ChangeCallback) -> ChangeCallback:
+        """See :meth:`ConfigClient.on_change`; the callback runs on the client's thread."""
+        return self._client.on_change(callback)
+
+    def start(self) -> Self:
+        """Start the thread and the client; see :meth:`ConfigClient.start`."""
+        if self._thread is not None:
+            raise RuntimeError("this SyncConfigClient is already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=loop.run_forever,
+            name=f"keel-config-{self.application}-{self.environment}",
+            daemon=True,
+        )
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.start(), loop).result()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop following, close connections and end the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+            self._loop = self._thread = None
+
+
+def load_snapshot(
+    application: str,
+    environment: str,
+    base_url: str | None = None,
+    *,
+    auth: str | SecretStr | httpx.Auth | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+    persist: bool = True,
+    resolve_secrets: bool = False,
+    **options: Any,
+) -> tuple[Snapshot, Source]:
+    """One blocking read of the snapshot (what a settings class needs at start-up), written
+    to the local copy; the local copy when Keel cannot be reached (a warning is logged).
+
+    Raises as :meth:`ConfigClient.start` does. Without ``base_url`` it reads ``KEEL_URL`` and
+    ``KEEL_TOKEN``.
+    """
+    core = ConfigCore(
+        application,
+        environment,
+        cache_path=cache_path,
+        persist=persist,
+        resolve_secrets=resolve_secrets,
+    )
+    if base_url is None:
+        base_url, token = env_settings()
+        auth = token if auth is None else auth
+    local, local_problem = core.load_local()
+    headers, params = core.request(local)
+    options.setdefault("name", "ConfigSnapshot")
+    with SyncBaseAPIClient(base_url, auth=as_auth(auth), **options) as api:
+        try:
+            response = api.get(core.snapshot_path, headers=headers, params=params)
+        except ClientError as error:
+            raise core.translate(error) from error
+        except KeelHTTPError as error:
+            if local is None:
+                raise core.unavailable(error, local_problem) from error
+            logger.warning(
+                "keel config: %s unreachable (%s); using the local copy %s (revision %d)",
+                core.subject,
+                error.message,
+                core.local.path,
+                local.revision,
+            )
+            return local, "file"
+    if response.status_code == 304 and local is not None:
+        return local, "server"
+    snapshot = core.parse(response)
+    core.save(snapshot)
+    return snapshot, "server"
