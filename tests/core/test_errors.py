@@ -8,6 +8,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
+from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
 from keel.app import create_app
@@ -21,7 +22,7 @@ from keel.core.errors import (
     Unauthorized,
     problem_type,
 )
-from keel.settings import Settings
+from keel.settings import DatabasePoolSettings, Settings
 from support.asgi import serve
 
 
@@ -214,3 +215,30 @@ def test_keel_error_message_defaults_to_its_title() -> None:
     assert str(error) == Unauthorized.title
     assert error.detail is None
     assert error.type == "urn:keel:problem:unauthorized"
+
+
+TOKEN = "/auth/v1/oauth/token"
+CLIENT_CREDENTIALS = {"grant_type": "client_credentials"}
+
+
+async def test_a_request_that_finds_every_database_connection_busy_gets_a_503_to_retry(
+    sqlite_settings: Settings,
+) -> None:
+    """A burst beyond the pool waits ``timeout_seconds``, then answers 503 with
+    ``Retry-After``: the client may retry; it is not a fault (500) of the server."""
+    settings = sqlite_settings.model_copy(
+        update={"database_pool": DatabasePoolSettings(size=1, timeout_seconds=0.2)}
+    )
+    app: FastAPI = create_app(settings)
+    async with serve(app) as http:
+        database = app.state.keel.database
+        async with database.session() as held:  # the pool's only connection, kept busy
+            await held.execute(text("SELECT 1"))
+            busy = await http.post(TOKEN, data=CLIENT_CREDENTIALS, auth=("kc_nobody", "s"))
+        body = assert_problem(busy, 503, "unavailable")
+        assert busy.headers["retry-after"] == "1"
+        assert "Traceback" not in busy.text
+        assert "connection" in str(body["detail"])
+        # The connection back in the pool, the same request is answered normally.
+        after = await http.post(TOKEN, data=CLIENT_CREDENTIALS, auth=("kc_nobody", "s"))
+        assert after.status_code == 401  # invalid_client: the query ran

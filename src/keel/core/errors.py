@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -258,7 +259,17 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     return render_error(error, _request_id(request), request.url.path)
 
 
+async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
+    """Every pooled database connection stayed busy for the pool's timeout: a burst, not a
+    fault of the request, so a 503 the client may retry rather than a 500."""
+    error = ServiceUnavailable(
+        "Every database connection is busy; retry shortly.", headers={"Retry-After": "1"}
+    )
+    return render_error(error, _request_id(request), request.url.path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SQLAlchemyPoolTimeout, _pool_exhausted_handler)
     app.add_exception_handler(KeelError, _keel_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
