@@ -93,7 +93,9 @@ async def test_a_write_to_one_replica_reaches_watchers_of_the_other(
             # Well under the stream's 15 s heartbeat: Redis woke the other replica's stream.
             event = await _next_config(queue, timeout=5)
             assert time.monotonic() - started < 5
-            assert event.json()["data"] == {"revision": 2, "keys": ["workers"]}
+            assert event.json()["data"] == {
+                "revision": 2, "keys": ["workers"], "set": {"workers": 8}, "unset": []
+            }  # fmt: skip
             last_seen = event.id
         finally:
             task.cancel()

@@ -16,6 +16,8 @@ from fastapi import FastAPI
 
 from auth.conftest import TenantAdmin, audit_events
 from config.conftest import API, member, new_app, write
+from keel.config.service import MAX_EVENT_VALUES_BYTES, _change_event
+from keel.config.validation import diff_values
 from keel_client.changes import ServerSentEvent, SSEDecoder
 from support.asgi import serve_over_tcp
 from support.tcpproxy import tcp_proxy
@@ -103,7 +105,13 @@ async def test_revisions_reach_watchers_and_a_reconnect_misses_none(
             assert event is not None
             assert event.event == "config"
             assert event.json()["subject"] == f"{name}/prod"
-            assert event.json()["data"] == {"revision": 2, "keys": ["a"]}
+            # A small change set carries its values: watchers apply it without a read.
+            assert event.json()["data"] == {
+                "revision": 2,
+                "keys": ["a"],
+                "set": {"a": 1},
+                "unset": [],
+            }
             last_seen = event.id
             await watcher.assert_quiet()
 
@@ -139,3 +147,15 @@ async def test_the_watch_needs_read_access_and_an_existing_environment(
         f"{API}/apps/{name}/envs/prod/watch", headers={**admin.headers, "Last-Event-ID": "abc"}
     )
     assert bad_resume.status_code == 400
+
+
+def test_a_change_event_carries_the_new_values_only_up_to_its_limit() -> None:
+    small = diff_values({"a": 1, "gone": 2, "same": 0}, {"a": 2, "new": [1], "same": 0})
+    assert _change_event(5, small) == {
+        "revision": 5,
+        "keys": ["a", "gone", "new"],
+        "set": {"a": 2, "new": [1]},
+        "unset": ["gone"],
+    }
+    big = diff_values({}, {"blob": "x" * MAX_EVENT_VALUES_BYTES})
+    assert _change_event(6, big) == {"revision": 6, "keys": ["blob"]}  # read the snapshot

@@ -14,6 +14,7 @@ starts again from the newer snapshot, so a change set never overwrites keys it d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -654,10 +655,22 @@ async def _write_revision(
         data={"revision": number, **changed, **(extra_audit or {})},
         reason=message or None,
     )
-    record_change(
-        session, tenant_id, CONFIG_STREAM, subject, {"revision": number, "keys": changes.keys()}
-    )
+    record_change(session, tenant_id, CONFIG_STREAM, subject, _change_event(number, changes))
     return WriteOutcome(revision, created=True)
+
+
+#: A change set's new values ride in its change event up to this size (JSON bytes), so a
+#: watcher applies them without reading the snapshot back; larger ones name the keys only.
+MAX_EVENT_VALUES_BYTES = 16 * 1024
+
+
+def _change_event(number: int, changes: Diff) -> dict[str, Any]:
+    event: dict[str, Any] = {"revision": number, "keys": changes.keys()}
+    values = {**changes.added, **{key: pair["after"] for key, pair in changes.changed.items()}}
+    if len(json.dumps(values, separators=(",", ":"))) <= MAX_EVENT_VALUES_BYTES:
+        event["set"] = values
+        event["unset"] = sorted(changes.removed)
+    return event
 
 
 async def _state(

@@ -225,6 +225,27 @@ async def changes_since(
         return [Change(row.seq, row.stream, row.subject, dict(row.data)) for row in rows]
 
 
+_reading: dict[tuple[int, str, tuple[str, ...], int, int], asyncio.Task[list[Change]]] = {}
+
+
+async def _changes_since_shared(
+    database: Database, tenant_id: str, streams: Sequence[str], after: int, limit: int
+) -> list[Change]:
+    """:func:`changes_since`, one query for every stream of this process asking the same at
+    the same time: a change wakes all of a tenant's watchers at once, at the same position,
+    and a hundred of them would otherwise read the same rows a hundred times."""
+    key = (id(database), tenant_id, tuple(streams), after, limit)
+    task = _reading.get(key)
+    if task is None:
+        task = asyncio.get_running_loop().create_task(
+            changes_since(database, tenant_id, streams, after, limit)
+        )
+        _reading[key] = task
+        task.add_done_callback(lambda done: _reading.pop(key, None))
+    # Shielded: one watcher going away must not cancel the read the others wait for.
+    return list(await asyncio.shield(task))
+
+
 async def kept_range(database: Database) -> tuple[int | None, int | None]:
     """The lowest and highest seq the table keeps (every tenant), ``None`` when empty."""
     async with database.session() as session:
@@ -386,6 +407,7 @@ async def change_events(
     loop = asyncio.get_running_loop()
     last_beat = loop.time()
     listeners: list[asyncio.Task[None]] = []
+    rechecked = False
     try:
         async with AsyncExitStack() as subscriptions:
             for stream in streams:
@@ -410,7 +432,9 @@ async def change_events(
                 wakeup.event.clear()
                 wakeup.lost = False
                 while True:
-                    batch = await changes_since(database, tenant_id, streams, position, page_size)
+                    batch = await _changes_since_shared(
+                        database, tenant_id, streams, position, page_size
+                    )
                     if not batch:
                         break
                     position = batch[-1].seq
@@ -418,7 +442,10 @@ async def change_events(
                         yield sse_event(change.stream, change.message(), change.seq)
                     if len(batch) < page_size:
                         break
-                woken = False
+                # Told of something newer than what was read (a shared read may have started
+                # just before it committed): read again at once, once.
+                woken = not rechecked and (wakeup.lost or wakeup.highest_seen > position)
+                rechecked = woken
                 while not woken:
                     beat_in = heartbeat_seconds - (loop.time() - last_beat)
                     poll = (
@@ -442,6 +469,7 @@ async def change_events(
                         continue
                     # Already sent (the replay read it): no need to read the table again.
                     woken = wakeup.lost or wakeup.highest_seen > position
+                    rechecked = False
                     wakeup.event.clear()
     except StreamClosed:
         yield sse_event("closed", {"reason": "access to this stream ended"})

@@ -310,6 +310,37 @@ class ConfigClient:
                 )
             )
 
+    async def _apply(self, event: dict[str, Any]) -> bool:
+        """Apply the next revision from its event, without reading the snapshot: only when it
+        carries the values (small change sets do) and follows the current revision directly.
+        False: read the snapshot instead."""
+        old = self._snapshot
+        values, unset = event.get("set"), event.get("unset")
+        if (
+            old is None
+            or self._core.resolve_secrets  # the event holds references, not resolved values
+            or event.get("revision") != old.revision + 1
+            or not isinstance(values, dict)
+            or not isinstance(unset, list)
+        ):
+            return False
+        merged = {**old.values, **values}
+        for key in unset:
+            merged.pop(key, None)
+        applied = Snapshot(old.application, old.environment, old.revision + 1, merged)
+        self._install(applied, "server")
+        await anyio.to_thread.run_sync(self._core.save, applied)
+        await self._notify(
+            ConfigChange(
+                self.application,
+                self.environment,
+                old.revision,
+                applied.revision,
+                changed_keys(old.values, merged),
+            )
+        )
+        return True
+
     async def _notify(self, change: ConfigChange) -> None:
         for callback in list(self._callbacks):
             try:
@@ -341,8 +372,10 @@ class ConfigClient:
                             # From here on nothing is missed: read what came before.
                             await self._reload()
                             self._following.set()
-                        elif change.subject == self._core.subject and _is_newer(
-                            change.data.get("revision"), self.revision
+                        elif (
+                            change.subject == self._core.subject
+                            and _is_newer(change.data.get("revision"), self.revision)
+                            and not await self._apply(change.data)
                         ):
                             await self._reload()
                         # Only once handled: a failed reload reopens from before the event.
