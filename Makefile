@@ -23,7 +23,7 @@ serve: $(STAMP)
 
 ## Lint, type-check and run every test (PostgreSQL and Redis tests skip when absent, unless CI=true)
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=20
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q

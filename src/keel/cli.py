@@ -48,10 +48,17 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
+    """The settings, with logging set up from them: logs go to stderr, so a command's own
+    output (an API key, an export) is all that reaches stdout. A one-off command logs
+    warnings and worse unless ``KEEL_LOG_LEVEL`` says otherwise (``serve`` and ``worker``
+    log at the settings' level)."""
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except SettingsError as exc:
         fail(str(exc), EXIT_USAGE)
+    explicit = "log_level" in settings.model_fields_set
+    configure_logging(settings.log_level if explicit else "warning", settings.log_format)
+    return settings
 
 
 def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
