@@ -157,10 +157,12 @@ async def test_a_lease_is_renewed_at_two_thirds_until_its_max_ttl_then_revoked(
 
     await wait_until_done(credential, timeout=MAX_TTL)
 
-    # Renewed at 2 s (a full TTL granted) and at 4 s (capped: 2 s left), then stopped.
-    assert transport.requests[("PUT", "/secrets/v1/sys/leases/renew")] == 2
-    assert credential.renewals == 2
-    assert credential.lease_duration < DEFAULT_TTL
+    # Renewed at 2 s (a full TTL granted) and at 4 s (capped: 2 s left), then stopped. On a
+    # loaded machine the first renewal can land after 3 s, is capped already, and is the last.
+    renewals = transport.requests[("PUT", "/secrets/v1/sys/leases/renew")]
+    assert renewals in (1, 2)
+    assert credential.renewals == renewals
+    assert credential.lease_duration < DEFAULT_TTL  # the last one was capped at the max TTL
     lease_end = (credential.expires_at - issued_at).total_seconds()
     assert MAX_TTL - 1 <= lease_end <= MAX_TTL + 1
     valid_until = await target.valid_until(credential.username)
