@@ -3,8 +3,11 @@
 - ``config.sdk_propagation_p50_ms`` / ``config.sdk_propagation_p99_ms``: from the start of a
   ``PATCH /config/v1/apps/billing/envs/production`` (one key changed) to the moment the last
   of ``WATCHERS`` ``ConfigClient`` objects has the new revision in memory and has called its
-  change callback (the event, then each client's ``If-None-Match`` snapshot read, the swap,
-  the local copy written). One real ``keel serve`` on the embedded SQLite (its in-process
+  change callback (the event, the change set applied from it, or an ``If-None-Match``
+  snapshot read when the event does not carry the values, the swap, the callbacks). Each
+  client writes its local copy after its callbacks, in a worker thread, while the other
+  clients are still being reached: that work shares this process and is inside the figure,
+  though not on a client's own path. One real ``keel serve`` on the embedded SQLite (its in-process
   broadcast); the clients and the writer share this process, in another process than the
   server, so both ends are timed on one monotonic clock. ``WRITES`` writes, one at a time.
   Peer, in the same run, right after: ``WATCHERS`` bare ``keel_client.changes.watch_changes``

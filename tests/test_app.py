@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +16,7 @@ from pydantic import BaseModel
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
+from support.keel_process import keel_env
 
 
 async def test_ready_answers_200_with_database_check(client: httpx.AsyncClient) -> None:
@@ -123,3 +127,45 @@ def test_the_openapi_document_builds_without_warnings(settings: Settings) -> Non
     ]
     assert len(operation_ids) == len(set(operation_ids))
     assert "/secrets/v1/{mount}/{operation}/{path}" in document["paths"]
+
+
+#: What a server on the embedded default does without, and what each would cost it at every
+#: start (import time and memory: the foundation's cold-start and idle-RSS budgets).
+LEFT_FOR_LATER = (
+    "httpx",  # the SDK's HTTP clients (keel_client.http and its cache)
+    "hishel",
+    "redis",  # only with KEEL_REDIS_URL
+    "asyncpg",  # only on PostgreSQL, or for the secrets database engine
+    "alembic",  # only to migrate an existing database
+    "jsonschema",  # only for a config application's schema
+    "hcl2",  # only for a secrets policy written in HCL
+    "pycountry",  # only for a financial transaction's currency
+    "scipy",  # only for an experiment's chi-squared test
+    "jinja2",  # only for the login page
+)
+
+
+def test_a_server_on_the_embedded_default_starts_without_what_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from asgi_lifespan import LifespanManager\n"
+        "from keel.app import create_app_from_env\n"
+        "async def main():\n"
+        "    async with LifespanManager(create_app_from_env()):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        f"print(sorted(m for m in {LEFT_FOR_LATER!r} if m in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=keel_env(KEEL_LOG_LEVEL="warning"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "[]"

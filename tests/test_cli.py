@@ -1,7 +1,12 @@
-"""The ``keel`` command as an operator runs it: a real subprocess with a clean environment.
+"""The ``keel`` command as an operator runs it, with a clean environment of its own.
 
 Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or invalid settings.
 Errors are one line on stderr and never a traceback; secrets never reach the output.
+
+The installed script runs as a real subprocess where the process is the point (``keel init``
+and a usage error from a cold start, ``keel worker`` stopped by SIGTERM); the other commands
+run the same entry point in-process (:mod:`support.keel_cli`), which saves the three-second
+start of each.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from sqlalchemy.engine import make_url
 from keel import __version__
 from keel.migrations import head_revision
 from keel.settings import KNOWN_SERVICES
+from support.keel_cli import invoke_keel
 from support.keel_process import (
     KEEL,
     free_port,
@@ -50,9 +56,10 @@ def unbuilt_service() -> str:
 
 
 def test_help_exits_zero_for_the_app_and_every_command(tmp_path: Path) -> None:
-    results = run_keel_each(
-        [["--help"], *([command, "--help"] for command in COMMANDS)], cwd=tmp_path
-    )
+    results = [
+        invoke_keel(*args, cwd=tmp_path)
+        for args in [["--help"], *([command, "--help"] for command in COMMANDS)]
+    ]
     for command, result in zip([None, *COMMANDS], results, strict=True):
         assert result.returncode == 0, (command, result.stderr)
         assert f"Usage: keel {command or ''}".rstrip() in result.stdout, (command, result.stdout)
@@ -67,7 +74,7 @@ def test_help_exits_zero_for_the_app_and_every_command(tmp_path: Path) -> None:
 def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:
     from keel_client import __version__ as client_version
 
-    result = run_keel("version", cwd=tmp_path)
+    result = invoke_keel("version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith(f"keel {__version__} (keel-client {client_version}, Python ")
 
@@ -89,12 +96,12 @@ def test_init_creates_the_default_tenant_and_admin_once(tmp_path: Path) -> None:
 
 
 def test_migrate_twice_then_check(tmp_path: Path) -> None:
-    first = run_keel("migrate", cwd=tmp_path)
+    first = invoke_keel("migrate", cwd=tmp_path)
     assert (first.returncode, first.stdout) == (0, f"migrated nothing -> {HEAD}\n"), first.stderr
-    second = run_keel("migrate", cwd=tmp_path)
+    second = invoke_keel("migrate", cwd=tmp_path)
     assert (second.returncode, second.stdout) == (0, f"schema already at {HEAD}\n")
 
-    after = run_keel("migrate", "--check", cwd=tmp_path)
+    after = invoke_keel("migrate", "--check", cwd=tmp_path)
     assert (after.returncode, after.stdout) == (0, f"schema at {HEAD}, head is {HEAD}\n")
 
 
@@ -102,7 +109,7 @@ def test_invalid_settings_stop_serve_with_one_line_naming_each_variable(
     tmp_path: Path,
 ) -> None:
     (tmp_path / ".env").write_text("KEEL_LOG_LEVEL=chatty\nKEEL_SENTRY__TRACES_SAMPLE_RATE=7\n")
-    result = run_keel("serve", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
+    result = invoke_keel("serve", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
     assert result.returncode == 2
     assert_one_line_error(
         result, "KEEL_PORT:", "KEEL_LOG_LEVEL:", "KEEL_SENTRY__TRACES_SAMPLE_RATE:"
@@ -126,14 +133,14 @@ def test_bad_usage_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_service_not_built_yet(tmp_path: Path) -> None:
     service = unbuilt_service()
-    result = run_keel("serve", "--services", service, cwd=tmp_path)
+    result = invoke_keel("serve", "--services", service, cwd=tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result, repr(service), "not part of this Keel build")
 
 
 def test_doctor_passes_and_prints_settings_with_secrets_masked(tmp_path: Path) -> None:
     dsn = "https://dsnkey0123456789@o1.ingest.example.test/42"
-    result = run_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_SENTRY__DSN=dsn))
+    result = invoke_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_SENTRY__DSN=dsn))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok  ] database: sqlite+aiosqlite:///.keel/keel.db" in result.stdout
     assert "[ok  ] data_dir:" in result.stdout
@@ -150,7 +157,7 @@ def test_doctor_fails_on_unreachable_redis_without_printing_its_password(
     tmp_path: Path,
 ) -> None:
     env = keel_env(KEEL_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0")
-    result = run_keel("doctor", cwd=tmp_path, env=env)
+    result = invoke_keel("doctor", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "[FAIL] redis: redis://:***@127.0.0.1:" in result.stdout
     assert "[ok  ] database" in result.stdout
@@ -163,7 +170,7 @@ def test_doctor_fails_on_unreachable_redis_without_printing_its_password(
 
 
 def test_doctor_reports_invalid_settings_as_a_failed_check(tmp_path: Path) -> None:
-    result = run_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
+    result = invoke_keel("doctor", cwd=tmp_path, env=keel_env(KEEL_PORT="abc"))
     assert result.returncode == 1
     assert "[FAIL] settings:" in result.stdout
     assert "KEEL_PORT" in result.stdout
@@ -177,7 +184,7 @@ def test_doctor_on_postgres_never_prints_the_database_password(
     env = keel_env(
         KEEL_DATABASE_URL=url.render_as_string(hide_password=False), KEEL_REDIS_URL=redis_url
     )
-    result = run_keel("doctor", cwd=tmp_path, env=env)
+    result = invoke_keel("doctor", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout
     assert "pg-s3cret-word" not in result.stdout + result.stderr
     assert "[ok  ] database: postgresql+asyncpg://" in result.stdout
@@ -192,16 +199,15 @@ def test_serve_on_unmigrated_postgres_says_to_run_migrate(
 ) -> None:
     env = keel_env(KEEL_DATABASE_URL=empty_postgres_url)
 
-    refused, check = run_keel_each(
-        [["serve", "--port", str(free_port())], ["migrate", "--check"]], cwd=tmp_path, env=env
-    )
+    refused = invoke_keel("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
+    check = invoke_keel("migrate", "--check", cwd=tmp_path, env=env)
     assert refused.returncode == 1
     assert_one_line_error(refused, "run `keel migrate`")
     assert (check.returncode, check.stdout) == (1, f"schema at nothing, head is {HEAD}\n")
 
-    migrated = run_keel("migrate", cwd=tmp_path, env=env)
+    migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
     assert (migrated.returncode, migrated.stdout) == (0, f"migrated nothing -> {HEAD}\n")
-    doctor = run_keel("doctor", cwd=tmp_path, env=env)
+    doctor = invoke_keel("doctor", cwd=tmp_path, env=env)
     assert doctor.returncode == 0, doctor.stdout
     assert f"[ok  ] schema: at {HEAD}" in doctor.stdout
     assert not (tmp_path / ".keel").exists()
@@ -210,7 +216,10 @@ def test_serve_on_unmigrated_postgres_says_to_run_migrate(
 def test_unreachable_database_is_one_line_exit_1(tmp_path: Path) -> None:
     url = f"postgresql://keel:db-s3cret@127.0.0.1:{free_port()}/keel"
     commands = [["migrate"], ["serve", "--port", "1"]]
-    results = run_keel_each(commands, cwd=tmp_path, env=keel_env(KEEL_DATABASE_URL=url))
+    results = [
+        invoke_keel(*command, cwd=tmp_path, env=keel_env(KEEL_DATABASE_URL=url))
+        for command in commands
+    ]
     for command, result in zip(commands, results, strict=True):
         assert result.returncode == 1, command
         assert_one_line_error(result, "database")

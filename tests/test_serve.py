@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.migrations import head_revision
-from support.keel_process import KeelServer, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, keel_env, keel_server
 from support.tcpproxy import threaded_tcp_proxy
 
 POOL_GAUGES = ("size", "checked_out", "overflow", "checked_in")
@@ -129,7 +130,7 @@ def test_serve_on_postgres_and_redis_follows_their_outages(
             KEEL_REDIS_URL=str(redis.copy_with(host="127.0.0.1", port=redis_proxy.port)),
             KEEL_LOG_FORMAT="json",
         )
-        migrated = run_keel("migrate", cwd=tmp_path, env=env)
+        migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
         assert migrated.returncode == 0, migrated.stderr
 
         with keel_server(tmp_path, env) as server, server.client() as http:

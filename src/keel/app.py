@@ -10,10 +10,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.engine import make_url
 from starlette.responses import Response
 
 from keel import __version__
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 log = get_logger(__name__)
+
+_NO_NATIVE_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 @dataclass
@@ -118,9 +123,18 @@ def resolve_services(settings: Settings) -> list[ServiceSpec]:
 _PREPARED: set[str] = set()
 
 
+def _database_key(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute: the embedded default's URL is the
+    same in every directory, its database is not."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(parsed.set(database=str(Path(parsed.database).resolve())))
+    return url
+
+
 async def prepare_database(database: Database, settings: Settings) -> None:
     """Migrate the embedded default by itself; elsewhere refuse an out-of-date schema."""
-    url = settings.effective_database_url
+    url = _database_key(settings.effective_database_url)
     if url in _PREPARED:
         return
     if settings.is_embedded:
@@ -189,6 +203,10 @@ def create_app(
         version=__version__,
         description="Central services for a fleet of Python web services.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks look up the global providers (an environment
+        # lookup) on every request; Keel instruments through ``keel.core.telemetry`` when
+        # ``KEEL_OTEL__ENABLED`` is set, so they stay off otherwise.
+        telemetry=None if settings.otel.enabled else _NO_NATIVE_TELEMETRY,
     )
     app.state.keel = context
     install_error_handlers(app)

@@ -83,6 +83,10 @@ def _services_option(value: str | None) -> list[str] | None:
     return names
 
 
+#: How long ``keel serve --workers N`` gives a worker to answer its supervisor.
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (KEEL_HOST).")] = None,
@@ -141,6 +145,10 @@ def serve(
         proxy_headers=True,
         server_header=False,
         http=ListingHttpToolsProtocol,  # Vault's LIST method (keel.core.http_protocol)
+        # uvicorn kills a worker that does not answer its supervisor's ping within this many
+        # seconds (default 5); a worker importing Keel on a busy machine can take longer, and
+        # was killed and restarted over and over.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 

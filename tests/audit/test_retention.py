@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,8 @@ from keel_client.audit import (
     verify_tree_head,
 )
 from keel_client.audit.export import verify_export_lines
-from support.keel_process import keel_env, run_keel
+from support.keel_cli import invoke_keel, invoke_keel_async
+from support.keel_process import keel_env
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=200)
@@ -312,23 +312,24 @@ async def test_verify_reads_one_moment_of_a_log_that_grows_meanwhile(
     assert report.ok, report.problems
 
 
-def cli(settings: Settings, tmp_path: Path, *args: str) -> Any:
+async def cli(settings: Settings, tmp_path: Path, *args: str) -> Any:
+    """``keel audit <args>``, in-process (:mod:`support.keel_cli`)."""
     env = keel_env(
         KEEL_DATABASE_URL=settings.effective_database_url,
         KEEL_AUDIT__RETENTION_DAYS=json.dumps({"access": ACCESS_DAYS}),
     )
-    return run_keel("audit", *args, cwd=tmp_path, env=env)
+    return await invoke_keel_async("audit", *args, cwd=tmp_path, env=env)
 
 
 async def test_keel_audit_retention_erases_and_verify_catches_only_a_document_deleted_otherwise(
     settings: Settings, tmp_path: Path, history: History
 ) -> None:
     slug = history.admin.tenant_slug
-    dry = cli(settings, tmp_path, "retention", "--tenant", slug, "--dry-run", "--json")
+    dry = await cli(settings, tmp_path, "retention", "--tenant", slug, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["erased"] == 6
 
-    done = cli(settings, tmp_path, "retention", "--tenant", slug)
+    done = await cli(settings, tmp_path, "retention", "--tenant", slug)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{slug}: erased 6 documents (access: 6 before ")
 
@@ -344,7 +345,7 @@ async def test_keel_audit_retention_erases_and_verify_catches_only_a_document_de
             )
     finally:
         await engine.dispose()
-    tampered = cli(settings, tmp_path, "verify", "--tenant", slug, "--json")
+    tampered = await cli(settings, tmp_path, "verify", "--tenant", slug, "--json")
     assert tampered.returncode == 1
     report = json.loads(tampered.stdout)
     assert report["problems"] == [f"event {old_order}: its document is missing"]
@@ -363,19 +364,16 @@ def test_bad_retention_input_exits_2_with_one_line(tmp_path: Path) -> None:
             "keel: invalid settings: KEEL_AUDIT__RETENTION_DAYS: must be a JSON object",
         ),
     ]
-    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
-        results = list(
-            pool.map(
-                lambda case: run_keel(
-                    "audit",
-                    "retention",
-                    *case[0],
-                    cwd=tmp_path,
-                    env=keel_env(KEEL_DATABASE_URL=database, **case[1]),
-                ),
-                cases,
-            )
+    results = [
+        invoke_keel(
+            "audit",
+            "retention",
+            *args,
+            cwd=tmp_path,
+            env=keel_env(KEEL_DATABASE_URL=database, **variables),
         )
+        for args, variables, _ in cases
+    ]
     for result, (_, _, message) in zip(results, cases, strict=True):
         assert result.returncode == 2, (result.stdout, result.stderr)
         assert result.stderr.startswith(message), result.stderr

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from auth.conftest import TenantAdmin, audit_events
 from keel.settings import Settings
 from keel_client.audit import leaf_hash
-from support.keel_process import keel_env, run_keel
+from support.keel_cli import invoke_keel_async
+from support.keel_process import keel_env
 
 ACTION = "billing.invoice.pay"
 BATCHES = (5, 4, 7)  # 16 events under three signed heads
@@ -95,9 +96,13 @@ class _Bypassing:
         await self.context.__aexit__(*exc)
 
 
-def verify(settings: Settings, tmp_path: Path, slug: str) -> tuple[int, dict[str, Any]]:
+async def verify(settings: Settings, tmp_path: Path, slug: str) -> tuple[int, dict[str, Any]]:
+    """``keel audit verify --json`` (in-process, :mod:`support.keel_cli`): its exit code and
+    report."""
     env = keel_env(KEEL_DATABASE_URL=settings.effective_database_url)
-    result = run_keel("audit", "verify", "--tenant", slug, "--json", cwd=tmp_path, env=env)
+    result = await invoke_keel_async(
+        "audit", "verify", "--tenant", slug, "--json", cwd=tmp_path, env=env
+    )
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     return result.returncode, json.loads(result.stdout)
@@ -114,7 +119,7 @@ async def document(connection: AsyncConnection, tenant_id: str, index: int) -> d
 async def test_an_untouched_log_verifies(
     logged: TenantAdmin, settings: Settings, tmp_path: Path
 ) -> None:
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 0, report
     assert report["ok"] is True
     assert report["tree_size"] == await stored_size(settings, logged.tenant_id)
@@ -150,7 +155,7 @@ async def test_an_edited_document_is_reported_at_its_event(
             text("UPDATE audit_payloads SET document = :d WHERE tenant_id = :t AND leaf_index = 3"),
             {"d": rfc8785.dumps(edited), "t": logged.tenant_id},
         )
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
     assert report["first_divergent_event"] == 3
     assert any("event 3" in problem for problem in report["problems"])
@@ -172,7 +177,7 @@ async def test_an_edit_with_its_leaf_hash_recomputed_still_breaks_the_tree(
             text("UPDATE audit_events SET leaf_hash = :h WHERE tenant_id = :t AND leaf_index = 3"),
             parameters,
         )
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
     # Node (1, 1) covers events 2 and 3: the tree can tell the pair changed, not which one.
     assert report["first_divergent_event"] in (2, 3)
@@ -188,7 +193,7 @@ async def test_a_deleted_event_is_reported(
             "DELETE FROM audit_events WHERE tenant_id = :t AND leaf_index = 5",
         ):
             await connection.execute(text(statement), {"t": logged.tenant_id})
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
     assert report["first_divergent_event"] == 5
     assert any("missing" in problem for problem in report["problems"])
@@ -216,7 +221,7 @@ async def test_an_inserted_event_is_reported(
             ),
             {"t": logged.tenant_id, "i": size, "d": raw_document},
         )
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
     assert report["first_divergent_event"] == size
     assert any("no signed head" in problem for problem in report["problems"])
@@ -259,7 +264,7 @@ async def test_reordered_events_are_reported(
                 ),
                 parameters,
             )
-    code, report = verify(settings, tmp_path, logged.tenant_slug)
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
     assert report["first_divergent_event"] == 6
     assert any("tree node" in problem for problem in report["problems"])

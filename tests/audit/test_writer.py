@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.service import AuditLog
+from keel.audit.verify import verify_tenant
+from keel.audit.writer import MAX_MERGE_DELAY
 from keel.core.audit import ActionSpec, build_document, record_event_now
 from keel.core.db import Database
 from keel.core.tenancy import Tenant
@@ -29,6 +33,34 @@ async def issue_event(session: AsyncSession, tenant_id: str) -> dict[str, Any]:
         actor_id="sa-1",
         data={"grant_type": "client_credentials", "scope": ""},
     )
+
+
+@pytest.fixture
+async def there(app: FastAPI, settings: Settings) -> AsyncIterator[AuditLog]:
+    """The log as another process sees it: an engine of its own, sharing no lock with this
+    one but the database's."""
+    elsewhere = Database.from_settings(settings)
+    try:
+        yield AuditLog(app.state.keel.keyring, elsewhere.session)
+    finally:
+        await elsewhere.dispose()
+
+
+INVOICE_PAID = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
+
+
+def invoices(tenant_id: str, count: int) -> list[dict[str, Any]]:
+    """``count`` documents of invoices paid, each with an id of its own."""
+    return [
+        build_document(
+            tenant_id=tenant_id,
+            action=INVOICE_PAID.name,
+            spec=INVOICE_PAID,
+            actor={"type": "user", "id": "u-1"},
+            target={"type": "invoice", "id": f"inv-{n}"},
+        )
+        for n in range(count)
+    ]
 
 
 async def test_an_event_recorded_now_is_in_the_log_when_the_call_returns(
@@ -57,33 +89,18 @@ async def test_after_a_write_the_event_goes_with_the_commit_and_nothing_waits(
 
 
 async def test_two_processes_appending_to_one_log_at_once_both_land(
-    app: FastAPI, settings: Settings, admin: TenantAdmin
+    app: FastAPI, there: AuditLog, admin: TenantAdmin
 ) -> None:
     """Another engine is another process: it shares no lock in this one, only the database's
     (SQLite's write lock, PostgreSQL's advisory lock)."""
-    spec = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
     here = app.state.keel.resources["audit"]
-    elsewhere = Database.from_settings(settings)
-    there = AuditLog(app.state.keel.keyring, elsewhere.session)
 
     def documents(count: int) -> list[dict[str, Any]]:
-        return [
-            build_document(
-                tenant_id=admin.tenant_id,
-                action=spec.name,
-                spec=spec,
-                actor={"type": "user", "id": "u-1"},
-                target={"type": "invoice", "id": f"inv-{n}"},
-            )
-            for n in range(count)
-        ]
+        return invoices(admin.tenant_id, count)
 
-    try:
-        rounds = await asyncio.gather(
-            *(log.append(admin.tenant_id, documents(20)) for log in (here, there) * 4)
-        )
-    finally:
-        await elsewhere.dispose()
+    rounds = await asyncio.gather(
+        *(log.append(admin.tenant_id, documents(20)) for log in (here, there) * 4)
+    )
     indexes = sorted(receipt.leaf_index for receipts in rounds for receipt in receipts)
     assert len(set(indexes)) == 160  # (the sequencer may slot the admin's events between)
     async with unit_of_work(app) as session:
@@ -97,20 +114,10 @@ async def test_an_append_after_this_process_own_reads_no_tree_node(
 ) -> None:
     """The frontier this process committed is remembered: the next append, finding the tree
     at that size, reads no node; after another process appended, it reads them again."""
-    spec = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
     audit = app.state.keel.resources["audit"]
 
     def documents() -> list[dict[str, Any]]:
-        return [
-            build_document(
-                tenant_id=admin.tenant_id,
-                action=spec.name,
-                spec=spec,
-                actor={"type": "user", "id": "u-1"},
-                target={"type": "invoice", "id": "inv-1"},
-            )
-            for _ in range(3)
-        ]
+        return invoices(admin.tenant_id, 3)
 
     node_reads: list[str] = []
     engine = app.state.keel.database.engine.sync_engine
@@ -140,3 +147,62 @@ async def test_an_append_after_this_process_own_reads_no_tree_node(
         head = await audit.latest_head(session, admin.tenant_id)
     assert head is not None
     assert head.tree_size > receipts[-1].leaf_index
+
+
+async def test_events_recorded_now_get_a_signed_head_within_the_merge_delay(
+    app: FastAPI, admin: TenantAdmin
+) -> None:
+    """Group-committed batches sign no head of their own: the writer signs one covering them
+    within MAX_MERGE_DELAY, and a reader asking for the head meanwhile gets one signed anew."""
+    audit = app.state.keel.resources["audit"]
+    async with unit_of_work(app) as session:
+        first = await issue_event(session, admin.tenant_id)
+    async with unit_of_work(app) as session:
+        index = (await audit.event(session, admin.tenant_id, first["id"])).leaf_index
+        fresh = await audit.fresh_head(session, admin.tenant_id)
+    assert fresh is not None
+    assert fresh.tree_size > index
+
+    async with unit_of_work(app) as session:
+        second = await issue_event(session, admin.tenant_id)
+    async with unit_of_work(app) as session:
+        index = (await audit.event(session, admin.tenant_id, second["id"])).leaf_index
+    async with asyncio.timeout(MAX_MERGE_DELAY + 3):
+        while True:  # the writer's own head, without anyone asking
+            async with unit_of_work(app) as session:
+                head = await audit.latest_head(session, admin.tenant_id)
+            if head is not None and head.tree_size > index:
+                break
+            await asyncio.sleep(0.05)
+
+
+async def test_a_log_appended_by_both_paths_and_two_processes_verifies(
+    app: FastAPI, there: AuditLog, admin: TenantAdmin
+) -> None:
+    """Appends planned on this process's frontier (on SQLite, one call on the connection's
+    thread), appends that find the tree grown by another process, and events recorded now
+    with deferred heads make one log that `keel audit verify` accepts."""
+    here = app.state.keel.resources["audit"]
+
+    def documents(count: int) -> list[dict[str, Any]]:
+        return invoices(admin.tenant_id, count)
+
+    for round_ in range(6):
+        await here.append(admin.tenant_id, documents(round_ + 1), sign=round_ % 2 == 0)
+        await here.append(admin.tenant_id, documents(3))
+        if round_ % 3 == 2:
+            await there.append(admin.tenant_id, documents(2))
+        async with unit_of_work(app) as session:
+            await issue_event(session, admin.tenant_id)
+    repeated = documents(1)
+    first = await here.append(admin.tenant_id, repeated)
+    again = await here.append(admin.tenant_id, repeated)  # stored: its first receipt
+    assert again == first
+    async with unit_of_work(app) as session:
+        head = await here.fresh_head(session, admin.tenant_id)
+    async with unit_of_work(app) as session:
+        report = await verify_tenant(session, admin.tenant_id)
+    assert report.ok, report.problems
+    assert head is not None
+    assert report.tree_size == head.tree_size
+

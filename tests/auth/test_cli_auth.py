@@ -1,42 +1,27 @@
-"""``keel auth ...`` verbs, run as the real command against the embedded default."""
+"""``keel auth ...`` verbs against the embedded default, run in-process through the ``keel``
+script's entry point (:mod:`support.keel_cli`; ``tests/test_cli.py`` runs the script itself)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jwt
 
 from auth.conftest import PASSWORD, bearer, running
 from keel.settings import Settings
-from support.keel_process import KEEL, TEST_MASTER_KEY, keel_env, run_keel
+from support.keel_cli import invoke_keel_async
+from support.keel_process import TEST_MASTER_KEY
 
 EXIT_USAGE = 2
 
 
-def _keel(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    if stdin is None:
-        return run_keel(*args, cwd=cwd)
-    return subprocess.run(
-        [KEEL, *args],
-        cwd=cwd,
-        env=keel_env(),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _each(
+async def _each(
     commands: list[tuple[list[str], str | None]], cwd: Path
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands at once (SQLite's busy timeout orders their writes)."""
-    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-        return list(pool.map(lambda command: _keel(command[0], cwd, command[1]), commands))
+    """The commands one after another, each with its stdin."""
+    return [await invoke_keel_async(*args, cwd=cwd, stdin=stdin or "") for args, stdin in commands]
 
 
 def _value(output: str, label: str) -> str:
@@ -46,10 +31,10 @@ def _value(output: str, label: str) -> str:
 
 
 async def test_auth_verbs_administer_identities(tmp_path: Path) -> None:
-    init = _keel(["init"], tmp_path)
+    init = await invoke_keel_async("init", cwd=tmp_path)
     assert init.returncode == 0, init.stderr
 
-    user, role, account, rotation, both = _each(
+    user, role, account, rotation, both = await _each(
         [
             (["auth", "create-user", "alice", "--password-stdin"], PASSWORD + "\n"),
             (["auth", "create-role", "reader", "--permission", "auth:user:read"], None),
@@ -78,7 +63,7 @@ async def test_auth_verbs_administer_identities(tmp_path: Path) -> None:
     assert both.stderr.strip().count("\n") == 0
     assert "exactly one of --user or --service-account" in both.stderr
 
-    key, assigned, unknown_role, users = _each(
+    key, assigned, unknown_role, users = await _each(
         [
             (["auth", "create-api-key", "--name", "ci", "--user", "alice"], None),
             (["auth", "assign-role", "reader", "--user", "alice"], None),

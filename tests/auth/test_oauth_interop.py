@@ -21,7 +21,8 @@ import pytest
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
-from support.keel_process import KeelServer, free_port, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, free_port, keel_env, keel_server
 
 PASSWORD = "plum-Tractor-kettle-47"
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
@@ -47,13 +48,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """``keel init``, a public client made with the CLI, then ``keel serve``."""
     cwd: Path = tmp_path_factory.mktemp("interop")
     env = keel_env()
-    initialised = run_keel("init", cwd=cwd, env=env)
+    initialised = invoke_keel("init", cwd=cwd, env=env)
     assert initialised.returncode == 0, initialised.stderr
     key_match = _API_KEY.search(initialised.stdout)
     assert key_match is not None, initialised.stdout
 
     redirect_uri = f"http://127.0.0.1:{free_port()}/callback"
-    created = run_keel(
+    created = invoke_keel(
         "auth",
         "create-client",
         "Interop app",

@@ -18,7 +18,8 @@ import pytest
 from config.conftest import API, SERVICES
 from keel_client.changes import ServerSentEvent, SSEDecoder
 from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_process import KeelServer, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, keel_env, keel_server
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 
@@ -34,9 +35,9 @@ def replicas(
     url = asyncio.run(create_postgres_database(postgres_admin_url, name))
     env = keel_env(KEEL_DATABASE_URL=url, KEEL_REDIS_URL=redis_url, KEEL_SERVICES=SERVICES)
     try:
-        migrated = run_keel("migrate", cwd=tmp_path, env=env)
+        migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
         assert migrated.returncode == 0, migrated.stderr
-        initialised = run_keel("init", cwd=tmp_path, env=env)
+        initialised = invoke_keel("init", cwd=tmp_path, env=env)
         key = _API_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout + initialised.stderr
         with keel_server(tmp_path, env) as first, keel_server(tmp_path, env) as second:

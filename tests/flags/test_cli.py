@@ -1,65 +1,26 @@
 """``keel flags ...`` as an operator runs it, on SQLite and PostgreSQL: environments, create,
-list, show, toggle (the kill switch) and stale; bad
-input is one line with exit code 2."""
+list, show, toggle (the kill switch) and stale; bad input is one line with exit code 2. The
+commands run in-process through the ``keel`` script's entry point (:mod:`support.keel_cli`);
+``tests/test_cli.py`` runs the script itself."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from keel.flags.cli import parse_variation
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_process import keel_env, run_keel
-
-
-@dataclass
-class Deployment:
-    cwd: Path
-    env: dict[str, str]
-
-    def keel(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_keel(*args, cwd=self.cwd, env=self.env)
-
-    def ok(self, *args: str) -> str:
-        result = self.keel(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return result.stdout
-
-    def refused(self, *args: str) -> str:
-        result = self.keel(*args)
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("keel: ")
-        assert "Traceback" not in result.stdout + result.stderr
-        return lines[0]
+from support.keel_cli import Deployment, initialised_deployment
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    admin_url = None
     name = f"keel_flags_{uuid.uuid4().hex[:12]}"
-    if request.param == "sqlite":
-        env = keel_env()
-    else:
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        env = keel_env(KEEL_DATABASE_URL=asyncio.run(create_postgres_database(admin_url, name)))
-    found = Deployment(tmp_path, env)
-    try:
-        if admin_url is not None:
-            found.ok("migrate")
-        found.ok("init")
+    with initialised_deployment(request, tmp_path, name) as found:
         yield found
-    finally:
-        if admin_url is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
 
 
 def test_an_operator_defines_shows_toggles_and_lists_stale_flags(deployment: Deployment) -> None:

@@ -45,12 +45,12 @@ from keel.secrets.database import (
 )
 from keel.secrets.models import DatabaseConnection
 from support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
+from support.keel_cli import invoke_keel
 from support.keel_process import (
     KEEL,
     KeelServer,
     keel_env,
     keel_server,
-    run_keel,
     stop_process,
     wait_for,
 )
@@ -199,13 +199,13 @@ def keel(
         database = f"keel_dyn_{uuid.uuid4().hex[:12]}"
         url = asyncio.run(create_postgres_database(admin_url, database))
         env = keel_env(KEEL_DATABASE_URL=url)
-        migrated = run_keel("migrate", cwd=cwd, env=env)
+        migrated = invoke_keel("migrate", cwd=cwd, env=env)
         assert migrated.returncode == 0, migrated.stderr
     else:
         env = keel_env()
     running = Keel(cwd, env, with_worker=database is not None)
     try:
-        initialised = run_keel("init", cwd=cwd, env=env)
+        initialised = invoke_keel("init", cwd=cwd, env=env)
         key = _API_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout + initialised.stderr
         running.admin_key = key.group(1)

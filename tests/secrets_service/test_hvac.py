@@ -13,7 +13,8 @@ import pytest
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
 from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_process import KeelServer, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, keel_env, keel_server
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 
@@ -34,12 +35,12 @@ def served(
         database = f"keel_hvac_{uuid.uuid4().hex[:12]}"
         url = asyncio.run(create_postgres_database(admin_url, database))
         env = keel_env(KEEL_DATABASE_URL=url)
-        migrated = run_keel("migrate", cwd=tmp_path, env=env)
+        migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
         assert migrated.returncode == 0, migrated.stderr
     else:
         env = keel_env()
     try:
-        initialised = run_keel("init", cwd=tmp_path, env=env)
+        initialised = invoke_keel("init", cwd=tmp_path, env=env)
         assert initialised.returncode == 0, initialised.stderr
         key = _API_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout

@@ -1,5 +1,8 @@
 """``keel secrets rotate-master-key | import | export | generate-master-key`` as an operator
-runs them: real subprocesses against a database of each test's own, on SQLite and PostgreSQL.
+runs them, against a database of each test's own, on SQLite and PostgreSQL. The commands run
+in-process through the ``keel`` script's entry point (:mod:`support.keel_cli`), except where
+the process matters: the rotation run beside a ``keel serve`` answering traffic, and a
+terminal on ``export``'s stdout.
 
 Rotation follows the documented procedure: the new key current and the old one previous on a
 running ``keel serve``, the command run while that server answers reads and writes, then
@@ -40,6 +43,7 @@ from keel.core.tenancy import ALL_TENANTS_OPTION, bind_tenant, get_tenant_by_slu
 from keel.secrets.kv import KvEngine
 from keel.settings import Settings
 from support.databases import create_postgres_database, drop_postgres_database
+from support.keel_cli import invoke_keel, invoke_keel_async
 from support.keel_process import KEEL, keel_env, keel_server, run_keel
 
 OLD = MasterKey.generate()
@@ -74,7 +78,14 @@ class Deployment:
     def keel(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return run_keel(*args, cwd=self.cwd, env=env if env is not None else self.env())
+        return invoke_keel(*args, cwd=self.cwd, env=env if env is not None else self.env())
+
+    async def keel_async(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return await invoke_keel_async(
+            *args, cwd=self.cwd, env=env if env is not None else self.env()
+        )
 
     def settings(self, current: MasterKey, *previous: MasterKey) -> Settings:
         return Settings(
@@ -231,7 +242,7 @@ async def test_rotation_rewraps_every_value_while_a_server_with_both_keys_serves
     before = dict(await raw_rows(deployment.url, "SELECT id, sealed FROM secrets_versions"))
     rotating_env = deployment.env(NEW, OLD)
 
-    check = deployment.keel("secrets", "rotate-master-key", "--check", env=rotating_env)
+    check = await deployment.keel_async("secrets", "rotate-master-key", "--check", env=rotating_env)
     assert check.returncode == 1, check.stderr
     assert (
         f"secrets_versions.sealed: {SECRETS} values, 0 under the current key, "
@@ -245,8 +256,14 @@ async def test_rotation_rewraps_every_value_while_a_server_with_both_keys_serves
         traffic = Traffic(server.base_url, deployment.api_key)
         traffic.start()
         try:
-            rotated = deployment.keel(
-                "secrets", "rotate-master-key", "--batch-size", "7", env=rotating_env
+            # The operator's own process, as documented, while the server takes traffic.
+            rotated = run_keel(
+                "secrets",
+                "rotate-master-key",
+                "--batch-size",
+                "7",
+                cwd=deployment.cwd,
+                env=rotating_env,
             )
         finally:
             traffic.stop.set()
@@ -258,12 +275,12 @@ async def test_rotation_rewraps_every_value_while_a_server_with_both_keys_serves
     assert traffic.reads > SECRETS
     assert traffic.written
 
-    after_check = deployment.keel(
+    after_check = await deployment.keel_async(
         "secrets", "rotate-master-key", "--check", env=deployment.env(NEW)
     )
     assert after_check.returncode == 0, after_check.stdout + after_check.stderr
     assert "every sealed value is under the current master key" in after_check.stdout
-    again = deployment.keel("secrets", "rotate-master-key", env=rotating_env)
+    again = await deployment.keel_async("secrets", "rotate-master-key", env=rotating_env)
     assert again.returncode == 0
     assert "re-wrapped 0 values" in again.stdout
 
@@ -375,32 +392,40 @@ async def test_import_then_export_round_trips_tricky_values_and_never_shows_them
     env_file = deployment.cwd / "billing.env"
     env_file.write_text(TRICKY_ENV, encoding="utf-8")
 
-    dry = deployment.keel("secrets", "import", str(env_file), "--path", "apps/billing", "--dry-run")
+    dry = await deployment.keel_async(
+        "secrets", "import", str(env_file), "--path", "apps/billing", "--dry-run"
+    )
     assert dry.returncode == 0, dry.stderr
     assert_masked(dry.stdout, "dry run: would import 10 keys into secret/apps/billing")
     assert dry.stdout.splitlines()[0].endswith("as version 1; nothing written")
     assert await raw_rows(deployment.url, "SELECT id FROM secrets_secrets") == []
-    nothing = deployment.keel("secrets", "export", "--path", "apps/billing")
+    nothing = await deployment.keel_async("secrets", "export", "--path", "apps/billing")
     assert_one_line_error(nothing, 2, "no secret at secret/apps/billing")
 
-    imported = deployment.keel("secrets", "import", str(env_file), "--path", "apps/billing")
+    imported = await deployment.keel_async(
+        "secrets", "import", str(env_file), "--path", "apps/billing"
+    )
     assert imported.returncode == 0, imported.stderr
     assert_masked(
         imported.stdout, "imported 10 keys into secret/apps/billing (tenant default), version 1"
     )
 
-    exported = deployment.keel("secrets", "export", "--path", "apps/billing")
+    exported = await deployment.keel_async("secrets", "export", "--path", "apps/billing")
     assert exported.returncode == 0, exported.stderr
     assert dotenv_values(stream=io.StringIO(exported.stdout), interpolate=False) == TRICKY_VALUES
     copy = deployment.cwd / "exported.env"
     copy.write_text(exported.stdout, encoding="utf-8")
-    reimported = deployment.keel("secrets", "import", str(copy), "--path", "apps/copy")
+    reimported = await deployment.keel_async("secrets", "import", str(copy), "--path", "apps/copy")
     assert reimported.returncode == 0, reimported.stderr
-    as_json = deployment.keel("secrets", "export", "--path", "apps/copy", "--format", "json")
+    as_json = await deployment.keel_async(
+        "secrets", "export", "--path", "apps/copy", "--format", "json"
+    )
     assert json.loads(as_json.stdout) == TRICKY_VALUES
 
     out = deployment.cwd / "written.env"
-    to_file = deployment.keel("secrets", "export", "--path", "apps/billing", "--out", str(out))
+    to_file = await deployment.keel_async(
+        "secrets", "export", "--path", "apps/billing", "--out", str(out)
+    )
     assert to_file.returncode == 0
     assert to_file.stdout == ""
     assert out.read_text(encoding="utf-8") == exported.stdout
@@ -446,11 +471,11 @@ def test_bad_input_exits_2_with_one_line_naming_no_value(tmp_path: Path) -> None
         (["ok.env", "--path", "apps/x", "--tenant", "nobody"], "No tenant 'nobody'"),
     ]
     for args, message in cases:
-        result = run_keel("secrets", "import", *args, cwd=tmp_path, env=env)
+        result = invoke_keel("secrets", "import", *args, cwd=tmp_path, env=env)
         assert_one_line_error(result, 2, message)
         if "LONELY" not in message:
             assert "hunter" not in result.stderr + result.stdout
-    assert run_keel("secrets", "export", cwd=tmp_path, env=env).returncode == 2  # no --path
+    assert invoke_keel("secrets", "export", cwd=tmp_path, env=env).returncode == 2  # no --path
 
 
 def test_export_refuses_a_terminal_without_confirmation(tmp_path: Path) -> None:
@@ -475,17 +500,18 @@ def test_export_refuses_a_terminal_without_confirmation(tmp_path: Path) -> None:
 
 def test_master_key_settings_aliases_previous_keys_and_errors(tmp_path: Path) -> None:
     base = {name: value for name, value in keel_env().items() if name != "KEEL_MASTER_KEY"}
-    first = run_keel(
+    first = invoke_keel(
         "init", cwd=tmp_path, env={**base, "KEEL_SECRETS__MASTER_KEY": OLD.to_base64()}
     )
     assert first.returncode == 0, first.stderr
     same = {**base, "KEEL_MASTER_KEY": OLD.to_base64(), "KEEL_SECRETS__MASTER_KEY": OLD.to_base64()}
     assert (
-        run_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=same).returncode == 0
+        invoke_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=same).returncode
+        == 0
     )
 
     differ = {**same, "KEEL_SECRETS__MASTER_KEY": NEW.to_base64()}
-    result = run_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=differ)
+    result = invoke_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=differ)
     assert_one_line_error(result, 2, "KEEL_MASTER_KEY and KEEL_SECRETS__MASTER_KEY", "differ")
     assert NEW.to_base64() not in result.stderr
     assert OLD.to_base64() not in result.stderr
@@ -495,32 +521,33 @@ def test_master_key_settings_aliases_previous_keys_and_errors(tmp_path: Path) ->
         "KEEL_MASTER_KEY": NEW.to_base64(),
         "KEEL_MASTER_KEY_PREVIOUS": "hunter2!",
     }
-    result = run_keel("secrets", "rotate-master-key", cwd=tmp_path, env=bad_previous)
+    result = invoke_keel("secrets", "rotate-master-key", cwd=tmp_path, env=bad_previous)
     assert_one_line_error(result, 1, "KEEL_MASTER_KEY_PREVIOUS: the master key is not valid base64")
     assert "hunter2" not in result.stderr
 
     wrong = {**base, "KEEL_MASTER_KEY": NEW.to_base64()}
-    result = run_keel("secrets", "rotate-master-key", cwd=tmp_path, env=wrong)
+    result = invoke_keel("secrets", "rotate-master-key", cwd=tmp_path, env=wrong)
     assert_one_line_error(result, 1, "token-hash key", "KEEL_MASTER_KEY_PREVIOUS")
 
     previous_file = tmp_path / "previous.keys"
     previous_file.write_text(f"{MasterKey.generate().to_base64()}\n{OLD.to_base64()}\n")
     with_file = {**wrong, "KEEL_MASTER_KEY_PREVIOUS_FILE": str(previous_file)}
-    rotated = run_keel("secrets", "rotate-master-key", cwd=tmp_path, env=with_file)
+    rotated = invoke_keel("secrets", "rotate-master-key", cwd=tmp_path, env=with_file)
     assert rotated.returncode == 0, rotated.stderr
     assert (
-        run_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=wrong).returncode == 0
+        invoke_keel("secrets", "rotate-master-key", "--check", cwd=tmp_path, env=wrong).returncode
+        == 0
     )
 
 
 def test_generate_master_key_prints_or_writes_a_new_key(tmp_path: Path) -> None:
-    printed = run_keel("secrets", "generate-master-key", cwd=tmp_path)
+    printed = invoke_keel("secrets", "generate-master-key", cwd=tmp_path)
     assert printed.returncode == 0
     assert Keyring(MasterKey.from_base64(printed.stdout.strip()))  # 32 bytes of base64
     target = tmp_path / "master.key"
-    written = run_keel("secrets", "generate-master-key", "--out", str(target), cwd=tmp_path)
+    written = invoke_keel("secrets", "generate-master-key", "--out", str(target), cwd=tmp_path)
     assert written.returncode == 0
     assert target.stat().st_mode & 0o777 == 0o600
     assert MasterKey.from_base64(target.read_text()).to_base64() != printed.stdout.strip()
-    again = run_keel("secrets", "generate-master-key", "--out", str(target), cwd=tmp_path)
+    again = invoke_keel("secrets", "generate-master-key", "--out", str(target), cwd=tmp_path)
     assert_one_line_error(again, 2, "exists; not overwriting it")

@@ -3,6 +3,7 @@ policy matrix with every denial audited, tenants apart, and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -277,3 +278,60 @@ def test_policy_globs() -> None:
     assert allowed(rules, "secret/data/z/b", "update")
     assert not allowed(rules, "secret/data/z/y/b", "update")
     assert not allowed(rules, "secret/data/a/x", "delete")
+
+
+async def test_every_change_is_read_at_once_though_reads_are_cached(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Reads keep the sealed version for a moment (keel.secrets.kv._ROWS); every change
+    through Keel drops it when it commits, and a change behind Keel's back (a tampered
+    ciphertext) shows within the cache's lifetime."""
+    path = f"apps/cached-{uuid.uuid4().hex[:8]}"
+    url = f"{DATA}/{path}"
+    metadata_url = url.replace("/data/", "/metadata/")
+    headers = vault(admin.api_key)
+
+    async def read(**params: Any) -> httpx.Response:
+        return await client.get(url, headers=headers, params=params)
+
+    assert (await write(client, admin.api_key, path, {"v": "1"})).status_code == 200
+    assert (await read()).json()["data"]["data"] == {"v": "1"}
+    assert (await write(client, admin.api_key, path, {"v": "2"})).status_code == 200
+    assert (await read()).json()["data"]["data"] == {"v": "2"}
+    assert (await read(version=1)).json()["data"]["data"] == {"v": "1"}
+
+    changed = await client.post(
+        metadata_url, headers=headers, json={"custom_metadata": {"owner": "billing"}}
+    )
+    assert changed.status_code == 204, changed.text
+    assert (await read()).json()["data"]["metadata"]["custom_metadata"] == {"owner": "billing"}
+
+    assert (await client.delete(url, headers=headers)).status_code == 204
+    assert (await read()).status_code == 404
+    undeleted = await client.post(
+        url.replace("/data/", "/undelete/"), headers=headers, json={"versions": [2]}
+    )
+    assert undeleted.status_code == 204
+    assert (await read()).json()["data"]["data"] == {"v": "2"}
+    destroyed = await client.post(
+        url.replace("/data/", "/destroy/"), headers=headers, json={"versions": [1]}
+    )
+    assert destroyed.status_code == 204
+    assert (await read(version=1)).status_code == 404
+
+    async with unit_of_work(app) as session:  # behind Keel's back
+        bind_tenant(session, admin.tenant_id)
+        row = await session.scalar(
+            select(SecretVersion)
+            .where(SecretVersion.tenant_id == admin.tenant_id, SecretVersion.version == 2)
+            .order_by(SecretVersion.created_at.desc())
+        )
+        assert row is not None
+        assert row.sealed is not None
+        row.sealed = row.sealed[:-5] + bytes([row.sealed[-5] ^ 1]) + row.sealed[-4:]
+    answers = [(await read()).status_code]  # may still be the cached row, for at most 2 s
+    await asyncio.sleep(2.1)
+    answer = await read()
+    assert answers[0] in (200, 500)
+    assert answer.status_code == 500
+    assert "does not open" in answer.json()["errors"][0]

@@ -92,7 +92,7 @@ async def start_export(
 ) -> TreeHead:
     """The head an export is pinned to; the export itself is recorded as a sensitive read
     (on ``session``, so it is stored when the request's unit of work commits)."""
-    head = await audit.latest_head(session, tenant_id)
+    head = await audit.fresh_head(session, tenant_id)
     if head is None:
         raise NotFound("The log of this tenant is empty.")
     record_event(

@@ -240,8 +240,9 @@ def build_router() -> APIRouter:
     async def tree_head(
         request: Request, principal: CurrentPrincipal, session: DbSession
     ) -> schemas.TreeHeadOut:
-        """The latest signed tree head of the caller's tenant."""
-        head = await _audit(request).latest_head(session, principal.tenant_id)
+        """The latest signed tree head of the caller's tenant (signed now if events have been
+        appended since)."""
+        head = await _audit(request).fresh_head(session, principal.tenant_id)
         if head is None:
             raise NotFound("The log of this tenant is empty.")
         return _head(head)
@@ -268,7 +269,7 @@ def build_router() -> APIRouter:
         if event_id is not None:
             leaf_index = (await audit.event(session, principal.tenant_id, event_id)).leaf_index
         assert leaf_index is not None
-        head = await audit.latest_head(session, principal.tenant_id)
+        head = await audit.fresh_head(session, principal.tenant_id)
         if tree_size is None:
             if head is None:
                 raise NotFound("The log of this tenant is empty.")

@@ -22,7 +22,7 @@ from keel.audit.router import WRITE, _audit, _head, _receipt, _request_hashes
 from keel.auth.dependencies import CurrentPrincipal, require_permission
 from keel.core.audit import Actor, Transaction, check_currency, transaction_document
 from keel.core.deps import DbSession
-from keel_client.audit.client import (
+from keel_client.audit.transactions import (
     AMOUNT_PATTERN,
     MAX_AMOUNT_DIGITS,
     MAX_AUTHORISERS,

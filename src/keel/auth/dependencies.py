@@ -13,6 +13,7 @@ the request is scoped to it, and to the log context.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 import structlog
@@ -81,6 +82,31 @@ def require_permission(permission: str) -> Any:
 
     check.__name__ = f"require_{permission.replace(':', '_').replace('*', 'any')}"
     return Depends(check)
+
+
+class Access(StrEnum):
+    """Levels of a service's ``<service>:<scope>:<level>`` permissions (config, flags): each
+    includes the ones below it."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+#: The levels that grant each level.
+_GRANTED_BY = {
+    Access.read: (Access.read, Access.write, Access.admin),
+    Access.write: (Access.write, Access.admin),
+    Access.admin: (Access.admin,),
+}
+
+
+def holds_access(principal: Principal, service: str, scope: str, access: Access) -> bool:
+    """Whether ``principal`` holds ``<service>:<scope>:<access>`` or a level above it (RBAC
+    wildcards included, as everywhere)."""
+    return any(
+        principal.has_permission(f"{service}:{scope}:{level}") for level in _GRANTED_BY[access]
+    )
 
 
 def request_actor(request: Request, principal: Principal | None = None) -> Actor:

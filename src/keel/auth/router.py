@@ -29,7 +29,8 @@ from keel.auth.service import AuthFailure, AuthService, TokenPair
 from keel.core.audit import Actor
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import Forbidden, Unauthorized, ValidationFailed
-from keel.core.http import ServiceRouter, etag_for
+from keel.core.http import ServiceRouter
+from keel.core.versioned import with_etag
 
 
 def _token_response(pair: TokenPair) -> schemas.TokenResponse:
@@ -187,8 +188,7 @@ def build_router() -> APIRouter:
         auth: Auth,
     ) -> Any:
         user = await auth.get_user(session, principal.tenant_id, user_id)
-        response.headers["ETag"] = etag_for(user.version)
-        return user
+        return with_etag(user, response)
 
     @router.patch(
         "/users/{user_id}",
@@ -213,8 +213,7 @@ def build_router() -> APIRouter:
             actor=Actor.of(principal),
             grantor=principal,
         )
-        response.headers["ETag"] = etag_for(user.version)
-        return user
+        return with_etag(user, response)
 
     @router.post("/users/{user_id}/password", status_code=204)
     async def change_password(
@@ -373,8 +372,7 @@ def build_router() -> APIRouter:
         auth: Auth,
     ) -> Any:
         role = await auth.get_role(session, principal.tenant_id, name)
-        response.headers["ETag"] = etag_for(role.version)
-        return role
+        return with_etag(role, response)
 
     @router.put(
         "/roles/{name}",
@@ -399,8 +397,7 @@ def build_router() -> APIRouter:
             actor=Actor.of(principal),
             grantor=principal,
         )
-        response.headers["ETag"] = etag_for(role.version)
-        return role
+        return with_etag(role, response)
 
     @router.delete(
         "/roles/{name}", status_code=204, dependencies=[require_permission("auth:role:delete")]

@@ -7,29 +7,14 @@ may read. RBAC wildcards work as everywhere (``config:*:read``, ``config:*``, ``
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from keel.auth.dependencies import CurrentPrincipal
+from keel.auth.dependencies import Access, CurrentPrincipal, holds_access
 from keel.config import schemas
 from keel.core.errors import Forbidden
 from keel_client.auth import Principal
-
-
-class Access(StrEnum):
-    read = "read"
-    write = "write"
-    admin = "admin"
-
-
-#: The levels that grant each level.
-_GRANTED_BY = {
-    Access.read: (Access.read, Access.write, Access.admin),
-    Access.write: (Access.write, Access.admin),
-    Access.admin: (Access.admin,),
-}
 
 
 def config_permission(application: str, access: Access) -> str:
@@ -38,10 +23,7 @@ def config_permission(application: str, access: Access) -> str:
 
 def may(principal: Principal, application: str, access: Access) -> bool:
     """Whether ``principal`` holds ``access`` (or a level above it) on ``application``."""
-    return any(
-        principal.has_permission(config_permission(application, level))
-        for level in _GRANTED_BY[access]
-    )
+    return holds_access(principal, "config", application, access)
 
 
 def _deny(application: str, access: Access) -> Forbidden:

@@ -11,18 +11,18 @@ A value on the command line is read as JSON when it parses (``3``, ``true``,
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config import service
 from keel.config.validation import Diff
+from keel.core.commands import fail_usage, print_json, run_in_tenant
 from keel.core.errors import KeelError
 from keel.core.http import PageRequest, etag_for
-from keel.core.tenancy import DEFAULT_TENANT, bind_tenant, get_tenant_by_slug
+from keel.core.tenancy import DEFAULT_TENANT
 
 app = typer.Typer(
     help="Read, change, compare, roll back and promote applications' configuration.",
@@ -81,10 +81,6 @@ def describe(error: KeelError) -> str:
     return text
 
 
-def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
-
-
 def print_diff(diff: Diff) -> None:
     if diff.is_empty:
         typer.echo("no differences")
@@ -99,41 +95,10 @@ def print_diff(diff: Diff) -> None:
         typer.echo(f"~ {key}: {before} -> {after}")
 
 
-Work = Callable[[AsyncSession, str], Awaitable[None]]
-
-
-def _run(tenant: str, work: Work) -> None:
-    """Run ``work(session, tenant_id)`` in one unit of work of the server's database; a Keel
-    error is one line and exit code 2."""
-    from keel.cli import EXIT_USAGE, _run_database_command, fail, settings_or_exit, started_context
-
-    settings = settings_or_exit()
-
-    async def main() -> None:
-        try:
-            async with (
-                started_context(settings) as context,
-                context.database.session() as session,
-            ):
-                tenant_id = (await get_tenant_by_slug(session, tenant)).id
-                bind_tenant(session, tenant_id)
-                await work(session, tenant_id)
-        except KeelError as error:
-            fail(describe(error), EXIT_USAGE)
-
-    _run_database_command(main)
-
-
 def _actor() -> Any:
     from keel.secrets.cli import operator_actor
 
     return operator_actor()
-
-
-def _fail_usage(message: str) -> NoReturn:
-    from keel.cli import EXIT_USAGE, fail
-
-    fail(message, EXIT_USAGE)
 
 
 # -- applications and environments ------------------------------------------------------------
@@ -154,9 +119,9 @@ def create_application(
         try:
             json_schema = json.loads(schema.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as error:
-            _fail_usage(f"cannot read {schema}: {getattr(error, 'strerror', None) or error}")
+            fail_usage(f"cannot read {schema}: {getattr(error, 'strerror', None) or error}")
         except ValueError as error:
-            _fail_usage(f"{schema} is not JSON: {error}")
+            fail_usage(f"{schema} is not JSON: {error}")
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         await service.create_application(
@@ -169,7 +134,7 @@ def create_application(
         )
         typer.echo(f"application {name} created (tenant {tenant})")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @apps_app.command("list")
@@ -181,7 +146,7 @@ def list_applications(tenant: TenantOption = DEFAULT_TENANT) -> None:
             schema = "schema" if application.json_schema is not None else "no schema"
             typer.echo(f"{application.name}\t{schema}\t{application.description}")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @envs_app.command("create")
@@ -194,7 +159,7 @@ def create_environment(
         await service.create_environment(session, tenant_id, application, name, actor=_actor())
         typer.echo(f"environment {application}/{name} created at revision 1")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @envs_app.command("list")
@@ -205,7 +170,7 @@ def list_environments(application: AppArgument, tenant: TenantOption = DEFAULT_T
         for environment in await service.list_environments(session, tenant_id, application):
             typer.echo(f"{environment.name}\trevision {environment.revision}")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -231,10 +196,10 @@ def get(
             print_json(snapshot.values)
             return
         if key not in snapshot.values:
-            _fail_usage(f"no key {key!r} in {application}/{environment}")
+            fail_usage(f"no key {key!r} in {application}/{environment}")
         print_json(snapshot.values[key])
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("set")
@@ -256,9 +221,9 @@ def set_values(
     try:
         values = parse_assignments(assignments or [])
     except ValueError as error:
-        _fail_usage(str(error))
+        fail_usage(str(error))
     if not values and not unset:
-        _fail_usage("nothing to change: give KEY=VALUE arguments or --unset KEY")
+        fail_usage("nothing to change: give KEY=VALUE arguments or --unset KEY")
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         outcome = await service.write_values(
@@ -279,7 +244,7 @@ def set_values(
                 f"{application}/{environment}: unchanged at revision {outcome.revision.number}"
             )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 # -- history ----------------------------------------------------------------------------------
@@ -318,7 +283,7 @@ def history(
                 f"{row.operation}{source}\t{','.join(changed) or '-'}\t{row.message}"
             )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("diff")
@@ -345,7 +310,7 @@ def diff(
             )
         )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("rollback")
@@ -365,7 +330,7 @@ def rollback(
         state = "revision" if outcome.created else "unchanged at revision"
         typer.echo(f"{application}/{environment}: {state} {outcome.revision.number}")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("promote")
@@ -410,4 +375,4 @@ def promote(
         )
         typer.echo(f"applied: {application}/{target} revision {applied.target_revision}")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)

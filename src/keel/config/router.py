@@ -7,14 +7,13 @@ moved on). Errors are problem+json; schema refusals list each failing path and r
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from keel.auth.dependencies import (
+    Access,
     CurrentPrincipal,
     bearer_credential,
     get_auth_service,
@@ -22,7 +21,6 @@ from keel.auth.dependencies import (
 )
 from keel.config import schemas, service
 from keel.config.auth import (
-    Access,
     ApplicationCreator,
     ConfigAdmin,
     ConfigReader,
@@ -31,15 +29,12 @@ from keel.config.auth import (
 )
 from keel.config.models import ConfigRevision
 from keel.config.validation import Diff, check_key
-from keel.core.audit import record_event_now
-from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
+from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound
 from keel.core.http import Page, PageRequest, ServiceRouter, etag_for, is_not_modified
+from keel.core.versioned import with_etag
 from keel_client.auth import Principal
-
-#: How often an open watch stream checks that its caller may still read the application.
-RECHECK_SECONDS = 30.0
 
 IfMatch = Annotated[
     str | None,
@@ -128,8 +123,7 @@ def build_router() -> APIRouter:
             json_schema=body.json_schema,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(application.version)
-        return application
+        return with_etag(application, response)
 
     @router.get("/apps", response_model=list[schemas.Application])
     async def list_applications(principal: CurrentPrincipal, session: DbSession) -> Any:
@@ -143,8 +137,7 @@ def build_router() -> APIRouter:
     ) -> Any:
         """The application and its JSON Schema; ``ETag`` is its version."""
         application = await service.get_application(session, principal.tenant_id, app)
-        response.headers["ETag"] = etag_for(application.version)
-        return application
+        return with_etag(application, response)
 
     @router.put("/apps/{app}", response_model=schemas.Application)
     async def update_application(
@@ -167,8 +160,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(application.version)
-        return application
+        return with_etag(application, response)
 
     # -- environments ---------------------------------------------------------------------
 
@@ -466,52 +458,25 @@ def build_router() -> APIRouter:
         after = resume_point(request)
         await service.environment_revision(session, principal.tenant_id, app, env)
         subject = service.change_subject(app, env)
-        await record_event_now(
+        keep = SubjectChanges(
+            request,
+            principal,
+            await get_auth_service(request),
+            bearer_credential(request),
+            subject=subject,
+            permits=lambda caller: may(caller, app, Access.read),
+        )
+        return await audited_change_stream(
+            request,
             session,
-            tenant_id=principal.tenant_id,
-            action="config.changes.watch",
+            principal.tenant_id,
+            [service.CONFIG_STREAM],
+            since=after,
+            allow=keep,
             actor=request_actor(request, principal),
+            action="config.changes.watch",
             target_type="config_environment",
             target_id=subject,
-            data={"since": after},
-        )
-        await session.commit()
-        keep = EnvironmentChanges(request, principal, app, subject)
-        return change_stream_response(
-            request, principal.tenant_id, [service.CONFIG_STREAM], allow=keep
         )
 
     return router
-
-
-class EnvironmentChanges:
-    """The change filter of one watch: keeps its environment's changes, and re-checks every
-    ``RECHECK_SECONDS`` that the caller still may read the application (a revoked
-    credential or permission ends the stream)."""
-
-    def __init__(self, request: Request, principal: Principal, app: str, subject: str) -> None:
-        self._request = request
-        self._credential = bearer_credential(request)
-        self._tenant_id = principal.tenant_id
-        self._app = app
-        self._subject = subject
-        self._checked_at = time.monotonic()
-
-    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
-        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
-            await self._recheck()
-        return [change for change in changes if change.subject == self._subject]
-
-    async def _recheck(self) -> None:
-        auth = await get_auth_service(self._request)
-        async with get_context(self._request).database.session() as session:
-            principal = (
-                await auth.authenticate(session, self._credential) if self._credential else None
-            )
-        if (
-            principal is None
-            or principal.tenant_id != self._tenant_id
-            or not may(principal, self._app, Access.read)
-        ):
-            raise StreamClosed()
-        self._checked_at = time.monotonic()

@@ -53,6 +53,7 @@ from keel.core.errors import (
 )
 from keel.core.http import PageRequest, check_if_match, etag_for, paginate
 from keel.core.tenancy import bind_tenant
+from keel.core.versioned import update_versioned_row
 from keel.secrets import audit_actions as secrets_audit_actions  # noqa: F401  (secrets.kv.read)
 from keel.secrets.kv import KvEngine, SecretUnreadable
 from keel.secrets.policies import ROOT_PERMISSION, allowed, held_policy_names, rules_of
@@ -193,20 +194,15 @@ async def update_application(
                 "Current values of some environments do not satisfy this JSON Schema.",
                 environments=failing,
             )
-    version = application.version
-    changed = await session.execute(
-        update(ConfigApplication)
-        .where(ConfigApplication.id == application.id, ConfigApplication.version == version)
-        .values(
-            json_schema=json_schema,
-            description=application.description if description is None else description,
-            version=version + 1,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
+    version = await update_versioned_row(
+        session,
+        application,
+        {
+            "json_schema": json_schema,
+            "description": application.description if description is None else description,
+        },
+        changed_message="The application changed since it was read.",
     )
-    if getattr(changed, "rowcount", 1) != 1:
-        raise PreconditionFailed("The application changed since it was read.")
     record_event(
         session,
         tenant_id=tenant_id,
@@ -214,7 +210,7 @@ async def update_application(
         actor=actor,
         target_type="config_application",
         target_id=name,
-        data={"version": version + 1, "has_schema": json_schema is not None},
+        data={"version": version, "has_schema": json_schema is not None},
     )
     await session.refresh(application)
     return application
@@ -409,22 +405,16 @@ async def write_values(
     if not set_values and not unset:
         raise ValidationFailed("A change set sets or unsets at least one key.")
     apply_change_set({}, set_values, unset)  # names and references, before any query
-
-    def build(state: EnvironmentState) -> dict[str, Any]:
-        return apply_change_set(state.values, set_values, unset)
-
-    return await _write_revision(
+    return await _write_change_set(
         session,
         tenant_id,
         application,
         environment,
-        build,
-        operation="write",
-        source=None,
+        set_values,
+        unset,
         message=message,
         if_match=if_match,
         actor=actor,
-        action="config.env.write",
     )
 
 
@@ -441,11 +431,40 @@ async def delete_key(
 ) -> WriteOutcome:
     """Remove one key (404 when the environment does not hold it)."""
     check_key(key)
+    return await _write_change_set(
+        session,
+        tenant_id,
+        application,
+        environment,
+        {},
+        [key],
+        message=message,
+        if_match=if_match,
+        actor=actor,
+        must_hold=key,
+    )
+
+
+async def _write_change_set(
+    session: AsyncSession,
+    tenant_id: str,
+    application: str,
+    environment: str,
+    set_values: dict[str, Any],
+    unset: list[str],
+    *,
+    message: str,
+    if_match: str | None,
+    actor: Actor,
+    must_hold: str | None = None,
+) -> WriteOutcome:
+    """A change set applied to the current values as a new revision (``config.env.write``);
+    404 when the environment does not hold ``must_hold``."""
 
     def build(state: EnvironmentState) -> dict[str, Any]:
-        if key not in state.values:
-            raise NotFound(f"No key {key!r} in {change_subject(application, environment)}.")
-        return apply_change_set(state.values, {}, [key])
+        if must_hold is not None and must_hold not in state.values:
+            raise NotFound(f"No key {must_hold!r} in {change_subject(application, environment)}.")
+        return apply_change_set(state.values, set_values, unset)
 
     return await _write_revision(
         session,

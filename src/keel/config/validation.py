@@ -11,10 +11,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
-
 from keel.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from keel.secrets.kv import check_mount_path, check_secret_path
 
@@ -83,7 +79,9 @@ def check_json_schema(schema: Any) -> dict[str, Any]:
         raise ValidationFailed("A JSON Schema for config values is a JSON object.")
     if len(json.dumps(schema).encode()) > MAX_SCHEMA_BYTES:
         raise PayloadTooLarge(f"A JSON Schema is at most {MAX_SCHEMA_BYTES} bytes.")
-    cls = validator_for(schema, default=Draft202012Validator)
+    from jsonschema import Draft202012Validator, SchemaError, validators  # see schema_violations
+
+    cls = validators.validator_for(schema, default=Draft202012Validator)
     try:
         cls.check_schema(schema)
     except SchemaError as error:
@@ -126,7 +124,10 @@ def schema_violations(
     A secret reference stands for a value only its readers see, so the rules it would have
     to meet are not checked against the reference object itself.
     """
-    cls = validator_for(schema, default=Draft202012Validator)
+    # Imported here, not at start: 9 MB a process whose applications have no schema.
+    from jsonschema import Draft202012Validator, FormatChecker, validators
+
+    cls = validators.validator_for(schema, default=Draft202012Validator)
     validator = cls(schema, format_checker=FormatChecker())
     violations = []
     for error in validator.iter_errors(dict(values)):

@@ -29,7 +29,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
-import pycountry
 import structlog
 from sqlalchemy import BigInteger, Integer, LargeBinary, String, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -40,7 +39,7 @@ from keel.core.ids import new_id
 from keel.core.logging import REDACTED, get_logger, redact
 from keel.core.tenancy import bound_tenant
 from keel_client.audit import canonical_json
-from keel_client.audit.client import (
+from keel_client.audit.transactions import (
     CURRENCY_PATTERN,
     TRANSACTION_EVENT_PREFIX,
     check_amount,
@@ -328,6 +327,8 @@ def check_currency(currency: object) -> str:
     never ``"eur"``); ``ValueError`` otherwise."""
     if not isinstance(currency, str):
         raise TypeError("currency must be a string, an ISO 4217 code such as 'EUR'")
+    import pycountry  # here, not at start: 5 MB, for recording a financial transaction
+
     if (
         not CURRENCY_PATTERN.fullmatch(currency)
         or pycountry.currencies.get(alpha_3=currency) is None

@@ -6,7 +6,8 @@ itself; after commit it is published on the broadcast (in-process or Redis) on
 Server-Sent Events (:func:`change_stream_response`): first what they missed since
 ``Last-Event-ID`` (from this table), then live events. Events older than
 ``KEEL_CHANGES__RETENTION_DAYS`` are pruned; a resume point older than what is kept gets an
-``event: reset`` (reload everything).
+``event: reset`` (reload everything). While a stream is open its caller is checked again
+(:class:`CallerChangeFilter`): a revoked credential or a lost permission ends it.
 
 Wire format of one event::
 
@@ -25,24 +26,28 @@ import contextlib
 import hashlib
 import json
 import re
+import time
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, delete, event, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from keel.core.audit import Actor, record_event_now
 from keel.core.broadcast import Broadcast, InMemoryBroadcast, MessagesLost, Subscription
 from keel.core.db import Base, Database, UTCDateTime, utcnow
 from keel.core.errors import BadRequest
 from keel.core.logging import get_logger
 from keel.core.tenancy import ALL_TENANTS_OPTION, TenantScoped, bind_tenant, bound_tenant
+from keel_client.auth import Principal
 
 if TYPE_CHECKING:
     from keel.app import AppContext
@@ -225,23 +230,46 @@ async def changes_since(
         return [Change(row.seq, row.stream, row.subject, dict(row.data)) for row in rows]
 
 
-_reading: dict[tuple[int, str, tuple[str, ...], int, int], asyncio.Task[list[Change]]] = {}
+_ReadKey = tuple[int, str, tuple[str, ...], int, int]
+#: The read in flight for each question, with the notification count when it began.
+_reading: dict[_ReadKey, tuple[int, asyncio.Task[list[Change]]]] = {}
+#: Notifications delivered to streams of this process so far (see ``_listen``).
+_notified = 0
 
 
 async def _changes_since_shared(
-    database: Database, tenant_id: str, streams: Sequence[str], after: int, limit: int
+    database: Database,
+    tenant_id: str,
+    streams: Sequence[str],
+    after: int,
+    limit: int,
+    *,
+    told: int = 0,
 ) -> list[Change]:
     """:func:`changes_since`, one query for every stream of this process asking the same at
     the same time: a change wakes all of a tenant's watchers at once, at the same position,
-    and a hundred of them would otherwise read the same rows a hundred times."""
+    and a hundred of them would otherwise read the same rows a hundred times.
+
+    A stream joins a read in flight only if that read began after the notification it is
+    answering (``told``, a value of ``_notified``): one that began before may have missed
+    the change the notification announces, and the stream would then wait for its next
+    poll, a second later.
+    """
     key = (id(database), tenant_id, tuple(streams), after, limit)
-    task = _reading.get(key)
-    if task is None:
+    entry = _reading.get(key)
+    if entry is None or entry[0] < told:
         task = asyncio.get_running_loop().create_task(
             changes_since(database, tenant_id, streams, after, limit)
         )
-        _reading[key] = task
-        task.add_done_callback(lambda done: _reading.pop(key, None))
+        _reading[key] = (_notified, task)
+
+        def forget(done: asyncio.Task[list[Change]]) -> None:
+            if _reading.get(key, (0, None))[1] is done:
+                del _reading[key]
+
+        task.add_done_callback(forget)
+    else:
+        task = entry[1]
     # Shielded: one watcher going away must not cancel the read the others wait for.
     return list(await asyncio.shield(task))
 
@@ -362,12 +390,16 @@ class _Wakeup:
     event: asyncio.Event
     highest_seen: int = 0
     lost: bool = False
+    #: ``_notified`` when this stream was last told something: a read to answer it must
+    #: have begun after that.
+    told: int = 0
     #: Between a loss and the next event delivered: the broadcast may still be dropping
     #: events (Redis reconnecting), so the stream polls the table meanwhile.
     unreliable: bool = False
 
 
 async def _listen(subscription: Subscription, wakeup: _Wakeup) -> None:
+    global _notified
     while True:
         try:
             published = await subscription.__anext__()
@@ -378,6 +410,8 @@ async def _listen(subscription: Subscription, wakeup: _Wakeup) -> None:
             seq = published.data.get("seq")
             if isinstance(seq, int):
                 wakeup.highest_seen = max(wakeup.highest_seen, seq)
+        _notified += 1
+        wakeup.told = _notified
         wakeup.event.set()
 
 
@@ -433,7 +467,7 @@ async def change_events(
                 wakeup.lost = False
                 while True:
                     batch = await _changes_since_shared(
-                        database, tenant_id, streams, position, page_size
+                        database, tenant_id, streams, position, page_size, told=wakeup.told
                     )
                     if not batch:
                         break
@@ -510,3 +544,124 @@ def change_stream_response(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def audited_change_stream(
+    request: Request,
+    session: AsyncSession,
+    tenant_id: str,
+    streams: Sequence[str],
+    *,
+    since: int | None,
+    allow: ChangeFilter,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str,
+) -> StreamingResponse:
+    """:func:`change_stream_response`, its opening audited as ``action`` with ``since`` (the
+    request's :func:`resume_point`). The event is committed before the answer starts: the
+    stream outlives the request's unit of work."""
+    await record_event_now(
+        session,
+        tenant_id=tenant_id,
+        action=action,
+        actor=actor,
+        target_type=target_type,
+        target_id=target_id,
+        data={"since": since},
+    )
+    await session.commit()
+    return change_stream_response(request, tenant_id, streams, allow=allow)
+
+
+class Authenticator(Protocol):
+    """What a stream needs of the auth service to check its caller again."""
+
+    async def authenticate(self, session: AsyncSession, credential: str) -> Principal | None: ...
+
+
+class CallerChangeFilter(ABC):
+    """The :data:`ChangeFilter` of one caller's stream: keeps what the caller may see
+    (:meth:`visible`) and, every :attr:`recheck_seconds`, authenticates the caller's
+    credential again. A credential that stopped working (expired, revoked), a principal of
+    another tenant, or :meth:`may_watch` answering no ends the stream (:class:`StreamClosed`).
+
+    A service says what its callers see and may watch::
+
+        class EnvironmentChanges(CallerChangeFilter):
+            recheck_seconds = 30.0
+
+            def visible(self, changes):
+                return [change for change in changes if change.subject == "production"]
+
+            async def may_watch(self, session, principal):
+                return principal.has_permission("flags:production:read")
+    """
+
+    #: How often the caller is checked again.
+    recheck_seconds: float = 30.0
+
+    def __init__(
+        self, request: Request, principal: Principal, auth: Authenticator, credential: str | None
+    ) -> None:
+        context: AppContext = request.app.state.keel
+        self._database = context.database
+        self._auth = auth
+        self._credential = credential
+        self._tenant_id = principal.tenant_id
+        self._checked_at = time.monotonic()
+
+    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
+        if time.monotonic() - self._checked_at >= self.recheck_seconds:
+            await self._recheck()
+        return self.visible(changes)
+
+    @abstractmethod
+    def visible(self, changes: Sequence[Change]) -> Sequence[Change]:
+        """The changes of ``changes`` the caller may see."""
+
+    @abstractmethod
+    async def may_watch(self, session: AsyncSession, principal: Principal) -> bool:
+        """Whether the caller, authenticated again as ``principal``, may still watch."""
+
+    async def _recheck(self) -> None:
+        async with self._database.session() as session:
+            principal = (
+                await self._auth.authenticate(session, self._credential)
+                if self._credential
+                else None
+            )
+            allowed = (
+                principal is not None
+                and principal.tenant_id == self._tenant_id
+                and await self.may_watch(session, principal)
+            )
+        if not allowed:
+            raise StreamClosed()
+        self._checked_at = time.monotonic()
+
+
+class SubjectChanges(CallerChangeFilter):
+    """Keeps the changes of one subject (an environment, ``<app>/<env>``), for as long as
+    ``permits(principal)`` says the caller may read it."""
+
+    def __init__(
+        self,
+        request: Request,
+        principal: Principal,
+        auth: Authenticator,
+        credential: str | None,
+        *,
+        subject: str,
+        permits: Callable[[Principal], bool],
+    ) -> None:
+        super().__init__(request, principal, auth, credential)
+        self.subject = subject
+        self._permits = permits
+
+    def visible(self, changes: Sequence[Change]) -> Sequence[Change]:
+        return [change for change in changes if change.subject == self.subject]
+
+    async def may_watch(self, session: AsyncSession, principal: Principal) -> bool:
+        return self._permits(principal)

@@ -17,7 +17,11 @@ SQLite holds its write lock, and it gives up after the same busy timeout as SQLi
 Other processes (the CLI, more workers) still meet SQLite's own locking.
 
 The connection is an :class:`aiosqlite.Connection` (its thread, queue and shutdown), created
-through SQLAlchemy's ``do_connect`` hook; only its cursor and transaction ends differ.
+through SQLAlchemy's ``do_connect`` hook; only its cursor and transaction ends differ. A unit of
+work that only read has no transaction open (sqlite3 begins one at the first write), so its
+commit, and the rollback the pool resets a returned connection with, skip the hand-over:
+whether a transaction is open is read off the connection between two statements, when its
+thread is idle.
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ class WriterQueue:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._locks: dict[int, asyncio.Lock] = {}  # one per event loop (tests run several)
+        # One per event loop (tests run several), kept with its loop: while the entry holds
+        # the loop, no later loop can have its id and inherit a lock left taken in it.
+        self._locks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
 
     async def acquire(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
-        lock = self._locks.setdefault(id(loop), asyncio.Lock())
+        lock = self._locks.setdefault(id(loop), (loop, asyncio.Lock()))[1]
         try:
             async with asyncio.timeout(self.timeout):  # not wait_for: see keel.audit.spec
                 await lock.acquire()
@@ -102,13 +108,15 @@ class OneHopConnection(aiosqlite.Connection):
 
     async def commit(self) -> None:
         try:
-            await super().commit()
+            if self._conn.in_transaction:
+                await super().commit()
         finally:
             self._end_writing()
 
     async def rollback(self) -> None:
         try:
-            await super().rollback()
+            if self._conn.in_transaction:
+                await super().rollback()
         finally:
             self._end_writing()
 

@@ -14,32 +14,17 @@ as everywhere (``flags:*:read``, ``flags:*``, ``*``).
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from keel.auth.dependencies import CurrentPrincipal
+from keel.auth.dependencies import Access, CurrentPrincipal, holds_access
 from keel.core.errors import Forbidden
 from keel.flags import schemas
 from keel_client.auth import Principal
 
 #: The permission segment of flag definitions (reserved: no environment has this name).
 DEFINITIONS = "flags"
-
-
-class Access(StrEnum):
-    read = "read"
-    write = "write"
-    admin = "admin"
-
-
-#: The levels that grant each level.
-_GRANTED_BY = {
-    Access.read: (Access.read, Access.write, Access.admin),
-    Access.write: (Access.write, Access.admin),
-    Access.admin: (Access.admin,),
-}
 
 
 def flags_permission(scope: str, access: Access) -> str:
@@ -49,9 +34,7 @@ def flags_permission(scope: str, access: Access) -> str:
 def may(principal: Principal, scope: str, access: Access) -> bool:
     """Whether ``principal`` holds ``access`` (or a level above it) on ``scope``: an
     environment's name, or :data:`DEFINITIONS`."""
-    return any(
-        principal.has_permission(flags_permission(scope, level)) for level in _GRANTED_BY[access]
-    )
+    return holds_access(principal, "flags", scope, access)
 
 
 def _check(principal: Principal, scope: str, access: Access) -> Principal:

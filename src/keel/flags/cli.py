@@ -10,14 +10,14 @@ operating-system account as display name, and published on the change stream lik
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.commands import fail_usage, print_json, run_in_tenant
 from keel.core.errors import KeelError
-from keel.core.tenancy import DEFAULT_TENANT, bind_tenant, get_tenant_by_slug
+from keel.core.tenancy import DEFAULT_TENANT
 from keel.flags import service
 
 app = typer.Typer(
@@ -55,45 +55,10 @@ def describe(error: KeelError) -> str:
     return text
 
 
-Work = Callable[[AsyncSession, str], Awaitable[None]]
-
-
-def _run(tenant: str, work: Work) -> None:
-    """Run ``work(session, tenant_id)`` in one unit of work of the server's database; a Keel
-    error is one line and exit code 2."""
-    from keel.cli import EXIT_USAGE, _run_database_command, fail, settings_or_exit, started_context
-
-    settings = settings_or_exit()
-
-    async def main() -> None:
-        try:
-            async with (
-                started_context(settings) as context,
-                context.database.session() as session,
-            ):
-                tenant_id = (await get_tenant_by_slug(session, tenant)).id
-                bind_tenant(session, tenant_id)
-                await work(session, tenant_id)
-        except KeelError as error:
-            fail(describe(error), EXIT_USAGE)
-
-    _run_database_command(main)
-
-
 def _actor() -> Any:
     from keel.secrets.cli import operator_actor
 
     return operator_actor()
-
-
-def _fail_usage(message: str) -> NoReturn:
-    from keel.cli import EXIT_USAGE, fail
-
-    fail(message, EXIT_USAGE)
-
-
-def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
 
 
 # -- environments ---------------------------------------------------------------------------
@@ -113,7 +78,7 @@ def create_environment(
         )
         typer.echo(f"environment {key} created (tenant {tenant})")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @envs_app.command("list")
@@ -126,7 +91,7 @@ def list_environments(tenant: TenantOption = DEFAULT_TENANT) -> None:
                 f"{environment.key}\tversion {environment.version}\t{environment.description}"
             )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 # -- flags ----------------------------------------------------------------------------------
@@ -150,7 +115,7 @@ def list_flags(
                 f"{flag.key}{marks}\t{flag.type}\t{variations}\t{','.join(flag.tags)}\t{flag.owner}"
             )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("create")
@@ -171,11 +136,11 @@ def create_flag(
 ) -> None:
     """Define a flag; it starts off in every environment."""
     if flag_type not in ("boolean", "string", "number", "json"):
-        _fail_usage(f"--type is boolean, string, number or json, not {flag_type!r}")
+        fail_usage(f"--type is boolean, string, number or json, not {flag_type!r}")
     try:
         variations = [parse_variation(text) for text in variation or []] or None
     except ValueError as error:
-        _fail_usage(f"--variation: {error}")
+        fail_usage(f"--variation: {error}")
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         flag = await service.create_flag(
@@ -193,7 +158,7 @@ def create_flag(
         ids = ", ".join(str(entry["id"]) for entry in flag.variations)
         typer.echo(f"flag {key} created ({flag_type}: {ids}), off in every environment")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("show")
@@ -222,7 +187,7 @@ def show_flag(
             {**service.definition_document(flag), "version": flag.version, "environments": states}
         )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("toggle")
@@ -235,7 +200,7 @@ def toggle(
 ) -> None:
     """Turn a flag on or off in one environment: the kill switch."""
     if state not in ("on", "off"):
-        _fail_usage(f"the state is on or off, not {state!r}")
+        fail_usage(f"the state is on or off, not {state!r}")
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         view = await service.toggle(
@@ -246,7 +211,7 @@ def toggle(
             f"snapshot version {view.environment.version})"
         )
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)
 
 
 @app.command("stale")
@@ -266,4 +231,4 @@ def stale(
             serving = f"\tserving {flag.serving}" if flag.serving else ""
             typer.echo(f"{flag.key}\t{','.join(flag.reasons)}\tlast evaluated {last}{serving}")
 
-    _run(tenant, work)
+    run_in_tenant(tenant, work, describe=describe)

@@ -8,21 +8,18 @@ on). Errors are problem+json; engine refusals list each problem with the path of
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from keel.auth.dependencies import bearer_credential, get_auth_service, request_actor
-from keel.core.audit import record_event_now
-from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
+from keel.auth.dependencies import Access, bearer_credential, get_auth_service, request_actor
+from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context
 from keel.core.http import etag_for, is_not_modified
+from keel.core.versioned import with_etag
 from keel.flags import schemas, service
 from keel.flags.auth import (
-    Access,
     DefinitionsAdmin,
     DefinitionsReader,
     EnvironmentReader,
@@ -32,10 +29,6 @@ from keel.flags.auth import (
     may,
 )
 from keel.flags.models import Segment
-from keel_client.auth import Principal
-
-#: How often an open watch stream checks that its caller may still read the environment.
-RECHECK_SECONDS = 30.0
 
 IfMatch = Annotated[
     str | None, Header(description="The ETag (version) of the resource this write is based on.")
@@ -144,8 +137,7 @@ def build_router() -> APIRouter:
             experiment=body.experiment,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(flag.version)
-        return flag
+        return with_etag(flag, response)
 
     @router.get("/flags", response_model=list[schemas.Flag])
     async def list_flags(
@@ -163,8 +155,7 @@ def build_router() -> APIRouter:
         key: str, response: Response, principal: DefinitionsReader, session: DbSession
     ) -> Any:
         flag = await service.get_flag(session, principal.tenant_id, key)
-        response.headers["ETag"] = etag_for(flag.version)
-        return flag
+        return with_etag(flag, response)
 
     @router.patch("/flags/{key}", response_model=schemas.Flag)
     async def update_flag(
@@ -187,8 +178,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(flag.version)
-        return flag
+        return with_etag(flag, response)
 
     @router.delete("/flags/{key}", response_model=schemas.Flag)
     async def archive_flag(
@@ -208,8 +198,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(flag.version)
-        return flag
+        return with_etag(flag, response)
 
     # -- per-environment state ------------------------------------------------------------
 
@@ -309,8 +298,7 @@ def build_router() -> APIRouter:
             body.model_dump(exclude={"key"}),
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(segment.version)
-        return _segment(env, segment)
+        return with_etag(_segment(env, segment), response)
 
     @router.get("/envs/{env}/segments", response_model=list[schemas.Segment])
     async def list_segments(env: str, principal: EnvironmentReader, session: DbSession) -> Any:
@@ -322,8 +310,7 @@ def build_router() -> APIRouter:
         env: str, key: str, response: Response, principal: EnvironmentReader, session: DbSession
     ) -> Any:
         _, segment = await service.get_segment(session, principal.tenant_id, env, key)
-        response.headers["ETag"] = etag_for(segment.version)
-        return _segment(env, segment)
+        return with_etag(_segment(env, segment), response)
 
     @router.put("/envs/{env}/segments/{key}", response_model=schemas.Segment)
     async def replace_segment(
@@ -345,8 +332,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             actor=request_actor(request, principal),
         )
-        response.headers["ETag"] = etag_for(segment.version)
-        return _segment(env, segment)
+        return with_etag(_segment(env, segment), response)
 
     @router.delete("/envs/{env}/segments/{key}", status_code=204)
     async def delete_segment(
@@ -390,19 +376,25 @@ def build_router() -> APIRouter:
         ``Last-Event-ID`` (or ``?since=``)."""
         after = resume_point(request)
         await service.environment_version(session, principal.tenant_id, env)
-        await record_event_now(
+        keep = SubjectChanges(
+            request,
+            principal,
+            await get_auth_service(request),
+            bearer_credential(request),
+            subject=env,
+            permits=lambda caller: may(caller, env, Access.read),
+        )
+        return await audited_change_stream(
+            request,
             session,
-            tenant_id=principal.tenant_id,
-            action="flags.changes.watch",
+            principal.tenant_id,
+            [service.FLAGS_STREAM],
+            since=after,
+            allow=keep,
             actor=request_actor(request, principal),
+            action="flags.changes.watch",
             target_type="flags_environment",
             target_id=env,
-            data={"since": after},
-        )
-        await session.commit()
-        keep = EnvironmentChanges(request, principal, env)
-        return change_stream_response(
-            request, principal.tenant_id, [service.FLAGS_STREAM], allow=keep
         )
 
     # -- evaluation and events ------------------------------------------------------------
@@ -484,34 +476,3 @@ def build_router() -> APIRouter:
         )
 
     return router
-
-
-class EnvironmentChanges:
-    """The change filter of one watch: keeps its environment's changes, and re-checks every
-    ``RECHECK_SECONDS`` that the caller still may read the environment."""
-
-    def __init__(self, request: Request, principal: Principal, environment: str) -> None:
-        self._request = request
-        self._credential = bearer_credential(request)
-        self._tenant_id = principal.tenant_id
-        self._environment = environment
-        self._checked_at = time.monotonic()
-
-    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
-        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
-            await self._recheck()
-        return [change for change in changes if change.subject == self._environment]
-
-    async def _recheck(self) -> None:
-        auth = await get_auth_service(self._request)
-        async with get_context(self._request).database.session() as session:
-            principal = (
-                await auth.authenticate(session, self._credential) if self._credential else None
-            )
-        if (
-            principal is None
-            or principal.tenant_id != self._tenant_id
-            or not may(principal, self._environment, Access.read)
-        ):
-            raise StreamClosed()
-        self._checked_at = time.monotonic()

@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.audit import Actor, record_event
 from keel.core.changes import record_change
 from keel.core.db import utcnow
-from keel.core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.http import check_if_match
 from keel.core.tenancy import bind_tenant
+from keel.core.versioned import update_versioned_row
 from keel.flags import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
     experiments,
@@ -509,19 +510,12 @@ async def update_flag(
         )
     if before["archived"] is False and after["archived"] is True:
         await _check_not_a_prerequisite(session, flag.key)
-    version = flag.version
-    moved = await session.execute(
-        update(Flag)
-        .where(Flag.id == flag.id, Flag.version == version)
-        .values(
-            **{name: after[name] for name in (*DEFINITION_FIELDS, "archived")},
-            version=version + 1,
-            updated_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
+    version = await update_versioned_row(
+        session,
+        flag,
+        {name: after[name] for name in (*DEFINITION_FIELDS, "archived")},
+        changed_message="The flag changed since it was read.",
     )
-    if getattr(moved, "rowcount", 1) != 1:
-        raise PreconditionFailed("The flag changed since it was read.")
     for environment, _ in states:
         _record_change(
             session, tenant_id, environment.key, await _bump(session, environment), keys=[key]
@@ -536,7 +530,7 @@ async def update_flag(
         actor=actor,
         target_type="flag",
         target_id=key,
-        data={"version": version + 1, "diff": diff},
+        data={"version": version, "diff": diff},
     )
     await session.refresh(flag)
     return flag
@@ -695,15 +689,9 @@ async def _write_state(
         merged_flag(definition, flag.version + state.version + 1, after), environment.key
     )
     await _check_references(session, environment, flag.key, after)
-    version = state.version
-    moved = await session.execute(
-        update(FlagState)
-        .where(FlagState.id == state.id, FlagState.version == version)
-        .values(**after, version=version + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+    version = await update_versioned_row(
+        session, state, after, changed_message="The flag's state changed since it was read."
     )
-    if getattr(moved, "rowcount", 1) != 1:
-        raise PreconditionFailed("The flag's state changed since it was read.")
     environment_version = await _bump(session, environment)
     record_event(
         session,
@@ -712,7 +700,7 @@ async def _write_state(
         actor=actor,
         target_type="flag_state",
         target_id=f"{environment.key}/{flag.key}",
-        data={"version": version + 1, "diff": diff},
+        data={"version": version, "diff": diff},
         reason=comment or None,
     )
     _record_change(session, tenant_id, environment.key, environment_version, keys=[flag.key])
@@ -748,20 +736,7 @@ async def _check_references(
         cycle = _find_cycle(graph, key)
         if cycle:
             raise ValidationFailed(f"Prerequisites form a cycle: {' -> '.join(cycle)}.")
-    segments = segment_references(state.get("rules") or ())
-    if segments:
-        known = set(
-            await session.scalars(
-                select(Segment.key).where(
-                    Segment.environment_id == environment.id, Segment.key.in_(sorted(segments))
-                )
-            )
-        )
-        missing = sorted(segments - known)
-        if missing:
-            raise ValidationFailed(
-                f"Rules name segments {environment.key!r} does not have: {', '.join(missing)}."
-            )
+    await _check_segments_exist(session, environment, segment_references(state.get("rules") or ()))
 
 
 def _find_cycle(graph: Mapping[str, Sequence[str]], start: str) -> list[str] | None:
@@ -882,15 +857,9 @@ async def replace_segment(
         return environment, segment
     _validate_segment_document({"key": key, "version": segment.version + 1, **after})
     await _check_segment_references(session, environment, key, after["rules"])
-    version = segment.version
-    moved = await session.execute(
-        update(Segment)
-        .where(Segment.id == segment.id, Segment.version == version)
-        .values(**after, version=version + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+    version = await update_versioned_row(
+        session, segment, after, changed_message="The segment changed since it was read."
     )
-    if getattr(moved, "rowcount", 1) != 1:
-        raise PreconditionFailed("The segment changed since it was read.")
     environment_version = await _bump(session, environment)
     record_event(
         session,
@@ -899,7 +868,7 @@ async def replace_segment(
         actor=actor,
         target_type="flags_segment",
         target_id=f"{environment_key}/{key}",
-        data={"version": version + 1, "diff": diff},
+        data={"version": version, "diff": diff},
     )
     _record_change(session, tenant_id, environment_key, environment_version, segments=[key])
     await session.refresh(segment)
@@ -955,19 +924,27 @@ async def _check_segment_references(
     named = segment_references(rules)
     if key in named:
         raise ValidationFailed(f"The segment {key!r} cannot contain itself.")
-    if named:
-        known = set(
-            await session.scalars(
-                select(Segment.key).where(
-                    Segment.environment_id == environment.id, Segment.key.in_(sorted(named))
-                )
+    await _check_segments_exist(session, environment, named)
+
+
+async def _check_segments_exist(
+    session: AsyncSession, environment: FlagEnvironment, named: set[str]
+) -> None:
+    """The segments ``in_segment`` clauses name are segments of the environment."""
+    if not named:
+        return
+    known = set(
+        await session.scalars(
+            select(Segment.key).where(
+                Segment.environment_id == environment.id, Segment.key.in_(sorted(named))
             )
         )
-        missing = sorted(named - known)
-        if missing:
-            raise ValidationFailed(
-                f"Rules name segments {environment.key!r} does not have: {', '.join(missing)}."
-            )
+    )
+    missing = sorted(named - known)
+    if missing:
+        raise ValidationFailed(
+            f"Rules name segments {environment.key!r} does not have: {', '.join(missing)}."
+        )
 
 
 # -- snapshots ------------------------------------------------------------------------------

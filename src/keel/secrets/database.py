@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import asyncpg
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -647,6 +646,8 @@ class DatabaseEngine:
     async def _connect(self, mount: SecretMount, connection: DatabaseConnection) -> Any:
         password = self._admin_password(mount, connection)
         dsn = render_connection_url(connection.connection_url, connection.username, password)
+        import asyncpg  # here, not at start: 14 MB a process that never serves this engine
+
         try:
             return await asyncpg.connect(
                 dsn, timeout=CONNECT_TIMEOUT_SECONDS, command_timeout=STATEMENT_TIMEOUT_SECONDS
@@ -673,6 +674,8 @@ class DatabaseEngine:
     ) -> None:
         """``statements`` rendered with ``values``, in one transaction of the target database."""
         target = await self._connect(mount, connection)
+        import asyncpg  # imported by _connect already
+
         try:
             async with target.transaction():
                 for statement in statements:
@@ -708,6 +711,8 @@ register_sealed_column(
 
 
 async def _close(connection: Any) -> None:
+    import asyncpg  # imported by DatabaseEngine._connect already
+
     try:
         await asyncio.wait_for(connection.close(), timeout=5.0)
     except (OSError, TimeoutError, asyncpg.InterfaceError):

@@ -8,15 +8,19 @@ so ``hvac``'s ``secrets.database`` and ``sys`` lease calls work unchanged. The l
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
 from keel.core.deps import get_context
 from keel.core.errors import BadRequest, NotFound
 from keel.secrets.database import DATABASE_RESOURCE, DatabaseEngine
 from keel.secrets.kv import parse_duration, vault_time
+from keel.secrets.models import SecretMount
 from keel.secrets.router import (
     Call,
     _body,
@@ -38,23 +42,126 @@ def _engine(request: Request) -> DatabaseEngine:
     return engine
 
 
-@_errors_as_vault
-async def list_connections(request: Request, mount: str) -> Response:
-    """``LIST <mount>/config``; also reached through the KV ``config`` route, which ``GET
-    …?list=true`` (how ``keel serve`` receives ``LIST``) matches first."""
+@dataclass(frozen=True)
+class _MountObject:
+    """A named object of a database mount, listed, read, written and deleted alike: a
+    connection (``<mount>/config/<name>``) or a role (``<mount>/roles/<name>``)."""
+
+    #: Names the route's operations (``connection_get``, ...).
+    endpoint: str
+    #: The path segment under the mount.
+    segment: str
+    #: The audit action of a write or delete.
+    write_action: str
+    names: Callable[[DatabaseEngine, AsyncSession, SecretMount], Awaitable[list[str]]]
+    find: Callable[[DatabaseEngine, AsyncSession, SecretMount, str], Awaitable[Any]]
+    document: Callable[[Any], dict[str, Any]]
+    delete: Callable[[DatabaseEngine, AsyncSession, SecretMount, str], Awaitable[bool]]
+    write: Callable[
+        [DatabaseEngine, AsyncSession, SecretMount, str, dict[str, Any]], Awaitable[Any]
+    ]
+    #: What the audit event of a write records besides its operation (never a password).
+    written: Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+_CONNECTION = _MountObject(
+    endpoint="connection",
+    segment="config",
+    write_action=_CONNECTION_WRITE,
+    names=DatabaseEngine.connection_names,
+    find=DatabaseEngine.connection,
+    document=DatabaseEngine.connection_document,
+    delete=DatabaseEngine.delete_connection,
+    write=DatabaseEngine.write_connection,
+    written=lambda body, stored: {
+        "fields": sorted(key for key in body if key != "password"),
+        "password_changed": "password" in body,
+        "allowed_roles": list(stored.allowed_roles),
+    },
+)
+_ROLE = _MountObject(
+    endpoint="role",
+    segment="roles",
+    write_action=_ROLE_WRITE,
+    names=DatabaseEngine.role_names,
+    find=DatabaseEngine.role,
+    document=DatabaseEngine.role_document,
+    delete=DatabaseEngine.delete_role,
+    write=DatabaseEngine.write_role,
+    written=lambda body, stored: {
+        "db_name": stored.db_name,
+        "default_ttl": stored.default_ttl_s,
+        "max_ttl": stored.max_ttl_s,
+    },
+)
+
+
+async def _list_names(request: Request, mount: str, kind: _MountObject) -> Response:
     async with _call(request) as call:
         engine = _engine(request)
-        await call.authorize(f"{mount}/config", "list", _READ)
+        await call.authorize(f"{mount}/{kind.segment}", "list", _READ)
         found = await engine.mount(call.session, call.tenant_id, mount)
-        names = await engine.connection_names(call.session, found)
-        await call.record_read(_READ, f"{mount}/config", keys=len(names))
+        names = await kind.names(engine, call.session, found)
+        await call.record_read(_READ, f"{mount}/{kind.segment}", keys=len(names))
         if not names:
             raise NotFound()
         return vault_data({"keys": names})
 
 
+@_errors_as_vault
+async def list_connections(request: Request, mount: str) -> Response:
+    """``LIST <mount>/config``; also reached through the KV ``config`` route, which ``GET
+    …?list=true`` (how ``keel serve`` receives ``LIST``) matches first."""
+    return await _list_names(request, mount, _CONNECTION)
+
+
 def is_listing(request: Request) -> bool:
     return request.method == "LIST" or request.query_params.get("list") in ("true", "1")
+
+
+def _add_mount_object_route(router: APIRouter, kind: _MountObject) -> None:
+    """``GET``, ``POST``/``PUT`` (create or update) and ``DELETE`` of
+    ``<mount>/<segment>/<name>``."""
+
+    async def handle(request: Request, mount: str, name: str) -> Response:
+        async with _call(request) as call:
+            engine, session = _engine(request), call.session
+            path = f"{mount}/{kind.segment}/{name}"
+            method = request.method
+            if method == "GET":
+                await call.authorize(path, "read", _READ)
+                found = await engine.mount(session, call.tenant_id, mount)
+                stored = await kind.find(engine, session, found, name)
+                if stored is None:
+                    raise NotFound()
+                await call.record_read(_READ, path)
+                return vault_data(kind.document(stored))
+            if method == "DELETE":
+                await call.authorize(path, "delete", kind.write_action)
+                found = await engine.mount(session, call.tenant_id, mount)
+                removed = await kind.delete(engine, session, found, name)
+                call.record(kind.write_action, path, operation="delete", removed=removed)
+                return no_content()
+            body = await _body(request)
+            found = await engine.mount(session, call.tenant_id, mount)
+            exists = await kind.find(engine, session, found, name) is not None
+            await call.authorize(path, "update" if exists else "create", kind.write_action)
+            stored = await kind.write(engine, session, found, name, body)
+            call.record(
+                kind.write_action,
+                path,
+                operation="update" if exists else "create",
+                **kind.written(body, stored),
+            )
+            return no_content()
+
+    handle.__name__ = handle.__qualname__ = kind.endpoint
+    _route(
+        router,
+        f"/{{mount}}/{kind.segment}/{{name}}",
+        _errors_as_vault(handle),
+        ["GET", "POST", "PUT", "DELETE"],
+    )
 
 
 def add_database_routes(router: APIRouter) -> None:
@@ -64,43 +171,7 @@ def add_database_routes(router: APIRouter) -> None:
     # -- connections -------------------------------------------------------------------------
 
     _route(router, "/{mount}/config", list_connections, ["LIST"])
-
-    @_errors_as_vault
-    async def connection(request: Request, mount: str, name: str) -> Response:
-        async with _call(request) as call:
-            engine, session = _engine(request), call.session
-            path = f"{mount}/config/{name}"
-            method = request.method
-            if method == "GET":
-                await call.authorize(path, "read", _READ)
-                found = await engine.mount(session, call.tenant_id, mount)
-                stored = await engine.connection(session, found, name)
-                if stored is None:
-                    raise NotFound()
-                await call.record_read(_READ, path)
-                return vault_data(engine.connection_document(stored))
-            if method == "DELETE":
-                await call.authorize(path, "delete", _CONNECTION_WRITE)
-                found = await engine.mount(session, call.tenant_id, mount)
-                removed = await engine.delete_connection(session, found, name)
-                call.record(_CONNECTION_WRITE, path, operation="delete", removed=removed)
-                return no_content()
-            body = await _body(request)
-            found = await engine.mount(session, call.tenant_id, mount)
-            exists = await engine.connection(session, found, name) is not None
-            await call.authorize(path, "update" if exists else "create", _CONNECTION_WRITE)
-            stored = await engine.write_connection(session, found, name, body)
-            call.record(
-                _CONNECTION_WRITE,
-                path,
-                operation="update" if exists else "create",
-                fields=sorted(key for key in body if key != "password"),
-                password_changed="password" in body,
-                allowed_roles=list(stored.allowed_roles),
-            )
-            return no_content()
-
-    _route(router, "/{mount}/config/{name}", connection, ["GET", "POST", "PUT", "DELETE"])
+    _add_mount_object_route(router, _CONNECTION)
 
     # -- roles -------------------------------------------------------------------------------
 
@@ -108,54 +179,10 @@ def add_database_routes(router: APIRouter) -> None:
     async def list_roles(request: Request, mount: str) -> Response:
         if not is_listing(request):
             raise NotFound()
-        async with _call(request) as call:
-            engine = _engine(request)
-            await call.authorize(f"{mount}/roles", "list", _READ)
-            found = await engine.mount(call.session, call.tenant_id, mount)
-            names = await engine.role_names(call.session, found)
-            await call.record_read(_READ, f"{mount}/roles", keys=len(names))
-            if not names:
-                raise NotFound()
-            return vault_data({"keys": names})
+        return await _list_names(request, mount, _ROLE)
 
     _route(router, "/{mount}/roles", list_roles, ["GET", "LIST"])
-
-    @_errors_as_vault
-    async def role(request: Request, mount: str, name: str) -> Response:
-        async with _call(request) as call:
-            engine, session = _engine(request), call.session
-            path = f"{mount}/roles/{name}"
-            method = request.method
-            if method == "GET":
-                await call.authorize(path, "read", _READ)
-                found = await engine.mount(session, call.tenant_id, mount)
-                stored = await engine.role(session, found, name)
-                if stored is None:
-                    raise NotFound()
-                await call.record_read(_READ, path)
-                return vault_data(engine.role_document(stored))
-            if method == "DELETE":
-                await call.authorize(path, "delete", _ROLE_WRITE)
-                found = await engine.mount(session, call.tenant_id, mount)
-                removed = await engine.delete_role(session, found, name)
-                call.record(_ROLE_WRITE, path, operation="delete", removed=removed)
-                return no_content()
-            body = await _body(request)
-            found = await engine.mount(session, call.tenant_id, mount)
-            exists = await engine.role(session, found, name) is not None
-            await call.authorize(path, "update" if exists else "create", _ROLE_WRITE)
-            stored = await engine.write_role(session, found, name, body)
-            call.record(
-                _ROLE_WRITE,
-                path,
-                operation="update" if exists else "create",
-                db_name=stored.db_name,
-                default_ttl=stored.default_ttl_s,
-                max_ttl=stored.max_ttl_s,
-            )
-            return no_content()
-
-    _route(router, "/{mount}/roles/{name}", role, ["GET", "POST", "PUT", "DELETE"])
+    _add_mount_object_route(router, _ROLE)
 
     # -- credentials -------------------------------------------------------------------------
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Select, bindparam, delete, select
+from sqlalchemy import BindParameter, Row, Select, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.cache import SharedCache, invalidate_after_commit
 from keel.core.changes import record_change
 from keel.core.crypto import DecryptionError, Keyring
 from keel.core.db import utcnow
@@ -192,13 +193,11 @@ class KvEngine:
         queries cost three times as much. Tenant-scoped by hand, as Core skips the ORM's
         scoping.
         """
-        query = _READ_CURRENT if version is None else _READ_VERSION
-        parameters: dict[str, Any] = {"tenant_id": tenant_id, "mount": mount_path, "path": path}
-        if version is not None:
-            parameters["version"] = version
-        row = (await (await session.connection()).execute(query, parameters)).first()
+        key = (tenant_id, mount_path, path)
+        cached = _ROWS.get(key)
+        row = None if cached is None else cached.get(version)
         if row is None:
-            raise NotFound()
+            row = await self._read_row(session, tenant_id, mount_path, path, version)
         deletion_time = row.deletion_time
         metadata = {
             "created_time": vault_time(row.created_at),
@@ -213,8 +212,29 @@ class KvEngine:
         try:
             plaintext = self.keyring.open(row.sealed, location.associated_data(row.version))
         except DecryptionError as error:
+            if cached is not None:  # sealed anew (a master key rotation) since: read again
+                _ROWS.drop(key)
+                return await self.read(session, tenant_id, mount_path, path, version)
             raise SecretUnreadable(str(error)) from None
         return ReadResult(json.loads(plaintext), metadata)
+
+    async def _read_row(
+        self, session: AsyncSession, tenant_id: str, mount_path: str, path: str, version: int | None
+    ) -> Row[Any]:
+        """The version's row from the database, kept in :data:`_ROWS` for the next read."""
+        key = (tenant_id, mount_path, path)
+        stamp = _ROWS.stamp()
+        query = _READ_CURRENT if version is None else _READ_VERSION
+        parameters: dict[str, Any] = {"tenant_id": tenant_id, "mount": mount_path, "path": path}
+        if version is not None:
+            parameters["version"] = version
+        row: Row[Any] | None = (
+            await (await session.connection()).execute(query, parameters)
+        ).first()
+        if row is None:
+            raise NotFound()
+        _ROWS.put(key, {**(_ROWS.get(key) or {}), version: row}, stamp)
+        return row
 
     async def write(
         self,
@@ -406,6 +426,7 @@ class KvEngine:
         secret.updated_at = utcnow()
         await session.flush()
         await self._keep_newest(session, mount, secret)
+        _forget(session, mount, path)
         return secret
 
     async def delete_metadata(self, session: AsyncSession, mount: SecretMount, path: str) -> bool:
@@ -546,6 +567,19 @@ def _record_change(
     if versions is not None:
         data["versions"] = versions
     record_change(session, mount.tenant_id, SECRETS_STREAM, f"{mount.path}/{path}", data)
+    _forget(session, mount, path)
+
+
+#: The rows of recent reads by (tenant, mount, path), then version (None: the current one).
+#: They hold sealed values, never plaintext; every change of the secret drops its entry, here
+#: when it commits and on other replicas through the broadcast (see keel.core.cache).
+_ROWS: SharedCache[tuple[str, str, str], dict[int | None, Row[Any]]] = SharedCache(
+    "secrets.kv.rows", ttl=2.0
+)
+
+
+def _forget(session: AsyncSession, mount: SecretMount, path: str) -> None:
+    invalidate_after_commit(session, _ROWS, (mount.tenant_id, mount.path, path))
 
 
 def _deleted(row: SecretVersion) -> bool:

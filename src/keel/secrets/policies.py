@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import hcl2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +51,8 @@ def parse_policy(text: str) -> list[Rule]:
     try:
         document = json.loads(text)
     except ValueError:
+        import hcl2  # here, not at start: 12 MB with its parser, for writing a policy in HCL
+
         try:
             document = hcl2.loads(text)
         except Exception as error:

@@ -8,14 +8,19 @@ Capabilities are checked on the request's path, as Vault does for every endpoint
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.dependencies import bearer_credential, get_auth_service
-from keel.core.changes import Change, StreamClosed, change_stream_response, resume_point
-from keel.core.deps import get_context
+from keel.core.changes import (
+    Authenticator,
+    CallerChangeFilter,
+    Change,
+    change_stream_response,
+    resume_point,
+)
 from keel.secrets.kv import SECRETS_STREAM, check_secret_path, version_metadata
 from keel.secrets.policies import ROOT_PERMISSION, Rule, allowed, held_policy_names, rules_of
 from keel.secrets.rotation import (
@@ -116,25 +121,33 @@ async def watch_changes(request: Request) -> Response:
         principal = call.principal
         rules = await rules_of(call.session, call.tenant_id, held_policy_names(principal))
         await call.record_read("secrets.changes.watch", "sys/changes", since=after)
-    readable = ReadableChanges(request, principal, rules)
+    readable = ReadableChanges(
+        request, principal, rules, await get_auth_service(request), bearer_credential(request)
+    )
     return change_stream_response(request, principal.tenant_id, [SECRETS_STREAM], allow=readable)
 
 
-class ReadableChanges:
+class ReadableChanges(CallerChangeFilter):
     """The change filter of one stream: keeps the changes of paths its caller may ``read``
     (``{mount}/data/{path}``, ``{mount}/metadata/{path}``) or ``list``
-    (``{mount}/metadata/{path}``), and re-checks the caller every ``RECHECK_SECONDS``."""
+    (``{mount}/metadata/{path}``), and re-checks the caller, its policies included, every
+    ``RECHECK_SECONDS``."""
 
-    def __init__(self, request: Request, principal: Principal, rules: list[Rule]) -> None:
-        self._request = request
-        self._credential = bearer_credential(request)
+    recheck_seconds = RECHECK_SECONDS
+
+    def __init__(
+        self,
+        request: Request,
+        principal: Principal,
+        rules: list[Rule],
+        auth: Authenticator,
+        credential: str | None,
+    ) -> None:
+        super().__init__(request, principal, auth, credential)
         self._principal = principal
         self._rules = rules
-        self._checked_at = time.monotonic()
 
-    async def __call__(self, changes: Sequence[Change]) -> Sequence[Change]:
-        if time.monotonic() - self._checked_at >= RECHECK_SECONDS:
-            await self._recheck()
+    def visible(self, changes: Sequence[Change]) -> Sequence[Change]:
         if self._principal.has_permission(ROOT_PERMISSION):
             return changes
         return [change for change in changes if self.may_see(change.subject)]
@@ -148,14 +161,8 @@ class ReadableChanges:
             or allowed(rules, f"{mount}/metadata/{path}", "list")
         )
 
-    async def _recheck(self) -> None:
-        auth = await get_auth_service(self._request)
-        async with get_context(self._request).database.session() as session:
-            principal = (
-                await auth.authenticate(session, self._credential) if self._credential else None
-            )
-            if principal is None or principal.tenant_id != self._principal.tenant_id:
-                raise StreamClosed()
-            self._rules = await rules_of(session, principal.tenant_id, held_policy_names(principal))
+    async def may_watch(self, session: AsyncSession, principal: Principal) -> bool:
+        """Yes, with the policies ``principal`` holds now: what it sees narrows with them."""
+        self._rules = await rules_of(session, principal.tenant_id, held_policy_names(principal))
         self._principal = principal
-        self._checked_at = time.monotonic()
+        return True

@@ -47,7 +47,8 @@ from keel_client.audit.client import (
 )
 from keel_client.audit.logging import AuditForwarder, event_fields
 from keel_client.http import BearerToken
-from support.keel_process import KeelServer, free_port, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, free_port, keel_env, keel_server
 from support.tcpproxy import threaded_tcp_proxy
 
 WRITER = Path(__file__).with_name("audit_writer.py")
@@ -601,7 +602,7 @@ def keel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """``keel init`` and ``keel serve`` on the embedded default, for the module."""
     directory = tmp_path_factory.mktemp("keel")
     env = keel_env(KEEL_LOG_LEVEL="warning")
-    initialised = run_keel("init", cwd=directory, env=env)
+    initialised = invoke_keel("init", cwd=directory, env=env)
     assert initialised.returncode == 0, initialised.stderr
     match = _API_KEY.search(initialised.stdout)
     assert match is not None, initialised.stdout

@@ -23,7 +23,8 @@ from fleet_support import (
 
 from keel_client.auth import TokenIntrospector, TokenVerifier
 from keel_client.fastapi import KeelAuth
-from support.keel_process import keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import keel_env, keel_server
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def keel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keel]:
         KEEL_AUTH__LOGIN_RATE_PER_IP_PER_MINUTE="1000",
         KEEL_LOG_LEVEL="warning",
     )
-    initialised = run_keel("init", cwd=directory, env=env)
+    initialised = invoke_keel("init", cwd=directory, env=env)
     assert initialised.returncode == 0, initialised.stderr
     match = re.search(r"admin API key \(shown once, store it now\): (keel_\w+)", initialised.stdout)
     assert match is not None, initialised.stdout

@@ -142,11 +142,11 @@ async def test_a_reconnect_after_a_dropped_connection_misses_no_revision(
             assert config.get("a") == 2
             await proxy.restore()
 
-            # The values first, then the local copy, then the callbacks.
+            # The values first, then the callbacks, then the local copy.
             await eventually(lambda: bool(changes) and changes[-1].revision == 5, timeout=20)
             assert config.revision == 5
             assert dict(config.values) == {"b": 1, "c": 1}
-            assert json.loads((tmp_path / "copy.json").read_text())["revision"] == 5
+            await eventually(lambda: _saved_revision(tmp_path / "copy.json") == 5)
 
     chain = [(change.old_revision, change.revision) for change in changes]
     assert chain[0] == (2, 3)
@@ -155,6 +155,83 @@ async def test_a_reconnect_after_a_dropped_connection_misses_no_revision(
     assert changes[0].keys == ("a",)
     missed = set().union(*(change.keys for change in changes[1:]))
     assert missed == {"a", "b", "c"}  # b and c added, a removed: none missed
+
+
+def _saved_revision(path: Path) -> int:
+    return int(json.loads(path.read_text())["revision"])
+
+
+async def test_callbacks_run_with_the_new_values_before_the_local_copy_is_written(
+    client: httpx.AsyncClient, admin: TenantAdmin, keel_url: str, tmp_path: Path
+) -> None:
+    """A change reaches the service's code without waiting on the disk; the file follows
+    within milliseconds."""
+    name = await new_application(client, admin.headers, {"workers": 4})
+    cache = tmp_path / "copies" / "copy.json"
+    # (revision called back, value in memory, revision on disk), during each callback
+    during: list[tuple[int, Any, int]] = []
+    async with ConfigClient(
+        name, "production", keel_url, auth=admin.api_key, cache_path=cache
+    ) as config:
+        config.on_change(lambda change: during.append(
+            (change.revision, config.get("workers"), _saved_revision(cache))
+        ))  # fmt: skip
+        assert _saved_revision(cache) == 2
+        revision = await write(client, admin.headers, name, {"workers": 8})
+        await eventually(lambda: bool(during))
+        assert during == [(revision, 8, 2)]
+        await eventually(lambda: _saved_revision(cache) == revision, timeout=5)
+        assert json.loads(cache.read_text())["values"] == {"workers": 8}
+        assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+        assert list(cache.parent.iterdir()) == [cache]  # no temporary file left over
+
+
+async def test_a_restart_with_keel_down_starts_from_the_change_seen_before_closing(
+    client: httpx.AsyncClient, admin: TenantAdmin, keel_url: str, tmp_path: Path
+) -> None:
+    """A change, the client closed right after its callback (its local copy still being
+    written), then a restart while Keel is unreachable: the service runs on that change."""
+    name = await new_application(client, admin.headers, {"workers": 4})
+    cache = tmp_path / "copy.json"
+    config = ConfigClient(name, "production", keel_url, auth=admin.api_key, cache_path=cache)
+    called_back = asyncio.Event()
+    config.on_change(lambda change: called_back.set())
+    async with config:
+        revision = await write(client, admin.headers, name, {"workers": 8, "region": "eu"})
+        async with asyncio.timeout(10):
+            await called_back.wait()
+    # aclose() waited for the write that follows the callbacks.
+    assert _saved_revision(cache) == revision
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    async with ConfigClient(
+        name, "production", nowhere, auth=admin.api_key, cache_path=cache, retry=NO_RETRY
+    ) as restarted:
+        assert restarted.loaded_from == "file"
+        assert restarted.revision == revision
+        assert dict(restarted.values) == {"workers": 8, "region": "eu"}
+
+
+async def test_closing_during_a_slow_callback_still_writes_the_change_to_disk(
+    client: httpx.AsyncClient, admin: TenantAdmin, keel_url: str, tmp_path: Path
+) -> None:
+    name = await new_application(client, admin.headers, {"workers": 4})
+    cache = tmp_path / "copy.json"
+    config = ConfigClient(name, "production", keel_url, auth=admin.api_key, cache_path=cache)
+    in_callback = asyncio.Event()
+
+    async def slow(change: ConfigChange) -> None:
+        in_callback.set()
+        await asyncio.sleep(60)  # a long callback: closing interrupts it
+
+    config.on_change(slow)
+    async with config:
+        revision = await write(client, admin.headers, name, {"workers": 8})
+        async with asyncio.timeout(10):
+            await in_callback.wait()
+        assert _saved_revision(cache) == 2  # the callbacks come first
+    assert config.revision == revision
+    assert _saved_revision(cache) == revision
 
 
 async def test_callbacks_sync_and_async_and_a_failing_one_breaks_nothing(

@@ -31,6 +31,17 @@ def test_changed_keys_are_added_removed_and_changed_ones() -> None:
     assert changed_keys({}, {"new": 1}) == ("new",)
 
 
+def test_changed_keys_among_a_change_sets_keys_compares_only_those() -> None:
+    before = {"a": 1, "b": 2, "gone": 3, "n": None}
+    after = {"a": 1, "b": 5, "new": None}
+    # The change set touched b (changed), a (set to the same value), gone (unset), new
+    # (added as null), n (unset), never (unset but never there).
+    assert changed_keys(before, after, among=["b", "a", "gone", "new", "n", "never"]) == (
+        "b", "gone", "n", "new",
+    )  # fmt: skip
+    assert changed_keys(before, after, among=[]) == ()
+
+
 class TestLocalCopy:
     def test_round_trip_atomic_and_private(self, tmp_path: Path) -> None:
         copy = LocalCopy(tmp_path / "keel" / "config" / "billing-production.json")

@@ -9,14 +9,8 @@ import pytest
 from fastapi import FastAPI
 from sdk_secrets_support import BASE_URL, Clock, CountingTransport
 
-from auth.conftest import TenantAdmin, make_tenant_admin
+from auth.conftest import TenantAdmin
 from keel_client.secrets import SecretsClient
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> TenantAdmin:
-    """A tenant of this test alone and its administrator's API key (``secrets:root``)."""
-    return await make_tenant_admin(app)
 
 
 @pytest.fixture

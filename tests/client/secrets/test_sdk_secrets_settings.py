@@ -27,7 +27,8 @@ from keel_client.secrets import (
     SecretSettingsError,
     SyncSecretsClient,
 )
-from support.keel_process import KeelServer, keel_env, keel_server, run_keel
+from support.keel_cli import invoke_keel
+from support.keel_process import KeelServer, keel_env, keel_server
 
 #: The client the settings classes below resolve with (set per test).
 _client: list[SyncSecretsClient] = []
@@ -204,7 +205,7 @@ def test_without_keel_url_start_up_fails_naming_the_variable(
 def served_keel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeelServer, str]]:
     directory: Path = tmp_path_factory.mktemp("keel")
     env = keel_env(KEEL_LOG_LEVEL="warning")
-    initialised = run_keel("init", cwd=directory, env=env)
+    initialised = invoke_keel("init", cwd=directory, env=env)
     assert initialised.returncode == 0, initialised.stderr
     match = re.search(r"admin API key \(shown once, store it now\): (keel_\w+)", initialised.stdout)
     assert match is not None, initialised.stdout

@@ -13,19 +13,11 @@ The same module builds proofs from stored perfect-subtree hashes, for the Keel a
 and holds ``MerkleTree``, an in-memory tree for tests and third parties.
 """
 
-from keel_client.audit.client import (
-    AuditAPI,
-    AuditClient,
-    AuditClientStats,
-    AuditSpool,
-    EventActor,
-    EventTarget,
-    RejectedEvent,
-    SpoolError,
-    SpoolFullError,
-    SpoolLockedError,
-    SyncAuditClient,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keel_client._lazy import lazy_names
 from keel_client.audit.export import verify_export_csv, verify_export_lines
 from keel_client.audit.heads import (
     TreeHead,
@@ -55,6 +47,42 @@ from keel_client.audit.merkle import (
     root_hash,
     verify_consistency,
     verify_inclusion,
+)
+
+if TYPE_CHECKING:
+    from keel_client.audit.client import (
+        AuditAPI,
+        AuditClient,
+        AuditClientStats,
+        AuditSpool,
+        EventActor,
+        EventTarget,
+        RejectedEvent,
+        SpoolError,
+        SpoolFullError,
+        SpoolLockedError,
+        SyncAuditClient,
+    )
+
+#: The audit client's names, imported on first use: the client brings an HTTP stack that a
+#: process verifying proofs, the Keel server among them, does without.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "client": {
+            "AuditAPI",
+            "AuditClient",
+            "AuditClientStats",
+            "AuditSpool",
+            "EventActor",
+            "EventTarget",
+            "RejectedEvent",
+            "SpoolError",
+            "SpoolFullError",
+            "SpoolLockedError",
+            "SyncAuditClient",
+        },
+    },
 )
 
 __all__ = [

@@ -5,10 +5,12 @@ current in memory.
 
     start() ── GET snapshot (If-None-Match: the local copy's revision) ──┬─ 200/304 ─▶ memory + file
                                                                         └─ unreachable ─▶ the file
-            └─ background task: watch_changes(GET .../watch) ─ reconnect, resume, backoff
-                 ├─ ready / reset ─────────────▶ GET snapshot (If-None-Match) ─▶ swap if newer
-                 └─ config {revision > current} ▶ GET snapshot (If-None-Match) ─▶ swap if newer
-                                                   swap: new dict, then the file, then callbacks
+            └─ background task (keel_client._follower): watch_changes(GET .../watch)
+                 ├─ ready / reset ───────────────▶ GET snapshot (If-None-Match) ─▶ swap if newer
+                 └─ config {revision > current} ─▶ apply the event's values when it carries
+                                                   them, else GET snapshot ─▶ swap if newer
+                      swap: the new dict, then the callbacks, then the file (a worker thread,
+                      latest only; aclose() waits for it)
 
     get(key, default) ── a dict lookup: never I/O, never a lock
 
@@ -18,14 +20,10 @@ is retried: the stream is reopened from before that event, so the event comes ag
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import logging
 import os
-import threading
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Self
 
@@ -34,7 +32,9 @@ import httpx
 from pydantic import SecretStr
 
 from keel_client._env import as_auth, env_settings
-from keel_client.changes import MAX_RECONNECT_DELAY, Change, watch_changes
+from keel_client._follower import SnapshotFollower
+from keel_client._loop_thread import LoopThread
+from keel_client.changes import MAX_RECONNECT_DELAY, Change
 from keel_client.config._exceptions import ConfigError
 from keel_client.config._snapshot import (
     ConfigChange,
@@ -48,7 +48,6 @@ from keel_client.http import (
     ClientError,
     KeelHTTPError,
     SyncBaseAPIClient,
-    backoff,
 )
 
 __all__ = [
@@ -63,8 +62,6 @@ logger = logging.getLogger("keel_client.config")
 
 #: Seconds ``start()`` waits for the watch stream to open after the first load.
 DEFAULT_START_TIMEOUT = 10.0
-#: The first pause before reopening a stream that ended on an error (doubles, jittered).
-_RETRY_BASE = 1.0
 
 #: A change callback: sync or async, called with a :class:`ConfigChange`.
 ChangeCallback = Callable[[ConfigChange], Awaitable[None] | None]
@@ -97,6 +94,8 @@ class ConfigClient:
     ``start()`` reads the snapshot, writes it to the local copy (``cache_path``, by default
     ``~/.cache/keel/config/<app>-<env>.json``) and follows the environment's watch stream in
     a background task, reconnecting with backoff and resuming without missing a revision.
+    A new revision is in memory and the callbacks have run before its local copy is written
+    (in a worker thread, within milliseconds); :meth:`aclose` waits for that write.
     When Keel cannot be reached at start, the local copy is used (a warning is logged) and
     the client catches up once Keel answers; with neither, :class:`ConfigUnavailable`.
 
@@ -136,14 +135,24 @@ class ConfigClient:
         self._snapshot: Snapshot | None = None
         self._values: dict[str, Any] = _NotStarted()
         self._source: Source | None = None
-        self._callbacks: list[ChangeCallback] = []
-        self._task: asyncio.Task[None] | None = None
-        self._following = asyncio.Event()
         self._start_timeout = start_timeout
-        self._max_reconnect_delay = max_reconnect_delay
         options.setdefault("name", "ConfigClient")
         #: The resilient HTTP client the reads and the watch go through.
         self.api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        self._follower: SnapshotFollower[ConfigChange, Snapshot] = SnapshotFollower(
+            self.api,
+            self._core.watch_path,
+            kind="config",
+            subject=self._core.subject,
+            version_key="revision",
+            current_version=lambda: self.revision,
+            reload=self._reload,
+            advance=self._advance,
+            translate=self._core.translate,
+            write=self._core.save if self._core.persist else None,
+            logger=logger,
+            max_reconnect_delay=max_reconnect_delay,
+        )
 
     @classmethod
     def from_env(
@@ -205,15 +214,15 @@ class ConfigClient:
         return self._core.local.path
 
     def on_change(self, callback: ChangeCallback) -> ChangeCallback:
-        """Call ``callback(change)`` (sync or async) after each new snapshot is in memory and
-        on disk; returns it, so it also works as a decorator. Callbacks run one after the
-        other in the watch task: keep them short (start a task for long work). One that
-        raises is logged and the others still run."""
-        self._callbacks.append(callback)
+        """Call ``callback(change)`` (sync or async) after each new snapshot is in memory
+        (its local copy is written after the callbacks); returns it, so it also works as a
+        decorator. Callbacks run one after the other in the watch task: keep them short
+        (start a task for long work). One that raises is logged and the others still run."""
+        self._follower.callbacks.append(callback)
         return callback
 
     def remove_callback(self, callback: ChangeCallback) -> None:
-        self._callbacks.remove(callback)
+        self._follower.callbacks.remove(callback)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -225,7 +234,7 @@ class ConfigClient:
         client. Raises :class:`ConfigNotFound`, :class:`ConfigPermissionDenied`, or
         :class:`ConfigUnavailable` when neither Keel nor the local copy has a snapshot.
         """
-        if self._task is not None:
+        if self._follower.is_started:
             raise RuntimeError("this ConfigClient is already started")
         local, local_problem = await anyio.to_thread.run_sync(self._core.load_local)
         try:
@@ -253,23 +262,16 @@ class ConfigClient:
                 raise RuntimeError("Keel answered 304 to a read that was not a revalidation")
             self._install(snapshot, "server")
             if fetched is not None:
-                await anyio.to_thread.run_sync(self._core.save, fetched)
-        self._task = asyncio.create_task(
-            self._follow(), name=f"keel-config-{self.application}-{self.environment}"
-        )
+                await self._follower.save(fetched)
+        self._follower.start()
         if self._source == "server":
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._start_timeout):
-                    await self._following.wait()
+            await self._follower.wait_until_following(self._start_timeout)
         return self
 
     async def aclose(self) -> None:
-        """Stop following and close pooled connections (the local copy stays)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop following, wait until the local copy holds the latest snapshot, and close
+        pooled connections (the local copy stays)."""
+        await self._follower.aclose()
         await self.api.aclose()
 
     # -- internals ------------------------------------------------------------------------
@@ -296,24 +298,20 @@ class ConfigClient:
         if fetched is None:
             self._source = "server"
             return
-        old = self._snapshot
-        self._install(fetched, "server")
-        await anyio.to_thread.run_sync(self._core.save, fetched)
-        if old is not None and old.revision != fetched.revision:
-            await self._notify(
-                ConfigChange(
-                    self.application,
-                    self.environment,
-                    old.revision,
-                    fetched.revision,
-                    changed_keys(old.values, fetched.values),
-                )
-            )
+        await self._swap(fetched)
 
-    async def _apply(self, event: dict[str, Any]) -> bool:
-        """Apply the next revision from its event, without reading the snapshot: only when it
-        carries the values (small change sets do) and follows the current revision directly.
-        False: read the snapshot instead."""
+    async def _advance(self, change: Change) -> None:
+        """A newer revision's event: applied from its values when it carries them (small
+        change sets do) and follows the current revision directly; otherwise read."""
+        applied = self._applied(change.data)
+        if applied is None:
+            await self._reload()
+        else:
+            # Only the keys of the change set can differ: compare those, not every key.
+            await self._swap(applied, among=[*change.data["set"], *change.data["unset"]])
+
+    def _applied(self, event: dict[str, Any]) -> Snapshot | None:
+        """The next revision built from its event; ``None`` when the event cannot give it."""
         old = self._snapshot
         values, unset = event.get("set"), event.get("unset")
         if (
@@ -323,84 +321,27 @@ class ConfigClient:
             or not isinstance(values, dict)
             or not isinstance(unset, list)
         ):
-            return False
+            return None
         merged = {**old.values, **values}
         for key in unset:
             merged.pop(key, None)
-        applied = Snapshot(old.application, old.environment, old.revision + 1, merged)
-        self._install(applied, "server")
-        await anyio.to_thread.run_sync(self._core.save, applied)
-        await self._notify(
-            ConfigChange(
+        return Snapshot(old.application, old.environment, old.revision + 1, merged)
+
+    async def _swap(self, new: Snapshot, among: list[str] | None = None) -> None:
+        """Make ``new`` current, then the callbacks (for a new revision), then the file;
+        ``among``: the only keys that may have changed (all when ``None``)."""
+        old = self._snapshot
+        self._install(new, "server")
+        change = None
+        if old is not None and old.revision != new.revision:
+            change = ConfigChange(
                 self.application,
                 self.environment,
                 old.revision,
-                applied.revision,
-                changed_keys(old.values, merged),
+                new.revision,
+                changed_keys(old.values, new.values, among),
             )
-        )
-        return True
-
-    async def _notify(self, change: ConfigChange) -> None:
-        for callback in list(self._callbacks):
-            try:
-                result = callback(change)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception(
-                    "keel config: change callback %s failed (revision %d)",
-                    getattr(callback, "__qualname__", repr(callback)),
-                    change.revision,
-                )
-
-    async def _follow(self) -> None:
-        position: int | None = None
-        failures = 0
-        while True:
-            try:
-                stream: AsyncGenerator[Change, None] = watch_changes(  # type: ignore[assignment]
-                    self.api,
-                    self._core.watch_path,
-                    last_event_id=position,
-                    max_reconnect_delay=self._max_reconnect_delay,
-                    yield_ready=True,
-                )
-                async with contextlib.aclosing(stream) as changes:
-                    async for change in changes:
-                        if change.is_ready or change.is_reset:
-                            # From here on nothing is missed: read what came before.
-                            await self._reload()
-                            self._following.set()
-                        elif (
-                            change.subject == self._core.subject
-                            and _is_newer(change.data.get("revision"), self.revision)
-                            and not await self._apply(change.data)
-                        ):
-                            await self._reload()
-                        # Only once handled: a failed reload reopens from before the event.
-                        position = change.id
-                        failures = 0
-            except ClientError as error:  # the stream was refused (401, 403, 404)
-                logger.warning(
-                    "keel config: the watch of %s was refused (%s); retrying",
-                    self._core.subject,
-                    self._core.translate(error).message,
-                )
-            except KeelHTTPError as error:  # a snapshot read failed: Keel is away
-                logger.warning(
-                    "keel config: reading %s failed (%s); retrying", self._core.subject, error
-                )
-            except Exception:  # never let the follower die: memory keeps serving
-                logger.exception("keel config: following %s failed", self._core.subject)
-            failures += 1
-            await asyncio.sleep(
-                _RETRY_BASE + backoff(failures - 1, base=_RETRY_BASE, cap=self._max_reconnect_delay)
-            )
-
-
-def _is_newer(revision: Any, current: int) -> bool:
-    return isinstance(revision, int) and not isinstance(revision, bool) and revision > current
+        await self._follower.publish(change, new)
 
 
 class SyncConfigClient:
@@ -422,8 +363,7 @@ class SyncConfigClient:
 
     def __init__(self, application: str, environment: str, *args: Any, **kwargs: Any) -> None:
         self._client = ConfigClient(application, environment, *args, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(f"keel-config-{application}-{environment}")
 
     @classmethod
     def from_env(
@@ -479,35 +419,21 @@ class SyncConfigClient:
 
     def start(self) -> Self:
         """Start the thread and the client; see :meth:`ConfigClient.start`."""
-        if self._thread is not None:
+        if self._runner.is_running:
             raise RuntimeError("this SyncConfigClient is already started")
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=loop.run_forever,
-            name=f"keel-config-{self.application}-{self.environment}",
-            daemon=True,
-        )
-        thread.start()
-        self._loop, self._thread = loop, thread
+        self._runner.start()
         try:
-            asyncio.run_coroutine_threadsafe(self._client.start(), loop).result()
+            self._runner.call(self._client.start())
         except BaseException:
             self.close()
             raise
         return self
 
     def close(self) -> None:
-        """Stop following, close connections and end the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self._client.aclose(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-            self._loop = self._thread = None
+        """Stop following, write the latest local copy, close connections and end the
+        thread."""
+        if self._runner.is_running:
+            self._runner.stop(self._client.aclose(), timeout=10)
 
 
 def load_snapshot(

@@ -2,8 +2,10 @@
 and error translation.
 
 The local copy is one JSON file per application and environment, written atomically (a
-temporary file in the same directory, flushed, then renamed over the old one) with mode 0600
-in a 0700 directory, so a reader never sees half a file and other users never see it at all::
+temporary file in the same directory, flushed and fsynced, then renamed over the old one) with
+mode 0600 in a 0700 directory, so a reader never sees half a file and other users never see
+it at all. The clients write it in a worker thread after a change's callbacks
+(``keel_client._follower``)::
 
     {"format": 1, "application": "billing", "environment": "production",
      "revision": 12, "values": {...}, "saved_at": "2026-11-22T10:00:00+00:00"}
@@ -17,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,8 @@ logger = logging.getLogger("keel_client.config")
 API_PREFIX = "/config/v1"
 FILE_FORMAT = 1
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+#: A key's value when the key is absent (``None`` is a value).
+_ABSENT = object()
 
 #: Where a snapshot came from: Keel, or the local copy (Keel was unreachable).
 Source = Literal["server", "file"]
@@ -84,8 +88,15 @@ class ConfigChange:
     keys: tuple[str, ...]
 
 
-def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, ...]:
-    """The keys added, removed or changed from ``before`` to ``after``, sorted."""
+def changed_keys(
+    before: Mapping[str, Any], after: Mapping[str, Any], among: Iterable[str] | None = None
+) -> tuple[str, ...]:
+    """The keys added, removed or changed from ``before`` to ``after``, sorted; with
+    ``among`` (the keys a change set touched), only those are compared."""
+    if among is not None:
+        return tuple(
+            sorted(key for key in set(among) if before.get(key, _ABSENT) != after.get(key, _ABSENT))
+        )
     return tuple(
         sorted(
             (before.keys() ^ after.keys())
@@ -158,6 +169,10 @@ class LocalCopy:
             "values": snapshot.values,
             "saved_at": datetime.now(UTC).isoformat(),
         }
+        # Encoded before the temporary file exists (a value JSON cannot hold leaves no file),
+        # in one call: json.dump would hand the file one small piece at a time, holding the
+        # interpreter's lock while the event loop waits for it.
+        text = json.dumps(document, separators=(",", ":"))
         # mkstemp creates the file with mode 0600, in the target's directory so the rename
         # stays on one file system (and is atomic).
         descriptor, temporary = tempfile.mkstemp(
@@ -165,7 +180,7 @@ class LocalCopy:
         )
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                json.dump(document, file, separators=(",", ":"))
+                file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, self.path)
@@ -261,7 +276,8 @@ class ConfigCore:
             return None, str(error)
 
     def save(self, snapshot: Snapshot) -> None:
-        """Write the local copy; a failure is logged, never raised (memory still serves)."""
+        """Write the local copy (blocking: a client calls it in a worker thread); a failure is
+        logged, never raised (memory still serves)."""
         if not self.persist:
             return
         try:

@@ -22,13 +22,11 @@ The server validates writes with :func:`validate_flag` and :func:`validate_segme
 See ``docs/flags.md`` (sections "Evaluation engine", "SDK" and "OpenFeature").
 """
 
-from keel_client.flags._client import (
-    FlagsChange,
-    FlagsChangeCallback,
-    FlagsClient,
-    SyncFlagsClient,
-    default_flags_cache_path,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keel_client._lazy import lazy_names
 from keel_client.flags._engine import (
     ErrorKind,
     EvaluationDetail,
@@ -38,14 +36,40 @@ from keel_client.flags._engine import (
     bucket,
     evaluate,
 )
-from keel_client.flags._events import EventStats
-from keel_client.flags._exceptions import (
-    FlagsError,
-    FlagsNotFound,
-    FlagsPermissionDenied,
-    FlagsUnavailable,
-)
 from keel_client.flags._model import FlagType, validate_flag, validate_segment
+
+if TYPE_CHECKING:
+    from keel_client.flags._client import (
+        FlagsChange,
+        FlagsChangeCallback,
+        FlagsClient,
+        SyncFlagsClient,
+        default_flags_cache_path,
+    )
+    from keel_client.flags._events import EventStats
+
+#: The client's names, imported on first use: it brings an HTTP stack that the engine alone
+#: (the Keel server evaluates and validates with it) does without.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "_client": {
+            "FlagsChange",
+            "FlagsChangeCallback",
+            "FlagsClient",
+            "SyncFlagsClient",
+            "default_flags_cache_path",
+        },
+        "_events": {"EventStats"},
+        "_exceptions": {
+            "FlagsError",
+            "FlagsNotFound",
+            "FlagsPermissionDenied",
+            "FlagsUnavailable",
+        },
+    },
+)
+
 
 __all__ = [
     "ErrorKind",

@@ -5,11 +5,12 @@ on a snapshot kept current by the change stream.
 
     start() ── GET snapshot (If-None-Match: the local copy's version) ──┬─ 200/304 ─▶ store + file
                                                                        └─ unreachable ─▶ the file
-            ├─ background task: watch_changes(GET .../watch) ─ reconnect, resume, backoff
+            ├─ background task (keel_client._follower): watch_changes(GET .../watch)
             │    ├─ ready / reset ───────────────▶ GET snapshot (If-None-Match) ─▶ swap if newer
             │    └─ flags {version > current} ───▶ GET snapshot (If-None-Match) ─▶ swap if newer
             │         swap: only the changed flags are recompiled (FlagStore.with_changes);
-            │         one assignment, then the callbacks, then the local copy
+            │         one assignment, then the callbacks, then the local copy (a worker
+            │         thread, latest only; aclose() waits for it)
             └─ background task: events ─ POST /flags/v1/events in batches (see _events.py)
 
     is_enabled / variation / variation_detail ── FlagStore.evaluate on the current store:
@@ -21,14 +22,11 @@ The local copy reuses the config SDK's atomic file writer (``keel_client.config`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import logging
 import os
 import threading
 import types
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Self
@@ -39,7 +37,9 @@ import httpx
 from pydantic import SecretStr
 
 from keel_client._env import as_auth, env_settings
-from keel_client.changes import MAX_RECONNECT_DELAY, Change, watch_changes
+from keel_client._follower import SnapshotFollower
+from keel_client._loop_thread import LoopThread
+from keel_client.changes import MAX_RECONNECT_DELAY
 from keel_client.config._snapshot import LocalCopy, LocalCopyError, Snapshot, check_name
 from keel_client.flags._engine import EvaluationDetail, FlagStore, ReasonKind
 from keel_client.flags._events import EventBuffer, EventSender, EventStats
@@ -55,7 +55,6 @@ from keel_client.http import (
     ClientError,
     KeelHTTPError,
     ResponseValidationError,
-    backoff,
 )
 
 __all__ = [
@@ -74,8 +73,6 @@ API_PREFIX: Final = "/flags/v1"
 _LOCAL_COPY_KIND: Final = "flags"
 #: Seconds ``start()`` waits for the watch stream to open after the first load.
 DEFAULT_START_TIMEOUT: Final = 10.0
-#: The first pause before reopening a stream that ended on an error (doubles, jittered).
-_RETRY_BASE: Final = 1.0
 
 #: Where the current snapshot came from: Keel, or the local copy (Keel was unreachable).
 Source = Literal["server", "file"]
@@ -145,7 +142,9 @@ class FlagsClient:
 
     ``start()`` reads the environment's snapshot, writes it to the local copy (``cache_path``,
     by default ``~/.cache/keel/flags/<env>.json``) and follows the watch stream, reconnecting
-    with backoff and resuming without missing a change. When Keel cannot be reached at start
+    with backoff and resuming without missing a change. A new snapshot is in use and the
+    callbacks have run before its local copy is written (in a worker thread, within
+    milliseconds); :meth:`aclose` waits for that write. When Keel cannot be reached at start
     the local copy is used (a warning is logged) and the client catches up once Keel answers.
 
     Evaluation never raises and never waits: any problem (not started, unknown flag, a value
@@ -181,19 +180,28 @@ class FlagsClient:
         self._document: dict[str, Any] | None = None
         self._version = 0
         self._etag: str | None = None
-        self._saved_version = 0
         self._source: Source | None = None
-        self._callbacks: list[FlagsChangeCallback] = []
-        self._task: asyncio.Task[None] | None = None
-        self._following = asyncio.Event()
         #: Set once a snapshot is in memory; a thread (the OpenFeature provider) may wait on it.
         self.ready = threading.Event()
         self._start_timeout = start_timeout
-        self._max_reconnect_delay = max_reconnect_delay
         self._warned_not_started = False
         options.setdefault("name", "FlagsClient")
         #: The resilient HTTP client the reads, the watch and the events go through.
         self.api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        self._follower: SnapshotFollower[FlagsChange, dict[str, Any]] = SnapshotFollower(
+            self.api,
+            self._watch_path,
+            kind="flags",
+            subject=self.environment,
+            version_key="version",
+            current_version=lambda: self._version,
+            reload=self._reload,
+            advance=lambda change: self._reload(),
+            translate=self._translate,
+            write=self._save if persist else None,
+            logger=logger,
+            max_reconnect_delay=max_reconnect_delay,
+        )
         self._events: EventBuffer | None = None
         self._sender: EventSender | None = None
         if send_events:
@@ -348,14 +356,15 @@ class FlagsClient:
         return self._events.stats()
 
     def on_change(self, callback: FlagsChangeCallback) -> FlagsChangeCallback:
-        """Call ``callback(change)`` (sync or async) after each new snapshot is in use;
-        returns it, so it also works as a decorator. Callbacks run one after the other in the
-        watch task: keep them short. One that raises is logged and the others still run."""
-        self._callbacks.append(callback)
+        """Call ``callback(change)`` (sync or async) after each new snapshot is in use (its
+        local copy is written after the callbacks); returns it, so it also works as a
+        decorator. Callbacks run one after the other in the watch task: keep them short. One
+        that raises is logged and the others still run."""
+        self._follower.callbacks.append(callback)
         return callback
 
     def remove_callback(self, callback: FlagsChangeCallback) -> None:
-        self._callbacks.remove(callback)
+        self._follower.callbacks.remove(callback)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -369,7 +378,7 @@ class FlagsClient:
         when neither Keel nor the local copy has a snapshot; with
         ``require_snapshot=False`` it logs instead, serves defaults and keeps trying.
         """
-        if self._task is not None:
+        if self._follower.is_started:
             raise RuntimeError("this FlagsClient is already started")
         local, local_problem = await anyio.to_thread.run_sync(self._read_local)
         try:
@@ -380,7 +389,6 @@ class FlagsClient:
             logger.warning("keel flags: %s; retrying in the background", error.message)
             if local is not None:
                 self._install(local[0], local[1], "file")
-                self._saved_version = self._version
         except KeelHTTPError as error:
             if local is not None:
                 logger.warning(
@@ -391,7 +399,6 @@ class FlagsClient:
                     local[0]["version"],
                 )
                 self._install(local[0], local[1], "file")
-                self._saved_version = self._version
             else:
                 failure = self._unavailable(error, local_problem)
                 if require_snapshot:
@@ -401,17 +408,14 @@ class FlagsClient:
             if fetched is None:
                 assert local is not None  # a 304 answers only a revalidation of the local copy
                 self._install(local[0], local[1], "server")
-                self._saved_version = self._version
             else:
                 self._install(*fetched, "server")
-                await anyio.to_thread.run_sync(self._save)
-        self._task = asyncio.create_task(self._follow(), name=f"keel-flags-{self.environment}")
+                await self._follower.save(fetched[0])
+        self._follower.start()
         if self._sender is not None:
             self._sender.start()
         if self._source == "server":
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._start_timeout):
-                    await self._following.wait()
+            await self._follower.wait_until_following(self._start_timeout)
         return self
 
     async def flush(self) -> bool:
@@ -422,16 +426,10 @@ class FlagsClient:
         return await self._sender.flush()
 
     async def aclose(self, *, flush_timeout: float = 5.0) -> None:
-        """Stop following, send the events left (for at most ``flush_timeout`` seconds) and
-        close pooled connections. The local copy stays."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._persist and self._saved_version != self._version:
-            # Closed between a change and its write (callbacks come first): write it now.
-            await anyio.to_thread.run_sync(self._save)
+        """Stop following, wait until the local copy holds the latest snapshot, send the
+        events left (for at most ``flush_timeout`` seconds) and close pooled connections.
+        The local copy stays."""
+        await self._follower.aclose()
         if self._sender is not None:
             await self._sender.stop(flush_timeout=flush_timeout)
         await self.api.aclose()
@@ -481,15 +479,12 @@ class FlagsClient:
             return None, f"the local copy {self._local.path} is inconsistent"
         return (copy.values, f'"{copy.revision}"'), None
 
-    def _save(self) -> None:
-        """Write the local copy; a failure is logged, never raised (memory still serves)."""
-        document = self._document
-        if not self._persist or document is None:
-            return
+    def _save(self, document: dict[str, Any]) -> None:
+        """Write ``document`` to the local copy (in a worker thread); a failure is logged,
+        never raised (memory still serves)."""
         version = int(document["version"])
         try:
             self._local.write(Snapshot(_LOCAL_COPY_KIND, self.environment, version, document))
-            self._saved_version = version
         except OSError as error:
             logger.warning(
                 "keel flags: could not write the local copy %s (%s: %s)",
@@ -569,70 +564,7 @@ class FlagsClient:
             return
         had_snapshot = self._document is not None
         change = self._install(document, etag, "server")
-        if had_snapshot:
-            await self._notify(change)
-        await anyio.to_thread.run_sync(self._save)
-
-    async def _notify(self, change: FlagsChange) -> None:
-        for callback in list(self._callbacks):
-            try:
-                result = callback(change)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception(
-                    "keel flags: change callback %s failed (version %d)",
-                    getattr(callback, "__qualname__", repr(callback)),
-                    change.version,
-                )
-
-    async def _follow(self) -> None:
-        position: int | None = None
-        failures = 0
-        while True:
-            try:
-                stream: AsyncGenerator[Change, None] = watch_changes(  # type: ignore[assignment]
-                    self.api,
-                    self._watch_path,
-                    last_event_id=position,
-                    max_reconnect_delay=self._max_reconnect_delay,
-                    yield_ready=True,
-                )
-                async with contextlib.aclosing(stream) as changes:
-                    async for change in changes:
-                        if change.is_ready or change.is_reset:
-                            # From here on nothing is missed: read what came before.
-                            await self._reload()
-                            self._following.set()
-                        elif change.subject == self.environment and _is_newer(
-                            change.data.get("version"), self._version
-                        ):
-                            await self._reload()
-                        # Only once handled: a failed reload reopens from before the event.
-                        position = change.id
-                        failures = 0
-            except ClientError as error:  # the stream was refused (401, 403, 404)
-                logger.warning(
-                    "keel flags: the watch of %s was refused (%s); retrying",
-                    self.environment,
-                    self._translate(error).message,
-                )
-            except FlagsError as error:  # a snapshot read was refused
-                logger.warning("keel flags: %s; retrying", error.message)
-            except KeelHTTPError as error:  # a snapshot read failed: Keel is away
-                logger.warning(
-                    "keel flags: reading %s failed (%s); retrying", self.environment, error
-                )
-            except Exception:  # never let the follower die: memory keeps serving
-                logger.exception("keel flags: following %s failed", self.environment)
-            failures += 1
-            await asyncio.sleep(
-                _RETRY_BASE + backoff(failures - 1, base=_RETRY_BASE, cap=self._max_reconnect_delay)
-            )
-
-
-def _is_newer(version: Any, current: int) -> bool:
-    return isinstance(version, int) and not isinstance(version, bool) and version > current
+        await self._follower.publish(change if had_snapshot else None, document)
 
 
 class SyncFlagsClient:
@@ -652,8 +584,7 @@ class SyncFlagsClient:
 
     def __init__(self, environment: str, *args: Any, **kwargs: Any) -> None:
         self.client = FlagsClient(environment, *args, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(f"keel-flags-{environment}")
 
     @classmethod
     def from_env(
@@ -689,7 +620,7 @@ class SyncFlagsClient:
 
     @property
     def is_started(self) -> bool:
-        return self._thread is not None
+        return self._runner.is_running
 
     def variation_detail(
         self,
@@ -716,38 +647,24 @@ class SyncFlagsClient:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """See :meth:`FlagsClient.flush`."""
-        if self._loop is None:
+        if not self._runner.is_running:
             return False
-        return asyncio.run_coroutine_threadsafe(self.client.flush(), self._loop).result(timeout)
+        return self._runner.call(self.client.flush(), timeout)
 
     def start(self, *, require_snapshot: bool = True) -> Self:
         """Start the thread and the client; see :meth:`FlagsClient.start`."""
-        if self._thread is not None:
+        if self._runner.is_running:
             raise RuntimeError("this SyncFlagsClient is already started")
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=loop.run_forever, name=f"keel-flags-{self.environment}", daemon=True
-        )
-        thread.start()
-        self._loop, self._thread = loop, thread
+        self._runner.start()
         try:
-            asyncio.run_coroutine_threadsafe(
-                self.client.start(require_snapshot=require_snapshot), loop
-            ).result()
+            self._runner.call(self.client.start(require_snapshot=require_snapshot))
         except BaseException:
             self.close()
             raise
         return self
 
     def close(self) -> None:
-        """Stop following, send the events left, close connections and end the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.client.aclose(), loop).result(timeout=15)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
-            self._loop = self._thread = None
+        """Stop following, write the latest local copy, send the events left, close
+        connections and end the thread."""
+        if self._runner.is_running:
+            self._runner.stop(self.client.aclose(), timeout=15)

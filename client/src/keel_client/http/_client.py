@@ -14,6 +14,7 @@ and loops. One call runs like this::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ssl
 import time
 import types
@@ -72,6 +73,21 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 DEFAULT_DEADLINE = 60.0
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 USER_AGENT = f"keel-client/{__version__}"
+
+
+def shared_verify(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    """``verify=True`` as one TLS context for the whole process: httpx builds a new one for
+    each client, loading the CA bundle (about 20 to 40 ms), and a service with many clients (a
+    config and a flags client, secrets, audit, one per tenant...) paid it for each, even for
+    plain-HTTP URLs. A context or ``False`` passes through."""
+    return _default_tls_context() if verify is True else verify
+
+
+@functools.cache
+def _default_tls_context() -> ssl.SSLContext:
+    """httpx's own default (certifi's CA bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as
+    read when the first client of the process is built)."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,10 +489,15 @@ class BaseAPIClient:
             tracer_provider=tracer_provider,
         )
         if transport is None and ssrf is not None:
-            transport = SSRFSafeTransport(ssrf, verify=verify, http2=http2, limits=limits)
+            transport = SSRFSafeTransport(
+                ssrf, verify=shared_verify(verify), http2=http2, limits=limits
+            )
         if cache is not None:
             transport = cache.async_transport(
-                transport or httpx.AsyncHTTPTransport(verify=verify, http2=http2, limits=limits)
+                transport
+                or httpx.AsyncHTTPTransport(
+                    verify=shared_verify(verify), http2=http2, limits=limits
+                )
             )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -485,7 +506,7 @@ class BaseAPIClient:
             timeout=self._core.timeout,
             http2=http2,
             limits=limits,
-            verify=verify,
+            verify=shared_verify(verify),
             # The SSRF transport follows redirects itself, checking every hop.
             follow_redirects=follow_redirects and ssrf is None,
             transport=transport,
@@ -910,10 +931,13 @@ class SyncBaseAPIClient:
             tracer_provider=tracer_provider,
         )
         if transport is None and ssrf is not None:
-            transport = SyncSSRFSafeTransport(ssrf, verify=verify, http2=http2, limits=limits)
+            transport = SyncSSRFSafeTransport(
+                ssrf, verify=shared_verify(verify), http2=http2, limits=limits
+            )
         if cache is not None:
             transport = cache.sync_transport(
-                transport or httpx.HTTPTransport(verify=verify, http2=http2, limits=limits)
+                transport
+                or httpx.HTTPTransport(verify=shared_verify(verify), http2=http2, limits=limits)
             )
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -922,7 +946,7 @@ class SyncBaseAPIClient:
             timeout=self._core.timeout,
             http2=http2,
             limits=limits,
-            verify=verify,
+            verify=shared_verify(verify),
             follow_redirects=follow_redirects and ssrf is None,
             transport=transport,
         )

@@ -1,6 +1,6 @@
-"""Fixtures of the config SDK tests: the in-process Keel (SQLite and PostgreSQL, through the
-``app`` fixture) served over real TCP by uvicorn (a watch is a streamed response), and a
-tenant administrator."""
+"""Fixtures the SDK tests share: a tenant administrator of the in-process Keel (SQLite and
+PostgreSQL, through the ``app`` fixture), and that Keel served over real TCP by uvicorn (a
+watch is a streamed response)."""
 
 from __future__ import annotations
 
