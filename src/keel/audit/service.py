@@ -209,8 +209,12 @@ class AuditLog:
                     )
                 self._remember_frontier(session)
                 return receipts
-            except (IntegrityError, sqlite3.IntegrityError):
-                # A repeated id, or another process took the same index.
+            except Exception as error:
+                # A repeated id, or another process took the same index (which can show as
+                # a deadlock: an append that read no lock inserts its tables' rows in
+                # another order than one that did).
+                if not _lost_a_race(error):
+                    raise
                 self._contended[tenant_id] = time.monotonic()
                 if attempt == 2:
                     raise
@@ -920,6 +924,22 @@ async def _insert(
         await driver.copy_records_to_table(
             table.name, columns=columns, records=list(map(itemgetter(*columns), rows))
         )
+
+
+#: PostgreSQL's codes for a transaction that lost to another, which a retry may win:
+#: ``deadlock_detected`` and ``serialization_failure``.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _lost_a_race(error: BaseException) -> bool:
+    """Whether ``error`` is what an append gets for running into another at once: an
+    integrity violation (an index or event id taken), or PostgreSQL aborting it to resolve
+    a deadlock or a serialization failure. Nothing of it was stored; a retry that locks and
+    reads first is safe."""
+    if isinstance(error, IntegrityError | sqlite3.IntegrityError):
+        return True
+    cause = getattr(error, "orig", None) or error
+    return str(getattr(cause, "sqlstate", "")) in _RETRYABLE_SQLSTATES
 
 
 @contextmanager
