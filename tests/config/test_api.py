@@ -560,3 +560,19 @@ async def test_secret_references_resolve_only_for_callers_allowed_to_read_them(
         ("denied", "secret/data/x/y"),
     }
     assert all(password not in json.dumps(event.document) for event in reads)
+
+
+async def test_an_invalid_application_is_refused_with_each_error_told_once(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    """The permission check reads the body as the route does: FastAPI validates it twice."""
+    refused = await client.post(f"{API}/apps", headers=headers, json={"name": 5})
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["errors"] == [
+        {
+            "location": ["body", "name"],
+            "message": "Input should be a valid string",
+            "code": "string_type",
+        }
+    ]

@@ -202,17 +202,17 @@ def _request_id(request: Request) -> str | None:
 
 
 def describe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors without the offending input, which may hold a secret."""
-    described = []
+    """Pydantic errors without the offending input, which may hold a secret; each once (a
+    body that a dependency reads too is validated twice, and told twice)."""
+    described: list[dict[str, Any]] = []
     for error in errors:
-        location = [str(part) for part in error.get("loc", ())]
-        described.append(
-            {
-                "location": location,
-                "message": error.get("msg", "invalid"),
-                "code": error.get("type", "invalid"),
-            }
-        )
+        entry = {
+            "location": [str(part) for part in error.get("loc", ())],
+            "message": error.get("msg", "invalid"),
+            "code": error.get("type", "invalid"),
+        }
+        if entry not in described:
+            described.append(entry)
     return described
 
 
