@@ -105,6 +105,14 @@ def test_migrate_twice_then_check(tmp_path: Path) -> None:
     assert (after.returncode, after.stdout) == (0, f"schema at {HEAD}, head is {HEAD}\n")
 
 
+def test_migrate_to_an_unknown_revision_is_refused_as_bad_usage(tmp_path: Path) -> None:
+    for revision in ("zzz", "", "0"):
+        refused = invoke_keel("migrate", revision, cwd=tmp_path)
+        assert refused.returncode == 2, (revision, refused.stderr)
+        assert_one_line_error(refused, "no migration", HEAD)
+    assert not (tmp_path / ".keel").exists()  # refused before touching anything
+
+
 def test_invalid_settings_stop_serve_with_one_line_naming_each_variable(
     tmp_path: Path,
 ) -> None:

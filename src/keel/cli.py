@@ -188,8 +188,10 @@ def migrate(
 ) -> None:
     """Apply database migrations (one history for the whole platform)."""
     from keel.core.db import Database
-    from keel.migrations import current_revision, head_revision, upgrade
+    from keel.migrations import current_revision, head_revision, is_known_revision, upgrade
 
+    if not is_known_revision(revision):
+        fail(f"no migration {revision!r}; the newest is {head_revision()} ('head')", EXIT_USAGE)
     settings = settings_or_exit()
 
     async def main() -> None:

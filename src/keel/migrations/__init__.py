@@ -68,6 +68,22 @@ def script_head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether ``revision`` names a migration (or ``head``) that ``keel migrate`` can reach."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    if revision in ("head", "heads"):
+        return True
+    if not revision.strip():
+        return False
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except (CommandError, RevisionError):
+        return False
+
+
 def _current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
