@@ -11,15 +11,17 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
+from keel.audit.models import AuditEvent
 from keel.audit.service import AuditLog
 from keel.audit.verify import verify_tenant
 from keel.audit.writer import MAX_MERGE_DELAY
-from keel.core.audit import ActionSpec, build_document, record_event_now
+from keel.core.audit import ActionSpec, AuditOutbox, build_document, outbox_rows, record_event_now
 from keel.core.db import Database
-from keel.core.tenancy import Tenant
+from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import Settings
 
 
@@ -115,6 +117,88 @@ async def test_two_processes_appending_to_one_log_at_once_both_land(
     async with unit_of_work(app) as session:
         report = await verify_tenant(session, admin.tenant_id)
     assert report.ok, report.problems
+
+
+async def test_the_sequencer_and_another_process_appending_at_once_both_land(
+    app: FastAPI, there: AuditLog, admin: TenantAdmin
+) -> None:
+    """The sequencer moves the outbox under the lock while another process appends on its
+    frontier without it: when the sequencer loses the index (or a deadlock), it sequences
+    the batch again rather than leave it for the next sweep with an error logged."""
+    here = app.state.keel.resources["audit"]
+    queued: list[str] = []
+    for _ in range(8):
+        documents = invoices(admin.tenant_id, 30)
+        queued += [document["id"] for document in documents]
+        async with app.state.keel.database.engine.begin() as connection:
+            await connection.execute(AuditOutbox.__table__.insert(), outbox_rows(documents))
+        await asyncio.gather(
+            here.sequence_outbox(admin.tenant_id),
+            *(there.append(admin.tenant_id, invoices(admin.tenant_id, 3)) for _ in range(3)),
+        )
+    async with unit_of_work(app) as session:
+        bind_tenant(session, admin.tenant_id)
+        stored = await session.execute(
+            select(AuditEvent.event_id).where(AuditEvent.event_id.in_(queued))
+        )
+        assert len(set(stored.scalars())) == len(queued)
+        left = await session.execute(
+            select(AuditOutbox.event_id).where(AuditOutbox.event_id.in_(queued))
+        )
+        assert list(left.scalars()) == []
+    async with unit_of_work(app) as session:
+        report = await verify_tenant(session, admin.tenant_id)
+    assert report.ok, report.problems
+
+
+async def test_heads_signed_while_another_process_appends_stay_in_order(
+    app: FastAPI, there: AuditLog, admin: TenantAdmin
+) -> None:
+    """A head signed for the tree as it is (the group writer's, the heartbeat's) while another
+    process appends on its frontier: no head may be stored after a head of a larger tree,
+    which ``keel audit verify`` would rightly report as a log shown shrinking."""
+    here = app.state.keel.resources["audit"]
+    await there.append(admin.tenant_id, invoices(admin.tenant_id, 1))  # its frontier known
+
+    async def sign_heads() -> None:
+        for _ in range(40):
+            await here.sign_current_head(admin.tenant_id)
+
+    async def append() -> None:
+        for _ in range(40):
+            await there.append(admin.tenant_id, invoices(admin.tenant_id, 2))
+
+    await asyncio.gather(sign_heads(), append(), append())
+    async with unit_of_work(app) as session:
+        sizes = [head.tree_size for head in await here.heads(session, admin.tenant_id)]
+    assert sizes == sorted(sizes)
+    async with unit_of_work(app) as session:
+        report = await verify_tenant(session, admin.tenant_id)
+    assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_an_append_on_its_frontier_waits_for_whoever_reads_the_tree(
+    app: FastAPI, there: AuditLog, admin: TenantAdmin
+) -> None:
+    """On PostgreSQL an append on a remembered frontier reads no lock of its own, but takes
+    the log's advisory lock shared in its one statement: a head signed, or a batch
+    sequenced, under the lock held exclusively is never overtaken by it."""
+    from sqlalchemy import text
+
+    from keel.audit.service import _lock_key
+
+    await there.append(admin.tenant_id, invoices(admin.tenant_id, 1))  # its frontier known
+    async with app.state.keel.database.engine.connect() as holder:
+        await holder.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(admin.tenant_id)}
+        )
+        appending = asyncio.create_task(there.append(admin.tenant_id, invoices(admin.tenant_id, 2)))
+        await asyncio.sleep(0.5)
+        assert not appending.done()
+        await holder.rollback()
+    receipts = await asyncio.wait_for(appending, 10)
+    assert len(receipts) == 2
 
 
 async def test_an_append_after_this_process_own_reads_no_tree_node(

@@ -286,8 +286,12 @@ class AuditLog:
                 self._contended[tenant_id] = time.monotonic()
                 return None
         elif connection.dialect.name == "postgresql" and len(plan.receipts) < COPY_FROM_ROWS:
-            await _insert_together(connection, rows)
+            await _insert_together(connection, rows, shared_lock=_lock_key(tenant_id))
         else:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": _lock_key(tenant_id)}
+                )
             for model, batch in rows:
                 await _insert(connection, model, batch)
         session.info[_FRONTIER] = (tenant_id, plan.new_size, plan.frontier)  # once committed
@@ -312,9 +316,19 @@ class AuditLog:
     async def sequence_outbox(self, tenant_id: str) -> int:
         """Move the tenant's outbox into its log, batch by batch; returns the events added."""
         added = 0
+        lost = 0
         while True:
-            async with self._tenant_lock(tenant_id), self.sessions() as session:
-                count, more = await self._sequence_outbox_batch(session, tenant_id)
+            try:
+                async with self._tenant_lock(tenant_id), self.sessions() as session:
+                    count, more = await self._sequence_outbox_batch(session, tenant_id)
+            except Exception as error:
+                # Another process's append without the lock took an index first (or
+                # deadlocked with this one): nothing was stored, the rows are still queued.
+                lost += 1
+                if not _lost_a_race(error) or lost == 3:
+                    raise
+                self._contended[tenant_id] = time.monotonic()
+                continue
             self._remember_frontier(session)
             added += count
             if not more:
@@ -453,10 +467,9 @@ class AuditLog:
             # lock taken by another process's append, and its snapshot stale once free.
             await session.execute(text("DELETE FROM audit_outbox WHERE 0"))
         elif session.get_bind().dialect.name == "postgresql":
-            key = int.from_bytes(
-                hashlib.sha256(b"keel-audit:" + tenant_id.encode()).digest()[:8], "big", signed=True
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(tenant_id)}
             )
-            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     # -- signed tree heads --------------------------------------------------------------------
 
@@ -954,16 +967,35 @@ def _integrity_errors(statement: str) -> Iterator[None]:
         raise
 
 
+def _lock_key(tenant_id: str) -> int:
+    """The tenant's log's advisory lock on PostgreSQL: held exclusively by whatever reads the
+    tree to add to it (the sequencer, the general append, a head signed for the tree as it
+    is), shared by appends on a remembered frontier."""
+    digest = hashlib.sha256(b"keel-audit:" + tenant_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 async def _insert_together(
-    connection: AsyncConnection, tables: list[tuple[type[Base], list[dict[str, Any]]]]
+    connection: AsyncConnection,
+    tables: list[tuple[type[Base], list[dict[str, Any]]]],
+    *,
+    shared_lock: int | None = None,
 ) -> None:
     """On PostgreSQL, the rows of several tables in one statement, one round trip: each
     table's ``INSERT … SELECT * FROM unnest($1::type[], …)`` a data-modifying ``WITH`` part
     of one statement (PostgreSQL runs every one of them). Names and types come from the
-    tables' metadata and every value is bound: nothing of a caller's becomes SQL text."""
+    tables' metadata and every value is bound: nothing of a caller's becomes SQL text.
+
+    With ``shared_lock``, every part's rows are joined to taking that advisory lock shared,
+    so no row of any table is written before the lock is held, in the same round trip (the
+    parts run in no set order, and a volatile call in a subquery is never planned away)."""
     dialect = connection.dialect
     parts: list[str] = []
     arguments: list[Any] = []
+    held = ""
+    if shared_lock is not None:
+        arguments.append(shared_lock)
+        held = "(SELECT pg_advisory_xact_lock_shared($1::bigint)) AS held, "
     for model, rows in tables:
         if not rows:
             continue
@@ -976,7 +1008,9 @@ async def _insert_together(
             arrays.append(f"${len(arguments)}::{type_name}[]")
         names = ", ".join(f'"{name}"' for name in columns)
         unnest = ", ".join(arrays)
-        parts.append(f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({unnest})")  # noqa: S608
+        parts.append(
+            f"INSERT INTO {table.name} ({names}) SELECT rows.* FROM {held}unnest({unnest}) AS rows"  # noqa: S608
+        )
     if not parts:
         return
     *first, last = parts
