@@ -210,9 +210,9 @@ class AuditLog:
                 self._remember_frontier(session)
                 return receipts
             except Exception as error:
-                # A repeated id, or another process took the same index (which can show as
-                # a deadlock: an append that read no lock inserts its tables' rows in
-                # another order than one that did).
+                # A repeated id, or another process took the same index (which two appends
+                # on one stale frontier may be told as a deadlock: their statements insert
+                # the tables' rows in no set order).
                 if not _lost_a_race(error):
                     raise
                 self._contended[tenant_id] = time.monotonic()
@@ -322,8 +322,8 @@ class AuditLog:
                 async with self._tenant_lock(tenant_id), self.sessions() as session:
                     count, more = await self._sequence_outbox_batch(session, tenant_id)
             except Exception as error:
-                # Another process's append without the lock took an index first (or
-                # deadlocked with this one): nothing was stored, the rows are still queued.
+                # Another process took an index first (or deadlocked with this one):
+                # nothing was stored, the rows are still queued.
                 lost += 1
                 if not _lost_a_race(error) or lost == 3:
                     raise
@@ -951,8 +951,8 @@ def _lost_a_race(error: BaseException) -> bool:
     reads first is safe."""
     if isinstance(error, IntegrityError | sqlite3.IntegrityError):
         return True
-    cause = getattr(error, "orig", None) or error
-    return str(getattr(cause, "sqlstate", "")) in _RETRYABLE_SQLSTATES
+    sqlstate = str(getattr(getattr(error, "orig", None) or error, "sqlstate", ""))
+    return sqlstate.startswith("23") or sqlstate in _RETRYABLE_SQLSTATES
 
 
 @contextmanager
