@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from auth.conftest import (
     create_service_account,
     create_user,
     login_tokens,
+    make_tenant_admin,
 )
 from keel.audit.service import StoredEvent
 from keel.core.logging import configure_logging
@@ -99,3 +101,30 @@ async def test_secrets_never_reach_audit_records_or_logs(
     for name, secret in secrets.items():
         assert secret not in audit_text, f"{name} in the audit trail"
         assert secret not in logs, f"{name} in the logs"
+
+
+@pytest.mark.usefixtures("json_logs")
+async def test_creating_one_user_at_once_twice_is_a_conflict_and_logs_no_hash(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    admin: TenantAdmin,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Requests that each find the name free: the database's unique key refuses all but one.
+    The others are a 409 a client may act on, not a 500, and the refused statement, whose
+    values hold the new password's argon2id hash, reaches no log."""
+    body = {"username": "twice", "password": PASSWORD}
+    # Administrators of their own: requests of one API key wait for each other's commit.
+    admins = [admin] + [await make_tenant_admin(app, admin.tenant_slug) for _ in range(5)]
+    answers = await asyncio.gather(
+        *(client.post("/auth/v1/users", headers=each.headers, json=body) for each in admins)
+    )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses.count(201) == 1, [answer.text for answer in answers]
+    assert set(statuses) == {201, 409}
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert "argon2" not in answer.text
+    logs = "".join(capsys.readouterr())
+    assert "$argon2id$" not in logs

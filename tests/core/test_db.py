@@ -122,6 +122,22 @@ class TestSession:
         with pytest.raises(IntegrityError):
             await add_note_of_missing_tenant()
 
+    async def test_a_failed_statement_names_none_of_its_values(self, db: Database) -> None:
+        """Errors are logged and reported: the values of a refused statement (a password
+        hash, a sealed secret, a token digest) must not ride along in their text."""
+        secret = "argon2-hash-" + new_id()
+
+        async def add_note_of_missing_tenant() -> None:
+            async with db.session() as session:
+                bind_tenant(session, new_id())
+                session.add(Note(text=secret))
+
+        with pytest.raises(IntegrityError) as refused:
+            await add_note_of_missing_tenant()
+        assert "INSERT INTO" in str(refused.value)  # the statement is still told
+        assert secret not in str(refused.value)
+        assert secret not in repr(refused.value)
+
     async def test_ping_reaches_the_database(self, db: Database) -> None:
         await db.ping()
 

@@ -94,17 +94,22 @@ def create_engine(settings: Settings) -> AsyncEngine:
         "max_overflow": pool.max_overflow,
         "pool_timeout": pool.timeout_seconds,
     }
+    # Statement values stay out of errors and logs: they hold password hashes, sealed
+    # secrets and token digests.
+    hidden = {"hide_parameters": True}
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(url, **sizing)
+            engine = create_async_engine(url, **sizing, **hidden)
         else:
-            engine = create_async_engine(url)
+            engine = create_async_engine(url, **hidden)
         use_one_hop_connections(engine, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
         return engine
-    engine = create_async_engine(url, **sizing, connect_args={"timeout": pool.timeout_seconds})
+    engine = create_async_engine(
+        url, **sizing, **hidden, connect_args={"timeout": pool.timeout_seconds}
+    )
     _ping_on_checkout(engine, pool.timeout_seconds)
     return engine
 

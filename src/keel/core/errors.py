@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -268,8 +269,30 @@ async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
     return render_error(error, _request_id(request), request.url.path)
 
 
+async def _integrity_conflict_handler(request: Request, exc: Exception) -> Response:
+    """A constraint the database enforced that the service's own checks did not catch: two
+    requests creating the same name at once (each saw it free), or a row removed under a
+    change. The client may read again and retry, so a 409, not a 500. Only the constraint's
+    name is logged: the statement's values may hold a password hash or a secret."""
+    from keel.core.logging import get_logger
+
+    driver_error = getattr(exc, "orig", None)
+    constraint = (
+        getattr(driver_error, "constraint_name", None) or str(driver_error).split("\n", 1)[0][:200]
+    )
+    get_logger("keel.http").warning(
+        "db.integrity_conflict", path=request.url.path, constraint=constraint
+    )
+    error = Conflict(
+        "The request conflicts with a change made at the same time; read the current state "
+        "and retry."
+    )
+    return render_error(error, _request_id(request), request.url.path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SQLAlchemyPoolTimeout, _pool_exhausted_handler)
+    app.add_exception_handler(IntegrityError, _integrity_conflict_handler)
     app.add_exception_handler(KeelError, _keel_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
