@@ -256,7 +256,7 @@ class TotpMfa:
         # A pending enrolment guards nothing yet: it can go without proof.
         proven = factor.confirmed_at is None
         if not proven and password:
-            proven = self.passwords.verify(user.password_hash, password)
+            proven = await self.passwords.verify_off_loop(user.password_hash, password)
         if not proven and code:
             proven = await self._spend_code(session, factor, code) is None
         if not proven:

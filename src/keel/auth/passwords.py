@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, cached_property
 from importlib.resources import files
 
@@ -12,6 +15,11 @@ from keel.core.errors import ValidationFailed
 from keel.settings import AuthSettings
 
 MAX_PASSWORD_LENGTH = 1024  # argon2 accepts more; nobody types more, and it bounds the work
+
+#: argon2id runs here, off the event loop (argon2-cffi releases the GIL): a hash is ~20 ms of
+#: CPU, during which a loop that ran it would answer no other request. One thread a core
+#: bounds the memory in use (``argon2_memory_kib`` a hash) and leaves the loop a share.
+_HASHING = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="keel-argon2")
 
 
 class Passwords:
@@ -46,6 +54,16 @@ class Passwords:
             )
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+
+    async def hash_off_loop(self, password: str) -> str:
+        """:meth:`hash` on the hashing threads: what a request handler calls."""
+        return await asyncio.get_running_loop().run_in_executor(_HASHING, self.hash, password)
+
+    async def verify_off_loop(self, password_hash: str | None, password: str) -> bool:
+        """:meth:`verify` on the hashing threads: what a request handler calls."""
+        return await asyncio.get_running_loop().run_in_executor(
+            _HASHING, self.verify, password_hash, password
+        )
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._hasher.check_needs_rehash(password_hash)

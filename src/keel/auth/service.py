@@ -257,7 +257,7 @@ class AuthService:
         user = User(username=username, email=email, display_name=display_name)
         if password is not None:
             self.passwords.check_policy(password, username=username, email=email)
-            user.password_hash = self.passwords.hash(password)
+            user.password_hash = await self.passwords.hash_off_loop(password)
         session.add(user)
         await session.flush()
         if user.password_hash:
@@ -346,7 +346,7 @@ class AuthService:
         if grantor is not None and not _is_self(grantor, PrincipalType.user, user.id):
             _, held = await self.roles_and_permissions(session, PrincipalType.user, user.id)
             _ensure_may_grant(grantor, held)
-        if current_password is not None and not self.passwords.verify(
+        if current_password is not None and not await self.passwords.verify_off_loop(
             user.password_hash, current_password
         ):
             raise ValidationFailed("The current password is wrong.")
@@ -360,12 +360,12 @@ class AuthService:
             )
         )
         if self.settings.password_history and any(
-            self.passwords.verify(old, new_password) for old in history
+            [await self.passwords.verify_off_loop(old, new_password) for old in history]
         ):
             raise ValidationFailed(
                 f"The password must differ from the last {self.settings.password_history}."
             )
-        user.password_hash = self.passwords.hash(new_password)
+        user.password_hash = await self.passwords.hash_off_loop(new_password)
         user.failed_login_count = 0
         user.locked_until = None
         user.version += 1
@@ -1011,7 +1011,9 @@ class AuthService:
             if user is None:
                 user = await session.scalar(select(User).where(User.email == identifier))
         # The hash is verified on every path, so every answer costs the same.
-        password_ok = self.passwords.verify(user.password_hash if user else None, password)
+        password_ok = await self.passwords.verify_off_loop(
+            user.password_hash if user else None, password
+        )
         now = utcnow()
         failure: str | None = None
         if user is None:
@@ -1048,7 +1050,7 @@ class AuthService:
         user.locked_until = None
         user.last_login_at = now
         if user.password_hash and self.passwords.needs_rehash(user.password_hash):
-            user.password_hash = self.passwords.hash(password)
+            user.password_hash = await self.passwords.hash_off_loop(password)
         return user
 
     def _fingerprint(self, identifier: str) -> str:
