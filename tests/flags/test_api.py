@@ -4,6 +4,8 @@ validation refusals, If-Match, audit events with diffs, permissions and tenants 
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from fastapi import FastAPI
 
@@ -588,3 +590,40 @@ async def test_an_environment_is_deleted_with_its_states(
     await new_environment(client, headers, env)
     fresh = await client.get(f"{API}/envs/{env}/flags/beta", headers=headers)
     assert fresh.json()["version"] == 1
+
+
+async def test_kill_switches_thrown_at_once_all_land_and_a_stale_if_match_is_still_412(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """A toggle takes no If-Match (an emergency does not wait for a fresh read), so one that
+    loses the state's version to another toggle reads it again rather than answer 412.
+    Writers of their own: requests of one API key wait for each other's commit."""
+    env = await new_environment(client, admin.headers)
+    await new_flag(client, admin.headers, "checkout-v2")
+    writers = [await member(app, admin, "flags:*:write") for _ in range(6)]
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                f"{API}/envs/{env}/flags/checkout-v2/toggle",
+                headers=writer,
+                json={"on": n % 2 == 0},
+            )
+            for n, writer in enumerate(writers)
+        )
+    )
+    assert [answer.status_code for answer in answers] == [200] * 6, [a.text for a in answers]
+    state = await client.get(f"{API}/envs/{env}/flags/checkout-v2", headers=admin.headers)
+    toggles = await audit_events(app, admin.tenant_id, action_prefix="flags.state.toggle")
+    assert toggles  # each one that changed the state, audited
+    assert state.json()["on"] is toggles[-1].data["diff"]["on"]["after"]
+
+    stale = await put_state(
+        client, admin.headers, env, "checkout-v2", CHECKOUT_STATE, if_match='"1"'
+    )
+    assert stale.status_code == 412, stale.text
+    patched = await client.patch(
+        f"{API}/envs/{env}/flags/checkout-v2",
+        headers={**admin.headers, "If-Match": '"1"'},
+        json={"on": True},
+    )
+    assert patched.status_code == 412, patched.text

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.audit import Actor, record_event
 from keel.core.changes import record_change
 from keel.core.db import utcnow
-from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from keel.core.http import check_if_match
 from keel.core.tenancy import bind_tenant
 from keel.core.versioned import update_versioned_row
@@ -610,10 +610,17 @@ async def replace_state(
     actor: Actor,
 ) -> StateView:
     """``PUT``: the whole state."""
-    view = await get_state(session, tenant_id, environment_key, key)
-    check_if_match(if_match, view.state.version, required=False)
     after = {name: document.get(name, default_state([])[name]) for name in STATE_FIELDS}
-    return await _write_state(session, view, after, comment=comment, actor=actor)
+    return await _change_state(
+        session,
+        tenant_id,
+        environment_key,
+        key,
+        lambda _: after,
+        if_match=if_match,
+        comment=comment,
+        actor=actor,
+    )
 
 
 async def patch_state(
@@ -633,19 +640,29 @@ async def patch_state(
     unknown = set(patch) - set(STATE_FIELDS)
     if unknown:
         raise ValidationFailed(f"Unknown state fields: {', '.join(sorted(unknown))}.")
-    view = await get_state(session, tenant_id, environment_key, key)
-    check_if_match(if_match, view.state.version, required=False)
-    merged = merge_patch(state_document(view.state), dict(patch))
-    after = {
-        "on": merged.get("on", False),
-        "off_variation": merged.get("off_variation"),
-        "prerequisites": merged.get("prerequisites", []),
-        "targets": merged.get("targets", []),
-        "rules": merged.get("rules", []),
-        "fallthrough": merged.get("fallthrough", {}),
-        "schedule": merged.get("schedule", []),
-    }
-    return await _write_state(session, view, after, comment=comment, actor=actor)
+
+    def patched(view: StateView) -> dict[str, Any]:
+        merged = merge_patch(state_document(view.state), dict(patch))
+        return {
+            "on": merged.get("on", False),
+            "off_variation": merged.get("off_variation"),
+            "prerequisites": merged.get("prerequisites", []),
+            "targets": merged.get("targets", []),
+            "rules": merged.get("rules", []),
+            "fallthrough": merged.get("fallthrough", {}),
+            "schedule": merged.get("schedule", []),
+        }
+
+    return await _change_state(
+        session,
+        tenant_id,
+        environment_key,
+        key,
+        patched,
+        if_match=if_match,
+        comment=comment,
+        actor=actor,
+    )
 
 
 async def toggle(
@@ -660,11 +677,52 @@ async def toggle(
 ) -> StateView:
     """The kill switch: turn the flag on or off in one environment (no If-Match: an
     emergency does not wait for a fresh read)."""
-    view = await get_state(session, tenant_id, environment_key, key)
-    after = {**state_document(view.state), "on": on}
-    return await _write_state(
-        session, view, after, comment=comment, actor=actor, action="flags.state.toggle"
+    return await _change_state(
+        session,
+        tenant_id,
+        environment_key,
+        key,
+        lambda view: {**state_document(view.state), "on": on},
+        if_match=None,
+        comment=comment,
+        actor=actor,
+        action="flags.state.toggle",
     )
+
+
+#: Reads of a state that another writer keeps moving on before a write without If-Match
+#: gives up (409).
+_WRITE_ATTEMPTS = 5
+
+
+async def _change_state(
+    session: AsyncSession,
+    tenant_id: str,
+    environment_key: str,
+    key: str,
+    build: Callable[[StateView], dict[str, Any]],
+    *,
+    if_match: str | None,
+    comment: str,
+    actor: Actor,
+    action: str = "flags.state.update",
+) -> StateView:
+    """The state ``build`` makes of the current one, written. With ``If-Match`` a state
+    changed since is a 412; without, the last writer wins: a write that lost the version to
+    another reads the state again and builds anew (two kill switches thrown at once both
+    land, in some order), as a config write does."""
+    for _ in range(_WRITE_ATTEMPTS):
+        view = await get_state(session, tenant_id, environment_key, key)
+        check_if_match(if_match, view.state.version, required=False)
+        try:
+            return await _write_state(
+                session, view, build(view), comment=comment, actor=actor, action=action
+            )
+        except PreconditionFailed:
+            if if_match is not None:
+                raise
+            session.expire(view.state)  # nothing was written: read what the other wrote
+    raise Conflict("The flag's state is changing too often; try again.")
 
 
 async def _write_state(
