@@ -3,11 +3,12 @@ long results read in chunks, errors and transactions as with plain aiosqlite."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from keel.core import sqlite
@@ -112,3 +113,40 @@ async def test_row_counts_of_writes(db: Database) -> None:
     async with db.session() as session:
         updated = await session.execute(text("UPDATE n SET label = 'x' WHERE i < 4"))
     assert getattr(updated, "rowcount", None) == 4
+
+
+async def test_a_read_for_update_holds_the_write_lock_until_its_transaction_ends(
+    db: Database, tmp_path: Path
+) -> None:
+    """``SELECT … FOR UPDATE`` (which SQLite's SQL lacks) takes the write lock before it
+    reads: read-then-write units of work at once, in this process and in another engine
+    (another process), each see the others' writes. Without it each read the same value in
+    autocommit and all but one update was lost."""
+    table = table_of_n()
+    await fill(db, 1)
+    elsewhere = Database.from_settings(Settings(data_dir=tmp_path, _env_file=None))
+
+    async def add_one(database: Database) -> None:
+        async with database.session() as session:
+            read = select(table.c.label).where(table.c.i == 0).with_for_update()
+            label = (await session.execute(read)).scalar_one()
+            count = int(label.removeprefix("row ")) + 1
+            await asyncio.sleep(0.01)  # others read meanwhile, were the read not locked
+            await session.execute(update(table).where(table.c.i == 0).values(label=f"row {count}"))
+
+    try:
+        await asyncio.gather(*(add_one(db if n % 2 else elsewhere) for n in range(8)))
+    finally:
+        await elsewhere.engine.dispose()
+    async with db.session() as session:
+        label = (await session.execute(select(table.c.label).where(table.c.i == 0))).scalar()
+    assert label == "row 8"
+    async with db.session() as session:  # a plain read still takes no lock
+        await session.execute(select(table.c.label))
+        connection = await session.connection()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert not driver.writing
+
+
+def table_of_n() -> Table:
+    return Table("n", MetaData(), Column("i", Integer, primary_key=True), Column("label", Text))

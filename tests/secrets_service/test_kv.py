@@ -335,3 +335,36 @@ async def test_every_change_is_read_at_once_though_reads_are_cached(
     assert answers[0] in (200, 500)
     assert answer.status_code == 500
     assert "does not open" in answer.json()["errors"][0]
+
+
+async def test_vault_writes_at_once_are_upserts_and_none_fails(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Vault's writes create or update: requests that each find the AppRole, the metadata or
+    the first version missing all land, one creating and the others updating, instead of
+    the losers of the unique key answering an error. A check-and-set still holds."""
+    keys = [admin.api_key] + [
+        (await make_tenant_admin(app, admin.tenant_slug)).api_key for _ in range(4)
+    ]
+
+    async def each(method: str, url: str, body: dict[str, Any]) -> list[int]:
+        answers = await asyncio.gather(
+            *(client.request(method, url, headers=vault(key), json=body) for key in keys)
+        )
+        return sorted(answer.status_code for answer in answers)
+
+    assert (
+        await each("POST", "/secrets/v1/auth/approle/role/billing", {"token_policies": ["p1"]})
+        == [204] * 5
+    )
+    assert (
+        await each("POST", "/secrets/v1/secret/metadata/race/meta", {"max_versions": 3})
+        == [204] * 5
+    )
+    assert await each("POST", f"{DATA}/race/plain", {"data": {"v": "1"}}) == [200] * 5
+    first_only = await each("POST", f"{DATA}/race/cas", {"options": {"cas": 0}, "data": {"v": "1"}})
+    assert first_only == [200, 400, 400, 400, 400]
+    versions = await client.get(
+        "/secrets/v1/secret/metadata/race/plain", headers=vault(admin.api_key)
+    )
+    assert versions.json()["data"]["current_version"] == 5

@@ -16,6 +16,13 @@ connection's first write and released when its transaction ends, which is exactl
 SQLite holds its write lock, and it gives up after the same busy timeout as SQLite.
 Other processes (the CLI, more workers) still meet SQLite's own locking.
 
+SQLite has no ``SELECT … FOR UPDATE``; SQLAlchemy leaves the clause out. A read meant to
+hold its rows until the transaction ends (a secret's current version before writing the
+next) would then read in autocommit, before the transaction takes the write lock, and two
+concurrent writers would both read the same version. Such a read is marked here and begins
+the transaction with ``BEGIN IMMEDIATE`` (after queueing as a writer): it holds the write
+lock before it reads, which on SQLite locks more than the rows, as PostgreSQL's would.
+
 The connection is an :class:`aiosqlite.Connection` (its thread, queue and shutdown), created
 through SQLAlchemy's ``do_connect`` hook; only its cursor and transaction ends differ. A unit of
 work that only read has no transaction open (sqlite3 begins one at the first write), so its
@@ -68,9 +75,22 @@ class WriterQueue:
         return lock
 
 
+#: Put before a ``SELECT`` that was written ``FOR UPDATE``, which SQLite's SQL lacks.
+FOR_UPDATE = "/* keel: for update */ "
+
+
 def use_one_hop_connections(engine: AsyncEngine, *, busy_timeout: float) -> None:
     """Make ``engine`` (``sqlite+aiosqlite``) open :class:`OneHopConnection` connections."""
     writers = WriterQueue(busy_timeout)
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute", retval=True)
+    def mark_locking_reads(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> tuple[str, Any]:
+        compiled = getattr(context, "compiled", None)
+        if getattr(getattr(compiled, "statement", None), "_for_update_arg", None) is not None:
+            statement = FOR_UPDATE + statement
+        return statement, parameters
 
     def connect(database: str, **kwargs: Any) -> OneHopConnection:
         connection = OneHopConnection(partial(sqlite3.connect, database, **kwargs), writers)
@@ -101,9 +121,12 @@ class OneHopConnection(aiosqlite.Connection):
         return await self._execute(function, self._conn, *args)  # type: ignore[no-untyped-call]
 
     async def before(self, sql: str) -> None:
-        """Queue for the database before the first write of a transaction."""
+        """Queue for the database before the first write of a transaction (or a read marked
+        :data:`FOR_UPDATE`)."""
+        if self._writing is not None:
+            return
         verb = _FIRST_WORD.match(sql)
-        if self._writing is None and verb and verb.group(1).upper() in _WRITES:
+        if (verb and verb.group(1).upper() in _WRITES) or sql.startswith(FOR_UPDATE):
             self._writing = await self._writers.acquire()
 
     async def commit(self) -> None:
@@ -200,6 +223,8 @@ class OneHopCursor:
 def _execute(
     connection: sqlite3.Connection, sql: str, parameters: Sequence[Any] | None
 ) -> tuple[_Description, int, int | None, list[Any], sqlite3.Cursor | None]:
+    if sql.startswith(FOR_UPDATE) and not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")  # the write lock before the read
     cursor = connection.cursor()
     still_open = None
     try:

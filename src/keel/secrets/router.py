@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel import __version__
@@ -181,14 +182,26 @@ def _versions(body: dict[str, Any]) -> list[int]:
     return versions
 
 
+#: Runs of a Vault call that keeps losing a unique key to concurrent requests.
+_RACE_ATTEMPTS = 3
+
+
 def _errors_as_vault(handler: Any) -> Any:
     """Answer Keel's errors in Vault's shape, whatever the handler raised."""
 
     @functools.wraps(handler)  # FastAPI reads the handler's own parameters
     async def handle(request: Request, **params: Any) -> Response:
         try:
-            response: Response = await handler(request, **params)
-            return response
+            for _ in range(_RACE_ATTEMPTS):
+                try:
+                    response: Response = await handler(request, **params)
+                    return response
+                except IntegrityError:
+                    # Another request created the same row between this one's read and its
+                    # write; nothing of this one was stored. Vault's writes are upserts (a
+                    # check-and-set is checked again), so the call runs again.
+                    continue
+            return vault_errors(409, "changed by another request at the same time; retry")
         except Denied:
             return vault_errors(403, PERMISSION_DENIED)
         except NotFound:
