@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.models import AuditEvent
 from keel.audit.service import AuditLog
-from keel.audit.verify import verify_tenant
+from keel.audit.verify import Report, verify_tenant
 from keel.audit.writer import MAX_MERGE_DELAY
 from keel.core.audit import ActionSpec, AuditOutbox, build_document, outbox_rows, record_event_now
 from keel.core.db import Database
@@ -46,6 +46,14 @@ async def there(app: FastAPI, settings: Settings) -> AsyncIterator[AuditLog]:
         yield AuditLog(app.state.keel.keyring, elsewhere.session)
     finally:
         await elsewhere.dispose()
+
+
+async def verified(app: FastAPI, tenant_id: str) -> Report:
+    """The report of ``keel audit verify`` on the tenant's log, which must be clean."""
+    async with unit_of_work(app) as session:
+        report = await verify_tenant(session, tenant_id)
+    assert report.ok, report.problems
+    return report
 
 
 INVOICE_PAID = ActionSpec("billing.invoice.pay", "An invoice paid.", "finance")
@@ -114,17 +122,15 @@ async def test_two_processes_appending_to_one_log_at_once_both_land(
         head = await here.latest_head(session, admin.tenant_id)
     assert head is not None
     assert head.tree_size > max(indexes)
-    async with unit_of_work(app) as session:
-        report = await verify_tenant(session, admin.tenant_id)
-    assert report.ok, report.problems
+    await verified(app, admin.tenant_id)
 
 
 async def test_the_sequencer_and_another_process_appending_at_once_both_land(
     app: FastAPI, there: AuditLog, admin: TenantAdmin
 ) -> None:
     """The sequencer moves the outbox under the lock while another process appends on its
-    frontier without it: when the sequencer loses the index (or a deadlock), it sequences
-    the batch again rather than leave it for the next sweep with an error logged."""
+    frontier: should the sequencer lose an index (or a deadlock), it sequences the batch
+    again rather than leave it for the next sweep with an error logged."""
     here = app.state.keel.resources["audit"]
     queued: list[str] = []
     for _ in range(8):
@@ -146,9 +152,7 @@ async def test_the_sequencer_and_another_process_appending_at_once_both_land(
             select(AuditOutbox.event_id).where(AuditOutbox.event_id.in_(queued))
         )
         assert list(left.scalars()) == []
-    async with unit_of_work(app) as session:
-        report = await verify_tenant(session, admin.tenant_id)
-    assert report.ok, report.problems
+    await verified(app, admin.tenant_id)
 
 
 async def test_heads_signed_while_another_process_appends_stay_in_order(
@@ -172,9 +176,7 @@ async def test_heads_signed_while_another_process_appends_stay_in_order(
     async with unit_of_work(app) as session:
         sizes = [head.tree_size for head in await here.heads(session, admin.tenant_id)]
     assert sizes == sorted(sizes)
-    async with unit_of_work(app) as session:
-        report = await verify_tenant(session, admin.tenant_id)
-    assert report.ok, report.problems
+    await verified(app, admin.tenant_id)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -292,9 +294,7 @@ async def test_a_log_appended_by_both_paths_and_two_processes_verifies(
     assert again == first
     async with unit_of_work(app) as session:
         head = await here.fresh_head(session, admin.tenant_id)
-    async with unit_of_work(app) as session:
-        report = await verify_tenant(session, admin.tenant_id)
-    assert report.ok, report.problems
+    report = await verified(app, admin.tenant_id)
     assert head is not None
     assert report.tree_size == head.tree_size
 
