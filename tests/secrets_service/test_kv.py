@@ -234,6 +234,8 @@ async def test_tenants_see_only_their_own_secrets(
             "unknown capabilities",
         ),
         ("POST", "/secrets/v1/sys/mounts/Bad Mount", {"type": "kv"}, 400, "mount path"),
+        ("POST", "/secrets/v1/sys/mounts/m2", {"type": "kv", "options": "v2"}, 400, "options"),
+        ("PUT", "/secrets/v1/sys/mounts/m3", {"type": "kv", "options": True}, 400, "options"),
     ],
 )
 async def test_bad_input_gets_a_vault_error(

@@ -315,7 +315,10 @@ def build_router() -> APIRouter:
             body = await _body(request)
             await call.authorize(f"sys/mounts/{path}", "create", "secrets.mount.write")
             kind = body.get("type")
-            version = str((body.get("options") or {}).get("version", "2"))
+            options = body.get("options") or {}
+            if not isinstance(options, dict):
+                raise BadRequest("options is an object")
+            version = str(options.get("version", "2"))
             if kind != "database" and (kind not in ("kv", "kv-v2") or version != "2"):
                 raise BadRequest("the secrets engines available are kv (version 2) and database")
             description = body.get("description") or ""
