@@ -141,11 +141,19 @@ async def test_a_read_for_update_holds_the_write_lock_until_its_transaction_ends
     async with db.session() as session:
         label = (await session.execute(select(table.c.label).where(table.c.i == 0))).scalar()
     assert label == "row 8"
-    async with db.session() as session:  # a plain read still takes no lock
-        await session.execute(select(table.c.label))
-        connection = await session.connection()
-        driver = (await connection.get_raw_connection()).driver_connection
-        assert not driver.writing
+    label = select(table.c.label)
+    reads = [
+        (label, False),
+        (label.with_for_update(skip_locked=True), False),  # a claim: work shared on PG
+        (label.with_for_update().execution_options(**{sqlite.SQLITE_WRITE_LOCK: False}), False),
+        (label.with_for_update(), True),
+    ]
+    for read, locks in reads:
+        async with db.session() as session:
+            await session.execute(read)
+            connection = await session.connection()
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver.writing is locks, read
 
 
 def table_of_n() -> Table:

@@ -21,7 +21,8 @@ hold its rows until the transaction ends (a secret's current version before writ
 next) would then read in autocommit, before the transaction takes the write lock, and two
 concurrent writers would both read the same version. Such a read is marked here and begins
 the transaction with ``BEGIN IMMEDIATE`` (after queueing as a writer): it holds the write
-lock before it reads, which on SQLite locks more than the rows, as PostgreSQL's would.
+lock before it reads, which on SQLite locks more than the rows PostgreSQL's would (see
+:data:`SQLITE_WRITE_LOCK` for the exceptions).
 
 The connection is an :class:`aiosqlite.Connection` (its thread, queue and shutdown), created
 through SQLAlchemy's ``do_connect`` hook; only its cursor and transaction ends differ. A unit of
@@ -78,6 +79,12 @@ class WriterQueue:
 #: Put before a ``SELECT`` that was written ``FOR UPDATE``, which SQLite's SQL lacks.
 FOR_UPDATE = "/* keel: for update */ "
 
+#: Execution option: ``False`` keeps a ``FOR UPDATE`` read from taking SQLite's write lock,
+#: where the transaction then waits on something outside the database (a managed database's
+#: server): the lock would stop every writer of every process meanwhile. ``SKIP LOCKED``
+#: claims never take it (they share work among PostgreSQL workers; SQLite has one).
+SQLITE_WRITE_LOCK = "keel_sqlite_write_lock"
+
 
 def use_one_hop_connections(engine: AsyncEngine, *, busy_timeout: float) -> None:
     """Make ``engine`` (``sqlite+aiosqlite``) open :class:`OneHopConnection` connections."""
@@ -88,7 +95,12 @@ def use_one_hop_connections(engine: AsyncEngine, *, busy_timeout: float) -> None
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> tuple[str, Any]:
         compiled = getattr(context, "compiled", None)
-        if getattr(getattr(compiled, "statement", None), "_for_update_arg", None) is not None:
+        locking = getattr(getattr(compiled, "statement", None), "_for_update_arg", None)
+        if (
+            locking is not None
+            and not locking.skip_locked
+            and context.execution_options.get(SQLITE_WRITE_LOCK, True)
+        ):
             statement = FOR_UPDATE + statement
         return statement, parameters
 
