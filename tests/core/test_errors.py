@@ -9,6 +9,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.exceptions import HTTPException
 
 from keel.app import create_app
@@ -55,6 +56,20 @@ async def raise_error(slug: str) -> None:
 @router.get("/raise-http/{status}")
 async def raise_starlette_http_error(status: int) -> None:
     raise HTTPException(status)
+
+
+@router.get("/violate/{constraint}")
+async def violate(constraint: str) -> None:
+    """A real integrity violation of SQLite's: ``unique`` or ``not-null``."""
+    engine = create_async_engine("sqlite+aiosqlite://")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (name TEXT NOT NULL UNIQUE)"))
+            await connection.execute(text("INSERT INTO t VALUES ('taken')"))
+            value = "taken" if constraint == "unique" else None
+            await connection.execute(text("INSERT INTO t VALUES (:v)"), {"v": value})
+    finally:
+        await engine.dispose()
 
 
 @router.post("/signup")
@@ -242,3 +257,13 @@ async def test_a_request_that_finds_every_database_connection_busy_gets_a_503_to
         # The connection back in the pool, the same request is answered normally.
         after = await http.post(TOKEN, data=CLIENT_CREDENTIALS, auth=("kc_nobody", "s"))
         assert after.status_code == 401  # invalid_client: the query ran
+
+
+async def test_a_unique_key_lost_to_a_concurrent_request_is_a_conflict_other_violations_500(
+    client: httpx.AsyncClient,
+) -> None:
+    """Two requests creating one name at once: the loser may retry, so 409. A NOT NULL
+    violation is a fault of Keel's and stays a bare 500."""
+    assert_problem(await client.get("/violate/unique"), 409, "conflict")
+    body = assert_problem(await client.get("/violate/not-null"), 500, "internal")
+    assert "NOT NULL" not in str(body)

@@ -269,17 +269,26 @@ async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
     return render_error(error, _request_id(request), request.url.path)
 
 
+#: Integrity violations two requests at once can cause: a unique key taken, a row referred
+#: to deleted (PostgreSQL's codes, then SQLite's messages).
+_RACE_SQLSTATES = frozenset({"23505", "23503"})
+_SQLITE_RACES = ("UNIQUE constraint failed", "FOREIGN KEY constraint failed")
+
+
 async def _integrity_conflict_handler(request: Request, exc: Exception) -> Response:
-    """A constraint the database enforced that the service's own checks did not catch: two
-    requests creating the same name at once (each saw it free), or a row removed under a
-    change. The client may read again and retry, so a 409, not a 500. Only the constraint's
-    name is logged: the statement's values may hold a password hash or a secret."""
+    """A unique or foreign key the database enforced that the service's own checks did not
+    catch: two requests creating the same name at once (each saw it free), or a row removed
+    under a change. The client may read again and retry, so a 409, not a 500. Only the
+    constraint's name is logged: the statement's values may hold a password hash or a
+    secret. Any other violation (``NOT NULL``, ``CHECK``) is a fault of Keel's: a 500."""
     from keel.core.logging import get_logger
 
     driver_error = getattr(exc, "orig", None)
-    constraint = (
-        getattr(driver_error, "constraint_name", None) or str(driver_error).split("\n", 1)[0][:200]
-    )
+    first_line = str(driver_error).split("\n", 1)[0]
+    sqlstate = str(getattr(driver_error, "sqlstate", ""))
+    if sqlstate not in _RACE_SQLSTATES and not first_line.startswith(_SQLITE_RACES):
+        raise exc  # a NOT NULL or CHECK violation is a fault of Keel's: a 500, reported
+    constraint = getattr(driver_error, "constraint_name", None) or first_line[:200]
     get_logger("keel.http").warning(
         "db.integrity_conflict", path=request.url.path, constraint=constraint
     )
