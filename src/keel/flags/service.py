@@ -584,15 +584,23 @@ class StateView:
 
 
 async def get_state(
-    session: AsyncSession, tenant_id: str, environment_key: str, key: str
+    session: AsyncSession,
+    tenant_id: str,
+    environment_key: str,
+    key: str,
+    *,
+    for_update: bool = False,
 ) -> StateView:
+    """The flag's state in the environment; ``for_update``: locked (and read afresh) until
+    the transaction ends."""
     environment = await get_environment(session, tenant_id, environment_key)
     flag = await get_flag(session, tenant_id, key)
-    state = await session.scalar(
-        select(FlagState).where(
-            FlagState.flag_id == flag.id, FlagState.environment_id == environment.id
-        )
+    query = select(FlagState).where(
+        FlagState.flag_id == flag.id, FlagState.environment_id == environment.id
     )
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    state = await session.scalar(query)
     if state is None:  # pragma: no cover - every flag has a state in every environment
         raise NotFound(f"No state of {key!r} in {environment_key!r}.")
     return StateView(environment, flag, state)
@@ -708,11 +716,13 @@ async def _change_state(
     action: str = "flags.state.update",
 ) -> StateView:
     """The state ``build`` makes of the current one, written. With ``If-Match`` a state
-    changed since is a 412; without, the last writer wins: a write that lost the version to
-    another reads the state again and builds anew (two kill switches thrown at once both
-    land, in some order), as a config write does."""
+    changed since is a 412; without, the last writer wins: the state is read locked, so
+    writers at once take turns (two kill switches thrown at once both land, in some order),
+    and one that still lost the version reads it again and builds anew."""
     for _ in range(_WRITE_ATTEMPTS):
-        view = await get_state(session, tenant_id, environment_key, key)
+        view = await get_state(
+            session, tenant_id, environment_key, key, for_update=if_match is None
+        )
         check_if_match(if_match, view.state.version, required=False)
         try:
             return await _write_state(
