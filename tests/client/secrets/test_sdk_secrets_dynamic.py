@@ -32,8 +32,12 @@ pytestmark = pytest.mark.postgres  # the target database is PostgreSQL, whatever
 
 PLUGIN = "postgresql-database-plugin"
 #: The role's lease: renewed at 2 s and 4 s; at 4 s only 2 s are left before the max TTL.
-DEFAULT_TTL = 3
-MAX_TTL = 6
+# Long enough that a renewal due at two thirds of the TTL still lands before the lease
+# ends on a loaded CI machine (with 3 s, one landed a second late and found it expired).
+DEFAULT_TTL = 6
+MAX_TTL = 12
+#: Past the time a fresh credential renews (two thirds of its TTL).
+PAST_RENEWAL = DEFAULT_TTL * 2 / 3 + 0.2
 
 
 @dataclass
@@ -157,8 +161,8 @@ async def test_a_lease_is_renewed_at_two_thirds_until_its_max_ttl_then_revoked(
 
     await wait_until_done(credential, timeout=MAX_TTL)
 
-    # Renewed at 2 s (a full TTL granted) and at 4 s (capped: 2 s left), then stopped. On a
-    # loaded machine the first renewal can land after 3 s, is capped already, and is the last.
+    # Renewed at 4 s (a full TTL granted) and at 8 s (capped: 4 s left), then stopped. On a
+    # loaded machine the first renewal can land after 6 s, is capped already, and is the last.
     renewals = transport.requests[("PUT", "/secrets/v1/sys/leases/renew")]
     assert renewals in (1, 2)
     assert credential.renewals == renewals
@@ -193,7 +197,7 @@ async def test_closing_stops_renewing_and_leaving_the_block_revokes(
 
     assert scoped.is_revoked
     assert await target.valid_until(scoped.username) is None
-    await asyncio.sleep(2.2)  # past the renewal time of both
+    await asyncio.sleep(PAST_RENEWAL)  # of both
     assert transport.requests[("PUT", "/secrets/v1/sys/leases/renew")] == 0
     assert await target.valid_until(kept.username) is not None  # closed, not revoked
     await kept.revoke()
@@ -210,7 +214,7 @@ async def test_closing_the_client_stops_its_renewals(
         assert credential.is_renewing
     assert not credential.is_renewing
     renewals = transport.requests[("PUT", "/secrets/v1/sys/leases/renew")]
-    await asyncio.sleep(2.2)  # past its renewal time
+    await asyncio.sleep(PAST_RENEWAL)
     assert transport.requests[("PUT", "/secrets/v1/sys/leases/renew")] == renewals == 0
     async with SecretsClient(BASE_URL, auth=admin.api_key, transport=transport) as other:
         # A credential outlives its client; revoking takes a client that is open.
