@@ -25,6 +25,7 @@ from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.sealed import register_sealed_column
+from keel.core.sqlite import hold_write_lock
 
 #: Seconds the active key's identity is remembered between database lookups.
 ACTIVE_KEY_TTL = 5.0
@@ -145,6 +146,7 @@ class SigningKeys:
         Returns ``(retired kid, new active kid)``.
         """
         now = utcnow()
+        await hold_write_lock(session)  # SQLite: one rotation at a time, as the row locks make it
         keys = list(
             await session.scalars(
                 select(SigningKey)

@@ -16,13 +16,10 @@ connection's first write and released when its transaction ends, which is exactl
 SQLite holds its write lock, and it gives up after the same busy timeout as SQLite.
 Other processes (the CLI, more workers) still meet SQLite's own locking.
 
-SQLite has no ``SELECT … FOR UPDATE``; SQLAlchemy leaves the clause out. A read meant to
-hold its rows until the transaction ends (a secret's current version before writing the
-next) would then read in autocommit, before the transaction takes the write lock, and two
-concurrent writers would both read the same version. Such a read is marked here and begins
-the transaction with ``BEGIN IMMEDIATE`` (after queueing as a writer): it holds the write
-lock before it reads, which on SQLite locks more than the rows PostgreSQL's would (see
-:data:`SQLITE_WRITE_LOCK` for the exceptions).
+SQLite has no ``SELECT … FOR UPDATE``; SQLAlchemy leaves the clause out, and the read runs
+in autocommit, before the transaction takes the write lock: two concurrent writers both read
+the same current version. :func:`hold_write_lock` takes the lock first (``BEGIN IMMEDIATE``
+after queueing as a writer), where a read must hold what it read until the transaction ends.
 
 The connection is an :class:`aiosqlite.Connection` (its thread, queue and shutdown), created
 through SQLAlchemy's ``do_connect`` hook; only its cursor and transaction ends differ. A unit of
@@ -43,7 +40,7 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 #: Rows fetched together with the statement; more are fetched in chunks of ``arraysize``.
 FIRST_FETCH = 512
@@ -76,33 +73,9 @@ class WriterQueue:
         return lock
 
 
-#: Put before a ``SELECT`` that was written ``FOR UPDATE``, which SQLite's SQL lacks.
-FOR_UPDATE = "/* keel: for update */ "
-
-#: Execution option: ``False`` keeps a ``FOR UPDATE`` read from taking SQLite's write lock,
-#: where the transaction then waits on something outside the database (a managed database's
-#: server): the lock would stop every writer of every process meanwhile. ``SKIP LOCKED``
-#: claims never take it (they share work among PostgreSQL workers; SQLite has one).
-SQLITE_WRITE_LOCK = "keel_sqlite_write_lock"
-
-
 def use_one_hop_connections(engine: AsyncEngine, *, busy_timeout: float) -> None:
     """Make ``engine`` (``sqlite+aiosqlite``) open :class:`OneHopConnection` connections."""
     writers = WriterQueue(busy_timeout)
-
-    @event.listens_for(engine.sync_engine, "before_cursor_execute", retval=True)
-    def mark_locking_reads(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
-    ) -> tuple[str, Any]:
-        compiled = getattr(context, "compiled", None)
-        locking = getattr(getattr(compiled, "statement", None), "_for_update_arg", None)
-        if (
-            locking is not None
-            and not locking.skip_locked
-            and context.execution_options.get(SQLITE_WRITE_LOCK, True)
-        ):
-            statement = FOR_UPDATE + statement
-        return statement, parameters
 
     def connect(database: str, **kwargs: Any) -> OneHopConnection:
         connection = OneHopConnection(partial(sqlite3.connect, database, **kwargs), writers)
@@ -133,13 +106,17 @@ class OneHopConnection(aiosqlite.Connection):
         return await self._execute(function, self._conn, *args)  # type: ignore[no-untyped-call]
 
     async def before(self, sql: str) -> None:
-        """Queue for the database before the first write of a transaction (or a read marked
-        :data:`FOR_UPDATE`)."""
-        if self._writing is not None:
-            return
+        """Queue for the database before the first write of a transaction."""
         verb = _FIRST_WORD.match(sql)
-        if (verb and verb.group(1).upper() in _WRITES) or sql.startswith(FOR_UPDATE):
+        if self._writing is None and verb and verb.group(1).upper() in _WRITES:
             self._writing = await self._writers.acquire()
+
+    async def begin_immediate(self) -> None:
+        """Queue as a writer and begin the transaction holding SQLite's write lock, unless this
+        transaction has written already (and so holds both)."""
+        if self._writing is None:
+            self._writing = await self._writers.acquire()
+            await self.run(_begin_immediate)
 
     async def commit(self) -> None:
         try:
@@ -235,8 +212,6 @@ class OneHopCursor:
 def _execute(
     connection: sqlite3.Connection, sql: str, parameters: Sequence[Any] | None
 ) -> tuple[_Description, int, int | None, list[Any], sqlite3.Cursor | None]:
-    if sql.startswith(FOR_UPDATE) and not connection.in_transaction:
-        connection.execute("BEGIN IMMEDIATE")  # the write lock before the read
     cursor = connection.cursor()
     still_open = None
     try:
@@ -250,6 +225,11 @@ def _execute(
     finally:
         if still_open is None:
             cursor.close()
+
+
+def _begin_immediate(connection: sqlite3.Connection) -> None:
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
 
 
 def _executemany(
@@ -282,3 +262,15 @@ def _fetch_rest(connection: sqlite3.Connection, cursor: sqlite3.Cursor) -> list[
 
 def _close(connection: sqlite3.Connection, cursor: sqlite3.Cursor) -> None:
     cursor.close()
+
+
+async def hold_write_lock(session: AsyncSession) -> None:
+    """On SQLite, take the database's write lock now, until the transaction ends: what a
+    ``SELECT … FOR UPDATE`` after this reads stays as read (SQLite has no row locks, and its
+    SQL no ``FOR UPDATE``). Nothing on other databases, where ``FOR UPDATE`` locks the rows.
+    Not before waiting on anything outside the database: the lock stops every writer of every
+    process meanwhile."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if isinstance(driver, OneHopConnection):
+        await driver.begin_immediate()

@@ -30,6 +30,7 @@ from keel.core.changes import record_change
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from keel.core.http import check_if_match
+from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.core.versioned import update_versioned_row
 from keel.flags import (
@@ -599,6 +600,7 @@ async def get_state(
         FlagState.flag_id == flag.id, FlagState.environment_id == environment.id
     )
     if for_update:
+        await hold_write_lock(session)  # SQLite has no row locks
         query = query.with_for_update().execution_options(populate_existing=True)
     state = await session.scalar(query)
     if state is None:  # pragma: no cover - every flag has a state in every environment

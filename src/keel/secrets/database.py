@@ -35,7 +35,6 @@ from keel.core.db import utcnow
 from keel.core.errors import BadRequest, NotFound
 from keel.core.logging import get_logger
 from keel.core.sealed import register_sealed_column
-from keel.core.sqlite import SQLITE_WRITE_LOCK
 from keel.core.tenancy import bind_tenant
 from keel.secrets.kv import parse_duration
 from keel.secrets.models import DatabaseConnection, DatabaseRole, Lease, SecretMount
@@ -479,11 +478,7 @@ class DatabaseEngine:
         if not isinstance(lease_id, str) or not lease_id or len(lease_id) > 400:
             raise BadRequest("lease_id is required")
         lease = await session.scalar(
-            select(Lease)
-            .where(Lease.lease_id == lease_id)
-            .with_for_update()
-            # Renewing and revoking then talk to the managed database's server.
-            .execution_options(**{SQLITE_WRITE_LOCK: False})
+            select(Lease).where(Lease.lease_id == lease_id).with_for_update()
         )
         if lease is None:
             raise InvalidLease("invalid lease")

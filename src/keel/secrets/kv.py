@@ -24,6 +24,7 @@ from keel.core.crypto import DecryptionError, Keyring
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, NotFound
 from keel.core.sealed import register_sealed_column
+from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.secrets.models import Secret, SecretMount, SecretVersion
 
@@ -250,6 +251,7 @@ class KvEngine:
         plaintext = json.dumps(data, separators=(",", ":")).encode()
         if len(plaintext) > MAX_DATA_BYTES:
             raise BadRequest(f"secret data is at most {MAX_DATA_BYTES} bytes")
+        await hold_write_lock(session)  # SQLite: the version read stays current until commit
         secret = await self._secret(session, mount, path, for_update=True)
         current = secret.current_version if secret is not None else 0
         cas_required = mount.cas_required or (secret is not None and secret.cas_required)
