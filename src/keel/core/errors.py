@@ -36,6 +36,10 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from keel.core.logging import get_logger
+
+log = get_logger("keel.http")
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:keel:problem:"
 
@@ -281,17 +285,13 @@ async def _integrity_conflict_handler(request: Request, exc: Exception) -> Respo
     under a change. The client may read again and retry, so a 409, not a 500. Only the
     constraint's name is logged: the statement's values may hold a password hash or a
     secret. Any other violation (``NOT NULL``, ``CHECK``) is a fault of Keel's: a 500."""
-    from keel.core.logging import get_logger
-
     driver_error = getattr(exc, "orig", None)
     first_line = str(driver_error).split("\n", 1)[0]
     sqlstate = str(getattr(driver_error, "sqlstate", ""))
     if sqlstate not in _RACE_SQLSTATES and not first_line.startswith(_SQLITE_RACES):
         raise exc  # a NOT NULL or CHECK violation is a fault of Keel's: a 500, reported
     constraint = getattr(driver_error, "constraint_name", None) or first_line[:200]
-    get_logger("keel.http").warning(
-        "db.integrity_conflict", path=request.url.path, constraint=constraint
-    )
+    log.warning("db.integrity_conflict", path=request.url.path, constraint=constraint)
     error = Conflict(
         "The request conflicts with a change made at the same time; read the current state "
         "and retry."

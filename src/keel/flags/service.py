@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.audit import Actor, record_event
 from keel.core.changes import record_change
 from keel.core.db import utcnow
-from keel.core.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.http import check_if_match
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
@@ -700,11 +700,6 @@ async def toggle(
     )
 
 
-#: Reads of a state that another writer keeps moving on before a write without If-Match
-#: gives up (409).
-_WRITE_ATTEMPTS = 5
-
-
 async def _change_state(
     session: AsyncSession,
     tenant_id: str,
@@ -719,22 +714,12 @@ async def _change_state(
 ) -> StateView:
     """The state ``build`` makes of the current one, written. With ``If-Match`` a state
     changed since is a 412; without, the last writer wins: the state is read locked, so
-    writers at once take turns (two kill switches thrown at once both land, in some order),
-    and one that still lost the version reads it again and builds anew."""
-    for _ in range(_WRITE_ATTEMPTS):
-        view = await get_state(
-            session, tenant_id, environment_key, key, for_update=if_match is None
-        )
-        check_if_match(if_match, view.state.version, required=False)
-        try:
-            return await _write_state(
-                session, view, build(view), comment=comment, actor=actor, action=action
-            )
-        except PreconditionFailed:
-            if if_match is not None:
-                raise
-            session.expire(view.state)  # nothing was written: read what the other wrote
-    raise Conflict("The flag's state is changing too often; try again.")
+    writers at once take turns (two kill switches thrown at once both land, in some order)."""
+    view = await get_state(session, tenant_id, environment_key, key, for_update=if_match is None)
+    check_if_match(if_match, view.state.version, required=False)
+    return await _write_state(
+        session, view, build(view), comment=comment, actor=actor, action=action
+    )
 
 
 async def _write_state(
