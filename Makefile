@@ -4,16 +4,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast lint typecheck bench clean
+.PHONY: install upgrade serve test test-fast lint typecheck bench clean
+LOCK_FLAGS := --python-version 3.11 --no-emit-package keel --no-emit-package keel-client --quiet
 
-$(STAMP): pyproject.toml client/pyproject.toml
+# The environment is installed from requirements.lock (every package pinned, used as pip
+# constraints), so a clean clone installs exactly what passed CI; `make upgrade` refreshes it.
+$(STAMP): pyproject.toml client/pyproject.toml requirements.in requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Keel needs Python 3.11 or newer; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./client -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -r requirements.in -c requirements.lock
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## Resolve requirements.in anew at today's newest releases into requirements.lock, then install it
+upgrade: $(STAMP)
+	$(BIN)/uv pip compile --upgrade requirements.in -o requirements.lock $(LOCK_FLAGS)
+	$(BIN)/python -m pip install --quiet -r requirements.in -c requirements.lock
+	@touch $(STAMP)
 
 ## Install, migrate, create the default tenant and serve on http://127.0.0.1:8000
 serve: $(STAMP)

@@ -48,7 +48,7 @@ class RedisBroadcast(Broadcast):
                 await self._reader
             self._reader = None
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
         await self._redis.aclose()
 
     async def ping(self) -> None:
@@ -85,7 +85,7 @@ class RedisBroadcast(Broadcast):
             try:
                 if broken:
                     # Resubscribe on a fresh connection; anything sent meanwhile is gone.
-                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await self._pubsub.aclose()
                     channels = [self.PREFIX + name for name in self._subscriptions]
                     if channels:
                         await self._pubsub.subscribe(*channels)

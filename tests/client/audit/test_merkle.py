@@ -30,7 +30,8 @@ from keel_client.audit import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "rfc6962"
+# Vendored from transparency-dev/merkle (Apache-2.0): provenance in the folder's README.md.
+VECTORS = Path(__file__).resolve().parents[2] / "data" / "rfc6962"
 
 # The RFC 6962 test leaves. The numbered vector directories prove trees of these: every size
 # there is at most 8, so the generator is checked against every one of them.
