@@ -16,10 +16,10 @@ What a block sees:
 
 A directive is an HTML comment on the line right before the fence, invisible on a rendered page::
 
-    <!-- doc-test: exit=2 -->                 the block must end with exit code 2
-    <!-- doc-test: file=billing.schema.json -->   write the block to that file instead of running it
-    <!-- doc-test: background -->             start the block and leave it running until the page ends
-    <!-- doc-test: skip="why it cannot run here" -->   not run; the reason is required
+    <!-- doc-test: exit=2 -->              the block must end with exit code 2
+    <!-- doc-test: file=app.json -->       write the block to that file instead of running it
+    <!-- doc-test: background -->          start it and leave it running until the page ends
+    <!-- doc-test: skip="why not here" --> not run; the reason is required
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def parse_directive(text: str, where: str) -> dict[str, str]:
             raise DirectiveError(f"{where}: unknown doc-test option {name!r}")
         options[name] = value
     if "skip" in options and not options["skip"].strip():
-        raise DirectiveError(f"{where}: a skipped example must say why (skip=\"…\")")
+        raise DirectiveError(f'{where}: a skipped example must say why (skip="…")')
     if "exit" in options and not options["exit"].isdigit():
         raise DirectiveError(f"{where}: exit= takes a number")
     return options

@@ -106,7 +106,9 @@ def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path)
     with httpx.Client(base_url=base_url, timeout=5.0) as http:
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"make serve exited with {process.returncode}:\n{log_tail(log)}")
+                raise AssertionError(
+                    f"make serve exited with {process.returncode}:\n{log_tail(log)}"
+                )
             with contextlib.suppress(httpx.TransportError):
                 if http.get("/health/ready").status_code == 200:
                     return
@@ -147,7 +149,9 @@ def command_for(block: Block, keel: DocumentedKeel) -> list[str]:
     return ["bash", "-c", wrapper, str(script)]
 
 
-def run_block(block: Block, keel: DocumentedKeel, background: list[subprocess.Popen[bytes]]) -> None:
+def run_block(
+    block: Block, keel: DocumentedKeel, background: list[subprocess.Popen[bytes]]
+) -> None:
     if "file" in block.options:
         (keel.workdir / block.options["file"]).write_text(block.code)
         return
