@@ -463,7 +463,7 @@ def test_bad_input_exits_2_with_one_line_naming_no_value(tmp_path: Path) -> None
     cases = [
         (["missing.env", "--path", "apps/x"], "missing.env: no such file"),
         (["broken.env", "--path", "apps/x"], "broken.env line 4: not KEY=VALUE"),
-        (["novalue.env", "--path", "apps/x"], "line 2: LONELY_hunter2 has no value"),
+        (["novalue.env", "--path", "apps/x"], "novalue.env line 2: no '='"),
         (["twice.env", "--path", "apps/x"], "twice.env line 2: A is set twice"),
         (["empty.env", "--path", "apps/x"], "empty.env: no KEY=VALUE line"),
         (["ok.env", "--path", "apps/../x"], "invalid path segment '..'"),
@@ -473,8 +473,7 @@ def test_bad_input_exits_2_with_one_line_naming_no_value(tmp_path: Path) -> None
     for args, message in cases:
         result = invoke_keel("secrets", "import", *args, cwd=tmp_path, env=env)
         assert_one_line_error(result, 2, message)
-        if "LONELY" not in message:
-            assert "hunter" not in result.stderr + result.stdout
+        assert "hunter" not in result.stderr + result.stdout
     assert invoke_keel("secrets", "export", cwd=tmp_path, env=env).returncode == 2  # no --path
 
 

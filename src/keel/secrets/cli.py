@@ -95,9 +95,9 @@ def parse_env(text: str, source: str) -> dict[str, str]:
         if binding.key is None:
             continue  # a blank line or a comment
         if binding.value is None:
+            # A line without ``=`` may be a pasted value (``sk_live_…``), not a name: not shown.
             raise EnvFileError(
-                f"{source} line {line}: {binding.key} has no value "
-                f"(write {binding.key}= for an empty one)"
+                f"{source} line {line}: no '=' (write NAME=VALUE, or NAME= for an empty value)"
             )
         if binding.key in values:
             raise EnvFileError(f"{source} line {line}: {binding.key} is set twice")
