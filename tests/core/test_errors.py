@@ -123,6 +123,7 @@ def test_problem_types_are_stable_urns() -> None:
         "urn:keel:problem:rate-limited",
         "urn:keel:problem:unauthorized",
         "urn:keel:problem:unavailable",
+        "urn:keel:problem:unsupported-media-type",
         "urn:keel:problem:validation",
     ]
 
@@ -267,3 +268,22 @@ async def test_a_unique_key_lost_to_a_concurrent_request_is_a_conflict_other_vio
     assert_problem(await client.get("/violate/unique"), 409, "conflict")
     body = assert_problem(await client.get("/violate/not-null"), 500, "internal")
     assert "NOT NULL" not in str(body)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_json_body_without_the_json_media_type_is_a_415_that_says_so(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    body = b'{"email": "a@example.com", "password": "' + SECRET.encode() * 2 + b'"}'
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await client.post("/signup", content=body, headers=headers)
+    problem = assert_problem(response, 415, "unsupported-media-type")
+    assert "Content-Type: application/json" in str(problem["detail"])
+    assert SECRET not in response.text
+
+
+async def test_a_json_body_of_the_wrong_shape_or_none_stays_a_422(
+    client: httpx.AsyncClient,
+) -> None:
+    assert_problem(await client.post("/signup", json=["not", "an", "object"]), 422, "validation")
+    assert_problem(await client.post("/signup"), 422, "validation")

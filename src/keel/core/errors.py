@@ -112,6 +112,10 @@ class PayloadTooLarge(KeelError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
+class UnsupportedMediaType(KeelError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class PreconditionRequired(KeelError):
     status, slug, title = 428, "precondition-required", "Precondition required"
 
@@ -144,6 +148,7 @@ _HTTP_STATUS_ERRORS: dict[int, type[KeelError]] = {
         Conflict,
         PreconditionFailed,
         PayloadTooLarge,
+        UnsupportedMediaType,
         PreconditionRequired,
         RateLimited,
         ServiceUnavailable,
@@ -235,12 +240,33 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
             _request_id(request),
             request.url.path,
         )
+    if _is_json_body_sent_as_another_type(request, errors):
+        sent = request.headers.get("content-type") or "no Content-Type"
+        return render_error(
+            UnsupportedMediaType(
+                f"The body must be JSON sent with Content-Type: application/json (not {sent})."
+            ),
+            _request_id(request),
+            request.url.path,
+        )
     return render_error(
         ValidationFailed(
             "The request does not match the schema.", errors=describe_validation_errors(errors)
         ),
         _request_id(request),
         request.url.path,
+    )
+
+
+def _is_json_body_sent_as_another_type(request: Request, errors: Sequence[Any]) -> bool:
+    """Whether a JSON body was refused as a whole because it was not declared JSON: FastAPI
+    then validates the raw bytes and says "Input should be a valid dictionary"."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return False
+    return any(
+        tuple(error.get("loc", ())) == ("body",) and error.get("type") != "missing"
+        for error in errors
     )
 
 
