@@ -54,6 +54,7 @@ import httpx
 import pydantic
 from pydantic import SecretStr
 
+from keel_client._env import as_auth, env_settings
 from keel_client.audit.heads import TreeHead
 from keel_client.audit.transactions import (
     CURRENCY_PATTERN,
@@ -65,7 +66,6 @@ from keel_client.audit.transactions import (
 )
 from keel_client.http import (
     BaseAPIClient,
-    BearerToken,
     CircuitOpenError,
     HTTPStatusError,
     KeelHTTPError,
@@ -891,6 +891,14 @@ class AuditAPI(BaseAPIClient):
     422 (validation) or 409 (the id was stored with other content).
     """
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
+        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN`` (an API key or token);
+        ``options`` are ``BaseAPIClient``'s."""
+        url, token = env_settings(environ)
+        options.setdefault("auth", as_auth(token))
+        return cls(url, **options)
+
     async def send_events(self, events: Sequence[Mapping[str, Any]]) -> BatchReceipts:
         """Store events atomically (1 to 1000, built by :func:`build_event`); receipts in
         order. An event sent again with the same id and content gets its original receipt."""
@@ -1089,12 +1097,6 @@ class AuditRecorder(Protocol):
 # --- the client ---------------------------------------------------------------------------
 
 
-def _as_auth(auth: str | SecretStr | httpx.Auth | None) -> httpx.Auth | None:
-    if auth is None or isinstance(auth, httpx.Auth):
-        return auth
-    return BearerToken(auth)
-
-
 class AuditClient:
     """Records audit events durably and sends them to Keel in the background.
 
@@ -1161,7 +1163,7 @@ class AuditClient:
         if api is None:
             if base_url is None:
                 raise ValueError("give the Keel base_url (with auth) or an AuditAPI as api=")
-            api = AuditAPI(base_url, auth=_as_auth(auth), breaker=None, deadline=30.0)
+            api = AuditAPI(base_url, auth=as_auth(auth), breaker=None, deadline=30.0)
             self._owns_api = True
         elif base_url is not None or auth is not None:
             raise ValueError("give either base_url and auth, or api=, not both")
@@ -1191,6 +1193,21 @@ class AuditClient:
         self._failures = 0
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        spool_dir: str | os.PathLike[str],
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> AuditClient:
+        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN`` (an API key or token
+        holding ``audit:event:write``), spooling to ``spool_dir``; ``options`` as
+        :class:`AuditClient` takes them."""
+        url, token = env_settings(environ)
+        options.setdefault("auth", token)
+        return cls(url, spool_dir=spool_dir, **options)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -75,9 +75,26 @@ def _plain(value: Any, depth: int) -> bool:
     return kind is int and -_SAFE_INTEGER <= value <= _SAFE_INTEGER
 
 
+#: What ``GET /audit/v1/events`` and ``GET /audit/v1/events/{id}`` add to each stored document:
+#: where the event is in the tree, and (once retention deleted the document) ``erased``. They
+#: are not part of the document, so not of its leaf hash.
+LISTING_FIELDS = frozenset({"leaf_index", "leaf_hash", "erased"})
+
+
 def event_leaf_hash(event: Mapping[str, Any]) -> bytes:
-    """The Merkle leaf hash of a stored event document."""
+    """The Merkle leaf hash of a stored event document (exactly the fields given)."""
     return leaf_hash(canonical_json(dict(event)))
+
+
+def event_document(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored document of ``event`` as the API lists it: without :data:`LISTING_FIELDS`.
+
+    Raises :class:`ProofError` for an event retention erased: its document is gone, only its
+    leaf hash remains (and still proves the leaf is in the log).
+    """
+    if event.get("erased") is True:
+        raise ProofError(f"event {event.get('id')!r} was erased by retention: its document is gone")
+    return {name: value for name, value in event.items() if name not in LISTING_FIELDS}
 
 
 def b64(data: bytes) -> str:
@@ -181,6 +198,18 @@ def verify_event_receipt(
     keys: Mapping[str, Ed25519PublicKey],
 ) -> None:
     """Check, trusting only ``keys``, that the log holds ``event`` at ``leaf_index`` in the
-    tree ``head`` signs."""
+    tree ``head`` signs.
+
+    ``event`` is the stored document, or the event exactly as ``GET /audit/v1/events`` (or
+    ``/events/{id}``) returns it: the ``leaf_index`` and ``leaf_hash`` the listing adds are not
+    hashed, but must agree with ``leaf_index`` and the document's hash when present.
+    """
     verify_tree_head(head, keys)
-    verify_inclusion(event_leaf_hash(event), leaf_index, head.tree_size, proof, head.root_hash)
+    digest = event_leaf_hash(event_document(event))
+    listed_index = event.get("leaf_index")
+    if listed_index is not None and listed_index != leaf_index:
+        raise ProofError(f"the event is listed at leaf {listed_index}, not {leaf_index}")
+    listed_hash = event.get("leaf_hash")
+    if listed_hash is not None and unb64(str(listed_hash), "leaf_hash") != digest:
+        raise ProofError("the event's document does not hash to its leaf_hash")
+    verify_inclusion(digest, leaf_index, head.tree_size, proof, head.root_hash)
