@@ -115,3 +115,18 @@ async def test_auth_verbs_administer_identities(tmp_path: Path) -> None:
         )
         assert service_claims["typ"] == "service_account"
         assert service_claims["permissions"] == []
+
+
+async def test_restore_admin_is_the_break_glass_verb(tmp_path: Path) -> None:
+    assert (await invoke_keel_async("init", cwd=tmp_path)).returncode == 0
+    created = await invoke_keel_async(
+        "auth", "create-user", "rescuer", "--password-stdin", cwd=tmp_path, stdin=PASSWORD + "\n"
+    )
+    assert created.returncode == 0, created.stderr
+    restored = await invoke_keel_async("auth", "restore-admin", "--user", "rescuer", cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == "role admin: restored to '*', held by rescuer\n"
+    unknown = await invoke_keel_async("auth", "restore-admin", "--user", "nobody", cwd=tmp_path)
+    assert unknown.returncode == EXIT_USAGE
+    assert "No user 'nobody'" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1

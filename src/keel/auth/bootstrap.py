@@ -8,10 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import PrincipalType, Role, User
-from keel.auth.service import AuthService
+from keel.auth.service import ADMIN_PERMISSIONS, ADMIN_ROLE, AuthService
+from keel.core.errors import NotFound
 from keel.core.tenancy import bind_tenant
-
-ADMIN_ROLE = "admin"
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ async def ensure_admin(
             session,
             tenant_id,
             name=ADMIN_ROLE,
-            permissions=["*"],
+            permissions=ADMIN_PERMISSIONS,
             description="Every permission in this tenant.",
         )
     user = await session.scalar(select(User).where(User.username == username))
@@ -48,3 +47,29 @@ async def ensure_admin(
         principal_id=user.id,
     )
     return AdminOutcome(user.id, api_key)
+
+
+async def restore_admin(
+    auth: AuthService, session: AsyncSession, tenant_id: str, username: str
+) -> str:
+    """Break glass from the host: the ``admin`` role gets ``*`` back (created if missing) and
+    ``username`` holds it. Returns the user's id. Each change is audited as the platform's."""
+    bind_tenant(session, tenant_id)
+    user = await session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFound(f"No user {username!r} in this tenant.")
+    role = await session.scalar(select(Role).where(Role.name == ADMIN_ROLE))
+    if role is None:
+        await auth.create_role(
+            session,
+            tenant_id,
+            name=ADMIN_ROLE,
+            permissions=ADMIN_PERMISSIONS,
+            description="Every permission in this tenant.",
+        )
+    elif role.permissions != ADMIN_PERMISSIONS:
+        await auth.update_role(
+            session, tenant_id, ADMIN_ROLE, permissions=ADMIN_PERMISSIONS, if_match=None
+        )
+    await auth.assign_role(session, tenant_id, ADMIN_ROLE, PrincipalType.user, user.id)
+    return user.id

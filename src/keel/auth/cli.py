@@ -233,6 +233,25 @@ def assign_role(
     _run(main)
 
 
+@app.command("restore-admin")
+def restore_admin(
+    user: Annotated[str, typer.Option(help="Username who will hold the admin role.")] = "admin",
+    tenant: TenantOption = "default",
+) -> None:
+    """Break glass: give the built-in admin role every permission again and assign it to a
+    user (run on the host; needs database access, not an API key)."""
+
+    async def main() -> None:
+        from keel.auth.bootstrap import ADMIN_ROLE
+        from keel.auth.bootstrap import restore_admin as restore
+
+        async with _auth_session(tenant) as (auth, session, tenant_id):
+            await restore(auth, session, tenant_id, user)
+        typer.echo(f"role {ADMIN_ROLE}: restored to '*', held by {user}")
+
+    _run(main)
+
+
 @app.command("rotate-signing-key")
 def rotate_signing_key() -> None:
     """Promote the published next signing key and publish a new next key."""

@@ -405,7 +405,9 @@ def build_router() -> APIRouter:
     async def delete_role(
         name: str, principal: CurrentPrincipal, session: DbSession, auth: Auth
     ) -> None:
-        await auth.delete_role(session, principal.tenant_id, name, Actor.of(principal))
+        await auth.delete_role(
+            session, principal.tenant_id, name, Actor.of(principal), grantor=principal
+        )
 
     @router.post(
         "/roles/{name}/assignments",
@@ -443,7 +445,13 @@ def build_router() -> APIRouter:
         auth: Auth,
     ) -> None:
         await auth.unassign_role(
-            session, principal.tenant_id, name, principal_type, principal_id, Actor.of(principal)
+            session,
+            principal.tenant_id,
+            name,
+            principal_type,
+            principal_id,
+            Actor.of(principal),
+            grantor=principal,
         )
 
     # -- signing keys ---------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from keel.core.http import check_if_match
+from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import AuthSettings
 from keel_client.auth import (
@@ -66,6 +67,10 @@ from keel_client.auth import (
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{1,149}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+
+#: The built-in role of every tenant: it keeps ``*`` and at least one holder (docs/security.md).
+ADMIN_ROLE = "admin"
+ADMIN_PERMISSIONS = ["*"]
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 #: Last-used times of API keys are written at most this often, not on every request.
 _LAST_USED_GRANULARITY = timedelta(minutes=1)
@@ -580,7 +585,12 @@ class AuthService:
         check_if_match(if_match, role.version, required=False)
         before = list(role.permissions)
         permissions = _validated_permissions(permissions)
-        _ensure_may_grant(grantor, permissions)
+        # Removing a permission changes what every holder may do as much as adding one: the
+        # changer must hold the role's permissions before and after (emptying ``admin`` and
+        # then assigning it to oneself was the escalation).
+        _ensure_may_grant(grantor, [*before, *permissions])
+        if role.name == ADMIN_ROLE and permissions != ADMIN_PERMISSIONS:
+            raise Conflict(f"The built-in role {ADMIN_ROLE!r} keeps every permission ('*').")
         role.permissions = permissions
         role.version += 1
         _forget_grants(session)
@@ -596,9 +606,17 @@ class AuthService:
         return role
 
     async def delete_role(
-        self, session: AsyncSession, tenant_id: str, name: str, actor: Actor = SYSTEM
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        name: str,
+        actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> None:
         role = await self.get_role(session, tenant_id, name)
+        if role.name == ADMIN_ROLE:
+            raise Conflict(f"The built-in role {ADMIN_ROLE!r} cannot be deleted.")
+        _ensure_may_grant(grantor, role.permissions)
         await session.execute(delete(RoleAssignment).where(RoleAssignment.role_id == role.id))
         await session.delete(role)
         _forget_grants(session)
@@ -657,8 +675,12 @@ class AuthService:
         principal_type: PrincipalType,
         principal_id: str,
         actor: Actor = SYSTEM,
+        grantor: Principal | None = None,
     ) -> None:
         role = await self.get_role(session, tenant_id, role_name)
+        _ensure_may_grant(grantor, role.permissions)
+        if role.name == ADMIN_ROLE:
+            await self._keep_an_admin(session, role, principal_type, principal_id)
         await session.execute(
             delete(RoleAssignment).where(
                 RoleAssignment.role_id == role.id,
@@ -676,6 +698,30 @@ class AuthService:
             target_id=principal_id,
             data={"role": role_name},
         )
+
+    async def _keep_an_admin(
+        self,
+        session: AsyncSession,
+        role: Role,
+        principal_type: PrincipalType,
+        principal_id: str,
+    ) -> None:
+        """Refuse to take ``role`` (the built-in admin) from its last holder. The holders are
+        read locked, so two unassignments at once cannot each leave the other as the last."""
+        await hold_write_lock(session)
+        holders = list(
+            await session.execute(
+                select(RoleAssignment.principal_type, RoleAssignment.principal_id)
+                .where(RoleAssignment.role_id == role.id)
+                .with_for_update()
+            )
+        )
+        others = [h for h in holders if (h[0], h[1]) != (principal_type, principal_id)]
+        if holders and not others:
+            raise Conflict(
+                f"The built-in role {ADMIN_ROLE!r} needs a holder: assign it to another "
+                "principal first."
+            )
 
     async def _require_principal(
         self, session: AsyncSession, principal_type: PrincipalType, principal_id: str
