@@ -29,8 +29,9 @@ from auth.conftest import (
     create_user,
     unit_of_work,
 )
-from keel.auth.bootstrap import ADMIN_ROLE, restore_admin
+from keel.auth.bootstrap import restore_admin
 from keel.auth.models import PrincipalType
+from keel.auth.service import ADMIN_ROLE
 from keel.core.tenancy import bind_tenant
 
 ROLE_MANAGER = [
