@@ -8,6 +8,7 @@ import base64
 from typing import Any
 
 import httpx
+import jwt
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
@@ -436,3 +437,47 @@ async def _heads(app: FastAPI, tenant_id: str) -> list[Any]:
     audit = app.state.keel.resources["audit"]
     async with unit_of_work(app) as session:
         return list(await audit.heads(session, tenant_id))
+
+
+async def _token_for(
+    client: httpx.AsyncClient, client_id: str, secret: str, audience: str | None
+) -> str:
+    form = {"grant_type": "client_credentials"}
+    if audience is not None:
+        form["audience"] = audience
+    response = await client.post(TOKEN, headers=basic(client_id, secret), data=form)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+async def test_a_token_issued_for_another_service_is_refused_by_keels_own_apis(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Whoever receives a caller's token for ``billing`` cannot replay it at Keel with the
+    caller's permissions; a token that names Keel among its audiences still works."""
+    await create_role(app, admin.tenant_id, "reader", ["auth:*", "secrets:*"])
+    _, client_id, secret = await create_service_account(
+        app, admin.tenant_id, "caller", roles=["reader"]
+    )
+    for_billing = await _token_for(client, client_id, secret, "billing")
+    assert jwt.decode(for_billing, options={"verify_signature": False})["aud"] == "billing"
+    for path in ("/auth/v1/me", "/auth/v1/roles", "/secrets/v1/secret/data/apps/db"):
+        refused = await client.get(path, headers=bearer(for_billing))
+        assert refused.status_code in (401, 403), (path, refused.text)
+    vault = await client.get(
+        "/secrets/v1/secret/data/apps/db", headers={"X-Vault-Token": for_billing}
+    )
+    assert vault.status_code in (401, 403)
+
+    both = await _token_for(client, client_id, secret, "billing keel")
+    assert jwt.decode(both, options={"verify_signature": False})["aud"] == ["billing", "keel"]
+    assert (await client.get("/auth/v1/me", headers=bearer(both))).status_code == 200
+    default = await _token_for(client, client_id, secret, None)
+    assert (await client.get("/auth/v1/me", headers=bearer(default))).status_code == 200
+
+    # Billing itself may still ask Keel whether the token it received is active.
+    _, billing_id, billing_secret = await _service_client(app, admin)
+    introspected = await _introspect(client, for_billing, basic(billing_id, billing_secret))
+    assert introspected["active"] is True
+    assert introspected["aud"] == "billing"

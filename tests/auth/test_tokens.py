@@ -108,9 +108,12 @@ def _claims(admin: TenantAdmin, **changes: Any) -> dict[str, Any]:
     return claims
 
 
-def _sign(key: LoadedKey, claims: Mapping[str, Any]) -> str:
+def _sign(key: LoadedKey, claims: Mapping[str, Any], token_type: str = "at+jwt") -> str:  # noqa: S107
     return jwt.encode(
-        dict(claims), key.private_key, algorithm=key.algorithm, headers={"kid": key.kid}
+        dict(claims),
+        key.private_key,
+        algorithm=key.algorithm,
+        headers={"kid": key.kid, "typ": token_type},
     )
 
 
@@ -228,7 +231,10 @@ async def test_unknown_kid_refetches_jwks_once_within_the_interval(
 
     for kid in ("unknown-1", "unknown-2", "unknown-1"):
         forged = jwt.encode(
-            _claims(admin), key.private_key, algorithm=key.algorithm, headers={"kid": kid}
+            _claims(admin),
+            key.private_key,
+            algorithm=key.algorithm,
+            headers={"kid": kid, "typ": "at+jwt"},
         )
         with pytest.raises(InvalidToken) as refused:
             await verifier.verify(forged)
@@ -412,3 +418,22 @@ async def test_tampered_sealed_key_fails_to_load(app: FastAPI) -> None:
             row = await session.get(SigningKey, kid)
             assert row is not None
             row.private_key_sealed = original
+
+
+@pytest.mark.parametrize("token_type", ["JWT", None, "id+jwt"])
+async def test_a_jwt_that_is_not_an_access_token_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin, token_type: str | None
+) -> None:
+    """RFC 9068: a JWT signed by Keel's key but not typed ``at+jwt`` (an ID token, say) is not
+    an access token, in the SDK or at Keel's APIs."""
+    key = await _active_key(app)
+    verifier, _ = _verifier(client)
+    claims = _claims(admin)
+    # PyJWT leaves out a ``typ`` header given as None.
+    headers = {"kid": key.kid, "typ": token_type}
+    token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers=headers)
+    assert jwt.get_unverified_header(token).get("typ") == token_type
+    await _refused(verifier, client, token, "bad_type")
+    assert (await client.get("/auth/v1/me", headers=bearer(token))).status_code == 401
+    accepted = _sign(key, _claims(admin), token_type="application/AT+JWT")
+    assert (await verifier.verify(accepted)).subject == admin.user_id

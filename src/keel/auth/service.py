@@ -933,7 +933,7 @@ class AuthService:
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": principal_id,
-            "aud": audience or self.settings.audience,
+            "aud": _audience_claim(audience, self.settings.audience),
             "iat": now,
             "nbf": now,
             "exp": now + ttl,
@@ -958,9 +958,22 @@ class AuthService:
         )
         return token, ttl
 
-    async def verify_access_token(self, session: AsyncSession, token: str) -> Principal:
-        """Verify locally, then refuse tokens revoked before their expiry (RFC 7009)."""
+    async def verify_access_token(
+        self, session: AsyncSession, token: str, *, for_keel: bool = True
+    ) -> Principal:
+        """Verify locally, then refuse tokens revoked before their expiry (RFC 7009).
+
+        ``for_keel``: the token is presented to Keel's own APIs, so its ``aud`` must name Keel
+        (``KEEL_AUTH__AUDIENCE``); a token issued for another service is that service's to
+        use, and one replayed at Keel would lend the replayer the caller's permissions.
+        Introspection, asked on behalf of that other service, passes ``False``.
+        """
         principal = await self.verifier.verify(token)
+        if for_keel and not _names_audience(principal.claims.get("aud"), self.settings.audience):
+            raise InvalidToken(
+                "bad_audience",
+                f"the token is not meant for Keel (aud must include {self.settings.audience!r})",
+            )
         jti = principal.claims.get("jti")
         if isinstance(jti, str) and await self._is_revoked(session, jti):
             self.verifier.forget(token)
@@ -1431,7 +1444,7 @@ class AuthService:
                 "scope": row.scope,
             }
         try:
-            principal = await self.verify_access_token(session, token)
+            principal = await self.verify_access_token(session, token, for_keel=False)
         except InvalidToken:
             return {"active": False}
         return {"active": True, "token_type": "access_token", **principal.claims}
@@ -1506,6 +1519,20 @@ class AuthService:
             .where(RefreshToken.expires_at < now)
             .execution_options(all_tenants=True)
         )
+
+
+def _audience_claim(requested: str | None, default: str) -> str | list[str]:
+    """``aud`` of a new token: the requested audiences (space-separated, as ``scope`` is; one
+    may be Keel's own, for a token meant for a service and for Keel), or Keel's own."""
+    audiences = list(dict.fromkeys((requested or "").split())) or [default]
+    return audiences[0] if len(audiences) == 1 else audiences
+
+
+def _names_audience(claim: object, audience: str) -> bool:
+    """Whether an ``aud`` claim (a string or a list of them, RFC 7519) includes ``audience``."""
+    if isinstance(claim, str):
+        return claim == audience
+    return isinstance(claim, list) and audience in claim
 
 
 def _is_self(principal: Principal, principal_type: str, principal_id: str) -> bool:

@@ -100,6 +100,18 @@ def _b64decode(segment: str) -> bytes:
     return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
 
 
+#: The JWT ``typ`` header of an access token (RFC 9068), which Keel sets and checks.
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
+
+
+def _media_type(value: object) -> str | None:
+    """A ``typ`` header compared as RFC 7515 says: case-insensitive, ``application/`` implied."""
+    if not isinstance(value, str):
+        return None
+    value = value.lower()
+    return value.removeprefix("application/")
+
+
 class TokenVerifier:
     """Verifies Keel access tokens locally.
 
@@ -109,7 +121,8 @@ class TokenVerifier:
         principal = await verifier.verify(token)   # raises InvalidToken
 
     ``fetch_jwks`` is any coroutine returning a JWKS document; :meth:`from_url` builds one that
-    uses OIDC discovery's ``jwks_uri``.
+    uses OIDC discovery's ``jwks_uri``. Only tokens whose ``typ`` header is ``at+jwt`` are access
+    tokens (RFC 9068); ``token_type=None`` turns that check off.
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class TokenVerifier:
         min_refresh_interval: float = 30.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        token_type: str | None = ACCESS_TOKEN_TYPE,
     ) -> None:
         unsupported = set(algorithms) - SUPPORTED_ALGORITHMS
         if unsupported:
@@ -135,6 +149,7 @@ class TokenVerifier:
             else frozenset([audience] if isinstance(audience, str) else audience)
         )
         self.algorithms = frozenset(algorithms)
+        self.token_type = token_type
         self.leeway = leeway_seconds
         self.min_refresh_interval = min_refresh_interval
         self._clock = clock
@@ -262,6 +277,10 @@ class TokenVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise InvalidToken("malformed", "the token names no key")
+        if self.token_type is not None and _media_type(header.get("typ")) != self.token_type:
+            # RFC 9068 section 4: an ID token or any other JWT signed by the same key is not
+            # an access token, however valid its signature.
+            raise InvalidToken("bad_type", f"the token is not of type {self.token_type}")
         if len(self._headers) >= _HEADER_CACHE_SIZE:
             self._headers.clear()
         # Only accepted headers are remembered, so a cached one needs no check again.
