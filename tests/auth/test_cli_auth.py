@@ -130,3 +130,24 @@ async def test_restore_admin_is_the_break_glass_verb(tmp_path: Path) -> None:
     assert unknown.returncode == EXIT_USAGE
     assert "No user 'nobody'" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
+
+
+async def test_a_password_without_a_terminal_must_come_on_stdin(tmp_path: Path) -> None:
+    # invoke_keel's stdin is not a terminal, as under cron, CI or `ssh host keel ...`.
+    commands = [
+        (["auth", "create-user", "bob"], ", or create the user with --no-password"),
+        (["auth", "set-password", "bob"], ""),
+    ]
+    for args, otherwise in commands:
+        refused = await invoke_keel_async(*args, cwd=tmp_path)
+        assert refused.returncode == EXIT_USAGE, refused.stderr
+        assert refused.stderr.splitlines() == [
+            "keel: no terminal to type the password at: "
+            f"pipe it into keel {' '.join(args)} --password-stdin{otherwise}"
+        ]
+        assert refused.stdout == ""
+    assert not (tmp_path / ".keel").exists()  # refused before touching anything
+
+    usage = await invoke_keel_async("auth", "create-user", "--help", cwd=tmp_path)
+    assert "--no-password-stdin" not in usage.stdout
+    assert "--no-no-password" not in usage.stdout

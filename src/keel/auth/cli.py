@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,9 @@ app = typer.Typer(
 )
 
 TenantOption = Annotated[str, typer.Option(help="Tenant slug.")]
+PasswordStdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+]
 
 
 @asynccontextmanager
@@ -73,9 +77,19 @@ async def _principal(
     return PrincipalType.service_account, account_id
 
 
-def _read_password(password_stdin: bool) -> str:
+def _read_password(password_stdin: bool, *, command: str, otherwise: str = "") -> str:
+    """The first line of stdin with ``--password-stdin``, else typed twice at the terminal.
+    Never a command-line argument: ``ps`` shows those to every user of the host."""
+    from keel.cli import EXIT_USAGE, fail
+
     if password_stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        fail(
+            f"no terminal to type the password at: pipe it into {command} --password-stdin"
+            f"{otherwise}",
+            EXIT_USAGE,
+        )
     return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
@@ -84,12 +98,22 @@ def create_user(
     username: str,
     email: Annotated[str | None, typer.Option()] = None,
     role: Annotated[list[str] | None, typer.Option(help="Role to assign (repeatable).")] = None,
-    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
-    no_password: Annotated[bool, typer.Option(help="Create without a password.")] = False,
+    password_stdin: PasswordStdinOption = False,
+    no_password: Annotated[
+        bool, typer.Option("--no-password", help="Create without a password.")
+    ] = False,
     tenant: TenantOption = "default",
 ) -> None:
     """Create a user (prompting for the password unless --password-stdin/--no-password)."""
-    password = None if no_password else _read_password(password_stdin)
+    password = (
+        None
+        if no_password
+        else _read_password(
+            password_stdin,
+            command=f"keel auth create-user {shlex.quote(username)}",
+            otherwise=", or create the user with --no-password",
+        )
+    )
 
     async def main() -> None:
         async with _auth_session(tenant) as (auth, session, tenant_id):
@@ -106,11 +130,13 @@ def create_user(
 @app.command("set-password")
 def set_password(
     username: str,
-    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+    password_stdin: PasswordStdinOption = False,
     tenant: TenantOption = "default",
 ) -> None:
     """Set a user's password (ends the user's sessions)."""
-    password = _read_password(password_stdin)
+    password = _read_password(
+        password_stdin, command=f"keel auth set-password {shlex.quote(username)}"
+    )
 
     async def main() -> None:
         async with _auth_session(tenant) as (auth, session, tenant_id):
