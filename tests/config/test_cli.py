@@ -6,6 +6,7 @@ point (:mod:`support.keel_cli`); ``tests/test_cli.py`` runs the script itself.""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,8 @@ def test_an_operator_sets_compares_rolls_back_and_promotes(
 
     history = deployment.ok("config", "history", "billing", "staging").splitlines()
     assert [line.split("\t")[0] for line in history] == ["3", "2", "1"]
+    for line in history:  # when, as the API writes it (RFC 3339, UTC as Z)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line.split("\t")[1]), line
     assert history[1].endswith("\tfirst")
     assert "system:keel" in history[0]
 

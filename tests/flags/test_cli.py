@@ -6,6 +6,7 @@ commands run in-process through the ``keel`` script's entry point (:mod:`support
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_an_operator_defines_shows_toggles_and_lists_stale_flags(deployment: Dep
     assert shown["type"] == "boolean"
     assert shown["environments"]["production"]["on"] is True
     assert shown["environments"]["production"]["fallthrough"] == {"variation": "on"}
+    updated = shown["environments"]["production"]["updated_at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", updated)  # as the API
     one = json.loads(deployment.ok("flags", "show", "banner", "--env", "production"))
     assert one["experiment"] is True
     assert one["environments"]["production"]["on"] is False

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config import service
 from keel.config.validation import Diff
-from keel.core.commands import fail_usage, print_json, run_in_tenant
+from keel.core.commands import fail_usage, format_datetime, print_json, run_in_tenant
 from keel.core.errors import KeelError
 from keel.core.http import PageRequest, etag_for
 from keel.core.tenancy import DEFAULT_TENANT
@@ -279,7 +279,7 @@ def history(
             ]
             source = f" ({row.source})" if row.source else ""
             typer.echo(
-                f"{row.number}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t{author}\t"
+                f"{row.number}\t{format_datetime(row.created_at)}\t{author}\t"
                 f"{row.operation}{source}\t{','.join(changed) or '-'}\t{row.message}"
             )
 

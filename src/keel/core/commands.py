@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 import typer
+from pydantic_core import to_jsonable_python
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.errors import KeelError
@@ -59,6 +61,14 @@ def fail_usage(message: str) -> NoReturn:
 
 
 def print_json(value: Any) -> None:
-    """``value`` as indented JSON with sorted keys; what JSON cannot hold (a datetime) as
-    its ``str``."""
-    typer.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    """``value`` as indented JSON with sorted keys; what JSON cannot hold as the API writes
+    it (a datetime in RFC 3339 with ``Z``, as :func:`format_datetime`)."""
+    typer.echo(
+        json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=to_jsonable_python)
+    )
+
+
+def format_datetime(moment: datetime) -> str:
+    """``moment`` as the API writes it (pydantic's JSON): RFC 3339, UTC as ``Z``, e.g.
+    ``2026-12-06T03:33:50.686426Z``."""
+    return str(to_jsonable_python(moment))

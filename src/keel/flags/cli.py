@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.commands import fail_usage, print_json, run_in_tenant
+from keel.core.commands import fail_usage, format_datetime, print_json, run_in_tenant
 from keel.core.errors import KeelError
 from keel.core.tenancy import DEFAULT_TENANT
 from keel.flags import service
@@ -227,7 +227,7 @@ def stale(
         if not found:
             typer.echo(f"no stale flags in {env}")
         for flag in found:
-            last = flag.last_evaluated_at.isoformat() if flag.last_evaluated_at else "never"
+            last = format_datetime(flag.last_evaluated_at) if flag.last_evaluated_at else "never"
             serving = f"\tserving {flag.serving}" if flag.serving else ""
             typer.echo(f"{flag.key}\t{','.join(flag.reasons)}\tlast evaluated {last}{serving}")
 
