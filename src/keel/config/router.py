@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from keel.auth.dependencies import (
@@ -33,6 +33,7 @@ from keel.core.changes import SubjectChanges, audited_change_stream, resume_poin
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound
 from keel.core.http import Page, PageRequest, ServiceRouter, etag_for, is_not_modified
+from keel.core.input_rules import MAX_STORED_INT
 from keel.core.versioned import with_etag
 from keel_client.auth import Principal
 
@@ -352,7 +353,11 @@ def build_router() -> APIRouter:
 
     @router.get("/apps/{app}/envs/{env}/revisions/{number}", response_model=schemas.Revision)
     async def get_revision(
-        app: str, env: str, number: int, principal: ConfigReader, session: DbSession
+        app: str,
+        env: str,
+        number: Annotated[int, Path(ge=1, le=MAX_STORED_INT)],
+        principal: ConfigReader,
+        session: DbSession,
     ) -> Any:
         """One revision with its whole snapshot of values."""
         row = await service.get_revision(session, principal.tenant_id, app, env, number)
@@ -364,8 +369,8 @@ def build_router() -> APIRouter:
         env: str,
         principal: ConfigReader,
         session: DbSession,
-        from_revision: Annotated[int, Query(alias="from", ge=1)],
-        to_revision: Annotated[int | None, Query(alias="to", ge=1)] = None,
+        from_revision: Annotated[int, Query(alias="from", ge=1, le=MAX_STORED_INT)],
+        to_revision: Annotated[int | None, Query(alias="to", ge=1, le=MAX_STORED_INT)] = None,
     ) -> Any:
         """Key-level differences between two revisions (``to`` defaults to the current)."""
         if to_revision is None:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from keel.config.validation import MAX_MESSAGE_LENGTH
+from keel.core.input_rules import MAX_STORED_INT
 
 
 class ApplicationCreate(BaseModel):
@@ -122,7 +123,7 @@ class WriteResult(BaseModel):
 class Rollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=MAX_STORED_INT)
     message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
 
 
@@ -152,7 +153,7 @@ class PromotionRequest(BaseModel):
     #: False: the preview. True: apply it (needs ``If-Match`` of the target).
     confirm: bool = False
     #: With ``confirm``: the source revision the preview showed; 412 if it moved on.
-    source_revision: int | None = Field(default=None, ge=1)
+    source_revision: int | None = Field(default=None, ge=1, le=MAX_STORED_INT)
     message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
 
 

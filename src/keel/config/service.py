@@ -52,6 +52,7 @@ from keel.core.errors import (
     ValidationFailed,
 )
 from keel.core.http import PageRequest, check_if_match, etag_for, paginate
+from keel.core.input_rules import InputRefused, check_json_value
 from keel.core.tenancy import bind_tenant
 from keel.core.versioned import update_versioned_row
 from keel.secrets import audit_actions as secrets_audit_actions  # noqa: F401  (secrets.kv.read)
@@ -404,6 +405,10 @@ async def write_values(
     unset = list(dict.fromkeys(unset))
     if not set_values and not unset:
         raise ValidationFailed("A change set sets or unsets at least one key.")
+    try:
+        check_json_value(set_values)  # what the API's edge refused, from the CLI too
+    except InputRefused as refused:
+        raise ValidationFailed(str(refused)) from None
     apply_change_set({}, set_values, unset)  # names and references, before any query
     return await _write_change_set(
         session,

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.core.db import UTCDateTime
 from keel.core.errors import (
+    BadRequest,
     InternalError,
     PayloadTooLarge,
     PreconditionFailed,
@@ -38,6 +39,7 @@ from keel.core.errors import (
     ValidationFailed,
     render_error,
 )
+from keel.core.input_rules import InputRefused, check_body, check_target, checks_body
 from keel.core.logging import get_logger
 from keel.core.metrics import UNMATCHED_ROUTE, Metrics
 
@@ -128,11 +130,14 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         raw_request_id = None
         declared_length = None
+        content_type = None
         for name, value in scope.get("headers") or ():
             if name == b"x-request-id":
                 raw_request_id = value.decode("latin-1")
             elif name == b"content-length":
                 declared_length = value
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
         request_id = accept_request_id(raw_request_id)
         method = scope["method"]
         path = scope["path"]
@@ -171,23 +176,40 @@ class RequestContextMiddleware:
             await send(message)
 
         received = 0
+        # The rules of keel.core.input_rules need the whole text body (an escape may straddle
+        # two chunks): a copy is kept, at most max_body_bytes.
+        text_body = bytearray() if checks_body(content_type) else None
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_body_bytes:
                     # FastAPI re-raises HTTPException from body reading (anything else becomes
                     # a 400), and the problem handler renders it as payload-too-large.
                     raise HTTPException(413)
+                if text_body is not None:
+                    text_body.extend(chunk)
+                    if not message.get("more_body", False):
+                        try:
+                            check_body(bytes(text_body), content_type)
+                        except InputRefused as refused:
+                            raise HTTPException(400, str(refused)) from None
             return message
 
         self.metrics.in_flight.inc()
         try:
             if declared_length is not None and _too_large(declared_length, self.max_body_bytes):
                 raise _BodyTooLarge
+            check_target(path, scope.get("query_string", b""))
             await self.app(scope, limited_receive, send_with_request_id)
+        except InputRefused as refused:
+            if not response_started:
+                await self._send_problem(
+                    BadRequest(str(refused)), request_id, path, send_with_request_id
+                )
         except _BodyTooLarge:
             if not response_started:
                 await self._send_problem(

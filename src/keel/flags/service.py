@@ -144,11 +144,18 @@ def default_variations(flag_type: str) -> list[dict[str, Any]]:
     return [{"id": "on", "value": True}, {"id": "off", "value": False}]
 
 
+def _variation_id(variation: Mapping[str, Any]) -> str | None:
+    identifier = variation.get("id") if isinstance(variation, Mapping) else None
+    return None if identifier is None else str(identifier)
+
+
 def default_state(variations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A new flag's state in each environment: off, serving the last variation when off and
     the first when turned on (``off``/``on`` for a default boolean flag)."""
-    first = str(variations[0]["id"]) if variations else None
-    last = str(variations[-1]["id"]) if variations else None
+    # Not yet validated here: a variation without an id is the validator's to name, not a
+    # KeyError's.
+    first = _variation_id(variations[0]) if variations else None
+    last = _variation_id(variations[-1]) if variations else None
     return {
         "on": False,
         "off_variation": last,

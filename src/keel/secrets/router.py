@@ -34,6 +34,7 @@ from keel.core.deps import get_context
 from keel.core.errors import BadRequest, KeelError, NotFound
 from keel.core.http import ServiceRouter
 from keel.core.ids import new_id
+from keel.core.input_rules import MAX_STORED_INT
 from keel.core.tenancy import bind_tenant
 from keel.secrets import approle
 from keel.secrets.kv import (
@@ -177,8 +178,10 @@ def _versions(body: dict[str, Any]) -> list[int]:
     versions = body.get("versions")
     if not isinstance(versions, list) or not versions:
         raise BadRequest("no version number provided")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions):
-        raise BadRequest("versions are positive integers")
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_STORED_INT for v in versions
+    ):
+        raise BadRequest(f"versions are integers from 1 to {MAX_STORED_INT}")
     return versions
 
 
@@ -656,6 +659,6 @@ def _cas(body: dict[str, Any]) -> int | None:
 def _version_param(value: str | None) -> int | None:
     if value is None or value in ("", "0"):
         return None
-    if not value.isdigit():
-        raise BadRequest("version is a positive integer")
+    if not value.isdigit() or int(value) > MAX_STORED_INT:
+        raise BadRequest(f"version is an integer from 1 to {MAX_STORED_INT}")
     return int(value)
