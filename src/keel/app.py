@@ -37,6 +37,7 @@ from keel.core.services import (
     available_services,
     load_service,
 )
+from keel.core.startup import pause_garbage_collection, resume_garbage_collection
 from keel.core.telemetry import init_sentry, init_tracing
 from keel.migrations import (
     create_fresh,
@@ -178,6 +179,8 @@ def create_app(
                     asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
                 )
         context.started = True
+        # `keel serve` paused the collector for start-up (keel.core.startup).
+        resume_garbage_collection(freeze=True)
         log.info(
             "keel.started",
             services=[spec.name for spec in services],
@@ -237,6 +240,7 @@ def create_app(
 
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory ``keel serve`` runs: settings from the environment, logs set up."""
+    pause_garbage_collection()  # a worker process of `keel serve --workers N` starts here
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     init_sentry(settings)

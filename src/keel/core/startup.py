@@ -1,0 +1,49 @@
+"""A serving process's start-up: the cyclic garbage collector waits until the app is ready.
+
+Starting ``keel serve`` imports FastAPI, SQLAlchemy, pydantic and every service and builds
+every route: about 160 000 objects that live as long as the process. At its default
+thresholds the collector walked them again and again while they were being made: 330 young,
+30 middle and 2 full collections, 0.1-0.25 s of the 1.2 s to the first ready answer
+(issue 15). So ``keel serve`` pauses it and the app resumes it once started, after
+:func:`gc.freeze` has set aside what start-up built, which no later collection walks again
+(so every later full collection is shorter too). The few cycles start-up left unreachable
+(about 1 700 objects, the CLI's start-up check among them) stay allocated.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_paused = False
+
+
+@contextmanager
+def garbage_collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection in the block, unless :func:`resume_garbage_collection`
+    resumes it first (as the app does once started); resumed when the block ends."""
+    pause_garbage_collection()
+    try:
+        yield
+    finally:
+        resume_garbage_collection()
+
+
+def pause_garbage_collection() -> None:
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
+
+
+def resume_garbage_collection(*, freeze: bool = False) -> None:
+    """Resume what :func:`pause_garbage_collection` paused (nothing otherwise); ``freeze``:
+    first set aside every object alive now, start-up being over."""
+    global _paused
+    if not _paused:
+        return
+    if freeze:
+        gc.freeze()
+    gc.enable()
+    _paused = False
