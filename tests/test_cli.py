@@ -11,21 +11,28 @@ start of each.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import importlib.util
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import typer
 from sqlalchemy.engine import make_url
 
 from keel import __version__
+from keel.cli import SERVICE_COMMANDS, conventional_metavar
+from keel.cli import app as keel_app
 from keel.migrations import head_revision
 from keel.settings import KNOWN_SERVICES
 from support.keel_cli import invoke_keel
 from support.keel_process import (
     KEEL,
+    TEST_MASTER_KEY,
     free_port,
     keel_env,
     read_log_lines,
@@ -71,12 +78,139 @@ def test_help_exits_zero_for_the_app_and_every_command(tmp_path: Path) -> None:
     assert not (tmp_path / ".keel").exists(), "--help must not touch the database"
 
 
+#: What ``keel version`` and ``keel --help`` must not import: the server, its frameworks, the
+#: settings (pydantic) and any service.
+SERVER_MODULES = (
+    "fastapi",
+    "starlette",
+    "sqlalchemy",
+    "pydantic",
+    "pydantic_settings",
+    "uvicorn",
+    "structlog",
+    "keel.app",
+    "keel.settings",
+    "keel.core.db",
+)
+
+_RECORD_MODULES = """
+import sys
+from keel.cli import main
+modules_file, sys.argv = sys.argv[1], ["keel", *sys.argv[2:]]
+try:
+    main()
+except SystemExit:
+    pass
+with open(modules_file, "w") as out:
+    out.write("\\n".join(sys.modules))
+"""
+
+
+def modules_loaded_by(tmp_path: Path, *args: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``keel <args>`` to its end."""
+    modules_file = tmp_path / "modules.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", _RECORD_MODULES, str(modules_file), *args],
+        cwd=tmp_path,
+        env=keel_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(modules_file.read_text().splitlines())
+
+
+@pytest.mark.parametrize("args", [["version"], ["--help"], []], ids=["version", "help", "bare"])
+def test_version_and_help_load_nothing_of_the_server(tmp_path: Path, args: list[str]) -> None:
+    loaded = modules_loaded_by(tmp_path, *args)
+    assert "keel.cli" in loaded
+    unwanted = [*SERVER_MODULES, *(f"keel.{service}" for service in KNOWN_SERVICES)]
+    server = {
+        module
+        for module in loaded
+        for name in unwanted
+        if module == name or module.startswith(f"{name}.")
+    }
+    assert not server, sorted(server)
+
+
+def test_help_lists_each_service_group_with_its_own_help(tmp_path: Path) -> None:
+    listing = invoke_keel("--help", cwd=tmp_path, env=keel_env(COLUMNS="200"))
+    assert listing.returncode == 0
+    for name, declared in SERVICE_COMMANDS.items():
+        group = importlib.import_module(declared.module).app
+        assert group.info.help == declared.help, name  # the declaration repeats the group's
+        assert re.search(rf"^│ {name} +{re.escape(declared.help)}", listing.stdout, re.M)
+        assert f"Usage: keel {name} " in invoke_keel(name, "--help", cwd=tmp_path).stdout
+
+
+def every_command() -> list[tuple[str, ...]]:
+    """Every command and group of ``keel``, as the words that invoke it."""
+    root = typer.main.get_command(keel_app)
+    found: list[tuple[str, ...]] = []
+
+    def walk(command: typer.core.TyperGroup, path: tuple[str, ...]) -> None:
+        for name in command.list_commands(typer.Context(command)):
+            # Resolving a service's group imports it: the listing holds a stand-in.
+            _, sub_command, _ = command.resolve_command(typer.Context(command), [name])
+            found.append((*path, name))
+            if isinstance(sub_command, typer.core.TyperGroup):
+                walk(sub_command, (*path, name))
+
+    assert isinstance(root, typer.core.TyperGroup)
+    walk(root, ())
+    return found
+
+
+def test_every_help_shows_conventional_metavars_not_python_types(tmp_path: Path) -> None:
+    commands = every_command()
+    assert ("auth", "create-user") in commands
+    assert ("config", "apps", "create") in commands
+    for words in [(), *commands]:
+        result = invoke_keel(*words, "--help", cwd=tmp_path, env=keel_env(COLUMNS="200"))
+        assert result.returncode == 0, (words, result.stderr)
+        python_type = re.search(r"<[a-z][a-z_ |\[\]]*>", result.stdout)
+        assert python_type is None, (words, python_type.group(), result.stdout)
+        assert "--no-no-" not in result.stdout, words
+    serve = invoke_keel("serve", "--help", cwd=tmp_path, env=keel_env(COLUMNS="200")).stdout
+    assert re.search(r"--port +INTEGER +\[1<=x<=65535\]", serve)
+    assert re.search(r"--services +SERVICES ", serve)
+    assert re.search(r"--help +Show this message", serve)  # a flag shows no metavar
+    export = invoke_keel("secrets", "export", "--help", cwd=tmp_path, env=keel_env(COLUMNS="200"))
+    assert re.search(r"--format +\[env\|json\]", export.stdout)
+    assert re.search(r"--out +PATH", export.stdout)
+
+
+@pytest.mark.parametrize(
+    ("typer_label", "metavar"),
+    [
+        ("<str>", "TEXT"),
+        ("<int>", "INTEGER"),
+        ("<int range>", "INTEGER"),
+        ("<float range>", "FLOAT"),
+        ("<list[str]>", "TEXT"),
+        ("<env|json>", "[env|json]"),
+        ("<list[a|b]>", "[a|b]"),
+        ("<path>", "PATH"),
+        ("<dir>", "DIRECTORY"),
+        ("<datetime>", "DATETIME"),
+        ("<Decimal>", "DECIMAL"),
+    ],
+)
+def test_conventional_metavar_of_each_typer_label(typer_label: str, metavar: str) -> None:
+    assert conventional_metavar(typer_label) == metavar
+
+
 def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:
     from keel_client import __version__ as client_version
 
     result = invoke_keel("version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith(f"keel {__version__} (keel-client {client_version}, Python ")
+    # keel._version repeats pyproject.toml's version so that no command reads the metadata.
+    assert __version__ == importlib.metadata.version("keel")
 
 
 def test_init_creates_the_default_tenant_and_admin_once(tmp_path: Path) -> None:
@@ -159,6 +293,79 @@ def test_doctor_passes_and_prints_settings_with_secrets_masked(tmp_path: Path) -
     settings = json.loads(result.stdout.split("effective settings (secrets masked):")[1])
     assert settings["sentry"]["dsn"] == "**********"
     assert settings["database_url"] == "sqlite+aiosqlite:///.keel/keel.db"
+
+
+def built_services() -> tuple[list[str], list[str]]:
+    """The services this build has, and those Keel knows but has not built yet."""
+    built = [name for name in KNOWN_SERVICES if importlib.util.find_spec(f"keel.{name}")]
+    return built, [name for name in KNOWN_SERVICES if name not in built]
+
+
+def test_doctor_lists_only_built_services_and_says_where_the_master_key_comes_from(
+    tmp_path: Path,
+) -> None:
+    built, unbuilt = built_services()
+    without_key = {name: value for name, value in keel_env().items() if name != "KEEL_MASTER_KEY"}
+    key_file = tmp_path / "secret" / "master.key"
+    key_file.parent.mkdir()
+    key_file.write_text(TEST_MASTER_KEY + "\n")
+    fresh, from_file, from_env = (
+        invoke_keel("doctor", "--json", cwd=tmp_path, env=env)
+        for env in (
+            without_key,
+            {**without_key, "KEEL_MASTER_KEY_FILE": str(key_file)},
+            keel_env(),
+        )
+    )
+    migrated = invoke_keel("migrate", cwd=tmp_path, env=without_key)  # generates .keel/master.key
+    generated = invoke_keel("doctor", "--json", cwd=tmp_path, env=without_key)
+    assert migrated.returncode == 0, migrated.stderr
+
+    reports = {}
+    for name, result in [
+        ("fresh", fresh),
+        ("from_file", from_file),
+        ("from_env", from_env),
+        ("generated", generated),
+    ]:
+        assert result.returncode == 0, (name, result.stdout)
+        assert TEST_MASTER_KEY not in result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        reports[name] = report
+        checks = {check["name"]: check for check in report["checks"]}
+        assert report["settings"]["services"] == built, name
+        assert checks["services"]["detail"] == ", ".join(built) + (
+            f" (not built yet: {', '.join(unbuilt)})" if unbuilt else ""
+        )
+        assert not set(unbuilt) & set(checks), name  # no check of a service not built
+        reports[name] = {"check": checks["master_key"], "shown": report["settings"]["master_key"]}
+
+    assert reports["fresh"] == {
+        "check": {
+            "name": "master_key",
+            "ok": True,
+            "detail": "none yet: `keel serve` generates .keel/master.key",
+        },
+        "shown": None,
+    }
+    assert reports["from_file"]["check"]["detail"] == f"from file {key_file}"
+    assert reports["from_file"]["shown"] == f"from file {key_file}"
+    assert reports["from_env"]["check"]["detail"] == "from KEEL_MASTER_KEY"
+    assert reports["from_env"]["shown"] == "**********"
+    assert reports["generated"]["check"]["detail"] == "from file .keel/master.key"
+    assert reports["generated"]["shown"] == "from file .keel/master.key"
+
+
+def test_doctor_fails_on_a_master_key_file_that_does_not_hold_a_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "master.key"
+    key_file.write_text("not base64!\n")
+    env = {name: value for name, value in keel_env().items() if name != "KEEL_MASTER_KEY"}
+    result = invoke_keel("doctor", cwd=tmp_path, env={**env, "KEEL_MASTER_KEY_FILE": str(key_file)})
+    assert result.returncode == 1
+    assert (
+        f"[FAIL] master_key: the master key file {key_file}: the master key is not valid base64"
+        in result.stdout.splitlines()
+    ), result.stdout
 
 
 def test_doctor_fails_on_unreachable_redis_without_printing_its_password(

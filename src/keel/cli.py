@@ -1,40 +1,175 @@
-"""The ``keel`` command: serve, worker, migrate, init, doctor, version.
+"""The ``keel`` command: serve, worker, migrate, init, doctor, version, and each service's
+admin verbs (``keel auth``, ``keel flags`` ...).
 
 Errors are one line on stderr. Exit codes: 0 success, 1 a check or operation failed,
 2 bad usage or invalid settings.
+
+Starting is cheap (issue 15): this module imports typer and the standard library only, each
+command imports what it needs when it runs, and a service's command group is imported only
+when it is invoked (:class:`KeelGroup`), so ``keel version`` and ``keel --help`` load nothing
+of the server. ``tests/test_cli.py`` holds them to that.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
 try:  # typer >= 0.20 ships its own copy of click
+    from typer._click import Command, Context
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import Command, Context  # type: ignore[assignment]
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from keel import __version__
-from keel.core.logging import configure_logging, get_logger
-from keel.settings import KNOWN_SERVICES, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from keel.app import AppContext
+    from keel.settings import Settings
 
 T = TypeVar("T")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
+@dataclass(frozen=True)
+class ServiceCommands:
+    """A service's command group as ``keel --help`` lists it, before it is imported."""
+
+    #: The module whose ``app`` (a ``typer.Typer``) holds the group's commands.
+    module: str
+    #: The group's one-line help: the same text as its ``typer.Typer(help=...)`` (a test
+    #: holds the two equal), repeated here so that listing it imports nothing.
+    help: str
+
+
+SERVICE_COMMANDS: dict[str, ServiceCommands] = {
+    "auth": ServiceCommands(
+        "keel.auth.cli", "Administer users, service accounts, API keys, roles and signing keys."
+    ),
+    "audit": ServiceCommands(
+        "keel.audit.cli", "Check the tamper-evident audit log; erase expired documents."
+    ),
+    "secrets": ServiceCommands(
+        "keel.secrets.cli", "Rotate the master key; import secrets from .env files and export them."
+    ),
+    "config": ServiceCommands(
+        "keel.config.cli",
+        "Read, change, compare, roll back and promote applications' configuration.",
+    ),
+    "flags": ServiceCommands(
+        "keel.flags.cli", "Feature flags: list, define, show, toggle (kill switch), stale flags."
+    ),
+}
+
+
+class KeelGroup(TyperGroup):
+    """The ``keel`` group: its own commands, then one group per service in
+    :data:`SERVICE_COMMANDS`, listed from its declaration and imported on first use.
+
+    Importing a service's commands imports the service (its models, FastAPI, SQLAlchemy):
+    most of a second, which ``keel version`` and ``keel --help`` should not pay.
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self._unloaded = set(SERVICE_COMMANDS)
+        for name, declared in SERVICE_COMMANDS.items():
+            # Stands in for the group in the help listing until it is run.
+            self.add_command(TyperGroup(name=name, help=declared.help), name)
+        adjust_parameters(self)
+
+    def resolve_command(
+        self, ctx: Context, args: list[str]
+    ) -> tuple[str | None, Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in self._unloaded:
+            command = self._load(name)
+        return name, command, rest
+
+    def _load(self, name: str) -> Command:
+        module = importlib.import_module(SERVICE_COMMANDS[name].module)
+        group = typer.main.get_group(module.app)
+        group.name = name
+        adjust_parameters(group)
+        self.commands[name] = group
+        self._unloaded.discard(name)
+        return group
+
+
+#: click's metavars for typer's type labels (``<str>`` is TEXT, as click shows it).
+_METAVARS = {
+    "str": "TEXT",
+    "int": "INTEGER",
+    "float": "FLOAT",
+    "bool": "BOOLEAN",
+    "datetime": "DATETIME",
+    "uuid": "UUID",
+    "path": "PATH",
+    "file": "FILE",
+    "dir": "DIRECTORY",
+}
+
+
+def conventional_metavar(typer_label: str) -> str:
+    """The metavar ``--help`` shows for a value typer labels with its Python type:
+    ``<str>`` is TEXT, ``<int range>`` INTEGER (the range is shown beside it), ``<list[str]>``
+    TEXT (a repeatable option or a variadic argument), ``<env|json>`` ``[env|json]``."""
+    label = typer_label.strip().removeprefix("<").removesuffix(">")
+    if label.startswith("list[") and label.endswith("]"):
+        label = label[len("list[") : -1]
+    label = label.removesuffix(" range")
+    if "|" in label:
+        return f"[{label}]"
+    return _METAVARS.get(label.lower(), label.upper())
+
+
+class _ConventionalArgument(TyperArgument):
+    """An argument whose help shows a conventional metavar, as an option with a ``metavar``
+    does (typer shows an argument's Python type whatever its ``metavar``)."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str:  # type: ignore[override]
+        return conventional_metavar(self.display_type(ctx))
+
+
+def adjust_parameters(command: Command) -> None:
+    """Adjust the parameters of ``command`` and its sub-commands as typer 0.29 builds them:
+
+    - the metavars click would show: TEXT, INTEGER, ``[env|json]``, nothing for a flag
+      (typer shows ``<str>``, ``<list[str]>``, and ``<bool>`` beside every flag); a metavar
+      a command declares itself (``SERVICES``) stays;
+    - ``--help`` defaults to False, not None: typer coerces a None through a pydantic
+      adapter, which imported pydantic (a tenth of a second) for every ``keel version``.
+    """
+    if not hasattr(TyperArgument, "display_type"):  # a typer on click's types: click's metavars
+        return
+    context = typer.Context(command)
+    help_option = command.get_help_option(context)
+    if help_option is not None and help_option.default is None:
+        help_option.default = False
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if isinstance(param, TyperArgument):
+            param.__class__ = _ConventionalArgument
+        elif param.metavar is None and isinstance(param, typer.core.TyperOption):
+            is_flag = param.is_flag
+            param.metavar = "" if is_flag else conventional_metavar(param.display_type(context))
+    for sub_command in getattr(command, "commands", {}).values():
+        adjust_parameters(sub_command)
+
+
 app = typer.Typer(
     name="keel",
+    cls=KeelGroup,
     help="Keel: central services for a fleet of Python web services.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,6 +187,9 @@ def settings_or_exit(**overrides: Any) -> Settings:
     output (an API key, an export) is all that reaches stdout. A one-off command logs
     warnings and worse unless ``KEEL_LOG_LEVEL`` says otherwise (``serve`` and ``worker``
     log at the settings' level)."""
+    from keel.core.logging import configure_logging
+    from keel.settings import SettingsError, load_settings
+
     try:
         settings = load_settings(**overrides)
     except SettingsError as exc:
@@ -62,6 +200,8 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
+    import asyncio
+
     async def main() -> T:
         return await coroutine_factory()
 
@@ -69,6 +209,8 @@ def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
 
 
 def _services_option(value: str | None) -> list[str] | None:
+    from keel.settings import KNOWN_SERVICES
+
     if value is None:
         return None
     names = [name.strip() for name in value.split(",") if name.strip()]
@@ -93,17 +235,32 @@ def serve(
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (KEEL_PORT).")] = None,
     services: Annotated[
         str | None,
-        typer.Option(help="Comma-separated services to run, e.g. auth,flags (default: all)."),
+        typer.Option(
+            metavar="SERVICES",
+            help="Comma-separated services to run, e.g. auth,flags (default: all).",
+        ),
     ] = None,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the Keel API (every enabled service in one ASGI app)."""
+    from keel.core.startup import garbage_collection_paused
+
+    # Resumed by the app once started (keel.core.startup: a fifth less time to ready).
+    with garbage_collection_paused():
+        _serve(host, port, services, reload, workers)
+
+
+def _serve(
+    host: str | None, port: int | None, services: str | None, reload: bool, workers: int
+) -> None:
     import uvicorn
 
     from keel.app import resolve_services
     from keel.core.http_protocol import ListingHttpToolsProtocol
+    from keel.core.logging import configure_logging, get_logger
     from keel.core.services import ServiceUnavailableInBuild
+    from keel.core.startup import resume_garbage_collection
 
     service_names = _services_option(services)
     overrides: dict[str, Any] = {}
@@ -134,6 +291,9 @@ def serve(
     os.environ["KEEL_PORT"] = str(settings.port)
     configure_logging(settings.log_level, settings.log_format)
     get_logger("keel").info("keel.serving", url=f"http://{settings.host}:{settings.port}")
+    if reload or workers > 1:
+        # This process only supervises; each worker process starts (and pauses) its own.
+        resume_garbage_collection()
     uvicorn.run(
         "keel.app:create_app_from_env",
         factory=True,
@@ -142,9 +302,15 @@ def serve(
         reload=reload,
         workers=None if reload else workers,
         log_config=None,
-        proxy_headers=True,
+        # X-Forwarded-For is believed only from the proxies named: uvicorn's default believes
+        # any process on the host, which could then pick a fresh address per request.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        # The request head's bound (h11's name for it); ListingHttpToolsProtocol applies it.
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         server_header=False,
         http=ListingHttpToolsProtocol,  # Vault's LIST method (keel.core.http_protocol)
+        ws="none",  # no WebSocket route: the websockets library need not load (issue 15)
         # uvicorn kills a worker that does not answer its supervisor's ping within this many
         # seconds (default 5); a worker importing Keel on a busy machine can take longer, and
         # was killed and restarted over and over.
@@ -155,6 +321,11 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run background work (sweepers, rotations, deliveries) of the enabled services."""
+    import asyncio
+    import signal
+
+    from keel.core.logging import configure_logging, get_logger
+
     settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("keel.worker")
@@ -290,6 +461,7 @@ def doctor(
 ) -> None:
     """Check the database, Redis and each enabled service; print the effective settings."""
     from keel.core.doctor import run_doctor
+    from keel.settings import SettingsError, load_settings
 
     try:
         settings = load_settings()
@@ -320,23 +492,6 @@ def version() -> None:
 
     python_version = sys.version.split()[0]
     typer.echo(f"keel {__version__} (keel-client {client_version}, Python {python_version})")
-
-
-def _add_service_commands() -> None:
-    from keel.audit.cli import app as audit_app
-    from keel.auth.cli import app as auth_app
-    from keel.config.cli import app as config_app
-    from keel.flags.cli import app as flags_app
-    from keel.secrets.cli import app as secrets_app
-
-    app.add_typer(auth_app, name="auth")
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(secrets_app, name="secrets")
-    app.add_typer(config_app, name="config")
-    app.add_typer(flags_app, name="flags")
-
-
-_add_service_commands()
 
 
 def main() -> None:

@@ -230,7 +230,7 @@ def _current_key(settings: Settings) -> MasterKey:
         raise MasterKeyError(
             "no master key: set KEEL_MASTER_KEY (base64 of 32 random bytes) or KEEL_MASTER_KEY_FILE"
         )
-    path = settings.data_dir / "master.key"
+    path = embedded_master_key_path(settings)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = MasterKey.generate()
@@ -244,6 +244,25 @@ def _current_key(settings: Settings) -> MasterKey:
         )
         return key
     return _read_key_file(path)
+
+
+def embedded_master_key_path(settings: Settings) -> Path:
+    """Where the embedded default keeps the master key it generated (``KEEL_MASTER_KEY`` and
+    ``KEEL_MASTER_KEY_FILE`` unset)."""
+    return settings.data_dir / "master.key"
+
+
+def master_key_origin(settings: Settings) -> str | None:
+    """Where the current master key comes from, never the key itself: ``KEEL_MASTER_KEY``,
+    ``file <path>``, or None when there is none yet (the embedded default generates one
+    into :func:`embedded_master_key_path` on first start). Reads nothing."""
+    if settings.master_key is not None:
+        return "KEEL_MASTER_KEY"
+    if settings.master_key_file is not None:
+        return f"file {settings.master_key_file}"
+    if settings.is_embedded and embedded_master_key_path(settings).exists():
+        return f"file {embedded_master_key_path(settings)}"
+    return None
 
 
 def _previous_keys(settings: Settings) -> list[MasterKey]:

@@ -7,6 +7,12 @@ from functools import partial
 from typing import Any
 
 from keel.core.broadcast import create_broadcast
+from keel.core.crypto import (
+    MasterKeyError,
+    embedded_master_key_path,
+    load_keyring,
+    master_key_origin,
+)
 from keel.core.db import Database
 from keel.core.health import run_check
 from keel.core.services import ServiceUnavailableInBuild
@@ -30,8 +36,10 @@ async def run_doctor(settings: Settings) -> dict[str, Any]:
             not data_dir.exists() and os.access(data_dir.parent.resolve(), os.W_OK)
         )
         add("data_dir", writable, f"{data_dir} {'writable' if writable else 'not writable'}")
+    add("master_key", *_check_master_key(settings))
 
     schema_current = False
+    shown_services = settings.services
     database = Database.from_settings(settings)
     broadcast = create_broadcast(
         settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -59,7 +67,11 @@ async def run_doctor(settings: Settings) -> dict[str, Any]:
             add("services", False, str(exc))
             services = []
         else:
-            add("services", True, ", ".join(spec.name for spec in services) or "none built yet")
+            enabled = [spec.name for spec in services]
+            unbuilt = [name for name in settings.services if name not in enabled]
+            not_built = f" (not built yet: {', '.join(unbuilt)})" if unbuilt else ""
+            add("services", True, (", ".join(enabled) or "none built yet") + not_built)
+            shown_services = enabled
         context = AppContext(settings, database, broadcast, Metrics(), services)
         if not schema_current:
             services = []  # their checks read tables a migration has still to create
@@ -70,8 +82,28 @@ async def run_doctor(settings: Settings) -> dict[str, Any]:
     finally:
         await broadcast.disconnect()
         await database.dispose()
+    shown_settings = settings.masked()
+    # The services that run, not every name the default lists (some are not built yet).
+    shown_settings["services"] = shown_services
+    origin = master_key_origin(settings)
+    if origin is not None and origin.startswith("file "):
+        shown_settings["master_key"] = f"from {origin}"
     return {
         "ok": all(check["ok"] for check in checks),
         "checks": checks,
-        "settings": settings.masked(),
+        "settings": shown_settings,
     }
+
+
+def _check_master_key(settings: Settings) -> tuple[bool, str]:
+    """Whether the master key loads, and where it comes from (never the key)."""
+    origin = master_key_origin(settings)
+    if origin is None:
+        if settings.is_embedded:
+            return True, f"none yet: `keel serve` generates {embedded_master_key_path(settings)}"
+        return False, "none: set KEEL_MASTER_KEY or KEEL_MASTER_KEY_FILE"
+    try:
+        load_keyring(settings)
+    except MasterKeyError as exc:
+        return False, str(exc)
+    return True, f"from {origin}"
