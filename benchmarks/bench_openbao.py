@@ -298,6 +298,51 @@ def _load_average() -> list[float]:
         return []
 
 
+def _keep_logs(root: Path, servers: dict[str, tuple[Server, Any]]) -> str:
+    """After a failed run: whether each server still answers, and where its log was kept
+    (the temporary directory is removed)."""
+    import http.client
+
+    from benchmarks._servers import http_get
+
+    kept = Path(tempfile.mkdtemp(prefix="keel-bench-openbao-failed-"))
+    notes = []
+    for name, (server, _) in servers.items():
+        path = "/health/live" if name == "keel" else "/v1/sys/health"
+        try:
+            status, _body = http_get(server.port, path, timeout=5.0)
+            answer = f"{path} answered {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            answer = f"{path} did not answer ({exc!r})"
+        shutil.copy(server.log_path, kept / f"{name}.log")
+        notes.append(f"{name}: {answer}")
+    return f"{'; '.join(notes)}; server logs kept in {kept}"
+
+
+def _rounds(servers: dict[str, tuple[Server, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        workload: {name: [] for name in servers} for workload in WORKLOADS
+    }
+    for round_ in range(ROUNDS):
+        for workload in WORKLOADS:
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for name in order:
+                server, targets = servers[name]
+                url, script = targets[workload]
+                cpu_before = server.cpu_seconds()
+                result = run_wrk(url, script, SECONDS)
+                cpu = server.cpu_seconds() - cpu_before
+                result["server_cpu_ms"] = round(cpu / max(1, result["requests"]) * 1000, 3)
+                result["load_average"] = _load_average()
+                runs[workload][name].append(result)
+                print(
+                    f"# {workload} round {round_ + 1} {name}: {result['rps']} /s, "
+                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+    return runs
+
+
 def measure(root: Path, binary: str) -> dict[str, Any]:
     scripts = root / "scripts"
     scripts.mkdir(mode=0o700)
@@ -312,29 +357,13 @@ def measure(root: Path, binary: str) -> dict[str, Any]:
             "keel": (keel, _targets(keel_base, keel_credentials, scripts, "keel")),
             "openbao": (bao, _targets(bao_base, bao_credentials, scripts, "openbao")),
         }
-        for _server, targets in servers.values():
-            for url, script in targets.values():
-                run_wrk(url, script, WARMUP_SECONDS)
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-            workload: {name: [] for name in servers} for workload in WORKLOADS
-        }
-        for round_ in range(ROUNDS):
-            for workload in WORKLOADS:
-                order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-                for name in order:
-                    server, targets = servers[name]
-                    url, script = targets[workload]
-                    cpu_before = server.cpu_seconds()
-                    result = run_wrk(url, script, SECONDS)
-                    cpu = server.cpu_seconds() - cpu_before
-                    result["server_cpu_ms"] = round(cpu / max(1, result["requests"]) * 1000, 3)
-                    result["load_average"] = _load_average()
-                    runs[workload][name].append(result)
-                    print(
-                        f"# {workload} round {round_ + 1} {name}: {result['rps']} /s, "
-                        f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms",
-                        file=sys.stderr, flush=True,
-                    )  # fmt: skip
+        try:
+            for _server, targets in servers.values():
+                for url, script in targets.values():
+                    run_wrk(url, script, WARMUP_SECONDS)
+            runs = _rounds(servers)
+        except ServerFailed as exc:
+            raise ServerFailed(f"{exc}; {_keep_logs(root, servers)}") from exc
         rss = {name: server.rss_bytes() for name, (server, _) in servers.items()}
     return {"runs": runs, "load_before": load_before, "load_after": _load_average(), "rss": rss}
 
