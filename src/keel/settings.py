@@ -7,6 +7,7 @@ start-up with :class:`SettingsError`, whose message names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from enum import StrEnum
@@ -180,6 +181,13 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.auto
     #: Largest request body any endpoint accepts; larger ones get 413.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    #: Largest request head: the target and every header name and value together (a JWT
+    #: bearer token is 1-8 KiB); a larger one gets 431 before it is read any further.
+    max_header_bytes: int = Field(default=32_768, ge=4096, le=1_048_576)
+    #: The proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed: IPs and
+    #: networks, comma-separated (``10.0.0.0/8,192.0.2.7``), or ``*`` for any peer. Empty (the
+    #: default): the client is the peer of the TCP connection, whatever the headers say.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Seconds each readiness check may take before it counts as failed.
     health_check_timeout_seconds: float = Field(default=2.0, gt=0)
     #: Base64 of 32 random bytes: wraps every key and secret stored at rest.
@@ -230,6 +238,32 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown service {unknown[0]!r}; known: {', '.join(KNOWN_SERVICES)}")
         return list(dict.fromkeys(value))
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_forwarded_allow_ips(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        if value == ["*"]:
+            return value
+        proxies = []
+        for item in value:
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8); "
+                    "'*' alone trusts every peer"
+                ) from None
+            # uvicorn silently ignores what it cannot parse: hand it canonical forms only.
+            single = network.prefixlen == network.max_prefixlen
+            proxies.append(str(network.network_address) if single else str(network))
+        return list(dict.fromkeys(proxies))
 
     @field_validator("log_level")
     @classmethod

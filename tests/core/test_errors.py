@@ -112,6 +112,7 @@ def test_problem_types_are_stable_urns() -> None:
     assert PROBLEM_TYPES == [
         "urn:keel:problem:conflict",
         "urn:keel:problem:forbidden",
+        "urn:keel:problem:headers-too-large",
         "urn:keel:problem:http-error",
         "urn:keel:problem:internal",
         "urn:keel:problem:malformed-body",

@@ -127,6 +127,39 @@ class TestDatabaseUrl:
         assert settings.is_embedded
 
 
+class TestForwardedAllowIps:
+    def test_no_proxy_is_trusted_by_default(self) -> None:
+        assert load_settings().forwarded_allow_ips == []
+
+    def test_addresses_and_networks_are_read_comma_separated_and_made_canonical(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("KEEL_FORWARDED_ALLOW_IPS", " 10.1.2.3/8, 192.0.2.7 ,::1,10.0.0.0/8")
+        assert load_settings().forwarded_allow_ips == ["10.0.0.0/8", "192.0.2.7", "::1"]
+
+    def test_a_star_trusts_every_peer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("KEEL_FORWARDED_ALLOW_IPS", "*")
+        assert load_settings().forwarded_allow_ips == ["*"]
+
+    @pytest.mark.parametrize("value", ["proxy.internal", "10.0.0.0/33", "*,10.0.0.1"])
+    def test_what_is_not_an_address_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch, value: str
+    ) -> None:
+        message = load_error(monkeypatch, KEEL_FORWARDED_ALLOW_IPS=value)
+        assert "KEEL_FORWARDED_ALLOW_IPS" in message
+        assert "not an IP address or network" in message
+
+
+class TestMaxHeaderBytes:
+    def test_defaults_to_32_kib(self) -> None:
+        assert load_settings().max_header_bytes == 32_768
+
+    def test_a_limit_too_small_for_a_bearer_token_is_refused(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert "KEEL_MAX_HEADER_BYTES" in load_error(monkeypatch, KEEL_MAX_HEADER_BYTES="1000")
+
+
 class TestMasking:
     def test_masked_settings_contain_no_password_or_dsn(self) -> None:
         settings = Settings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated
 
@@ -30,7 +31,16 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's IP address: the connection's peer, or what ``X-Forwarded-For`` says when
+    the peer is a proxy named in ``KEEL_FORWARDED_ALLOW_IPS`` (uvicorn rewrites the ASGI
+    ``client`` then). ``None`` when it is not an IP address: a forwarded header is text, and
+    the address is a rate-limit key and an audit field (64 characters at most)."""
+    if request.client is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(request.client.host))
+    except ValueError:
+        return None
 
 
 Context = Annotated["AppContext", Depends(context_dependency)]

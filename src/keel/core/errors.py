@@ -20,6 +20,7 @@ Exception tree::
      ├── PreconditionRequired  428  precondition-required
      ├── PayloadTooLarge       413  payload-too-large
      ├── RateLimited           429  rate-limited
+     ├── HeadersTooLarge       431  headers-too-large
      ├── ServiceUnavailable    503  unavailable
      └── InternalError         500  internal
 """
@@ -128,6 +129,13 @@ class RateLimited(KeelError):
         super().__init__(detail, **kwargs)
 
 
+class HeadersTooLarge(KeelError):
+    """The request head (target and headers) is over ``KEEL_MAX_HEADER_BYTES``: answered by
+    the HTTP protocol of ``keel serve`` (``keel.core.http_protocol``) before the app runs."""
+
+    status, slug, title = 431, "headers-too-large", "Request header fields too large"
+
+
 class ServiceUnavailable(KeelError):
     status, slug, title = 503, "unavailable", "Service unavailable"
 
@@ -151,6 +159,7 @@ _HTTP_STATUS_ERRORS: dict[int, type[KeelError]] = {
         UnsupportedMediaType,
         PreconditionRequired,
         RateLimited,
+        HeadersTooLarge,
         ServiceUnavailable,
     )
 }
