@@ -169,3 +169,29 @@ def test_a_server_on_the_embedded_default_starts_without_what_it_does_not_use(
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_app_resumes_the_garbage_collector_paused_for_its_start(tmp_path: Path) -> None:
+    # keel.core.startup: paused while `keel serve` imports and builds, resumed once started.
+    script = (
+        "import asyncio, gc\n"
+        "from asgi_lifespan import LifespanManager\n"
+        "from keel.app import create_app_from_env\n"
+        "async def main():\n"
+        "    app = create_app_from_env()\n"
+        "    paused = not gc.isenabled()\n"
+        "    async with LifespanManager(app):\n"
+        "        print(paused, gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "asyncio.run(main())\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=keel_env(KEEL_LOG_LEVEL="warning"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split() == ["True", "True", "True"]
