@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -776,24 +776,31 @@ def _leaf(document: dict[str, Any], request_hash: bytes | None = None) -> _Leaf:
     return _Leaf(document["id"], raw, document, request_hash or hashlib.sha256(raw).digest())
 
 
-def _event_row(
-    tenant_id: str, index: int, leaf: _Leaf, digest: bytes, now: datetime
-) -> dict[str, Any]:
-    fields = leaf.fields
-    actor = fields.get("actor") or {}
-    target = fields.get("target") or {}
+def event_columns(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of ``audit_events`` taken from an event's document, which queries filter
+    on: the sequencer stores them, ``keel audit verify`` checks them against the document."""
+    actor = document.get("actor") or {}
+    target = document.get("target") or {}
     return {
-        "tenant_id": tenant_id,
-        "leaf_index": index,
-        "event_id": leaf.event_id,
-        "time": datetime.fromisoformat(fields["time"]),
-        "action": fields["action"],
-        "outcome": fields["outcome"],
-        "sensitivity": fields["sensitivity"],
+        "event_id": document["id"],
+        "time": datetime.fromisoformat(document["time"]),
+        "action": document["action"],
+        "outcome": document["outcome"],
+        "sensitivity": document["sensitivity"],
         "actor_type": actor.get("type"),
         "actor_id": actor.get("id"),
         "target_type": target.get("type"),
         "target_id": target.get("id"),
+    }
+
+
+def _event_row(
+    tenant_id: str, index: int, leaf: _Leaf, digest: bytes, now: datetime
+) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant_id,
+        "leaf_index": index,
+        **event_columns(leaf.fields),
         "leaf_hash": digest,
         "request_hash": leaf.request_hash,
         "sequenced_at": now,
@@ -871,7 +878,7 @@ _SIZE_SQL = (
 
 
 @functools.lru_cache(maxsize=64)  # a few tables, a dialect or two a process
-def _bound_columns(
+def bound_columns(
     model: type[Base], columns: tuple[str, ...], dialect: Any
 ) -> tuple[Table, tuple[Callable[[Any], Any] | None, ...], tuple[str, ...]]:
     """``model``'s table, and for each of ``columns`` SQLAlchemy's own bind processor on
@@ -886,7 +893,7 @@ def _bound_columns(
 def _sqlite_insert(model: type[Base], rows: list[dict[str, Any]], dialect: Any) -> _Statement:
     """``INSERT`` of ``rows`` in sqlite3's named style, values as SQLAlchemy would bind them."""
     columns = tuple(rows[0]) if rows else ()
-    table, processors, _ = _bound_columns(model, columns, dialect)
+    table, processors, _ = bound_columns(model, columns, dialect)
     bound = [
         {name: row[name] if process is None else process(row[name])
          for name, process in zip(columns, processors, strict=True)}
@@ -1000,7 +1007,7 @@ async def _insert_together(
         if not rows:
             continue
         columns = tuple(rows[0])
-        table, processors, type_names = _bound_columns(model, columns, dialect)
+        table, processors, type_names = bound_columns(model, columns, dialect)
         arrays = []
         for name, process, type_name in zip(columns, processors, type_names, strict=True):
             values = [row[name] for row in rows]
