@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import httpx
 import pytest
 import rfc8785
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from auth.conftest import TenantAdmin, audit_events
+from auth.conftest import TenantAdmin, audit_events, make_tenant_admin
+from keel.audit.models import AuditEvent
 from keel.settings import Settings
 from keel_client.audit import leaf_hash
 from support.keel_cli import invoke_keel_async
@@ -40,7 +42,16 @@ async def logged(app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin) ->
     for size in BATCHES:
         events = []
         for _ in range(size):
-            events.append({"id": f"e{number}", "action": ACTION, "data": {"n": number}})
+            events.append(
+                {
+                    "id": f"e{number}",
+                    "action": ACTION,
+                    "outcome": "failure" if number % 4 == 3 else "success",
+                    "actor": {"type": "service", "id": f"billing-{number % 2}"},
+                    "target": {"type": "invoice", "id": f"inv-{number}"},
+                    "data": {"n": number},
+                }
+            )
             number += 1
         response = await client.post(
             "/audit/v1/events/batch", headers=admin.headers, json={"events": events}
@@ -227,44 +238,347 @@ async def test_an_inserted_event_is_reported(
     assert any("no signed head" in problem for problem in report["problems"])
 
 
-async def test_reordered_events_are_reported(
-    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any]
-) -> None:
-    """Events 6 and 9 swap places, each row still consistent with its own document."""
-    async with raw() as connection:
-        rows = {}
-        for index in (6, 9):
-            rows[index] = (
+async def leaf_of(connection: AsyncConnection, tenant_id: str, event_id: str) -> int:
+    index = await connection.scalar(
+        text("SELECT leaf_index FROM audit_events WHERE tenant_id = :t AND event_id = :e"),
+        {"t": tenant_id, "e": event_id},
+    )
+    assert isinstance(index, int)
+    return index
+
+
+async def move_rows(connection: AsyncConnection, tenant_id: str, moves: dict[int, int]) -> None:
+    """Give the events (both tables) at the keys of ``moves`` the leaf indexes of its values,
+    through indexes no row holds, as the primary key allows."""
+    for table in ("audit_events", "audit_payloads"):
+        for step in ("away", "back"):
+            for source, destination in moves.items():
+                before, after = (source, -1 - destination) if step == "away" else (
+                    -1 - destination, destination)  # fmt: skip
                 await connection.execute(
                     text(
-                        "SELECT e.event_id, e.leaf_hash, p.document FROM audit_events e JOIN "
-                        "audit_payloads p ON p.tenant_id = e.tenant_id AND "
-                        "p.leaf_index = e.leaf_index WHERE e.tenant_id = :t AND e.leaf_index = :i"
+                        f"UPDATE {table} SET leaf_index = :after "  # noqa: S608
+                        "WHERE tenant_id = :t AND leaf_index = :before"
                     ),
-                    {"t": logged.tenant_id, "i": index},
+                    {"t": tenant_id, "before": before, "after": after},
                 )
-            ).one()
-        for index, other in ((6, 9), (9, 6)):
-            event_id, digest, raw_document = rows[other]
-            parameters = {
-                "t": logged.tenant_id, "i": index, "e": f"{event_id}-moved", "h": digest,
-                "d": raw_document,
-            }  # fmt: skip
-            await connection.execute(
-                text(
-                    "UPDATE audit_events SET event_id = :e, leaf_hash = :h "
-                    "WHERE tenant_id = :t AND leaf_index = :i"
-                ),
-                parameters,
+
+
+#: A new value for each column of ``audit_events`` taken from the document, for event ``e3``
+#: (a failure of service ``billing-1`` on invoice ``inv-3``).
+EDITED_COLUMNS: dict[str, Any] = {
+    "event_id": "e3-renamed",
+    "time": datetime(2020, 1, 1, tzinfo=UTC),
+    "action": "billing.invoice.refund",
+    "outcome": "success",  # hidden from ?outcome=failure
+    "sensitivity": "public",
+    "actor_type": "user",
+    "actor_id": None,
+    "target_type": "payment",
+    "target_id": "inv-4",
+    "leaf_hash": leaf_hash(b"{}"),
+}
+
+
+@pytest.mark.parametrize("column", list(EDITED_COLUMNS))
+async def test_each_column_taken_from_the_document_is_checked(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any], column: str
+) -> None:
+    async with raw() as connection:
+        index = await leaf_of(connection, logged.tenant_id, "e3")
+        await connection.execute(
+            update(AuditEvent.__table__)
+            .where(
+                AuditEvent.__table__.c.tenant_id == logged.tenant_id,
+                AuditEvent.__table__.c.leaf_index == index,
             )
-            await connection.execute(
-                text(
-                    "UPDATE audit_payloads SET document = :d "
-                    "WHERE tenant_id = :t AND leaf_index = :i"
-                ),
-                parameters,
-            )
+            .values({column: EDITED_COLUMNS[column]})
+        )
     code, report = await verify(settings, tmp_path, logged.tenant_slug)
     assert code == 1
-    assert report["first_divergent_event"] == 6
+    assert (report["first_divergent_event"], report["first_divergent_event_id"]) == (index, "e3")
+    assert any(
+        problem.startswith(f"event {index}: ") and column in problem
+        for problem in report["problems"]
+    ), report["problems"]
+
+
+async def test_an_event_moved_to_another_tenants_log_is_reported_in_both(
+    app: FastAPI, logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any]
+) -> None:
+    other = await make_tenant_admin(app)
+    await audit_events(app, other.tenant_id)
+    index = await stored_size(settings, other.tenant_id)  # the other log's next leaf
+    async with raw() as connection:
+        for table in ("audit_events", "audit_payloads"):
+            await connection.execute(
+                text(f"UPDATE {table} SET tenant_id = :o WHERE tenant_id = :t AND leaf_index = :i"),  # noqa: S608
+                {"o": other.tenant_id, "t": logged.tenant_id, "i": index},
+            )
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    assert (code, report["first_divergent_event"]) == (1, index)
+    code, report = await verify(settings, tmp_path, other.tenant_slug)
+    assert (code, report["first_divergent_event"]) == (1, index)
+    assert any(f"event {index}: " in p and "tenant" in p for p in report["problems"])
+
+
+async def test_a_document_rewritten_as_text_is_reported_at_its_event(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any]
+) -> None:
+    """SQLite's ``replace()`` answers text whatever it is given: the document of a failure,
+    rewritten as a success, is stored as text. (PostgreSQL keeps bytes in a ``bytea``.)"""
+    async with raw() as connection:
+        index = await leaf_of(connection, logged.tenant_id, "e3")
+        await connection.execute(
+            text(rewrite_outcome(connection)), {"t": logged.tenant_id, "i": index}
+        )
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    assert code == 1
+    assert (report["first_divergent_event"], report["first_divergent_event_id"]) == (index, "e3")
+    assert any(problem.startswith(f"event {index}: ") for problem in report["problems"])
+
+
+def rewrite_outcome(connection: AsyncConnection) -> str:
+    """An UPDATE of the document at leaf ``:i`` turning its failure into a success."""
+    if connection.dialect.name == "sqlite":
+        document = "replace(document, '\"failure\"', '\"success\"')"
+    else:
+        document = (
+            "convert_to(replace(convert_from(document, 'UTF8'), '\"failure\"', "
+            "'\"success\"'), 'UTF8')"
+        )
+    return (
+        f"UPDATE audit_payloads SET document = {document} "  # noqa: S608
+        "WHERE tenant_id = :t AND leaf_index = :i"
+    )
+
+
+async def test_the_cli_names_the_event_in_one_line_and_exits_1(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any]
+) -> None:
+    async with raw() as connection:
+        index = await leaf_of(connection, logged.tenant_id, "e3")
+        await connection.execute(
+            text(rewrite_outcome(connection)), {"t": logged.tenant_id, "i": index}
+        )
+    env = keel_env(KEEL_DATABASE_URL=settings.effective_database_url)
+    result = await invoke_keel_async(
+        "audit", "verify", "--tenant", logged.tenant_slug, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    assert "Traceback" not in result.stdout
+    assert "Error" not in result.stdout
+    first, *details = result.stdout.splitlines()
+    assert first.startswith(f"{logged.tenant_slug}: TAMPERED (")
+    assert first.endswith(f"; first changed event: {index} (id 'e3')")
+    assert details
+    assert all(line.startswith("  - ") for line in details)
+
+
+@pytest.mark.parametrize(("first", "second"), [(6, 9), (7, 10), (7, 8), (6, 7)])
+async def test_swapped_events_are_reported_at_the_first(
+    logged: TenantAdmin,
+    settings: Settings,
+    tmp_path: Path,
+    raw: Callable[[], Any],
+    first: int,
+    second: int,
+) -> None:
+    """Two events swap places, every column and the document: each row agrees with itself,
+    only the tree tells, and it names the first of the two, odd or even."""
+    async with raw() as connection:
+        moved_in = await connection.scalar(
+            text("SELECT event_id FROM audit_events WHERE tenant_id = :t AND leaf_index = :i"),
+            {"t": logged.tenant_id, "i": second},
+        )
+        await move_rows(connection, logged.tenant_id, {first: second, second: first})
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    assert code == 1
+    assert report["first_divergent_event"] == first, report["problems"]
+    assert report["first_divergent_event_id"] == moved_in
     assert any("tree node" in problem for problem in report["problems"])
+
+
+@pytest.mark.parametrize("position", [7, 8])
+async def test_an_event_inserted_in_the_middle_is_reported_at_its_place(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any], position: int
+) -> None:
+    """A forged event, its row agreeing with its document, inserted at ``position``: the
+    events from there on move up one."""
+    size = await stored_size(settings, logged.tenant_id)
+    async with raw() as connection:
+        await move_rows(
+            connection, logged.tenant_id, {i: i + 1 for i in reversed(range(position, size))}
+        )
+        forged = await document(connection, logged.tenant_id, position + 1)
+        forged.update(id="forged", data={"n": -1})
+        raw_document = rfc8785.dumps(forged)
+        parameters = {
+            "t": logged.tenant_id, "i": position, "copy": position + 1, "d": raw_document,
+            "h": leaf_hash(raw_document),
+        }  # fmt: skip
+        await connection.execute(
+            text(
+                "INSERT INTO audit_events (tenant_id, leaf_index, event_id, time, action, "
+                "outcome, sensitivity, actor_type, actor_id, target_type, target_id, leaf_hash, "
+                "request_hash, sequenced_at) SELECT tenant_id, :i, 'forged', time, action, "
+                "outcome, sensitivity, actor_type, actor_id, target_type, target_id, :h, :h, "
+                "sequenced_at FROM audit_events WHERE tenant_id = :t AND leaf_index = :copy"
+            ),
+            parameters,
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO audit_payloads (tenant_id, leaf_index, document) VALUES (:t, :i, :d)"
+            ),
+            parameters,
+        )
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    assert code == 1
+    assert (report["first_divergent_event"], report["first_divergent_event_id"]) == (
+        position,
+        "forged",
+    ), report["problems"]
+
+
+async def test_a_changed_tree_node_blames_no_event(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any]
+) -> None:
+    """A node's hash changed, not an event: the signed heads prove the events intact."""
+    async with raw() as connection:
+        await connection.execute(
+            text(
+                "UPDATE audit_nodes SET hash = :h "
+                'WHERE tenant_id = :t AND level = 1 AND "index" = 3'
+            ),
+            {"t": logged.tenant_id, "h": bytes(32)},
+        )
+    code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    assert code == 1
+    assert report["first_divergent_event"] is None
+    assert report["problems"] == ["tree node (1, 3) differs from the events it covers"]
+
+
+#: Values of a type or size the writer never stores, as SQL for each database (PostgreSQL's
+#: columns keep their types: there, a wrong size or a value out of range), and the event
+#: each one is blamed on (``e3``'s leaf index, or none: a tree or key row, not an event).
+STRANGE_VALUES: dict[str, tuple[str, str, str | None]] = {
+    "document as a number": (
+        "UPDATE audit_payloads SET document = 42 WHERE {e3}",
+        "UPDATE audit_payloads SET document = '\\x3432' WHERE {e3}",
+        "e3",
+    ),
+    "document nested too deep for a JSON parser": (
+        "UPDATE audit_payloads SET document = CAST(printf('%.*c', 100000, '[') AS BLOB) WHERE {e3}",
+        "UPDATE audit_payloads SET document = convert_to(repeat('[', 100000), 'UTF8') WHERE {e3}",
+        "e3",
+    ),
+    "leaf hash as text": (
+        "UPDATE audit_events SET leaf_hash = hex(leaf_hash) WHERE {e3}",
+        "UPDATE audit_events SET leaf_hash = convert_to(encode(leaf_hash, 'hex'), 'UTF8') "
+        "WHERE {e3}",
+        "e3",
+    ),
+    "leaf hash cut short": (
+        "UPDATE audit_events SET leaf_hash = substr(leaf_hash, 1, 5) WHERE {e3}",
+        "UPDATE audit_events SET leaf_hash = substr(leaf_hash, 1, 5) WHERE {e3}",
+        "e3",
+    ),
+    "time as a number": (
+        "UPDATE audit_events SET time = 12345 WHERE {e3}",
+        "UPDATE audit_events SET time = time + interval '1 microsecond' WHERE {e3}",
+        "e3",
+    ),
+    "outcome as a number": (
+        "UPDATE audit_events SET outcome = 1 WHERE {e3}",
+        "UPDATE audit_events SET outcome = '1' WHERE {e3}",
+        "e3",
+    ),
+    "actor id as bytes": (
+        "UPDATE audit_events SET actor_id = CAST(actor_id AS BLOB) WHERE {e3}",
+        "UPDATE audit_events SET actor_id = upper(actor_id) WHERE {e3}",
+        "e3",
+    ),
+    "leaf index as text": (
+        "UPDATE audit_events SET leaf_index = 'three' WHERE {e3}",
+        "UPDATE audit_events SET leaf_index = leaf_index + 1000 WHERE {e3}",
+        "e3",
+    ),
+    "tree node hash as text": (
+        "UPDATE audit_nodes SET hash = hex(hash) WHERE {node}",
+        "UPDATE audit_nodes SET hash = substr(hash, 1, 5) WHERE {node}",
+        None,
+    ),
+    "tree node level as text": (
+        "UPDATE audit_nodes SET level = 'one' WHERE {node}",
+        "UPDATE audit_nodes SET level = -1 WHERE {node}",
+        None,
+    ),
+    "signed head size as text": (
+        "UPDATE audit_tree_heads SET tree_size = 'big' WHERE {head}",
+        "UPDATE audit_tree_heads SET tree_size = -1 WHERE {head}",
+        None,
+    ),
+    "signed head root cut short": (
+        "UPDATE audit_tree_heads SET root_hash = substr(root_hash, 1, 5) WHERE {head}",
+        "UPDATE audit_tree_heads SET root_hash = substr(root_hash, 1, 5) WHERE {head}",
+        None,
+    ),
+    "signed head timestamp beyond JSON's integers": (
+        "UPDATE audit_tree_heads SET timestamp = 9007199254740993 WHERE {head}",
+        "UPDATE audit_tree_heads SET timestamp = 9007199254740993 WHERE {head}",
+        None,
+    ),
+    "signature as text": (
+        "UPDATE audit_tree_heads SET signature = hex(signature) WHERE {head}",
+        "UPDATE audit_tree_heads SET signature = substr(signature, 2) WHERE {head}",
+        None,
+    ),
+    "public key as text": (
+        "UPDATE audit_signing_keys SET public_key = hex(public_key)",
+        "UPDATE audit_signing_keys SET public_key = substr(public_key, 2)",
+        None,
+    ),
+}
+
+
+KEYS_SQL = "SELECT key_id, public_key FROM audit_signing_keys"
+
+
+@pytest.mark.parametrize("case", list(STRANGE_VALUES))
+async def test_a_value_of_any_type_is_reported_not_a_crash(
+    logged: TenantAdmin, settings: Settings, tmp_path: Path, raw: Callable[[], Any], case: str
+) -> None:
+    on_sqlite, on_postgresql, blamed = STRANGE_VALUES[case]
+    async with raw() as connection:
+        index = await leaf_of(connection, logged.tenant_id, "e3")
+        first_head = await connection.scalar(
+            text("SELECT min(id) FROM audit_tree_heads WHERE tenant_id = :t"),
+            {"t": logged.tenant_id},
+        )
+        # The signing keys are the platform's, not the tenant's: put back once checked.
+        keys = (await connection.execute(text(KEYS_SQL))).all()
+        statement = on_sqlite if connection.dialect.name == "sqlite" else on_postgresql
+        where = {
+            "e3": f"tenant_id = :t AND leaf_index = {index}",
+            "node": 'tenant_id = :t AND level = 1 AND "index" = 2',
+            "head": f"tenant_id = :t AND id = {first_head}",
+        }
+        await connection.execute(text(statement.format(**where)), {"t": logged.tenant_id})
+    try:
+        code, report = await verify(settings, tmp_path, logged.tenant_slug)
+    finally:
+        async with raw() as connection:
+            for key_id, public_key in keys:
+                await connection.execute(
+                    text("UPDATE audit_signing_keys SET public_key = :p WHERE key_id = :k"),
+                    {"p": public_key, "k": key_id},
+                )
+    assert code == 1
+    assert report["problems"]
+    assert not any("Error" in problem for problem in report["problems"]), report["problems"]
+    if blamed is None:
+        assert report["first_divergent_event"] is None, report["problems"]
+    else:
+        assert report["first_divergent_event"] == index, report["problems"]

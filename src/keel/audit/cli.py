@@ -30,8 +30,8 @@ def verify(
 ) -> None:
     """Recompute each tenant's log from its stored rows and check every signed tree head.
 
-    Exits 0 when every log verifies, 1 when any was changed, naming the first divergent
-    event.
+    Exits 0 when every log verifies, 1 when any was changed, naming the first changed event
+    (its leaf index and id).
     """
     from keel.audit.verify import verify_tenant
     from keel.cli import (
@@ -71,16 +71,9 @@ def verify(
                 if as_json:
                     typer.echo(json.dumps({"slug": row.slug, **report.to_json()}))
                     continue
-                status = "ok" if report.ok else "TAMPERED"
-                erased = f", {report.erased} erased by retention" if report.erased else ""
-                typer.echo(
-                    f"{row.slug}: {status} ({report.tree_size} events{erased}, "
-                    f"{report.heads_checked} signed heads)"
-                )
-                if not report.ok:
-                    typer.echo(f"  first divergent event: {report.first_divergent_event}")
-                    for problem in report.problems:
-                        typer.echo(f"  - {problem}")
+                typer.echo(f"{row.slug}: {report.summary()}")
+                for problem in report.problems:
+                    typer.echo(f"  - {problem}")
             if failed:
                 raise typer.Exit(EXIT_FAILURE)
 
