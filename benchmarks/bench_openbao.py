@@ -23,11 +23,13 @@ token from one AppRole login.
 
 Load: ``wrk -t2 -c16 --latency`` (Debian's ``wrk``; ``make bench`` installs it), a Lua script
 per workload carrying the token or the login body (a credential is never on a command line).
-After a warm-up of each workload on each server, ``ROUNDS`` rounds of ``SECONDS`` s each; in
-every round both servers run one after the other, the first of the pair alternating between
-rounds. Each figure is the median of its rounds, the ratio the ratio of the two medians (the
-per-round ratios are in ``extra``). wrk, the two servers and anything else running share the
-machine's cores: OpenBao (Go) uses every core, Keel's one worker one.
+Reads first, then logins (an OpenBao login stores a token and its lease, and its reads slow
+down as they pile up). For each workload, a ``WARMUP_SECONDS`` s warm-up on each server, then
+``ROUNDS`` rounds of ``SECONDS`` s; in every round both servers run one after the other, the
+first of the pair alternating between rounds. Each figure is the median of its rounds, the
+ratio the ratio of the two medians (the per-round ratios are in ``extra``). wrk, the two
+servers and anything else running share the machine's cores: OpenBao (Go) uses every core,
+Keel's one worker one.
 
 When ``wrk`` or ``bao`` is missing the module prints one line saying so and emits nothing.
 """
@@ -323,8 +325,12 @@ def _rounds(servers: dict[str, tuple[Server, Any]]) -> dict[str, dict[str, list[
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         workload: {name: [] for name in servers} for workload in WORKLOADS
     }
-    for round_ in range(ROUNDS):
-        for workload in WORKLOADS:
+    # Reads first, then logins: an OpenBao login stores a token and its lease (TTL 768 h by
+    # default), and reads slow down as they pile up, so logins must not precede the reads.
+    for workload in WORKLOADS:
+        for _server, targets in servers.values():
+            run_wrk(*targets[workload], WARMUP_SECONDS)
+        for round_ in range(ROUNDS):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for name in order:
                 server, targets = servers[name]
@@ -337,7 +343,8 @@ def _rounds(servers: dict[str, tuple[Server, Any]]) -> dict[str, dict[str, list[
                 runs[workload][name].append(result)
                 print(
                     f"# {workload} round {round_ + 1} {name}: {result['rps']} /s, "
-                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms",
+                    f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                    f"load {result['load_average'][0]}",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
     return runs
@@ -358,9 +365,6 @@ def measure(root: Path, binary: str) -> dict[str, Any]:
             "openbao": (bao, _targets(bao_base, bao_credentials, scripts, "openbao")),
         }
         try:
-            for _server, targets in servers.values():
-                for url, script in targets.values():
-                    run_wrk(url, script, WARMUP_SECONDS)
             runs = _rounds(servers)
         except ServerFailed as exc:
             raise ServerFailed(f"{exc}; {_keep_logs(root, servers)}") from exc
