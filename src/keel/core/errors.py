@@ -28,11 +28,12 @@ Exception tree::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -294,6 +295,8 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
         )
     error = error_class.__new__(error_class)
     KeelError.__init__(error, None, headers=exc.headers)
+    if exc.detail and exc.detail != HTTPStatus(exc.status_code).phrase:
+        error.detail = str(exc.detail)  # raised by Keel (the input rules), or by FastAPI
     if exc.status_code == 404:
         error.detail = f"No route for {request.method} {request.url.path}."
     return render_error(error, _request_id(request), request.url.path)
@@ -334,9 +337,23 @@ async def _integrity_conflict_handler(request: Request, exc: Exception) -> Respo
     return render_error(error, _request_id(request), request.url.path)
 
 
+async def _data_refused_handler(request: Request, exc: Exception) -> Response:
+    """A value the database refused as data (SQLSTATE class 22: a number beyond its column's
+    range, a character its encoding cannot hold). It came with the request, so a 400; the
+    edge rules and schemas should have refused it first, so it is logged with its SQLSTATE
+    (never the value). Any other database error stays a 500."""
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", ""))
+    if not sqlstate.startswith("22"):
+        raise exc
+    log.warning("db.data_refused", path=request.url.path, sqlstate=sqlstate)
+    error = BadRequest("A value of the request is out of range or cannot be stored.")
+    return render_error(error, _request_id(request), request.url.path)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SQLAlchemyPoolTimeout, _pool_exhausted_handler)
     app.add_exception_handler(IntegrityError, _integrity_conflict_handler)
+    app.add_exception_handler(DBAPIError, _data_refused_handler)
     app.add_exception_handler(KeelError, _keel_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
