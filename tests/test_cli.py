@@ -11,6 +11,7 @@ start of each.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -201,6 +202,27 @@ def test_every_help_shows_conventional_metavars_not_python_types(tmp_path: Path)
 )
 def test_conventional_metavar_of_each_typer_label(typer_label: str, metavar: str) -> None:
     assert conventional_metavar(typer_label) == metavar
+
+
+def test_a_command_runs_with_the_garbage_collector_on_and_leaves_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `keel` pauses it while it parses and imports (keel.core.startup); only serve's app
+    # resumes it later, once started.
+    import keel.core.doctor
+
+    seen: list[bool] = []
+
+    async def doctor_noting_the_collector(settings: object) -> dict[str, object]:
+        seen.append(gc.isenabled())
+        return {"ok": True, "checks": []}
+
+    monkeypatch.setattr(keel.core.doctor, "run_doctor", doctor_noting_the_collector)
+    assert invoke_keel("doctor", cwd=tmp_path).returncode == 0
+    assert seen == [True]
+    for args in (["version"], ["--help"], ["serve", "--port", "0"]):
+        invoke_keel(*args, cwd=tmp_path)
+        assert gc.isenabled(), args
 
 
 def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:

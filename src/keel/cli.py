@@ -177,6 +177,14 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _before_each_command(ctx: typer.Context) -> None:
+    from keel.core.startup import resume_garbage_collection
+
+    if ctx.invoked_subcommand != "serve":  # serve's app resumes it once started
+        resume_garbage_collection()
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     typer.echo(f"keel: {message}", err=True)
     raise typer.Exit(code)
@@ -244,16 +252,8 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the Keel API (every enabled service in one ASGI app)."""
-    from keel.core.startup import garbage_collection_paused
-
-    # Resumed by the app once started (keel.core.startup: a fifth less time to ready).
-    with garbage_collection_paused():
-        _serve(host, port, services, reload, workers)
-
-
-def _serve(
-    host: str | None, port: int | None, services: str | None, reload: bool, workers: int
-) -> None:
+    # The garbage collector `keel` paused stays paused until the app has started
+    # (keel.core.startup: a tenth to a fifth less time to ready).
     import uvicorn
 
     from keel.app import resolve_services
@@ -496,19 +496,25 @@ def version() -> None:
 
 def main() -> None:
     """Entry point: a usage error is one line on stderr and exit code 2, as any other error."""
-    try:
-        code = app(standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
-    except click_exceptions.UsageError as exc:
-        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        typer.echo(f"keel: {exc.format_message()}{hint}", err=True)
-        sys.exit(EXIT_USAGE)
-    except click_exceptions.ClickException as exc:
-        typer.echo(f"keel: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("keel: aborted", err=True)
-        sys.exit(EXIT_FAILURE)
+    from keel.core.startup import garbage_collection_paused
+
+    # No cyclic garbage collection while the command line is parsed and the command's
+    # modules load (keel.core.startup): `keel` resumes it as the command starts (serve: once
+    # its app has started).
+    with garbage_collection_paused():
+        try:
+            code = app(standalone_mode=False)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            typer.echo(f"keel: {exc.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.ClickException as exc:
+            typer.echo(f"keel: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("keel: aborted", err=True)
+            sys.exit(EXIT_FAILURE)
     sys.exit(code if isinstance(code, int) else 0)

@@ -4,10 +4,12 @@ Starting ``keel serve`` imports FastAPI, SQLAlchemy, pydantic and every service 
 every route: about 160 000 objects that live as long as the process. At its default
 thresholds the collector walked them again and again while they were being made: 330 young,
 30 middle and 2 full collections, 0.1-0.25 s of the 1.2 s to the first ready answer
-(issue 15). So ``keel serve`` pauses it and the app resumes it once started, after
-:func:`gc.freeze` has set aside what start-up built, which no later collection walks again
-(so every later full collection is shorter too). The few cycles start-up left unreachable
-(about 1 700 objects, the CLI's start-up check among them) stay allocated.
+(issue 15). So the ``keel`` command pauses it while it parses its command line and imports
+what the command runs; every command but ``serve`` resumes it as it starts, and ``serve``'s
+app once started, after :func:`gc.freeze` has set aside what start-up built, which no later
+collection walks again (so every later full collection is shorter too). The few cycles
+start-up left unreachable (about 1 700 objects, the CLI's start-up check among them) stay
+allocated.
 """
 
 from __future__ import annotations
