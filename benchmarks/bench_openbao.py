@@ -321,6 +321,25 @@ def _keep_logs(root: Path, servers: dict[str, tuple[Server, Any]]) -> str:
     return f"{'; '.join(notes)}; server logs kept in {kept}"
 
 
+def _cpu_seconds(servers: dict[str, tuple[Server, Any]]) -> dict[str, float]:
+    """CPU seconds used so far by each server, by finished children (wrk) and by the machine."""
+    import resource
+
+    import psutil
+
+    times = psutil.cpu_times()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        **{name: server.cpu_seconds() for name, (server, _) in servers.items()},
+        "wrk": children.ru_utime + children.ru_stime,
+        "machine": times.user
+        + times.nice
+        + times.system
+        + getattr(times, "irq", 0.0)
+        + getattr(times, "softirq", 0.0),
+    }
+
+
 def _rounds(servers: dict[str, tuple[Server, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         workload: {name: [] for name in servers} for workload in WORKLOADS
@@ -333,18 +352,23 @@ def _rounds(servers: dict[str, tuple[Server, Any]]) -> dict[str, dict[str, list[
         for round_ in range(ROUNDS):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for name in order:
-                server, targets = servers[name]
-                url, script = targets[workload]
-                cpu_before = server.cpu_seconds()
+                url, script = servers[name][1][workload]
+                before = _cpu_seconds(servers)
                 result = run_wrk(url, script, SECONDS)
-                cpu = server.cpu_seconds() - cpu_before
+                after = _cpu_seconds(servers)
+                cpu = after[name] - before[name]
                 result["server_cpu_ms"] = round(cpu / max(1, result["requests"]) * 1000, 3)
+                # Cores busy with anything but the two servers and wrk: the machine is shared.
+                others = (after["machine"] - before["machine"]) - sum(
+                    after[key] - before[key] for key in (*servers, "wrk")
+                )
+                result["others_cores"] = round(max(0.0, others) / (result["duration_us"] / 1e6), 2)
                 result["load_average"] = _load_average()
                 runs[workload][name].append(result)
                 print(
                     f"# {workload} round {round_ + 1} {name}: {result['rps']} /s, "
                     f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                    f"load {result['load_average'][0]}",
+                    f"load {result['load_average'][0]}, others {result['others_cores']} cores",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
     return runs
@@ -398,6 +422,8 @@ def figures(measured: dict[str, Any], version: str) -> list[Figure]:
                         "p99_ms": _median(keel, "p99_ms"),
                         "peer_p50_ms": _median(bao, "p50_ms"),
                         "peer_p99_ms": _median(bao, "p99_ms"),
+                        "others_cores": [r["others_cores"] for r in keel],
+                        "peer_others_cores": [r["others_cores"] for r in bao],
                         "server_cpu_ms": _median(keel, "server_cpu_ms"),
                         "peer_server_cpu_ms": _median(bao, "server_cpu_ms"),
                         "errors": sum(r["status_errors"] + r["socket_errors"] for r in keel),
