@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -161,6 +162,25 @@ async def test_expired_key_is_refused(
         json={"name": "late", "expires_at": "2000-01-01T00:00:00Z"},
     )
     assert past.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "fragment"),
+    [
+        # Found by tests/test_fuzz.py: each was a 500 (a naive time compared with an aware
+        # one; a time with no UTC equivalent when it was stored).
+        ("2999-01-01T00:00:00", "offset"),
+        ("9999-12-31T23:59:59-01:00", "out of range"),
+    ],
+)
+async def test_an_expiry_without_offset_or_utc_equivalent_is_refused(
+    client: httpx.AsyncClient, admin: TenantAdmin, expires_at: str, fragment: str
+) -> None:
+    response = await client.post(
+        "/auth/v1/api-keys", headers=admin.headers, json={"name": "k", "expires_at": expires_at}
+    )
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
 
 
 async def test_revoked_key_is_refused(

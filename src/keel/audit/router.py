@@ -20,6 +20,7 @@ from keel.core.audit import ActionSpec, Outcome, Sensitivity, build_document, bu
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound, ValidationFailed
 from keel.core.http import Page, decode_cursor, encode_cursor
+from keel.core.timestamps import aware_to_utc
 from keel_client.audit import TreeHead, canonical_json
 
 WRITE = "audit:event:write"
@@ -94,9 +95,13 @@ def event_filter(
     sensitivity: Sensitivity | None = None,
 ) -> EventFilter:
     """The query filters of the event list and the export."""
+    bounds = []
     for name, moment in (("since", since), ("until", until)):
-        if moment is not None and moment.tzinfo is None:
-            raise ValidationFailed(f"Give {name} with its offset (RFC 3339), e.g. ...Z.")
+        try:
+            bounds.append(None if moment is None else aware_to_utc(moment))
+        except ValueError as exc:
+            raise ValidationFailed(f"{name}: {exc}.") from None
+    since, until = bounds
     return EventFilter(
         since, until, actor_id, actor_type, action, target_type, target_id, outcome, sensitivity
     )

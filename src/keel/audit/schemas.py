@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keel.core.audit import ACTION_PATTERN, Outcome, Sensitivity
+from keel.core.timestamps import to_utc
 
 _ID = r"^[A-Za-z0-9._:-]{1,64}$"
 
@@ -56,7 +57,7 @@ class EventIn(_Strict):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("give the time with its offset (RFC 3339), e.g. ...Z")
-        return None if value is None else value.astimezone(UTC)
+        return None if value is None else to_utc(value)
 
     @field_validator("data")
     @classmethod

@@ -10,7 +10,7 @@ its first receipt, the same id with other fields is a conflict.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Self
 
@@ -22,6 +22,7 @@ from keel.audit.router import WRITE, _audit, _head, _receipt, _request_hashes
 from keel.auth.dependencies import CurrentPrincipal, require_permission
 from keel.core.audit import Actor, Transaction, check_currency, transaction_document
 from keel.core.deps import DbSession
+from keel.core.timestamps import to_utc
 from keel_client.audit.transactions import (
     AMOUNT_PATTERN,
     MAX_AMOUNT_DIGITS,
@@ -94,7 +95,7 @@ class TransactionIn(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("give the time with its offset (RFC 3339), e.g. ...Z")
-        return value.astimezone(UTC)
+        return to_utc(value)
 
     @model_validator(mode="after")
     def _a_transaction(self) -> Self:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from keel.auth.models import PrincipalType
+from keel.core.timestamps import UTCTimestamp
 
 
 class LoginRequest(BaseModel):
@@ -98,7 +99,7 @@ class ApiKeyCreate(BaseModel):
     )
     principal_id: str | None = Field(default=None, max_length=36)
     scopes: list[str] = Field(default_factory=list, max_length=100)
-    expires_at: datetime | None = None
+    expires_at: UTCTimestamp | None = None
 
 
 class ApiKey(BaseModel):

@@ -140,7 +140,9 @@ def event_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds: the one time format of event documents."""
     if moment.utcoffset() is not None:
         moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The year always in four digits: strftime's %Y gives "1" for year 1 on glibc, which
+    # is not RFC 3339 and which datetime.fromisoformat refuses to read back.
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def build_document(
