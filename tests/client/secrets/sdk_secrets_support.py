@@ -28,11 +28,13 @@ DATA = "/secrets/v1/secret/data"
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
-    """The in-process app, counting requests per ``(method, path)`` and the most in flight."""
+    """The in-process app, counting requests per ``(method, path)`` and the most in flight;
+    ``delays`` holds an answer back that many seconds, as a slow network would."""
 
     def __init__(self, app: FastAPI) -> None:
         self._app = httpx.ASGITransport(app=app)
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.delays: dict[tuple[str, str], float] = {}
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -44,7 +46,9 @@ class CountingTransport(httpx.AsyncBaseTransport):
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            return await self._app.handle_async_request(request)
+            response = await self._app.handle_async_request(request)
+            await asyncio.sleep(self.delays.get((request.method, request.url.path), 0.0))
+            return response
         finally:
             self.in_flight -= 1
 

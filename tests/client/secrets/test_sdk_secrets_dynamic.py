@@ -137,6 +137,26 @@ async def wait_until_done(credential: DynamicCredential, timeout: float) -> None
         await asyncio.sleep(0.1)
 
 
+async def test_a_slow_answer_does_not_make_the_renewal_late(
+    secrets: SecretsClient,
+    transport: CountingTransport,
+    database_mount: str,
+    target: Target,
+) -> None:
+    """Keel counts the TTL from its side of the request: a lease counted from the answer
+    (3 s late here) would be renewed at 7 s, after Keel let it expire at 6 s."""
+    transport.delays[("GET", f"/secrets/v1/{database_mount}/creds/reader")] = 3.0
+    requested, requested_at = time.monotonic(), datetime.now(UTC)
+    credential = await issue(secrets, database_mount, target)
+    assert (credential.expires_at - requested_at).total_seconds() <= DEFAULT_TTL + 0.5
+    while credential.renewals == 0:
+        assert time.monotonic() < requested + DEFAULT_TTL, "the renewal came too late"
+        assert credential.is_renewing, "the renewal was refused: the lease had expired"
+        await asyncio.sleep(0.05)
+    await credential.revoke()
+    assert await target.valid_until(credential.username) is None
+
+
 async def test_a_lease_is_renewed_at_two_thirds_until_its_max_ttl_then_revoked(
     secrets: SecretsClient,
     transport: CountingTransport,

@@ -409,6 +409,7 @@ class SecretsClient:
         role_path = check_path(role)
         mount = check_mount(mount)
         where = (mount, role_path)
+        requested_at = time.monotonic()
         try:
             response = await self.api.get(
                 f"{API_PREFIX}/{mount}/creds/{quote(role_path, safe='/')}"
@@ -416,7 +417,11 @@ class SecretsClient:
         except ClientError as error:
             self._secrets.translate(error, where, action="issue credentials from", noun="role")
         credential = DynamicCredential(
-            self, parse_lease(response, where), renew=renew, increment=increment
+            self,
+            parse_lease(response, where),
+            renew=renew,
+            increment=increment,
+            requested_at=requested_at,
         )
         self._leases.add(credential)
         credential.start()

@@ -115,7 +115,11 @@ class DynamicCredential:
         *,
         renew: bool = True,
         increment: float | None = None,
+        requested_at: float | None = None,
     ) -> None:
+        """``requested_at``: ``time.monotonic()`` when the lease was asked for. Keel counts the
+        TTL from its side of that request, so the lease is counted from the request, not from
+        the answer, which a slow issue (seconds, under load) would leave late."""
         self._client = client
         self.lease_id = lease.lease_id
         self.username = str(lease.data["username"])
@@ -125,8 +129,11 @@ class DynamicCredential:
         self.renewable = lease.renewable
         self.lease_duration = lease.lease_duration
         self.increment = increment if increment is not None else lease.lease_duration
-        self._granted = time.monotonic()
-        self.expires_at = datetime.now(UTC) + timedelta(seconds=lease.lease_duration)
+        now = time.monotonic()
+        self._granted = now if requested_at is None else min(requested_at, now)
+        self.expires_at = datetime.now(UTC) + timedelta(
+            seconds=lease.lease_duration - (now - self._granted)
+        )
         #: Renewals Keel granted so far.
         self.renewals = 0
         self.is_revoked = False
@@ -158,6 +165,7 @@ class DynamicCredential:
     async def renew(self, increment: float | None = None) -> float:
         """Renew now; returns the TTL Keel granted (capped by the role's max TTL)."""
         asked = _whole_seconds(self.increment if increment is None else increment)
+        sent, sent_at = time.monotonic(), datetime.now(UTC)
         response = await self._client.api.put(
             RENEW_PATH,
             json={"lease_id": self.lease_id, "increment": asked},
@@ -173,9 +181,10 @@ class DynamicCredential:
                 errors=[],
                 status=response.status_code,
             ) from error
-        self._granted = time.monotonic()
+        # Counted from the request, as Keel counts it from its side of it.
+        self._granted = sent
         self.lease_duration = granted
-        self.expires_at = datetime.now(UTC) + timedelta(seconds=granted)
+        self.expires_at = sent_at + timedelta(seconds=granted)
         self.renewals += 1
         return granted
 
