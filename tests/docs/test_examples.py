@@ -12,12 +12,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from docs.examples import (
@@ -30,7 +28,7 @@ from docs.examples import (
     localised,
     parse_directive,
 )
-from support.keel_process import free_port
+from support.keel_process import KeelServer, free_port
 
 VENV = Path(sys.executable).parent.parent
 READY_TIMEOUT = 60.0
@@ -92,29 +90,14 @@ def keel_started_by_make_serve(workdir: Path) -> Iterator[DocumentedKeel]:
             start_new_session=True,
         )
     try:
-        wait_until_ready(process, base_url, log)
+        # make is the process watched: it ends if keel migrate, init or serve fails.
+        KeelServer(process, base_url, log).wait_ready(READY_TIMEOUT)
         found = ADMIN_KEY.search(log.read_text())
         assert found, f"make serve printed no admin API key:\n{log.read_text()}"
         (workdir / ".venv").symlink_to(VENV)
         yield DocumentedKeel(base_url, found[1], workdir, log)
     finally:
         stop_group(process)
-
-
-def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(base_url=base_url, timeout=5.0) as http:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"make serve exited with {process.returncode}:\n{log_tail(log)}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if http.get("/health/ready").status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"make serve not ready in {READY_TIMEOUT} s:\n{log_tail(log)}")
-            time.sleep(0.1)
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:

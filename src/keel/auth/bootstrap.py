@@ -26,13 +26,7 @@ async def ensure_admin(
     """Create the ``admin`` role (every permission) and its first user, once."""
     bind_tenant(session, tenant_id)
     if await session.scalar(select(Role.id).where(Role.name == ADMIN_ROLE)) is None:
-        await auth.create_role(
-            session,
-            tenant_id,
-            name=ADMIN_ROLE,
-            permissions=ADMIN_PERMISSIONS,
-            description="Every permission in this tenant.",
-        )
+        await _create_admin_role(auth, session, tenant_id)
     user = await session.scalar(select(User).where(User.username == username))
     if user is not None:
         return AdminOutcome(user.id, None)
@@ -60,16 +54,20 @@ async def restore_admin(
         raise NotFound(f"No user {username!r} in this tenant.")
     role = await session.scalar(select(Role).where(Role.name == ADMIN_ROLE))
     if role is None:
-        await auth.create_role(
-            session,
-            tenant_id,
-            name=ADMIN_ROLE,
-            permissions=ADMIN_PERMISSIONS,
-            description="Every permission in this tenant.",
-        )
+        await _create_admin_role(auth, session, tenant_id)
     elif role.permissions != ADMIN_PERMISSIONS:
         await auth.update_role(
             session, tenant_id, ADMIN_ROLE, permissions=ADMIN_PERMISSIONS, if_match=None
         )
     await auth.assign_role(session, tenant_id, ADMIN_ROLE, PrincipalType.user, user.id)
     return user.id
+
+
+async def _create_admin_role(auth: AuthService, session: AsyncSession, tenant_id: str) -> None:
+    await auth.create_role(
+        session,
+        tenant_id,
+        name=ADMIN_ROLE,
+        permissions=ADMIN_PERMISSIONS,
+        description="Every permission in this tenant.",
+    )
