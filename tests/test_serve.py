@@ -7,6 +7,7 @@ and never a stack trace, and readiness that follows a dependency's outage and re
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sqlalchemy.engine import make_url
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.migrations import head_revision
 from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, keel_env, keel_server
+from support.keel_process import KeelServer, free_port, keel_env, keel_server
 from support.tcpproxy import threaded_tcp_proxy
 
 POOL_GAUGES = ("size", "checked_out", "overflow", "checked_in")
@@ -153,3 +154,24 @@ def test_serve_on_postgres_and_redis_follows_their_outages(
 
             assert "Traceback" not in server.stderr()
         assert not any(path.name == "keel.db" for path in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("outage", ["refused", "silent"])
+def test_serve_against_an_unreachable_postgres_says_so_in_a_line_within_seconds(
+    outage: str, tmp_path: Path
+) -> None:
+    """Refused, or accepted and never answered (a partition, a hung server): one line
+    naming the database, exit code 1, no traceback, within the connect timeout's order (it
+    took the 10 s of the pool timeout, and more, when a silent server was waited for)."""
+    with threaded_tcp_proxy("127.0.0.1", free_port()) as silent:
+        silent.blackhole()
+        port = silent.port if outage == "silent" else free_port()
+        env = keel_env(KEEL_DATABASE_URL=f"postgresql://keel@127.0.0.1:{port}/keel")
+        started = time.monotonic()
+        served = invoke_keel("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
+        elapsed = time.monotonic() - started
+    assert served.returncode == 1, served.stderr
+    assert "database is unavailable" in served.stderr
+    assert ("connection refused" if outage == "refused" else "no answer in time") in served.stderr
+    assert "Traceback" not in served.stderr
+    assert elapsed < 8.0

@@ -69,7 +69,14 @@ class DatabasePoolSettings(BaseModel):
     #: Extra connections opened under a burst and closed as soon as they are returned; 0
     #: (a fixed pool) makes a burst wait for a connection instead of paying for new ones.
     max_overflow: int = Field(default=0, ge=0, le=500)
+    #: Seconds a request waits for a free connection when all are in use (then 503).
     timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Seconds opening a connection, or proving a pooled one alive, may take before the
+    #: database counts as unreachable (503 with ``Retry-After``).
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    #: Seconds one statement may wait for the database's answer before its connection is
+    #: dropped and the request answers 503; 0 waits for ever. Migrations are exempt.
+    command_timeout_seconds: float = Field(default=5.0, ge=0)
 
 
 class AuthSettings(BaseModel):

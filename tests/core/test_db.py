@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import Integer, MetaData, String, event, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from keel.core.db import Database, UTCDateTime
+from keel.core.db import Database, DatabaseUnavailable, UTCDateTime, unavailability_reason
 from keel.core.ids import new_id
 from keel.core.tenancy import Tenant, TenantScoped, bind_tenant, create_tenant
 from keel.settings import DatabasePoolSettings, Settings
@@ -203,5 +205,87 @@ async def test_postgresql_pool_uses_the_configured_size(postgres_url: str) -> No
         stats = database.pool_stats()
         assert stats["size"] == 3
         assert stats["checked_out"] == 0
+    finally:
+        await database.dispose()
+
+
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            ConnectionRefusedError(111, "Connect call failed ('10.1.2.3', 5432)"),
+            "connection refused",
+        ),
+        (ConnectionResetError(104, "reset"), "connection reset by peer"),
+        (TimeoutError(), "no answer in time"),
+        (socket.gaierror(-2, "Name or service not known"), "host name not resolved"),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), "SQLSTATE 57P03"),
+        (asyncpg.TooManyConnectionsError("too many clients"), "SQLSTATE 53300"),
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle"), "SQLSTATE 08003"),
+        (
+            _raised_from(RuntimeError("adapted"), asyncpg.AdminShutdownError("bye")),
+            "SQLSTATE 57P01",
+        ),
+        (asyncpg.UniqueViolationError("duplicate key"), None),
+        (asyncpg.InvalidPasswordError("password authentication failed"), None),
+        (asyncpg.InvalidCatalogNameError('database "nope" does not exist'), None),
+        (ValueError("a bug"), None),
+    ],
+)
+def test_only_an_unreachable_server_counts_as_unavailable(
+    error: BaseException, reason: str | None
+) -> None:
+    """What retrying later may fix is an outage (503); a constraint, a wrong password or a
+    missing database is not, and the address of the server never appears in the reason."""
+    assert unavailability_reason(error) == reason
+
+
+def test_unavailable_tells_the_caller_when_to_retry_without_naming_the_server() -> None:
+    error = DatabaseUnavailable("connection refused")
+    assert error.status == 503
+    assert error.type == "urn:keel:problem:unavailable"
+    assert error.detail == "The database is unavailable (connection refused)."
+    assert int(error.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.postgres
+async def test_a_statement_past_the_command_timeout_is_unavailable_but_migrations_are_exempt(
+    postgres_url: str,
+) -> None:
+    """A statement the server does not answer in time ends the unit of work with
+    :class:`DatabaseUnavailable` and drops only its connection; the pool serves the next one.
+    A schema migration may take as long as it needs."""
+    database = Database.from_settings(
+        Settings(database_url=postgres_url, database_pool={"command_timeout_seconds": 0.5})
+    )
+    try:
+        with pytest.raises(DatabaseUnavailable, match="no answer in time"):
+            async with database.session() as session:
+                await session.execute(text("SELECT pg_sleep(1.5)"))
+        async with database.session() as session:
+            assert await session.scalar(text("SELECT 1")) == 1
+        async with database.schema_transaction() as connection:
+            await connection.execute(text("SELECT pg_sleep(1.0)"))
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_unit_of_work_cut_short_by_its_caller_is_not_an_outage(postgres_url: str) -> None:
+    """A cancelled request or an ``asyncio.timeout`` around a unit of work ends it as asyncio
+    says (``CancelledError``, ``TimeoutError``), not as :class:`DatabaseUnavailable`."""
+    database = Database.from_settings(Settings(database_url=postgres_url))
+    try:
+        with pytest.raises(TimeoutError) as raised:
+            async with asyncio.timeout(0.3), database.session() as session:
+                await session.execute(text("SELECT pg_sleep(2)"))
+        assert not isinstance(raised.value, DatabaseUnavailable)
+        async with database.session() as session:
+            assert await session.scalar(text("SELECT 1")) == 1
     finally:
         await database.dispose()

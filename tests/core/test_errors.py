@@ -28,9 +28,12 @@ from support.asgi import serve
 
 
 def all_error_classes(base: type[KeelError] = KeelError) -> list[type[KeelError]]:
+    """The classes of ``keel.core.errors``, one a problem type (others specialise them:
+    ``keel.core.db.DatabaseUnavailable`` is a ``ServiceUnavailable``)."""
     found = []
     for cls in base.__subclasses__():
-        found += [cls, *all_error_classes(cls)]
+        if cls.__module__ == "keel.core.errors":
+            found += [cls, *all_error_classes(cls)]
     return found
 
 

@@ -14,6 +14,7 @@ from keel.audit.models import AuditSigningKey
 from keel.audit.service import AuditLog
 from keel.audit.writer import GroupWriter
 from keel.core.audit import on_recorded, use_event_writer
+from keel.core.db import DatabaseUnavailable
 from keel.core.http import ServiceRouter
 from keel.core.logging import get_logger
 from keel.core.services import ServiceSpec
@@ -71,11 +72,19 @@ async def sequence_recorded_events(context: AppContext) -> None:
             if tenants:  # let the commits right behind this one join its batch
                 await asyncio.sleep(LINGER_SECONDS)
             woken.clear()
-            pending = set(tenants) or set(await audit.tenants_with_outbox())
+            try:
+                pending = set(tenants) or set(await audit.tenants_with_outbox())
+            except DatabaseUnavailable:  # noted where it was met; the next sweep looks again
+                continue
+            except Exception:  # a failed round must not end the loop
+                log.exception("audit.sequence.failed")
+                continue
             tenants.clear()
             for tenant_id in sorted(pending):
                 try:
                     await audit.sequence_outbox(tenant_id)
+                except DatabaseUnavailable:  # the rows stay for the next sweep
+                    break
                 except Exception:  # a failed round must not end the loop; the rows stay
                     log.exception("audit.sequence.failed", tenant=tenant_id)
     finally:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from keel.core.outages import OutageCollector
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -55,6 +57,7 @@ class Metrics:
             ["check"],
             registry=self.registry,
         )
+        self.registry.register(OutageCollector())
 
     def watch_database(self, database: Database) -> None:
         self.registry.register(_DatabasePoolCollector(database))

@@ -112,7 +112,7 @@ async def upgrade(database: Database, revision: str = "head") -> tuple[str | Non
         command.upgrade(config, revision)
         return before, _current_revision(connection)
 
-    async with database.engine.begin() as connection:
+    async with database.schema_transaction() as connection:
         return await connection.run_sync(run)
 
 
@@ -142,7 +142,7 @@ async def create_fresh(database: Database) -> bool:
         )
         return True
 
-    async with database.engine.begin() as connection:
+    async with database.schema_transaction() as connection:
         return await connection.run_sync(run)
 
 

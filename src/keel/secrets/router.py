@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -118,8 +118,10 @@ class Call:
         await record_event_now(self.session, **self._event(action, path, data))
 
 
-def vault_errors(status: int, *errors: str) -> JSONResponse:
-    return JSONResponse({"errors": list(errors)}, status_code=status)
+def vault_errors(
+    status: int, *errors: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"errors": list(errors)}, status_code=status, headers=headers)
 
 
 def vault_data(data: Any, **fields: Any) -> JSONResponse:
@@ -215,8 +217,8 @@ def _errors_as_vault(handler: Any) -> Any:
                 "the stored value does not open: it was altered, or sealed under a master key "
                 "this server does not hold",
             )
-        except KeelError as error:
-            return vault_errors(error.status, str(error.detail or error))
+        except KeelError as error:  # its headers too: Retry-After of a 429 or a 503
+            return vault_errors(error.status, str(error.detail or error), headers=error.headers)
 
     return handle
 
