@@ -2,29 +2,40 @@
 PostgreSQL or Redis is down").
 
 PostgreSQL cut or silent: every API call answers 503 with ``Retry-After`` within a few
-seconds, never a 500, and works again once the database is back.
+seconds, never a 500, and works again once the database is back. Redis stopped: the
+endpoints that count attempts per address fall back to a per-process count and keep
+answering (and limiting), the rest works as before, and Redis is used again once it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from auth.conftest import PASSWORD, TenantAdmin, create_user, make_tenant_admin
+from flags.conftest import API as FLAGS_API
+from flags.conftest import new_environment, new_flag
+from flags.test_watch import next_flags_event, watching
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
-from keel.settings import Settings
-from support.keel_process import TEST_MASTER_KEY
+from keel.settings import AuthSettings, Settings
+from support.asgi import serve_over_tcp
+from support.keel_process import TEST_MASTER_KEY, free_port
 from support.tcpproxy import TcpProxy, tcp_proxy
 
 #: Generous: the machine running the tests is shared and loaded. The configured bounds are
@@ -156,3 +167,225 @@ async def test_api_calls_answer_503_in_bounded_time_while_postgres_hangs(
     assert_unavailable(await api_calls(on_proxied_postgres))
     await pg_proxy.restore()
     await assert_working_again(on_proxied_postgres)
+
+
+# -- Redis --------------------------------------------------------------------------------
+
+LOGIN_LIMIT = 4
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, stopped and started again at will
+    (the machine's shared Redis is never touched)."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def keys(self, pattern: str) -> list[bytes]:
+        with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+            return list(client.keys(pattern))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:  # as tests/conftest.py's service_missing: fail in CI, else skip
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not on PATH; CI=true requires it", pytrace=False)
+        pytest.skip("redis-server is not on PATH; install Redis to run this test")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class RedisDeployment:
+    app: FastAPI
+    admin: TenantAdmin
+    username: str
+    email: str
+    role_id: str
+    secret_id: str
+
+    def client(self, address: str) -> httpx.AsyncClient:
+        """A client calling from ``address``: each part of a test counts its own attempts."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://keel.test")
+
+
+@pytest.fixture
+async def on_own_redis(own_redis: RedisServer, tmp_path: Path) -> AsyncIterator[RedisDeployment]:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}",
+        redis_url=own_redis.url,
+        data_dir=tmp_path / ".keel",
+        master_key=TEST_MASTER_KEY,
+        public_url="http://keel.test",
+        auth=AuthSettings(login_rate_per_ip_per_minute=LOGIN_LIMIT),
+    )
+    app = create_app(settings)
+    async with LifespanManager(app):
+        admin = await make_tenant_admin(app)
+        username = f"u-{uuid.uuid4().hex[:8]}"
+        email = f"{username}@example.com"
+        await create_user(app, admin.tenant_id, username, email=email)
+        vault = {"X-Vault-Token": admin.api_key}
+        deployment = RedisDeployment(app, admin, username, email, "", "")
+        async with deployment.client("10.0.0.1") as http:
+            role = "/secrets/v1/auth/approle/role/billing"
+            made = await http.post(role, headers=vault, json={"token_policies": ["default"]})
+            assert made.status_code == 204, made.text
+            deployment.role_id = (await http.get(f"{role}/role-id", headers=vault)).json()["data"][
+                "role_id"
+            ]
+            deployment.secret_id = (await http.post(f"{role}/secret-id", headers=vault)).json()[
+                "data"
+            ]["secret_id"]
+        yield deployment
+
+
+async def guarded_calls(deployment: RedisDeployment, http: httpx.AsyncClient) -> list[int]:
+    """Statuses of a login, an AppRole login and a password reset request."""
+    login = await http.post(
+        "/auth/v1/login",
+        json={
+            "tenant": deployment.admin.tenant_slug,
+            "username": deployment.username,
+            "password": PASSWORD,
+        },
+    )
+    approle = await http.post(
+        "/secrets/v1/auth/approle/login",
+        json={"role_id": deployment.role_id, "secret_id": deployment.secret_id},
+    )
+    reset = await http.post(
+        "/auth/v1/password-reset",
+        json={"tenant": deployment.admin.tenant_slug, "email": deployment.email},
+    )
+    return [login.status_code, approle.status_code, reset.status_code]
+
+
+def fallbacks_counted(metrics_text: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "keel_dependency_unavailable"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+        and sample.labels
+        == {"dependency": "redis", "use": "rate-limit:auth-login-ip", "outcome": "fail_open"}
+    )
+
+
+@pytest.mark.redis
+async def test_with_redis_stopped_logins_fall_back_to_a_per_process_limit(
+    on_own_redis: RedisDeployment, own_redis: RedisServer
+) -> None:
+    async with on_own_redis.client("10.0.0.2") as http:
+        assert await guarded_calls(on_own_redis, http) == [200, 200, 202]
+    assert own_redis.keys("keel:rl:auth-login-ip:*:10.0.0.2:*")  # counted in Redis
+
+    own_redis.stop()
+    async with on_own_redis.client("10.0.0.3") as http:
+        assert await guarded_calls(on_own_redis, http) == [200, 200, 202]
+        # Still limited, per process: at most LOGIN_LIMIT logins a minute from one address
+        # (a minute may turn during the loop once, so twice the limit is enough to see a 429).
+        statuses = [
+            (await guarded_calls(on_own_redis, http))[0] for _ in range(2 * LOGIN_LIMIT + 1)
+        ]
+        assert 429 in statuses, statuses
+        assert 500 not in statuses
+        assert fallbacks_counted((await http.get("/metrics")).text) >= 1
+
+    own_redis.start()
+    async with on_own_redis.client("10.0.0.4") as http:
+        deadline = time.monotonic() + 15  # Redis is tried again some seconds after a failure
+        while not own_redis.keys("keel:rl:auth-login-ip:*:10.0.0.4:*"):
+            assert time.monotonic() < deadline, "the limiter never went back to Redis"
+            assert (await guarded_calls(on_own_redis, http))[0] in (200, 429)
+            await asyncio.sleep(0.5)
+
+
+@pytest.mark.redis
+async def test_with_redis_stopped_other_calls_and_change_streams_keep_working(
+    on_own_redis: RedisDeployment, own_redis: RedisServer
+) -> None:
+    headers = on_own_redis.admin.headers
+    own_redis.stop()
+    async with on_own_redis.client("10.0.0.5") as http:
+        assert (await http.get("/auth/v1/users", headers=headers)).status_code == 200
+        environment = await new_environment(http, headers)
+        await new_flag(http, headers, "checkout-v2")
+        written = await http.post(
+            "/secrets/v1/secret/data/billing/db",
+            headers={"X-Vault-Token": on_own_redis.admin.api_key},
+            json={"data": {"password": "s3cret"}},
+        )
+        assert written.status_code == 200, written.text
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"]["status"] == "fail"
+
+        # A stream opened while Redis is down reads its table instead.
+        async with (
+            serve_over_tcp(on_own_redis.app) as url,
+            watching(url, environment, headers) as queue,
+        ):
+            async with asyncio.timeout(5):
+                opened = await queue.get()
+            assert opened is not None
+            assert opened.event == "ready"
+            toggled = await http.post(
+                f"{FLAGS_API}/envs/{environment}/flags/checkout-v2/toggle",
+                headers=headers,
+                json={"on": True},
+            )
+            assert toggled.status_code == 200, toggled.text
+            assert (await next_flags_event(queue)).json()["data"]["keys"] == ["checkout-v2"]
+
+            own_redis.start()
+            toggled = await http.post(
+                f"{FLAGS_API}/envs/{environment}/flags/checkout-v2/toggle",
+                headers=headers,
+                json={"on": False},
+            )
+            assert toggled.status_code == 200, toggled.text
+            assert (await next_flags_event(queue)).json()["data"]["keys"] == ["checkout-v2"]
+        assert (await http.get("/health/ready")).status_code == 200

@@ -1,4 +1,10 @@
-"""The Redis implementation of :mod:`keel.core.broadcast` (``KEEL_REDIS_URL``)."""
+"""The Redis implementation of :mod:`keel.core.broadcast` (``KEEL_REDIS_URL``).
+
+While Redis is down it fails open: a subscriber subscribed meanwhile gets
+:class:`~keel.core.broadcast.MessagesLost` at once (a change stream then reads its table
+until Redis delivers again) and is subscribed in Redis when it returns; ``publish`` raises
+within ``PUBLISH_TIMEOUT_SECONDS``, and its callers carry on (see ``keel.core.outages``).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,13 @@ from redis.exceptions import RedisError
 
 from keel.core.broadcast import Broadcast, Event, _encode
 from keel.core.logging import get_logger
+from keel.core.outages import Outcome, note_outage
 
 log = get_logger("keel.core.broadcast")
+
+#: A publish that Redis has not taken by then raises: a silent Redis must not pile up
+#: the tasks that publish after each commit.
+PUBLISH_TIMEOUT_SECONDS = 2.0
 
 
 class RedisBroadcast(Broadcast):
@@ -36,6 +47,8 @@ class RedisBroadcast(Broadcast):
         self._confirmations: dict[str, asyncio.Event] = {}
         self._reconnect_delay = reconnect_delay
         self._subscribe_timeout = subscribe_timeout
+        #: The pubsub connection failed: the reader resubscribes every channel on a new one.
+        self._broken = False
 
     async def connect(self) -> None:
         if self._reader is None:
@@ -55,7 +68,8 @@ class RedisBroadcast(Broadcast):
         await self._redis.ping()
 
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
-        await self._redis.publish(self.PREFIX + channel, _encode(data))
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await self._redis.publish(self.PREFIX + channel, _encode(data))
 
     async def _on_first_subscriber(self, channel: str) -> None:
         confirmed = self._confirmations[channel] = asyncio.Event()
@@ -67,6 +81,15 @@ class RedisBroadcast(Broadcast):
             # of truth, so subscribe() must not return before delivery is in place.
             if self._reader is not None:
                 await asyncio.wait_for(confirmed.wait(), self._subscribe_timeout)
+        except (RedisError, OSError) as error:  # TimeoutError included
+            # Fail open, as for a subscriber whose connection drops: it is told it may miss
+            # events (a change stream then reads its table), and the reader subscribes the
+            # channel on a new connection once Redis answers again.
+            note_outage("redis", "broadcast-subscribe", error, outcome=Outcome.fail_open)
+            for subscription in self._subscriptions.get(channel, ()):
+                subscription._mark_lost()
+            self._broken = True
+            self._subscribed.set()
         finally:
             self._confirmations.pop(channel, None)
 
@@ -75,27 +98,26 @@ class RedisBroadcast(Broadcast):
             await self._pubsub.unsubscribe(self.PREFIX + channel)
 
     async def _read_forever(self) -> None:
-        broken = False
         while True:
             # While broken, keep retrying even though a failed resubscribe left the pubsub
             # with no channels: waiting for a new first subscriber would strand current ones.
-            if not broken and not self._pubsub.subscribed:
+            if not self._broken and not self._pubsub.subscribed:
                 self._subscribed.clear()
                 await self._subscribed.wait()
             try:
-                if broken:
+                if self._broken:
                     # Resubscribe on a fresh connection; anything sent meanwhile is gone.
                     await self._pubsub.aclose()
                     channels = [self.PREFIX + name for name in self._subscriptions]
                     if channels:
                         await self._pubsub.subscribe(*channels)
-                    broken = False
+                    self._broken = False
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
-                if not broken:
+                if not self._broken:
                     log.warning("broadcast.redis.disconnected", error=type(exc).__name__)
                     self._mark_all_lost()
-                broken = True
+                self._broken = True
                 await asyncio.sleep(self._reconnect_delay)
                 continue
             if message is None or message.get("type") not in {"message", "subscribe"}:

@@ -38,9 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from keel.core.broadcast import Broadcast, MessagesLost
-from keel.core.logging import get_logger
-
-log = get_logger(__name__)
+from keel.core.outages import Outcome, note_outage
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -142,10 +140,8 @@ async def _publish(broadcast: Broadcast, messages: list[dict[str, Any]]) -> None
     for message in messages:
         try:
             await broadcast.publish(CHANNEL, message)
-        except Exception as error:  # the TTL still bounds how long others keep the entry
-            log.warning(
-                "cache.invalidation_not_published", cache=message["cache"], error=str(error)
-            )
+        except Exception as error:  # fail open: the TTL bounds how long others keep it
+            note_outage("redis", "cache-invalidation", error, outcome=Outcome.fail_open)
 
 
 def _drop(cache: SharedCache[Any, Any], key: Any) -> None:

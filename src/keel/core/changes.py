@@ -46,6 +46,7 @@ from keel.core.broadcast import Broadcast, InMemoryBroadcast, MessagesLost, Subs
 from keel.core.db import Base, Database, UTCDateTime, utcnow
 from keel.core.errors import BadRequest
 from keel.core.logging import get_logger
+from keel.core.outages import Outcome, note_outage
 from keel.core.tenancy import ALL_TENANTS_OPTION, TenantScoped, bind_tenant, bound_tenant
 from keel_client.auth import Principal
 
@@ -188,8 +189,8 @@ def _forget_pending_changes(session: Session) -> None:
 async def _publish(broadcast: Broadcast, tenant_id: str, change: Change) -> None:
     try:
         await broadcast.publish(change_channel(tenant_id, change.stream), change.message())
-    except Exception as error:  # subscribers still find the change in the table
-        log.warning("changes.publish.failed", stream=change.stream, error=type(error).__name__)
+    except Exception as error:  # fail open: subscribers still find the change in the table
+        note_outage("redis", "change-publish", error, outcome=Outcome.fail_open)
 
 
 #: The broadcast of each engine's process, installed at start-up.

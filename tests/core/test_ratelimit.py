@@ -1,0 +1,32 @@
+"""Fixed-window rate limits: in-process, and in Redis with a per-process fallback while Redis
+cannot be reached (the Redis side end to end: tests/test_outages.py)."""
+
+from __future__ import annotations
+
+import time
+
+from keel.core.ratelimit import InMemoryRateLimiter, RedisRateLimiter
+from support.keel_process import free_port
+
+
+async def test_the_in_memory_limit_answers_the_seconds_left_once_over_it() -> None:
+    limiter = InMemoryRateLimiter(limit=2, window_seconds=3600, prefix="test")
+    answers = [await limiter.hit("10.0.0.1") for _ in range(3)]
+    assert answers[:2] == [None, None]
+    assert answers[2] is not None
+    assert 0 < answers[2] <= 3600
+    assert await limiter.hit("10.0.0.2") is None  # another key, its own count
+
+
+async def test_with_redis_unreachable_the_limit_is_kept_in_this_process() -> None:
+    limiter = RedisRateLimiter(
+        f"redis://127.0.0.1:{free_port()}/0", limit=2, window_seconds=3600, prefix="test"
+    )
+    try:
+        started = time.monotonic()
+        answers = [await limiter.hit("10.0.0.1") for _ in range(3)]
+        assert answers[:2] == [None, None]
+        assert answers[2] is not None
+        assert time.monotonic() - started < 2.0  # refused at once, then not tried again
+    finally:
+        await limiter.aclose()
