@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install upgrade serve test test-fast lint typecheck bench bench-tools clean
+.PHONY: install upgrade serve test test-fast fuzz lint typecheck bench bench-tools clean
 LOCK_FLAGS := --python-version 3.11 --no-emit-package keel --no-emit-package keel-client --quiet
 
 # The environment is installed from requirements.lock (every package pinned, used as pip
@@ -36,6 +36,17 @@ test: $(STAMP) lint typecheck
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q
+
+## Fuzz every API operation for longer than `make test` does, on SQLite and PostgreSQL, failing
+## on any 5xx (tests/test_fuzz.py): `make fuzz FUZZ_EXAMPLES=500 FUZZ_SECONDS=900 FUZZ_SEED=7`.
+## Cases per operation; an optional time budget; the seed of a failing run to replay (default: a
+## new one, printed). See docs/operations.md#fuzzing.
+FUZZ_EXAMPLES ?= 100
+FUZZ_SECONDS ?=
+FUZZ_SEED ?=
+fuzz: $(STAMP)
+	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest tests/test_fuzz.py -s -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check src client/src tests benchmarks
