@@ -161,8 +161,8 @@ def adjust_parameters(command: Command) -> None:
         if isinstance(param, TyperArgument):
             param.__class__ = _ConventionalArgument
         elif param.metavar is None and isinstance(param, typer.core.TyperOption):
-            is_flag = param.is_flag
-            param.metavar = "" if is_flag else conventional_metavar(param.display_type(context))
+            shown = "" if param.is_flag else conventional_metavar(param.display_type(context))
+            param.metavar = shown
     for sub_command in getattr(command, "commands", {}).values():
         adjust_parameters(sub_command)
 
