@@ -443,10 +443,12 @@ async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
 def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
     from keel.core.crypto import MasterKeyError
     from keel.core.health import describe_failure
+    from keel.core.outages import reported_by_caller
     from keel.migrations import SchemaOutOfDate
 
     try:
-        run(main)
+        with reported_by_caller():  # an outage is this command's one line, not a log line too
+            run(main)
     except (typer.Exit, typer.Abort):
         raise
     except (SchemaOutOfDate, MasterKeyError) as exc:

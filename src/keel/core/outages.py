@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -59,10 +61,27 @@ _left_out: Counter[_Key] = Counter()
 _last_logged: dict[_Key, float] = {}
 
 
+#: Set by a caller that reports the failure itself (the ``keel`` command, whose one line of
+#: output is the report): the outage is still counted, not logged.
+_reported_by_caller: ContextVar[bool] = ContextVar("keel_outage_reported_by_caller", default=False)
+
+
+@contextmanager
+def reported_by_caller() -> Iterator[None]:
+    """Within this block an outage is counted but not logged: the caller reports it."""
+    token = _reported_by_caller.set(True)
+    try:
+        yield
+    finally:
+        _reported_by_caller.reset(token)
+
+
 def note_outage(dependency: str, use: str, error: BaseException | str, *, outcome: Outcome) -> None:
     """Count one operation that met ``dependency`` down; warn unless warned recently."""
     key = (dependency, use, outcome.value)
     _counts[key] += 1
+    if _reported_by_caller.get():
+        return
     now = time.monotonic()
     last = _last_logged.get(key)
     if last is not None and now - last < LOG_INTERVAL_SECONDS:
