@@ -115,6 +115,24 @@ def request_actor(request: Request, principal: Principal | None = None) -> Actor
     return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
 
 
+async def caller_actor(request: Request, principal: CurrentPrincipal) -> Actor:
+    """The authenticated caller as the audit trail names it: principal, address, user agent.
+    ``async`` so FastAPI calls it inline; the principal is resolved once per request."""
+    return request_actor(request, principal)
+
+
+async def anonymous_actor(request: Request) -> Actor:
+    """A caller not (yet) authenticated (login, refresh, password reset): address and user
+    agent only; the service names the principal once it knows it."""
+    return request_actor(request)
+
+
+#: The one way a router names who made a change: ``actor: CallerActor``.
+CallerActor = Annotated[Actor, Depends(caller_actor)]
+#: The same for endpoints that take no bearer credential.
+AnonymousActor = Annotated[Actor, Depends(anonymous_actor)]
+
+
 def no_store(response: Response) -> None:
     """Responses carrying credentials must never be cached (RFC 6749 §5.1)."""
     response.headers["Cache-Control"] = "no-store"
