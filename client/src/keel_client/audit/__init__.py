@@ -18,6 +18,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from keel_client._lazy import lazy_names
+from keel_client.audit._vocabulary import (
+    ACTION_PATTERN,
+    EVENT_ID_PATTERN,
+    FIELD_LIMITS,
+    MAX_BATCH_SIZE,
+    MAX_DATA_DEPTH,
+    MAX_SAFE_INTEGER,
+    Outcome,
+    Sensitivity,
+)
 from keel_client.audit.export import verify_export_csv, verify_export_lines
 from keel_client.audit.heads import (
     TreeHead,
@@ -58,9 +68,7 @@ if TYPE_CHECKING:
         AuditSpool,
         EventActor,
         EventTarget,
-        Outcome,
         RejectedEvent,
-        Sensitivity,
         SpoolError,
         SpoolFullError,
         SpoolLockedError,
@@ -79,9 +87,7 @@ __getattr__ = lazy_names(
             "AuditSpool",
             "EventActor",
             "EventTarget",
-            "Outcome",
             "RejectedEvent",
-            "Sensitivity",
             "SpoolError",
             "SpoolFullError",
             "SpoolLockedError",
@@ -91,8 +97,14 @@ __getattr__ = lazy_names(
 )
 
 __all__ = [
+    "ACTION_PATTERN",
     "EMPTY_ROOT",
+    "EVENT_ID_PATTERN",
+    "FIELD_LIMITS",
     "HASH_SIZE",
+    "MAX_BATCH_SIZE",
+    "MAX_DATA_DEPTH",
+    "MAX_SAFE_INTEGER",
     "AuditAPI",
     "AuditClient",
     "AuditClientStats",

@@ -55,6 +55,16 @@ import pydantic
 from pydantic import SecretStr
 
 from keel_client._env import as_auth, env_settings
+from keel_client.audit._vocabulary import (
+    ACTION_PATTERN,
+    EVENT_ID_PATTERN,
+    FIELD_LIMITS,
+    MAX_BATCH_SIZE,
+    MAX_DATA_DEPTH,
+    MAX_SAFE_INTEGER,
+    Outcome,
+    Sensitivity,
+)
 from keel_client.audit.heads import TreeHead
 from keel_client.audit.transactions import (
     CURRENCY_PATTERN,
@@ -111,34 +121,11 @@ BATCH_PATH = "/audit/v1/events/batch"
 EVENTS_PATH = "/audit/v1/events"
 ACTIONS_PATH = "/audit/v1/actions"
 
-#: The most events Keel takes in one batch.
-MAX_BATCH_SIZE = 1000
 DEFAULT_BATCH_SIZE = 500
 #: Keel refuses bodies over 1 MiB; half of it leaves room for any proxy in between.
 DEFAULT_MAX_BATCH_BYTES = 512 * 1024
 DEFAULT_MAX_SPOOL_BYTES = 64 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
-#: Keel's rules for events (``keel.audit.schemas``), checked when an event is recorded so a
-#: bad one fails at the call site rather than being refused later in the background.
-#: ``service.resource.verb``: three dot-separated lowercase names.
-ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39}){2}$")
-EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-#: Longest text Keel stores per field.
-FIELD_LIMITS = {
-    "actor.type": 40,
-    "actor.id": 200,
-    "actor.display": 200,
-    "actor.ip": 64,
-    "actor.user_agent": 400,
-    "target.type": 60,
-    "target.id": 200,
-    "reason": 500,
-    "request_id": 128,
-    "trace_id": 128,
-}
-#: JSON numbers survive canonicalisation (RFC 8785) exactly below 2**53.
-MAX_SAFE_INTEGER = 2**53 - 1
-MAX_DATA_DEPTH = 32
 
 LOCK_FILE = "spool.lock"
 ACK_FILE = "acknowledged.json"
@@ -176,23 +163,6 @@ class SpoolFullError(SpoolError):
 
 
 # --- events -------------------------------------------------------------------------------
-
-
-class Outcome(enum.StrEnum):
-    """How the audited operation ended."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    DENIED = "denied"
-
-
-class Sensitivity(enum.StrEnum):
-    """Who may read an event, least to most restricted."""
-
-    PUBLIC = "public"
-    INTERNAL = "internal"
-    CONFIDENTIAL = "confidential"
-    RESTRICTED = "restricted"
 
 
 @dataclass(frozen=True, slots=True)
