@@ -16,10 +16,8 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument, TyperGroup
@@ -32,14 +30,15 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from keel import __version__
-
-if TYPE_CHECKING:
-    from keel.app import AppContext
-    from keel.settings import Settings
-
-T = TypeVar("T")
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from keel.core.commands import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    fail,
+    run,
+    run_database_command,
+    settings_or_exit,
+    started_context,
+)
 
 
 @dataclass(frozen=True)
@@ -185,37 +184,6 @@ def _before_each_command(ctx: typer.Context) -> None:
         resume_garbage_collection()
 
 
-def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    typer.echo(f"keel: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def settings_or_exit(**overrides: Any) -> Settings:
-    """The settings, with logging set up from them: logs go to stderr, so a command's own
-    output (an API key, an export) is all that reaches stdout. A one-off command logs
-    warnings and worse unless ``KEEL_LOG_LEVEL`` says otherwise (``serve`` and ``worker``
-    log at the settings' level)."""
-    from keel.core.logging import configure_logging
-    from keel.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(**overrides)
-    except SettingsError as exc:
-        fail(str(exc), EXIT_USAGE)
-    explicit = "log_level" in settings.model_fields_set
-    configure_logging(settings.log_level if explicit else "warning", settings.log_format)
-    return settings
-
-
-def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
-    import asyncio
-
-    async def main() -> T:
-        return await coroutine_factory()
-
-    return asyncio.run(main())
-
-
 def _services_option(value: str | None) -> list[str] | None:
     from keel.settings import KNOWN_SERVICES
 
@@ -256,7 +224,7 @@ def serve(
     # (keel.core.startup: a tenth to a fifth less time to ready).
     import uvicorn
 
-    from keel.app import resolve_services
+    from keel.core.context import resolve_services
     from keel.core.http_protocol import ListingHttpToolsProtocol
     from keel.core.logging import configure_logging, get_logger
     from keel.core.services import ServiceUnavailableInBuild
@@ -282,7 +250,7 @@ def serve(
         async with started_context(settings):
             pass
 
-    _run_database_command(check_start)
+    run_database_command(check_start)
 
     # The app factory reads settings from the environment (also in reloaded children).
     if service_names is not None:
@@ -349,7 +317,7 @@ def worker() -> None:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    _run_database_command(main)
+    run_database_command(main)
 
 
 @app.command()
@@ -359,7 +327,7 @@ def migrate(
 ) -> None:
     """Apply database migrations (one history for the whole platform)."""
     from keel.core.db import Database
-    from keel.migrations import current_revision, head_revision, is_known_revision, upgrade
+    from keel.core.schema import current_revision, head_revision, is_known_revision, upgrade
 
     if not is_known_revision(revision):
         fail(f"no migration {revision!r}; the newest is {head_revision()} ('head')", EXIT_USAGE)
@@ -386,7 +354,7 @@ def migrate(
             async with started_context(settings):
                 pass
 
-    _run_database_command(main)
+    run_database_command(main)
 
 
 @app.command()
@@ -399,6 +367,8 @@ def init(
     On first run it prints one admin API key: it is shown once and never stored in clear.
     On the embedded default the database is migrated first.
     """
+    from keel.auth.bootstrap import ensure_admin
+    from keel.auth.dependencies import AUTH_RESOURCE
     from keel.core.errors import KeelError
     from keel.core.tenancy import ensure_tenant
 
@@ -410,12 +380,10 @@ def init(
                 async with context.database.session() as session:
                     created_tenant, created = await ensure_tenant(session, tenant)
                 typer.echo(f"tenant {created_tenant.slug}: {'created' if created else 'exists'}")
-                if "auth" in context.resources:
-                    from keel.auth.bootstrap import ensure_admin
-
+                if AUTH_RESOURCE in context.resources:
                     async with context.database.session() as session:
                         outcome = await ensure_admin(
-                            context.resources["auth"], session, created_tenant.id, admin
+                            context.resources[AUTH_RESOURCE], session, created_tenant.id, admin
                         )
                     typer.echo(f"admin {admin}: {'created' if outcome.api_key else 'exists'}")
                     if outcome.api_key:
@@ -423,38 +391,7 @@ def init(
             except KeelError as exc:
                 fail(str(exc), EXIT_USAGE)
 
-    _run_database_command(main)
-
-
-@asynccontextmanager
-async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
-    """An :class:`AppContext` with its services started, disposed of on exit."""
-    from keel.app import build_context, start_services
-
-    context = build_context(settings)
-    try:
-        await start_services(context)
-        yield context
-    finally:
-        await context.broadcast.disconnect()
-        await context.database.dispose()
-
-
-def _run_database_command(main: Callable[[], Awaitable[None]]) -> None:
-    from keel.core.crypto import MasterKeyError
-    from keel.core.health import describe_failure
-    from keel.core.outages import reported_by_caller
-    from keel.migrations import SchemaOutOfDate
-
-    try:
-        with reported_by_caller():  # an outage is this command's one line, not a log line too
-            run(main)
-    except (typer.Exit, typer.Abort):
-        raise
-    except (SchemaOutOfDate, MasterKeyError) as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"database error: {describe_failure(exc)}")
+    run_database_command(main)
 
 
 @app.command()

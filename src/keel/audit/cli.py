@@ -34,11 +34,11 @@ def verify(
     (its leaf index and id).
     """
     from keel.audit.verify import verify_tenant
-    from keel.cli import (
+    from keel.core.commands import (
         EXIT_FAILURE,
         EXIT_USAGE,
-        _run_database_command,
         fail,
+        run_database_command,
         settings_or_exit,
         started_context,
     )
@@ -77,7 +77,7 @@ def verify(
             if failed:
                 raise typer.Exit(EXIT_FAILURE)
 
-    _run_database_command(main)
+    run_database_command(main)
 
 
 @app.command()
@@ -96,10 +96,10 @@ def retention(
     bad input.
     """
     from keel.audit.retention import RetentionPolicy, run_retention
-    from keel.cli import (
+    from keel.core.commands import (
         EXIT_USAGE,
-        _run_database_command,
         fail,
+        run_database_command,
         settings_or_exit,
         started_context,
     )
@@ -141,4 +141,4 @@ def retention(
                 + more
             )
 
-    _run_database_command(main)
+    run_database_command(main)

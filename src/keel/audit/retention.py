@@ -40,7 +40,7 @@ from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import AuditSettings
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 ERASE_ACTION = "audit.retention.erase"
 register_actions(

@@ -8,12 +8,12 @@ import contextlib
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from keel.app import AppContext
 from keel.audit import router, transactions
 from keel.audit.models import AuditSigningKey
 from keel.audit.service import AuditLog
 from keel.audit.writer import GroupWriter
 from keel.core.audit import on_recorded, use_event_writer
+from keel.core.context import AppContext, ResourceKey
 from keel.core.db import DatabaseUnavailable
 from keel.core.http import ServiceRouter
 from keel.core.logging import get_logger
@@ -21,7 +21,7 @@ from keel.core.services import ServiceSpec
 
 log = get_logger(__name__)
 
-AUDIT_RESOURCE = "audit"
+AUDIT_RESOURCE: ResourceKey[AuditLog] = ResourceKey("audit")
 #: Outboxes are swept this often even when no commit woke the sequencer (another process
 #: recorded, or a wake-up was lost).
 SWEEP_SECONDS = 1.0

@@ -32,7 +32,7 @@ PasswordStdinOption = Annotated[
 
 @asynccontextmanager
 async def _auth_session(tenant: str) -> AsyncIterator[tuple[AuthService, AsyncSession, str]]:
-    from keel.cli import EXIT_USAGE, fail, settings_or_exit, started_context
+    from keel.core.commands import EXIT_USAGE, fail, settings_or_exit, started_context
 
     settings = settings_or_exit()
     async with started_context(settings) as context:
@@ -46,7 +46,7 @@ async def _auth_session(tenant: str) -> AsyncIterator[tuple[AuthService, AsyncSe
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> None:
-    from keel.cli import EXIT_USAGE, _run_database_command, fail
+    from keel.core.commands import EXIT_USAGE, fail, run_database_command
 
     async def guarded() -> None:
         try:
@@ -54,13 +54,13 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
         except KeelError as exc:
             fail(str(exc), EXIT_USAGE)
 
-    _run_database_command(guarded)
+    run_database_command(guarded)
 
 
 async def _principal(
     session: AsyncSession, user: str | None, service_account: str | None
 ) -> tuple[PrincipalType, str]:
-    from keel.cli import EXIT_USAGE, fail
+    from keel.core.commands import EXIT_USAGE, fail
 
     if (user is None) == (service_account is None):
         fail("name exactly one of --user or --service-account", EXIT_USAGE)
@@ -80,7 +80,7 @@ async def _principal(
 def _read_password(password_stdin: bool, *, command: str, otherwise: str = "") -> str:
     """The first line of stdin with ``--password-stdin``, else typed twice at the terminal.
     Never a command-line argument: ``ps`` shows those to every user of the host."""
-    from keel.cli import EXIT_USAGE, fail
+    from keel.core.commands import EXIT_USAGE, fail
 
     if password_stdin:
         return sys.stdin.readline().rstrip("\n")

@@ -21,14 +21,16 @@ from fastapi import Depends, Request, Response
 
 from keel.auth.service import AuthService
 from keel.core.audit import Actor
+from keel.core.context import ResourceKey
 from keel.core.deps import DbSession, client_ip, get_context
 from keel.core.errors import Forbidden, RateLimited, Unauthorized
+from keel.core.ratelimit import RateLimiter
 from keel.core.tenancy import bind_tenant
 from keel_client.auth import Principal
 
-AUTH_RESOURCE = "auth"
+AUTH_RESOURCE: ResourceKey[AuthService] = ResourceKey("auth")
 #: The per-address limiter of every endpoint that checks a guessable secret.
-LOGIN_LIMITER_RESOURCE = "auth.login_limiter"
+LOGIN_LIMITER_RESOURCE: ResourceKey[RateLimiter] = ResourceKey("auth.login_limiter")
 
 
 async def get_auth_service(request: Request) -> AuthService:

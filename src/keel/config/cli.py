@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config import service
 from keel.config.validation import Diff
-from keel.core.commands import fail_usage, format_datetime, print_json, run_in_tenant
+from keel.core.commands import (
+    fail_usage,
+    format_datetime,
+    operator_actor,
+    print_json,
+    run_in_tenant,
+)
 from keel.core.errors import KeelError
 from keel.core.http import PageRequest, etag_for
 from keel.core.tenancy import DEFAULT_TENANT
@@ -95,12 +101,6 @@ def print_diff(diff: Diff) -> None:
         typer.echo(f"~ {key}: {before} -> {after}")
 
 
-def _actor() -> Any:
-    from keel.secrets.cli import operator_actor
-
-    return operator_actor()
-
-
 # -- applications and environments ------------------------------------------------------------
 
 
@@ -130,7 +130,7 @@ def create_application(
             name,
             description=description,
             json_schema=json_schema,
-            actor=_actor(),
+            actor=operator_actor(),
         )
         typer.echo(f"application {name} created (tenant {tenant})")
 
@@ -156,7 +156,9 @@ def create_environment(
     """Create an environment (revision 1, no values)."""
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
-        await service.create_environment(session, tenant_id, application, name, actor=_actor())
+        await service.create_environment(
+            session, tenant_id, application, name, actor=operator_actor()
+        )
         typer.echo(f"environment {application}/{name} created at revision 1")
 
     run_in_tenant(tenant, work, describe=describe)
@@ -235,7 +237,7 @@ def set_values(
             unset=unset or [],
             message=message,
             if_match=etag_for(if_revision) if if_revision is not None else None,
-            actor=_actor(),
+            actor=operator_actor(),
         )
         if outcome.created:
             typer.echo(f"{application}/{environment}: revision {outcome.revision.number}")
@@ -325,7 +327,13 @@ def rollback(
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         outcome = await service.rollback(
-            session, tenant_id, application, environment, revision, message=message, actor=_actor()
+            session,
+            tenant_id,
+            application,
+            environment,
+            revision,
+            message=message,
+            actor=operator_actor(),
         )
         state = "revision" if outcome.created else "unchanged at revision"
         typer.echo(f"{application}/{environment}: {state} {outcome.revision.number}")
@@ -348,7 +356,7 @@ def promote(
     async def work(session: AsyncSession, tenant_id: str) -> None:
         keys = key or None
         preview = await service.promote(
-            session, tenant_id, application, source, target, keys=keys, actor=_actor()
+            session, tenant_id, application, source, target, keys=keys, actor=operator_actor()
         )
         typer.echo(
             f"{application}: {source}@{preview.source_revision} -> "
@@ -371,7 +379,7 @@ def promote(
             if_match=etag_for(preview.target_revision),
             source_revision=preview.source_revision,
             message=message,
-            actor=_actor(),
+            actor=operator_actor(),
         )
         typer.echo(f"applied: {application}/{target} revision {applied.target_revision}")
 

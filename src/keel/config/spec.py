@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from keel.app import AppContext
 from keel.config import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
     router,
 )
 from keel.config.models import ConfigApplication
+from keel.core.context import AppContext
 from keel.core.services import ServiceSpec
 
 
@@ -25,6 +25,6 @@ service = ServiceSpec(
     name="config",
     router=router.build_router,
     ready_check=config_ready,
-    # Change events are pruned by the secrets service's worker (one pruner for every stream).
+    # Change events are pruned by the platform's own background work (keel.core.context).
     model_modules=("keel.config.models",),
 )

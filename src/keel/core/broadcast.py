@@ -147,7 +147,8 @@ class Broadcast(ABC):
         return sum(len(subs) for subs in self._subscriptions.values())
 
 
-def _encode(data: Mapping[str, Any]) -> str:
+def encode_event(data: Mapping[str, Any]) -> str:
+    """``data`` as the JSON every broadcast carries."""
     # Round-tripping through JSON in-process too keeps both implementations' contracts equal:
     # a publisher cannot hand subscribers a mutable object or something Redis could not carry.
     return json.dumps(dict(data), separators=(",", ":"), sort_keys=True)
@@ -157,22 +158,4 @@ class InMemoryBroadcast(Broadcast):
     """Broadcast within one process."""
 
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
-        self._dispatch(Event(channel, json.loads(_encode(data))))
-
-
-def create_broadcast(redis_url: str | None) -> Broadcast:
-    if redis_url:
-        from keel.core.broadcast_redis import RedisBroadcast
-
-        return RedisBroadcast(redis_url)
-    return InMemoryBroadcast()
-
-
-def __getattr__(name: str) -> Any:
-    # The Redis implementation is imported only when used: the embedded default never needs
-    # it, and the import costs a noticeable part of a cold start.
-    if name == "RedisBroadcast":
-        from keel.core.broadcast_redis import RedisBroadcast
-
-        return RedisBroadcast
-    raise AttributeError(name)
+        self._dispatch(Event(channel, json.loads(encode_event(data))))

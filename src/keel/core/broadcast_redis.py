@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from keel.core.broadcast import Broadcast, Event, _encode
+from keel.core.broadcast import Broadcast, Event, encode_event
 from keel.core.logging import get_logger
 from keel.core.outages import Outcome, note_outage
 
@@ -69,7 +69,7 @@ class RedisBroadcast(Broadcast):
 
     async def publish(self, channel: str, data: Mapping[str, Any]) -> None:
         async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
-            await self._redis.publish(self.PREFIX + channel, _encode(data))
+            await self._redis.publish(self.PREFIX + channel, encode_event(data))
 
     async def _on_first_subscriber(self, channel: str) -> None:
         confirmed = self._confirmations[channel] = asyncio.Event()

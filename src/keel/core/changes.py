@@ -51,7 +51,7 @@ from keel.core.tenancy import ALL_TENANTS_OPTION, TenantScoped, bind_tenant, bou
 from keel_client.auth import Principal
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 log = get_logger(__name__)
 

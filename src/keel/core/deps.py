@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 
 def get_context(request: Request) -> AppContext:

@@ -6,7 +6,6 @@ import os
 from functools import partial
 from typing import Any
 
-from keel.core.broadcast import create_broadcast
 from keel.core.crypto import (
     MasterKeyError,
     embedded_master_key_path,
@@ -15,13 +14,13 @@ from keel.core.crypto import (
 )
 from keel.core.db import Database
 from keel.core.health import run_check
+from keel.core.schema import current_revision, head_revision
 from keel.core.services import ServiceUnavailableInBuild
-from keel.migrations import current_revision, head_revision
 from keel.settings import Settings, mask_url
 
 
 async def run_doctor(settings: Settings) -> dict[str, Any]:
-    from keel.app import AppContext, resolve_services
+    from keel.core.context import AppContext, create_broadcast, resolve_services
     from keel.core.metrics import Metrics
 
     checks: list[dict[str, Any]] = [{"name": "settings", "ok": True, "detail": "valid"}]

@@ -21,7 +21,7 @@ from keel.core.errors import problem_response
 from keel.core.logging import redact
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 Check = Callable[[], Awaitable[Any]]
 

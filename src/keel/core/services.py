@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 ReadyCheck = Callable[["AppContext"], Coroutine[Any, Any, None]]
 BackgroundTask = Callable[["AppContext"], Coroutine[Any, Any, None]]

@@ -15,7 +15,13 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.commands import fail_usage, format_datetime, print_json, run_in_tenant
+from keel.core.commands import (
+    fail_usage,
+    format_datetime,
+    operator_actor,
+    print_json,
+    run_in_tenant,
+)
 from keel.core.errors import KeelError
 from keel.core.tenancy import DEFAULT_TENANT
 from keel.flags import service
@@ -55,12 +61,6 @@ def describe(error: KeelError) -> str:
     return text
 
 
-def _actor() -> Any:
-    from keel.secrets.cli import operator_actor
-
-    return operator_actor()
-
-
 # -- environments ---------------------------------------------------------------------------
 
 
@@ -74,7 +74,7 @@ def create_environment(
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         await service.create_environment(
-            session, tenant_id, key, description=description, actor=_actor()
+            session, tenant_id, key, description=description, actor=operator_actor()
         )
         typer.echo(f"environment {key} created (tenant {tenant})")
 
@@ -153,7 +153,7 @@ def create_flag(
             tags=tag or [],
             owner=owner,
             experiment=experiment,
-            actor=_actor(),
+            actor=operator_actor(),
         )
         ids = ", ".join(str(entry["id"]) for entry in flag.variations)
         typer.echo(f"flag {key} created ({flag_type}: {ids}), off in every environment")
@@ -204,7 +204,7 @@ def toggle(
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         view = await service.toggle(
-            session, tenant_id, env, key, on=state == "on", comment=comment, actor=_actor()
+            session, tenant_id, env, key, on=state == "on", comment=comment, actor=operator_actor()
         )
         typer.echo(
             f"{key} is {state} in {env} (state version {view.state.version}, "

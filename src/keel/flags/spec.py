@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from keel.app import AppContext
+from keel.core.context import AppContext
 from keel.core.services import ServiceSpec
 from keel.flags import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
@@ -23,6 +23,6 @@ service = ServiceSpec(
     name="flags",
     router=router.build_router,
     ready_check=flags_ready,
-    # Change events are pruned by the secrets service's worker (one pruner for every stream).
+    # Change events are pruned by the platform's own background work (keel.core.context).
     model_modules=("keel.flags.models",),
 )

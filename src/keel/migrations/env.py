@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from alembic import context
 
-from keel.migrations import load_all_models
+from keel.core.schema import load_all_models
 
 connection = context.config.attributes.get("connection")
 if connection is None:

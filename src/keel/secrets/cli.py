@@ -10,14 +10,12 @@ any error message: a line of a ``.env`` file that does not parse is named by its
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +23,8 @@ from typing import Annotated, Any
 import typer
 from dotenv.parser import Binding, parse_stream
 
-from keel.core.audit import SYSTEM, Actor, record_event, record_event_now
+from keel.core.audit import record_event, record_event_now
+from keel.core.commands import operator_actor
 from keel.core.crypto import MasterKey
 from keel.core.errors import KeelError, NotFound
 from keel.core.sealed import (
@@ -63,15 +62,6 @@ class EnvFileError(ValueError):
 class ExportFormat(StrEnum):
     env = "env"
     json = "json"
-
-
-def operator_actor() -> Actor:
-    """The actor of CLI verbs: Keel itself, run by this operating-system account."""
-    try:
-        account = getpass.getuser()
-    except (OSError, KeyError):
-        account = "unknown"
-    return replace(SYSTEM, display=f"keel cli ({account})")
 
 
 # -- .env files ------------------------------------------------------------------------------
@@ -142,7 +132,7 @@ def masked(key: str, value: str) -> str:
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
-    from keel.cli import EXIT_USAGE, fail
+    from keel.core.commands import EXIT_USAGE, fail
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -159,7 +149,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
 
 
 def _location(mount: str, path: str) -> tuple[str, str]:
-    from keel.cli import EXIT_USAGE, fail
+    from keel.core.commands import EXIT_USAGE, fail
 
     try:
         return check_mount_path(mount), check_secret_path(path)
@@ -168,7 +158,7 @@ def _location(mount: str, path: str) -> tuple[str, str]:
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> None:
-    from keel.cli import EXIT_USAGE, _run_database_command, fail
+    from keel.core.commands import EXIT_USAGE, fail, run_database_command
 
     async def guarded() -> None:
         try:
@@ -176,12 +166,12 @@ def _run(main: Callable[[], Awaitable[None]]) -> None:
         except KeelError as error:
             fail(str(error), EXIT_USAGE)
 
-    _run_database_command(guarded)
+    run_database_command(guarded)
 
 
 def _write_new_file(path: Path, text: str) -> None:
     """Create ``path`` readable by its owner only (mode 0600); never overwrite."""
-    from keel.cli import EXIT_USAGE, fail
+    from keel.core.commands import EXIT_USAGE, fail
 
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -211,7 +201,7 @@ def import_env(
     """Write the variables of a .env file as one secret: a new version of PATH holding each
     variable as a key (read one as SecretRef("PATH#KEY")). Values are shown masked.
     """
-    from keel.cli import settings_or_exit, started_context
+    from keel.core.commands import settings_or_exit, started_context
 
     values = _read_env_file(env_file)
     mount_path, secret_path = _location(mount, path)
@@ -285,7 +275,7 @@ def export_env(
     Values are printed to a terminal only with --yes-print-values; redirected output and
     --out need no confirmation. The read is audited (secrets.kv.read, operation export).
     """
-    from keel.cli import EXIT_FAILURE, EXIT_USAGE, fail, settings_or_exit, started_context
+    from keel.core.commands import EXIT_FAILURE, EXIT_USAGE, fail, settings_or_exit, started_context
 
     mount_path, secret_path = _location(mount, path)
     if out is None and sys.stdout.isatty() and not yes_print_values:
@@ -370,8 +360,8 @@ def generate_master_key(
 def _load_every_owner() -> None:
     """Import every service of this build and every model, so that each owner of a sealed
     column has registered it, enabled (KEEL_SERVICES) or not."""
+    from keel.core.schema import load_all_models
     from keel.core.services import available_services
-    from keel.migrations import load_all_models
     from keel.settings import KNOWN_SERVICES
 
     available_services(KNOWN_SERVICES)
@@ -412,7 +402,7 @@ def rotate_master_key(
     transaction while Keel serves; their ciphertext is unchanged. Safe to stop and run again.
     Exits 0 when every value is under the current key, 1 when some could not be re-wrapped.
     """
-    from keel.cli import EXIT_FAILURE, settings_or_exit, started_context
+    from keel.core.commands import EXIT_FAILURE, settings_or_exit, started_context
 
     settings = settings_or_exit()
     _load_every_owner()

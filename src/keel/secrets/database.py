@@ -30,6 +30,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.audit import SYSTEM, Outcome, record_event
+from keel.core.context import ResourceKey
 from keel.core.crypto import DecryptionError, Keyring
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, NotFound
@@ -41,7 +42,7 @@ from keel.secrets.models import DatabaseConnection, DatabaseRole, Lease, SecretM
 
 log = get_logger(__name__)
 
-DATABASE_RESOURCE = "secrets.database"
+DATABASE_RESOURCE: ResourceKey[DatabaseEngine] = ResourceKey("secrets.database")
 POSTGRES_PLUGIN = "postgresql-database-plugin"
 #: A role's ``default_ttl`` / ``max_ttl`` of 0 means these (Vault's system defaults are
 #: longer; an hour and a day keep forgotten credentials short-lived).

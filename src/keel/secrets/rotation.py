@@ -48,7 +48,7 @@ from keel.secrets.models import Secret, SecretMount, SecretRotation, SecretVersi
 from keel.secrets.router import SECRETS_RESOURCE
 
 if TYPE_CHECKING:
-    from keel.app import AppContext
+    from keel.core.context import AppContext
 
 log = get_logger(__name__)
 

@@ -30,6 +30,7 @@ from keel.auth.dependencies import (
     request_actor,
 )
 from keel.core.audit import Actor, Outcome, record_event, record_event_now
+from keel.core.context import ResourceKey
 from keel.core.deps import get_context
 from keel.core.errors import BadRequest, KeelError, NotFound
 from keel.core.http import ServiceRouter
@@ -58,7 +59,7 @@ from keel.secrets.policies import (
 )
 from keel_client.auth import Principal
 
-SECRETS_RESOURCE = "secrets.kv"
+SECRETS_RESOURCE: ResourceKey[KvEngine] = ResourceKey("secrets.kv")
 PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 _OPERATIONS = {"data", "metadata", "delete", "undelete", "destroy"}
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "LIST"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from keel.app import AppContext
-from keel.core.changes import prune_change_events_periodically
+from keel.core.context import AppContext
 from keel.core.services import ServiceSpec
 from keel.secrets import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
@@ -41,11 +40,6 @@ service = ServiceSpec(
     router=router.build_router,
     ready_check=secrets_ready,
     startup=start_secrets,
-    # Change events are pruned by their first user's worker (config and flags come next).
-    background=(
-        revoke_expired_leases,
-        rotate_secrets_on_schedule,
-        prune_change_events_periodically,
-    ),
+    background=(revoke_expired_leases, rotate_secrets_on_schedule),
     model_modules=("keel.secrets.models",),
 )
