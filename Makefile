@@ -51,6 +51,7 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src client/src tests benchmarks
 	$(BIN)/ruff format --check src client/src tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src client/src

@@ -18,10 +18,10 @@ from starlette.responses import Response
 
 from keel import __version__
 from keel.core.cache import listen_for_invalidations
-from keel.core.context import background_work, build_context, start_services
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
 from keel.core.http import RequestContextMiddleware, ServiceRouter
+from keel.core.lifecycle import background_work, build_context, start_services
 from keel.core.logging import configure_logging, get_logger
 from keel.core.startup import pause_garbage_collection, resume_garbage_collection
 from keel.core.telemetry import init_sentry, init_tracing

@@ -224,10 +224,9 @@ def serve(
     # (keel.core.startup: a tenth to a fifth less time to ready).
     import uvicorn
 
-    from keel.core.context import resolve_services
     from keel.core.http_protocol import ListingHttpToolsProtocol
     from keel.core.logging import configure_logging, get_logger
-    from keel.core.services import ServiceUnavailableInBuild
+    from keel.core.services import ServiceUnavailableInBuild, resolve_services
     from keel.core.startup import resume_garbage_collection
 
     service_names = _services_option(services)

@@ -74,7 +74,7 @@ def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
 @asynccontextmanager
 async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
     """An :class:`AppContext` with its services started, disposed of on exit."""
-    from keel.core.context import build_context, start_services
+    from keel.core.lifecycle import build_context, start_services
 
     context = build_context(settings)
     try:

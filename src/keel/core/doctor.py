@@ -20,8 +20,10 @@ from keel.settings import Settings, mask_url
 
 
 async def run_doctor(settings: Settings) -> dict[str, Any]:
-    from keel.core.context import AppContext, create_broadcast, resolve_services
+    from keel.core.context import AppContext
+    from keel.core.lifecycle import create_broadcast
     from keel.core.metrics import Metrics
+    from keel.core.services import resolve_services
 
     checks: list[dict[str, Any]] = [{"name": "settings", "ok": True, "detail": "valid"}]
     timeout = settings.health_check_timeout_seconds

@@ -7,38 +7,21 @@ work; ``/health/ready`` and ``keel doctor`` run each enabled service's readiness
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter
+from keel.core.context import BackgroundTask, ReadyCheck, ServiceSpec
+from keel.settings import Settings
 
-if TYPE_CHECKING:
-    from keel.core.context import AppContext
-
-ReadyCheck = Callable[["AppContext"], Coroutine[Any, Any, None]]
-BackgroundTask = Callable[["AppContext"], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    #: Mounted at ``/<name>``; the router's own paths start with ``/v1/...``.
-    router: Callable[[], APIRouter] | None = None
-    #: Routes mounted at the root, for paths standards fix (``/.well-known/...``).
-    root_router: Callable[[], APIRouter] | None = None
-    ready_check: ReadyCheck | None = None
-    #: Builds the service's runtime objects into ``context.resources`` before serving.
-    startup: ReadyCheck | None = None
-    #: Long-running loops started by ``keel worker`` (and by ``keel serve`` on the
-    #: embedded default, where there is no separate worker).
-    background: Sequence[BackgroundTask] = field(default_factory=tuple)
-    #: Loops every process serving the service runs alongside its requests (``keel serve``
-    #: on any database), such as sequencing what those requests recorded.
-    companions: Sequence[BackgroundTask] = field(default_factory=tuple)
-    #: Modules with tables, for the migration history.
-    model_modules: Sequence[str] = field(default_factory=tuple)
+__all__ = [
+    "BackgroundTask",
+    "ReadyCheck",
+    "ServiceSpec",
+    "ServiceUnavailableInBuild",
+    "available_services",
+    "load_service",
+    "resolve_services",
+]
 
 
 class ServiceUnavailableInBuild(LookupError):
@@ -65,4 +48,19 @@ def available_services(names: Sequence[str]) -> list[ServiceSpec]:
             specs.append(load_service(name))
         except ServiceUnavailableInBuild:
             continue
+    return specs
+
+
+def resolve_services(settings: Settings) -> list[ServiceSpec]:
+    """The services to run: all this build has, or exactly those named in ``services``."""
+    if "services" not in settings.model_fields_set:
+        return available_services(settings.services)
+    specs = []
+    for name in settings.services:
+        try:
+            specs.append(load_service(name))
+        except ServiceUnavailableInBuild:
+            raise ServiceUnavailableInBuild(
+                f"service {name!r} is not part of this Keel build yet"
+            ) from None
     return specs

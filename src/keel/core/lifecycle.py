@@ -1,0 +1,103 @@
+"""How a Keel process comes up: build the context, prepare the database, start the
+services, and the background work it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from keel.core.broadcast import Broadcast, InMemoryBroadcast
+from keel.core.changes import prune_change_events_periodically, use_change_publisher
+from keel.core.context import AppContext, BackgroundTask
+from keel.core.db import Database
+from keel.core.metrics import Metrics
+from keel.core.schema import create_fresh, current_revision, ensure_schema_current, head_revision
+from keel.core.schema import upgrade as upgrade_schema
+from keel.core.sealed import load_token_hash_key
+from keel.core.services import resolve_services
+from keel.settings import Settings
+
+
+def create_broadcast(redis_url: str | None) -> Broadcast:
+    """Redis fan-out across replicas when ``redis_url`` is set, else in-process."""
+    if redis_url:
+        # Imported only when used: the embedded default never needs it, and the import
+        # costs a noticeable part of a cold start.
+        from keel.core.broadcast_redis import RedisBroadcast
+
+        return RedisBroadcast(redis_url)
+    return InMemoryBroadcast()
+
+
+def build_context(settings: Settings) -> AppContext:
+    """The shared objects of one process (app, worker or CLI command), not yet started."""
+    return AppContext(
+        settings=settings,
+        database=Database.from_settings(settings),
+        broadcast=create_broadcast(
+            settings.redis_url.get_secret_value() if settings.redis_url else None
+        ),
+        metrics=Metrics(),
+        services=resolve_services(settings),
+    )
+
+
+async def start_services(context: AppContext) -> None:
+    """Prepare the database, load the platform keys and run every enabled service's start-up
+    hook."""
+    await prepare_database(context.database, context.settings)
+    # Before any service hashes a token: the stored key survives master key rotation.
+    await load_token_hash_key(context.database, context.keyring)
+    use_change_publisher(context.database.engine, context.broadcast)
+    for spec in context.services:
+        if spec.startup is not None:
+            await spec.startup(context)
+
+
+#: Databases this process already brought to (or found at) the head revision. `keel serve`
+#: checks before starting uvicorn and the app's lifespan would check again in the same process.
+_PREPARED: set[str] = set()
+
+
+def _database_key(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute: the embedded default's URL is the
+    same in every directory, its database is not."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(parsed.set(database=str(Path(parsed.database).resolve())))
+    return url
+
+
+async def prepare_database(database: Database, settings: Settings) -> None:
+    """Migrate the embedded default by itself; elsewhere refuse an out-of-date schema."""
+    url = _database_key(settings.effective_database_url)
+    if url in _PREPARED:
+        return
+    if settings.is_embedded:
+        current = await current_revision(database)
+        if current is None and await create_fresh(database):
+            pass  # a new embedded database: built at head in one step
+        elif current != head_revision():
+            await upgrade_schema(database)
+    else:
+        await ensure_schema_current(database)
+    _PREPARED.add(url)
+
+
+#: The platform's own background loops, run whichever services are enabled: change events
+#: belong to every stream (secrets, config, flags), so their pruning belongs to none of them.
+PLATFORM_BACKGROUND: tuple[BackgroundTask, ...] = (prune_change_events_periodically,)
+
+
+def background_work(context: AppContext) -> list[tuple[str, BackgroundTask]]:
+    """What ``keel worker`` (and ``keel serve`` on the embedded default) runs in the
+    background, each loop named ``<owner>-<function>``: the platform's, then each enabled
+    service's."""
+    work = [(f"platform-{task.__name__}", task) for task in PLATFORM_BACKGROUND]
+    work += [
+        (f"{spec.name}-{task.__name__}", task)
+        for spec in context.services
+        for task in spec.background
+    ]
+    return work
