@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keel_client.http import BaseAPIClient, RetryPolicy, SyncBaseAPIClient, TransportError
-from keel_client.http._client import shared_verify
+from keel_client.http._core import shared_verify
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -26,7 +26,8 @@ from keel_client.http._breaker import (
 )
 from keel_client.http._budget import RetryBudget, RetryBudgetSnapshot
 from keel_client.http._cache import AsyncMemoryStorage, HTTPCache, MemoryStorage
-from keel_client.http._client import BaseAPIClient, ClientHealth, SyncBaseAPIClient
+from keel_client.http._client import BaseAPIClient
+from keel_client.http._core import ClientHealth
 from keel_client.http._exceptions import (
     CircuitOpenError,
     ClientError,
@@ -65,6 +66,7 @@ from keel_client.http._ssrf import (
     blocked_reason,
     parse_ip_literal,
 )
+from keel_client.http._sync_client import SyncBaseAPIClient
 
 __all__ = [
     "DEFAULT_RETRY_STATUSES",
