@@ -11,8 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis.asyncio as redis
 
-from keel.core.broadcast import Broadcast, MessagesLost, RedisBroadcast, Subscription
-from support.tcpproxy import tcp_proxy
+from keel.core.broadcast import Broadcast, MessagesLost, Subscription
+from keel.core.broadcast_redis import RedisBroadcast
+from tests.support.tcpproxy import tcp_proxy
 
 TIMEOUT = 5.0
 

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import select, update
 
-from keel.core.broadcast import Broadcast, InMemoryBroadcast, RedisBroadcast
+from keel.core.broadcast import Broadcast, InMemoryBroadcast
+from keel.core.broadcast_redis import RedisBroadcast
 from keel.core.changes import (
     POLL_LOCAL_BROADCAST_SECONDS,
     ChangeEvent,
@@ -31,7 +32,7 @@ from keel.core.changes import (
 from keel.core.db import Database, utcnow
 from keel.core.tenancy import bind_tenant, ensure_tenant
 from keel_client.changes import ServerSentEvent, SSEDecoder
-from support.tcpproxy import tcp_proxy
+from tests.support.tcpproxy import tcp_proxy
 
 KEEPALIVE = ServerSentEvent(event="keepalive")
 
