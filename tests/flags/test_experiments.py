@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from flags.conftest import API, new_environment, new_flag, put_state
 from keel.core.tenancy import bind_tenant
-from keel.flags import experiments
 from keel.flags.models import ExperimentEvent
+from keel.flags.service import statistics
+from tests.support.flags_api import API, new_environment, new_flag, put_state
 
 AB = [{"id": "a", "value": "control"}, {"id": "b", "value": "treatment"}]
 FIFTY_FIFTY = {
@@ -139,16 +139,16 @@ async def test_a_skewed_split_raises_the_sample_ratio_mismatch_warning(
 
 
 def test_the_statistics_are_plain_functions() -> None:
-    assert experiments.wilson_interval(0, 0) is None
-    low, high = experiments.wilson_interval(0, 10) or (None, None)
+    assert statistics.wilson_interval(0, 0) is None
+    low, high = statistics.wilson_interval(0, 10) or (None, None)
     assert low == 0.0
     assert high == pytest.approx(0.2775, abs=1e-4)
-    assert experiments.two_proportion_z_test(0, 10, 0, 10) == experiments.ZTest(0.0, 1.0)
-    assert experiments.two_proportion_z_test(1, 0, 1, 10) is None
-    mismatch = experiments.sample_ratio_test({"a": 10, "b": 1}, {"a": 100_000, "b": 0})
+    assert statistics.two_proportion_z_test(0, 10, 0, 10) == statistics.ZTest(0.0, 1.0)
+    assert statistics.two_proportion_z_test(1, 0, 1, 10) is None
+    mismatch = statistics.sample_ratio_test({"a": 10, "b": 1}, {"a": 100_000, "b": 0})
     assert mismatch is not None
     assert mismatch.is_mismatch
-    assert experiments.sample_ratio_test({}, {"a": 50_000, "b": 50_000}) is None
+    assert statistics.sample_ratio_test({}, {"a": 50_000, "b": 50_000}) is None
 
 
 async def test_event_batches_are_validated_limited_and_keep_no_context_key(

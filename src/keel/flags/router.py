@@ -13,7 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from keel.auth.dependencies import Access, bearer_credential, get_auth_service, request_actor
+from keel.auth.dependencies import (
+    Access,
+    CallerActor,
+    bearer_credential,
+    get_auth_service,
+)
 from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context
 from keel.core.http import etag_for, is_not_modified
@@ -64,8 +69,8 @@ def build_router() -> APIRouter:
     @router.post("/envs", status_code=201, response_model=schemas.Environment)
     async def create_environment(
         body: schemas.EnvironmentCreate,
-        request: Request,
         principal: DefinitionsAdmin,
+        actor: CallerActor,
         session: DbSession,
     ) -> Any:
         """Create an environment; every flag gets its default state there (off)."""
@@ -74,7 +79,7 @@ def build_router() -> APIRouter:
             principal.tenant_id,
             body.key,
             description=body.description,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
 
     @router.get("/envs", response_model=list[schemas.Environment])
@@ -89,8 +94,8 @@ def build_router() -> APIRouter:
     async def update_environment(
         env: str,
         body: schemas.EnvironmentUpdate,
-        request: Request,
         principal: DefinitionsAdmin,
+        actor: CallerActor,
         session: DbSession,
     ) -> Any:
         return await service.update_environment(
@@ -98,17 +103,15 @@ def build_router() -> APIRouter:
             principal.tenant_id,
             env,
             description=body.description,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
 
     @router.delete("/envs/{env}", status_code=204)
     async def delete_environment(
-        env: str, request: Request, principal: DefinitionsAdmin, session: DbSession
+        env: str, principal: DefinitionsAdmin, actor: CallerActor, session: DbSession
     ) -> Response:
         """Delete the environment with its states, segments and experiment events."""
-        await service.delete_environment(
-            session, principal.tenant_id, env, actor=request_actor(request, principal)
-        )
+        await service.delete_environment(session, principal.tenant_id, env, actor=actor)
         return Response(status_code=204)
 
     # -- flag definitions -----------------------------------------------------------------
@@ -116,9 +119,9 @@ def build_router() -> APIRouter:
     @router.post("/flags", status_code=201, response_model=schemas.Flag)
     async def create_flag(
         body: schemas.FlagCreate,
-        request: Request,
         response: Response,
         principal: DefinitionsAdmin,
+        actor: CallerActor,
         session: DbSession,
     ) -> Any:
         """Define a flag. A boolean flag without variations gets ``on`` (true) and ``off``
@@ -135,7 +138,7 @@ def build_router() -> APIRouter:
             owner=body.owner,
             salt=body.salt,
             experiment=body.experiment,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(flag, response)
 
@@ -161,9 +164,9 @@ def build_router() -> APIRouter:
     async def update_flag(
         key: str,
         patch: JsonObject,
-        request: Request,
         response: Response,
         principal: DefinitionsAdmin,
+        actor: CallerActor,
         session: DbSession,
         if_match: IfMatch = None,
     ) -> Any:
@@ -176,16 +179,16 @@ def build_router() -> APIRouter:
             key,
             patch,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(flag, response)
 
     @router.delete("/flags/{key}", response_model=schemas.Flag)
     async def archive_flag(
         key: str,
-        request: Request,
         response: Response,
         principal: DefinitionsAdmin,
+        actor: CallerActor,
         session: DbSession,
         if_match: IfMatch = None,
     ) -> Any:
@@ -196,7 +199,7 @@ def build_router() -> APIRouter:
             principal.tenant_id,
             key,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(flag, response)
 
@@ -214,9 +217,9 @@ def build_router() -> APIRouter:
         env: str,
         key: str,
         body: schemas.FlagStateWrite,
-        request: Request,
         response: Response,
         principal: EnvironmentWriter,
+        actor: CallerActor,
         session: DbSession,
         if_match: IfMatch = None,
     ) -> Any:
@@ -229,7 +232,7 @@ def build_router() -> APIRouter:
             body.model_dump(exclude={"comment"}),
             if_match=if_match,
             comment=body.comment,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _state(view, response)
 
@@ -238,9 +241,9 @@ def build_router() -> APIRouter:
         env: str,
         key: str,
         patch: JsonObject,
-        request: Request,
         response: Response,
         principal: EnvironmentWriter,
+        actor: CallerActor,
         session: DbSession,
         if_match: IfMatch = None,
     ) -> Any:
@@ -252,7 +255,7 @@ def build_router() -> APIRouter:
             key,
             patch,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _state(view, response)
 
@@ -261,9 +264,9 @@ def build_router() -> APIRouter:
         env: str,
         key: str,
         body: schemas.Toggle,
-        request: Request,
         response: Response,
         principal: EnvironmentWriter,
+        actor: CallerActor,
         session: DbSession,
     ) -> Any:
         """The kill switch: ``{"on": false}`` turns the flag off in this environment now
@@ -275,7 +278,7 @@ def build_router() -> APIRouter:
             key,
             on=body.on,
             comment=body.comment,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _state(view, response)
 
@@ -285,9 +288,9 @@ def build_router() -> APIRouter:
     async def create_segment(
         env: str,
         body: schemas.SegmentCreate,
-        request: Request,
         response: Response,
         principal: EnvironmentWriter,
+        actor: CallerActor,
         session: DbSession,
     ) -> Any:
         _, segment = await service.create_segment(
@@ -296,7 +299,7 @@ def build_router() -> APIRouter:
             env,
             body.key,
             body.model_dump(exclude={"key"}),
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(_segment(env, segment), response)
 
@@ -317,9 +320,9 @@ def build_router() -> APIRouter:
         env: str,
         key: str,
         body: schemas.SegmentWrite,
-        request: Request,
         response: Response,
         principal: EnvironmentWriter,
+        actor: CallerActor,
         session: DbSession,
         if_match: IfMatch = None,
     ) -> Any:
@@ -330,18 +333,16 @@ def build_router() -> APIRouter:
             key,
             body.model_dump(),
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(_segment(env, segment), response)
 
     @router.delete("/envs/{env}/segments/{key}", status_code=204)
     async def delete_segment(
-        env: str, key: str, request: Request, principal: EnvironmentWriter, session: DbSession
+        env: str, key: str, principal: EnvironmentWriter, actor: CallerActor, session: DbSession
     ) -> Response:
         """Delete a segment (409 while a flag's rules name it)."""
-        await service.delete_segment(
-            session, principal.tenant_id, env, key, actor=request_actor(request, principal)
-        )
+        await service.delete_segment(session, principal.tenant_id, env, key, actor=actor)
         return Response(status_code=204)
 
     # -- snapshot and watch ---------------------------------------------------------------
@@ -368,7 +369,11 @@ def build_router() -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def watch(
-        env: str, request: Request, principal: EnvironmentReader, session: DbSession
+        env: str,
+        request: Request,
+        principal: EnvironmentReader,
+        actor: CallerActor,
+        session: DbSession,
     ) -> Response:
         """The environment's changes as Server-Sent Events (``event: flags``, data
         ``{"seq", "stream": "flags", "subject": "<env>", "data": {"version", "keys",
@@ -391,7 +396,7 @@ def build_router() -> APIRouter:
             [service.FLAGS_STREAM],
             since=after,
             allow=keep,
-            actor=request_actor(request, principal),
+            actor=actor,
             action="flags.changes.watch",
             target_type="flags_environment",
             target_id=env,
