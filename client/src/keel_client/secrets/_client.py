@@ -24,7 +24,7 @@ import time
 import types
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, NoReturn, Self
+from typing import Any, NoReturn, Self, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -36,19 +36,18 @@ from keel_client.http import (
     BaseAPIClient,
     ClientError,
     KeelHTTPError,
+    RequestOptions,
     ResponseValidationError,
     SyncBaseAPIClient,
 )
 from keel_client.secrets._cache import MISSING, CacheKey, SecretCache
+from keel_client.secrets._dynamic import DynamicCredential, parse_lease
 from keel_client.secrets._exceptions import (
     CheckAndSetConflict,
     SecretNotFound,
     SecretPermissionDenied,
     SecretsError,
 )
-
-if TYPE_CHECKING:
-    from keel_client.secrets._dynamic import DynamicCredential
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -209,6 +208,14 @@ class _SecretsCore:
         raise SecretsError(f"{action} {where} refused: {detail}", **fields) from error
 
 
+def _check_shared(
+    base_url: str | None, auth: str | SecretStr | httpx.Auth | None, options: Mapping[str, Any]
+) -> None:
+    """An ``api=`` carries the URL, the credential and the HTTP options: none besides it."""
+    if base_url is not None or auth is not None or options:
+        raise ValueError("give either base_url, auth and HTTP options, or api=, not both")
+
+
 def _has_data(response: httpx.Response) -> bool:
     try:
         body = response.json()
@@ -248,8 +255,12 @@ class SecretsClient:
         secrets = SecretsClient.from_env()     # KEEL_URL and KEEL_TOKEN
 
     ``auth`` is an API key or access token (sent as ``Authorization: Bearer``) or any
-    ``httpx.Auth`` (e.g. ``keel_client.auth.ServiceCredentials``). Paths are relative to
-    ``mount``; each call may name another with ``mount=``.
+    ``httpx.Auth`` (e.g. ``keel_client.auth.ServiceCredentials``); or pass ``api=`` (a
+    ``BaseAPIClient`` for Keel, e.g. the one ``keel_client.Keel`` shares between its
+    sub-clients) instead of ``base_url``, ``auth`` and the HTTP options: the client then
+    leaves it open. Paths are relative to ``mount``; each call may name another with
+    ``mount=``. The calls that reach Keel take per-call ``RequestOptions`` (``timeout``,
+    ``deadline``, ``max_retries``, ``idempotency_key``...) over the client's defaults.
 
     Reads are cached per secret for ``cache_ttl`` seconds (0 turns the cache off), at most
     ``cache_size`` secrets, least recently used out first; ``set`` drops the secret it wrote,
@@ -269,6 +280,7 @@ class SecretsClient:
         base_url: str | None = None,
         *,
         auth: str | SecretStr | httpx.Auth | None = None,
+        api: BaseAPIClient | None = None,
         mount: str = DEFAULT_MOUNT,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -284,9 +296,14 @@ class SecretsClient:
         self.max_concurrency = max_concurrency
         self._in_flight: dict[CacheKey, asyncio.Future[dict[str, Any]]] = {}
         self._leases: set[DynamicCredential] = set()
-        options.setdefault("name", "SecretsClient")
+        self._owns_api = api is None
+        if api is None:
+            options.setdefault("name", "SecretsClient")
+            api = BaseAPIClient(base_url, auth=_as_auth(auth), **options)
+        else:
+            _check_shared(base_url, auth, options)
         #: The resilient HTTP client the calls go through (retries, breaker, metrics).
-        self.api = BaseAPIClient(base_url, auth=_as_auth(auth), **options)
+        self.api = api
 
     async def __aenter__(self) -> Self:
         return self
@@ -311,11 +328,20 @@ class SecretsClient:
         """The client's cache (``len``, ``invalidate``, ``clear``)."""
         return self._secrets.cache
 
-    async def get(self, path: str, key: str | None = None, *, mount: str | None = None) -> Any:
+    async def get(
+        self,
+        path: str,
+        key: str | None = None,
+        *,
+        mount: str | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> Any:
         """The secret's data as a dict, or with ``key`` that key's value.
 
         Raises :class:`SecretNotFound` when there is no secret at ``path`` (or its latest
         version is deleted, or it has no ``key``), :class:`SecretPermissionDenied` on 403.
+        ``options`` apply to the read a cache miss sends (a read already in flight for the
+        same secret is joined as it is).
         """
         cache_key = self._secrets.key(path, mount)
         cache = self._secrets.cache
@@ -329,11 +355,11 @@ class SecretsClient:
             cached = cache.get(cache_key)
             if cached is not None:
                 return cached
-        data = await self._read(cache_key)
+        data = await self._read(cache_key, options)
         return self._secrets.pick(data, cache_key, key)
 
     async def get_many(
-        self, paths: Iterable[str], *, mount: str | None = None
+        self, paths: Iterable[str], *, mount: str | None = None, **options: Unpack[RequestOptions]
     ) -> dict[str, dict[str, Any]]:
         """Several secrets at once, fetched concurrently (at most ``max_concurrency`` at a
         time): ``{path: data}`` keyed by the paths as given. The first failure, in the order
@@ -343,7 +369,7 @@ class SecretsClient:
 
         async def one(path: str) -> dict[str, Any]:
             async with limit:
-                data: dict[str, Any] = await self.get(path, mount=mount)
+                data: dict[str, Any] = await self.get(path, mount=mount, **options)
                 return data
 
         results = await asyncio.gather(*(one(path) for path in wanted), return_exceptions=True)
@@ -359,17 +385,19 @@ class SecretsClient:
         *,
         cas: int | None = None,
         mount: str | None = None,
+        **options: Unpack[RequestOptions],
     ) -> int:
         """Write a new version of the secret (values may be ``SecretStr``); return its number.
 
         ``cas=0`` writes only a new secret, ``cas=n`` only over version ``n``; a mismatch
-        raises :class:`CheckAndSetConflict`. The cached copy of the secret is dropped.
+        raises :class:`CheckAndSetConflict`. The cached copy of the secret is dropped. A write
+        is retried only with ``idempotent=True`` or an ``idempotency_key``.
         """
         cache_key = self._secrets.key(path, mount)
         body = self._secrets.write_body(data, cas)
         self._forget(cache_key)
         try:
-            response = await self.api.post(self._secrets.data_url(cache_key), json=body)
+            response = await self.api.post(self._secrets.data_url(cache_key), json=body, **options)
         except ClientError as error:
             self._secrets.translate(error, cache_key, action="write", cas=cas)
         finally:
@@ -392,6 +420,7 @@ class SecretsClient:
         mount: str = DEFAULT_DATABASE_MOUNT,
         renew: bool = True,
         increment: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> DynamicCredential:
         """New database credentials from a dynamic-secrets role, as a lease renewed in the
         background at two thirds of its TTL until its max TTL or :meth:`DynamicCredential.close`.
@@ -404,24 +433,23 @@ class SecretsClient:
             ...
             await creds.revoke()
         """
-        from keel_client.secrets._dynamic import DynamicCredential, parse_lease
-
         role_path = check_path(role)
         mount = check_mount(mount)
         where = (mount, role_path)
         requested_at = time.monotonic()
         try:
             response = await self.api.get(
-                f"{API_PREFIX}/{mount}/creds/{quote(role_path, safe='/')}"
+                f"{API_PREFIX}/{mount}/creds/{quote(role_path, safe='/')}", **options
             )
         except ClientError as error:
             self._secrets.translate(error, where, action="issue credentials from", noun="role")
         credential = DynamicCredential(
-            self,
+            self.api,
             parse_lease(response, where),
             renew=renew,
             increment=increment,
             requested_at=requested_at,
+            on_close=self._leases.discard,
         )
         self._leases.add(credential)
         credential.start()
@@ -429,19 +457,20 @@ class SecretsClient:
 
     async def aclose(self) -> None:
         """Stop renewing every lease this client handed out (leases are not revoked), then
-        close pooled connections."""
+        close pooled connections (not those of an ``api=`` it was given)."""
         for credential in list(self._leases):
             await credential.close()
-        await self.api.aclose()
+        if self._owns_api:
+            await self.api.aclose()
 
     def _forget(self, key: CacheKey) -> None:
         self._in_flight.pop(key, None)
         self._secrets.cache.invalidate(key)
 
-    async def _read(self, key: CacheKey) -> dict[str, Any]:
+    async def _read(self, key: CacheKey, options: RequestOptions) -> dict[str, Any]:
         future = self._in_flight.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._fetch(key))
+            future = asyncio.ensure_future(self._fetch(key, options))
             self._in_flight[key] = future
 
             def done(finished: asyncio.Future[dict[str, Any]]) -> None:
@@ -453,10 +482,10 @@ class SecretsClient:
         data = await asyncio.shield(future)
         return copy.deepcopy(data)
 
-    async def _fetch(self, key: CacheKey) -> dict[str, Any]:
+    async def _fetch(self, key: CacheKey, options: RequestOptions) -> dict[str, Any]:
         epoch = self._secrets.cache.epoch
         try:
-            response = await self.api.get(self._secrets.data_url(key))
+            response = await self.api.get(self._secrets.data_url(key), **options)
         except ClientError as error:
             self._secrets.translate(error, key, action="read")
         data = self._secrets.parse_read(response, key)
@@ -477,7 +506,8 @@ class SyncSecretsClient:
             secrets.set("apps/billing/db", {"password": new})
 
     Dynamic credentials, whose lease is renewed by a background task, are on the async
-    :class:`SecretsClient` only.
+    :class:`SecretsClient` only. ``api=`` (a ``SyncBaseAPIClient``) and per-call options as
+    :class:`SecretsClient` takes them.
     """
 
     def __init__(
@@ -485,6 +515,7 @@ class SyncSecretsClient:
         base_url: str | None = None,
         *,
         auth: str | SecretStr | httpx.Auth | None = None,
+        api: SyncBaseAPIClient | None = None,
         mount: str = DEFAULT_MOUNT,
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
@@ -498,9 +529,14 @@ class SyncSecretsClient:
         if max_concurrency < 1:
             raise ValueError("max_concurrency is at least 1")
         self.max_concurrency = max_concurrency
-        options.setdefault("name", "SyncSecretsClient")
+        self._owns_api = api is None
+        if api is None:
+            options.setdefault("name", "SyncSecretsClient")
+            api = SyncBaseAPIClient(base_url, auth=_as_auth(auth), **options)
+        else:
+            _check_shared(base_url, auth, options)
         #: The resilient HTTP client the calls go through (retries, breaker, metrics).
-        self.api = SyncBaseAPIClient(base_url, auth=_as_auth(auth), **options)
+        self.api = api
 
     def __enter__(self) -> Self:
         return self
@@ -514,8 +550,9 @@ class SyncSecretsClient:
         self.close()
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self.api.close()
+        """Close pooled connections (not those of an ``api=`` it was given)."""
+        if self._owns_api:
+            self.api.close()
 
     @classmethod
     def from_env(
@@ -530,7 +567,14 @@ class SyncSecretsClient:
     def cache(self) -> SecretCache:
         return self._secrets.cache
 
-    def get(self, path: str, key: str | None = None, *, mount: str | None = None) -> Any:
+    def get(
+        self,
+        path: str,
+        key: str | None = None,
+        *,
+        mount: str | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> Any:
         """The secret's data as a dict, or with ``key`` that key's value."""
         cache_key = self._secrets.key(path, mount)
         cache = self._secrets.cache
@@ -544,19 +588,19 @@ class SyncSecretsClient:
             cached = cache.get(cache_key)
             if cached is not None:
                 return cached
-        return self._secrets.pick(self._fetch(cache_key), cache_key, key)
+        return self._secrets.pick(self._fetch(cache_key, options), cache_key, key)
 
     def get_many(
-        self, paths: Iterable[str], *, mount: str | None = None
+        self, paths: Iterable[str], *, mount: str | None = None, **options: Unpack[RequestOptions]
     ) -> dict[str, dict[str, Any]]:
         """Several secrets at once, fetched concurrently on threads; see
         :meth:`SecretsClient.get_many`."""
         wanted = list(dict.fromkeys(paths))
         if len(wanted) <= 1:
-            return {path: self.get(path, mount=mount) for path in wanted}
+            return {path: self.get(path, mount=mount, **options) for path in wanted}
         workers = min(self.max_concurrency, len(wanted))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keel-secrets") as pool:
-            futures = [pool.submit(self.get, path, mount=mount) for path in wanted]
+            futures = [pool.submit(self.get, path, mount=mount, **options) for path in wanted]
             # In order: the first failure in the order of ``paths`` is the one raised.
             return {path: future.result() for path, future in zip(wanted, futures, strict=True)}
 
@@ -567,13 +611,14 @@ class SyncSecretsClient:
         *,
         cas: int | None = None,
         mount: str | None = None,
+        **options: Unpack[RequestOptions],
     ) -> int:
         """Write a new version of the secret; see :meth:`SecretsClient.set`."""
         cache_key = self._secrets.key(path, mount)
         body = self._secrets.write_body(data, cas)
         self._secrets.cache.invalidate(cache_key)
         try:
-            response = self.api.post(self._secrets.data_url(cache_key), json=body)
+            response = self.api.post(self._secrets.data_url(cache_key), json=body, **options)
         except ClientError as error:
             self._secrets.translate(error, cache_key, action="write", cas=cas)
         finally:
@@ -586,10 +631,10 @@ class SyncSecretsClient:
     def clear_cache(self) -> None:
         self._secrets.cache.clear()
 
-    def _fetch(self, key: CacheKey) -> dict[str, Any]:
+    def _fetch(self, key: CacheKey, options: RequestOptions) -> dict[str, Any]:
         epoch = self._secrets.cache.epoch
         try:
-            response = self.api.get(self._secrets.data_url(key))
+            response = self.api.get(self._secrets.data_url(key), **options)
         except ClientError as error:
             self._secrets.translate(error, key, action="read")
         data = self._secrets.parse_read(response, key)

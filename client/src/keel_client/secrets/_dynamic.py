@@ -23,17 +23,15 @@ import contextlib
 import logging
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
 
-from keel_client.http import ClientError, KeelHTTPError, ResponseValidationError
-
-if TYPE_CHECKING:
-    from keel_client.secrets._client import SecretsClient
+from keel_client.http import BaseAPIClient, ClientError, KeelHTTPError, ResponseValidationError
 
 __all__ = ["RENEW_PATH", "REVOKE_PATH", "DynamicCredential", "parse_lease", "renewal_delay"]
 
@@ -110,17 +108,21 @@ class DynamicCredential:
 
     def __init__(
         self,
-        client: SecretsClient,
+        api: BaseAPIClient,
         lease: Lease,
         *,
         renew: bool = True,
         increment: float | None = None,
         requested_at: float | None = None,
+        on_close: Callable[[DynamicCredential], None] | None = None,
     ) -> None:
-        """``requested_at``: ``time.monotonic()`` when the lease was asked for. Keel counts the
-        TTL from its side of that request, so the lease is counted from the request, not from
-        the answer, which a slow issue (seconds, under load) would leave late."""
-        self._client = client
+        """``api``: the client renewals and the revocation go through. ``requested_at``:
+        ``time.monotonic()`` when the lease was asked for. Keel counts the TTL from its side
+        of that request, so the lease is counted from the request, not from the answer, which
+        a slow issue (seconds, under load) would leave late. ``on_close``: called once the
+        renewal stopped (the issuing ``SecretsClient`` forgets the lease)."""
+        self._api = api
+        self._on_close = on_close
         self.lease_id = lease.lease_id
         self.username = str(lease.data["username"])
         self.password = SecretStr(str(lease.data["password"]))
@@ -166,7 +168,7 @@ class DynamicCredential:
         """Renew now; returns the TTL Keel granted (capped by the role's max TTL)."""
         asked = _whole_seconds(self.increment if increment is None else increment)
         sent, sent_at = time.monotonic(), datetime.now(UTC)
-        response = await self._client.api.put(
+        response = await self._api.put(
             RENEW_PATH,
             json={"lease_id": self.lease_id, "increment": asked},
             idempotent=True,
@@ -195,14 +197,15 @@ class DynamicCredential:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._client._leases.discard(self)
+        if self._on_close is not None:
+            self._on_close(self)
 
     async def revoke(self) -> None:
         """Stop renewing and revoke the lease: Keel drops the login now."""
         await self.close()
         if self.is_revoked:
             return
-        await self._client.api.put(REVOKE_PATH, json={"lease_id": self.lease_id}, idempotent=True)
+        await self._api.put(REVOKE_PATH, json={"lease_id": self.lease_id}, idempotent=True)
         self.is_revoked = True
 
     async def __aenter__(self) -> Self:
