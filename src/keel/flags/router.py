@@ -21,7 +21,7 @@ from keel.auth.dependencies import (
 )
 from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context
-from keel.core.http import etag_for, is_not_modified
+from keel.core.http import ServiceRouter, etag_for, is_not_modified
 from keel.core.versioned import with_etag
 from keel.flags import schemas, service
 from keel.flags.auth import (
@@ -62,7 +62,7 @@ def _segment(environment: str, segment: Segment) -> schemas.Segment:
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["flags"])
+    router = ServiceRouter(prefix="/v1", tags=["flags"])
 
     # -- environments ---------------------------------------------------------------------
 
