@@ -1,4 +1,5 @@
-"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, a running Keel app.
+"""Shared fixtures: real SQLite and PostgreSQL databases, real Redis, a running Keel app and
+a tenant administrator of it. Helpers that are not fixtures live in ``tests/support``.
 
 PostgreSQL and Redis are found at 127.0.0.1 (or ``KEEL_TEST_DATABASE_URL`` /
 ``KEEL_TEST_REDIS_URL``). Where they are missing their tests are skipped with one line saying
@@ -25,8 +26,9 @@ from keel.app import build_context, create_app, start_services
 from keel.core.db import Database
 from keel.migrations import upgrade
 from keel.settings import Settings
-from support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
-from support.keel_process import TEST_MASTER_KEY
+from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
+from tests.support.keel_process import TEST_MASTER_KEY
+from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -141,3 +143,16 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
         yield http
+
+
+@pytest.fixture
+async def admin(app: FastAPI) -> TenantAdmin:
+    """A tenant of this test alone and its administrator's API key (the shared PostgreSQL
+    database holds every test's tenants, so a test never assumes it sees the only one)."""
+    return await make_tenant_admin(app)
+
+
+@pytest.fixture
+def headers(admin: TenantAdmin) -> dict[str, str]:
+    """The administrator's ``Authorization`` header."""
+    return admin.headers

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
-from support.keel_process import keel_env
+from tests.support.keel_process import keel_env
 
 
 async def test_ready_answers_200_with_database_check(client: httpx.AsyncClient) -> None:

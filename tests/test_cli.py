@@ -30,8 +30,8 @@ from keel.cli import SERVICE_COMMANDS, conventional_metavar
 from keel.cli import app as keel_app
 from keel.migrations import head_revision
 from keel.settings import KNOWN_SERVICES
-from support.keel_cli import invoke_keel
-from support.keel_process import (
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import (
     KEEL,
     TEST_MASTER_KEY,
     free_port,

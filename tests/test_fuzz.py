@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
-from support.keel_cli import invoke_keel
-from support.keel_process import keel_env, keel_server, read_log_lines
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import keel_env, keel_server, read_log_lines
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 #: Cases per operation in ``make test``: about 40 s a database on a quiet 2-core machine

@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
-from support.keel_process import TEST_MASTER_KEY
-from support.tcpproxy import TcpProxy, tcp_proxy
+from tests.support.keel_process import TEST_MASTER_KEY
+from tests.support.tcpproxy import TcpProxy, tcp_proxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

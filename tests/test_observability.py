@@ -30,8 +30,8 @@ from keel.core.logging import REDACTED
 from keel.core.metrics import UNMATCHED_ROUTE
 from keel.core.telemetry import scrub_event
 from keel.settings import OtelSettings, Settings
-from support.failing_app import SECRETS
-from support.keel_process import (
+from tests.support.failing_app import SECRETS
+from tests.support.keel_process import (
     KeelServer,
     keel_env,
     keel_server,
@@ -321,7 +321,7 @@ def test_unhandled_error_reaches_sentry_without_pii_or_secrets(
         KEEL_LOG_FORMAT="json",
     )
     with (
-        uvicorn_server("support.failing_app:create_app", tmp_path, env) as server,
+        uvicorn_server("tests.support.failing_app:create_app", tmp_path, env) as server,
         server.client() as http,
     ):
         response = http.get(

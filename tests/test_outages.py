@@ -27,16 +27,15 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from auth.conftest import PASSWORD, TenantAdmin, create_user, make_tenant_admin
-from flags.conftest import API as FLAGS_API
-from flags.conftest import new_environment, new_flag
-from flags.test_watch import next_flags_event, watching
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import AuthSettings, Settings
-from support.asgi import serve_over_tcp
-from support.keel_process import TEST_MASTER_KEY, free_port
-from support.tcpproxy import TcpProxy, tcp_proxy
+from tests.support.asgi import serve_over_tcp
+from tests.support.flags_api import API as FLAGS_API
+from tests.support.flags_api import new_environment, new_flag, next_flags_event, watching
+from tests.support.keel_process import TEST_MASTER_KEY, free_port
+from tests.support.tcpproxy import TcpProxy, tcp_proxy
+from tests.support.tenants import PASSWORD, TenantAdmin, create_user, make_tenant_admin
 
 #: Generous: the machine running the tests is shared and loaded. The configured bounds are
 #: 2 s to connect or ping and 5 s a statement; before, a silent database took 30 s and more.

@@ -18,9 +18,9 @@ from sqlalchemy.engine import make_url
 
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.migrations import head_revision
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, free_port, keel_env, keel_server
-from support.tcpproxy import threaded_tcp_proxy
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, free_port, keel_env, keel_server
+from tests.support.tcpproxy import threaded_tcp_proxy
 
 POOL_GAUGES = ("size", "checked_out", "overflow", "checked_in")
 

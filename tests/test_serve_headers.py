@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from keel.core.errors import PROBLEM_CONTENT_TYPE
-from support.keel_process import KeelServer, keel_env, keel_server
+from tests.support.keel_process import KeelServer, keel_env, keel_server
 
 #: Small, so that a handful of attempts is over it even if a minute boundary falls between.
 LOGIN_LIMIT = 2

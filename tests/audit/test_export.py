@@ -21,18 +21,13 @@ from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth.conftest import (
-    TenantAdmin,
-    audit_events,
-    create_api_key,
-    create_role,
-    create_user,
-)
 from keel.audit import export
 from keel.audit.service import AuditLog, EventFilter
 from keel.core.audit import ActionSpec, build_document
 from keel_client.audit import ProofError, TreeHead, event_leaf_hash, public_keys_from_jwks
 from keel_client.audit.export import CSV_COLUMNS, verify_export_csv, verify_export_lines
+from tests.support.audit import audit_events
+from tests.support.tenants import TenantAdmin, create_api_key, create_role, create_user
 
 ACTION = "shop.order.place"
 

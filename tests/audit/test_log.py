@@ -15,7 +15,6 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 
-from auth.conftest import TenantAdmin, audit_events, create_user, make_tenant_admin
 from keel.app import create_app
 from keel.settings import DatabasePoolSettings, Settings
 from keel_client.audit import (
@@ -28,6 +27,8 @@ from keel_client.audit import (
     verify_inclusion,
     verify_tree_head,
 )
+from tests.support.audit import audit_events
+from tests.support.tenants import TenantAdmin, create_user, make_tenant_admin
 
 ACTION = "billing.invoice.pay"
 
@@ -313,7 +314,7 @@ async def test_reading_and_writing_need_their_permissions(
     response = await client.get("/audit/v1/events")
     assert response.status_code == 401
     user = await create_user(app, admin.tenant_id, "reader")
-    from auth.conftest import create_api_key
+    from tests.support.tenants import create_api_key
 
     _, key = await create_api_key(app, admin.tenant_id, user.id)
     forbidden = await client.get("/audit/v1/events", headers={"Authorization": f"Bearer {key}"})

@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from auth.conftest import TenantAdmin, audit_events, make_tenant_admin, unit_of_work
 from keel.audit import verify
 from keel.audit.retention import (
     ERASE_ACTION,
@@ -37,8 +36,11 @@ from keel_client.audit import (
     verify_tree_head,
 )
 from keel_client.audit.export import verify_export_lines
-from support.keel_cli import invoke_keel, invoke_keel_async
-from support.keel_process import keel_env
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.keel_cli import invoke_keel, invoke_keel_async
+from tests.support.keel_process import keel_env
+from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=200)

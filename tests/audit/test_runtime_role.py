@@ -14,12 +14,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from auth.conftest import make_tenant_admin
 from keel.app import create_app
 from keel.audit.service import AuditLog
 from keel.audit.verify import verify_tenant
 from keel.settings import Settings
-from support.keel_process import TEST_MASTER_KEY
+from tests.support.keel_process import TEST_MASTER_KEY
+from tests.support.tenants import make_tenant_admin
 
 LOG_TABLES = ("audit_events", "audit_nodes", "audit_tree_heads")
 

@@ -17,7 +17,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.service import StoredEvent
 from keel.core.audit import (
     TRANSACTION_ACTION,
@@ -38,6 +37,9 @@ from keel_client.audit.client import (
     currency_minor_units,
 )
 from keel_client.http import BearerToken, ClientError, RetryPolicy
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.tenants import TenantAdmin
 
 EXACT_AMOUNTS = ["0.10", "1234567890123.45", "-5.00", "0", "1234.5"]
 WHEN = datetime(2026, 3, 14, 9, 26, 53, 589793, tzinfo=timezone(timedelta(hours=2)))

@@ -19,12 +19,13 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from auth.conftest import TenantAdmin, audit_events, make_tenant_admin
 from keel.audit.models import AuditEvent
 from keel.settings import Settings
 from keel_client.audit import leaf_hash
-from support.keel_cli import invoke_keel_async
-from support.keel_process import keel_env
+from tests.support.audit import audit_events
+from tests.support.keel_cli import invoke_keel_async
+from tests.support.keel_process import keel_env
+from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 ACTION = "billing.invoice.pay"
 BATCHES = (5, 4, 7)  # 16 events under three signed heads

@@ -14,7 +14,6 @@ from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth.conftest import TenantAdmin, audit_events, unit_of_work
 from keel.audit.models import AuditEvent
 from keel.audit.service import AuditLog
 from keel.audit.verify import Report, verify_tenant
@@ -23,6 +22,9 @@ from keel.core.audit import ActionSpec, AuditOutbox, build_document, outbox_rows
 from keel.core.db import Database
 from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import Settings
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.tenants import TenantAdmin
 
 
 async def issue_event(session: AsyncSession, tenant_id: str) -> dict[str, Any]:

@@ -12,22 +12,22 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from auth.conftest import (
-    TenantAdmin,
-    auth_service,
-    bearer,
-    create_api_key,
-    create_role,
-    create_user,
-    login_tokens,
-    unit_of_work,
-)
 from keel.auth.credentials import API_KEY_PREFIX, parse_api_key
 from keel.auth.models import ApiKey
 from keel.auth.service import API_KEYS
 from keel.core.cache import invalidate_after_commit
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
+from tests.support.apps import unit_of_work
+from tests.support.logins import login_tokens
+from tests.support.tenants import (
+    TenantAdmin,
+    auth_service,
+    bearer,
+    create_api_key,
+    create_role,
+    create_user,
+)
 
 KEY_FORMAT = re.compile(r"keel_[0-9A-Za-z]{46}")
 

@@ -18,18 +18,13 @@ import pyotp
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from auth.conftest import (
-    PASSWORD,
-    TenantAdmin,
-    audit_events,
-    bearer,
-    create_user,
-    login_tokens,
-    unit_of_work,
-)
 from keel.auth.models import AuthorizationCode
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.logins import login_tokens
+from tests.support.tenants import PASSWORD, TenantAdmin, bearer, create_user
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
 AUTHORIZE = "/auth/v1/oauth/authorize"

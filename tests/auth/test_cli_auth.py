@@ -9,10 +9,11 @@ from pathlib import Path
 
 import jwt
 
-from auth.conftest import PASSWORD, bearer, running
 from keel.settings import Settings
-from support.keel_cli import invoke_keel_async
-from support.keel_process import TEST_MASTER_KEY
+from tests.support.apps import running
+from tests.support.keel_cli import invoke_keel_async
+from tests.support.keel_process import TEST_MASTER_KEY
+from tests.support.tenants import PASSWORD, bearer
 
 EXIT_USAGE = 2
 

@@ -19,7 +19,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import (
+from keel.auth.bootstrap import restore_admin
+from keel.auth.models import PrincipalType
+from keel.auth.service import ADMIN_ROLE
+from keel.core.tenancy import bind_tenant
+from tests.support.apps import unit_of_work
+from tests.support.tenants import (
     TenantAdmin,
     auth_service,
     bearer,
@@ -27,12 +32,7 @@ from auth.conftest import (
     create_role,
     create_service_account,
     create_user,
-    unit_of_work,
 )
-from keel.auth.bootstrap import restore_admin
-from keel.auth.models import PrincipalType
-from keel.auth.service import ADMIN_ROLE
-from keel.core.tenancy import bind_tenant
 
 ROLE_MANAGER = [
     "auth:role:update",

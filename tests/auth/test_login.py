@@ -11,24 +11,22 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from auth.conftest import (
-    OTHER_PASSWORD,
-    PASSWORD,
-    TenantAdmin,
-    audit_events,
-    auth_service,
-    bearer,
-    create_user,
-    login,
-    make_tenant_admin,
-    running,
-    unit_of_work,
-    with_auth,
-)
 from keel.auth.models import User
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from keel.settings import Settings
+from tests.support.apps import running, unit_of_work, with_auth
+from tests.support.audit import audit_events
+from tests.support.logins import login
+from tests.support.tenants import (
+    OTHER_PASSWORD,
+    PASSWORD,
+    TenantAdmin,
+    auth_service,
+    bearer,
+    create_user,
+    make_tenant_admin,
+)
 
 
 async def _user_row(app: FastAPI, tenant_id: str, username: str) -> User:

@@ -14,21 +14,21 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from auth.conftest import (
-    PASSWORD,
-    TenantAdmin,
-    audit_events,
-    auth_service,
-    bearer,
-    create_service_account,
-    create_user,
-    login_tokens,
-    unit_of_work,
-)
 from keel.auth.mfa import matching_step, new_recovery_code, normalise_code
 from keel.auth.models import User, UserTotp
 from keel.core.crypto import DecryptionError
 from keel.core.tenancy import bind_tenant
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.logins import login_tokens
+from tests.support.tenants import (
+    PASSWORD,
+    TenantAdmin,
+    auth_service,
+    bearer,
+    create_service_account,
+    create_user,
+)
 
 STEP = 30
 

@@ -13,22 +13,22 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from auth.conftest import (
+from keel.app import create_app
+from keel.audit.service import EventFilter
+from keel.auth.models import PrincipalType
+from keel.core.audit import AuditOutbox
+from keel.settings import Settings
+from tests.support.apps import unit_of_work
+from tests.support.logins import login_tokens
+from tests.support.tenants import (
     TenantAdmin,
     auth_service,
     bearer,
     create_role,
     create_service_account,
     create_user,
-    login_tokens,
     make_tenant_admin,
-    unit_of_work,
 )
-from keel.app import create_app
-from keel.audit.service import EventFilter
-from keel.auth.models import PrincipalType
-from keel.core.audit import AuditOutbox
-from keel.settings import Settings
 
 TOKEN = "/auth/v1/oauth/token"
 INTROSPECT = "/auth/v1/oauth/introspect"

@@ -21,8 +21,8 @@ import pytest
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, free_port, keel_env, keel_server
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, free_port, keel_env, keel_server
 
 PASSWORD = "plum-Tractor-kettle-47"
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")

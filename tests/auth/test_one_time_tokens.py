@@ -10,22 +10,21 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
-from auth.conftest import (
-    OTHER_PASSWORD,
-    PASSWORD,
-    TenantAdmin,
-    audit_events,
-    auth_service,
-    bearer,
-    create_user,
-    login,
-    login_tokens,
-    unit_of_work,
-)
 from keel.auth.models import OneTimeToken, OneTimeTokenPurpose
 from keel.auth.one_time_tokens import AccountTokenMessage, purge_spent_one_time_rows
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.logins import login, login_tokens
+from tests.support.tenants import (
+    OTHER_PASSWORD,
+    PASSWORD,
+    TenantAdmin,
+    auth_service,
+    bearer,
+    create_user,
+)
 
 NEW_PASSWORD = "saffron-Glacier-lantern-19"
 

@@ -11,23 +11,21 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
 
-from auth.conftest import (
-    OTHER_PASSWORD,
-    PASSWORD,
-    TenantAdmin,
-    auth_service,
-    create_user,
-    login,
-    make_tenant_admin,
-    running,
-    unit_of_work,
-    with_auth,
-)
 from keel.auth.models import User
 from keel.auth.passwords import Passwords, policy_violations
 from keel.core.errors import ValidationFailed
 from keel.core.tenancy import bind_tenant
 from keel.settings import AuthSettings, Settings
+from tests.support.apps import running, unit_of_work, with_auth
+from tests.support.logins import login
+from tests.support.tenants import (
+    OTHER_PASSWORD,
+    PASSWORD,
+    TenantAdmin,
+    auth_service,
+    create_user,
+    make_tenant_admin,
+)
 
 PASSWORDS = Passwords(AuthSettings())
 CHEAP_PASSWORDS = Passwords(AuthSettings(argon2_time_cost=1, argon2_memory_kib=1024))

@@ -10,21 +10,21 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import (
+from keel_client.auth import (
+    has_permission,
+    is_valid_permission,
+    narrow_permissions,
+    permission_matches,
+)
+from tests.support.logins import login_tokens
+from tests.support.tenants import (
     TenantAdmin,
     bearer,
     create_api_key,
     create_role,
     create_service_account,
     create_user,
-    login_tokens,
     make_tenant_admin,
-)
-from keel_client.auth import (
-    has_permission,
-    is_valid_permission,
-    narrow_permissions,
-    permission_matches,
 )
 
 

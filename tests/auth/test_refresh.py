@@ -7,7 +7,8 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, bearer, create_user, login_tokens
+from tests.support.logins import login_tokens
+from tests.support.tenants import TenantAdmin, bearer, create_user
 
 
 async def _refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:

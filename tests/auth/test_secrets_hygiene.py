@@ -12,19 +12,19 @@ import pytest
 import structlog
 from fastapi import FastAPI
 
-from auth.conftest import (
-    PASSWORD,
-    TenantAdmin,
-    audit_events,
-    bearer,
-    create_service_account,
-    create_user,
-    login_tokens,
-    make_tenant_admin,
-)
 from keel.audit.service import StoredEvent
 from keel.core.logging import configure_logging
 from keel.settings import LogFormat
+from tests.support.audit import audit_events
+from tests.support.logins import login_tokens
+from tests.support.tenants import (
+    PASSWORD,
+    TenantAdmin,
+    bearer,
+    create_service_account,
+    create_user,
+    make_tenant_admin,
+)
 
 
 @pytest.fixture

@@ -22,15 +22,6 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from auth.conftest import (
-    TenantAdmin,
-    auth_service,
-    bearer,
-    make_tenant_admin,
-    running,
-    unit_of_work,
-    with_auth,
-)
 from keel.auth.keys import LoadedKey, SigningKeys
 from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.core.crypto import DecryptionError
@@ -38,6 +29,8 @@ from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from keel.settings import AuthSettings, Settings
 from keel_client.auth import InvalidToken, TokenVerifier
+from tests.support.apps import running, unit_of_work, with_auth
+from tests.support.tenants import TenantAdmin, auth_service, bearer, make_tenant_admin
 
 ISSUER = "http://keel.test"
 

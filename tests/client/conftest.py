@@ -1,6 +1,5 @@
-"""Fixtures the SDK tests share: a tenant administrator of the in-process Keel (SQLite and
-PostgreSQL, through the ``app`` fixture), and that Keel served over real TCP by uvicorn (a
-watch is a streamed response)."""
+"""Fixtures the SDK tests share: the in-process Keel (SQLite and PostgreSQL, through the
+``app`` fixture) served over real TCP by uvicorn (a watch is a streamed response)."""
 
 from __future__ import annotations
 
@@ -9,14 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, make_tenant_admin
-from support.asgi import serve_over_tcp
-
-
-@pytest.fixture
-async def admin(app: FastAPI) -> TenantAdmin:
-    """A tenant of this test alone and its administrator's API key."""
-    return await make_tenant_admin(app)
+from tests.support.asgi import serve_over_tcp
 
 
 @pytest.fixture

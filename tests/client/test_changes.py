@@ -13,14 +13,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, admin
 from keel_client.changes import Change, ServerSentEvent, SSEDecoder, watch_changes
 from keel_client.http import BaseAPIClient, BearerToken, ClientError
-from secrets_service.test_kv import vault, write
-from support.asgi import serve_over_tcp
-from support.tcpproxy import TcpProxy, tcp_proxy
-
-__all__ = ["admin"]
+from tests.support.asgi import serve_over_tcp
+from tests.support.secrets_api import vault, write
+from tests.support.tcpproxy import TcpProxy, tcp_proxy
+from tests.support.tenants import TenantAdmin
 
 CHANGES = "/secrets/v1/sys/changes"
 

@@ -10,8 +10,9 @@ import uuid
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, audit_events, make_tenant_admin
-from config.conftest import API, member, new_app, write
+from tests.support.audit import audit_events
+from tests.support.config_api import API, new_app, write
+from tests.support.tenants import TenantAdmin, make_tenant_admin, member
 
 LIMITS_SCHEMA = {
     "type": "object",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from config.conftest import SERVICES
 from keel.config.cli import parse_assignments, parse_value
-from support.keel_cli import Deployment, initialised_deployment
+from tests.support.config_api import SERVICES
+from tests.support.keel_cli import Deployment, initialised_deployment
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

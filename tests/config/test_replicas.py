@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from config.conftest import API, SERVICES
 from keel_client.changes import ServerSentEvent, SSEDecoder
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, keel_env, keel_server
+from tests.support.config_api import API, SERVICES
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, keel_env, keel_server
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 

@@ -14,13 +14,14 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, audit_events
-from config.conftest import API, member, new_app, write
 from keel.config.service import MAX_EVENT_VALUES_BYTES, _change_event
 from keel.config.validation import diff_values
 from keel_client.changes import ServerSentEvent, SSEDecoder
-from support.asgi import serve_over_tcp
-from support.tcpproxy import tcp_proxy
+from tests.support.asgi import serve_over_tcp
+from tests.support.audit import audit_events
+from tests.support.config_api import API, new_app, write
+from tests.support.tcpproxy import tcp_proxy
+from tests.support.tenants import TenantAdmin, member
 
 
 @dataclass

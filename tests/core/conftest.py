@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from keel.core.broadcast import Broadcast, InMemoryBroadcast, RedisBroadcast
+from keel.core.broadcast import Broadcast
 from keel.settings import Settings
+from tests.support.broadcasts import open_broadcast
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -17,16 +18,6 @@ def broadcast_redis_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "memory":
         return None
     return str(request.getfixturevalue("redis_url"))
-
-
-async def open_broadcast(redis_url: str | None) -> Broadcast:
-    broadcast: Broadcast = (
-        InMemoryBroadcast()
-        if redis_url is None
-        else RedisBroadcast(redis_url, reconnect_delay=0.05)
-    )
-    await broadcast.connect()
-    return broadcast
 
 
 @pytest.fixture

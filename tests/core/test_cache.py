@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from core.conftest import open_broadcast
 from keel.core.broadcast import Broadcast
 from keel.core.cache import SharedCache, invalidate_after_commit, listen_for_invalidations
 from keel.core.db import Database
+from tests.support.broadcasts import open_broadcast
 
 TIMEOUT = 5.0
 

@@ -18,7 +18,7 @@ from keel.core.db import Database, DatabaseUnavailable, UTCDateTime, unavailabil
 from keel.core.ids import new_id
 from keel.core.tenancy import Tenant, TenantScoped, bind_tenant, create_tenant
 from keel.settings import DatabasePoolSettings, Settings
-from support.tables import add_tenants_stub, created_tables, unique_name
+from tests.support.tables import add_tenants_stub, created_tables, unique_name
 
 
 class ScratchBase(DeclarativeBase):

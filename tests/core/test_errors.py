@@ -24,7 +24,7 @@ from keel.core.errors import (
     problem_type,
 )
 from keel.settings import DatabasePoolSettings, Settings
-from support.asgi import serve
+from tests.support.asgi import serve
 
 
 def all_error_classes(base: type[KeelError] = KeelError) -> list[type[KeelError]]:

@@ -13,7 +13,7 @@ from keel.app import create_app
 from keel.core.errors import PreconditionFailed, PreconditionRequired
 from keel.core.http import check_if_match, etag_for, is_not_modified
 from keel.settings import Settings
-from support.asgi import serve
+from tests.support.asgi import serve
 
 
 def test_etag_is_the_quoted_version() -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
-from support.asgi import asgi_request, serve
+from tests.support.asgi import asgi_request, serve
 
 LIMIT = 1024  # sqlite_settings.max_body_bytes
 SECRET_MESSAGE = "connection to db failed: password=hunter2-top-secret"

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, make_tenant_admin
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.core.input_rules import (
     MAX_JSON_DEPTH,
@@ -22,6 +21,7 @@ from keel.core.input_rules import (
     check_json_value,
     check_target,
 )
+from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 # -- the rules themselves -----------------------------------------------------------------------
 

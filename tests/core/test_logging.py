@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from keel.app import create_app
 from keel.core.logging import REDACTED, configure_logging, redact
 from keel.settings import LogFormat, Settings
-from support.asgi import serve
+from tests.support.asgi import serve
 
 JWT = (
     "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, mappe
 from keel.core.db import Database, UTCDateTime
 from keel.core.errors import ValidationFailed
 from keel.core.http import MAX_PAGE_SIZE, PageRequest, decode_cursor, encode_cursor, paginate
-from support.tables import created_tables, unique_name
+from tests.support.tables import created_tables, unique_name
 
 ROWS = 23
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from keel.core.ratelimit import InMemoryRateLimiter, RedisRateLimiter
-from support.keel_process import free_port
+from tests.support.keel_process import free_port
 
 
 async def test_the_in_memory_limit_answers_the_seconds_left_once_over_it() -> None:

@@ -28,7 +28,7 @@ from keel.core.tenancy import ensure_tenant
 from keel.migrations import load_all_models, upgrade
 from keel.secrets.kv import KvEngine
 from keel.settings import KNOWN_SERVICES, Settings
-from support.databases import create_postgres_database, drop_postgres_database
+from tests.support.databases import create_postgres_database, drop_postgres_database
 
 OLD = MasterKey.generate()
 NEW = MasterKey.generate()

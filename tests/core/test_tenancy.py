@@ -36,7 +36,7 @@ from keel.core.tenancy import (
     get_tenant_by_slug,
     validate_tenant_slug,
 )
-from support.tables import add_tenants_stub, created_tables, unique_name
+from tests.support.tables import add_tenants_stub, created_tables, unique_name
 
 
 class ScratchBase(AsyncAttrs, DeclarativeBase):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from docs.examples import (
+from tests.docs.examples import (
     REPOSITORY,
     RUNNERS,
     Block,
@@ -28,7 +28,7 @@ from docs.examples import (
     localised,
     parse_directive,
 )
-from support.keel_process import KeelServer, free_port
+from tests.support.keel_process import KeelServer, free_port
 
 VENV = Path(sys.executable).parent.parent
 READY_TIMEOUT = 60.0

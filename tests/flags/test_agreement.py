@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from flags.conftest import API, new_environment, new_flag, put_state
 from keel_client.flags import FlagStore
+from tests.support.flags_api import API, new_environment, new_flag, put_state
 
 SEED = 20261122
 CONTEXTS = 10_000

@@ -9,8 +9,9 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, audit_events, make_tenant_admin
-from flags.conftest import API, member, new_environment, new_flag, put_state
+from tests.support.audit import audit_events
+from tests.support.flags_api import API, new_environment, new_flag, put_state
+from tests.support.tenants import TenantAdmin, make_tenant_admin, member
 
 CHECKOUT_STATE = {
     "on": True,

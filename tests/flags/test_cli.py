@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from keel.flags.cli import parse_variation
-from support.keel_cli import Deployment, initialised_deployment
+from tests.support.keel_cli import Deployment, initialised_deployment
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -5,59 +5,14 @@ Last-Event-ID gets what it missed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin, audit_events
-from flags.conftest import API, member, new_environment, new_flag
-from keel_client.changes import ServerSentEvent, SSEDecoder
-from support.asgi import serve_over_tcp
-
-
-@asynccontextmanager
-async def watching(
-    base_url: str, env: str, headers: dict[str, str], last_event_id: str | None = None
-) -> AsyncIterator[asyncio.Queue[ServerSentEvent | None]]:
-    queue: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue()
-    extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
-
-    async def pump() -> None:
-        decoder = SSEDecoder()
-        try:
-            async with (
-                httpx.AsyncClient(base_url=base_url, timeout=30) as http,
-                http.stream(
-                    "GET", f"{API}/envs/{env}/watch", headers={**headers, **extra}
-                ) as response,
-            ):
-                assert response.status_code == 200, await response.aread()
-                async for line in response.aiter_lines():
-                    if (event := decoder.decode(line)) is not None:
-                        queue.put_nowait(event)
-        except httpx.HTTPError:
-            pass
-        queue.put_nowait(None)
-
-    task = asyncio.create_task(pump())
-    try:
-        yield queue
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def next_flags_event(queue: asyncio.Queue[ServerSentEvent | None]) -> ServerSentEvent:
-    while True:
-        async with asyncio.timeout(5):
-            event = await queue.get()
-        assert event is not None, "the stream ended"
-        if event.event == "flags":
-            return event
+from tests.support.asgi import serve_over_tcp
+from tests.support.audit import audit_events
+from tests.support.flags_api import API, new_environment, new_flag, next_flags_event, watching
+from tests.support.tenants import TenantAdmin, member
 
 
 async def test_a_toggle_reaches_the_watchers_of_its_environment(

@@ -34,7 +34,6 @@ from fastapi import FastAPI
 from hvac.exceptions import InvalidRequest
 from sqlalchemy import select, text
 
-from auth.conftest import TenantAdmin, audit_events, create_api_key, create_role, create_user
 from keel.core.sealed import sealed_columns
 from keel.secrets.database import (
     DEFAULT_REVOCATION_STATEMENTS,
@@ -44,9 +43,10 @@ from keel.secrets.database import (
     retry_delay,
 )
 from keel.secrets.models import DatabaseConnection
-from support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
-from support.keel_cli import invoke_keel
-from support.keel_process import (
+from tests.support.audit import audit_events
+from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import (
     KEEL,
     KeelServer,
     keel_env,
@@ -54,6 +54,7 @@ from support.keel_process import (
     stop_process,
     wait_for,
 )
+from tests.support.tenants import TenantAdmin, create_api_key, create_role, create_user
 
 pytestmark = pytest.mark.postgres  # the target database is PostgreSQL, whatever Keel runs on
 

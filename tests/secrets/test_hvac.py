@@ -12,9 +12,9 @@ import hvac
 import pytest
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, keel_env, keel_server
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, keel_env, keel_server
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 

@@ -42,9 +42,9 @@ from keel.core.sealed import sealed_columns
 from keel.core.tenancy import ALL_TENANTS_OPTION, bind_tenant, get_tenant_by_slug
 from keel.secrets.kv import KvEngine
 from keel.settings import Settings
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_cli import invoke_keel, invoke_keel_async
-from support.keel_process import KEEL, keel_env, keel_server, run_keel
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_cli import invoke_keel, invoke_keel_async
+from tests.support.keel_process import KEEL, keel_env, keel_server, run_keel
 
 OLD = MasterKey.generate()
 NEW = MasterKey.generate()

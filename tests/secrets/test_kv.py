@@ -12,49 +12,16 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text
 
-from auth.conftest import (
-    TenantAdmin,
-    audit_events,
-    create_api_key,
-    create_role,
-    create_user,
-    make_tenant_admin,
-    unit_of_work,
-)
 from keel.core.tenancy import bind_tenant
 from keel.secrets.models import SecretVersion
 from keel.secrets.policies import allowed, parse_policy
-
-DATA = "/secrets/v1/secret/data"
-
-
-def vault(key: str) -> dict[str, str]:
-    return {"X-Vault-Token": key}
-
-
-async def write(
-    client: httpx.AsyncClient, key: str, path: str, data: dict[str, Any], **options: Any
-) -> httpx.Response:
-    body: dict[str, Any] = {"data": data}
-    if options:
-        body["options"] = options
-    return await client.post(f"{DATA}/{path}", headers=vault(key), json=body)
-
-
-async def member(app: FastAPI, admin: TenantAdmin, *policies: str) -> str:
-    """An API key of a new user whose one role holds ``policies``."""
-    role = f"r-{uuid.uuid4().hex[:8]}"
-    await create_role(app, admin.tenant_id, role, [f"secrets:policy:{p}" for p in policies])
-    user = await create_user(app, admin.tenant_id, f"u-{uuid.uuid4().hex[:8]}", roles=[role])
-    _, key = await create_api_key(app, admin.tenant_id, user.id)
-    return key
-
-
-async def put_policy(client: httpx.AsyncClient, admin: TenantAdmin, name: str, hcl: str) -> None:
-    response = await client.put(
-        f"/secrets/v1/sys/policies/acl/{name}", headers=vault(admin.api_key), json={"policy": hcl}
-    )
-    assert response.status_code == 204, response.text
+from tests.support.apps import unit_of_work
+from tests.support.audit import audit_events
+from tests.support.secrets_api import DATA, member, put_policy, vault, write
+from tests.support.tenants import (
+    TenantAdmin,
+    make_tenant_admin,
+)
 
 
 async def test_no_value_reaches_the_database_and_a_flipped_byte_fails_clearly(

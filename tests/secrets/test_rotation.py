@@ -19,7 +19,6 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
-from auth.conftest import TenantAdmin, audit_events, make_tenant_admin, running, unit_of_work
 from keel.app import create_app
 from keel.core.changes import ChangeEvent
 from keel.core.db import utcnow
@@ -29,8 +28,11 @@ from keel.secrets.models import SecretRotation
 from keel.secrets.rotation import RotationContext, register_rotation_hook, rotate_due_secrets
 from keel.settings import Settings
 from keel_client.changes import ServerSentEvent, SSEDecoder
-from secrets_service.test_kv import DATA, member, put_policy, vault, write
-from support.asgi import serve_over_tcp
+from tests.support.apps import running, unit_of_work
+from tests.support.asgi import serve_over_tcp
+from tests.support.audit import audit_events
+from tests.support.secrets_api import DATA, member, put_policy, vault, write
+from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 ROTATION = "/secrets/v1/secret/rotation"
 ROTATE = "/secrets/v1/secret/rotate"

@@ -33,7 +33,7 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def serve_over_tcp(app: FastAPI) -> AsyncIterator[str]:
     """``app`` (already started) served by uvicorn on a free port of 127.0.0.1; yields its
     base URL. For what httpx's ASGI transport cannot do, such as streaming a response."""
-    from support.keel_process import free_port
+    from tests.support.keel_process import free_port
 
     port = free_port()
     config = uvicorn.Config(

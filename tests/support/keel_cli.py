@@ -37,8 +37,8 @@ import structlog
 
 from keel import app as keel_app
 from keel.cli import main
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_process import COMMAND_TIMEOUT, KEEL, keel_env
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_process import COMMAND_TIMEOUT, KEEL, keel_env
 
 #: The loggers :func:`keel.core.logging.configure_logging` changes besides the root.
 _CONFIGURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "aiosqlite")

@@ -24,7 +24,7 @@ import httpx
 
 #: The ``keel`` script of the interpreter running the tests (the project's venv).
 KEEL = str(Path(sys.executable).with_name("keel"))
-TESTS_DIR = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 60.0
 READY_TIMEOUT = 30.0
 
@@ -151,7 +151,8 @@ def keel_server(
 def uvicorn_server(
     factory: str, cwd: Path, env: Mapping[str, str] | None = None
 ) -> Iterator[KeelServer]:
-    """An app factory of ``tests/support`` served by uvicorn as ``keel serve`` serves Keel."""
+    """An app factory (``tests.support.<module>:<factory>``) served by uvicorn as ``keel serve``
+    serves Keel."""
     port = free_port()
     code = (
         "import uvicorn; "
@@ -160,7 +161,7 @@ def uvicorn_server(
     )
     child_env = dict(env) if env is not None else keel_env()
     child_env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(TESTS_DIR), child_env.get("PYTHONPATH")])
+        filter(None, [str(REPOSITORY), child_env.get("PYTHONPATH")])
     )
     with _server([sys.executable, "-c", code], port, cwd, child_env) as server:
         yield server

@@ -47,9 +47,9 @@ from keel_client.audit.client import (
 )
 from keel_client.audit.logging import AuditForwarder, event_fields
 from keel_client.http import BearerToken
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, free_port, keel_env, keel_server
-from support.tcpproxy import threaded_tcp_proxy
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, free_port, keel_env, keel_server
+from tests.support.tcpproxy import threaded_tcp_proxy
 
 WRITER = Path(__file__).with_name("audit_writer.py")
 #: Every wait of these tests is bounded; none should come near these.

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from auth.conftest import TenantAdmin
 from keel_client.audit import (
     AuditAPI,
     AuditClient,
@@ -31,6 +30,7 @@ from keel_client.audit import (
 )
 from keel_client.audit.client import build_event
 from keel_client.http import BearerToken
+from tests.support.tenants import TenantAdmin
 
 ACTION = "rcpt.widget.created"
 

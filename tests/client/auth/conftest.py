@@ -9,7 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from fleet_support import (
+
+from keel_client.auth import TokenIntrospector, TokenVerifier
+from keel_client.fastapi import KeelAuth
+from tests.client.auth.fleet_support import (
     ACCESS_TOKEN_TTL,
     FLEET_AUDIENCE,
     FLEET_URL,
@@ -20,11 +23,8 @@ from fleet_support import (
     counting_fetcher,
     fleet_app,
 )
-
-from keel_client.auth import TokenIntrospector, TokenVerifier
-from keel_client.fastapi import KeelAuth
-from support.keel_cli import invoke_keel
-from support.keel_process import keel_env, keel_server
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import keel_env, keel_server
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import jwt
 import pytest
-from fleet_support import FLEET_AUDIENCE, FLEET_URL, PASSWORD, Client, Fleet, Keel
 
 from keel_client.auth import AuthClient, ServiceCredentials, TokenSet
 from keel_client.http import BaseAPIClient, ClientError
+from tests.client.auth.fleet_support import FLEET_AUDIENCE, FLEET_URL, PASSWORD, Client, Fleet, Keel
 
 TOKEN_PATH = "/auth/v1/oauth/token"
 

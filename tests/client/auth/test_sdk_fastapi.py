@@ -10,7 +10,10 @@ import time
 import httpx
 import jwt
 import pytest
-from fleet_support import (
+
+from keel_client.auth import TokenVerifier
+from keel_client.fastapi import KeelAuth
+from tests.client.auth.fleet_support import (
     ACCESS_TOKEN_TTL,
     FLEET_URL,
     Client,
@@ -19,10 +22,7 @@ from fleet_support import (
     fleet_app,
     fleet_token,
 )
-
-from keel_client.auth import TokenVerifier
-from keel_client.fastapi import KeelAuth
-from support.keel_process import free_port
+from tests.support.keel_process import free_port
 
 PROBLEM = "application/problem+json"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fleet_support import FLEET_AUDIENCE, Client, Fleet, Keel, fleet_token
 
 import keel_client.auth
 import keel_client.fastapi
 from keel_client.auth import Authenticator, InvalidToken, TokenIntrospector
 from keel_client.http import BearerToken, ClientError
+from tests.client.auth.fleet_support import FLEET_AUDIENCE, Client, Fleet, Keel, fleet_token
 
 INTROSPECT_PATH = "/auth/v1/oauth/introspect"
 

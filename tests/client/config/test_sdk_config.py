@@ -16,10 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
-from sdk_config_support import eventually, lagging, new_application, write
 
-from auth.conftest import TenantAdmin
-from config.conftest import member
 from keel_client.config import (
     ConfigChange,
     ConfigClient,
@@ -29,8 +26,10 @@ from keel_client.config import (
     SyncConfigClient,
 )
 from keel_client.http import RetryPolicy
-from support.keel_process import free_port
-from support.tcpproxy import tcp_proxy
+from tests.client.config.sdk_config_support import eventually, lagging, new_application, write
+from tests.support.keel_process import free_port
+from tests.support.tcpproxy import tcp_proxy
+from tests.support.tenants import TenantAdmin, member
 
 #: A client that gives up on an unreachable Keel at once (the tests of the local copy).
 NO_RETRY = RetryPolicy(max_retries=0)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sdk_config_support import eventually
 
-from config.conftest import SERVICES
 from keel_client.config import ConfigChange, ConfigClient, load_snapshot
 from keel_client.http import RetryPolicy
-from support.databases import create_postgres_database, drop_postgres_database
-from support.keel_process import (
+from tests.client.config.sdk_config_support import eventually
+from tests.support.config_api import SERVICES
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_process import (
     KEEL,
     KeelServer,
     _server,

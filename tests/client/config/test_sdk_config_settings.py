@@ -14,9 +14,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from sdk_config_support import eventually, new_application, write
 
-from auth.conftest import TenantAdmin
 from keel_client.config import (
     ConfigChange,
     ConfigClient,
@@ -24,7 +22,9 @@ from keel_client.config import (
     KeelConfigSettingsSource,
 )
 from keel_client.http import RetryPolicy
-from support.keel_process import free_port
+from tests.client.config.sdk_config_support import eventually, new_application, write
+from tests.support.keel_process import free_port
+from tests.support.tenants import TenantAdmin
 
 #: How the settings classes below build their Keel source (set per test).
 _source: dict[str, Any] = {}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from flags_sdk_support import Environment, build_environment
 
-from auth.conftest import TenantAdmin
+from tests.client.flags.flags_sdk_support import Environment, build_environment
+from tests.support.tenants import TenantAdmin
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from engine_support import flag, percent_on, rollout, store
 
 from keel_client.flags import FlagStore, bucket
+from tests.client.flags.engine_support import flag, percent_on, rollout, store
 
 # (salt, value) -> bucket, computed once from the formula and frozen here: a change in these
 # numbers moves every user of every rollout.

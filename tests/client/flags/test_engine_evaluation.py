@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from engine_support import ON_OFF, clause, flag, percent_on, rollout, rule, store
 
 import keel_client.flags
 from keel_client.flags import (
@@ -19,6 +18,7 @@ from keel_client.flags import (
     ReasonKind,
     evaluate,
 )
+from tests.client.flags.engine_support import ON_OFF, clause, flag, percent_on, rollout, rule, store
 
 USER = {"key": "user-1", "email": "ana@corp.com", "country": "US"}
 

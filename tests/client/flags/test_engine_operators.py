@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import pytest
-from engine_support import clause, flag, rule, segment, store
 
 from keel_client.flags import ErrorKind, ReasonKind
+from tests.client.flags.engine_support import clause, flag, rule, segment, store
 
 MISSING = object()
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine_support import ON_OFF, clause, flag, percent_on, rollout, rule, segment
 
 from keel_client.flags import validate_flag, validate_segment
+from tests.client.flags.engine_support import (
+    ON_OFF,
+    clause,
+    flag,
+    percent_on,
+    rollout,
+    rule,
+    segment,
+)
 
 EVERY_OPERATOR = [
     clause("country", "in", ["US", 1, True]),

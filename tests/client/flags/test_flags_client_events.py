@@ -11,12 +11,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from flags_sdk_support import API, BUTTON, CHECKOUT, WORKERS, Environment, eventually
 
-from auth.conftest import TenantAdmin
 from keel_client.flags import EventStats, FlagsClient
 from keel_client.flags._events import EXPOSURE_DEDUP_SECONDS, MAX_EVENT_AGE, EventBuffer
-from support.tcpproxy import tcp_proxy
+from tests.client.flags.flags_sdk_support import (
+    API,
+    BUTTON,
+    CHECKOUT,
+    WORKERS,
+    Environment,
+    eventually,
+)
+from tests.support.tcpproxy import tcp_proxy
+from tests.support.tenants import TenantAdmin
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):

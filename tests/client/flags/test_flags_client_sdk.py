@@ -19,7 +19,18 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
-from flags_sdk_support import (
+
+from keel_client.flags import (
+    ErrorKind,
+    FlagsClient,
+    FlagsNotFound,
+    FlagsPermissionDenied,
+    FlagsUnavailable,
+    ReasonKind,
+    SyncFlagsClient,
+)
+from keel_client.http import RetryPolicy
+from tests.client.flags.flags_sdk_support import (
     BUTTON,
     CHECKOUT,
     DARK,
@@ -32,21 +43,9 @@ from flags_sdk_support import (
     eventually,
     toggle,
 )
-
-from auth.conftest import TenantAdmin
-from flags.conftest import member
-from keel_client.flags import (
-    ErrorKind,
-    FlagsClient,
-    FlagsNotFound,
-    FlagsPermissionDenied,
-    FlagsUnavailable,
-    ReasonKind,
-    SyncFlagsClient,
-)
-from keel_client.http import RetryPolicy
-from support.keel_process import free_port
-from support.tcpproxy import tcp_proxy
+from tests.support.keel_process import free_port
+from tests.support.tcpproxy import tcp_proxy
+from tests.support.tenants import TenantAdmin, member
 
 #: A client that gives up on an unreachable Keel at once (the tests of the local copy).
 NO_RETRY = RetryPolicy(max_retries=0)

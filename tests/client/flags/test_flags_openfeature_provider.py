@@ -14,7 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
-from flags_sdk_support import (
+from openfeature import api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.event import EventDetails, ProviderEvent
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagEvaluationDetails, Reason
+from openfeature.hook import Hook, HookContext
+from openfeature.provider import ProviderStatus
+from openfeature.track import TrackingEventDetails
+
+from keel_client.flags import FlagsClient, SyncFlagsClient
+from keel_client.flags.openfeature import KeelProvider, keel_context
+from keel_client.http import RetryPolicy
+from tests.client.flags.flags_sdk_support import (
     BUTTON,
     CHECKOUT,
     DARK,
@@ -26,20 +38,8 @@ from flags_sdk_support import (
     eventually,
     toggle,
 )
-from openfeature import api
-from openfeature.evaluation_context import EvaluationContext
-from openfeature.event import EventDetails, ProviderEvent
-from openfeature.exception import ErrorCode
-from openfeature.flag_evaluation import FlagEvaluationDetails, Reason
-from openfeature.hook import Hook, HookContext
-from openfeature.provider import ProviderStatus
-from openfeature.track import TrackingEventDetails
-
-from auth.conftest import TenantAdmin
-from keel_client.flags import FlagsClient, SyncFlagsClient
-from keel_client.flags.openfeature import KeelProvider, keel_context
-from keel_client.http import RetryPolicy
-from support.keel_process import free_port
+from tests.support.keel_process import free_port
+from tests.support.tenants import TenantAdmin
 
 CORP = EvaluationContext("user-7", {"email": "ana@corp.com"})
 OTHER = EvaluationContext("user-8", {"email": "bob@example.com"})

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from auth.conftest import TenantAdmin
 from keel_client.flags import FlagsChange, FlagsClient
 from keel_client.http import RetryPolicy
-from support.keel_process import free_port
+from tests.support.keel_process import free_port
+from tests.support.tenants import TenantAdmin
 
 API = "/flags/v1"
 FLAG = "checkout-v2"

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from faultserver import FaultServer
 
 from keel_client.http import BreakerPolicy, RetryBudget
+from tests.client.http.faultserver import FaultServer
 
 #: A budget that never interferes unless a test is about the budget.
 GENEROUS_BUDGET_PER_SECOND = 1000.0

@@ -6,7 +6,6 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from faultserver import CLIENT_ID, CLIENT_SECRET, FaultServer
 
 from keel_client.http import (
     APIKey,
@@ -16,6 +15,7 @@ from keel_client.http import (
     ClientError,
     SyncBaseAPIClient,
 )
+from tests.client.http.faultserver import CLIENT_ID, CLIENT_SECRET, FaultServer
 
 
 class FakeClock:

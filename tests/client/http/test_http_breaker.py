@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from faultserver import FaultServer
 
 from keel_client.http import (
     BaseAPIClient,
@@ -15,6 +14,7 @@ from keel_client.http import (
     RetryPolicy,
     ServerError,
 )
+from tests.client.http.faultserver import FaultServer
 
 BREAKER = BreakerPolicy(minimum_calls=4, window_size=4, failure_rate_threshold=0.5, cooldown=0.3)
 

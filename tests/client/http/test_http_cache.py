@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from faultserver import FaultServer
-
 from keel_client.http import BaseAPIClient, HTTPCache, SyncBaseAPIClient
+from tests.client.http.faultserver import FaultServer
 
 
 async def test_etag_is_revalidated_with_304(fault_server: FaultServer, key: str) -> None:

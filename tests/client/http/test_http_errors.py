@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pydantic
 import pytest
-from faultserver import FaultServer
 
 import keel_client.http
 from keel_client.http import (
@@ -23,6 +22,7 @@ from keel_client.http import (
     TransportError,
     parse_problem,
 )
+from tests.client.http.faultserver import FaultServer
 
 
 class Invoice(pydantic.BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-from faultserver import FAST_RETRY, FaultServer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -13,6 +12,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from keel_client.http import BaseAPIClient, BearerToken, ServerError
+from tests.client.http.faultserver import FAST_RETRY, FaultServer
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-from faultserver import FAST_RETRY, FaultServer
 
 from keel_client.http import (
     BaseAPIClient,
@@ -21,6 +20,7 @@ from keel_client.http import (
     SyncBaseAPIClient,
     TransportError,
 )
+from tests.client.http.faultserver import FAST_RETRY, FaultServer
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-from faultserver import SIGNING_KEYS, FaultServer
 
 from keel_client.http import (
     BaseAPIClient,
@@ -16,6 +15,7 @@ from keel_client.http import (
     SignatureVerificationError,
     SignatureVerifier,
 )
+from tests.client.http.faultserver import SIGNING_KEYS, FaultServer
 
 SECRET = SIGNING_KEYS["test-key"]
 URL = "https://partner.example/v1/payments?currency=EUR"

@@ -9,7 +9,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from faultserver import FaultServer
 
 from keel_client.http import (
     BaseAPIClient,
@@ -24,6 +23,7 @@ from keel_client.http import (
     parse_ip_literal,
 )
 from keel_client.http._ssrf import redirect_request
+from tests.client.http.faultserver import FaultServer
 
 FAKE_DNS = {
     "internal.example": ["10.1.2.3"],

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from fastapi import FastAPI
-from sdk_secrets_support import BASE_URL, Clock, CountingTransport
 
-from auth.conftest import TenantAdmin
 from keel_client.secrets import SecretsClient
+from tests.client.secrets.sdk_secrets_support import BASE_URL, Clock, CountingTransport
+from tests.support.tenants import TenantAdmin
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ from collections import Counter
 import httpx
 from fastapi import FastAPI
 
-from auth.conftest import (
-    TenantAdmin,
-    create_api_key,
-    create_role,
-    create_user,
-)
+from tests.support.tenants import TenantAdmin, create_api_key, create_role, create_user
 
 BASE_URL = "http://keel.test"
 DATA = "/secrets/v1/secret/data"

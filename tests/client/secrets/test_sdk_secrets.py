@@ -11,16 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from sdk_secrets_support import (
-    BASE_URL,
-    DATA,
-    Clock,
-    CountingTransport,
-    LoopBridgeTransport,
-    member,
-)
 
-from auth.conftest import TenantAdmin, audit_events
 from keel_client.http import KeelHTTPError
 from keel_client.secrets import (
     CheckAndSetConflict,
@@ -30,6 +21,16 @@ from keel_client.secrets import (
     SecretsError,
     SyncSecretsClient,
 )
+from tests.client.secrets.sdk_secrets_support import (
+    BASE_URL,
+    DATA,
+    Clock,
+    CountingTransport,
+    LoopBridgeTransport,
+    member,
+)
+from tests.support.audit import audit_events
+from tests.support.tenants import TenantAdmin
 
 
 def a_value() -> str:

@@ -21,12 +21,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from sdk_secrets_support import BASE_URL, CountingTransport, member
 
-from auth.conftest import TenantAdmin
 from keel.secrets.database import EXAMPLE_CREATION_STATEMENTS
 from keel_client.secrets import DynamicCredential, SecretPermissionDenied, SecretsClient
-from support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
+from tests.client.secrets.sdk_secrets_support import BASE_URL, CountingTransport, member
+from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
+from tests.support.tenants import TenantAdmin
 
 pytestmark = pytest.mark.postgres  # the target database is PostgreSQL, whatever Keel runs on
 

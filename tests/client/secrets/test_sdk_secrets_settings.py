@@ -17,9 +17,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-from sdk_secrets_support import BASE_URL, LoopBridgeTransport, member
 
-from auth.conftest import TenantAdmin
 from keel_client.secrets import (
     KeelSecretsSettingsSource,
     SecretRef,
@@ -27,8 +25,10 @@ from keel_client.secrets import (
     SecretSettingsError,
     SyncSecretsClient,
 )
-from support.keel_cli import invoke_keel
-from support.keel_process import KeelServer, keel_env, keel_server
+from tests.client.secrets.sdk_secrets_support import BASE_URL, LoopBridgeTransport, member
+from tests.support.keel_cli import invoke_keel
+from tests.support.keel_process import KeelServer, keel_env, keel_server
+from tests.support.tenants import TenantAdmin
 
 #: The client the settings classes below resolve with (set per test).
 _client: list[SyncSecretsClient] = []

@@ -1,0 +1,38 @@
+"""A Keel app of a test's own settings, and units of work on its database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.app import create_app
+from keel.settings import AuthSettings, Settings
+
+
+@asynccontextmanager
+async def unit_of_work(app: FastAPI) -> AsyncIterator[AsyncSession]:
+    """A session of the app's database that commits when the block succeeds."""
+    async with app.state.keel.database.session() as session:
+        yield session
+
+
+def with_auth(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with some auth settings changed."""
+    auth = AuthSettings.model_validate({**settings.auth.model_dump(), **changes})
+    return settings.model_copy(update={"auth": auth})
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app of ``settings`` with its lifespan run, and a client talking to it."""
+    application = create_app(settings)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
+            yield application, http
