@@ -141,7 +141,19 @@ class TestSession:
         assert secret not in repr(refused.value)
 
     async def test_ping_reaches_the_database(self, db: Database) -> None:
-        await db.ping()
+        """A ping runs ``SELECT 1`` on a pooled connection and gives the connection back."""
+        statements: list[str] = []
+
+        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            assert await db.ping() is None
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        assert statements == ["SELECT 1"]
+        assert db.pool_stats()["checked_out"] == 0
 
 
 class TestSQLite:
