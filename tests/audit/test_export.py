@@ -24,8 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.audit import export
 from keel.audit.service import AuditLog, EventFilter
 from keel.core.audit import ActionSpec, build_document
-from keel_client.audit import ProofError, TreeHead, event_leaf_hash, public_keys_from_jwks
-from keel_client.audit.export import CSV_COLUMNS, verify_export_csv, verify_export_lines
+from keel_client.audit import (
+    CSV_COLUMNS,
+    ProofError,
+    TreeHead,
+    event_leaf_hash,
+    public_keys_from_jwks,
+    verify_export_csv,
+    verify_export_lines,
+)
 from tests.support.audit import audit_events
 from tests.support.tenants import TenantAdmin, create_api_key, create_role, create_user
 

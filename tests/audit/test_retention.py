@@ -32,10 +32,10 @@ from keel.settings import AuditSettings, Settings, SettingsError, load_settings
 from keel_client.audit import (
     TreeHead,
     public_keys_from_jwks,
+    verify_export_lines,
     verify_inclusion,
     verify_tree_head,
 )
-from keel_client.audit.export import verify_export_lines
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
 from tests.support.keel_cli import invoke_keel, invoke_keel_async

@@ -25,16 +25,17 @@ from keel.core.audit import (
     check_currency,
     record_transaction,
 )
-from keel_client.audit import canonical_json, event_leaf_hash
-from keel_client.audit.client import (
+from keel_client.audit import (
     AuditAPI,
     AuditClient,
     EventActor,
     SyncAuditClient,
     TransactionFields,
     build_transaction,
+    canonical_json,
     check_amount,
     currency_minor_units,
+    event_leaf_hash,
 )
 from keel_client.http import BearerToken, ClientError, RetryPolicy
 from tests.support.apps import unit_of_work

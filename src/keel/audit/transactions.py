@@ -23,7 +23,7 @@ from keel.auth.dependencies import CurrentPrincipal, require_permission
 from keel.core.audit import Actor, Transaction, check_currency, transaction_document
 from keel.core.deps import DbSession
 from keel.core.timestamps import to_utc
-from keel_client.audit.transactions import (
+from keel_client.audit import (
     AMOUNT_PATTERN,
     MAX_AMOUNT_DIGITS,
     MAX_AUTHORISERS,

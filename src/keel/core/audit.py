@@ -38,10 +38,10 @@ from keel.core.db import Base, UTCDateTime, utcnow
 from keel.core.ids import new_id
 from keel.core.logging import REDACTED, get_logger, redact
 from keel.core.tenancy import bound_tenant
-from keel_client.audit import canonical_json
-from keel_client.audit.transactions import (
+from keel_client.audit import (
     CURRENCY_PATTERN,
     TRANSACTION_EVENT_PREFIX,
+    canonical_json,
     check_amount,
     check_authorising_chain,
     check_transaction_id,
@@ -345,7 +345,7 @@ class Transaction:
 
     Raises ``TypeError`` for a float (or any non-``Decimal``) amount and ``ValueError`` for a
     non-finite amount, an unknown currency, more decimal places than the currency has, a
-    naive time or a malformed field (see ``keel_client.audit.client.check_amount``).
+    naive time or a malformed field (see ``keel_client.audit.check_amount``).
 
     Example::
 

@@ -17,7 +17,7 @@ import asyncio
 import os
 import sys
 
-from keel_client.audit.client import AuditClient
+from keel_client.audit import AuditClient
 
 PACE_EVERY = 100  # yield to the sender now and then, as a real application does
 FINISH_FLUSH_TIMEOUT = 45.0

@@ -31,10 +31,10 @@ from fastapi import FastAPI
 
 from keel.auth.bootstrap import ensure_admin
 from keel.core.tenancy import ensure_tenant
-from keel_client.audit import public_keys_from_jwks, verify_tree_head
-from keel_client.audit.client import (
+from keel_client.audit import (
     AuditAPI,
     AuditClient,
+    AuditForwarder,
     AuditSpool,
     EventActor,
     EventTarget,
@@ -44,8 +44,10 @@ from keel_client.audit.client import (
     SpoolFullError,
     SpoolLockedError,
     SyncAuditClient,
+    event_fields,
+    public_keys_from_jwks,
+    verify_tree_head,
 )
-from keel_client.audit.logging import AuditForwarder, event_fields
 from keel_client.http import BearerToken
 from tests.support.keel_cli import invoke_keel
 from tests.support.keel_process import KeelServer, free_port, keel_env, keel_server
@@ -348,7 +350,7 @@ class TestAuditAPI:
     async def test_a_batch_answers_receipts_in_order_under_a_signed_head(
         self, audit_api: AuditAPI, action: str
     ) -> None:
-        from keel_client.audit.client import build_event
+        from keel_client.audit import build_event
 
         events = [build_event(action, data={"n": n}) for n in range(3)]
         result = await audit_api.send_events(events)
@@ -364,7 +366,7 @@ class TestAuditAPI:
     async def test_iter_events_follows_the_cursor_through_every_page(
         self, audit_api: AuditAPI, action: str
     ) -> None:
-        from keel_client.audit.client import build_event
+        from keel_client.audit import build_event
 
         await audit_api.send_events([build_event(action, data={"n": n}) for n in range(7)])
         page = await audit_api.list_events(action=service_of(action), limit=3)

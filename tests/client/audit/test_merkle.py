@@ -513,7 +513,7 @@ def test_append_returns_the_index_of_the_new_leaf() -> None:
 
 
 def test_public_names() -> None:
-    from keel_client.audit import merkle
+    from keel_client.audit import _merkle as merkle
 
     merkle_names = {name for name in vars(merkle) if not name.startswith("_")} - {
         "annotations", "hashlib", "hmac", "Callable", "Iterable", "Sequence",

@@ -23,12 +23,12 @@ from keel_client.audit import (
     ProofError,
     Sensitivity,
     TreeHead,
+    build_event,
     event_document,
     event_leaf_hash,
     public_keys_from_jwks,
     verify_event_receipt,
 )
-from keel_client.audit.client import build_event
 from keel_client.http import BearerToken
 from tests.support.tenants import TenantAdmin
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from keel_client.audit.client import (
-    ACK_FILE,
+from keel_client.audit import (
     AuditSpool,
     EventActor,
     EventTarget,
@@ -33,6 +32,7 @@ from keel_client.audit.client import (
     new_event_id,
     retry_delay,
 )
+from keel_client.audit._spool import ACK_FILE
 
 CHILD_TIMEOUT = 20.0
 
@@ -239,7 +239,7 @@ class TestSizeLimit:
 LOCK_HOLDER = textwrap.dedent(
     """
     import sys, time
-    from keel_client.audit.client import AuditSpool
+    from keel_client.audit import AuditSpool
     spool = AuditSpool(sys.argv[1])
     spool.open()
     print("locked", flush=True)

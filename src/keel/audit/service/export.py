@@ -3,8 +3,8 @@
 An export is pinned to the latest signed tree head when it starts: it holds the events of
 that tree (filtered as ``GET /audit/v1/events`` filters), each with its leaf hash and its
 inclusion proof in that tree, so a third party holding the log's public keys can check the
-whole file offline (``keel_client.audit.export``). Events appended meanwhile wait for the
-next export.
+whole file offline (``keel_client.audit.verify_export_lines``). Events appended meanwhile
+wait for the next export.
 
 The events are read page by page, each page in a short session of its own, and the proofs
 of a page are built from one fetch of the tree nodes they need: the cost is a few queries
@@ -42,8 +42,14 @@ from keel.audit.service import AuditLog, EventFilter, events_query
 from keel.core.audit import ActionSpec, Actor, record_event, register_actions
 from keel.core.errors import NotFound
 from keel.core.tenancy import bind_tenant
-from keel_client.audit import TreeHead, inclusion_path, nodes_for_ranges, range_hash
-from keel_client.audit.export import CSV_COLUMNS, flat_columns
+from keel_client.audit import (
+    CSV_COLUMNS,
+    TreeHead,
+    flat_columns,
+    inclusion_path,
+    nodes_for_ranges,
+    range_hash,
+)
 
 EXPORT_ACTION = "audit.log.export"
 register_actions(

@@ -20,7 +20,7 @@ import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keel_client.audit.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
+from keel_client.audit._merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
 
 
 def canonical_json(value: Any) -> bytes:

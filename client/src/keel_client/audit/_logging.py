@@ -20,12 +20,8 @@ import re
 from collections.abc import Callable, Collection, Mapping, MutableMapping
 from typing import Any
 
-from keel_client.audit.client import (
-    AuditRecorder,
-    EventActor,
-    EventFields,
-    EventTarget,
-)
+from keel_client.audit._client import AuditRecorder
+from keel_client.audit._events import EventActor, EventFields, EventTarget
 
 __all__ = ["AuditForwarder", "event_fields"]
 

@@ -11,8 +11,7 @@ still checks, its content is gone.
 
 Example::
 
-    from keel_client.audit import ProofError, public_keys_from_jwks
-    from keel_client.audit.export import verify_export_lines
+    from keel_client.audit import ProofError, public_keys_from_jwks, verify_export_lines
 
     keys = public_keys_from_jwks(json.load(open("audit-keys.json")))
     with open("audit-export.jsonl", encoding="utf-8") as lines:
@@ -36,13 +35,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keel_client.audit.heads import (
+from keel_client.audit._heads import (
     TreeHead,
     event_leaf_hash,
     unb64,
     verify_tree_head,
 )
-from keel_client.audit.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
+from keel_client.audit._merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
 
 __all__ = ["CSV_COLUMNS", "flat_columns", "verify_export_csv", "verify_export_lines"]
 
