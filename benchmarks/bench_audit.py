@@ -179,15 +179,15 @@ def _plain_table() -> Any:
 
 def _plain_rows(tenant_id: str, first_index: int, documents: list[dict[str, Any]]) -> list[Any]:
     """The rows ``AuditLog.append`` would store for ``documents`` (event columns + document)."""
-    from keel.audit.service import _event_row, _leaf
+    from keel.audit.service.tree import event_row, new_leaf
     from keel.core.db import utcnow
     from keel_client.audit import leaf_hash
 
     now = utcnow()
     rows = []
     for offset, document in enumerate(documents):
-        leaf = _leaf(document)
-        row = _event_row(tenant_id, first_index + offset, leaf, leaf_hash(leaf.document), now)
+        leaf = new_leaf(document)
+        row = event_row(tenant_id, first_index + offset, leaf, leaf_hash(leaf.document), now)
         row["document"] = leaf.document
         rows.append(row)
     return rows
@@ -233,7 +233,7 @@ async def _measure(
 async def batch_append(database: Any, audit: Any, tenant_id: str) -> Figure:
     from sqlalchemy import insert, text
 
-    from keel.audit.verify import verify_tenant
+    from keel.audit.service.verify import verify_tenant
     from keel_client.audit import canonical_json
 
     plain = _plain_table()
@@ -392,7 +392,7 @@ class _BulkLog:
     leaf completes, one signed head per batch)."""
 
     def __init__(self, tenant_id: str, key_id: str, key: Any) -> None:
-        from keel.audit.service import _event_row, _leaf
+        from keel.audit.service.tree import event_row, new_leaf
         from keel.core.db import utcnow
 
         self.tenant_id = tenant_id
@@ -405,7 +405,7 @@ class _BulkLog:
         self.leaf_hashes = bytearray()
         self.template = _document_template(tenant_id)
         self.started = utcnow().replace(microsecond=0)
-        sample = _event_row(tenant_id, 0, _leaf(_documents(tenant_id, 0, 1)[0]), b"", utcnow())
+        sample = event_row(tenant_id, 0, new_leaf(_documents(tenant_id, 0, 1)[0]), b"", utcnow())
         self.event_columns = list(sample)
         self.checked = 0
 
@@ -485,7 +485,7 @@ class _BulkLog:
 
     def _check(self, row: tuple[Any, ...], document: bytes) -> None:
         """The row and document must be those the service builds from the same event."""
-        from keel.audit.service import _event_row, _leaf
+        from keel.audit.service.tree import event_row, new_leaf
         from keel.core.audit import build_document
         from keel_client.audit import leaf_hash
 
@@ -495,12 +495,10 @@ class _BulkLog:
             tenant_id=self.tenant_id, action=spec.name, spec=spec, event_id=event_id,
             time=moment, **_event_fields(index, index % ACTORS),
         )  # fmt: skip
-        leaf = _leaf(expected)
+        leaf = new_leaf(expected)
         if leaf.document != document:
             raise RuntimeError(f"bulk event {index}: its document differs from build_document's")
-        service_row = _event_row(
-            self.tenant_id, index, leaf, leaf_hash(leaf.document), sequenced_at
-        )
+        service_row = event_row(self.tenant_id, index, leaf, leaf_hash(leaf.document), sequenced_at)
         if tuple(service_row.values()) != row:
             raise RuntimeError(f"bulk event {index}: its row differs from the service's")
         self.checked += 1
@@ -651,7 +649,7 @@ def verification(url: str, tenant_id: str) -> Figure:
 async def _verify(url: str, tenant_id: str) -> dict[str, Any]:
     import psutil
 
-    from keel.audit.verify import verify_tenant
+    from keel.audit.service.verify import verify_tenant
     from keel.core.db import Database
     from keel.settings import Settings
 

@@ -21,8 +21,7 @@ from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import export
-from keel.audit.service import AuditLog, EventFilter
+from keel.audit.service import AuditLog, EventFilter, export
 from keel.core.audit import ActionSpec, build_document
 from keel_client.audit import (
     CSV_COLUMNS,

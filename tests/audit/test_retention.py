@@ -18,15 +18,15 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from keel.audit import verify
-from keel.audit.retention import (
-    ERASE_ACTION,
+from keel.audit.audit_actions import ERASE_ACTION
+from keel.audit.service import verify
+from keel.audit.service.retention import (
     RetentionPolicy,
     erase_expired,
     leaf_ranges,
     run_retention,
 )
-from keel.audit.verify import verify_tenant
+from keel.audit.service.verify import verify_tenant
 from keel.core.audit import ActionSpec, AuditOutbox, build_document, builtin_action, outbox_rows
 from keel.settings import AuditSettings, Settings, SettingsError, load_settings
 from keel_client.audit import (

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel.app import create_app
 from keel.audit.service import AuditLog
-from keel.audit.verify import verify_tenant
+from keel.audit.service.verify import verify_tenant
 from keel.settings import Settings
 from tests.support.keel_process import TEST_MASTER_KEY
 from tests.support.tenants import make_tenant_admin

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.audit.models import AuditEvent
 from keel.audit.service import AuditLog
-from keel.audit.verify import Report, verify_tenant
-from keel.audit.writer import MAX_MERGE_DELAY
+from keel.audit.service.verify import Report, verify_tenant
+from keel.audit.service.writer import MAX_MERGE_DELAY
 from keel.core.audit import ActionSpec, AuditOutbox, build_document, outbox_rows, record_event_now
 from keel.core.db import Database
 from keel.core.tenancy import Tenant, bind_tenant
@@ -190,12 +190,12 @@ async def test_an_append_on_its_frontier_waits_for_whoever_reads_the_tree(
     sequenced, under the lock held exclusively is never overtaken by it."""
     from sqlalchemy import text
 
-    from keel.audit.service import _lock_key
+    from keel.audit.service.storage import tenant_lock_key
 
     await there.append(admin.tenant_id, invoices(admin.tenant_id, 1))  # its frontier known
     async with app.state.keel.database.engine.connect() as holder:
         await holder.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(admin.tenant_id)}
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": tenant_lock_key(admin.tenant_id)}
         )
         appending = asyncio.create_task(there.append(admin.tenant_id, invoices(admin.tenant_id, 2)))
         await asyncio.sleep(0.5)
@@ -310,7 +310,7 @@ async def test_an_append_that_loses_a_deadlock_is_retried(empty_postgres_url: st
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from keel.audit.service import _lost_a_race
+    from keel.audit.service.storage import lost_a_race
 
     engine = create_async_engine(empty_postgres_url)
     try:
@@ -332,11 +332,11 @@ async def test_an_append_that_loses_a_deadlock_is_retried(empty_postgres_url: st
         errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         assert len(errors) == 1
         assert isinstance(errors[0], DBAPIError)
-        assert _lost_a_race(errors[0])
-        assert not _lost_a_race(RuntimeError("another failure"))
+        assert lost_a_race(errors[0])
+        assert not lost_a_race(RuntimeError("another failure"))
         async with engine.begin() as connection:
             with pytest.raises(DBAPIError) as division:
                 await connection.execute(text("SELECT 1/0"))
-        assert not _lost_a_race(division.value)
+        assert not lost_a_race(division.value)
     finally:
         await engine.dispose()

@@ -33,7 +33,7 @@ def verify(
     Exits 0 when every log verifies, 1 when any was changed, naming the first changed event
     (its leaf index and id).
     """
-    from keel.audit.verify import verify_tenant
+    from keel.audit.service.verify import verify_tenant
     from keel.core.commands import (
         EXIT_FAILURE,
         EXIT_USAGE,
@@ -95,7 +95,7 @@ def retention(
     verifies; each erasure is recorded as an audit.retention.erase event. Exits 0, or 2 on
     bad input.
     """
-    from keel.audit.retention import RetentionPolicy, run_retention
+    from keel.audit.service.retention import RetentionPolicy, run_retention
     from keel.core.commands import (
         EXIT_USAGE,
         fail,

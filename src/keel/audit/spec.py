@@ -8,12 +8,12 @@ import contextlib
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from keel.audit import router, transactions
+from keel.audit import router
 from keel.audit.models import AuditSigningKey
-from keel.audit.service import AuditLog
-from keel.audit.writer import GroupWriter
+from keel.audit.service import AUDIT_RESOURCE, AuditLog
+from keel.audit.service.writer import GroupWriter
 from keel.core.audit import on_recorded, use_event_writer
-from keel.core.context import AppContext, ResourceKey
+from keel.core.context import AppContext
 from keel.core.db import DatabaseUnavailable
 from keel.core.http import ServiceRouter
 from keel.core.logging import get_logger
@@ -21,7 +21,6 @@ from keel.core.services import ServiceSpec
 
 log = get_logger(__name__)
 
-AUDIT_RESOURCE: ResourceKey[AuditLog] = ResourceKey("audit")
 #: Outboxes are swept this often even when no commit woke the sequencer (another process
 #: recorded, or a wake-up was lost).
 SWEEP_SECONDS = 1.0
@@ -119,7 +118,7 @@ async def sign_heads_on_a_timer(context: AppContext) -> None:
 
 async def erase_expired_payloads_daily(context: AppContext) -> None:
     """Retention (``KEEL_AUDIT__RETENTION_DAYS``): erase expired documents once a day."""
-    from keel.audit.retention import run_retention
+    from keel.audit.service.retention import run_retention
 
     while True:
         try:
@@ -133,7 +132,6 @@ def build_routers() -> APIRouter:
     """The audit API: events, proofs and the catalogue, and financial transactions."""
     api = ServiceRouter()
     api.include_router(router.build_router())
-    api.include_router(transactions.build_router())
     return api
 
 

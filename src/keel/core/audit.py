@@ -20,13 +20,11 @@ with the amount kept as its exact decimal text.
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
@@ -39,6 +37,7 @@ from keel.core.ids import new_id
 from keel.core.logging import REDACTED, get_logger, redact
 from keel.core.tenancy import bound_tenant
 from keel_client.audit import (
+    ACTION_PATTERN,
     CURRENCY_PATTERN,
     TRANSACTION_EVENT_PREFIX,
     canonical_json,
@@ -47,13 +46,17 @@ from keel_client.audit import (
     check_transaction_id,
     check_transaction_text,
 )
+
+# The event vocabulary is the SDK's, defined once for Keel and the fleet; the recorder's
+# arguments use it, so it is importable from here too.
+from keel_client.audit import Outcome as Outcome
+from keel_client.audit import Sensitivity as Sensitivity
 from keel_client.auth import Principal
 
 _log = get_logger(__name__)
 
 #: Version of the event document's shape, stored in every event.
 SCHEMA_VERSION = 1
-ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}(\.[a-z][a-z0-9_]{0,39}){2}$")
 
 
 @dataclass(frozen=True)
@@ -77,19 +80,6 @@ class Actor:
 SYSTEM = Actor("system", "keel")
 
 
-class Outcome(StrEnum):
-    success = "success"
-    failure = "failure"
-    denied = "denied"
-
-
-class Sensitivity(StrEnum):
-    public = "public"
-    internal = "internal"
-    confidential = "confidential"
-    restricted = "restricted"
-
-
 @dataclass(frozen=True)
 class ActionSpec:
     """An entry of the action catalogue: ``service.resource.verb``."""
@@ -98,7 +88,7 @@ class ActionSpec:
     description: str
     #: Retention is set per category (``security``, ``access``, ``change``, ``finance``...).
     category: str = "change"
-    sensitivity: Sensitivity = Sensitivity.internal
+    sensitivity: Sensitivity = Sensitivity.INTERNAL
     #: Keys of ``data`` replaced by ``[REDACTED]`` before the event is stored.
     sensitive_fields: frozenset[str] = field(default_factory=frozenset)
 
@@ -152,7 +142,7 @@ def build_document(
     spec: ActionSpec,
     event_id: str | None = None,
     time: datetime | None = None,
-    outcome: str = Outcome.success,
+    outcome: str = Outcome.SUCCESS,
     actor: dict[str, Any] | None = None,
     target: dict[str, Any] | None = None,
     reason: str | None = None,
@@ -197,7 +187,7 @@ def record_event(
     *,
     tenant_id: str,
     action: str,
-    outcome: Outcome = Outcome.success,
+    outcome: Outcome = Outcome.SUCCESS,
     actor: Actor | None = None,
     actor_type: str | None = None,
     actor_id: str | None = None,
@@ -319,7 +309,7 @@ register_actions(
         TRANSACTION_ACTION,
         "A financial transaction: amount, currency, accounts, user and authorising chain.",
         "finance",
-        Sensitivity.confidential,
+        Sensitivity.CONFIDENTIAL,
     )
 )
 

@@ -37,9 +37,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit.audit_actions import EXPORT_ACTION
 from keel.audit.models import AuditEvent
-from keel.audit.service import AuditLog, EventFilter, events_query
-from keel.core.audit import ActionSpec, Actor, record_event, register_actions
+from keel.audit.service.log import AuditLog
+from keel.audit.service.reads import EventFilter, events_query
+from keel.core.audit import Actor, record_event
 from keel.core.errors import NotFound
 from keel.core.tenancy import bind_tenant
 from keel_client.audit import (
@@ -49,11 +51,6 @@ from keel_client.audit import (
     inclusion_path,
     nodes_for_ranges,
     range_hash,
-)
-
-EXPORT_ACTION = "audit.log.export"
-register_actions(
-    ActionSpec(EXPORT_ACTION, "The audit log exported (JSON Lines or CSV).", "access"),
 )
 
 #: Events read, proved and written per round trip (a measured trade-off: larger pages save

@@ -25,31 +25,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit.audit_actions import ERASE_ACTION
 from keel.audit.models import AuditAction, AuditEvent, AuditPayload
-from keel.audit.service import AuditLog
-from keel.core.audit import (
-    SYSTEM,
-    ActionSpec,
-    builtin_action,
-    event_time,
-    record_event,
-    register_actions,
-)
+from keel.audit.service.log import AUDIT_RESOURCE
+from keel.core.audit import SYSTEM, builtin_action, event_time, record_event
 from keel.core.db import utcnow
 from keel.core.tenancy import Tenant, bind_tenant
 from keel.settings import AuditSettings
 
 if TYPE_CHECKING:
     from keel.core.context import AppContext
-
-ERASE_ACTION = "audit.retention.erase"
-register_actions(
-    ActionSpec(
-        ERASE_ACTION,
-        "Retention erased the documents of expired events (their leaves stay).",
-        "security",
-    ),
-)
 
 #: Leaf indexes one DELETE names at most: far below every driver's bound-parameter limit.
 _DELETE_CHUNK = 1_000
@@ -268,7 +253,7 @@ async def run_retention(
     else:
         async with context.database.session() as session:
             tenants = list(await session.scalars(select(Tenant.id).order_by(Tenant.slug)))
-    audit = context.resources.get("audit")
+    audit = context.resources.get(AUDIT_RESOURCE)
     runs = []
     for tenant in tenants:
         while True:
@@ -282,7 +267,7 @@ async def run_retention(
                     dry_run=dry_run,
                 )
             runs.append(run)
-            if run.event_id is not None and isinstance(audit, AuditLog):
+            if run.event_id is not None and audit is not None:
                 await audit.sequence_outbox(tenant)
             if dry_run or not run.has_more or not run.erased:
                 break

@@ -41,9 +41,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import NullType
 
+from keel.audit.audit_actions import ERASE_ACTION
 from keel.audit.models import AuditEvent, AuditNode, AuditPayload, AuditSigningKey, AuditTreeHead
-from keel.audit.retention import ERASE_ACTION, erased_ranges
-from keel.audit.service import bound_columns, event_columns
+from keel.audit.service.retention import erased_ranges
+from keel.audit.service.storage import bound_columns
+from keel.audit.service.tree import event_columns
 from keel.core.audit import AuditOutbox
 from keel.core.tenancy import bind_tenant
 from keel_client.audit import (

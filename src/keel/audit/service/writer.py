@@ -8,7 +8,7 @@ These batches sign no tree head of their own. A head covering them is signed wit
 :data:`MAX_MERGE_DELAY` of the first unsigned batch (the maximum merge delay of Certificate
 Transparency and Trillian): one signature a second under load instead of one a batch, and
 one statement fewer on the path of every read a service audits. Whoever needs a head that
-covers a given event at once gets it from :meth:`keel.audit.service.AuditLog.fresh_head`.
+covers a given event at once gets it from :meth:`keel.audit.service.log.AuditLog.fresh_head`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import contextlib
 import time
 from typing import Any
 
-from keel.audit.service import SEQUENCE_BATCH, AuditLog
+from keel.audit.service.log import SEQUENCE_BATCH, AuditLog
 from keel.core.logging import get_logger
 
 log = get_logger(__name__)
