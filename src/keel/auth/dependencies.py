@@ -112,9 +112,11 @@ def holds_access(principal: Principal, service: str, scope: str, access: Access)
 
 
 def request_actor(request: Request, principal: Principal | None = None) -> Actor:
-    """The caller of a request as the audit trail names it (with address and user agent)."""
+    """The caller of a request as the audit trail names it (with address and user agent, cut
+    to the 400 characters an audit event and a login session keep)."""
     actor = Actor.of(principal, client_ip(request))
-    return Actor(actor.type, actor.id, actor.ip_address, request.headers.get("user-agent"))
+    user_agent = request.headers.get("user-agent")
+    return Actor(actor.type, actor.id, actor.ip_address, user_agent[:400] if user_agent else None)
 
 
 async def caller_actor(request: Request, principal: CurrentPrincipal) -> Actor:

@@ -8,12 +8,15 @@ from datetime import timedelta
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from keel.auth.account_router import build_account_router
-from keel.auth.authorize_router import build_authorize_router
 from keel.auth.dependencies import AUTH_RESOURCE, LOGIN_LIMITER_RESOURCE
 from keel.auth.models import SigningKey, SigningKeyStatus
 from keel.auth.one_time_tokens import purge_spent_one_time_rows
-from keel.auth.router import build_router, build_well_known_router
+from keel.auth.router import (
+    build_account_router,
+    build_authorize_router,
+    build_router,
+    build_well_known_router,
+)
 from keel.auth.service import AuthService
 from keel.core.context import AppContext
 from keel.core.logging import get_logger

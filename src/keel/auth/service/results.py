@@ -1,0 +1,36 @@
+"""What the auth service's operations answer, shared by its concepts and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    expires_in: int
+    refresh_token: str | None
+    scope: str
+    session_id: str | None = None
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """A refused authentication; ``reason`` is for the audit trail, never for the caller.
+
+    Returned rather than raised, so the unit of work that records it (a wrong password counts
+    towards a lockout, a reused refresh token revokes its family) still commits.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A credential shown once at creation."""
+
+    id: str
+    secret: str
+    extra: dict[str, Any]
