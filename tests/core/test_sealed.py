@@ -26,7 +26,7 @@ from keel.core.sealed import (
 from keel.core.services import available_services
 from keel.core.tenancy import ensure_tenant
 from keel.migrations import load_all_models, upgrade
-from keel.secrets.kv import KvEngine
+from keel.secrets.engines.kv import KvEngine
 from keel.settings import KNOWN_SERVICES, Settings
 from tests.support.databases import create_postgres_database, drop_postgres_database
 

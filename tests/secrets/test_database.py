@@ -35,7 +35,7 @@ from hvac.exceptions import InvalidRequest
 from sqlalchemy import select, text
 
 from keel.core.sealed import sealed_columns
-from keel.secrets.database import (
+from keel.secrets.engines.database import (
     DEFAULT_REVOCATION_STATEMENTS,
     EXAMPLE_CREATION_STATEMENTS,
     generate_username,

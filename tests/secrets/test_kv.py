@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from sqlalchemy import select, text
 
 from keel.core.tenancy import bind_tenant
+from keel.secrets.engines.policies import allowed, parse_policy
 from keel.secrets.models import SecretVersion
-from keel.secrets.policies import allowed, parse_policy
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
 from tests.support.secrets_api import DATA, member, put_policy, vault, write
@@ -252,7 +252,7 @@ def test_policy_globs() -> None:
 async def test_every_change_is_read_at_once_though_reads_are_cached(
     app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
 ) -> None:
-    """Reads keep the sealed version for a moment (keel.secrets.kv._ROWS); every change
+    """Reads keep the sealed version for a moment (keel.secrets.engines.kv._ROWS); every change
     through Keel drops it when it commits, and a change behind Keel's back (a tampered
     ciphertext) shows within the cache's lifetime."""
     path = f"apps/cached-{uuid.uuid4().hex[:8]}"

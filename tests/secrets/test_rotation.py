@@ -23,9 +23,13 @@ from keel.app import create_app
 from keel.core.changes import ChangeEvent
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
-from keel.secrets.kv import KvEngine
+from keel.secrets.engines.kv import KvEngine
+from keel.secrets.engines.rotation import (
+    RotationContext,
+    register_rotation_hook,
+    rotate_due_secrets,
+)
 from keel.secrets.models import SecretRotation
-from keel.secrets.rotation import RotationContext, register_rotation_hook, rotate_due_secrets
 from keel.settings import Settings
 from keel_client.changes import ServerSentEvent, SSEDecoder
 from tests.support.apps import running, unit_of_work

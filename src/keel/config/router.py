@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse
 
 from keel.auth.dependencies import (
     Access,
+    CallerActor,
     CurrentPrincipal,
     bearer_credential,
     get_auth_service,
-    request_actor,
 )
 from keel.config import schemas, service
 from keel.config.auth import (
@@ -29,12 +29,14 @@ from keel.config.auth import (
 )
 from keel.config.models import ConfigRevision
 from keel.config.validation import Diff, check_key
+from keel.core.audit import Actor
 from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context
 from keel.core.errors import NotFound
 from keel.core.http import Page, PageRequest, ServiceRouter, etag_for, is_not_modified
 from keel.core.input_rules import MAX_STORED_INT
 from keel.core.versioned import with_etag
+from keel.secrets.service import SecretReader, kv_engine_of
 from keel_client.auth import Principal
 
 IfMatch = Annotated[
@@ -86,19 +88,15 @@ async def _resolve(
     request: Request,
     session: DbSession,
     principal: Principal,
+    actor: Actor,
     values: dict[str, Any],
     subject: str,
 ) -> tuple[dict[str, Any], list[schemas.SecretReferenceState]]:
-    context = get_context(request)
-    engine = service.secrets_engine(context.resources, context.keyring)
-    resolved, report = await service.resolve_secret_references(
-        session,
-        engine,
-        principal,
-        values,
-        actor=request_actor(request, principal),
-        subject=subject,
+    engine = kv_engine_of(get_context(request))
+    reader = SecretReader(
+        session, engine, principal, actor, via={"via": "config", "config": subject}
     )
+    resolved, report = await service.resolve_secret_references(reader, values)
     return resolved, [schemas.SecretReferenceState(**entry.as_dict()) for entry in report]
 
 
@@ -110,10 +108,10 @@ def build_router() -> APIRouter:
     @router.post("/apps", status_code=201, response_model=schemas.Application)
     async def create_application(
         body: schemas.ApplicationCreate,
-        request: Request,
         response: Response,
         principal: ApplicationCreator,
         session: DbSession,
+        actor: CallerActor,
     ) -> Any:
         """Create an application (needs ``config:<name>:admin``)."""
         application = await service.create_application(
@@ -122,7 +120,7 @@ def build_router() -> APIRouter:
             body.name,
             description=body.description,
             json_schema=body.json_schema,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(application, response)
 
@@ -144,10 +142,10 @@ def build_router() -> APIRouter:
     async def update_application(
         app: str,
         body: schemas.ApplicationUpdate,
-        request: Request,
         response: Response,
         principal: ConfigAdmin,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
     ) -> Any:
         """Replace the JSON Schema (``null`` removes it). Refused (422) when a current
@@ -159,7 +157,7 @@ def build_router() -> APIRouter:
             json_schema=body.json_schema,
             description=body.description,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return with_etag(application, response)
 
@@ -169,10 +167,10 @@ def build_router() -> APIRouter:
     async def create_environment(
         app: str,
         body: schemas.EnvironmentCreate,
-        request: Request,
         response: Response,
         principal: ConfigAdmin,
         session: DbSession,
+        actor: CallerActor,
     ) -> Any:
         """Create an environment: revision 1, no values."""
         environment = await service.create_environment(
@@ -180,7 +178,7 @@ def build_router() -> APIRouter:
             principal.tenant_id,
             app,
             body.name,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         response.headers["ETag"] = etag_for(environment.revision)
         return environment
@@ -197,6 +195,7 @@ def build_router() -> APIRouter:
         response: Response,
         principal: ConfigReader,
         session: DbSession,
+        actor: CallerActor,
         if_none_match: IfNoneMatch = None,
         resolve_secrets: ResolveSecrets = False,
     ) -> Any:
@@ -212,7 +211,7 @@ def build_router() -> APIRouter:
         values = await service.values_of_revision(session, environment_id, revision)
         if resolve_secrets:
             resolved, report = await _resolve(
-                request, session, principal, values, service.change_subject(app, env)
+                request, session, principal, actor, values, service.change_subject(app, env)
             )
             _no_store(response)
             return schemas.SnapshotOut(
@@ -228,10 +227,10 @@ def build_router() -> APIRouter:
         app: str,
         env: str,
         body: schemas.ChangeSet,
-        request: Request,
         response: Response,
         principal: ConfigWriter,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
     ) -> Any:
         """One atomic change set: ``set`` and ``unset`` keys in one new revision. Validated
@@ -246,7 +245,7 @@ def build_router() -> APIRouter:
             unset=body.unset,
             message=body.message,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _written(outcome, response)
 
@@ -261,6 +260,7 @@ def build_router() -> APIRouter:
         response: Response,
         principal: ConfigReader,
         session: DbSession,
+        actor: CallerActor,
         if_none_match: IfNoneMatch = None,
         resolve_secrets: ResolveSecrets = False,
     ) -> Any:
@@ -276,7 +276,12 @@ def build_router() -> APIRouter:
             raise NotFound(f"No key {key!r} in {service.change_subject(app, env)}.")
         if resolve_secrets:
             resolved, report = await _resolve(
-                request, session, principal, {key: values[key]}, service.change_subject(app, env)
+                request,
+                session,
+                principal,
+                actor,
+                {key: values[key]},
+                service.change_subject(app, env),
             )
             _no_store(response)
             return schemas.KeyOut(key=key, revision=revision, value=resolved[key], secrets=report)
@@ -289,10 +294,10 @@ def build_router() -> APIRouter:
         env: str,
         key: str,
         body: schemas.KeyWrite,
-        request: Request,
         response: Response,
         principal: ConfigWriter,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
     ) -> Any:
         """Set one key: a change set of one."""
@@ -304,7 +309,7 @@ def build_router() -> APIRouter:
             set_values={key: body.value},
             message=body.message,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _written(outcome, response)
 
@@ -313,10 +318,10 @@ def build_router() -> APIRouter:
         app: str,
         env: str,
         key: str,
-        request: Request,
         response: Response,
         principal: ConfigWriter,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
         message: Annotated[str, Query(max_length=2000)] = "",
     ) -> Any:
@@ -329,7 +334,7 @@ def build_router() -> APIRouter:
             key,
             message=message,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _written(outcome, response)
 
@@ -389,10 +394,10 @@ def build_router() -> APIRouter:
         app: str,
         env: str,
         body: schemas.Rollback,
-        request: Request,
         response: Response,
         principal: ConfigWriter,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
     ) -> Any:
         """A new revision holding the values of an earlier one."""
@@ -404,7 +409,7 @@ def build_router() -> APIRouter:
             body.revision,
             message=body.message,
             if_match=if_match,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         return _written(outcome, response)
 
@@ -414,10 +419,10 @@ def build_router() -> APIRouter:
     async def promote(
         app: str,
         body: schemas.PromotionRequest,
-        request: Request,
         response: Response,
         principal: ConfigWriter,
         session: DbSession,
+        actor: CallerActor,
         if_match: IfMatch = None,
     ) -> Any:
         """Copy one environment's values to another. ``confirm: false`` answers the diff the
@@ -434,7 +439,7 @@ def build_router() -> APIRouter:
             if_match=if_match,
             source_revision=body.source_revision,
             message=body.message,
-            actor=request_actor(request, principal),
+            actor=actor,
         )
         response.headers["ETag"] = etag_for(promotion.target_revision)
         return schemas.PromotionOut(
@@ -454,7 +459,12 @@ def build_router() -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def watch(
-        app: str, env: str, request: Request, principal: ConfigReader, session: DbSession
+        app: str,
+        env: str,
+        request: Request,
+        principal: ConfigReader,
+        session: DbSession,
+        actor: CallerActor,
     ) -> Response:
         """The environment's new revisions as Server-Sent Events (``event: config``, data
         ``{"seq", "stream", "subject": "<app>/<env>", "data": {"revision", "keys"}}``: key
@@ -478,7 +488,7 @@ def build_router() -> APIRouter:
             [service.CONFIG_STREAM],
             since=after,
             allow=keep,
-            actor=request_actor(request, principal),
+            actor=actor,
             action="config.changes.watch",
             target_type="config_environment",
             target_id=subject,

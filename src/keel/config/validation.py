@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keel.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
-from keel.secrets.kv import check_mount_path, check_secret_path
+from keel.secrets.service import check_mount_path, check_secret_path
 
 #: An application or environment name: it appears in URLs, permissions and subjects.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

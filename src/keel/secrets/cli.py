@@ -35,7 +35,7 @@ from keel.core.sealed import (
     rewrap_sealed_values,
 )
 from keel.core.tenancy import DEFAULT_TENANT, bind_tenant, ensure_tenant, get_tenant_by_slug
-from keel.secrets.kv import (
+from keel.secrets.engines.kv import (
     DEFAULT_MOUNT,
     KvEngine,
     SecretUnreadable,

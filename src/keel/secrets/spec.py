@@ -10,11 +10,10 @@ from keel.secrets import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
     router,
 )
-from keel.secrets.database import DATABASE_RESOURCE, DatabaseEngine, sweep_forever
-from keel.secrets.kv import KvEngine
+from keel.secrets.engines.database import DATABASE_RESOURCE, DatabaseEngine, sweep_forever
+from keel.secrets.engines.kv import SECRETS_RESOURCE, KvEngine
+from keel.secrets.engines.rotation import rotate_secrets_on_schedule
 from keel.secrets.models import SecretMount
-from keel.secrets.rotation import rotate_secrets_on_schedule
-from keel.secrets.router import SECRETS_RESOURCE
 
 
 async def start_secrets(context: AppContext) -> None:

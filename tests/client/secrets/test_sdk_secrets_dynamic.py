@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from keel.secrets.database import EXAMPLE_CREATION_STATEMENTS
+from keel.secrets.engines.database import EXAMPLE_CREATION_STATEMENTS
 from keel_client.secrets import DynamicCredential, SecretPermissionDenied, SecretsClient
 from tests.client.secrets.sdk_secrets_support import BASE_URL, CountingTransport, member
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn

@@ -9,15 +9,14 @@ a Keel access token, audited as every issued token is.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from dataclasses import dataclass
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.models import OAuthClient, PrincipalType, ServiceAccount
-from keel.auth.service import AuthFailure, AuthService, TokenPair
+from keel.auth.service import AuthFailure, AuthService, PrincipalType, TokenPair
 from keel.core.audit import Actor
 from keel.core.errors import BadRequest, NotFound
-from keel.core.tenancy import bind_tenant
-from keel.secrets.policies import NAME, POLICY_PERMISSION
+from keel.secrets.engines.policies import NAME, POLICY_PERMISSION, held_policy_names_of
 from keel_client.auth import Principal
 
 PREFIX = "approle."
@@ -30,14 +29,22 @@ def account_name(name: str) -> str:
     return PREFIX + name
 
 
-async def account(session: AsyncSession, tenant_id: str, name: str) -> ServiceAccount:
-    bind_tenant(session, tenant_id)
-    found = await session.scalar(
-        select(ServiceAccount).where(ServiceAccount.name == account_name(name))
-    )
+@dataclass(frozen=True)
+class AppRole:
+    """An AppRole: ``name`` as Vault's clients know it, ``role_id`` its account's id."""
+
+    name: str
+    role_id: str
+    #: The service account's (and its role's) name: ``approle.<name>``.
+    account_name: str
+
+
+async def account(auth: AuthService, session: AsyncSession, tenant_id: str, name: str) -> AppRole:
+    """The AppRole ``name`` (404 when there is none)."""
+    found = await auth.find_service_account(session, tenant_id, account_name(name))
     if found is None:
         raise NotFound()
-    return found
+    return AppRole(name, found.id, found.name)
 
 
 async def write(
@@ -47,7 +54,7 @@ async def write(
     name: str,
     policies: list[str],
     actor: Actor,
-) -> ServiceAccount:
+) -> AppRole:
     """Create the AppRole, or set its policies."""
     tenant_id = principal.tenant_id
     for policy in policies:
@@ -68,21 +75,40 @@ async def write(
             grantor=principal,
         )  # fmt: skip
     try:
-        return await account(session, tenant_id, name)
+        return await account(auth, session, tenant_id, name)
     except NotFound:
         pass
     created, issued = await auth.create_service_account(
         session, tenant_id, name=role_name, actor=actor
     )
     # The account's first secret was never shown to anyone: secret IDs are issued on demand.
-    await session.execute(
-        update(OAuthClient).where(OAuthClient.client_id == issued.id).values(is_revoked=True)
-    )
+    await auth.revoke_client_secret(session, tenant_id, issued.id)
     await auth.assign_role(
         session, tenant_id, role_name, PrincipalType.service_account, created.id, actor,
         grantor=principal,
     )  # fmt: skip
-    return created
+    return AppRole(name, created.id, created.name)
+
+
+async def issue_secret_id(
+    auth: AuthService, session: AsyncSession, tenant_id: str, name: str
+) -> tuple[str, str]:
+    """A new ``secret_id`` of the AppRole ``name`` and its accessor (the secret is shown in
+    this answer only)."""
+    found = await account(auth, session, tenant_id, name)
+    issued = await auth.add_client_secret(
+        session, tenant_id, found.role_id, f"{found.account_name} secret-id"
+    )
+    return issued.secret, issued.id
+
+
+async def policies_of(
+    auth: AuthService, session: AsyncSession, tenant_id: str, name: str
+) -> list[str]:
+    """The policies the AppRole ``name`` grants."""
+    found = await account(auth, session, tenant_id, name)
+    role = await auth.get_role(session, tenant_id, found.account_name)
+    return held_policy_names_of(role.permissions)
 
 
 async def login(

@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.cache import SharedCache, invalidate_after_commit
-from keel.core.errors import BadRequest
+from keel.core.errors import BadRequest, NotFound
 from keel.core.tenancy import bind_tenant
 from keel.secrets.models import MAX_POLICY_BYTES, SecretPolicy
 from keel_client.auth import Principal
@@ -165,3 +165,50 @@ def forget_policy(session: AsyncSession, tenant_id: str, name: str) -> None:
 
 def stored_rules(rules: list[Rule]) -> list[Any]:
     return [[rule.pattern, sorted(rule.capabilities)] for rule in rules]
+
+
+def check_policy_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise BadRequest("a policy name is lowercase letters, digits, '.', '-' and '_'")
+    return name
+
+
+# -- stored policies ----------------------------------------------------------------------
+
+
+async def policy_names(session: AsyncSession, tenant_id: str) -> list[str]:
+    """The names of the tenant's policies, sorted."""
+    bind_tenant(session, tenant_id)
+    return sorted(await session.scalars(select(SecretPolicy.name)))
+
+
+async def read_policy(session: AsyncSession, tenant_id: str, name: str) -> SecretPolicy:
+    """The tenant's policy ``name`` (404 when there is none)."""
+    bind_tenant(session, tenant_id)
+    stored = await session.scalar(select(SecretPolicy).where(SecretPolicy.name == name))
+    if stored is None:
+        raise NotFound()
+    return stored
+
+
+async def write_policy(
+    session: AsyncSession, tenant_id: str, name: str, text: str, rules: list[Rule]
+) -> SecretPolicy:
+    """Create or replace policy ``name``: ``text`` as written, ``rules`` parsed from it
+    (:func:`parse_policy`, before the caller's capability was checked)."""
+    bind_tenant(session, tenant_id)
+    stored = await session.scalar(select(SecretPolicy).where(SecretPolicy.name == name))
+    if stored is None:
+        stored = SecretPolicy(tenant_id=tenant_id, name=name)
+        session.add(stored)
+    stored.text = text
+    stored.rules = stored_rules(rules)
+    forget_policy(session, tenant_id, name)
+    return stored
+
+
+async def delete_policy(session: AsyncSession, tenant_id: str, name: str) -> None:
+    """Remove policy ``name``, if any: its holders lose its grants."""
+    bind_tenant(session, tenant_id)
+    await session.execute(delete(SecretPolicy).where(SecretPolicy.name == name))
+    forget_policy(session, tenant_id, name)

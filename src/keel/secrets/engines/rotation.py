@@ -43,9 +43,14 @@ from keel.core.db import Database, utcnow
 from keel.core.errors import BadRequest, NotFound
 from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
-from keel.secrets.kv import KvEngine, format_duration, parse_duration, vault_time
+from keel.secrets.engines.kv import (
+    SECRETS_RESOURCE,
+    KvEngine,
+    format_duration,
+    parse_duration,
+    vault_time,
+)
 from keel.secrets.models import Secret, SecretMount, SecretRotation, SecretVersion
-from keel.secrets.router import SECRETS_RESOURCE
 
 if TYPE_CHECKING:
     from keel.core.context import AppContext
@@ -361,7 +366,7 @@ async def _fail(
     rotation.last_error = reason
     rotation.next_rotation_at = now + timedelta(seconds=min(RETRY_SECONDS, rotation.interval_s))
     record_event(
-        session, **_event(mount, path, actor), outcome=Outcome.failure, data={"error": reason}
+        session, **_event(mount, path, actor), outcome=Outcome.FAILURE, data={"error": reason}
     )
     raise RotationFailed(reason, status)
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.cache import SharedCache, invalidate_after_commit
 from keel.core.changes import record_change
+from keel.core.context import ResourceKey
 from keel.core.crypto import DecryptionError, Keyring
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, NotFound
@@ -151,13 +152,22 @@ class KvEngine:
         return await self.enable(session, tenant_id, DEFAULT_MOUNT, "key/value secret storage")
 
     async def enable(
-        self, session: AsyncSession, tenant_id: str, path: str, description: str = ""
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        path: str,
+        description: str = "",
+        engine_type: str = "kv",
     ) -> SecretMount:
+        """A new mount at ``path`` of ``engine_type``: ``kv`` (this engine) or ``database``
+        (:mod:`keel.secrets.engines.database`)."""
         bind_tenant(session, tenant_id)
         path = check_mount_path(path)
         if await session.scalar(select(SecretMount.id).where(SecretMount.path == path)):
             raise BadRequest(f"path is already in use at {path}/")
-        mount = SecretMount(tenant_id=tenant_id, path=path, description=description)
+        mount = SecretMount(
+            tenant_id=tenant_id, path=path, description=description, type=engine_type
+        )
         session.add(mount)
         await session.flush()
         return mount
@@ -371,6 +381,15 @@ class KvEngine:
             raise NotFound()
         return secret
 
+    async def exists(self, session: AsyncSession, mount: SecretMount, path: str) -> bool:
+        """Whether a secret is at ``path`` (a write there is Vault's ``update``, else its
+        ``create``)."""
+        try:
+            await self.metadata(session, mount, path)
+        except NotFound:
+            return False
+        return True
+
     async def metadata_document(
         self, session: AsyncSession, mount: SecretMount, secret: Secret
     ) -> dict[str, Any]:
@@ -502,6 +521,10 @@ class KvEngine:
                 )
             )
             secret.oldest_version = oldest
+
+
+#: The process's KV engine, built at the service's start-up.
+SECRETS_RESOURCE: ResourceKey[KvEngine] = ResourceKey("secrets.kv")
 
 
 def _read_query(current: bool) -> Select[Any]:

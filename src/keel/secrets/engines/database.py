@@ -37,7 +37,7 @@ from keel.core.errors import BadRequest, NotFound
 from keel.core.logging import get_logger
 from keel.core.sealed import register_sealed_column
 from keel.core.tenancy import bind_tenant
-from keel.secrets.kv import parse_duration
+from keel.secrets.engines.kv import parse_duration
 from keel.secrets.models import DatabaseConnection, DatabaseRole, Lease, SecretMount
 
 log = get_logger(__name__)
@@ -584,7 +584,7 @@ class DatabaseEngine:
             )
             record_event(
                 session,
-                outcome=Outcome.failure,
+                outcome=Outcome.FAILURE,
                 data={"reason": "expired", "attempts": lease.revoke_attempts, "error": message},
                 **event,
             )
