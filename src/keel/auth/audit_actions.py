@@ -21,7 +21,7 @@ register_actions(
         "auth.user.password_change",
         "A password set or changed.",
         _SECURITY,
-        Sensitivity.confidential,
+        Sensitivity.CONFIDENTIAL,
     ),
     ActionSpec("auth.password_reset.request", "A password reset requested.", _SECURITY),
     ActionSpec("auth.password_reset.confirm", "A password reset used.", _SECURITY),

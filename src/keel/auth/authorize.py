@@ -369,7 +369,7 @@ class AuthorizationCodeFlow:
             session,
             tenant_id=row.tenant_id,
             action="auth.token.issue",
-            outcome=Outcome.denied,
+            outcome=Outcome.DENIED,
             actor_type="user",
             actor_id=row.user_id,
             ip_address=actor.ip_address,

@@ -264,7 +264,7 @@ class TotpMfa:
                 session,
                 tenant_id=user.tenant_id,
                 action="auth.mfa.disable",
-                outcome=Outcome.denied,
+                outcome=Outcome.DENIED,
                 actor=actor,
                 ip_address=actor.ip_address,
                 target_type="user",
