@@ -40,7 +40,7 @@ from keel.core.audit import SYSTEM
 from keel.core.crypto import Envelope, Keyring, MasterKey
 from keel.core.sealed import sealed_columns
 from keel.core.tenancy import ALL_TENANTS_OPTION, bind_tenant, get_tenant_by_slug
-from keel.secrets.kv import KvEngine
+from keel.secrets.engines.kv import KvEngine
 from keel.settings import Settings
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_cli import invoke_keel, invoke_keel_async
