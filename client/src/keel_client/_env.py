@@ -1,5 +1,6 @@
 """What every service client of the SDK shares about reaching Keel: the environment variables
-``from_env()`` reads and how a plain token becomes ``httpx.Auth``."""
+``from_env()`` reads, how a plain token becomes ``httpx.Auth``, and the rule for a client
+given a shared base client (``api=``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,23 @@ from pydantic import SecretStr
 
 from keel_client.http import BearerToken
 
-__all__ = ["ENV_TOKEN", "ENV_URL", "as_auth", "env_settings"]
+__all__ = [
+    "ENV_CLIENT_ID",
+    "ENV_CLIENT_SECRET",
+    "ENV_TOKEN",
+    "ENV_URL",
+    "as_auth",
+    "check_api_alone",
+    "env_settings",
+]
 
 #: The environment variables ``from_env`` reads: Keel's base URL and the service's credential.
 ENV_URL = "KEEL_URL"
 ENV_TOKEN = "KEEL_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+#: A service account's client credentials, which ``keel_client.Keel.from_env`` reads when
+#: there is no ``KEEL_TOKEN``.
+ENV_CLIENT_ID = "KEEL_CLIENT_ID"
+ENV_CLIENT_SECRET = "KEEL_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 def env_settings(environ: Mapping[str, str] | None = None) -> tuple[str, SecretStr | None]:
@@ -26,6 +39,13 @@ def env_settings(environ: Mapping[str, str] | None = None) -> tuple[str, SecretS
         raise ValueError(f"{ENV_URL} is not set: it names the Keel server to call")
     token = environ.get(ENV_TOKEN, "").strip()
     return url, SecretStr(token) if token else None
+
+
+def check_api_alone(base_url: str | None, auth: object, options: Mapping[str, object]) -> None:
+    """A client given ``api=`` (a shared base client) takes its URL, credential and HTTP
+    options from it: ``ValueError`` when any of them is given besides."""
+    if base_url is not None or auth is not None or options:
+        raise ValueError("give either base_url, auth and HTTP options, or api=, not both")
 
 
 def as_auth(auth: str | SecretStr | httpx.Auth | None) -> httpx.Auth | None:

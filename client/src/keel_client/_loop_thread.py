@@ -1,5 +1,6 @@
 """``LoopThread``: an event loop in a daemon thread of its own, what the SDK's blocking faces
-(``SyncConfigClient``, ``SyncFlagsClient``) run their async client on."""
+(``SyncConfigClient``, ``SyncFlagsClient``, ``SyncAuditClient``, ``keel_client.SyncKeel``) run
+their async clients on."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class LoopThread:
             raise RuntimeError(f"{self.name} is not running")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    def stop(self, last: Coroutine[Any, Any, Any], *, timeout: float) -> None:
+    def stop(self, last: Coroutine[Any, Any, Any], *, timeout: float | None) -> None:
         """Run ``last`` (a client's ``aclose()``; at most ``timeout`` s), then stop the loop,
         end the thread and close the loop, even if ``last`` failed. Nothing when not
         running."""

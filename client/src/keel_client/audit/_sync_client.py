@@ -1,20 +1,16 @@
-"""``SyncAuditClient``: the blocking face of ``AuditClient``, on a thread of its own."""
+"""``SyncAuditClient``: the blocking face of ``AuditClient``, on an event loop in a thread."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import types
-from collections.abc import Coroutine
-from typing import Any, Self, TypeVar, Unpack
+from typing import Self, Unpack
 
+from keel_client._loop_thread import LoopThread
 from keel_client.audit._api import TransactionReceipt
 from keel_client.audit._client import AuditClient, AuditClientStats
 from keel_client.audit._events import EventFields, TransactionFields, build_transaction
 
 __all__ = ["SyncAuditClient"]
-
-_T = TypeVar("_T")
 
 
 class SyncAuditClient:
@@ -32,10 +28,18 @@ class SyncAuditClient:
 
     def __init__(self, client: AuditClient) -> None:
         self.client = client
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="keel-audit", daemon=True
-        )
+        self._runner = LoopThread("keel-audit")
+        self._owns_runner = True
+        self._is_started = False
+
+    @classmethod
+    def _on_runner(cls, client: AuditClient, runner: LoopThread) -> Self:
+        """The blocking face of ``client`` on a loop thread already running, which it leaves
+        running (``keel_client.SyncKeel`` runs all its sub-clients on one)."""
+        face = cls.__new__(cls)
+        face.client, face._runner = client, runner
+        face._owns_runner, face._is_started = False, False
+        return face
 
     def __enter__(self) -> Self:
         self.start()
@@ -51,11 +55,15 @@ class SyncAuditClient:
 
     def start(self) -> None:
         """Start the loop thread and the client on it (see :meth:`AuditClient.start`)."""
-        self._thread.start()
+        if self._is_started:
+            raise RuntimeError("this SyncAuditClient is already started")
+        self._is_started = True
+        if self._owns_runner:
+            self._runner.start()
         try:
-            self._run(self.client.start())
+            self._runner.call(self.client.start())
         except BaseException:
-            self._stop_loop()
+            self.close(timeout=0)
             raise
 
     def record(self, action: str, **fields: Unpack[EventFields]) -> str:
@@ -64,32 +72,25 @@ class SyncAuditClient:
 
     def record_transaction(self, **fields: Unpack[TransactionFields]) -> TransactionReceipt:
         """See :meth:`AuditClient.record_transaction`; blocks until Keel answers."""
-        if not self._thread.is_alive():
+        if not self._is_started:
             raise RuntimeError("the SyncAuditClient is not started")
         build_transaction(**fields)  # a float amount fails here, on the caller's thread
-        return self._run(self.client.record_transaction(**fields))
+        return self._runner.call(self.client.record_transaction(**fields))
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """See :meth:`AuditClient.flush`; blocks the calling thread."""
-        return self._run(self.client.flush(timeout))
+        return self._runner.call(self.client.flush(timeout))
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """See :meth:`AuditClient.aclose`; then stops the thread."""
-        if not self._thread.is_alive():
+        """See :meth:`AuditClient.aclose`; then stops the thread (a shared thread is left
+        running)."""
+        if not self._is_started or not self._runner.is_running:
             return
-        try:
-            self._run(self.client.aclose(timeout))
-        finally:
-            self._stop_loop()
+        self._is_started = False
+        if self._owns_runner:
+            self._runner.stop(self.client.aclose(timeout), timeout=None)
+        else:
+            self._runner.call(self.client.aclose(timeout))
 
     def stats(self) -> AuditClientStats:
         return self.client.stats()
-
-    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10.0)
-        if not self._thread.is_alive():
-            self._loop.close()

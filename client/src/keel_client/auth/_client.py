@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote_plus
 
 import httpx
@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from keel_client.auth._principal import Principal
 from keel_client.auth._verifier import InvalidToken, TokenVerifier
-from keel_client.http import BaseAPIClient, ClientCredentials
+from keel_client.http import BaseAPIClient, ClientCredentials, RequestOptions
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -93,7 +93,9 @@ class AuthClient(BaseAPIClient):
     A refused login, a reused refresh token or an ended session raise
     ``keel_client.http.ClientError`` with ``status == 401``. Every other keyword argument is a
     ``BaseAPIClient`` option (timeouts, retries, ``transport``...). Give this client no
-    ``auth=``: the calls carry the user's own token.
+    ``auth=``: the calls carry the user's own token. Each call takes per-call
+    ``RequestOptions`` (``timeout``, ``deadline``, ``max_retries``...) over the defaults.
+    ``keel_client.Keel``'s ``keel.auth`` is one of these on the shared connection pool.
     """
 
     async def login(
@@ -102,6 +104,7 @@ class AuthClient(BaseAPIClient):
         password: str | SecretStr,
         tenant: str = "default",
         totp_code: str | SecretStr | None = None,
+        **options: Unpack[RequestOptions],
     ) -> TokenSet:
         """Exchange a username (or e-mail) and password (and a TOTP code) for tokens."""
         body: dict[str, Any] = {
@@ -111,23 +114,30 @@ class AuthClient(BaseAPIClient):
         }
         if totp_code is not None:
             body["totp_code"] = _reveal(totp_code)
-        return await self.post("/auth/v1/login", json=body, response_model=TokenSet)
+        return await self.post("/auth/v1/login", json=body, response_model=TokenSet, **options)
 
-    async def refresh(self, refresh_token: str | SecretStr) -> TokenSet:
+    async def refresh(
+        self, refresh_token: str | SecretStr, **options: Unpack[RequestOptions]
+    ) -> TokenSet:
         """Rotate a refresh token; the old one must not be used again."""
         return await self.post(
             "/auth/v1/refresh",
             json={"refresh_token": _reveal(refresh_token)},
             response_model=TokenSet,
+            **options,
         )
 
-    async def logout(self, access_token: str | SecretStr) -> None:
+    async def logout(
+        self, access_token: str | SecretStr, **options: Unpack[RequestOptions]
+    ) -> None:
         """End the session the access token belongs to."""
-        await self.post("/auth/v1/logout", headers=_bearer(_reveal(access_token)))
+        await self.post("/auth/v1/logout", headers=_bearer(_reveal(access_token)), **options)
 
-    async def me(self, token: str | SecretStr) -> Principal:
+    async def me(self, token: str | SecretStr, **options: Unpack[RequestOptions]) -> Principal:
         """Who a token (or API key) stands for, as Keel sees it now (revocation included)."""
-        me = await self.get("/auth/v1/me", headers=_bearer(_reveal(token)), response_model=_Me)
+        me = await self.get(
+            "/auth/v1/me", headers=_bearer(_reveal(token)), response_model=_Me, **options
+        )
         return Principal(
             subject=me.subject,
             tenant_id=me.tenant_id,

@@ -31,7 +31,7 @@ import anyio
 import httpx
 from pydantic import SecretStr
 
-from keel_client._env import as_auth, env_settings
+from keel_client._env import as_auth, check_api_alone, env_settings
 from keel_client._follower import SnapshotFollower
 from keel_client._loop_thread import LoopThread
 from keel_client.changes import MAX_RECONNECT_DELAY, Change
@@ -108,7 +108,9 @@ class ConfigClient:
 
     ``persist=False`` keeps no local copy. Every other keyword argument is a
     ``BaseAPIClient`` option (timeouts, retries, ``transport``...); the resilient client is
-    :attr:`api`.
+    :attr:`api`. Or pass ``api=`` (a ``BaseAPIClient`` for Keel, e.g. the one
+    ``keel_client.Keel`` shares between its sub-clients: ``keel.config.client(...)``) instead
+    of ``base_url``, ``auth`` and those options; the client then leaves it open.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ConfigClient:
         base_url: str | None = None,
         *,
         auth: str | SecretStr | httpx.Auth | None = None,
+        api: BaseAPIClient | None = None,
         cache_path: str | os.PathLike[str] | None = None,
         persist: bool = True,
         resolve_secrets: bool = False,
@@ -136,9 +139,14 @@ class ConfigClient:
         self._values: dict[str, Any] = _NotStarted()
         self._source: Source | None = None
         self._start_timeout = start_timeout
-        options.setdefault("name", "ConfigClient")
+        self._owns_api = api is None
+        if api is None:
+            options.setdefault("name", "ConfigClient")
+            api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        else:
+            check_api_alone(base_url, auth, options)
         #: The resilient HTTP client the reads and the watch go through.
-        self.api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        self.api = api
         self._follower: SnapshotFollower[ConfigChange, Snapshot] = SnapshotFollower(
             self.api,
             self._core.watch_path,
@@ -270,9 +278,10 @@ class ConfigClient:
 
     async def aclose(self) -> None:
         """Stop following, wait until the local copy holds the latest snapshot, and close
-        pooled connections (the local copy stays)."""
+        pooled connections (the local copy stays; an ``api=`` it was given stays open)."""
         await self._follower.aclose()
-        await self.api.aclose()
+        if self._owns_api:
+            await self.api.aclose()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -364,6 +373,17 @@ class SyncConfigClient:
     def __init__(self, application: str, environment: str, *args: Any, **kwargs: Any) -> None:
         self._client = ConfigClient(application, environment, *args, **kwargs)
         self._runner = LoopThread(f"keel-config-{application}-{environment}")
+        self._owns_runner = True
+        self._is_started = False
+
+    @classmethod
+    def _on_runner(cls, client: ConfigClient, runner: LoopThread) -> Self:
+        """The blocking face of ``client`` on a loop thread already running, which it leaves
+        running (``keel_client.SyncKeel`` runs all its sub-clients on one)."""
+        face = cls.__new__(cls)
+        face._client, face._runner = client, runner
+        face._owns_runner, face._is_started = False, False
+        return face
 
     @classmethod
     def from_env(
@@ -419,9 +439,11 @@ class SyncConfigClient:
 
     def start(self) -> Self:
         """Start the thread and the client; see :meth:`ConfigClient.start`."""
-        if self._runner.is_running:
+        if self._is_started:
             raise RuntimeError("this SyncConfigClient is already started")
-        self._runner.start()
+        self._is_started = True
+        if self._owns_runner:
+            self._runner.start()
         try:
             self._runner.call(self._client.start())
         except BaseException:
@@ -431,9 +453,14 @@ class SyncConfigClient:
 
     def close(self) -> None:
         """Stop following, write the latest local copy, close connections and end the
-        thread."""
-        if self._runner.is_running:
+        thread (a shared thread is left running)."""
+        if not self._is_started or not self._runner.is_running:
+            return
+        self._is_started = False
+        if self._owns_runner:
             self._runner.stop(self._client.aclose(), timeout=10)
+        else:
+            self._runner.call(self._client.aclose(), timeout=10)
 
 
 def load_snapshot(

@@ -36,7 +36,7 @@ import anyio
 import httpx
 from pydantic import SecretStr
 
-from keel_client._env import as_auth, env_settings
+from keel_client._env import as_auth, check_api_alone, env_settings
 from keel_client._follower import SnapshotFollower
 from keel_client._loop_thread import LoopThread
 from keel_client.changes import MAX_RECONNECT_DELAY
@@ -150,6 +150,11 @@ class FlagsClient:
     Evaluation never raises and never waits: any problem (not started, unknown flag, a value
     of the wrong type, a malformed flag or context) gives the caller's default, and
     :meth:`variation_detail` says why. The credential needs ``flags:<env>:read``.
+
+    Every other keyword argument is a ``BaseAPIClient`` option; or pass ``api=`` (a
+    ``BaseAPIClient`` for Keel, e.g. the one ``keel_client.Keel`` shares between its
+    sub-clients: ``keel.flags.client(...)``) instead of ``base_url``, ``auth`` and those
+    options; the client then leaves it open.
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class FlagsClient:
         base_url: str | None = None,
         *,
         auth: str | SecretStr | httpx.Auth | None = None,
+        api: BaseAPIClient | None = None,
         cache_path: str | os.PathLike[str] | None = None,
         persist: bool = True,
         send_events: bool = True,
@@ -185,9 +191,14 @@ class FlagsClient:
         self.ready = threading.Event()
         self._start_timeout = start_timeout
         self._warned_not_started = False
-        options.setdefault("name", "FlagsClient")
+        self._owns_api = api is None
+        if api is None:
+            options.setdefault("name", "FlagsClient")
+            api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        else:
+            check_api_alone(base_url, auth, options)
         #: The resilient HTTP client the reads, the watch and the events go through.
-        self.api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
+        self.api = api
         self._follower: SnapshotFollower[FlagsChange, dict[str, Any]] = SnapshotFollower(
             self.api,
             self._watch_path,
@@ -428,11 +439,12 @@ class FlagsClient:
     async def aclose(self, *, flush_timeout: float = 5.0) -> None:
         """Stop following, wait until the local copy holds the latest snapshot, send the
         events left (for at most ``flush_timeout`` seconds) and close pooled connections.
-        The local copy stays."""
+        The local copy stays; an ``api=`` it was given stays open."""
         await self._follower.aclose()
         if self._sender is not None:
             await self._sender.stop(flush_timeout=flush_timeout)
-        await self.api.aclose()
+        if self._owns_api:
+            await self.api.aclose()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -585,6 +597,17 @@ class SyncFlagsClient:
     def __init__(self, environment: str, *args: Any, **kwargs: Any) -> None:
         self.client = FlagsClient(environment, *args, **kwargs)
         self._runner = LoopThread(f"keel-flags-{environment}")
+        self._owns_runner = True
+        self._is_started = False
+
+    @classmethod
+    def _on_runner(cls, client: FlagsClient, runner: LoopThread) -> Self:
+        """The blocking face of ``client`` on a loop thread already running, which it leaves
+        running (``keel_client.SyncKeel`` runs all its sub-clients on one)."""
+        face = cls.__new__(cls)
+        face.client, face._runner = client, runner
+        face._owns_runner, face._is_started = False, False
+        return face
 
     @classmethod
     def from_env(
@@ -620,7 +643,7 @@ class SyncFlagsClient:
 
     @property
     def is_started(self) -> bool:
-        return self._runner.is_running
+        return self._is_started and self._runner.is_running
 
     def variation_detail(
         self,
@@ -647,15 +670,17 @@ class SyncFlagsClient:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """See :meth:`FlagsClient.flush`."""
-        if not self._runner.is_running:
+        if not self.is_started:
             return False
         return self._runner.call(self.client.flush(), timeout)
 
     def start(self, *, require_snapshot: bool = True) -> Self:
         """Start the thread and the client; see :meth:`FlagsClient.start`."""
-        if self._runner.is_running:
+        if self._is_started:
             raise RuntimeError("this SyncFlagsClient is already started")
-        self._runner.start()
+        self._is_started = True
+        if self._owns_runner:
+            self._runner.start()
         try:
             self._runner.call(self.client.start(require_snapshot=require_snapshot))
         except BaseException:
@@ -665,6 +690,11 @@ class SyncFlagsClient:
 
     def close(self) -> None:
         """Stop following, write the latest local copy, send the events left, close
-        connections and end the thread."""
-        if self._runner.is_running:
+        connections and end the thread (a shared thread is left running)."""
+        if not self.is_started:
+            return
+        self._is_started = False
+        if self._owns_runner:
             self._runner.stop(self.client.aclose(), timeout=15)
+        else:
+            self._runner.call(self.client.aclose(), timeout=15)

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from keel_client._env import ENV_TOKEN, ENV_URL, env_settings
+from keel_client._env import ENV_TOKEN, ENV_URL, check_api_alone, env_settings
 from keel_client._env import as_auth as _as_auth
 from keel_client.http import (
     BaseAPIClient,
@@ -208,14 +208,6 @@ class _SecretsCore:
         raise SecretsError(f"{action} {where} refused: {detail}", **fields) from error
 
 
-def _check_shared(
-    base_url: str | None, auth: str | SecretStr | httpx.Auth | None, options: Mapping[str, Any]
-) -> None:
-    """An ``api=`` carries the URL, the credential and the HTTP options: none besides it."""
-    if base_url is not None or auth is not None or options:
-        raise ValueError("give either base_url, auth and HTTP options, or api=, not both")
-
-
 def _has_data(response: httpx.Response) -> bool:
     try:
         body = response.json()
@@ -301,7 +293,7 @@ class SecretsClient:
             options.setdefault("name", "SecretsClient")
             api = BaseAPIClient(base_url, auth=_as_auth(auth), **options)
         else:
-            _check_shared(base_url, auth, options)
+            check_api_alone(base_url, auth, options)
         #: The resilient HTTP client the calls go through (retries, breaker, metrics).
         self.api = api
 
@@ -534,7 +526,7 @@ class SyncSecretsClient:
             options.setdefault("name", "SyncSecretsClient")
             api = SyncBaseAPIClient(base_url, auth=_as_auth(auth), **options)
         else:
-            _check_shared(base_url, auth, options)
+            check_api_alone(base_url, auth, options)
         #: The resilient HTTP client the calls go through (retries, breaker, metrics).
         self.api = api
 
