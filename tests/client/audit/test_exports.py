@@ -130,4 +130,4 @@ def test_importing_the_package_brings_no_http_stack() -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="AuditClientt"):
-        keel_client.audit.AuditClientt  # type: ignore[attr-defined]  # noqa: B018
+        keel_client.audit.AuditClientt  # noqa: B018
