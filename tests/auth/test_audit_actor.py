@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from keel.audit.service import StoredEvent
 from tests.support.audit import audit_events
 from tests.support.tenants import PASSWORD, TenantAdmin
 
@@ -40,7 +41,8 @@ async def test_user_role_and_api_key_changes_record_the_callers_address_and_user
     )
     assert key.status_code == 201, key.text
 
-    events = {}  # the newest of each action: the tenant's set-up recorded some as Keel's own
+    # The newest event of each action: the tenant's set-up recorded some as Keel's own.
+    events: dict[str, StoredEvent] = {}
     for event in await audit_events(app, admin.tenant_id):
         events.setdefault(event.action, event)
     for action in (
