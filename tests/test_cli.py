@@ -3,10 +3,9 @@
 Exit codes: 0 success, 1 a check or operation failed, 2 bad usage or invalid settings.
 Errors are one line on stderr and never a traceback; secrets never reach the output.
 
-The installed script runs as a real subprocess where the process is the point (``keel init``
-and a usage error from a cold start, ``keel worker`` stopped by SIGTERM); the other commands
-run the same entry point in-process (:mod:`support.keel_cli`), which saves the three-second
-start of each.
+The installed script runs as a real subprocess where the process is the point (what a cold
+start imports, ``keel worker`` stopped by SIGTERM); the other commands run the same entry
+point in-process (:mod:`tests.support.keel_cli`), which saves the three-second start of each.
 """
 
 from __future__ import annotations
@@ -37,8 +36,6 @@ from tests.support.keel_process import (
     free_port,
     keel_env,
     read_log_lines,
-    run_keel,
-    run_keel_each,
     stop_process,
     wait_for,
 )
@@ -236,8 +233,8 @@ def test_version_prints_keel_and_client_versions(tmp_path: Path) -> None:
 
 
 def test_init_creates_the_default_tenant_and_admin_once(tmp_path: Path) -> None:
-    first = run_keel("init", cwd=tmp_path)
-    second = run_keel("init", cwd=tmp_path)
+    first = invoke_keel("init", cwd=tmp_path)
+    second = invoke_keel("init", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert lines[:2] == ["tenant default: created", "admin admin: created"]
@@ -282,9 +279,9 @@ def test_invalid_settings_stop_serve_with_one_line_naming_each_variable(
 
 
 def test_bad_usage_exits_2_with_one_line(tmp_path: Path) -> None:
-    unknown_service, bad_port, unknown_command = run_keel_each(
-        [["serve", "--services", "nope"], ["serve", "--port", "0"], ["no-such-command"]],
-        cwd=tmp_path,
+    unknown_service, bad_port, unknown_command = (
+        invoke_keel(*args, cwd=tmp_path)
+        for args in [["serve", "--services", "nope"], ["serve", "--port", "0"], ["no-such-command"]]
     )
     for result in (unknown_service, bad_port, unknown_command):
         assert result.returncode == 2

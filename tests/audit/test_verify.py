@@ -109,7 +109,7 @@ class _Bypassing:
 
 
 async def verify(settings: Settings, tmp_path: Path, slug: str) -> tuple[int, dict[str, Any]]:
-    """``keel audit verify --json`` (in-process, :mod:`support.keel_cli`): its exit code and
+    """``keel audit verify --json`` (in-process, :mod:`tests.support.keel_cli`): its exit code and
     report."""
     env = keel_env(KEEL_DATABASE_URL=settings.effective_database_url)
     result = await invoke_keel_async(

@@ -1,5 +1,6 @@
 """``keel auth ...`` verbs against the embedded default, run in-process through the ``keel``
-script's entry point (:mod:`support.keel_cli`; ``tests/test_cli.py`` runs the script itself)."""
+script's entry point (:mod:`tests.support.keel_cli`; ``tests/test_cli.py`` runs the script
+itself)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``keel config ...`` as an operator runs it, on SQLite and PostgreSQL: applications and
 environments, set/get, history, diff, rollback, promotion with its preview, and bad input as
 one line with exit code 2. The commands run in-process through the ``keel`` script's entry
-point (:mod:`support.keel_cli`); ``tests/test_cli.py`` runs the script itself."""
+point (:mod:`tests.support.keel_cli`); ``tests/test_cli.py`` runs the script itself."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``keel flags ...`` as an operator runs it, on SQLite and PostgreSQL: environments, create,
 list, show, toggle (the kill switch) and stale; bad input is one line with exit code 2. The
-commands run in-process through the ``keel`` script's entry point (:mod:`support.keel_cli`);
+commands run in-process through the ``keel`` script's entry point (:mod:`tests.support.keel_cli`);
 ``tests/test_cli.py`` runs the script itself."""
 
 from __future__ import annotations

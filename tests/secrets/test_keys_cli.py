@@ -1,6 +1,6 @@
 """``keel secrets rotate-master-key | import | export | generate-master-key`` as an operator
 runs them, against a database of each test's own, on SQLite and PostgreSQL. The commands run
-in-process through the ``keel`` script's entry point (:mod:`support.keel_cli`), except where
+in-process through the ``keel`` script's entry point (:mod:`tests.support.keel_cli`), except where
 the process matters: the rotation run beside a ``keel serve`` answering traffic, and a
 terminal on ``export``'s stdout.
 

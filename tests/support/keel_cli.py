@@ -4,11 +4,12 @@ exit code as a subprocess would have them, without the interpreter's cold start 
 of Keel alone takes about three seconds a command).
 
 Tests about the process boundary itself (a terminal on stdout, signals, a served port, the
-script on ``PATH``) use :mod:`support.keel_process` instead.
+script on ``PATH``) use :mod:`tests.support.keel_process` instead.
 
 Each command starts with what a new process would have: the databases this process already
-prepared are forgotten for its run (``keel.app`` remembers them by URL, and the embedded
-default's URL, ``sqlite+aiosqlite:///.keel/keel.db``, is the same in every test's directory).
+prepared are forgotten for its run (``keel.core.lifecycle`` remembers them by URL, and the
+embedded default's URL, ``sqlite+aiosqlite:///.keel/keel.db``, is the same in every test's
+directory).
 What a command changes process-wide is put back afterwards: ``os.environ`` (``keel serve``
 exports its settings), the working directory, ``sys.argv``, the standard streams, the logging
 configuration (every command configures structlog and the root logger for itself), and that
@@ -35,8 +36,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from keel import app as keel_app
 from keel.cli import main
+from keel.core import lifecycle
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_process import COMMAND_TIMEOUT, KEEL, keel_env
 
@@ -132,10 +133,10 @@ def _isolated(command: list[str], cwd: Path, env: Mapping[str, str]) -> Iterator
     saved_argv = sys.argv
     saved_streams = sys.stdin, sys.stdout, sys.stderr
     saved_structlog = structlog.get_config()
-    saved_prepared = set(keel_app._PREPARED)
+    saved_prepared = set(lifecycle._PREPARED)
     loggers = [logging.getLogger(name) for name in ("", *_CONFIGURED_LOGGERS)]
     saved_loggers = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    keel_app._PREPARED.clear()
+    lifecycle._PREPARED.clear()
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -149,8 +150,8 @@ def _isolated(command: list[str], cwd: Path, env: Mapping[str, str]) -> Iterator
         os.environ.clear()
         os.environ.update(saved_environ)
         structlog.configure(**saved_structlog)
-        keel_app._PREPARED.clear()
-        keel_app._PREPARED.update(saved_prepared)
+        lifecycle._PREPARED.clear()
+        lifecycle._PREPARED.update(saved_prepared)
         for logger, (handlers, level, propagate) in zip(loggers, saved_loggers, strict=True):
             logger.handlers[:] = handlers
             logger.setLevel(level)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,6 @@ def run_keel(
         timeout=timeout,
         check=False,
     )
-
-
-def run_keel_each(
-    commands: Sequence[Sequence[str]], *, cwd: Path, env: Mapping[str, str] | None = None
-) -> list[subprocess.CompletedProcess[str]]:
-    """Run independent ``keel`` commands concurrently; results in the order given."""
-    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-        return list(pool.map(lambda args: run_keel(*args, cwd=cwd, env=env), commands))
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from keel_client.http import RetryPolicy
 from tests.client.config.sdk_config_support import eventually
 from tests.support.config_api import SERVICES
 from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.keel_cli import invoke_keel
 from tests.support.keel_process import (
     KEEL,
     KeelServer,
@@ -25,7 +26,6 @@ from tests.support.keel_process import (
     free_port,
     keel_env,
     keel_server,
-    run_keel,
 )
 
 _API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
@@ -33,10 +33,11 @@ SNAPSHOT = "/config/v1/apps/billing/envs/production"
 
 
 def _initialised(cwd: Path, env: dict[str, str]) -> str:
-    """``keel migrate`` and ``keel init``; the administrator's API key."""
-    migrated = run_keel("migrate", cwd=cwd, env=env)
+    """``keel migrate`` and ``keel init`` (in-process: only ``keel serve`` needs a process of
+    its own here); the administrator's API key."""
+    migrated = invoke_keel("migrate", cwd=cwd, env=env)
     assert migrated.returncode == 0, migrated.stderr
-    initialised = run_keel("init", cwd=cwd, env=env)
+    initialised = invoke_keel("init", cwd=cwd, env=env)
     key = _API_KEY.search(initialised.stdout)
     assert key is not None, initialised.stdout + initialised.stderr
     return key.group(1)
@@ -65,7 +66,7 @@ async def test_a_service_starts_from_its_local_copy_while_keel_is_stopped(
     tmp_path: Path,
 ) -> None:
     env = keel_env(KEEL_SERVICES=SERVICES)
-    api_key = _initialised(tmp_path, env)
+    api_key = await asyncio.to_thread(_initialised, tmp_path, env)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     cache = tmp_path / "service" / "billing-production.json"
