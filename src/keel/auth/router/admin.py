@@ -11,12 +11,27 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 
 from keel.auth import schemas
+from keel.auth.auth import (
+    ApiKeyCreator,
+    ApiKeyReader,
+    ApiKeyRevoker,
+    ClientCreator,
+    RoleAssigner,
+    RoleCreator,
+    RoleDeleter,
+    RoleReader,
+    RoleUpdater,
+    ServiceAccountCreator,
+    SigningKeyRotator,
+    UserCreator,
+    UserReader,
+    UserUpdater,
+)
 from keel.auth.dependencies import (
     Auth,
     CallerActor,
     CurrentPrincipal,
     no_store,
-    require_permission,
 )
 from keel.auth.models import PrincipalType
 from keel.core.deps import DbSession
@@ -32,11 +47,10 @@ router = APIRouter(tags=["auth"])
     "/users",
     status_code=201,
     response_model=schemas.User,
-    dependencies=[require_permission("auth:user:create")],
 )
 async def create_user(
     body: schemas.UserCreate,
-    principal: CurrentPrincipal,
+    principal: UserCreator,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -66,21 +80,19 @@ async def create_user(
 @router.get(
     "/users",
     response_model=list[schemas.User],
-    dependencies=[require_permission("auth:user:read")],
 )
-async def list_users(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+async def list_users(principal: UserReader, session: DbSession, auth: Auth) -> Any:
     return await auth.list_users(session, principal.tenant_id)
 
 
 @router.get(
     "/users/{user_id}",
     response_model=schemas.User,
-    dependencies=[require_permission("auth:user:read")],
 )
 async def get_user(
     user_id: str,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: UserReader,
     session: DbSession,
     auth: Auth,
 ) -> Any:
@@ -91,13 +103,12 @@ async def get_user(
 @router.patch(
     "/users/{user_id}",
     response_model=schemas.User,
-    dependencies=[require_permission("auth:user:update")],
 )
 async def update_user(
     user_id: str,
     body: schemas.UserUpdate,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: UserUpdater,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -150,12 +161,11 @@ async def change_password(
     "/service-accounts",
     status_code=201,
     response_model=schemas.ServiceAccountCreated,
-    dependencies=[require_permission("auth:service_account:create")],
 )
 async def create_service_account(
     body: schemas.ServiceAccountCreate,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: ServiceAccountCreator,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -187,12 +197,11 @@ async def create_service_account(
     "/clients",
     status_code=201,
     response_model=schemas.ClientCreated,
-    dependencies=[require_permission("auth:client:create")],
 )
 async def create_client(
     body: schemas.ClientCreate,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: ClientCreator,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -223,12 +232,11 @@ async def create_client(
     "/api-keys",
     status_code=201,
     response_model=schemas.ApiKeyCreated,
-    dependencies=[require_permission("auth:api_key:create")],
 )
 async def create_api_key(
     body: schemas.ApiKeyCreate,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: ApiKeyCreator,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -255,20 +263,18 @@ async def create_api_key(
 @router.get(
     "/api-keys",
     response_model=list[schemas.ApiKey],
-    dependencies=[require_permission("auth:api_key:read")],
 )
-async def list_api_keys(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+async def list_api_keys(principal: ApiKeyReader, session: DbSession, auth: Auth) -> Any:
     return await auth.list_api_keys(session, principal.tenant_id)
 
 
 @router.delete(
     "/api-keys/{key_id}",
     status_code=204,
-    dependencies=[require_permission("auth:api_key:revoke")],
 )
 async def revoke_api_key(
     key_id: str,
-    principal: CurrentPrincipal,
+    principal: ApiKeyRevoker,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -283,11 +289,10 @@ async def revoke_api_key(
     "/roles",
     status_code=201,
     response_model=schemas.Role,
-    dependencies=[require_permission("auth:role:create")],
 )
 async def create_role(
     body: schemas.RoleCreate,
-    principal: CurrentPrincipal,
+    principal: RoleCreator,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -306,21 +311,19 @@ async def create_role(
 @router.get(
     "/roles",
     response_model=list[schemas.Role],
-    dependencies=[require_permission("auth:role:read")],
 )
-async def list_roles(principal: CurrentPrincipal, session: DbSession, auth: Auth) -> Any:
+async def list_roles(principal: RoleReader, session: DbSession, auth: Auth) -> Any:
     return await auth.list_roles(session, principal.tenant_id)
 
 
 @router.get(
     "/roles/{name}",
     response_model=schemas.Role,
-    dependencies=[require_permission("auth:role:read")],
 )
 async def get_role(
     name: str,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: RoleReader,
     session: DbSession,
     auth: Auth,
 ) -> Any:
@@ -331,13 +334,12 @@ async def get_role(
 @router.put(
     "/roles/{name}",
     response_model=schemas.Role,
-    dependencies=[require_permission("auth:role:update")],
 )
 async def update_role(
     name: str,
     body: schemas.RoleUpdate,
     response: Response,
-    principal: CurrentPrincipal,
+    principal: RoleUpdater,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -355,12 +357,10 @@ async def update_role(
     return with_etag(role, response)
 
 
-@router.delete(
-    "/roles/{name}", status_code=204, dependencies=[require_permission("auth:role:delete")]
-)
+@router.delete("/roles/{name}", status_code=204)
 async def delete_role(
     name: str,
-    principal: CurrentPrincipal,
+    principal: RoleDeleter,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -371,12 +371,11 @@ async def delete_role(
 @router.post(
     "/roles/{name}/assignments",
     status_code=204,
-    dependencies=[require_permission("auth:role:assign")],
 )
 async def assign_role(
     name: str,
     body: schemas.RoleAssignmentCreate,
-    principal: CurrentPrincipal,
+    principal: RoleAssigner,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -395,13 +394,12 @@ async def assign_role(
 @router.delete(
     "/roles/{name}/assignments/{principal_type}/{principal_id}",
     status_code=204,
-    dependencies=[require_permission("auth:role:assign")],
 )
 async def unassign_role(
     name: str,
     principal_type: PrincipalType,
     principal_id: str,
-    principal: CurrentPrincipal,
+    principal: RoleAssigner,
     session: DbSession,
     auth: Auth,
     actor: CallerActor,
@@ -423,10 +421,9 @@ async def unassign_role(
 @router.post(
     "/signing-keys/rotate",
     response_model=schemas.RotatedKey,
-    dependencies=[require_permission("auth:signing_key:rotate")],
 )
 async def rotate_signing_key(
-    principal: CurrentPrincipal, session: DbSession, auth: Auth, actor: CallerActor
+    principal: SigningKeyRotator, session: DbSession, auth: Auth, actor: CallerActor
 ) -> schemas.RotatedKey:
     """Promote the published next key to signing and publish a new next key."""
     return schemas.RotatedKey(
