@@ -22,8 +22,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from keel.app import build_context, create_app, start_services
+from keel.app import create_app
 from keel.core.db import Database
+from keel.core.lifecycle import build_context, start_services
 from keel.migrations import upgrade
 from keel.settings import Settings
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn

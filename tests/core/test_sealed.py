@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select
 
-from keel.app import build_context, start_services
 from keel.core.crypto import DecryptionError, Envelope, Keyring, MasterKey
 from keel.core.db import Database
+from keel.core.lifecycle import build_context, start_services
 from keel.core.sealed import (
     PlatformKey,
     count_sealed_values,

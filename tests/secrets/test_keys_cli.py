@@ -34,10 +34,10 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from keel.app import build_context, start_services
 from keel.auth.service import AuthService
 from keel.core.audit import SYSTEM
 from keel.core.crypto import Envelope, Keyring, MasterKey
+from keel.core.lifecycle import build_context, start_services
 from keel.core.sealed import sealed_columns
 from keel.core.tenancy import ALL_TENANTS_OPTION, bind_tenant, get_tenant_by_slug
 from keel.secrets.engines.kv import KvEngine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from keel.audit.service import AuditLog, EventFilter, StoredEvent
+from keel.audit.service import AUDIT_RESOURCE, AuditLog, EventFilter, StoredEvent
 from tests.support.apps import unit_of_work
 
 
@@ -12,8 +12,7 @@ async def audit_events(
     app: FastAPI, tenant_id: str, *, action_prefix: str = "", limit: int = 100
 ) -> list[StoredEvent]:
     """The tenant's audit events, newest first, once the outbox is sequenced into the log."""
-    audit = app.state.keel.resources["audit"]
-    assert isinstance(audit, AuditLog)
+    audit: AuditLog = app.state.keel.resources[AUDIT_RESOURCE]
     await audit.sequence_outbox(tenant_id)
     async with unit_of_work(app) as session:
         return await audit.events(

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from keel.auth.bootstrap import ensure_admin
+from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.models import PrincipalType, User
 from keel.auth.service import AuthService
 from keel.core.tenancy import ensure_tenant
@@ -27,8 +28,7 @@ OTHER_PASSWORD = "violet-Harbour-anchor-82"
 
 
 def auth_service(app: FastAPI) -> AuthService:
-    service = app.state.keel.resources["auth"]
-    assert isinstance(service, AuthService)
+    service: AuthService = app.state.keel.resources[AUTH_RESOURCE]
     return service
 
 
