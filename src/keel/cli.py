@@ -366,8 +366,8 @@ def init(
     On first run it prints one admin API key: it is shown once and never stored in clear.
     On the embedded default the database is migrated first.
     """
-    from keel.auth.bootstrap import ensure_admin
     from keel.auth.dependencies import AUTH_RESOURCE
+    from keel.auth.service.bootstrap import ensure_admin
     from keel.core.errors import KeelError
     from keel.core.tenancy import ensure_tenant
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from keel.auth.credentials import API_KEY_PREFIX, parse_api_key
 from keel.auth.models import ApiKey
 from keel.auth.service import API_KEYS
+from keel.auth.service.credentials import API_KEY_PREFIX, parse_api_key
 from keel.core.cache import invalidate_after_commit
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant

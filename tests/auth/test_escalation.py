@@ -19,9 +19,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keel.auth.bootstrap import restore_admin
 from keel.auth.models import PrincipalType
 from keel.auth.service import ADMIN_ROLE
+from keel.auth.service.bootstrap import restore_admin
 from keel.core.tenancy import bind_tenant
 from tests.support.apps import unit_of_work
 from tests.support.tenants import (

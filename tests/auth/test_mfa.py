@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from keel.auth.mfa import matching_step, new_recovery_code, normalise_code
 from keel.auth.models import User, UserTotp
+from keel.auth.service.mfa import matching_step, new_recovery_code, normalise_code
 from keel.core.crypto import DecryptionError
 from keel.core.tenancy import bind_tenant
 from tests.support.apps import unit_of_work

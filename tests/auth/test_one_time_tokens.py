@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 
 from keel.auth.models import OneTimeToken, OneTimeTokenPurpose
-from keel.auth.one_time_tokens import AccountTokenMessage, purge_spent_one_time_rows
+from keel.auth.service.one_time_tokens import AccountTokenMessage, purge_spent_one_time_rows
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from tests.support.apps import unit_of_work

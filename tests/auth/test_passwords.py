@@ -12,7 +12,7 @@ from httpx import AsyncClient
 from sqlalchemy import select
 
 from keel.auth.models import User
-from keel.auth.passwords import Passwords, policy_violations
+from keel.auth.service.passwords import Passwords, policy_violations
 from keel.core.errors import ValidationFailed
 from keel.core.tenancy import bind_tenant
 from keel.settings import AuthSettings, Settings

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from keel.auth.keys import LoadedKey, SigningKeys
 from keel.auth.models import SigningKey, SigningKeyStatus
+from keel.auth.service.keys import LoadedKey, SigningKeys
 from keel.core.crypto import DecryptionError
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant

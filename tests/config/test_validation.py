@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from keel.config.validation import (
+from keel.config.service.validation import (
     SecretReference,
     apply_change_set,
     check_json_schema,

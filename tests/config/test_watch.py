@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI
 
+from keel.config.service.validation import diff_values
 from keel.config.service.writes import MAX_EVENT_VALUES_BYTES, _change_event
-from keel.config.validation import diff_values
 from keel_client.changes import ServerSentEvent, SSEDecoder
 from tests.support.asgi import serve_over_tcp
 from tests.support.audit import audit_events

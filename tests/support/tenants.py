@@ -15,10 +15,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from keel.auth.bootstrap import ensure_admin
 from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.models import PrincipalType, User
 from keel.auth.service import AuthService
+from keel.auth.service.bootstrap import ensure_admin
 from keel.core.tenancy import ensure_tenant
 from tests.support.apps import unit_of_work
 

@@ -268,8 +268,8 @@ def restore_admin(
     user (run on the host; needs database access, not an API key)."""
 
     async def main() -> None:
-        from keel.auth.bootstrap import restore_admin as restore
         from keel.auth.service import ADMIN_ROLE
+        from keel.auth.service.bootstrap import restore_admin as restore
 
         async with _auth_session(tenant) as (auth, session, tenant_id):
             await restore(auth, session, tenant_id, user)

@@ -10,7 +10,6 @@ from sqlalchemy import select
 
 from keel.auth.dependencies import AUTH_RESOURCE, LOGIN_LIMITER_RESOURCE
 from keel.auth.models import SigningKey, SigningKeyStatus
-from keel.auth.one_time_tokens import purge_spent_one_time_rows
 from keel.auth.router import (
     build_account_router,
     build_authorize_router,
@@ -18,6 +17,7 @@ from keel.auth.router import (
     build_well_known_router,
 )
 from keel.auth.service import AuthService
+from keel.auth.service.one_time_tokens import purge_spent_one_time_rows
 from keel.core.context import AppContext
 from keel.core.logging import get_logger
 from keel.core.ratelimit import create_rate_limiter

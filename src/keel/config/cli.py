@@ -18,7 +18,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config import service
-from keel.config.validation import Diff
+from keel.config.service.validation import Diff
 from keel.core.commands import (
     fail_usage,
     format_datetime,

@@ -28,7 +28,7 @@ from keel.config.auth import (
     may,
 )
 from keel.config.models import ConfigRevision
-from keel.config.validation import Diff, check_key
+from keel.config.service.validation import Diff, check_key
 from keel.core.audit import Actor
 from keel.core.changes import SubjectChanges, audited_change_stream, resume_point
 from keel.core.deps import DbSession, get_context

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.config.validation import MAX_MESSAGE_LENGTH
+from keel.config.service.validation import MAX_MESSAGE_LENGTH
 from keel.core.input_rules import MAX_STORED_INT
 
 

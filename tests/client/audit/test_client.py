@@ -29,7 +29,7 @@ import pytest
 import structlog
 from fastapi import FastAPI
 
-from keel.auth.bootstrap import ensure_admin
+from keel.auth.service.bootstrap import ensure_admin
 from keel.core.tenancy import ensure_tenant
 from keel_client.audit import (
     AuditAPI,

@@ -16,8 +16,8 @@ from keel.auth.dependencies import (
     no_store,
 )
 from keel.auth.models import PrincipalType, User
-from keel.auth.one_time_tokens import AccountTokenMessage, deliver
 from keel.auth.service import AuthService
+from keel.auth.service.one_time_tokens import AccountTokenMessage, deliver
 from keel.core.deps import DbSession
 from keel.core.errors import Forbidden, Unauthorized
 from keel_client.auth import Principal

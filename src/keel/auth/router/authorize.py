@@ -15,7 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from keel.auth.authorize import (
+from keel.auth.dependencies import AnonymousActor, Auth, limit_by_address
+from keel.auth.service import AuthFailure
+from keel.auth.service.authorize import (
     BROWSER_COOKIE,
     MAX_STATE_LENGTH,
     AuthorizationCodeFlow,
@@ -25,9 +27,7 @@ from keel.auth.authorize import (
     redirect_with,
     valid_browser_binding,
 )
-from keel.auth.dependencies import AnonymousActor, Auth, limit_by_address
-from keel.auth.mfa import MfaCheck
-from keel.auth.service import AuthFailure
+from keel.auth.service.mfa import MfaCheck
 from keel.core.deps import DbSession
 from keel.core.errors import RateLimited
 

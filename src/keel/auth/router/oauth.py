@@ -12,7 +12,6 @@ from fastapi import APIRouter, Form, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
-from keel.auth.authorize import AuthorizationCodeFlow
 from keel.auth.dependencies import (
     AnonymousActor,
     Auth,
@@ -22,6 +21,7 @@ from keel.auth.dependencies import (
 )
 from keel.auth.models import PrincipalType
 from keel.auth.service import AuthFailure, AuthService
+from keel.auth.service.authorize import AuthorizationCodeFlow
 from keel.core.audit import Actor
 from keel.core.deps import DbSession, get_context
 

@@ -15,9 +15,9 @@ from keel.auth.dependencies import (
     limit_by_address,
     no_store,
 )
-from keel.auth.mfa import MfaCheck
 from keel.auth.models import PrincipalType
 from keel.auth.service import AuthFailure, TokenPair
+from keel.auth.service.mfa import MfaCheck
 from keel.core.deps import DbSession
 from keel.core.errors import Forbidden, Unauthorized
 from keel_client.auth import Principal

@@ -29,14 +29,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import keel.auth.audit_actions  # noqa: F401 - registers the catalogue entries
-from keel.auth.mfa import TotpMfa
 from keel.auth.models import PrincipalType
-from keel.auth.one_time_tokens import AccountTokenDelivery, log_account_token_request
-from keel.auth.passwords import Passwords
 from keel.auth.service.account_tokens import AccountTokens
 from keel.auth.service.api_keys import ApiKeys
 from keel.auth.service.caches import API_KEYS, CLIENT_GRANTS, REVOCATIONS
 from keel.auth.service.clients import Clients
+from keel.auth.service.mfa import TotpMfa
+from keel.auth.service.one_time_tokens import AccountTokenDelivery, log_account_token_request
+from keel.auth.service.passwords import Passwords
 from keel.auth.service.policy import granted_scope
 from keel.auth.service.results import AuthFailure, IssuedSecret, TokenPair
 from keel.auth.service.roles import ADMIN_PERMISSIONS, ADMIN_ROLE, Roles, roles_and_permissions

@@ -2,7 +2,7 @@
 
 Only a keyed hash of each token is stored. A token is spent by a conditional update, so two
 concurrent uses cannot both succeed. What is sent and how (:class:`AccountTokenMessage`, the
-delivery hook) is :mod:`keel.auth.one_time_tokens`'.
+delivery hook) is :mod:`keel.auth.service.one_time_tokens`'.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import OneTimeToken, OneTimeTokenPurpose, User, UserStatus
-from keel.auth.one_time_tokens import TOKEN_LIFETIMES, TOKEN_PREFIX, AccountTokenMessage
+from keel.auth.service.one_time_tokens import TOKEN_LIFETIMES, TOKEN_PREFIX, AccountTokenMessage
 from keel.auth.service.users import Users
 from keel.core.audit import Actor, record_event
 from keel.core.crypto import Keyring

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.credentials import new_api_key, parse_api_key
 from keel.auth.models import ApiKey, PrincipalType
 from keel.auth.service.caches import API_KEYS
+from keel.auth.service.credentials import new_api_key, parse_api_key
 from keel.auth.service.policy import ensure_may_grant, is_self, validated_permissions
 from keel.auth.service.roles import principal_is_active, require_principal, roles_and_permissions
 from keel.core.audit import SYSTEM, Actor, record_event

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.credentials import new_client_id, new_client_secret
 from keel.auth.models import OAuthClient, PrincipalType, Role, RoleAssignment, ServiceAccount
 from keel.auth.service.caches import CLIENT_GRANTS
+from keel.auth.service.credentials import new_client_id, new_client_secret
 from keel.auth.service.policy import NAME, granted_scope
 from keel.auth.service.results import AuthFailure, IssuedSecret, TokenPair
 from keel.auth.service.tokens import Tokens

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.credentials import new_refresh_token
-from keel.auth.mfa import MfaCheck, TotpMfa
 from keel.auth.models import LoginSession, PrincipalType, RefreshToken, User, UserStatus
-from keel.auth.passwords import Passwords
+from keel.auth.service.credentials import new_refresh_token
+from keel.auth.service.mfa import MfaCheck, TotpMfa
+from keel.auth.service.passwords import Passwords
 from keel.auth.service.results import AuthFailure, TokenPair
 from keel.auth.service.roles import principal_is_active
 from keel.auth.service.tokens import Tokens

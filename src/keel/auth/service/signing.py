@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.keys import SigningKeys
+from keel.auth.service.keys import SigningKeys
 from keel.core.audit import SYSTEM, Actor, record_event
 from keel.core.crypto import Keyring
 from keel.core.errors import Forbidden

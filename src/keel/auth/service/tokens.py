@@ -11,11 +11,11 @@ import jwt
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.credentials import looks_like_api_key
-from keel.auth.keys import LoadedKey
 from keel.auth.models import LoginSession, RefreshToken, RevokedAccessToken
 from keel.auth.service.api_keys import ApiKeys
 from keel.auth.service.caches import REVOCATIONS
+from keel.auth.service.credentials import looks_like_api_key
+from keel.auth.service.keys import LoadedKey
 from keel.auth.service.policy import audience_claim, names_audience
 from keel.auth.service.roles import roles_and_permissions
 from keel.auth.service.signing import Signing

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import PasswordHistory, PrincipalType, User, UserStatus
-from keel.auth.passwords import Passwords
 from keel.auth.service.caches import API_KEYS
+from keel.auth.service.passwords import Passwords
 from keel.auth.service.policy import EMAIL, USERNAME, ensure_may_grant, is_self
 from keel.auth.service.roles import roles_and_permissions
 from keel.auth.service.sessions import revoke_user_sessions

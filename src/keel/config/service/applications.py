@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config.models import ConfigApplication
 from keel.config.service.state import environment_states, flush_unique
-from keel.config.validation import check_json_schema, check_name, schema_violations
+from keel.config.service.validation import check_json_schema, check_name, schema_violations
 from keel.core.audit import Actor, record_event
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.http import check_if_match

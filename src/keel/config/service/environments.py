@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.config.models import ConfigApplication, ConfigEnvironment, ConfigRevision
 from keel.config.service.applications import get_application
 from keel.config.service.state import CONFIG_STREAM, Snapshot, change_subject, flush_unique
-from keel.config.validation import Diff, check_name, diff_values
+from keel.config.service.validation import Diff, check_name, diff_values
 from keel.core.audit import Actor, record_event
 from keel.core.changes import record_change
 from keel.core.errors import Conflict, NotFound

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.config.models import ConfigRevision
 from keel.config.service.state import EnvironmentState, current_state
+from keel.config.service.validation import Diff, check_key, diff_values
 from keel.config.service.writes import write_revision
-from keel.config.validation import Diff, check_key, diff_values
 from keel.core.audit import Actor
 from keel.core.errors import PreconditionFailed, PreconditionRequired, ValidationFailed
 from keel.core.http import etag_for

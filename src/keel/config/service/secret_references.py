@@ -8,7 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from keel.config.validation import SecretReference, replace_secret_references, secret_references
+from keel.config.service.validation import (
+    SecretReference,
+    replace_secret_references,
+    secret_references,
+)
 from keel.secrets.service import SecretReader
 
 

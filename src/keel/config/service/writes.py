@@ -24,7 +24,7 @@ from keel.config.service.state import (
     current_state,
     flush_unique,
 )
-from keel.config.validation import (
+from keel.config.service.validation import (
     Diff,
     apply_change_set,
     check_against_schema,

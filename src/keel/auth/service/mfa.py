@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import RecoveryCode, User, UserTotp
-from keel.auth.passwords import Passwords
+from keel.auth.service.passwords import Passwords
 from keel.core.audit import Actor, Outcome, record_event
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
