@@ -18,7 +18,6 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
@@ -27,6 +26,7 @@ from keel.core.db import Database
 from keel.core.lifecycle import build_context, start_services
 from keel.migrations import upgrade
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
 from tests.support.keel_process import TEST_MASTER_KEY
 from tests.support.tenants import TenantAdmin, make_tenant_admin
@@ -135,7 +135,7 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 

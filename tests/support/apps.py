@@ -14,6 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.app import create_app
 from keel.settings import AuthSettings, Settings
 
+#: How long an app's start-up or shutdown may take in a test. asgi-lifespan's default, 5 s,
+#: failed tests at setup on a loaded machine (start-up checks the schema and starts each
+#: service); a start that hangs still fails, with the lifespan's own error.
+LIFESPAN_TIMEOUT_SECONDS = 30.0
+
+
+def lifespan_of(app: FastAPI) -> LifespanManager:
+    """``app``'s lifespan (start-up on entry, shutdown on exit), with the tests' timeouts."""
+    return LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT_SECONDS, shutdown_timeout=LIFESPAN_TIMEOUT_SECONDS
+    )
+
 
 @asynccontextmanager
 async def unit_of_work(app: FastAPI) -> AsyncIterator[AsyncSession]:
@@ -32,7 +44,7 @@ def with_auth(settings: Settings, **changes: Any) -> Settings:
 async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """An app of ``settings`` with its lifespan run, and a client talking to it."""
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
             yield application, http

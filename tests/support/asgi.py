@@ -15,15 +15,16 @@ from typing import Any
 
 import httpx
 import uvicorn
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from starlette.types import Message
+
+from tests.support.apps import lifespan_of
 
 
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client talking to ``app``, started (lifespan) and stopped around the block."""
-    async with LifespanManager(app):
+    async with lifespan_of(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
             yield http
