@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit.service import AuditLog, EventFilter, export
+from keel.audit.service import AUDIT_RESOURCE, AuditLog, EventFilter, export
 from keel.core.audit import ActionSpec, build_document
 from keel_client.audit import (
     CSV_COLUMNS,
@@ -79,7 +79,7 @@ async def append_directly(app: FastAPI, tenant_id: str, count: int) -> None:
         )
         for n in range(count)
     ]
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     for start in range(0, count, 1000):
         await audit.append(tenant_id, documents[start : start + 1000])
 
@@ -245,7 +245,7 @@ async def test_a_large_export_streams_page_by_page_with_a_few_queries_per_page(
     app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
 ) -> None:
     await append_directly(app, admin.tenant_id, 3000)
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     async with app.state.keel.database.session() as session:
         # Fresh: the admin's own events may have been group-committed after the 3000, and
         # their head is signed within a second (or now, for whoever asks).
@@ -276,7 +276,7 @@ async def test_an_export_holds_only_the_tree_of_the_head_it_started_with(
     app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
 ) -> None:
     await fill(client, admin, 25)
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     async with app.state.keel.database.session() as session:
         head = await audit.latest_head(session, admin.tenant_id)
     pages = export.exported_pages(audit, admin.tenant_id, head, EventFilter(), page_size=10)

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 
 from keel.app import create_app
+from keel.audit.service import AUDIT_RESOURCE
 from keel.settings import DatabasePoolSettings, Settings
 from keel_client.audit import (
     ProofError,
@@ -407,7 +408,7 @@ async def test_a_quiet_log_gets_a_fresh_signed_head_on_the_timer(
     before = TreeHead.from_json(
         (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()
     )
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     await audit.sequence_outbox(admin.tenant_id)
     current = TreeHead.from_json(
         (await client.get("/audit/v1/tree/head", headers=admin.headers)).json()

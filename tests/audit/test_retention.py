@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel.audit.audit_actions import ERASE_ACTION
-from keel.audit.service import verify
+from keel.audit.service import AUDIT_RESOURCE, verify
 from keel.audit.service.retention import (
     RetentionPolicy,
     erase_expired,
@@ -297,7 +297,7 @@ async def test_verify_reads_one_moment_of_a_log_that_grows_meanwhile(
 ) -> None:
     """``keel audit verify`` next to a running server: events sequenced while it reads are
     neither events deleted at the end nor nodes over no event."""
-    admin, audit = history.admin, app.state.keel.resources["audit"]
+    admin, audit = history.admin, app.state.keel.resources[AUDIT_RESOURCE]
     check_nodes = verify._check_nodes
 
     async def appending_meanwhile(*args: Any) -> None:

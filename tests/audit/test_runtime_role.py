@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel.app import create_app
-from keel.audit.service import AuditLog
+from keel.audit.service import AUDIT_RESOURCE, AuditLog
 from keel.audit.service.verify import verify_tenant
 from keel.settings import Settings
 from tests.support.keel_process import TEST_MASTER_KEY
@@ -59,7 +59,7 @@ async def test_the_log_runs_on_a_role_without_update_or_delete_on_it(
                     "/audit/v1/events/batch", headers=tenant.headers, json={"events": events}
                 )
                 assert appended.status_code == 200, appended.text
-            audit = app.state.keel.resources["audit"]
+            audit = app.state.keel.resources[AUDIT_RESOURCE]
             assert isinstance(audit, AuditLog)
             await audit.sequence_outbox(tenant.tenant_id)  # Keel's own events: outbox deletes
             async with app.state.keel.database.session() as session:

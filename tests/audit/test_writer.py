@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.audit.models import AuditEvent
-from keel.audit.service import AuditLog
+from keel.audit.service import AUDIT_RESOURCE, AuditLog
 from keel.audit.service.verify import Report, verify_tenant
 from keel.audit.service.writer import MAX_MERGE_DELAY
 from keel.core.audit import ActionSpec, AuditOutbox, build_document, outbox_rows, record_event_now
@@ -80,7 +80,7 @@ async def test_an_event_recorded_now_is_in_the_log_when_the_call_returns(
 ) -> None:
     async with unit_of_work(app) as session:
         document = await issue_event(session, admin.tenant_id)
-        audit = app.state.keel.resources["audit"]
+        audit = app.state.keel.resources[AUDIT_RESOURCE]
         stored = await audit.event(session, admin.tenant_id, document["id"])
     assert stored.leaf_index >= 0
 
@@ -108,7 +108,7 @@ async def test_two_processes_appending_to_one_log_at_once_both_land(
     once: some go on a frontier gone stale and lose, with an integrity error or, on
     PostgreSQL, a deadlock against an append inserting the same rows in another order; each
     is retried, and every event lands once."""
-    here = app.state.keel.resources["audit"]
+    here = app.state.keel.resources[AUDIT_RESOURCE]
     sizes = [1, 3, 20, 2, 5, 40, 1, 1, 7, 2, 3, 9]
     indexes: list[int] = []
     for _ in range(10):
@@ -133,7 +133,7 @@ async def test_the_sequencer_and_another_process_appending_at_once_both_land(
     """The sequencer moves the outbox under the lock while another process appends on its
     frontier: should the sequencer lose an index (or a deadlock), it sequences the batch
     again rather than leave it for the next sweep with an error logged."""
-    here = app.state.keel.resources["audit"]
+    here = app.state.keel.resources[AUDIT_RESOURCE]
     queued: list[str] = []
     for _ in range(8):
         documents = invoices(admin.tenant_id, 30)
@@ -163,7 +163,7 @@ async def test_heads_signed_while_another_process_appends_stay_in_order(
     """A head signed for the tree as it is (the group writer's, the heartbeat's) while another
     process appends on its frontier: no head may be stored after a head of a larger tree,
     which ``keel audit verify`` would rightly report as a log shown shrinking."""
-    here = app.state.keel.resources["audit"]
+    here = app.state.keel.resources[AUDIT_RESOURCE]
     await there.append(admin.tenant_id, invoices(admin.tenant_id, 1))  # its frontier known
 
     async def sign_heads() -> None:
@@ -210,7 +210,7 @@ async def test_an_append_after_this_process_own_reads_no_tree_node(
 ) -> None:
     """The frontier this process committed is remembered: the next append, finding the tree
     at that size, reads no node; after another process appended, it reads them again."""
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
 
     def documents() -> list[dict[str, Any]]:
         return invoices(admin.tenant_id, 3)
@@ -250,7 +250,7 @@ async def test_events_recorded_now_get_a_signed_head_within_the_merge_delay(
 ) -> None:
     """Group-committed batches sign no head of their own: the writer signs one covering them
     within MAX_MERGE_DELAY, and a reader asking for the head meanwhile gets one signed anew."""
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     async with unit_of_work(app) as session:
         first = await issue_event(session, admin.tenant_id)
     async with unit_of_work(app) as session:
@@ -278,7 +278,7 @@ async def test_a_log_appended_by_both_paths_and_two_processes_verifies(
     """Appends planned on this process's frontier (on SQLite, one call on the connection's
     thread), appends that find the tree grown by another process, and events recorded now
     with deferred heads make one log that `keel audit verify` accepts."""
-    here = app.state.keel.resources["audit"]
+    here = app.state.keel.resources[AUDIT_RESOURCE]
 
     def documents(count: int) -> list[dict[str, Any]]:
         return invoices(admin.tenant_id, count)

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from keel.app import create_app
-from keel.audit.service import EventFilter
+from keel.audit.service import AUDIT_RESOURCE, EventFilter
 from keel.auth.models import PrincipalType
 from keel.core.audit import AuditOutbox
 from keel.settings import Settings
@@ -377,7 +377,7 @@ async def test_issued_tokens_are_in_the_log_before_the_answer_in_group_commits(
     concurrent issues sharing a transaction, not queued in the outbox; their signed head comes
     within the log's merge delay, or at once for whoever asks."""
     account_id, client_id, secret = await _service_client(app, admin)
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     await audit.sequence_outbox(admin.tenant_id)  # the set-up's own events
     heads_before = await _heads(app, admin.tenant_id)
 
@@ -434,7 +434,7 @@ async def test_without_the_audit_service_an_issued_token_is_recorded_through_the
 
 
 async def _heads(app: FastAPI, tenant_id: str) -> list[Any]:
-    audit = app.state.keel.resources["audit"]
+    audit = app.state.keel.resources[AUDIT_RESOURCE]
     async with unit_of_work(app) as session:
         return list(await audit.heads(session, tenant_id))
 

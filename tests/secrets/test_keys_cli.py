@@ -34,6 +34,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.service import AuthService
 from keel.core.audit import SYSTEM
 from keel.core.crypto import Envelope, Keyring, MasterKey
@@ -158,7 +159,7 @@ async def seed(deployment: Deployment) -> tuple[str, str]:
     context = build_context(deployment.settings(OLD))
     try:
         await start_services(context)
-        auth = context.resources["auth"]
+        auth = context.resources[AUTH_RESOURCE]
         assert isinstance(auth, AuthService)
         engine = KvEngine(context.keyring)
         async with context.database.session() as session:
@@ -300,7 +301,7 @@ async def test_rotation_rewraps_every_value_while_a_server_with_both_keys_serves
     context = build_context(deployment.settings(NEW))
     try:
         await start_services(context)
-        auth = context.resources["auth"]
+        auth = context.resources[AUTH_RESOURCE]
         assert isinstance(auth, AuthService)
         engine = KvEngine(context.keyring)
         async with context.database.session() as session:

@@ -23,7 +23,7 @@ from keel.app import create_app
 from keel.core.changes import ChangeEvent
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
-from keel.secrets.engines.kv import KvEngine
+from keel.secrets.engines.kv import SECRETS_RESOURCE, KvEngine
 from keel.secrets.engines.rotation import (
     RotationContext,
     register_rotation_hook,
@@ -57,7 +57,7 @@ async def set_policy(
 
 async def rotate_due(app: FastAPI, after: timedelta) -> int:
     """Run the background task's round as if ``after`` had passed."""
-    engine = app.state.keel.resources["secrets.kv"]
+    engine = app.state.keel.resources[SECRETS_RESOURCE]
     assert isinstance(engine, KvEngine)
     return await rotate_due_secrets(app.state.keel.database, engine, now=utcnow() + after)
 

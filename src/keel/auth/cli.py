@@ -13,6 +13,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.models import PrincipalType, ServiceAccount, User
 from keel.auth.service import AuthService
 from keel.core.db import utcnow
@@ -36,7 +37,7 @@ async def _auth_session(tenant: str) -> AsyncIterator[tuple[AuthService, AsyncSe
 
     settings = settings_or_exit()
     async with started_context(settings) as context:
-        auth = context.resources.get("auth")
+        auth = context.resources.get(AUTH_RESOURCE)
         if not isinstance(auth, AuthService):
             fail("the auth service is not enabled (KEEL_SERVICES)", EXIT_USAGE)
         async with context.database.session() as session:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, TypeVar, cast
 
 from fastapi import APIRouter
 
@@ -28,9 +28,9 @@ T = TypeVar("T")
 class ResourceKey(Generic[T]):
     """The typed name of a runtime object a service builds at start-up::
 
-    AUTH_SERVICE: ResourceKey[AuthService] = ResourceKey("auth.service")
-    context.resources[AUTH_SERVICE] = AuthService(...)  # in spec.startup
-    auth = context.resources[AUTH_SERVICE]  # typed AuthService
+    AUTH_RESOURCE: ResourceKey[AuthService] = ResourceKey("auth")
+    context.resources[AUTH_RESOURCE] = AuthService(...)  # in spec.startup
+    auth = context.resources[AUTH_RESOURCE]  # an AuthService, for mypy too
     """
 
     __slots__ = ("name",)
@@ -53,31 +53,16 @@ class Resources:
     def __setitem__(self, key: ResourceKey[T], value: T) -> None:
         self._objects[key] = value
 
-    @overload
-    def __getitem__(self, key: ResourceKey[T]) -> T: ...
-    @overload
-    def __getitem__(self, key: str) -> Any: ...
-    def __getitem__(self, key: ResourceKey[T] | str) -> T | Any:
+    def __getitem__(self, key: ResourceKey[T]) -> T:
         found = self.get(key)
         if found is None:
-            name = key if isinstance(key, str) else key.name
-            raise LookupError(f"{name} is not running in this process")
+            raise LookupError(f"{key.name} is not running in this process")
         return found
 
-    @overload
-    def get(self, key: ResourceKey[T]) -> T | None: ...
-    @overload
-    def get(self, key: str) -> Any: ...
-    def get(self, key: ResourceKey[T] | str) -> T | Any | None:
-        """The object set under ``key``; a plain string looks it up by the key's name,
-        untyped (tests and a debugger's shortcut: ``resources["audit"]``)."""
-        if isinstance(key, str):
-            return next((obj for k, obj in self._objects.items() if k.name == key), None)
+    def get(self, key: ResourceKey[T]) -> T | None:
         return cast("T | None", self._objects.get(key))
 
     def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            return self.get(key) is not None
         return key in self._objects
 
 

@@ -29,6 +29,7 @@ import pytest
 import structlog
 from fastapi import FastAPI
 
+from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.service.bootstrap import ensure_admin
 from keel.core.tenancy import ensure_tenant
 from keel_client.audit import (
@@ -83,7 +84,7 @@ async def api_key(app: FastAPI) -> str:
         tenant_id = tenant.id
     async with context.database.session() as session:
         outcome = await ensure_admin(
-            context.resources["auth"], session, tenant_id, f"admin-{uuid.uuid4().hex[:8]}"
+            context.resources[AUTH_RESOURCE], session, tenant_id, f"admin-{uuid.uuid4().hex[:8]}"
         )
     assert outcome.api_key is not None
     return outcome.api_key
