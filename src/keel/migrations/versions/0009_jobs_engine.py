@@ -1,0 +1,78 @@
+"""jobs engine
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from keel.core.db import UTCDateTime
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_UNIQUE_KEY_LIVE = sa.text(
+    "unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')"
+)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("queue", sa.String(length=128), nullable=False),
+        sa.Column("task", sa.String(length=200), nullable=False),
+        sa.Column("args", sa.JSON(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("run_at", UTCDateTime(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("timeout_seconds", sa.Integer(), nullable=False),
+        sa.Column("tags", sa.JSON(), nullable=False),
+        sa.Column("unique_key", sa.String(length=200), nullable=True),
+        sa.Column("lease_token", sa.String(length=64), nullable=True),
+        sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+        sa.Column("worker_id", sa.String(length=200), nullable=True),
+        sa.Column("errors", sa.JSON(), nullable=False),
+        sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("attempted_at", UTCDateTime(), nullable=True),
+        sa.Column("finished_at", UTCDateTime(), nullable=True),
+        sa.Column("tenant_id", sa.String(length=36), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_jobs_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_jobs_claim", ["tenant_id", "queue", "state", "priority", "run_at"], unique=False
+        )
+        batch_op.create_index("ix_jobs_lease", ["state", "lease_expires_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_jobs_tenant_id"), ["tenant_id"], unique=False)
+        batch_op.create_index(
+            "uq_jobs_unique_key",
+            ["tenant_id", "unique_key"],
+            unique=True,
+            postgresql_where=_UNIQUE_KEY_LIVE,
+            sqlite_where=_UNIQUE_KEY_LIVE,
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("uq_jobs_unique_key")
+        batch_op.drop_index(batch_op.f("ix_jobs_tenant_id"))
+        batch_op.drop_index("ix_jobs_lease")
+        batch_op.drop_index("ix_jobs_claim")
+    op.drop_table("jobs")
