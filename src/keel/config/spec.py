@@ -25,6 +25,6 @@ service = ServiceSpec(
     name="config",
     router=router.build_router,
     ready_check=config_ready,
-    # Change events are pruned by the platform's own background work (keel.core.context).
+    # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.config.models",),
 )

@@ -23,6 +23,6 @@ service = ServiceSpec(
     name="flags",
     router=router.build_router,
     ready_check=flags_ready,
-    # Change events are pruned by the platform's own background work (keel.core.context).
+    # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.flags.models",),
 )
