@@ -36,23 +36,11 @@ REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
 
 
-#: The slowest files, slowest first (2026-12-06, ``--durations=0`` on 2 cores: the docs pages
-#: 236 s and the fuzzer 173 s of 1,247 s in all, then 30-50 s each). They run first:
-#: ``make test`` hands whole files to its two workers in collection order, so a long file
-#: collected last kept one worker busy long after the other had finished; now the last files
-#: are short ones and the workers finish together.
-SLOW_FILES_FIRST = (
-    "tests/docs/test_examples.py",
-    "tests/test_fuzz.py",
-    "tests/client/secrets/test_sdk_secrets_dynamic.py",
-    "tests/secrets/test_database.py",
-    "tests/audit/test_verify.py",
-    "tests/test_outages.py",
-    "tests/client/config/test_sdk_config.py",
-    "tests/client/audit/test_client.py",
-    "tests/audit/test_transactions.py",
-    "tests/secrets/test_rotation.py",
-)
+#: The files that take minutes (2026-12-06, ``--durations=0`` on 2 cores: the docs pages
+#: 236 s and the fuzzer 173 s of 1,247 s in all). They run first: ``make test`` hands whole
+#: files to its two workers in collection order, so a long file collected last kept one
+#: worker busy for minutes after the other had finished.
+SLOW_FILES_FIRST = ("tests/docs/test_examples.py", "tests/test_fuzz.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
