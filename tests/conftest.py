@@ -24,8 +24,9 @@ from sqlalchemy.engine import make_url
 from keel.app import create_app
 from keel.core.db import Database
 from keel.core.lifecycle import build_context, start_services
+from keel.core.logging import configure_logging
 from keel.migrations import upgrade
-from keel.settings import Settings
+from keel.settings import LogFormat, Settings
 from tests.support.apps import lifespan_of
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
 from tests.support.keel_process import TEST_MASTER_KEY
@@ -34,6 +35,10 @@ from tests.support.tenants import TenantAdmin, make_tenant_admin
 POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
+
+# Before any test's log capture is set up: ``create_app`` would otherwise configure logging
+# at the first app a test builds, replacing the root handlers a capture had installed.
+configure_logging("info", LogFormat.auto)
 
 
 #: The files that take minutes (2026-12-06, ``--durations=0`` on 2 cores: the docs pages

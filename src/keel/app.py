@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -42,6 +43,11 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     settings = settings or load_settings()
+    if not structlog.is_configured():
+        # structlog's defaults render a traceback with every frame's local variables (a
+        # password, a token) and take seconds doing it on a loaded machine; Keel's own
+        # configuration writes plain, redacted lines. An embedder's own configuration wins.
+        configure_logging(settings.log_level, settings.log_format)
     context = build_context(settings)
     services, database, metrics = context.services, context.database, context.metrics
     metrics.watch_database(database)

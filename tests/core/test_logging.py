@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from keel.app import create_app
 from keel.core.logging import REDACTED, configure_logging, redact
 from keel.settings import LogFormat, Settings
 from tests.support.asgi import serve
+from tests.support.keel_process import TEST_MASTER_KEY
 
 JWT = (
     "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9"
@@ -123,6 +128,7 @@ class TestRedactValues:
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """configure_logging changes process-wide state: put it back after the test."""
+    saved_structlog = structlog.get_config()
     root = logging.getLogger()
     saved_root = (root.handlers[:], root.level)
     saved_others = {
@@ -134,7 +140,7 @@ def restore_logging() -> Iterator[None]:
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
     }
     yield
-    structlog.reset_defaults()
+    structlog.configure(**saved_structlog)
     structlog.contextvars.clear_contextvars()
     root.handlers[:], root.level = saved_root[0], saved_root[1]
     for name, (handlers, propagate, level) in saved_others.items():
@@ -238,3 +244,43 @@ class TestConfiguredOutput:
         log.info("quiet")
         log.warning("loud")
         assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["loud"]
+
+
+EMBEDDER = """
+import logging, structlog
+from keel.app import create_app
+from keel.settings import Settings
+
+app = create_app(Settings(data_dir={data_dir!r}, master_key={key!r}))
+assert structlog.is_configured()
+
+def leaky():
+    password = "hunter2-local-variable"
+    raise RuntimeError("boom")
+
+try:
+    leaky()
+except RuntimeError:
+    structlog.get_logger("keel.test").exception("call.failed")
+"""
+
+
+def test_an_embedder_without_a_log_configuration_gets_keels_not_structlogs_defaults(
+    tmp_path: Path,
+) -> None:
+    """structlog's defaults print every frame's local variables with a traceback: a password
+    held in a local would reach the log. ``create_app`` in a process that configured nothing
+    sets Keel's redacting configuration up, so the traceback has no locals."""
+    script = EMBEDDER.format(data_dir=str(tmp_path / ".keel"), key=TEST_MASTER_KEY)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KEEL_LOG_FORMAT": "json"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [entry for entry in json_lines(done.stderr) if entry.get("event") == "call.failed"]
+    assert "RuntimeError: boom" in line["exception"]
+    assert "hunter2-local-variable" not in done.stderr
