@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 
 from keel.core.broadcast import Broadcast, InMemoryBroadcast
 from keel.core.changes import prune_change_events_periodically, use_change_publisher
+from keel.core.idempotency import prune_idempotency_keys_periodically
 from keel.core.context import AppContext, BackgroundTask
 from keel.core.db import Database
 from keel.core.metrics import Metrics
@@ -86,8 +87,12 @@ async def prepare_database(database: Database, settings: Settings) -> None:
 
 
 #: The platform's own background loops, run whichever services are enabled: change events
-#: belong to every stream (secrets, config, flags), so their pruning belongs to none of them.
-PLATFORM_BACKGROUND: tuple[BackgroundTask, ...] = (prune_change_events_periodically,)
+#: belong to every stream (secrets, config, flags), so their pruning belongs to none of them;
+#: idempotency keys are kept by any service's writes.
+PLATFORM_BACKGROUND: tuple[BackgroundTask, ...] = (
+    prune_change_events_periodically,
+    prune_idempotency_keys_periodically,
+)
 
 
 def background_work(context: AppContext) -> list[tuple[str, BackgroundTask]]:

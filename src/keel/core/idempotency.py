@@ -1,0 +1,185 @@
+"""``Idempotency-Key``: a retried write answers what the first one answered, and does it once.
+
+A client that did not hear the answer to a write (a timeout, a reset, its own crash before
+reading it) sends it again with the same ``Idempotency-Key`` header. The first request stores
+its answer in the same transaction as its effect, so "the write happened" and "its answer is
+kept" commit together; a later request with the key replays the kept answer instead of
+writing again. Keys are a tenant's and a scope's (an endpoint such as ``jobs.enqueue``), kept
+for :data:`RETENTION` and pruned by the platform's background work.
+
+The same key with a different request (another body) is a client error: 422, never a replay
+of an answer to something else. Two concurrent requests with one key: the unique key makes
+the second insert fail; its transaction rolls back (its effect with it) and it replays the
+first one's answer.
+
+Usage, inside one unit of work::
+
+    request_hash = fingerprint(body)
+    kept = await kept_answer(session, tenant_id, "jobs.enqueue", key, request_hash)
+    if kept is not None:
+        return kept  # (status, document)
+    ... do the write ...
+    remember_answer(session, tenant_id, "jobs.enqueue", key, request_hash, 201, document)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, delete, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keel.core.db import Base, UTCDateTime, utcnow
+from keel.core.errors import ValidationFailed
+from keel.core.logging import get_logger
+from keel.core.tenancy import TenantScoped, bind_tenant
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from keel.core.context import AppContext
+    from keel.core.db import Database
+
+log = get_logger(__name__)
+
+#: How long a key is remembered (Stripe keeps them 24 hours too).
+RETENTION = timedelta(hours=24)
+#: An ``Idempotency-Key`` is 1-200 printable characters (a UUID is the usual choice).
+MAX_KEY_LENGTH = 200
+#: Keys pruned in one statement.
+PRUNE_BATCH = 5_000
+
+
+class IdempotencyKey(TenantScoped, Base):
+    """One remembered answer of a write."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
+    # Keys are a tenant's: the tenant is part of the primary key.
+    tenant_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    answer: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+@dataclass(frozen=True)
+class KeptAnswer:
+    status: int
+    document: Any
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid ``Idempotency-Key``; a 422 otherwise."""
+    if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationFailed(f"An Idempotency-Key is 1-{MAX_KEY_LENGTH} printable characters.")
+    return key
+
+
+def fingerprint(request: Any) -> str:
+    """A hash of a request's JSON body (keys sorted), to tell a retry from another request."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def kept_answer(
+    session: AsyncSession, tenant_id: str, scope: str, key: str, request_hash: str
+) -> KeptAnswer | None:
+    """The answer kept for ``key`` (a replay), or None when the key is new.
+
+    A kept key of another request is a 422: the client reused a key for something else.
+    """
+    bind_tenant(session, tenant_id)
+    kept = await session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id,
+            IdempotencyKey.scope == scope,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at > utcnow() - RETENTION,
+        )
+    )
+    if kept is None:
+        return None
+    if kept.request_hash != request_hash:
+        raise ValidationFailed(
+            "This Idempotency-Key was used for another request; use a new key for a new request."
+        )
+    return KeptAnswer(kept.status, kept.answer)
+
+
+def remember_answer(
+    session: AsyncSession,
+    tenant_id: str,
+    scope: str,
+    key: str,
+    request_hash: str,
+    status: int,
+    document: Any,
+) -> None:
+    """Keep ``document`` as the answer to ``key``; stored when (and only if) the unit of work
+    commits. A concurrent request with the key makes that commit fail on the primary key."""
+    session.add(
+        IdempotencyKey(
+            tenant_id=tenant_id,
+            scope=scope,
+            key=key,
+            request_hash=request_hash,
+            status=status,
+            answer=document,
+        )
+    )
+
+
+async def prune_idempotency_keys(database: Database, *, now: datetime | None = None) -> int:
+    """Forget keys older than :data:`RETENTION`, a batch at a time (by age, so no statement
+    holds its locks for long); returns how many."""
+    cutoff = (now or utcnow()) - RETENTION
+    pruned = 0
+    while True:
+        async with database.session() as session:
+            edge = await session.scalar(
+                select(IdempotencyKey.created_at)
+                .where(IdempotencyKey.created_at < cutoff)
+                .order_by(IdempotencyKey.created_at)
+                .offset(PRUNE_BATCH - 1)
+                .limit(1)
+                .execution_options(all_tenants=True)
+            )
+            last_batch = edge is None
+            result = await session.execute(
+                delete(IdempotencyKey)
+                .where(
+                    IdempotencyKey.created_at < cutoff
+                    if edge is None
+                    else IdempotencyKey.created_at <= edge
+                )
+                .execution_options(all_tenants=True)
+            )
+        pruned += int(getattr(result, "rowcount", 0) or 0)
+        if last_batch:
+            return pruned
+
+
+#: How often the platform prunes old keys.
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+
+async def prune_idempotency_keys_periodically(context: AppContext) -> None:
+    """The platform's retention of idempotency keys (:data:`RETENTION`), hourly."""
+    while True:
+        try:
+            pruned = await prune_idempotency_keys(context.database)
+            if pruned:
+                log.info("idempotency.pruned", keys=pruned)
+        except Exception:  # a failed round must not end the loop
+            log.exception("idempotency.prune.failed")
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
