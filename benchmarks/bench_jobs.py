@@ -1,0 +1,435 @@
+"""Jobs figures (issue 18): end-to-end jobs/s and idle enqueue-to-start latency, Keel's jobs
+service against arq and procrastinate in the same run.
+
+- ``jobs.<system>.throughput_per_s``: ``JOBS`` no-op jobs enqueued one call each by
+  ``ENQUEUERS`` concurrent enqueuers in this process, to a worker already running and idle in
+  its own process at concurrency 10; jobs/s from the first enqueue until the system's own store
+  says every job is finished (polled every ``POLL_SECONDS``). Each job's success is checked
+  after the clock stops.
+- ``jobs.<system>.latency_p50_ms`` (p99 in ``extra``): ``LATENCY_JOBS`` jobs one at a time,
+  each after the previous one started and a random pause of 10-510 ms (the worker idle); each from
+  ``time.time()`` just before the enqueue call to the task's own ``time.time()`` at its start
+  (pushed to a Redis list by the task, see :mod:`benchmarks._jobs_peers`).
+
+Systems, one after the other, each on its own store, worker and warm-up (``WARMUP_JOBS``
+timed like the latency jobs, not counted):
+
+- ``procrastinate``: procrastinate on PostgreSQL (a database of its own, created and dropped
+  here), ``procrastinate worker --concurrency=10``, deferring by task name;
+- ``arq_shipped`` and ``arq_tuned``: arq on Redis (database ``REDIS_DB``, its keys deleted
+  before and after), ``arq`` with ``max_jobs=10`` and ``poll_delay`` 0.5 s (the default) or
+  0.01 s;
+- ``keel_postgresql`` and ``keel_sqlite``: ``keel serve`` on PostgreSQL (a database of its
+  own) or SQLite, the SDK's ``Worker`` at concurrency 10 over HTTP, the SDK's ``enqueue``.
+
+The comparison figures ``jobs.throughput_per_s`` (ratio Keel / the faster peer; target at
+least 1.0) and ``jobs.latency_p50_ms``, ``jobs.latency_p99_ms`` (ratio procrastinate / Keel,
+lower is better; target at least 1.0) come from the PostgreSQL line; the SQLite line's
+figures are in ``extra``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from benchmarks import _jobs_peers as peers
+from benchmarks._databases import POSTGRES_ADMIN_DSN, postgres_database
+from benchmarks._figures import Figure, emit, machine
+from benchmarks._servers import REPO_ROOT, Server, clean_env
+
+JOBS = 5_000
+ENQUEUERS = 10
+LATENCY_JOBS = 200
+WARMUP_JOBS = 20
+POLL_SECONDS = 0.01
+#: The pause before each latency job: random over more than arq's 0.5 s poll, so that a polling
+#: worker is met at any point of its cycle (a fixed pause would meet it at the same point).
+GAP_SECONDS = (0.01, 0.51)
+#: Long enough for arq as shipped (200 jobs/s) with room for a slow machine.
+THROUGHPUT_TIMEOUT = 300.0
+REDIS_URL = os.environ.get("KEEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = 14
+TARGET_THROUGHPUT_RATIO = 1.0
+TARGET_LATENCY_RATIO = 1.0
+
+
+class Failed(RuntimeError):
+    pass
+
+
+class System(Protocol):
+    """One job system as the benchmark drives it: its clients in this process."""
+
+    async def enqueue(self, mark: int | None) -> None: ...
+
+    async def unfinished(self) -> int:
+        """Jobs enqueued and not yet finished, as the system's store says."""
+        ...
+
+    async def succeeded(self) -> int:
+        """Jobs finished with success so far (warm-up and latency jobs included)."""
+        ...
+
+
+@dataclass
+class Measured:
+    name: str
+    label: str
+    throughput_per_s: float = 0.0
+    enqueue_per_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        index = max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))
+        return ordered[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one system
+# ---------------------------------------------------------------------------------------------
+
+
+async def _latencies(system: System, redis: Any, count: int, *, timeout: float) -> list[float]:
+    """``count`` jobs one at a time: milliseconds from just before each enqueue to its start."""
+    rng = random.Random(18)
+    out = []
+    for mark in range(count):
+        await asyncio.sleep(rng.uniform(*GAP_SECONDS))
+        before = time.time()
+        await system.enqueue(mark)
+        popped = await redis.blpop([peers.STARTED_KEY], timeout=timeout)
+        if popped is None:
+            raise Failed(f"job {mark} did not start within {timeout} s")
+        got, started = popped[1].decode().split()
+        if int(got) != mark:
+            raise Failed(f"job {got} started where job {mark} was expected")
+        out.append((float(started) - before) * 1000)
+    return out
+
+
+async def _settled(system: System, timeout: float = 30.0) -> None:
+    """Wait until no job is unfinished (the last latency job's ack may still be on its way)."""
+    deadline = time.perf_counter() + timeout
+    while await system.unfinished() > 0:
+        if time.perf_counter() > deadline:
+            raise Failed(f"jobs still unfinished after {timeout} s")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _throughput(system: System, worker: Server) -> dict[str, Any]:
+    """``JOBS`` jobs from ``ENQUEUERS`` concurrent enqueuers: the rates and what it cost."""
+    import psutil
+
+    await _settled(system)
+    succeeded_before = await system.succeeded()
+    remaining = iter(range(JOBS))
+    enqueued_at: list[float] = []
+
+    async def enqueuer() -> None:
+        for _ in remaining:
+            await system.enqueue(None)
+        enqueued_at.append(time.perf_counter())
+
+    cpu_before, worker_before = psutil.cpu_times(), worker.cpu_seconds()
+    started = time.perf_counter()
+    deadline = started + THROUGHPUT_TIMEOUT
+    enqueuers = asyncio.gather(*(enqueuer() for _ in range(ENQUEUERS)))
+    try:
+        while len(enqueued_at) < ENQUEUERS or await system.unfinished() > 0:
+            if time.perf_counter() > deadline:
+                raise Failed(f"{JOBS} jobs did not finish within {THROUGHPUT_TIMEOUT} s")
+            if enqueuers.done() and enqueuers.exception() is not None:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        finished = time.perf_counter()
+    finally:
+        await enqueuers
+    cpu_after, worker_after = psutil.cpu_times(), worker.cpu_seconds()
+    seconds = finished - started
+    succeeded = await system.succeeded() - succeeded_before
+    if succeeded != JOBS:
+        raise Failed(f"{succeeded} of {JOBS} jobs succeeded")
+    busy = sum(
+        getattr(cpu_after, name) - getattr(cpu_before, name)
+        for name in ("user", "nice", "system", "irq", "softirq")
+        if hasattr(cpu_after, name)
+    )
+    return {
+        "throughput_per_s": JOBS / seconds,
+        "enqueue_per_s": JOBS / (max(enqueued_at) - started),
+        "seconds": round(seconds, 3),
+        "worker_cpu_ms_per_job": round((worker_after - worker_before) / JOBS * 1000, 3),
+        "machine_busy_cores": round(busy / seconds, 2),
+    }
+
+
+async def _measure(name: str, label: str, system: System, worker: Server, redis: Any) -> Measured:
+    await redis.delete(peers.STARTED_KEY)
+    print(f"# {name}: warm-up", file=sys.stderr, flush=True)
+    await _latencies(system, redis, WARMUP_JOBS, timeout=120.0)
+    load_before = _load_average()
+    print(f"# {name}: {JOBS} jobs", file=sys.stderr, flush=True)
+    rates = await _throughput(system, worker)
+    print(f"# {name}: {LATENCY_JOBS} jobs one at a time", file=sys.stderr, flush=True)
+    latencies = await _latencies(system, redis, LATENCY_JOBS, timeout=30.0)
+    measured = Measured(
+        name, label, rates.pop("throughput_per_s"), rates.pop("enqueue_per_s"), latencies,
+        {**rates, "load_average": [load_before, _load_average()]},
+    )  # fmt: skip
+    print(
+        f"# {name}: {measured.throughput_per_s:.0f} jobs/s, enqueue {measured.enqueue_per_s:.0f}/s,"
+        f" latency p50 {measured.percentile(0.5):.2f} ms p99 {measured.percentile(0.99):.2f} ms",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+    return measured
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def _worker(name: str, command: list[str], root: Path, env: dict[str, str]) -> Iterator[Server]:
+    """A worker process (no port: it only connects out); its output in ``<root>/<name>.log``."""
+    env = {**env, "PYTHONPATH": str(REPO_ROOT)}
+    with Server(command, port=0, cwd=root, env=env, log_path=root / f"{name}.log") as worker:
+        try:
+            yield worker
+        except Exception as exc:
+            raise Failed(f"{exc}; {name} worker log: {worker.log_tail()}") from exc
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# arq
+# ---------------------------------------------------------------------------------------------
+
+
+class Arq:
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def enqueue(self, mark: int | None) -> None:
+        job = await (self.pool.enqueue_job(peers.TASK, mark) if mark is not None
+                     else self.pool.enqueue_job(peers.TASK))  # fmt: skip
+        if job is None:
+            raise Failed("arq refused a job")
+
+    async def unfinished(self) -> int:
+        # A job stays in the queue's sorted set until its worker has finished it.
+        return int(await self.pool.zcard(peers.ARQ_QUEUE))
+
+    async def succeeded(self) -> int:
+        count = 0
+        async for _key in self.pool.scan_iter(match="arq:result:*", count=1000):
+            count += 1
+        return count
+
+
+async def _clear_redis(redis: Any) -> None:
+    keys = [key async for key in redis.scan_iter(match="arq:*", count=1000)]
+    keys.append(peers.STARTED_KEY)
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])
+
+
+async def _run_arq(root: Path, redis_url: str, settings: str, name: str, label: str) -> Measured:
+    import redis.asyncio
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    await _clear_redis(client)
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    env = clean_env(BENCH_JOBS_REDIS_URL=redis_url)
+    try:
+        with _worker(name, [_script("arq"), f"benchmarks._jobs_peers.{settings}"], root, env) as w:
+            return await _measure(name, label, Arq(pool), w, client)
+    finally:
+        await pool.aclose()
+        await _clear_redis(client)
+        await client.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# procrastinate
+# ---------------------------------------------------------------------------------------------
+
+
+class Procrastinate:
+    def __init__(self, app: Any, connection: Any) -> None:
+        self.task = app.configure_task(name=peers.TASK)
+        self.connection = connection
+
+    async def enqueue(self, mark: int | None) -> None:
+        await (self.task.defer_async(mark=mark) if mark is not None
+               else self.task.defer_async())  # fmt: skip
+
+    async def unfinished(self) -> int:
+        return int(
+            await self.connection.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+            )
+        )
+
+    async def succeeded(self) -> int:
+        return int(
+            await self.connection.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+            )
+        )
+
+
+async def _run_procrastinate(root: Path, dsn: str, redis_url: str) -> Measured:
+    import asyncpg
+    import redis.asyncio
+
+    app = peers.make_procrastinate_app(dsn)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    connection = await asyncpg.connect(dsn)
+    env = clean_env(BENCH_JOBS_REDIS_URL=redis_url, BENCH_JOBS_POSTGRES_DSN=dsn)
+    command = [
+        _script("procrastinate"), "--app=benchmarks._jobs_peers.procrastinate_app",
+        "worker", f"--concurrency={peers.CONCURRENCY}",
+    ]  # fmt: skip
+    try:
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+            with _worker("procrastinate", command, root, env) as worker:
+                return await _measure(
+                    "procrastinate", _procrastinate_label(), Procrastinate(app, connection),
+                    worker, client,
+                )  # fmt: skip
+    finally:
+        await connection.close()
+        await client.delete(peers.STARTED_KEY)
+        await client.aclose()
+
+
+def _procrastinate_label() -> str:
+    from importlib.metadata import version
+
+    return (
+        f"procrastinate {version('procrastinate')} (psycopg {version('psycopg')}), "
+        f"worker --concurrency={peers.CONCURRENCY}, LISTEN/NOTIFY"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain_dsn(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _reachable(redis_url: str) -> str | None:
+    """Why the run cannot happen (Redis or PostgreSQL down), or ``None``."""
+    import asyncpg
+    import redis.asyncio
+
+    try:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        await connection.close()
+    except (OSError, redis.asyncio.RedisError, asyncpg.PostgresError) as exc:
+        return f"Redis at {redis_url} or PostgreSQL at {POSTGRES_ADMIN_DSN} unreachable: {exc!r}"
+    return None
+
+
+def _arq_label(poll_delay: float) -> str:
+    from importlib.metadata import version
+
+    return (
+        f"arq {version('arq')} (redis-py {version('redis')}), max_jobs={peers.CONCURRENCY}, "
+        f"poll_delay={poll_delay}"
+    )
+
+
+def measure_all(root: Path) -> list[Measured]:
+    redis_url = f"{REDIS_URL}/{REDIS_DB}"
+    reason = asyncio.run(_reachable(redis_url))
+    if reason is not None:
+        raise Failed(reason)
+    out = []
+    with postgres_database("keel_bench_jobs_procrastinate") as url:
+        out.append(asyncio.run(_run_procrastinate(root, _plain_dsn(url), redis_url)))
+    try:
+        import arq  # noqa: F401
+    except ImportError:
+        print("bench_jobs: arq is not installed (make bench-tools): no arq lines",
+              file=sys.stderr, flush=True)  # fmt: skip
+    else:
+        out.append(asyncio.run(_run_arq(
+            root, redis_url, "ArqShipped", "arq_shipped", _arq_label(0.5)
+        )))  # fmt: skip
+        out.append(asyncio.run(_run_arq(
+            root, redis_url, "ArqTuned", "arq_tuned", _arq_label(peers.ArqTuned.poll_delay)
+        )))  # fmt: skip
+    return out
+
+
+def _round(value: float) -> float:
+    return round(value, 3 if value < 10 else 1)
+
+
+def figures(measured: list[Measured]) -> list[Figure]:
+    out = []
+    for system in measured:
+        common = {"machine": machine(), "jobs": JOBS, "enqueuers": ENQUEUERS}
+        out.append(emit(Figure(
+            f"jobs.{system.name}.throughput_per_s", _round(system.throughput_per_s), "jobs/s",
+            extra={"system": system.label, "enqueue_per_s": _round(system.enqueue_per_s),
+                   **system.extra, **common},
+        )))  # fmt: skip
+        out.append(emit(Figure(
+            f"jobs.{system.name}.latency_p50_ms", _round(system.percentile(0.5)), "ms",
+            extra={
+                "system": system.label, "p99_ms": _round(system.percentile(0.99)),
+                "mean_ms": _round(statistics.fmean(system.latencies_ms)),
+                "max_ms": _round(max(system.latencies_ms)), "jobs": LATENCY_JOBS,
+                "gap_ms": [GAP_SECONDS[0] * 1000, GAP_SECONDS[1] * 1000],
+            },
+        )))  # fmt: skip
+    return out
+
+
+def main() -> list[Figure]:
+    root = Path(tempfile.mkdtemp(prefix="keel-bench-jobs-"))
+    try:
+        measured = measure_all(root)
+    except Failed as exc:
+        print(f"bench_jobs failed: {exc}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return figures(measured)
+
+
+if __name__ == "__main__":
+    main()
