@@ -164,6 +164,26 @@ class ChangeStreamSettings(BaseModel):
     heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
 
+class JobsSettings(BaseModel):
+    """The jobs service (issue 18): limits of what a job carries, and how long ended jobs stay."""
+
+    #: Days a completed or cancelled job is kept before retention deletes it; 0 keeps forever.
+    completed_retention_days: float = Field(default=7, ge=0, le=_MAX_RETENTION_DAYS)
+    #: Days a discarded job (the dead letter queue) is kept; 0 keeps forever.
+    discarded_retention_days: float = Field(default=30, ge=0, le=_MAX_RETENTION_DAYS)
+    #: Jobs one retention statement deletes at most: a short transaction each, never one
+    #: long lock over the table.
+    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    #: Largest JSON-encoded ``args`` of one job.
+    max_args_bytes: int = Field(default=65_536, ge=1024)
+    #: Largest JSON-encoded ``result`` (and ``progress``) a worker may report.
+    max_result_bytes: int = Field(default=16_384, ge=256)
+    #: Most jobs one batch enqueue may carry.
+    max_batch: int = Field(default=10_000, ge=1, le=100_000)
+    #: Seconds a claim holds a job unless the worker asks otherwise or heartbeats.
+    default_lease_seconds: float = Field(default=30, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -210,6 +230,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     changes: ChangeStreamSettings = ChangeStreamSettings()
     secrets: SecretsSettings = SecretsSettings()
+    jobs: JobsSettings = JobsSettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
 

@@ -44,13 +44,15 @@ async def test_claims_take_lowest_priority_value_then_earliest_run_at(
 ) -> None:
     past = utcnow() - timedelta(minutes=5)
     async with database.session() as session:
-        late = await enqueue(session, tenant_id, "default", "a", [1], priority=5)
-        early = await enqueue(session, tenant_id, "default", "a", [2], priority=5, run_at=past)
-        urgent = await enqueue(session, tenant_id, "default", "a", [3], priority=0)
-        future = await enqueue(
-            session, tenant_id, "default", "a", run_at=utcnow() + timedelta(hours=1)
-        )
-        other = await enqueue(session, tenant_id, "other", "a")
+        late = (await enqueue(session, tenant_id, "default", "a", [1], priority=5)).job
+        early = (
+            await enqueue(session, tenant_id, "default", "a", [2], priority=5, run_at=past)
+        ).job
+        urgent = (await enqueue(session, tenant_id, "default", "a", [3], priority=0)).job
+        future = (
+            await enqueue(session, tenant_id, "default", "a", run_at=utcnow() + timedelta(hours=1))
+        ).job
+        other = (await enqueue(session, tenant_id, "other", "a")).job
         assert future.state == JobState.scheduled
         assert late.state == JobState.available
     async with database.session() as session:
@@ -102,7 +104,7 @@ async def test_a_lapsed_lease_is_rescued_and_the_stale_worker_is_refused(
     database: Database, tenant_id: str
 ) -> None:
     async with database.session() as session:
-        job = await enqueue(session, tenant_id, "lease", "t", max_attempts=3)
+        job = (await enqueue(session, tenant_id, "lease", "t", max_attempts=3)).job
     async with database.session() as session:
         (stale,) = await claim(session, tenant_id, ["lease"], worker_id="dead", lease_seconds=1)
     async with database.session() as session:
@@ -110,7 +112,7 @@ async def test_a_lapsed_lease_is_rescued_and_the_stale_worker_is_refused(
         assert (await get_job(session, tenant_id, job.id)).worker_id == "dead"  # not lapsed yet
     await asyncio.sleep(1.1)  # the worker "died": no heartbeat
     async with database.session() as session:
-        assert await rescue_lapsed(session) >= 1
+        assert len(await rescue_lapsed(session)) >= 1
     async with database.session() as session:
         (fresh,) = await claim(session, tenant_id, ["lease"], worker_id="alive")
     assert fresh.job_id == job.id
@@ -144,7 +146,7 @@ async def test_failures_back_off_then_the_job_is_discarded_with_its_errors(
     database: Database, tenant_id: str
 ) -> None:
     async with database.session() as session:
-        job = await enqueue(session, tenant_id, "flaky", "t", max_attempts=2)
+        job = (await enqueue(session, tenant_id, "flaky", "t", max_attempts=2)).job
     async with database.session() as session:
         (first,) = await claim(session, tenant_id, ["flaky"], worker_id="w")
         failed = await fail(session, tenant_id, job.id, first.lease_token, "boom", "Traceback…")
@@ -179,7 +181,7 @@ async def test_a_unique_key_enqueued_concurrently_makes_one_job(
 ) -> None:
     async def enqueue_once() -> str:
         async with database.session() as session:
-            job = await enqueue(session, tenant_id, "unique", "t", unique_key="report-7")
+            job = (await enqueue(session, tenant_id, "unique", "t", unique_key="report-7")).job
             return job.id
 
     ids = await asyncio.gather(*(enqueue_once() for _ in range(20)))
@@ -195,7 +197,7 @@ async def test_heartbeat_extends_the_lease_and_reports_a_cancel(
     database: Database, tenant_id: str
 ) -> None:
     async with database.session() as session:
-        job = await enqueue(session, tenant_id, "beat", "t")
+        job = (await enqueue(session, tenant_id, "beat", "t")).job
     async with database.session() as session:
         (held,) = await claim(session, tenant_id, ["beat"], worker_id="w", lease_seconds=5)
     with pytest.raises(Conflict):

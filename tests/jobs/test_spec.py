@@ -24,7 +24,7 @@ async def test_the_running_service_makes_a_lapsed_job_available_again(settings: 
         async with database.session() as session:
             tenant = await create_tenant(session, f"jobs-{uuid.uuid4().hex[:12]}")
         async with database.session() as session:
-            job = await enqueue(session, tenant.id, "rescue", "t", max_attempts=3)
+            job = (await enqueue(session, tenant.id, "rescue", "t", max_attempts=3)).job
         async with database.session() as session:
             await claim(session, tenant.id, ["rescue"], worker_id="killed", lease_seconds=0.5)
 

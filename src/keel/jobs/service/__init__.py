@@ -1,15 +1,26 @@
 """The jobs engine's logic, one module per concept. Plain arguments in, plain objects out;
 functions take the caller's session and never commit.
 
-- :mod:`.enqueue`: one job or a batch; unique keys;
-- :mod:`.claims`: claim (leases), heartbeat, complete, fail, and the rescue of lapsed leases;
+- :mod:`.enqueue`: one job or a batch; unique jobs;
+- :mod:`.claims`: claim (leases, within queue limits), heartbeat, complete, fail, and the
+  rescue of lapsed leases; the engine's invariants are written there;
 - :mod:`.retry`: the backoff policy (pure);
-- :mod:`.admin`: read, cancel, requeue the dead.
+- :mod:`.queues`: pause, resume, concurrency and rate limits, the queues' overview;
+- :mod:`.schedules`: cron schedules and their firing;
+- :mod:`.stats`: jobs per queue and state;
+- :mod:`.retention`: deleting ended jobs in batches;
+- :mod:`.admin`: read, list, cancel, requeue.
 """
 
 from __future__ import annotations
 
-from keel.jobs.service.admin import cancel, get_job, requeue_dead
+from keel.jobs.service.admin import (
+    cancel,
+    get_job,
+    list_jobs,
+    requeue,
+    requeue_dead,
+)
 from keel.jobs.service.claims import (
     Claim,
     HeartbeatResult,
@@ -19,23 +30,70 @@ from keel.jobs.service.claims import (
     heartbeat,
     rescue_lapsed,
 )
-from keel.jobs.service.enqueue import NewJob, enqueue, enqueue_many
-from keel.jobs.service.retry import MAX_BACKOFF_SECONDS, backoff_seconds
+from keel.jobs.service.enqueue import Enqueued, NewJob, enqueue, enqueue_many, enqueue_one
+from keel.jobs.service.queues import (
+    KEEP,
+    QueueOverview,
+    configure_queue,
+    get_queue_config,
+    list_queues,
+    pause_queue,
+    resume_queue,
+)
+from keel.jobs.service.retention import prune
+from keel.jobs.service.retry import MAX_BACKOFF_SECONDS, Backoff, backoff_seconds
+from keel.jobs.service.schedules import (
+    SavedSchedule,
+    delete_schedule,
+    fire_due_schedules,
+    get_schedule,
+    list_schedules,
+    next_tick,
+    put_schedule,
+    validate_cron,
+    validate_timezone,
+)
+from keel.jobs.service.stats import QueueStateStats, StateStats, queue_stats
 
 __all__ = [
+    "KEEP",
     "MAX_BACKOFF_SECONDS",
+    "Backoff",
     "Claim",
+    "Enqueued",
     "HeartbeatResult",
     "NewJob",
+    "QueueOverview",
+    "QueueStateStats",
+    "SavedSchedule",
+    "StateStats",
     "backoff_seconds",
     "cancel",
     "claim",
     "complete",
+    "configure_queue",
+    "delete_schedule",
     "enqueue",
     "enqueue_many",
+    "enqueue_one",
     "fail",
+    "fire_due_schedules",
     "get_job",
+    "get_queue_config",
+    "get_schedule",
     "heartbeat",
+    "list_jobs",
+    "list_queues",
+    "list_schedules",
+    "next_tick",
+    "pause_queue",
+    "prune",
+    "put_schedule",
+    "queue_stats",
+    "requeue",
     "requeue_dead",
     "rescue_lapsed",
+    "resume_queue",
+    "validate_cron",
+    "validate_timezone",
 ]

@@ -9,6 +9,28 @@ On PostgreSQL the claim reads with ``FOR UPDATE SKIP LOCKED``, so concurrent cla
 different jobs without waiting on one another. SQLite has no row locks: the claim first
 takes the database's write lock (:func:`~keel.core.sqlite.hold_write_lock`), so claims take
 turns and each reads what the one before it committed.
+
+**Queues.** A claim takes nothing from a paused queue. A queue with a concurrency or rate
+limit is claimed from under the lock of its :class:`~keel.jobs.models.JobQueue` row
+(``FOR UPDATE``; SQLite's write lock): the claim counts the queue's running jobs and refills
+its token bucket while no other claim of that queue can, and takes at most
+``concurrency_limit - running`` jobs and at most the whole tokens in the bucket. Only a claim
+makes a job running, so the count cannot grow behind the lock's back. Unlimited queues are
+claimed without that lock.
+
+**Order.** The lowest ``priority`` value first; among equal priorities, the queue named first
+in the claim's list, then the earliest ``run_at``.
+
+**Invariants** (``tests/jobs/test_invariants.py`` checks them after every call of random
+sequences):
+
+- a job is in exactly one state;
+- a lease token is current for at most one attempt: each claim issues a fresh one, and a call
+  naming any other is refused with :class:`~keel.core.errors.Conflict`, changing nothing;
+- a job in a final state (completed, discarded, cancelled) never changes, except by an
+  explicit requeue;
+- the running jobs of a queue with a concurrency limit never outnumber the limit (a
+  cancelled job whose worker is still stopping no longer counts).
 """
 
 from __future__ import annotations
@@ -20,15 +42,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
-from keel.jobs.models import CLAIMABLE_STATES, Job, JobState
-from keel.jobs.service.retry import backoff_seconds
+from keel.jobs.models import CLAIMABLE_STATES, Job, JobQueue, JobState
+from keel.jobs.service.queues import claim_allowance, take_tokens
+from keel.jobs.service.retry import Backoff, retry_delay
 
 #: Jobs one rescue sweep takes at most (the next sweep takes the rest).
 RESCUE_BATCH = 500
@@ -47,6 +70,8 @@ class Claim:
     timeout_seconds: int
     lease_token: str
     lease_expires_at: datetime
+    #: What the previous attempt last reported, if anything (a resumable task may use it).
+    progress: Any = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,74 @@ def _check_lease_seconds(lease_seconds: float) -> None:
         raise ValidationFailed("lease_seconds is positive.")
 
 
+async def _limited_queues(
+    session: AsyncSession, names: Sequence[str]
+) -> tuple[set[str], dict[str, JobQueue]]:
+    """The paused queues among ``names``, and the limited ones, their rows locked until the
+    transaction ends (in name order, so two claims never wait on each other in a cycle)."""
+    configs = list(await session.scalars(select(JobQueue).where(JobQueue.name.in_(names))))
+    paused = {config.name for config in configs if config.paused}
+    limited_ids = [
+        config.id
+        for config in configs
+        if not config.paused
+        and (config.concurrency_limit is not None or config.rate_limit_per_second is not None)
+    ]
+    if not limited_ids:
+        return paused, {}
+    locked = list(
+        await session.scalars(
+            select(JobQueue)
+            .where(JobQueue.id.in_(limited_ids))
+            .order_by(JobQueue.name)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+    paused |= {config.name for config in locked if config.paused}  # paused meanwhile
+    return paused, {config.name: config for config in locked if not config.paused}
+
+
+async def _running_count(session: AsyncSession, queue: str) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.queue == queue, Job.state == JobState.running)
+    )
+    return int(count or 0)
+
+
+async def _candidates(
+    session: AsyncSession, queues: Sequence[str], order: Sequence[str], now: datetime, limit: int
+) -> list[Job]:
+    """Up to ``limit`` due jobs of ``queues``, locked (skipping those locked already), in
+    claim order."""
+    return list(
+        await session.scalars(
+            select(Job)
+            .where(
+                Job.queue.in_(list(queues)),
+                Job.state.in_(list(CLAIMABLE_STATES)),
+                Job.run_at <= now,
+            )
+            .order_by(
+                Job.priority,
+                case({name: place for place, name in enumerate(order)}, value=Job.queue),
+                Job.run_at,
+                Job.id,
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _claim_order(order: Sequence[str]) -> Any:
+    place = {name: index for index, name in enumerate(order)}
+    return lambda job: (job.priority, place[job.queue], job.run_at, job.id)
+
+
 async def claim(
     session: AsyncSession,
     tenant_id: str,
@@ -75,29 +168,31 @@ async def claim(
     worker_id: str,
     limit: int = 1,
     lease_seconds: float = 30.0,
+    now: datetime | None = None,
 ) -> list[Claim]:
-    """Up to ``limit`` jobs due now from ``queues``, lowest priority value first, then the
-    earliest ``run_at``; each marked running with a fresh lease and its attempt counted."""
+    """Up to ``limit`` jobs due now from ``queues``, in claim order (see the module's text),
+    within the queues' pauses and limits; each marked running with a fresh lease and its
+    attempt counted. ``now`` is for tests that simulate time."""
     _check_lease_seconds(lease_seconds)
     if limit < 1 or not queues:
         return []
+    names = list(dict.fromkeys(queues))
     bind_tenant(session, tenant_id)
-    now = utcnow()
+    now = now or utcnow()
     await hold_write_lock(session)  # SQLite: claims take turns (no row locks)
-    jobs = list(
-        await session.scalars(
-            select(Job)
-            .where(
-                Job.queue.in_(list(queues)),
-                Job.state.in_(list(CLAIMABLE_STATES)),
-                Job.run_at <= now,
-            )
-            .order_by(Job.priority, Job.run_at, Job.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .execution_options(populate_existing=True)
-        )
-    )
+    paused, limited = await _limited_queues(session, names)
+    open_queues = [name for name in names if name not in paused]
+    unlimited = [name for name in open_queues if name not in limited]
+    jobs = await _candidates(session, unlimited, names, now, limit) if unlimited else []
+    for name, config in limited.items():
+        running = await _running_count(session, name) if config.concurrency_limit else 0
+        allowance = min(limit, claim_allowance(config, running, now))
+        if allowance > 0:
+            jobs += await _candidates(session, [name], names, now, allowance)
+    if limited:
+        jobs = sorted(jobs, key=_claim_order(names))[:limit]
+        for name, config in limited.items():
+            take_tokens(config, sum(1 for job in jobs if job.queue == name), now)
     expires = now + timedelta(seconds=lease_seconds)
     claims = []
     for job in jobs:
@@ -118,6 +213,7 @@ async def claim(
                 job.timeout_seconds,
                 job.lease_token,
                 expires,
+                job.progress,
             )
         )
     await session.flush()
@@ -150,9 +246,10 @@ async def heartbeat(
     lease_token: str,
     *,
     lease_seconds: float = 30.0,
+    progress: Any = None,
 ) -> HeartbeatResult:
-    """Extend the lease by ``lease_seconds`` from now; says so instead when the job was
-    cancelled meanwhile."""
+    """Extend the lease by ``lease_seconds`` from now and keep ``progress`` (when given) as
+    the job's; says so instead when the job was cancelled meanwhile (nothing is kept)."""
     _check_lease_seconds(lease_seconds)
     job = await _leased_job(session, tenant_id, job_id, lease_token)
     if job.state == JobState.cancelled:
@@ -160,6 +257,8 @@ async def heartbeat(
     if job.state != JobState.running:  # pragma: no cover - a token lives only while running
         raise Conflict(f"The job is {job.state}, not running.")
     job.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    if progress is not None:
+        job.progress = progress
     await session.flush()
     return HeartbeatResult(cancel_requested=False, lease_expires_at=job.lease_expires_at)
 
@@ -185,17 +284,29 @@ async def complete(
     return job
 
 
-def _retry_or_discard(job: Job, now: datetime, error: str, traceback: str | None) -> None:
-    """After a failed or lapsed attempt: retryable after the backoff, or discarded (the dead
-    letter queue) when it was the last attempt; the error is appended either way."""
+def _retry_or_discard(
+    job: Job,
+    now: datetime,
+    error: str,
+    traceback: str | None,
+    *,
+    retry_in_seconds: float | None = None,
+    discard: bool = False,
+) -> None:
+    """After a failed or lapsed attempt: retryable after the backoff (or ``retry_in_seconds``),
+    or discarded (the dead letter queue) when it was the last attempt or ``discard`` says
+    so; the error is appended either way."""
     job.errors = [*job.errors, _error_entry(job.attempt, now, error, traceback)]
     _end_lease(job)
-    if job.attempt >= job.max_attempts:
+    if discard or job.attempt >= job.max_attempts:
         job.state = JobState.discarded
         job.finished_at = now
     else:
         job.state = JobState.retryable
-        job.run_at = now + timedelta(seconds=backoff_seconds(job.attempt))
+        wait = retry_in_seconds
+        if wait is None:
+            wait = retry_delay(job.attempt, Backoff.from_json(job.backoff))
+        job.run_at = now + timedelta(seconds=wait)
 
 
 async def fail(
@@ -205,19 +316,30 @@ async def fail(
     lease_token: str,
     error: str,
     traceback: str | None = None,
+    *,
+    retry_in_seconds: float | None = None,
+    discard: bool = False,
 ) -> Job:
-    """The attempt failed: retryable with backoff, or discarded when out of attempts."""
+    """The attempt failed: retryable after the job's backoff (or after ``retry_in_seconds``,
+    the worker's choice), or discarded when out of attempts or when ``discard`` says the
+    job can never succeed."""
+    if retry_in_seconds is not None and not 0 <= retry_in_seconds <= 7 * 24 * 3600:
+        raise ValidationFailed("retry_in_seconds is 0 to a week.")
+    if retry_in_seconds is not None and discard:
+        raise ValidationFailed("A failure is retried in some seconds or discarded, not both.")
     job = await _leased_job(session, tenant_id, job_id, lease_token)
     if job.state != JobState.running:
         raise Conflict(f"The job is {job.state}, not running.")
-    _retry_or_discard(job, utcnow(), error, traceback)
+    _retry_or_discard(
+        job, utcnow(), error, traceback, retry_in_seconds=retry_in_seconds, discard=discard
+    )
     await session.flush()
     return job
 
 
-async def rescue_lapsed(session: AsyncSession, *, now: datetime | None = None) -> int:
+async def rescue_lapsed(session: AsyncSession, *, now: datetime | None = None) -> list[Job]:
     """Running jobs of every tenant whose lease lapsed (their worker died or hung) become
-    available again at once, or discarded when that was their last attempt. Returns how many."""
+    available again at once, or discarded when that was their last attempt. Returns them."""
     now = now or utcnow()
     await hold_write_lock(session)
     jobs = list(
@@ -236,4 +358,4 @@ async def rescue_lapsed(session: AsyncSession, *, now: datetime | None = None) -
             job.state = JobState.available  # a lost worker is no reason to wait
             job.run_at = now
     await session.flush()
-    return len(jobs)
+    return jobs
