@@ -6,7 +6,8 @@ Each worker runs in its own process, started through the system's own command li
   ``arq benchmarks._jobs_peers.ArqTuned`` (``poll_delay=0.01``), both ``max_jobs=10``;
 - procrastinate: ``procrastinate --app=benchmarks._jobs_peers.procrastinate_app worker
   --concurrency=10`` (LISTEN/NOTIFY on, its default);
-- Keel: ``python -m keel_client.jobs run benchmarks._jobs_peers:keel_worker``.
+- Keel: ``python -m keel_client.jobs run benchmarks._jobs_peers:keel_worker`` (the SDK's
+  ``Worker``, concurrency 10).
 
 The task is the same everywhere: a job without a ``mark`` does nothing (the throughput
 figure); a job with one records ``time.time()`` when it starts and pushes ``"<mark> <time>"``
@@ -127,3 +128,35 @@ def make_procrastinate_app(dsn: str) -> Any:
 
 #: What ``procrastinate --app=benchmarks._jobs_peers.procrastinate_app worker`` runs.
 procrastinate_app = make_procrastinate_app(os.environ.get("BENCH_JOBS_POSTGRES_DSN", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keel
+# ---------------------------------------------------------------------------------------------
+
+
+def make_keel_worker() -> Any:
+    """The SDK's worker with the no-op task on the default queue, concurrency 10; its client
+    comes from ``KEEL_URL`` and ``KEEL_TOKEN`` when it runs."""
+    from keel_client.jobs import Worker
+
+    worker = Worker(concurrency=CONCURRENCY)
+
+    @worker.task(TASK)
+    async def noop(mark: int | None = None) -> None:
+        started = time.time()
+        if mark is not None:
+            await _record_start(mark, started)
+
+    return worker
+
+
+def __getattr__(name: str) -> Any:
+    """``keel_worker`` (what ``python -m keel_client.jobs run
+    benchmarks._jobs_peers:keel_worker`` runs), made on first use: the other workers never
+    import the SDK."""
+    if name == "keel_worker":
+        worker = make_keel_worker()
+        globals()["keel_worker"] = worker
+        return worker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

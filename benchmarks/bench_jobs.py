@@ -24,8 +24,11 @@ timed like the latency jobs, not counted):
 
 The comparison figures ``jobs.throughput_per_s`` (ratio Keel / the faster peer; target at
 least 1.0) and ``jobs.latency_p50_ms``, ``jobs.latency_p99_ms`` (ratio procrastinate / Keel,
-lower is better; target at least 1.0) come from the PostgreSQL line; the SQLite line's
-figures are in ``extra``.
+lower is better; target at least 1.0) come from the PostgreSQL line; ``jobs.sqlite_*`` are
+the same for the SQLite line.
+
+``python -m benchmarks jobs`` (``make bench BENCH=jobs`` installs arq first) needs Redis and
+PostgreSQL as the tests use them; ``BENCH_JOBS_SYSTEMS`` picks systems (see :data:`SYSTEMS`).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +52,15 @@ from typing import Any, Protocol
 from benchmarks import _jobs_peers as peers
 from benchmarks._databases import POSTGRES_ADMIN_DSN, postgres_database
 from benchmarks._figures import Figure, emit, machine
-from benchmarks._servers import REPO_ROOT, Server, clean_env
+from benchmarks._servers import (
+    REPO_ROOT,
+    Server,
+    clean_env,
+    free_port,
+    keel_command,
+    keel_serve_command,
+)
+from benchmarks.bench_auth import BENCH_MASTER_KEY
 
 JOBS = 5_000
 ENQUEUERS = 10
@@ -336,6 +349,136 @@ def _procrastinate_label() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Keel
+# ---------------------------------------------------------------------------------------------
+
+_UNFINISHED = "('scheduled', 'available', 'running', 'retryable')"
+
+
+class KeelPostgres:
+    """Enqueues through the SDK; reads the jobs table of Keel's database directly (a count,
+    as for procrastinate), so that watching costs the server nothing."""
+
+    def __init__(self, client: Any, connection: Any) -> None:
+        self.client = client
+        self.connection = connection
+
+    async def enqueue(self, mark: int | None) -> None:
+        await (self.client.enqueue(peers.TASK, mark) if mark is not None
+               else self.client.enqueue(peers.TASK))  # fmt: skip
+
+    async def unfinished(self) -> int:
+        query = f"SELECT count(*) FROM jobs WHERE state IN {_UNFINISHED}"  # noqa: S608
+        return int(await self.connection.fetchval(query))
+
+    async def succeeded(self) -> int:
+        return int(
+            await self.connection.fetchval("SELECT count(*) FROM jobs WHERE state = 'completed'")
+        )
+
+
+class KeelSqlite(KeelPostgres):
+    """The same on the embedded default: the SQLite file read read-only (WAL: no lock on
+    the server's writes)."""
+
+    def __init__(self, client: Any, path: Path) -> None:
+        import sqlite3
+
+        super().__init__(client, None)
+        self.database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def _count(self, where: str) -> int:
+        return int(self.database.execute(f"SELECT count(*) FROM jobs WHERE {where}").fetchone()[0])  # noqa: S608
+
+    async def unfinished(self) -> int:
+        return self._count(f"state IN {_UNFINISHED}")
+
+    async def succeeded(self) -> int:
+        return self._count("state = 'completed'")
+
+
+def _keel_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    completed = subprocess.run(
+        keel_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    if completed.returncode != 0:
+        raise Failed(f"keel {' '.join(args)} failed: {completed.stderr[-2000:]}")
+    return completed.stdout
+
+
+def _keel_admin_key(cwd: Path, env: dict[str, str]) -> str:
+    _keel_cli("migrate", cwd=cwd, env=env)
+    printed = _keel_cli("init", cwd=cwd, env=env)
+    match = re.search(r"admin API key \(shown once, store it now\): (keel_\S+)", printed)
+    if match is None:
+        raise Failed("keel init printed no admin API key")
+    return match.group(1)
+
+
+async def _run_keel(root: Path, name: str, database_url: str | None, redis_url: str) -> Measured:
+    """``keel serve`` on ``database_url`` (SQLite in ``<root>/<name>`` when ``None``), the
+    SDK worker in its own process, enqueues through the SDK's ``JobsClient``."""
+    import asyncpg
+    import redis.asyncio
+
+    from keel_client.jobs import JobsClient
+
+    cwd = root / name
+    cwd.mkdir()
+    data_dir = cwd / "data"
+    overrides = {"KEEL_DATA_DIR": str(data_dir), "KEEL_MASTER_KEY": BENCH_MASTER_KEY}
+    if database_url is not None:
+        overrides["KEEL_DATABASE_URL"] = database_url
+    env = clean_env(**overrides)
+    admin_key = await asyncio.to_thread(_keel_admin_key, cwd, env)
+    port = free_port()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    with Server(keel_serve_command(port), port=port, cwd=cwd, env=env) as server:
+        await asyncio.to_thread(server.wait_http, "/health/ready")
+        worker_env = clean_env(
+            KEEL_URL=server.url, KEEL_TOKEN=admin_key, BENCH_JOBS_REDIS_URL=redis_url
+        )
+        command = [
+            sys.executable, "-m", "keel_client.jobs", "run",
+            "benchmarks._jobs_peers:keel_worker",
+        ]  # fmt: skip
+        jobs = JobsClient(server.url, auth=admin_key)
+        connection = None
+        try:
+            if database_url is not None:
+                connection = await asyncpg.connect(_plain_dsn(database_url))
+                system: System = KeelPostgres(jobs, connection)
+            else:
+                system = KeelSqlite(jobs, data_dir / "keel.db")
+            with _worker(name, command, root, worker_env) as worker:
+                try:
+                    measured = await _measure(
+                        name, _keel_label(database_url), system, worker, client
+                    )
+                except Exception as exc:
+                    raise Failed(f"{exc}; keel serve log: {server.log_tail()}") from exc
+                measured.extra["server_cpu_s"] = round(server.cpu_seconds(), 2)
+                return measured
+        finally:
+            await jobs.aclose()
+            if connection is not None:
+                await connection.close()
+            await client.delete(peers.STARTED_KEY)
+            await client.aclose()
+
+
+def _keel_label(database_url: str | None) -> str:
+    from importlib.metadata import version
+
+    database = "PostgreSQL" if database_url is not None else "SQLite (embedded default)"
+    return (
+        f"keel serve {version('keel')} on {database}, 1 process; keel_client.jobs.Worker "
+        f"(concurrency={peers.CONCURRENCY}) over HTTP"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -371,27 +514,57 @@ def _arq_label(poll_delay: float) -> str:
     )
 
 
-def measure_all(root: Path) -> list[Measured]:
-    redis_url = f"{REDIS_URL}/{REDIS_DB}"
-    reason = asyncio.run(_reachable(redis_url))
-    if reason is not None:
-        raise Failed(reason)
-    out = []
-    with postgres_database("keel_bench_jobs_procrastinate") as url:
-        out.append(asyncio.run(_run_procrastinate(root, _plain_dsn(url), redis_url)))
+#: Every system, in the order of the run; ``BENCH_JOBS_SYSTEMS=keel_sqlite,arq_tuned`` runs
+#: some (for working on one; the figures of docs/benchmarks.md come from a run of all).
+SYSTEMS = ("procrastinate", "arq_shipped", "arq_tuned", "keel_postgresql", "keel_sqlite")
+
+
+def _selected() -> list[str]:
+    chosen = os.environ.get("BENCH_JOBS_SYSTEMS", "").strip()
+    if not chosen:
+        return list(SYSTEMS)
+    names = [name.strip() for name in chosen.split(",") if name.strip()]
+    unknown = set(names) - set(SYSTEMS)
+    if unknown:
+        raise Failed(f"BENCH_JOBS_SYSTEMS names unknown systems {sorted(unknown)}; {SYSTEMS}")
+    return [name for name in SYSTEMS if name in names]
+
+
+def _has_arq() -> bool:
     try:
         import arq  # noqa: F401
     except ImportError:
         print("bench_jobs: arq is not installed (make bench-tools): no arq lines",
               file=sys.stderr, flush=True)  # fmt: skip
-    else:
-        out.append(asyncio.run(_run_arq(
-            root, redis_url, "ArqShipped", "arq_shipped", _arq_label(0.5)
-        )))  # fmt: skip
-        out.append(asyncio.run(_run_arq(
-            root, redis_url, "ArqTuned", "arq_tuned", _arq_label(peers.ArqTuned.poll_delay)
-        )))  # fmt: skip
-    return out
+        return False
+    return True
+
+
+def _run_one(name: str, root: Path, redis_url: str) -> Measured:
+    if name == "procrastinate":
+        with postgres_database("keel_bench_jobs_procrastinate") as url:
+            return asyncio.run(_run_procrastinate(root, _plain_dsn(url), redis_url))
+    if name == "arq_shipped":
+        return asyncio.run(_run_arq(root, redis_url, "ArqShipped", name, _arq_label(0.5)))
+    if name == "arq_tuned":
+        label = _arq_label(peers.ArqTuned.poll_delay)
+        return asyncio.run(_run_arq(root, redis_url, "ArqTuned", name, label))
+    if name == "keel_postgresql":
+        with postgres_database("keel_bench_jobs") as url:
+            return asyncio.run(_run_keel(root, name, url, redis_url))
+    assert name == "keel_sqlite"
+    return asyncio.run(_run_keel(root, name, None, redis_url))
+
+
+def measure_all(root: Path) -> list[Measured]:
+    redis_url = f"{REDIS_URL}/{REDIS_DB}"
+    reason = asyncio.run(_reachable(redis_url))
+    if reason is not None:
+        raise Failed(reason)
+    names = _selected()
+    if not _has_arq():
+        names = [name for name in names if not name.startswith("arq")]
+    return [_run_one(name, root, redis_url) for name in names]
 
 
 def _round(value: float) -> float:
@@ -416,6 +589,43 @@ def figures(measured: list[Measured]) -> list[Figure]:
                 "gap_ms": [GAP_SECONDS[0] * 1000, GAP_SECONDS[1] * 1000],
             },
         )))  # fmt: skip
+    by_name = {system.name: system for system in measured}
+    for keel_name, prefix in (("keel_postgresql", "jobs."), ("keel_sqlite", "jobs.sqlite_")):
+        if keel_name in by_name:
+            out.extend(_comparisons(by_name[keel_name], by_name, prefix))
+    return out
+
+
+def _comparisons(keel: Measured, by_name: dict[str, Measured], prefix: str) -> list[Figure]:
+    """Keel against the issue's peers: the faster of arq (tuned) and procrastinate for jobs/s,
+    procrastinate for latency."""
+    out = []
+    everyone = {name: _round(system.throughput_per_s) for name, system in by_name.items()}
+    rivals = [by_name[name] for name in ("arq_tuned", "procrastinate") if name in by_name]
+    if rivals:
+        faster = max(rivals, key=lambda system: system.throughput_per_s)
+        ratio = keel.throughput_per_s / faster.throughput_per_s
+        out.append(emit(Figure(
+            f"{prefix}throughput_per_s", _round(keel.throughput_per_s), "jobs/s",
+            faster.label, round(ratio, 3),
+            {"peer_per_s": _round(faster.throughput_per_s), "all_per_s": everyone,
+             "target_ratio": TARGET_THROUGHPUT_RATIO,
+             "met": ratio >= TARGET_THROUGHPUT_RATIO, "system": keel.label},
+        )))  # fmt: skip
+    peer = by_name.get("procrastinate")
+    if peer is not None:
+        for share, label in ((0.5, "p50"), (0.99, "p99")):
+            value, peer_value = keel.percentile(share), peer.percentile(share)
+            ratio = peer_value / value  # lower is better: at least 1.0 is no worse
+            out.append(emit(Figure(
+                f"{prefix}latency_{label}_ms", _round(value), "ms", peer.label, round(ratio, 3),
+                {"peer_ms": _round(peer_value),
+                 "all_ms": {name: _round(system.percentile(share))
+                            for name, system in by_name.items()},
+                 "target_ratio": TARGET_LATENCY_RATIO, "met": ratio >= TARGET_LATENCY_RATIO,
+                 "ratio_is": "procrastinate / Keel (lower latency is better)",
+                 "system": keel.label},
+            )))  # fmt: skip
     return out
 
 
