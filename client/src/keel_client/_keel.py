@@ -9,7 +9,8 @@ built on it::
       ├─ .secrets  SecretsClient(api=api)
       ├─ .audit    AuditAPI on api; .audit.recorder(spool_dir=...) ─▶ AuditClient(api=api)
       ├─ .config   .config.client(app, env) ─▶ ConfigClient(api=api)
-      └─ .flags    .flags.client(env) ─▶ FlagsClient(api=api)
+      ├─ .flags    .flags.client(env) ─▶ FlagsClient(api=api)
+      └─ .jobs     JobsClient(api=api); .jobs.open_spool(dir) spools enqueues Keel cannot take
 
 Per-call ``RequestOptions`` (``timeout``, ``deadline``, ``max_retries``, ``idempotency_key``,
 ``request_id``) override the defaults given to ``Keel(...)``. ``aclose()`` closes what the
@@ -32,6 +33,7 @@ from keel_client.auth import AuthClient, ServiceCredentials
 from keel_client.config import ConfigClient
 from keel_client.flags import FlagsClient
 from keel_client.http import BaseAPIClient, ClientHealth
+from keel_client.jobs import JobsClient
 from keel_client.secrets import SecretsClient
 
 __all__ = ["Credentials", "Keel", "KeelAudit", "KeelConfig", "KeelFlags"]
@@ -116,7 +118,8 @@ class KeelAudit(AuditAPI):
 
 class Keel:
     """Keel from a service: one connection pool, one breaker per host, one token source, and
-    a sub-client per service (``.auth``, ``.secrets``, ``.audit``, ``.config``, ``.flags``).
+    a sub-client per service (``.auth``, ``.secrets``, ``.audit``, ``.config``, ``.flags``,
+    ``.jobs``).
 
     Example::
 
@@ -128,6 +131,7 @@ class Keel:
                 workers = config.get("workers", 4)
             async with keel.flags.client("production") as flags:
                 flags.is_enabled("checkout-v2", {"key": "user-1"})
+            await keel.jobs.enqueue("send_report", 42, queue="reports")
 
             # per-call options override the defaults given to Keel(...)
             await keel.secrets.get("apps/billing/db", timeout=2.0, max_retries=0)
@@ -167,6 +171,8 @@ class Keel:
         self.config = KeelConfig(self)
         #: ``.client(environment)``: a feature-flags client, evaluated locally.
         self.flags = KeelFlags(self)
+        #: Enqueue (``.open_spool(dir)``: spooled while Keel is unreachable), read, cancel.
+        self.jobs = JobsClient(api=self.api)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
@@ -208,7 +214,8 @@ class Keel:
 
     async def aclose(self) -> None:
         """Close every client the sub-clients handed out (config, flags, recorders: they
-        stop following and flush), stop renewing dynamic credentials, then close the pool.
+        stop following and flush), the jobs spool (a few seconds to drain; the rest stays on
+        disk), stop renewing dynamic credentials, then close the pool.
         A second call does nothing."""
         if self._is_closed:
             return
@@ -217,6 +224,7 @@ class Keel:
         try:
             for close in adopted:
                 await close()
+            await self.jobs.aclose()
             await self.secrets.aclose()
         finally:
             await self.api.aclose()
