@@ -1,0 +1,591 @@
+"""HTTP routes of the jobs service: ``/jobs/v1/...``, a protocol any language can speak.
+
+Producers enqueue (``POST /jobs``, ``POST /jobs/batch``, both taking an ``Idempotency-Key``);
+workers long-poll ``POST /fetch`` for leases and answer each job with ``heartbeat``, ``ack``
+or ``fail`` naming the lease token; operators read, cancel, requeue, pause and limit queues
+and schedule jobs. Permissions are per queue (:mod:`keel.jobs.auth`); every operator change
+is audited. A lease token that is not the job's current one is a 409 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.auth.dependencies import CallerActor, CurrentPrincipal
+from keel.core.audit import Actor, record_event
+from keel.core.deps import Context, DbSession
+from keel.core.errors import Conflict, NotFound, PayloadTooLarge
+from keel.core.http import ServiceRouter
+from keel.core.idempotency import check_key, fingerprint, kept_answer, remember_answer
+from keel.core.tenancy import bind_tenant
+from keel.jobs import schemas, service
+from keel.jobs.auth import QueueAccess, check_queues, may
+from keel.jobs.models import Job, JobState
+from keel.jobs.service import KEEP
+from keel.jobs.signals import JOB_SIGNALS_RESOURCE, signal_after_commit
+from keel_client.auth import Principal
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Send the same key when retrying: the first request's answer is replayed.",
+    ),
+]
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+def _check_size(what: str, value: Any, limit: int) -> None:
+    """413 when ``value`` encoded as JSON is over ``limit`` bytes."""
+    size = len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is {size} bytes of JSON; the limit is {limit}.")
+
+
+def _new_job(body: schemas.JobCreate, max_args_bytes: int) -> service.NewJob:
+    _check_size("args", body.args, max_args_bytes)
+    unique = body.unique
+    return service.NewJob(
+        queue=body.queue,
+        task=body.task,
+        args=body.args,
+        priority=body.priority,
+        run_at=body.run_at,
+        max_attempts=body.max_attempts,
+        timeout_seconds=body.timeout_seconds,
+        tags=tuple(body.tags),
+        unique_key=unique.key if unique else None,
+        unique_period_seconds=unique.period_seconds if unique else None,
+        unique_states=tuple(unique.states) if unique and unique.states else None,
+        max_backoff_seconds=body.max_backoff_seconds,
+    )
+
+
+async def _idempotent(
+    context: Context,
+    principal: Principal,
+    scope: str,
+    key: str | None,
+    request: Any,
+    write: Any,
+) -> JSONResponse:
+    """Run ``write(session) -> (status, document)`` in one unit of work, once per
+    ``Idempotency-Key``: a retry with the key replays the first answer."""
+    tenant_id = principal.tenant_id
+    if key is None:
+        async with context.database.session() as session:
+            status, document = await write(session)
+        return JSONResponse(document, status_code=status)
+    check_key(key)
+    request_hash = fingerprint(request)
+    for _ in range(2):
+        try:
+            async with context.database.session() as session:
+                kept = await kept_answer(session, tenant_id, scope, key, request_hash)
+                if kept is not None:
+                    return JSONResponse(kept.document, status_code=kept.status)
+                status, document = await write(session)
+                remember_answer(session, tenant_id, scope, key, request_hash, status, document)
+            return JSONResponse(document, status_code=status)
+        except IntegrityError:
+            continue  # a concurrent request with the key won: replay its answer
+    raise Conflict("A request with this Idempotency-Key is in progress; retry.")
+
+
+def _job_document(job: Job, *, duplicate: bool | None = None) -> dict[str, Any]:
+    model = schemas.Job.model_validate(job)
+    document = model.model_dump(mode="json")
+    if duplicate is not None:
+        document["duplicate"] = duplicate
+    return document
+
+
+# -- producers ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=schemas.Enqueued,
+    responses={200: {"description": "The unique key's live job (``duplicate``: true)."}},
+)
+async def enqueue(
+    body: schemas.JobCreate,
+    principal: CurrentPrincipal,
+    context: Context,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    """Put one job on a queue."""
+    check_queues(principal, [body.queue], QueueAccess.enqueue)
+    new = _new_job(body, context.settings.jobs.max_args_bytes)
+
+    async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
+        enqueued = await service.enqueue_one(session, principal.tenant_id, new)
+        if enqueued.created:
+            signal_after_commit(session, principal.tenant_id, [body.queue])
+        return (201 if enqueued.created else 200), _job_document(
+            enqueued.job, duplicate=not enqueued.created
+        )
+
+    request = body.model_dump(mode="json")
+    return await _idempotent(context, principal, "jobs.enqueue", idempotency_key, request, write)
+
+
+@router.post("/jobs/batch", status_code=201, response_model=schemas.BatchAnswer)
+async def enqueue_batch(
+    body: schemas.JobBatch,
+    principal: CurrentPrincipal,
+    context: Context,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    """Put up to 10,000 jobs on their queues, all or none."""
+    queues = sorted({job.queue for job in body.jobs})
+    check_queues(principal, queues, QueueAccess.enqueue)
+    limit = context.settings.jobs.max_args_bytes
+    news = [_new_job(job, limit) for job in body.jobs]
+
+    async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
+        ids = await service.enqueue_many(session, principal.tenant_id, news)
+        signal_after_commit(session, principal.tenant_id, queues)
+        return 201, {"ids": ids}
+
+    # The fingerprint of 10,000 jobs is cheap next to inserting them.
+    request = body.model_dump(mode="json")
+    return await _idempotent(context, principal, "jobs.batch", idempotency_key, request, write)
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+@router.post("/fetch", response_model=schemas.FetchAnswer)
+async def fetch(
+    body: schemas.FetchRequest, principal: CurrentPrincipal, context: Context
+) -> dict[str, Any]:
+    """Lease up to ``limit`` due jobs, taking the queues in the order given; when none is due,
+    wait up to ``wait_seconds`` for one (idle workers are woken when jobs arrive)."""
+    queues = list(dict.fromkeys(body.queues))
+    check_queues(principal, queues, QueueAccess.work)
+    signals = context.resources[JOB_SIGNALS_RESOURCE]
+    tenant_id = principal.tenant_id
+    deadline = time.monotonic() + body.wait_seconds
+    while True:
+        mark = signals.mark()
+        claims: list[service.Claim] = []
+        async with context.database.session() as session:
+            for queue in queues:
+                claims += await service.claim(
+                    session,
+                    tenant_id,
+                    [queue],
+                    worker_id=body.worker_id,
+                    limit=body.limit - len(claims),
+                    lease_seconds=body.lease_seconds,
+                )
+                if len(claims) >= body.limit:
+                    break
+        remaining = deadline - time.monotonic()
+        if claims or remaining <= 0:
+            return {"jobs": [_lease(claim) for claim in claims]}
+        await signals.wait(tenant_id, queues, mark, timeout=min(remaining, signals.recheck_seconds))
+
+
+def _lease(claim: service.Claim) -> dict[str, Any]:
+    return {
+        "id": claim.job_id,
+        "queue": claim.queue,
+        "task": claim.task,
+        "args": claim.args,
+        "attempt": claim.attempt,
+        "max_attempts": claim.max_attempts,
+        "timeout_seconds": claim.timeout_seconds,
+        "lease_token": claim.lease_token,
+        "lease_expires_at": claim.lease_expires_at,
+        "progress": claim.progress,
+    }
+
+
+async def _queue_of(session: AsyncSession, tenant_id: str, job_id: str) -> str:
+    bind_tenant(session, tenant_id)
+    queue = await session.scalar(select(Job.queue).where(Job.id == job_id))
+    if queue is None:
+        raise NotFound(f"No job {job_id!r}.")
+    return queue
+
+
+async def _check_job_access(
+    session: AsyncSession, principal: Principal, job_id: str, access: QueueAccess
+) -> None:
+    check_queues(principal, [await _queue_of(session, principal.tenant_id, job_id)], access)
+
+
+@router.post("/jobs/{job_id}/heartbeat", response_model=schemas.HeartbeatAnswer)
+async def heartbeat(
+    job_id: str,
+    body: schemas.HeartbeatRequest,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    context: Context,
+) -> Any:
+    """Extend the lease (and keep the task's progress); answers ``cancel_requested`` when the
+    job was cancelled meanwhile."""
+    if body.progress is not None:
+        _check_size("progress", body.progress, context.settings.jobs.max_result_bytes)
+    await _check_job_access(session, principal, job_id, QueueAccess.work)
+    return await service.heartbeat(
+        session,
+        principal.tenant_id,
+        job_id,
+        body.lease_token,
+        lease_seconds=body.lease_seconds,
+        progress=body.progress,
+    )
+
+
+@router.post("/jobs/{job_id}/ack", response_model=schemas.Job)
+async def ack(
+    job_id: str,
+    body: schemas.AckRequest,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    context: Context,
+) -> Any:
+    """The attempt succeeded: the job is completed, with ``result`` kept on it."""
+    _check_size("result", body.result, context.settings.jobs.max_result_bytes)
+    await _check_job_access(session, principal, job_id, QueueAccess.work)
+    return await service.complete(
+        session, principal.tenant_id, job_id, body.lease_token, body.result
+    )
+
+
+@router.post("/jobs/{job_id}/fail", response_model=schemas.Job)
+async def fail(
+    job_id: str, body: schemas.FailRequest, principal: CurrentPrincipal, session: DbSession
+) -> Any:
+    """The attempt failed: retried after the backoff (or ``retry_in_seconds``), or dead when
+    it was the last attempt or ``discard`` is set."""
+    await _check_job_access(session, principal, job_id, QueueAccess.work)
+    job = await service.fail(
+        session,
+        principal.tenant_id,
+        job_id,
+        body.lease_token,
+        body.error,
+        body.traceback,
+        retry_in_seconds=body.retry_in_seconds,
+        discard=body.discard,
+    )
+    return job
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job)
+async def get_job(job_id: str, principal: CurrentPrincipal, session: DbSession) -> Any:
+    await _check_job_access(session, principal, job_id, QueueAccess.read)
+    return await service.get_job(session, principal.tenant_id, job_id)
+
+
+@router.get("/jobs", response_model=schemas.JobPage)
+async def list_jobs(
+    principal: CurrentPrincipal,
+    session: DbSession,
+    queue: Annotated[str, Query(pattern=schemas.NAME_PATTERN)],
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[str | None, Query(max_length=36)] = None,
+) -> Any:
+    """A queue's jobs, oldest first, a page at a time (``after``: the last page's ``next``)."""
+    check_queues(principal, [queue], QueueAccess.read)
+    jobs = await service.list_jobs(
+        session, principal.tenant_id, queue=queue, state=state, limit=limit + 1, after=after
+    )
+    page = jobs[:limit]
+    return {"jobs": page, "next": page[-1].id if len(jobs) > limit else None}
+
+
+# -- operators ----------------------------------------------------------------------------
+
+QueueName = Annotated[str, Path(pattern=schemas.NAME_PATTERN)]
+ScheduleName = Annotated[str, Path(pattern=schemas.NAME_PATTERN)]
+
+
+def _audit(
+    session: AsyncSession,
+    actor: Actor,
+    tenant_id: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        action=action,
+        actor=actor,
+        target_type=target_type,
+        target_id=target_id,
+        data=data,
+    )
+
+
+def _queue_document(overview: service.QueueOverview) -> dict[str, Any]:
+    return {
+        "name": overview.name,
+        "paused": overview.paused,
+        "concurrency_limit": overview.concurrency_limit,
+        "rate_limit_per_second": overview.rate_limit_per_second,
+        "states": {
+            state: {"count": stats.count, "oldest_age_seconds": stats.oldest_age_seconds}
+            for state, stats in overview.states.items()
+        },
+    }
+
+
+async def _overview(session: AsyncSession, tenant_id: str, queue: str) -> dict[str, Any]:
+    for overview in await service.list_queues(session, tenant_id):
+        if overview.name == queue:
+            return _queue_document(overview)
+    return _queue_document(service.QueueOverview(name=queue))
+
+
+@router.get("/queues", response_model=schemas.QueueList)
+async def list_queues(principal: CurrentPrincipal, session: DbSession) -> Any:
+    """The queues with jobs or a configuration that the caller may read, with their jobs'
+    count and the age of the oldest in each state."""
+    overviews = await service.list_queues(session, principal.tenant_id)
+    return {
+        "queues": [
+            _queue_document(overview)
+            for overview in overviews
+            if may(principal, overview.name, QueueAccess.read)
+        ]
+    }
+
+
+@router.get("/queues/{queue}", response_model=schemas.Queue)
+async def get_queue(queue: QueueName, principal: CurrentPrincipal, session: DbSession) -> Any:
+    """One queue (an unknown one: 404)."""
+    check_queues(principal, [queue], QueueAccess.read)
+    for overview in await service.list_queues(session, principal.tenant_id):
+        if overview.name == queue:
+            return _queue_document(overview)
+    raise NotFound(f"No queue {queue!r}: it has no jobs and no configuration.")
+
+
+@router.patch("/queues/{queue}", response_model=schemas.Queue)
+async def configure_queue(
+    queue: QueueName,
+    body: schemas.QueueUpdate,
+    principal: CurrentPrincipal,
+    actor: CallerActor,
+    session: DbSession,
+) -> Any:
+    """Set or remove (``null``) the queue's concurrency and rate limits; a field left out
+    stays as it is."""
+    check_queues(principal, [queue], QueueAccess.admin)
+    before = await service.get_queue_config(session, principal.tenant_id, queue)
+    given = body.model_fields_set
+    old = {
+        "concurrency_limit": before.concurrency_limit if before else None,
+        "rate_limit_per_second": before.rate_limit_per_second if before else None,
+    }
+    after = await service.configure_queue(
+        session,
+        principal.tenant_id,
+        queue,
+        concurrency_limit=body.concurrency_limit if "concurrency_limit" in given else KEEP,
+        rate_limit_per_second=(
+            body.rate_limit_per_second if "rate_limit_per_second" in given else KEEP
+        ),
+    )
+    new = {
+        "concurrency_limit": after.concurrency_limit,
+        "rate_limit_per_second": after.rate_limit_per_second,
+    }
+    diff = {
+        field: {"before": old[field], "after": new[field]}
+        for field in new
+        if old[field] != new[field]
+    }
+    _audit(session, actor, principal.tenant_id, "jobs.queue.configure", "queue", queue, diff)
+    signal_after_commit(session, principal.tenant_id, [queue])  # a raised limit frees jobs
+    return await _overview(session, principal.tenant_id, queue)
+
+
+@router.post("/queues/{queue}/pause", response_model=schemas.Queue)
+async def pause_queue(
+    queue: QueueName, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Any:
+    """Stop handing out the queue's jobs (running ones go on); enqueues still land."""
+    check_queues(principal, [queue], QueueAccess.admin)
+    await service.pause_queue(session, principal.tenant_id, queue)
+    _audit(session, actor, principal.tenant_id, "jobs.queue.pause", "queue", queue)
+    return await _overview(session, principal.tenant_id, queue)
+
+
+@router.post("/queues/{queue}/resume", response_model=schemas.Queue)
+async def resume_queue(
+    queue: QueueName, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Any:
+    check_queues(principal, [queue], QueueAccess.admin)
+    await service.resume_queue(session, principal.tenant_id, queue)
+    _audit(session, actor, principal.tenant_id, "jobs.queue.resume", "queue", queue)
+    signal_after_commit(session, principal.tenant_id, [queue])
+    return await _overview(session, principal.tenant_id, queue)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=schemas.Job)
+async def cancel_job(
+    job_id: str, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Any:
+    """Cancel a job that has not ended; a running one's worker hears of it at its next
+    heartbeat, and its ack or fail is refused."""
+    await _check_job_access(session, principal, job_id, QueueAccess.admin)
+    job = await service.cancel(session, principal.tenant_id, job_id)
+    _audit(session, actor, principal.tenant_id, "jobs.job.cancel", "job", job_id)
+    return job
+
+
+@router.post("/jobs/{job_id}/requeue", response_model=schemas.Job)
+async def requeue_job(
+    job_id: str, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Any:
+    """Make a dead or cancelled job available now, with a fresh set of attempts."""
+    await _check_job_access(session, principal, job_id, QueueAccess.admin)
+    job = await service.requeue(session, principal.tenant_id, job_id)
+    _audit(session, actor, principal.tenant_id, "jobs.job.requeue", "job", job_id)
+    signal_after_commit(session, principal.tenant_id, [job.queue])
+    return job
+
+
+@router.post("/dead/requeue", response_model=schemas.Requeued)
+async def requeue_dead(
+    body: schemas.DeadRequeue, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Any:
+    """Requeue dead jobs in bulk: a queue's, the ones named, or (with ``jobs:*:admin``) all."""
+    tenant_id = principal.tenant_id
+    if body.queue is not None:
+        queues = [body.queue]
+    elif body.ids is not None:
+        bind_tenant(session, tenant_id)
+        rows = await session.scalars(select(Job.queue).where(Job.id.in_(body.ids)).distinct())
+        queues = sorted(rows)
+    else:
+        queues = ["*"]
+    check_queues(principal, queues, QueueAccess.admin)
+    count = await service.requeue_dead(session, tenant_id, body.ids, queue=body.queue)
+    data = {"queue": body.queue, "ids": len(body.ids) if body.ids is not None else None}
+    _audit(
+        session,
+        actor,
+        tenant_id,
+        "jobs.dead.requeue",
+        "queue",
+        body.queue or "*",
+        {
+            **data,
+            "requeued": count,
+        },
+    )
+    if count and queues != ["*"]:  # (all queues: waiting fetches find them at their recheck)
+        signal_after_commit(session, tenant_id, queues)
+    return {"requeued": count}
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+@router.get("/schedules", response_model=schemas.ScheduleList)
+async def list_schedules(principal: CurrentPrincipal, session: DbSession) -> Any:
+    """The schedules onto queues the caller may read."""
+    schedules = await service.list_schedules(session, principal.tenant_id)
+    return {"schedules": [s for s in schedules if may(principal, s.queue, QueueAccess.read)]}
+
+
+@router.get("/schedules/{name}", response_model=schemas.Schedule)
+async def get_schedule(name: ScheduleName, principal: CurrentPrincipal, session: DbSession) -> Any:
+    schedule = await service.get_schedule(session, principal.tenant_id, name)
+    check_queues(principal, [schedule.queue], QueueAccess.read)
+    return schedule
+
+
+@router.put(
+    "/schedules/{name}",
+    response_model=schemas.Schedule,
+    responses={201: {"description": "The schedule was created."}},
+)
+async def put_schedule(
+    name: ScheduleName,
+    body: schemas.ScheduleWrite,
+    principal: CurrentPrincipal,
+    actor: CallerActor,
+    session: DbSession,
+    context: Context,
+    response: Response,
+) -> Any:
+    """Create or replace a cron schedule: at each tick of ``cron`` in ``timezone``, one job
+    of ``task`` on ``queue``, once across every replica."""
+    tenant_id = principal.tenant_id
+    check_queues(principal, [body.queue], QueueAccess.admin)
+    try:
+        existing = await service.get_schedule(session, tenant_id, name)
+    except NotFound:
+        existing = None
+    if existing is not None:  # moving a schedule off a queue needs that queue's admin too
+        check_queues(principal, [existing.queue], QueueAccess.admin)
+    _check_size("args", body.args, context.settings.jobs.max_args_bytes)
+    saved = await service.put_schedule(
+        session,
+        tenant_id,
+        name,
+        cron=body.cron,
+        queue=body.queue,
+        task=body.task,
+        timezone=body.timezone,
+        args=body.args,
+        priority=body.priority,
+        max_attempts=body.max_attempts,
+        enabled=body.enabled,
+    )
+    _audit(
+        session,
+        actor,
+        tenant_id,
+        "jobs.schedule.put",
+        "schedule",
+        name,
+        {"cron": body.cron, "timezone": body.timezone, "queue": body.queue, "task": body.task},
+    )
+    if saved.created:
+        response.status_code = 201
+    return saved.schedule
+
+
+@router.delete("/schedules/{name}", status_code=204)
+async def delete_schedule(
+    name: ScheduleName, principal: CurrentPrincipal, actor: CallerActor, session: DbSession
+) -> Response:
+    schedule = await service.get_schedule(session, principal.tenant_id, name)
+    check_queues(principal, [schedule.queue], QueueAccess.admin)
+    await service.delete_schedule(session, principal.tenant_id, name)
+    _audit(session, actor, principal.tenant_id, "jobs.schedule.delete", "schedule", name)
+    return Response(status_code=204)
+
+
+def build_router() -> ServiceRouter:
+    """The jobs service's routes, as ``keel.jobs.spec`` mounts them."""
+    top = ServiceRouter()
+    top.include_router(router)
+    top.match_first("/v1/fetch", "/v1/jobs/{job_id}/ack", "/v1/jobs/{job_id}/heartbeat")
+    return top

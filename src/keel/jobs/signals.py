@@ -1,0 +1,173 @@
+"""Waking idle workers: a long-polling fetch sleeps until jobs may be there for it.
+
+A fetch that found nothing waits on :class:`JobSignals` instead of polling the table: the
+request that made jobs available (an enqueue, a requeue, a resume) calls
+:func:`signal_after_commit`, and once its unit of work commits, the platform's broadcast
+carries ``{"tenant": ..., "queues": [...]}`` on :data:`CHANNEL` to every replica (in process on
+the embedded default, through Redis when ``KEEL_REDIS_URL`` is set). Each replica's listener
+(:func:`listen_for_job_signals`, run beside the API) wakes the fetches of that tenant waiting
+on one of those queues; the signal never wakes a fetch before the jobs are committed.
+
+Signals are hints, never the truth: a fetch re-reads the table after each wake, and also
+every :data:`RECHECK_SECONDS` without one, so a lost message (Redis down, a job whose
+``run_at`` came, a lease rescued) costs at most that long, never a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from keel.core.broadcast import Broadcast, MessagesLost
+from keel.core.context import ResourceKey
+from keel.core.logging import get_logger
+from keel.core.outages import Outcome, note_outage
+
+if TYPE_CHECKING:
+    from keel.core.context import AppContext
+
+log = get_logger(__name__)
+
+CHANNEL = "jobs:available"
+#: A waiting fetch looks at the table at least this often, signal or not.
+RECHECK_SECONDS = 1.0
+
+_PENDING = "keel.jobs.signals"
+
+
+class JobSignals:
+    """The fetches of this process waiting for jobs, by tenant.
+
+    A waiter takes a :meth:`mark` before it reads the table and waits with it: a signal that
+    arrived between the read and the wait is not missed.
+    """
+
+    def __init__(self, recheck_seconds: float = RECHECK_SECONDS) -> None:
+        #: The longest a waiting fetch goes without looking at the table.
+        self.recheck_seconds = recheck_seconds
+        self._generation = 0
+        self._waiters: dict[str, set[tuple[frozenset[str], asyncio.Event]]] = defaultdict(set)
+        self._last: dict[tuple[str, str], int] = {}
+
+    def mark(self) -> int:
+        return self._generation
+
+    def wake(self, tenant_id: str, queues: Iterable[str]) -> None:
+        """Wake this tenant's fetches waiting on any of ``queues``."""
+        self._generation += 1
+        names = set(queues)
+        for queue in names:
+            self._last[(tenant_id, queue)] = self._generation
+        for wanted, woken in list(self._waiters.get(tenant_id, ())):
+            if wanted & names:
+                woken.set()
+
+    def wake_all(self) -> None:
+        """Wake every waiting fetch (signals may have been lost: everyone looks again)."""
+        self._generation += 1
+        for waiters in self._waiters.values():
+            for _, woken in waiters:
+                woken.set()
+
+    async def wait(self, tenant_id: str, queues: Iterable[str], since: int, timeout: float) -> None:
+        """Return when one of ``queues`` was signalled after :meth:`mark` gave ``since``, or
+        after ``timeout`` seconds."""
+        wanted = frozenset(queues)
+        if any(self._last.get((tenant_id, queue), 0) > since for queue in wanted):
+            return
+        entry = (wanted, asyncio.Event())
+        self._waiters[tenant_id].add(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await entry[1].wait()
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters[tenant_id]
+            waiters.discard(entry)
+            if not waiters:
+                del self._waiters[tenant_id]
+        # Generations only grow; forget old per-queue marks now and then.
+        if len(self._last) > 10_000:
+            self._last.clear()
+
+
+JOB_SIGNALS_RESOURCE: ResourceKey[JobSignals] = ResourceKey("jobs.signals")
+
+#: The broadcast and signals of each engine's process (several apps may share a process in
+#: tests), installed by :func:`listen_for_job_signals`.
+_routes: weakref.WeakKeyDictionary[Any, tuple[Broadcast, JobSignals]] = weakref.WeakKeyDictionary()
+_publishing: set[asyncio.Task[None]] = set()
+
+
+def signal_after_commit(session: AsyncSession, tenant_id: str, queues: Iterable[str]) -> None:
+    """Once ``session`` commits, tell every replica that ``queues`` of the tenant have jobs."""
+    sync_session = session.sync_session
+    pending: dict[str, set[str]] = sync_session.info.setdefault(_PENDING, {})
+    pending.setdefault(tenant_id, set()).update(queues)
+
+
+@event.listens_for(Session, "after_commit")
+def _publish_signals(sync_session: Session) -> None:
+    pending: dict[str, set[str]] | None = sync_session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    route = _routes.get(sync_session.get_bind().engine) if sync_session.bind else None
+    if route is None:
+        return  # no listener in this process (a CLI command): fetches find the jobs on recheck
+    broadcast, signals = route
+    for tenant_id, queues in pending.items():
+        signals.wake(tenant_id, queues)  # this replica at once
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = loop.create_task(_publish(broadcast, pending))
+    _publishing.add(task)
+    task.add_done_callback(_publishing.discard)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_signals(sync_session: Session) -> None:
+    sync_session.info.pop(_PENDING, None)
+
+
+async def _publish(broadcast: Broadcast, pending: dict[str, set[str]]) -> None:
+    for tenant_id, queues in pending.items():
+        try:
+            await broadcast.publish(CHANNEL, {"tenant": tenant_id, "queues": sorted(queues)})
+        except Exception as error:  # fail open: other replicas' fetches recheck within a second
+            note_outage("redis", "jobs-wake", error, outcome=Outcome.fail_open)
+
+
+async def listen_for_job_signals(context: AppContext) -> None:
+    """Deliver the broadcast's job signals to this replica's waiting fetches, for ever."""
+    signals = context.resources[JOB_SIGNALS_RESOURCE]
+    engine = context.database.engine.sync_engine
+    _routes[engine] = (context.broadcast, signals)
+    try:
+        while True:
+            try:
+                async with context.broadcast.subscribe(CHANNEL) as subscription:
+                    while True:
+                        try:
+                            data = (await subscription.get()).data
+                        except MessagesLost:
+                            signals.wake_all()
+                            continue
+                        signals.wake(str(data.get("tenant")), data.get("queues") or ())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broadcast failed: everyone rechecks; subscribe again
+                log.warning("jobs.signals.subscribe_failed", exc_info=True)
+                signals.wake_all()
+                await asyncio.sleep(RECHECK_SECONDS)
+    finally:
+        _routes.pop(engine, None)
