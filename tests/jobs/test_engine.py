@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from datetime import timedelta
 
 import pytest
 
 from keel.core.db import Database, utcnow
 from keel.core.errors import Conflict
-from keel.core.tenancy import create_tenant
 from keel.jobs.models import JobState
 from keel.jobs.service import (
     MAX_BACKOFF_SECONDS,
@@ -29,14 +27,6 @@ from keel.jobs.service import (
     requeue_dead,
     rescue_lapsed,
 )
-
-
-@pytest.fixture
-async def tenant_id(database: Database) -> str:
-    """A tenant of this test alone (the PostgreSQL database is shared by the session)."""
-    async with database.session() as session:
-        tenant = await create_tenant(session, f"jobs-{uuid.uuid4().hex[:12]}")
-        return tenant.id
 
 
 async def test_claims_take_lowest_priority_value_then_earliest_run_at(

@@ -186,39 +186,37 @@ async def put_schedule(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
+    fields = {
+        "cron": cron,
+        "timezone": timezone,
+        "queue": queue,
+        "task": task,
+        "args": list(args) if isinstance(args, tuple) else args,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "timeout_seconds": timeout_seconds,
+        "enabled": enabled,
+        "updated_at": now,
+    }
     schedule = await session.scalar(query)
-    created = schedule is None
     if schedule is None:
-        schedule = JobSchedule(name=name, cron=cron, timezone=timezone, next_run_at=first)
+        schedule = JobSchedule(name=name, next_run_at=first, **fields)
         try:
             async with session.begin_nested():
                 session.add(schedule)
                 await session.flush()
+            return SavedSchedule(schedule, created=True)
         except IntegrityError:
             # PostgreSQL: a concurrent first put of the name committed; this one replaces it.
             schedule = await session.scalar(query)
             if schedule is None:  # pragma: no cover - the constraint refused for another reason
                 raise
-            created = False
-    if (
-        created
-        or schedule.cron != cron
-        or schedule.timezone != timezone
-        or (enabled and not schedule.enabled)
-    ):
+    if schedule.cron != cron or schedule.timezone != timezone or (enabled and not schedule.enabled):
         schedule.next_run_at = first
-    schedule.cron = cron
-    schedule.timezone = timezone
-    schedule.queue = queue
-    schedule.task = task
-    schedule.args = list(args) if isinstance(args, tuple) else args
-    schedule.priority = priority
-    schedule.max_attempts = max_attempts
-    schedule.timeout_seconds = timeout_seconds
-    schedule.enabled = enabled
-    schedule.updated_at = now
+    for column, value in fields.items():
+        setattr(schedule, column, value)
     await session.flush()
-    return SavedSchedule(schedule, created)
+    return SavedSchedule(schedule, created=False)
 
 
 async def get_schedule(session: AsyncSession, tenant_id: str, name: str) -> JobSchedule:
