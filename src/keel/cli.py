@@ -69,6 +69,10 @@ SERVICE_COMMANDS: dict[str, ServiceCommands] = {
     "flags": ServiceCommands(
         "keel.flags.cli", "Feature flags: list, define, show, toggle (kill switch), stale flags."
     ),
+    "jobs": ServiceCommands(
+        "keel.jobs.cli",
+        "Jobs: queues, the dead letter queue, requeue, cancel, pause/resume, schedules.",
+    ),
 }
 
 

@@ -4,7 +4,12 @@ not changes, and are counted in metrics instead."""
 
 from __future__ import annotations
 
-from keel.core.audit import ActionSpec, register_actions
+from typing import TYPE_CHECKING, Any
+
+from keel.core.audit import ActionSpec, Actor, record_event, register_actions
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 _CHANGE = "change"
 
@@ -20,3 +25,25 @@ register_actions(
     ActionSpec("jobs.schedule.put", "A cron schedule created or changed.", _CHANGE),
     ActionSpec("jobs.schedule.delete", "A cron schedule deleted.", _CHANGE),
 )
+
+
+def record_change(
+    session: AsyncSession,
+    actor: Actor,
+    tenant_id: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Audit one operator change (from the API or the ``keel jobs`` command) with the unit of
+    work that makes it."""
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        action=action,
+        actor=actor,
+        target_type=target_type,
+        target_id=target_id,
+        data=data,
+    )

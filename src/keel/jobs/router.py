@@ -20,13 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.dependencies import CallerActor, CurrentPrincipal
-from keel.core.audit import Actor, record_event
 from keel.core.deps import Context, DbSession
 from keel.core.errors import Conflict, NotFound, PayloadTooLarge
 from keel.core.http import ServiceRouter
 from keel.core.idempotency import check_key, fingerprint, kept_answer, remember_answer
 from keel.core.tenancy import bind_tenant
 from keel.jobs import schemas, service
+from keel.jobs.audit_actions import record_change
 from keel.jobs.auth import QueueAccess, check_queues, may
 from keel.jobs.models import Job, JobState
 from keel.jobs.service import KEEP
@@ -319,26 +319,6 @@ QueueName = Annotated[str, Path(pattern=schemas.NAME_PATTERN)]
 ScheduleName = Annotated[str, Path(pattern=schemas.NAME_PATTERN)]
 
 
-def _audit(
-    session: AsyncSession,
-    actor: Actor,
-    tenant_id: str,
-    action: str,
-    target_type: str,
-    target_id: str,
-    data: dict[str, Any] | None = None,
-) -> None:
-    record_event(
-        session,
-        tenant_id=tenant_id,
-        action=action,
-        actor=actor,
-        target_type=target_type,
-        target_id=target_id,
-        data=data,
-    )
-
-
 def _queue_document(overview: service.QueueOverview) -> dict[str, Any]:
     return {
         "name": overview.name,
@@ -418,7 +398,7 @@ async def configure_queue(
         for field in new
         if old[field] != new[field]
     }
-    _audit(session, actor, principal.tenant_id, "jobs.queue.configure", "queue", queue, diff)
+    record_change(session, actor, principal.tenant_id, "jobs.queue.configure", "queue", queue, diff)
     signal_after_commit(session, principal.tenant_id, [queue])  # a raised limit frees jobs
     return await _overview(session, principal.tenant_id, queue)
 
@@ -430,7 +410,7 @@ async def pause_queue(
     """Stop handing out the queue's jobs (running ones go on); enqueues still land."""
     check_queues(principal, [queue], QueueAccess.admin)
     await service.pause_queue(session, principal.tenant_id, queue)
-    _audit(session, actor, principal.tenant_id, "jobs.queue.pause", "queue", queue)
+    record_change(session, actor, principal.tenant_id, "jobs.queue.pause", "queue", queue)
     return await _overview(session, principal.tenant_id, queue)
 
 
@@ -440,7 +420,7 @@ async def resume_queue(
 ) -> Any:
     check_queues(principal, [queue], QueueAccess.admin)
     await service.resume_queue(session, principal.tenant_id, queue)
-    _audit(session, actor, principal.tenant_id, "jobs.queue.resume", "queue", queue)
+    record_change(session, actor, principal.tenant_id, "jobs.queue.resume", "queue", queue)
     signal_after_commit(session, principal.tenant_id, [queue])
     return await _overview(session, principal.tenant_id, queue)
 
@@ -453,7 +433,7 @@ async def cancel_job(
     heartbeat, and its ack or fail is refused."""
     await _check_job_access(session, principal, job_id, QueueAccess.admin)
     job = await service.cancel(session, principal.tenant_id, job_id)
-    _audit(session, actor, principal.tenant_id, "jobs.job.cancel", "job", job_id)
+    record_change(session, actor, principal.tenant_id, "jobs.job.cancel", "job", job_id)
     return job
 
 
@@ -464,7 +444,7 @@ async def requeue_job(
     """Make a dead or cancelled job available now, with a fresh set of attempts."""
     await _check_job_access(session, principal, job_id, QueueAccess.admin)
     job = await service.requeue(session, principal.tenant_id, job_id)
-    _audit(session, actor, principal.tenant_id, "jobs.job.requeue", "job", job_id)
+    record_change(session, actor, principal.tenant_id, "jobs.job.requeue", "job", job_id)
     signal_after_commit(session, principal.tenant_id, [job.queue])
     return job
 
@@ -486,7 +466,7 @@ async def requeue_dead(
     check_queues(principal, queues, QueueAccess.admin)
     count = await service.requeue_dead(session, tenant_id, body.ids, queue=body.queue)
     data = {"queue": body.queue, "ids": len(body.ids) if body.ids is not None else None}
-    _audit(
+    record_change(
         session,
         actor,
         tenant_id,
@@ -558,7 +538,7 @@ async def put_schedule(
         max_attempts=body.max_attempts,
         enabled=body.enabled,
     )
-    _audit(
+    record_change(
         session,
         actor,
         tenant_id,
@@ -579,7 +559,7 @@ async def delete_schedule(
     schedule = await service.get_schedule(session, principal.tenant_id, name)
     check_queues(principal, [schedule.queue], QueueAccess.admin)
     await service.delete_schedule(session, principal.tenant_id, name)
-    _audit(session, actor, principal.tenant_id, "jobs.schedule.delete", "schedule", name)
+    record_change(session, actor, principal.tenant_id, "jobs.schedule.delete", "schedule", name)
     return Response(status_code=204)
 
 
