@@ -82,6 +82,10 @@ async def test_a_job_goes_from_enqueue_through_a_lease_to_completed(
     assert acked.status_code == 200, acked.text
     assert (acked.json()["state"], acked.json()["result"]) == ("completed", 7)
     assert await fetch(client, headers, queue) == []
+    metrics = (await client.get("/metrics")).text
+    assert f'keel_jobs_run_duration_seconds_count{{outcome="completed",queue="{queue}"}} 1.0' in (
+        metrics
+    )
 
 
 async def test_queues_are_taken_in_the_order_the_worker_gives(

@@ -28,6 +28,7 @@ from keel.core.tenancy import bind_tenant
 from keel.jobs import schemas, service
 from keel.jobs.audit_actions import record_change
 from keel.jobs.auth import QueueAccess, check_queues, may
+from keel.jobs.metrics import JOBS_METRICS_RESOURCE
 from keel.jobs.models import Job, JobState
 from keel.jobs.service import KEEP
 from keel.jobs.signals import JOB_SIGNALS_RESOURCE, signal_after_commit
@@ -261,14 +262,20 @@ async def ack(
     """The attempt succeeded: the job is completed, with ``result`` kept on it."""
     _check_size("result", body.result, context.settings.jobs.max_result_bytes)
     await _check_job_access(session, principal, job_id, QueueAccess.work)
-    return await service.complete(
+    job = await service.complete(
         session, principal.tenant_id, job_id, body.lease_token, body.result
     )
+    context.resources[JOBS_METRICS_RESOURCE].observe_attempt_end(job)
+    return job
 
 
 @router.post("/jobs/{job_id}/fail", response_model=schemas.Job)
 async def fail(
-    job_id: str, body: schemas.FailRequest, principal: CurrentPrincipal, session: DbSession
+    job_id: str,
+    body: schemas.FailRequest,
+    principal: CurrentPrincipal,
+    session: DbSession,
+    context: Context,
 ) -> Any:
     """The attempt failed: retried after the backoff (or ``retry_in_seconds``), or dead when
     it was the last attempt or ``discard`` is set."""
@@ -283,6 +290,7 @@ async def fail(
         retry_in_seconds=body.retry_in_seconds,
         discard=body.discard,
     )
+    context.resources[JOBS_METRICS_RESOURCE].observe_attempt_end(job)
     return job
 
 
