@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 
 from keel.core.db import Database, utcnow
-from keel.core.errors import Conflict
+from keel.core.errors import Conflict, ValidationFailed
 from keel.jobs.models import JobState
 from keel.jobs.service import (
     MAX_BACKOFF_SECONDS,
+    Backoff,
     NewJob,
     backoff_seconds,
     cancel,
@@ -24,9 +25,12 @@ from keel.jobs.service import (
     fail,
     get_job,
     heartbeat,
+    list_jobs,
+    requeue,
     requeue_dead,
     rescue_lapsed,
 )
+from keel.jobs.service.retry import retry_delay
 
 
 async def test_claims_take_lowest_priority_value_then_earliest_run_at(
@@ -218,3 +222,101 @@ def test_backoff_grows_as_the_fourth_power_with_bounded_jitter() -> None:
     assert backoff_seconds(3, rng=random.Random(7)) == backoff_seconds(3, rng=random.Random(7))
     with pytest.raises(ValueError, match="attempts count from 1"):
         backoff_seconds(0)
+
+
+async def test_a_worker_picks_the_retry_wait_or_discards_and_a_job_its_backoff(
+    database: Database, tenant_id: str
+) -> None:
+    async with database.session() as session:
+        job = (await enqueue(session, tenant_id, "pick", "t", max_backoff_seconds=5)).job
+        other = (await enqueue(session, tenant_id, "pick", "t")).job
+    async with database.session() as session:
+        held = {
+            c.job_id: c for c in await claim(session, tenant_id, ["pick"], worker_id="w", limit=2)
+        }
+        capped = await fail(session, tenant_id, job.id, held[job.id].lease_token, "e")
+        now = utcnow()
+        soon = await fail(
+            session, tenant_id, other.id, held[other.id].lease_token, "e", retry_in_seconds=120
+        )
+    assert capped.state == JobState.retryable
+    assert (capped.run_at - now).total_seconds() <= 5  # its own cap, not attempt⁴'s hour
+    assert 119 <= (soon.run_at - now).total_seconds() <= 121
+    async with database.session() as session:
+        for row in (
+            await get_job(session, tenant_id, job.id),
+            await get_job(session, tenant_id, other.id),
+        ):
+            row.run_at = utcnow() - timedelta(seconds=1)
+    async with database.session() as session:
+        held = {
+            c.job_id: c for c in await claim(session, tenant_id, ["pick"], worker_id="w", limit=2)
+        }
+        dead = await fail(
+            session, tenant_id, job.id, held[job.id].lease_token, "bad input", discard=True
+        )
+        with pytest.raises(ValidationFailed, match="not both"):
+            await fail(
+                session,
+                tenant_id,
+                other.id,
+                held[other.id].lease_token,
+                "e",
+                retry_in_seconds=1,
+                discard=True,
+            )
+    assert dead.state == JobState.discarded
+    assert dead.attempt == 2 < dead.max_attempts
+
+
+def test_a_job_backoff_scales_and_caps_the_curve() -> None:
+    fast = Backoff(base_seconds=0.1, max_seconds=10)
+    assert 0.1 <= retry_delay(1, fast, rng=random.Random(1)) <= 0.1 * 1.1 + 0.1
+    assert retry_delay(5, fast) == 10
+    assert retry_delay(20, None) == MAX_BACKOFF_SECONDS
+    with pytest.raises(ValidationFailed):
+        Backoff(base_seconds=10, max_seconds=5)
+
+
+async def test_progress_is_kept_and_handed_to_the_next_attempt(
+    database: Database, tenant_id: str
+) -> None:
+    async with database.session() as session:
+        job = (await enqueue(session, tenant_id, "prog", "t", max_attempts=3)).job
+    async with database.session() as session:
+        (held,) = await claim(session, tenant_id, ["prog"], worker_id="w")
+        assert held.progress is None
+        await heartbeat(session, tenant_id, job.id, held.lease_token, progress={"done": 40})
+        await fail(session, tenant_id, job.id, held.lease_token, "e", retry_in_seconds=0)
+    async with database.session() as session:
+        (again,) = await claim(session, tenant_id, ["prog"], worker_id="w")
+        assert again.progress == {"done": 40}
+        await heartbeat(session, tenant_id, job.id, again.lease_token)  # no progress: kept
+        done = await complete(session, tenant_id, job.id, again.lease_token, result=[1, 2])
+    assert done.progress == {"done": 40}
+    assert done.result == [1, 2]
+
+
+async def test_a_cancelled_job_is_requeued_and_its_old_lease_refused(
+    database: Database, tenant_id: str
+) -> None:
+    async with database.session() as session:
+        job = (await enqueue(session, tenant_id, "rq", "t")).job
+        waiting = (await enqueue(session, tenant_id, "rq-other", "t")).job
+    async with database.session() as session:
+        (held,) = await claim(session, tenant_id, ["rq"], worker_id="w")
+        await cancel(session, tenant_id, job.id)
+        again = await requeue(session, tenant_id, job.id)
+        assert again.state == JobState.available
+        assert again.attempt == 0
+        with pytest.raises(Conflict, match="only a discarded or cancelled"):
+            await requeue(session, tenant_id, waiting.id)
+    with pytest.raises(Conflict):
+        async with database.session() as session:
+            await heartbeat(session, tenant_id, job.id, held.lease_token)
+    async with database.session() as session:
+        page = await list_jobs(session, tenant_id, queue="rq")
+        assert [j.id for j in page] == [job.id]
+        later = await list_jobs(session, tenant_id, state="available", after=job.id)
+        assert [j.id for j in later] == [waiting.id]
+        assert await requeue_dead(session, tenant_id, queue="rq") == 0
