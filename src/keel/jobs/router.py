@@ -68,6 +68,7 @@ def _new_job(body: schemas.JobCreate, max_args_bytes: int) -> service.NewJob:
         unique_period_seconds=unique.period_seconds if unique else None,
         unique_states=tuple(unique.states) if unique and unique.states else None,
         max_backoff_seconds=body.max_backoff_seconds,
+        backoff_base_seconds=body.backoff_base_seconds,
     )
 
 

@@ -53,9 +53,10 @@ class JobCreate(_Strict):
         default_factory=list, max_length=20
     )
     unique: UniqueSpec | None = None
-    #: The longest wait between two attempts (default: one hour); the backoff is
-    #: ``attempt⁴ + jitter`` seconds up to this.
-    max_backoff_seconds: int | None = Field(default=None, ge=1, le=7 * 86400)
+    #: The job's own retry curve: ``backoff_base_seconds * attempt⁴`` plus jitter (default
+    #: base 1 s), at most ``max_backoff_seconds`` (default: an hour).
+    backoff_base_seconds: float | None = Field(default=None, gt=0, le=7 * 86400)
+    max_backoff_seconds: float | None = Field(default=None, gt=0, le=7 * 86400)
 
 
 class JobBatch(_Strict):
