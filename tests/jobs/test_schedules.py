@@ -199,3 +199,22 @@ async def test_schedules_are_replaced_listed_and_deleted(
         assert await list_schedules(session, tenant_id) == []
         with pytest.raises(NotFound):
             await delete_schedule(session, tenant_id, "nightly")
+
+
+async def test_a_loop_that_fell_behind_catches_up_tick_by_tick(
+    database: Database, tenant_id: str
+) -> None:
+    """A round 2.5 s late (a busy machine) loses no tick of a per-second schedule: the ticks
+    it missed fire in the next rounds, each once."""
+    start = utcnow().replace(microsecond=0) + timedelta(seconds=1)
+    async with database.session() as session:
+        await put_schedule(
+            session, tenant_id, "s", cron="* * * * * *", queue="q", task="t", now=start
+        )
+    late = start + timedelta(seconds=3.5)  # ticks +1, +2 and +3 are due
+    for _ in range(4):
+        async with database.session() as session:
+            await fire_due_schedules(session, now=late)
+    jobs = await _schedule_jobs(database, tenant_id, "s")
+    ticks = [start + timedelta(seconds=n) for n in (1, 2, 3)]
+    assert [job.unique_key for job in jobs] == [f"cron:s:{t.isoformat()}" for t in ticks]

@@ -14,9 +14,12 @@ compare-and-set on its old value and enqueues the tick's job with the unique key
 once the first commits, finds the schedule no longer due; were both ever to pass, the unique
 key would still make one job.
 
-**Missed ticks** (every replica was down, or the schedule was disabled) fire once, not once
-each: the next run after a firing is the first tick after *now*. A schedule that is created
-or changed starts at its next tick from then.
+**Late and missed ticks.** A loop that fell behind by up to :data:`CATCH_UP_SECONDS` (a
+busy machine, a slow round) catches up tick by tick: the next run after a firing is the tick
+after the one fired, so a per-second schedule loses no tick to a hiccup. Ticks missed for
+longer (every replica was down, or the schedule was disabled) fire once, not once each: the
+next run is then the first tick after *now*. A schedule that is created or changed starts at
+its next tick from then. A tick's job carries the tick as its ``run_at``.
 
 **Daylight saving time.** Ticks are wall-clock times in the zone, each fired at most once:
 
@@ -58,6 +61,8 @@ from keel.jobs.service.enqueue import (
 
 #: Due schedules one firing round takes at most (the next round, a moment later, the rest).
 FIRE_BATCH = 100
+#: How far behind a tick may be and still be caught up with rather than folded into one.
+CATCH_UP_SECONDS = 60.0
 #: Wall-clock ticks looked at to find the next real one (the repeated hour of a
 #: per-second schedule needs 3,600).
 _MAX_STEPS = 10_000
@@ -258,9 +263,9 @@ async def fire_due_schedules(
     session: AsyncSession, *, now: datetime | None = None, batch: int = FIRE_BATCH
 ) -> list[Job]:
     """Enqueue the job of every due tick of every tenant's enabled schedules, and advance
-    each schedule to its first tick after ``now``; returns the jobs enqueued. Exactly once
-    per tick across concurrent callers (see the module's text). The session is left bound
-    to the last schedule's tenant: use a fresh one per round."""
+    each schedule to its next tick (see "Late and missed ticks"); returns the jobs enqueued.
+    Exactly once per tick across concurrent callers (see the module's text). The session is
+    left bound to the last schedule's tenant: use a fresh one per round."""
     now = now or utcnow()
     await hold_write_lock(session)
     due: Sequence[JobSchedule] = list(
@@ -276,7 +281,8 @@ async def fire_due_schedules(
     fired = []
     for schedule in due:
         tick = schedule.next_run_at
-        following = next_tick(schedule.cron, schedule.timezone, max(tick, now))
+        late = (now - tick).total_seconds() <= CATCH_UP_SECONDS
+        following = next_tick(schedule.cron, schedule.timezone, tick if late else now)
         advanced = await session.execute(
             update(JobSchedule)
             .where(JobSchedule.id == schedule.id, JobSchedule.next_run_at == tick)
