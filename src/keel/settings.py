@@ -182,6 +182,9 @@ class JobsSettings(BaseModel):
     max_batch: int = Field(default=10_000, ge=1, le=100_000)
     #: Seconds a claim holds a job unless the worker asks otherwise or heartbeats.
     default_lease_seconds: float = Field(default=30, gt=0, le=3600)
+    #: The longest a fetch waits for jobs (a worker's ``wait_seconds`` above it is cut to it):
+    #: a proxy in front of Keel must let a request run this long.
+    max_fetch_wait_seconds: float = Field(default=30, ge=0, le=30)
 
 
 class Settings(BaseSettings):

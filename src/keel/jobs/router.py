@@ -178,7 +178,9 @@ async def fetch(
     check_queues(principal, queues, QueueAccess.work)
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     tenant_id = principal.tenant_id
-    deadline = time.monotonic() + body.wait_seconds
+    wait = min(body.wait_seconds, context.settings.jobs.max_fetch_wait_seconds)
+    lease_seconds = body.lease_seconds or context.settings.jobs.default_lease_seconds
+    deadline = time.monotonic() + wait
     while True:
         mark = signals.mark()
         claims: list[service.Claim] = []
@@ -190,7 +192,7 @@ async def fetch(
                     [queue],
                     worker_id=body.worker_id,
                     limit=body.limit - len(claims),
-                    lease_seconds=body.lease_seconds,
+                    lease_seconds=lease_seconds,
                 )
                 if len(claims) >= body.limit:
                     break

@@ -115,8 +115,9 @@ class FetchRequest(_Strict):
     limit: int = Field(default=1, ge=1, le=MAX_FETCH)
     #: Wait up to this long for jobs when none is due (a long poll); 0 answers at once.
     wait_seconds: float = Field(default=0.0, ge=0.0, le=MAX_WAIT_SECONDS)
-    #: The lease: heartbeat before it lapses, or the job is handed to another worker.
-    lease_seconds: float = Field(default=30.0, ge=1.0, le=MAX_LEASE_SECONDS)
+    #: The lease: heartbeat before it lapses, or the job is handed to another worker
+    #: (default ``KEEL_JOBS__DEFAULT_LEASE_SECONDS``, 30).
+    lease_seconds: float | None = Field(default=None, ge=1.0, le=MAX_LEASE_SECONDS)
     #: Who holds the lease, as job listings show it (a host and process, say).
     worker_id: str = Field(min_length=1, max_length=200)
 
