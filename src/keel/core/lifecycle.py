@@ -9,9 +9,9 @@ from sqlalchemy.engine import make_url
 
 from keel.core.broadcast import Broadcast, InMemoryBroadcast
 from keel.core.changes import prune_change_events_periodically, use_change_publisher
-from keel.core.idempotency import prune_idempotency_keys_periodically
 from keel.core.context import AppContext, BackgroundTask
 from keel.core.db import Database
+from keel.core.idempotency import prune_idempotency_keys_periodically
 from keel.core.metrics import Metrics
 from keel.core.schema import create_fresh, current_revision, ensure_schema_current, head_revision
 from keel.core.schema import upgrade as upgrade_schema
