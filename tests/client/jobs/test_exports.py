@@ -11,7 +11,8 @@ from keel_client.jobs import JobsClient, JobState, SyncJobsClient
 from tests.support.tenants import TenantAdmin
 
 EXPECTED = {
-    "DEFAULT_QUEUE", "OUTBOX_TABLE", "HeartbeatAnswer", "Job", "JobBatchRef", "JobContext",
+    "DEFAULT_QUEUE", "OUTBOX_TABLE", "EnqueueOptions", "JobSettings", "HeartbeatAnswer",
+    "Job", "JobBatchRef", "JobContext",
     "JobError", "JobPage", "JobRef", "JobSpool", "JobState", "JobsClient", "Lease", "NewJob",
     "Outbox", "OutboxJob", "OutboxRelay", "RejectedJob", "SpoolError", "SpoolFullError",
     "SpoolLockedError", "SyncJobsClient", "Task", "Worker", "WorkerStats", "current_job",

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from keel_client._journal import SpoolError, SpoolFullError, SpoolLockedError
 from keel_client._lazy import lazy_names
-from keel_client.jobs._client import DEFAULT_QUEUE, JobsClient, NewJob
+from keel_client.jobs._client import DEFAULT_QUEUE, EnqueueOptions, JobsClient, JobSettings, NewJob
 from keel_client.jobs._models import (
     HeartbeatAnswer,
     Job,
@@ -71,6 +71,7 @@ __getattr__ = lazy_names(
 __all__ = [
     "DEFAULT_QUEUE",
     "OUTBOX_TABLE",
+    "EnqueueOptions",
     "HeartbeatAnswer",
     "Job",
     "JobBatchRef",
@@ -78,6 +79,7 @@ __all__ = [
     "JobError",
     "JobPage",
     "JobRef",
+    "JobSettings",
     "JobSpool",
     "JobState",
     "JobsClient",

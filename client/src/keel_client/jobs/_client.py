@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self, Unpack
+from typing import Any, Self, TypedDict, Unpack, cast
 
 import httpx
 from pydantic import SecretStr
@@ -36,12 +36,44 @@ from keel_client.jobs._models import (
 from keel_client.jobs._policy import is_unreachable
 from keel_client.jobs._spool import BATCH_PATH, JOBS_PATH, JobSpool, RejectedJob, SpooledRequest
 
-__all__ = ["DEFAULT_QUEUE", "JobsClient", "NewJob"]
+__all__ = ["DEFAULT_QUEUE", "EnqueueOptions", "JobSettings", "JobsClient", "NewJob",
+           "split_options"]  # fmt: skip
 
 DEFAULT_QUEUE = "default"
 FETCH_PATH = "/jobs/v1/fetch"
 #: Longest long-poll Keel holds a fetch.
 MAX_WAIT_SECONDS = 30.0
+
+
+class JobSettings(TypedDict, total=False):
+    """A job's settings, as :meth:`JobsClient.enqueue` and :meth:`Outbox.enqueue` take them
+    (see :class:`NewJob`)."""
+
+    queue: str
+    priority: int | None
+    run_at: datetime | None
+    max_attempts: int | None
+    timeout_seconds: float | None
+    tags: Sequence[str]
+    unique_key: str | None
+    unique_period: float | timedelta | None
+    unique_states: Sequence[JobState | str] | None
+    max_backoff_seconds: int | None
+
+
+class EnqueueOptions(JobSettings, RequestOptions, total=False):
+    """What :meth:`JobsClient.enqueue` takes by keyword: the job's settings and per-call
+    ``RequestOptions``."""
+
+
+_SETTING_NAMES = frozenset(JobSettings.__annotations__)
+
+
+def split_options(options: EnqueueOptions) -> tuple[JobSettings, RequestOptions]:
+    """``options`` as the job's settings and the call's options."""
+    settings = {name: value for name, value in options.items() if name in _SETTING_NAMES}
+    request = {name: value for name, value in options.items() if name not in _SETTING_NAMES}
+    return cast(JobSettings, settings), cast(RequestOptions, request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +108,19 @@ class NewJob:
     unique_period: float | timedelta | None = None
     unique_states: Sequence[JobState | str] | None = None
     max_backoff_seconds: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        task: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        settings: JobSettings,
+    ) -> NewJob:
+        """The job of a call ``enqueue(task, *args, kwargs=..., **settings)``."""
+        if args and kwargs is not None:
+            raise TypeError("give the task's arguments positionally or as kwargs=, not both")
+        return cls(task, args if kwargs is None else kwargs, **settings)
 
     def to_wire(self) -> dict[str, Any]:
         """The job's JSON for ``POST /jobs/v1/jobs``."""
@@ -155,6 +200,7 @@ class JobsClient:
         #: The resilient HTTP client the calls go through (retries, breaker, metrics).
         self.api = api
         self._spool: JobSpool | None = None
+        self._is_closed = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
@@ -224,6 +270,9 @@ class JobsClient:
         """Give the spool ``flush_timeout`` seconds to drain, close it (what is left stays
         on disk for the next start), then close the pool if this client owns it. A second
         call does nothing more."""
+        if self._is_closed:
+            return
+        self._is_closed = True
         spool, self._spool = self._spool, None
         try:
             if spool is not None:
@@ -249,42 +298,19 @@ class JobsClient:
         /,
         *args: Any,
         kwargs: Mapping[str, Any] | None = None,
-        queue: str = DEFAULT_QUEUE,
-        priority: int | None = None,
-        run_at: datetime | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: float | None = None,
-        tags: Sequence[str] = (),
-        unique_key: str | None = None,
-        unique_period: float | timedelta | None = None,
-        unique_states: Sequence[JobState | str] | None = None,
-        max_backoff_seconds: int | None = None,
-        **options: Unpack[RequestOptions],
+        **options: Unpack[EnqueueOptions],
     ) -> JobRef:
-        """Enqueue ``task(*args)`` (or ``task(**kwargs)``) on ``queue``; see :class:`NewJob`
-        for the settings. Per-call ``RequestOptions`` too: ``idempotency_key`` (default: a
-        new UUID) makes a repeated call one job.
+        """Enqueue ``task(*args)`` (or ``task(**kwargs)``): the job's settings
+        (:class:`JobSettings`: ``queue``, ``priority``, ``run_at``, ``unique_key``...) and
+        per-call ``RequestOptions``; ``idempotency_key`` (default: a new UUID) makes a
+        repeated call one job.
 
         Returns the stored job (``ref.job``; ``ref.is_duplicate`` when a unique key matched),
         or, with a spool and Keel unreachable, a reference marked ``is_spooled``."""
-        if args and kwargs is not None:
-            raise TypeError("give the task's arguments positionally or as kwargs=, not both")
-        job = NewJob(
-            task,
-            args if kwargs is None else kwargs,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            max_attempts=max_attempts,
-            timeout_seconds=timeout_seconds,
-            tags=tags,
-            unique_key=unique_key,
-            unique_period=unique_period,
-            unique_states=unique_states,
-            max_backoff_seconds=max_backoff_seconds,
-        )
-        request = SpooledRequest(JOBS_PATH, job.to_wire(), _idempotency_key(options))
-        answer = await self._send_or_spool(request, options)
+        settings, call = split_options(options)
+        job = NewJob.of(task, args, kwargs, settings)
+        request = SpooledRequest(JOBS_PATH, job.to_wire(), _idempotency_key(call))
+        answer = await self._send_or_spool(request, call)
         if answer is None:
             return JobRef(request.idempotency_key, is_spooled=True)
         return JobRef(request.idempotency_key, job=Job.model_validate(answer))

@@ -25,9 +25,9 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Self, Unpack
 
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, delete, event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -35,8 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from keel_client.audit import retry_delay
 from keel_client.http import KeelHTTPError
-from keel_client.jobs._client import DEFAULT_QUEUE, JobsClient, NewJob
-from keel_client.jobs._models import JobState
+from keel_client.jobs._client import JobsClient, JobSettings, NewJob
 from keel_client.jobs._policy import is_rejected
 from keel_client.jobs._spool import JOBS_PATH, RejectedJob, SpooledRequest
 
@@ -107,37 +106,12 @@ class Outbox:
         /,
         *args: Any,
         kwargs: Mapping[str, Any] | None = None,
-        queue: str = DEFAULT_QUEUE,
-        priority: int | None = None,
-        run_at: datetime | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: float | None = None,
-        tags: Sequence[str] = (),
-        unique_key: str | None = None,
-        unique_period: float | timedelta | None = None,
-        unique_states: Sequence[JobState | str] | None = None,
-        max_backoff_seconds: int | None = None,
+        **settings: Unpack[JobSettings],
     ) -> str:
-        """Write ``task(*args)`` to the outbox in ``session``'s transaction; see
-        :meth:`JobsClient.enqueue` for the settings. Returns the idempotency key the relay
-        sends it with."""
-        if args and kwargs is not None:
-            raise TypeError("give the task's arguments positionally or as kwargs=, not both")
-        job = NewJob(
-            task,
-            args if kwargs is None else kwargs,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            max_attempts=max_attempts,
-            timeout_seconds=timeout_seconds,
-            tags=tags,
-            unique_key=unique_key,
-            unique_period=unique_period,
-            unique_states=unique_states,
-            max_backoff_seconds=max_backoff_seconds,
-        )
-        return self.enqueue_job(session, job)
+        """Write ``task(*args)`` to the outbox in ``session``'s transaction, with the job's
+        settings (:class:`JobSettings`, as :meth:`JobsClient.enqueue` takes them). Returns
+        the idempotency key the relay sends it with."""
+        return self.enqueue_job(session, NewJob.of(task, args, kwargs, settings))
 
     def enqueue_job(self, session: Session | AsyncSession, job: NewJob) -> str:
         """:meth:`enqueue` for a :class:`NewJob`."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self, Unpack
 
 from keel_client._loop_thread import LoopThread
 from keel_client.http import RequestOptions
-from keel_client.jobs._client import JobsClient, NewJob
+from keel_client.jobs._client import EnqueueOptions, JobsClient, NewJob
 from keel_client.jobs._models import Job, JobBatchRef, JobPage, JobRef, JobState
 from keel_client.jobs._spool import JobSpool
 
@@ -61,9 +61,16 @@ class SyncJobsClient:
         """See :meth:`JobsClient.open_spool`."""
         return self._runner.call(self.client.open_spool(directory, **options))
 
-    def enqueue(self, task: str, /, *args: Any, **settings: Any) -> JobRef:
-        """See :meth:`JobsClient.enqueue` (the same settings and per-call options)."""
-        return self._runner.call(self.client.enqueue(task, *args, **settings))
+    def enqueue(
+        self,
+        task: str,
+        /,
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> JobRef:
+        """See :meth:`JobsClient.enqueue`."""
+        return self._runner.call(self.client.enqueue(task, *args, kwargs=kwargs, **options))
 
     def enqueue_many(
         self, jobs: Sequence[NewJob], **options: Unpack[RequestOptions]
