@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import re
@@ -103,11 +104,13 @@ class Measured:
     throughput_per_s: float = 0.0
     enqueue_per_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    #: How long each latency job's enqueue call took (its part before the call returned).
+    calls_ms: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def percentile(self, share: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        index = max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))
+    def percentile(self, share: float, values: list[float] | None = None) -> float:
+        ordered = sorted(self.latencies_ms if values is None else values)
+        index = max(0, min(len(ordered) - 1, math.ceil(share * len(ordered)) - 1))  # nearest rank
         return ordered[index]
 
 
@@ -116,14 +119,18 @@ class Measured:
 # ---------------------------------------------------------------------------------------------
 
 
-async def _latencies(system: System, redis: Any, count: int, *, timeout: float) -> list[float]:
-    """``count`` jobs one at a time: milliseconds from just before each enqueue to its start."""
+async def _latencies(
+    system: System, redis: Any, count: int, *, timeout: float
+) -> tuple[list[float], list[float]]:
+    """``count`` jobs one at a time: milliseconds from just before each enqueue to its start,
+    and how long each enqueue call took (the part of the latency spent before it returned)."""
     rng = random.Random(18)
-    out = []
+    out, calls = [], []
     for mark in range(count):
         await asyncio.sleep(rng.uniform(*GAP_SECONDS))
         before = time.time()
         await system.enqueue(mark)
+        calls.append((time.time() - before) * 1000)
         popped = await redis.blpop([peers.STARTED_KEY], timeout=timeout)
         if popped is None:
             raise Failed(f"job {mark} did not start within {timeout} s")
@@ -131,7 +138,7 @@ async def _latencies(system: System, redis: Any, count: int, *, timeout: float) 
         if int(got) != mark:
             raise Failed(f"job {got} started where job {mark} was expected")
         out.append((float(started) - before) * 1000)
-    return out
+    return out, calls
 
 
 async def _settled(system: System, timeout: float = 30.0) -> None:
@@ -143,7 +150,7 @@ async def _settled(system: System, timeout: float = 30.0) -> None:
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _throughput(system: System, worker: Server) -> dict[str, Any]:
+async def _throughput(system: System, watched: dict[str, Server]) -> dict[str, Any]:
     """``JOBS`` jobs from ``ENQUEUERS`` concurrent enqueuers: the rates and what it cost."""
     import psutil
 
@@ -157,7 +164,8 @@ async def _throughput(system: System, worker: Server) -> dict[str, Any]:
             await system.enqueue(None)
         enqueued_at.append(time.perf_counter())
 
-    cpu_before, worker_before = psutil.cpu_times(), worker.cpu_seconds()
+    cpu_before = psutil.cpu_times()
+    own_before = {name: process.cpu_seconds() for name, process in watched.items()}
     started = time.perf_counter()
     deadline = started + THROUGHPUT_TIMEOUT
     enqueuers = asyncio.gather(*(enqueuer() for _ in range(ENQUEUERS)))
@@ -171,7 +179,8 @@ async def _throughput(system: System, worker: Server) -> dict[str, Any]:
         finished = time.perf_counter()
     finally:
         await enqueuers
-    cpu_after, worker_after = psutil.cpu_times(), worker.cpu_seconds()
+    cpu_after = psutil.cpu_times()
+    own = {name: process.cpu_seconds() - own_before[name] for name, process in watched.items()}
     seconds = finished - started
     succeeded = await system.succeeded() - succeeded_before
     if succeeded != JOBS:
@@ -185,23 +194,27 @@ async def _throughput(system: System, worker: Server) -> dict[str, Any]:
         "throughput_per_s": JOBS / seconds,
         "enqueue_per_s": JOBS / (max(enqueued_at) - started),
         "seconds": round(seconds, 3),
-        "worker_cpu_ms_per_job": round((worker_after - worker_before) / JOBS * 1000, 3),
+        **{f"{name}_cpu_ms_per_job": round(used / JOBS * 1000, 3) for name, used in own.items()},
         "machine_busy_cores": round(busy / seconds, 2),
     }
 
 
-async def _measure(name: str, label: str, system: System, worker: Server, redis: Any) -> Measured:
+async def _measure(
+    name: str, label: str, system: System, watched: dict[str, Server], redis: Any
+) -> Measured:
+    """Warm-up, throughput, latency; ``watched``: the processes whose CPU time per job is
+    reported (the worker, and Keel's server)."""
     await redis.delete(peers.STARTED_KEY)
     print(f"# {name}: warm-up", file=sys.stderr, flush=True)
     await _latencies(system, redis, WARMUP_JOBS, timeout=120.0)
     load_before = _load_average()
     print(f"# {name}: {JOBS} jobs", file=sys.stderr, flush=True)
-    rates = await _throughput(system, worker)
+    rates = await _throughput(system, watched)
     print(f"# {name}: {LATENCY_JOBS} jobs one at a time", file=sys.stderr, flush=True)
-    latencies = await _latencies(system, redis, LATENCY_JOBS, timeout=30.0)
+    latencies, calls = await _latencies(system, redis, LATENCY_JOBS, timeout=30.0)
     measured = Measured(
         name, label, rates.pop("throughput_per_s"), rates.pop("enqueue_per_s"), latencies,
-        {**rates, "load_average": [load_before, _load_average()]},
+        calls, {**rates, "load_average": [load_before, _load_average()]},
     )  # fmt: skip
     print(
         f"# {name}: {measured.throughput_per_s:.0f} jobs/s, enqueue {measured.enqueue_per_s:.0f}/s,"
@@ -277,7 +290,7 @@ async def _run_arq(root: Path, redis_url: str, settings: str, name: str, label: 
     env = clean_env(BENCH_JOBS_REDIS_URL=redis_url)
     try:
         with _worker(name, [_script("arq"), f"benchmarks._jobs_peers.{settings}"], root, env) as w:
-            return await _measure(name, label, Arq(pool), w, client)
+            return await _measure(name, label, Arq(pool), {"worker": w}, client)
     finally:
         await pool.aclose()
         await _clear_redis(client)
@@ -331,7 +344,7 @@ async def _run_procrastinate(root: Path, dsn: str, redis_url: str) -> Measured:
             with _worker("procrastinate", command, root, env) as worker:
                 return await _measure(
                     "procrastinate", _procrastinate_label(), Procrastinate(app, connection),
-                    worker, client,
+                    {"worker": worker}, client,
                 )  # fmt: skip
     finally:
         await connection.close()
@@ -453,12 +466,11 @@ async def _run_keel(root: Path, name: str, database_url: str | None, redis_url: 
                 system = KeelSqlite(jobs, data_dir / "keel.db")
             with _worker(name, command, root, worker_env) as worker:
                 try:
-                    measured = await _measure(
-                        name, _keel_label(database_url), system, worker, client
-                    )
+                    label = _keel_label(database_url)
+                    watched = {"worker": worker, "server": server}
+                    measured = await _measure(name, label, system, watched, client)
                 except Exception as exc:
                     raise Failed(f"{exc}; keel serve log: {server.log_tail()}") from exc
-                measured.extra["server_cpu_s"] = round(server.cpu_seconds(), 2)
                 return measured
         finally:
             await jobs.aclose()
@@ -584,6 +596,7 @@ def figures(measured: list[Measured]) -> list[Figure]:
             f"jobs.{system.name}.latency_p50_ms", _round(system.percentile(0.5)), "ms",
             extra={
                 "system": system.label, "p99_ms": _round(system.percentile(0.99)),
+                "enqueue_call_p50_ms": _round(system.percentile(0.5, system.calls_ms)),
                 "mean_ms": _round(statistics.fmean(system.latencies_ms)),
                 "max_ms": _round(max(system.latencies_ms)), "jobs": LATENCY_JOBS,
                 "gap_ms": [GAP_SECONDS[0] * 1000, GAP_SECONDS[1] * 1000],
