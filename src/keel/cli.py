@@ -205,6 +205,9 @@ def _services_option(value: str | None) -> list[str] | None:
     return names
 
 
+#: How long ``keel serve`` lets running requests finish after SIGTERM.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
 #: How long ``keel serve --workers N`` gives a worker to answer its supervisor.
 WORKER_HEALTHCHECK_SECONDS = 30
 
@@ -286,6 +289,10 @@ def serve(
         # seconds (default 5); a worker importing Keel on a busy machine can take longer, and
         # was killed and restarted over and over.
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+        # On SIGTERM, requests still running after this long are cancelled: a worker's fetch
+        # long-polls for up to 30 s and a change stream never ends, and neither loses
+        # anything by being cut (the worker fetches again elsewhere, the stream resumes).
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 

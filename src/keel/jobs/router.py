@@ -9,11 +9,12 @@ is audited. A lease token that is not the job's current one is a 409 and changes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -170,10 +171,11 @@ async def enqueue_batch(
 
 @router.post("/fetch", response_model=schemas.FetchAnswer)
 async def fetch(
-    body: schemas.FetchRequest, principal: CurrentPrincipal, context: Context
+    body: schemas.FetchRequest, principal: CurrentPrincipal, context: Context, request: Request
 ) -> dict[str, Any]:
     """Lease up to ``limit`` due jobs, taking the queues in the order given; when none is due,
-    wait up to ``wait_seconds`` for one (idle workers are woken when jobs arrive)."""
+    wait up to ``wait_seconds`` for one (idle workers are woken when jobs arrive). A worker
+    that goes away while it waits (killed, its connection closed) is leased nothing."""
     queues = list(dict.fromkeys(body.queues))
     check_queues(principal, queues, QueueAccess.work)
     signals = context.resources[JOB_SIGNALS_RESOURCE]
@@ -181,25 +183,40 @@ async def fetch(
     wait = min(body.wait_seconds, context.settings.jobs.max_fetch_wait_seconds)
     lease_seconds = body.lease_seconds or context.settings.jobs.default_lease_seconds
     deadline = time.monotonic() + wait
-    while True:
-        mark = signals.mark()
-        claims: list[service.Claim] = []
-        async with context.database.session() as session:
-            for queue in queues:
-                claims += await service.claim(
-                    session,
-                    tenant_id,
-                    [queue],
-                    worker_id=body.worker_id,
-                    limit=body.limit - len(claims),
-                    lease_seconds=lease_seconds,
-                )
-                if len(claims) >= body.limit:
-                    break
-        remaining = deadline - time.monotonic()
-        if claims or remaining <= 0:
-            return {"jobs": [_lease(claim) for claim in claims]}
-        await signals.wait(tenant_id, queues, mark, timeout=min(remaining, signals.recheck_seconds))
+    gone = asyncio.ensure_future(_disconnected(request)) if wait > 0 else None
+    try:
+        while True:
+            mark = signals.mark()
+            claims: list[service.Claim] = []
+            async with context.database.session() as session:
+                for queue in queues:
+                    claims += await service.claim(
+                        session,
+                        tenant_id,
+                        [queue],
+                        worker_id=body.worker_id,
+                        limit=body.limit - len(claims),
+                        lease_seconds=lease_seconds,
+                    )
+                    if len(claims) >= body.limit:
+                        break
+            remaining = deadline - time.monotonic()
+            if claims or remaining <= 0 or (gone is not None and gone.done()):
+                return {"jobs": [_lease(claim) for claim in claims]}
+            await signals.wait(
+                tenant_id, queues, mark, min(remaining, signals.recheck_seconds), until=gone
+            )
+            if gone is not None and gone.done():
+                return {"jobs": []}
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body is read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _lease(claim: service.Claim) -> dict[str, Any]:

@@ -8,6 +8,11 @@ the embedded default, through Redis when ``KEEL_REDIS_URL`` is set). Each replic
 (:func:`listen_for_job_signals`, run beside the API) wakes the fetches of that tenant waiting
 on one of those queues; the signal never wakes a fetch before the jobs are committed.
 
+On PostgreSQL without Redis, replicas share no broadcast; the signal then travels by
+``NOTIFY`` on :data:`PG_CHANNEL`, sent in the enqueuing transaction itself (PostgreSQL delivers
+it at commit, never for a rollback), and each replica's listener holds one connection on
+which it runs ``LISTEN``.
+
 Signals are hints, never the truth: a fetch re-reads the table after each wake, and also
 every :data:`RECHECK_SECONDS` without one, so a lost message (Redis down, a job whose
 ``run_at`` came, a lease rescued) costs at most that long, never a job.
@@ -16,12 +21,16 @@ every :data:`RECHECK_SECONDS` without one, so a lost message (Redis down, a job 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+import asyncpg
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -36,6 +45,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 CHANNEL = "jobs:available"
+#: The ``NOTIFY`` channel of replicas on PostgreSQL without Redis.
+PG_CHANNEL = "keel_jobs_available"
+#: PostgreSQL refuses a payload of 8,000 bytes or more; a longer list of queues wakes all.
+_PG_PAYLOAD_LIMIT = 7_000
 #: A waiting fetch looks at the table at least this often, signal or not.
 RECHECK_SECONDS = 1.0
 
@@ -76,20 +89,31 @@ class JobSignals:
             for _, woken in waiters:
                 woken.set()
 
-    async def wait(self, tenant_id: str, queues: Iterable[str], since: int, timeout: float) -> None:
-        """Return when one of ``queues`` was signalled after :meth:`mark` gave ``since``, or
-        after ``timeout`` seconds."""
+    async def wait(
+        self,
+        tenant_id: str,
+        queues: Iterable[str],
+        since: int,
+        timeout: float,
+        *,
+        until: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Return when one of ``queues`` was signalled after :meth:`mark` gave ``since``,
+        after ``timeout`` seconds, or once ``until`` is done (the caller went away)."""
         wanted = frozenset(queues)
         if any(self._last.get((tenant_id, queue), 0) > since for queue in wanted):
             return
         entry = (wanted, asyncio.Event())
         self._waiters[tenant_id].add(entry)
+        woken = asyncio.ensure_future(entry[1].wait())
         try:
-            async with asyncio.timeout(timeout):
-                await entry[1].wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait(
+                [woken] if until is None else [woken, until],
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
+            woken.cancel()
             waiters = self._waiters[tenant_id]
             waiters.discard(entry)
             if not waiters:
@@ -101,9 +125,18 @@ class JobSignals:
 
 JOB_SIGNALS_RESOURCE: ResourceKey[JobSignals] = ResourceKey("jobs.signals")
 
-#: The broadcast and signals of each engine's process (several apps may share a process in
+
+@dataclass(frozen=True)
+class _Route:
+    broadcast: Broadcast
+    signals: JobSignals
+    #: Replicas share no broadcast (PostgreSQL, no Redis): signal them by ``NOTIFY``.
+    notify: bool
+
+
+#: The route of each engine's signals in this process (several apps may share a process in
 #: tests), installed by :func:`listen_for_job_signals`.
-_routes: weakref.WeakKeyDictionary[Any, tuple[Broadcast, JobSignals]] = weakref.WeakKeyDictionary()
+_routes: weakref.WeakKeyDictionary[Any, _Route] = weakref.WeakKeyDictionary()
 _publishing: set[asyncio.Task[None]] = set()
 
 
@@ -114,22 +147,49 @@ def signal_after_commit(session: AsyncSession, tenant_id: str, queues: Iterable[
     pending.setdefault(tenant_id, set()).update(queues)
 
 
+def _route_of(sync_session: Session) -> _Route | None:
+    return _routes.get(sync_session.get_bind().engine) if sync_session.bind else None
+
+
+def _pg_payloads(pending: dict[str, set[str]]) -> list[str]:
+    payloads = []
+    for tenant_id, queues in pending.items():
+        payload = json.dumps({"tenant": tenant_id, "queues": sorted(queues)})
+        if len(payload) > _PG_PAYLOAD_LIMIT:
+            payload = json.dumps({"tenant": tenant_id, "queues": None})  # wake them all
+        payloads.append(payload)
+    return payloads
+
+
+@event.listens_for(Session, "before_commit")
+def _notify_replicas(sync_session: Session) -> None:
+    pending: dict[str, set[str]] | None = sync_session.info.get(_PENDING)
+    if not pending:
+        return
+    route = _route_of(sync_session)
+    if route is None or not route.notify:
+        return
+    for payload in _pg_payloads(pending):
+        sync_session.execute(select(func.pg_notify(PG_CHANNEL, payload)))
+
+
 @event.listens_for(Session, "after_commit")
 def _publish_signals(sync_session: Session) -> None:
     pending: dict[str, set[str]] | None = sync_session.info.pop(_PENDING, None)
     if not pending:
         return
-    route = _routes.get(sync_session.get_bind().engine) if sync_session.bind else None
+    route = _route_of(sync_session)
     if route is None:
         return  # no listener in this process (a CLI command): fetches find the jobs on recheck
-    broadcast, signals = route
     for tenant_id, queues in pending.items():
-        signals.wake(tenant_id, queues)  # this replica at once
+        route.signals.wake(tenant_id, queues)  # this replica at once
+    if route.notify:
+        return  # the other replicas heard the transaction's NOTIFY
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    task = loop.create_task(_publish(broadcast, pending))
+    task = loop.create_task(_publish(route.broadcast, pending))
     _publishing.add(task)
     task.add_done_callback(_publishing.discard)
 
@@ -148,26 +208,69 @@ async def _publish(broadcast: Broadcast, pending: dict[str, set[str]]) -> None:
 
 
 async def listen_for_job_signals(context: AppContext) -> None:
-    """Deliver the broadcast's job signals to this replica's waiting fetches, for ever."""
+    """Deliver other replicas' job signals to this replica's waiting fetches, for ever: from
+    the broadcast, or from PostgreSQL's ``NOTIFY`` where replicas share no broadcast."""
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     engine = context.database.engine.sync_engine
-    _routes[engine] = (context.broadcast, signals)
+    notify = context.database.dialect == "postgresql" and context.settings.redis_url is None
+    _routes[engine] = _Route(context.broadcast, signals, notify)
     try:
         while True:
             try:
-                async with context.broadcast.subscribe(CHANNEL) as subscription:
-                    while True:
-                        try:
-                            data = (await subscription.get()).data
-                        except MessagesLost:
-                            signals.wake_all()
-                            continue
-                        signals.wake(str(data.get("tenant")), data.get("queues") or ())
+                if notify:
+                    await _listen_to_postgres(context, signals)
+                else:
+                    await _listen_to_broadcast(context, signals)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the broadcast failed: everyone rechecks; subscribe again
-                log.warning("jobs.signals.subscribe_failed", exc_info=True)
+            except Exception:  # the channel failed: everyone rechecks; listen again
+                log.warning("jobs.signals.listen_failed", exc_info=True)
                 signals.wake_all()
                 await asyncio.sleep(RECHECK_SECONDS)
     finally:
         _routes.pop(engine, None)
+
+
+async def _listen_to_broadcast(context: AppContext, signals: JobSignals) -> None:
+    async with context.broadcast.subscribe(CHANNEL) as subscription:
+        while True:
+            try:
+                data = (await subscription.get()).data
+            except MessagesLost:
+                signals.wake_all()
+                continue
+            signals.wake(str(data.get("tenant")), data.get("queues") or ())
+
+
+def _heard(signals: JobSignals, payload: str) -> None:
+    try:
+        data = json.loads(payload)
+        tenant, queues = str(data["tenant"]), data["queues"]
+    except (ValueError, KeyError, TypeError):
+        signals.wake_all()
+        return
+    if queues is None:
+        signals.wake_all()
+    else:
+        signals.wake(tenant, queues)
+
+
+async def _listen_to_postgres(context: AppContext, signals: JobSignals) -> None:
+    """``LISTEN`` on a connection of its own (not the pool's: it is held for ever), checked
+    every few seconds so a lost connection is noticed and replaced."""
+    url = context.database.engine.url.set(drivername="postgresql")
+    connection = await asyncpg.connect(
+        url.render_as_string(hide_password=False),
+        timeout=context.settings.database_pool.connect_timeout_seconds,
+    )
+    try:
+        await connection.add_listener(
+            PG_CHANNEL, lambda _connection, _pid, _channel, payload: _heard(signals, payload)
+        )
+        signals.wake_all()  # what was signalled while nobody listened: look again
+        while True:
+            await asyncio.sleep(5.0)
+            await connection.execute("SELECT 1")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(connection.close(), timeout=2.0)

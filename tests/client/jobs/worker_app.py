@@ -18,9 +18,6 @@ worker = Worker(
     concurrency=4,
     lease_seconds=float(os.environ.get("JOBS_LEASE_SECONDS", "2")),
     shutdown_grace=float(os.environ.get("JOBS_GRACE_SECONDS", "5")),
-    # Short long polls: Keel keeps a killed worker's waiting fetch until its wait ends and
-    # may lease a job to it (reported on issue 18); 1 s ends it before a lease can lapse.
-    poll_wait=1.0,
 )
 
 
