@@ -14,6 +14,7 @@ EXPECTED = {
     "DEFAULT_QUEUE", "OUTBOX_TABLE", "EnqueueOptions", "JobSettings", "HeartbeatAnswer",
     "Job", "JobBatchRef", "JobContext",
     "JobError", "JobPage", "JobRef", "JobSpool", "JobState", "JobsClient", "Lease", "NewJob",
+    "Retry",
     "Outbox", "OutboxJob", "OutboxRelay", "RejectedJob", "SpoolError", "SpoolFullError",
     "SpoolLockedError", "SyncJobsClient", "Task", "Worker", "WorkerStats", "current_job",
     "error_text", "is_rejected", "is_unreachable", "outbox_metadata", "traceback_text",

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from keel_client.jobs import Job, JobsClient, JobState, Worker, current_job
+from keel_client.jobs import Job, JobsClient, JobState, Retry, Worker, current_job
 from tests.client.jobs.conftest import LEASE_SECONDS
 
 
@@ -155,3 +155,37 @@ async def test_stop_releases_what_outlives_the_grace_period(jobs: JobsClient, qu
     assert job.state in (JobState.AVAILABLE, JobState.RETRYABLE)
     assert job.errors[-1].error == "released: the worker shut down"
     assert worker.stats.released == 1
+
+
+async def test_a_task_names_its_own_wait_between_attempts(jobs: JobsClient, queue: str) -> None:
+    """``retry_in`` per task, and ``raise Retry(in_seconds)`` per attempt (as arq's
+    ``Retry(defer=...)``), decide when the next attempt runs instead of Keel's backoff."""
+    worker = worker_for(jobs, queue)
+    attempts: list[tuple[str, float]] = []
+
+    @worker.task("flaky", retry_in=lambda attempt: 0.0)
+    async def flaky() -> str:
+        attempts.append(("flaky", time.monotonic()))
+        if current_job().attempt < 3:
+            raise ConnectionError("upstream down")
+        return "done"
+
+    @worker.task("polite")
+    async def polite() -> str:
+        attempts.append(("polite", time.monotonic()))
+        if current_job().attempt == 1:
+            raise Retry(in_seconds=1, reason="rate limited upstream")
+        return "done"
+
+    first = await jobs.enqueue("flaky", queue=queue)
+    second = await jobs.enqueue("polite", queue=queue)
+    async with running(worker):
+        # Keel's own backoff would wait 1 s, then 16 s: both finish in seconds only because
+        # the task chose the waits.
+        flaky_job = await settled(jobs, first.id, lambda job: job.state is JobState.COMPLETED)
+        polite_job = await settled(jobs, second.id, lambda job: job.state is JobState.COMPLETED)
+    assert (flaky_job.attempt, polite_job.attempt) == (3, 2)
+    assert polite_job.errors[0].error.endswith("rate limited upstream")
+    assert polite_job.errors[0].traceback is None
+    polite_times = [at for name, at in attempts if name == "polite"]
+    assert polite_times[1] - polite_times[0] >= 0.9

@@ -51,7 +51,7 @@ from keel_client.jobs._models import (
 from keel_client.jobs._policy import error_text, is_rejected, is_unreachable, traceback_text
 from keel_client.jobs._spool import JobSpool, RejectedJob
 from keel_client.jobs._sync_client import SyncJobsClient
-from keel_client.jobs._worker import JobContext, Task, Worker, WorkerStats, current_job
+from keel_client.jobs._worker import JobContext, Retry, Task, Worker, WorkerStats, current_job
 
 if TYPE_CHECKING:
     from keel_client.jobs._outbox import (
@@ -89,6 +89,7 @@ __all__ = [
     "OutboxJob",
     "OutboxRelay",
     "RejectedJob",
+    "Retry",
     "SpoolError",
     "SpoolFullError",
     "SpoolLockedError",

@@ -40,7 +40,7 @@ from keel_client.jobs._client import DEFAULT_QUEUE, MAX_WAIT_SECONDS, JobsClient
 from keel_client.jobs._models import Lease
 from keel_client.jobs._policy import error_text, traceback_text
 
-__all__ = ["JobContext", "Task", "Worker", "WorkerStats", "current_job"]
+__all__ = ["JobContext", "Retry", "Task", "Worker", "WorkerStats", "current_job"]
 
 logger = logging.getLogger("keel_client.jobs")
 
@@ -116,6 +116,21 @@ class Task:
     function: Callable[..., Any]
     max_attempts: int | None = None
     timeout: float | None = None
+    #: The wait before the next attempt after a failed one, from the attempt's number
+    #: (default: Keel's backoff, ``attempt⁴`` s plus jitter, or the job's own curve).
+    retry_in: Callable[[int], float] | None = None
+
+    def retry_after(self, attempt: int) -> float | None:
+        return None if self.retry_in is None else max(0.0, float(self.retry_in(attempt)))
+
+
+class Retry(Exception):
+    """Raised by a task: this attempt failed and the next should run ``in_seconds`` from now
+    (the attempt still counts towards ``max_attempts``)."""
+
+    def __init__(self, in_seconds: float = 0.0, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.in_seconds = max(0.0, in_seconds)
 
 
 @dataclass
@@ -197,14 +212,16 @@ class Worker:
         *,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        retry_in: Callable[[int], float] | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Register the decorated function as task ``name`` (default: its ``__name__``)."""
+        """Register the decorated function as task ``name`` (default: its ``__name__``).
+        ``retry_in(attempt)``: this task's own wait after a failed attempt, in seconds."""
 
         def register(function: Callable[P, R]) -> Callable[P, R]:
             task_name = name or function.__name__
             if task_name in self.tasks:
                 raise ValueError(f"task {task_name!r} is registered already")
-            self.tasks[task_name] = Task(task_name, function, max_attempts, timeout)
+            self.tasks[task_name] = Task(task_name, function, max_attempts, timeout, retry_in)
             return function
 
         return register
@@ -362,7 +379,11 @@ class Worker:
                 await body
             self.stats.failed += 1
             message = f"TimeoutError: task {task.name} ran longer than {timeout} s"
-            await self._report(client.fail(lease, message, discard=_is_last(task, lease)), lease)
+            last = _is_last(task, lease)
+            retry = None if last else task.retry_after(lease.attempt)
+            await self._report(
+                client.fail(lease, message, discard=last, retry_in_seconds=retry), lease
+            )
             return
         if body.cancelled():
             await self._stopped(client, context)
@@ -372,12 +393,20 @@ class Worker:
             self.stats.failed += 1
             logger.warning("job %s (%s, attempt %d) failed: %s", lease.id, task.name,
                            lease.attempt, error_text(error, 200))  # fmt: skip
+            last = _is_last(task, lease)
+            if last:
+                retry = None
+            elif isinstance(error, Retry):
+                retry = error.in_seconds
+            else:
+                retry = task.retry_after(lease.attempt)
             await self._report(
                 client.fail(
                     lease,
                     error_text(error),
-                    traceback=traceback_text(error),
-                    discard=_is_last(task, lease),
+                    traceback=None if isinstance(error, Retry) else traceback_text(error),
+                    discard=last,
+                    retry_in_seconds=retry,
                 ),
                 lease,
             )
