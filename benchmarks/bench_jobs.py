@@ -164,8 +164,10 @@ async def _throughput(system: System, watched: dict[str, Server]) -> dict[str, A
             await system.enqueue(None)
         enqueued_at.append(time.perf_counter())
 
-    cpu_before = psutil.cpu_times()
+    cpu_before, stores_before = psutil.cpu_times(), _stores_cpu()
     own_before = {name: process.cpu_seconds() for name, process in watched.items()}
+    me = psutil.Process()
+    me_before = sum(me.cpu_times()[:2])
     started = time.perf_counter()
     deadline = started + THROUGHPUT_TIMEOUT
     enqueuers = asyncio.gather(*(enqueuer() for _ in range(ENQUEUERS)))
@@ -179,8 +181,10 @@ async def _throughput(system: System, watched: dict[str, Server]) -> dict[str, A
         finished = time.perf_counter()
     finally:
         await enqueuers
-    cpu_after = psutil.cpu_times()
+    cpu_after, stores_after = psutil.cpu_times(), _stores_cpu()
     own = {name: process.cpu_seconds() - own_before[name] for name, process in watched.items()}
+    mine = sum(me.cpu_times()[:2]) - me_before
+    stores = sum(used - stores_before.get(pid, 0.0) for pid, used in stores_after.items())
     seconds = finished - started
     succeeded = await system.succeeded() - succeeded_before
     if succeeded != JOBS:
@@ -196,7 +200,23 @@ async def _throughput(system: System, watched: dict[str, Server]) -> dict[str, A
         "seconds": round(seconds, 3),
         **{f"{name}_cpu_ms_per_job": round(used / JOBS * 1000, 3) for name, used in own.items()},
         "machine_busy_cores": round(busy / seconds, 2),
+        "store_cores": round(stores / seconds, 2),
+        # What neither the benchmark, its worker and server nor the stores used: other work.
+        "others_cores": round(max(0.0, busy - mine - sum(own.values()) - stores) / seconds, 2),
     }
+
+
+def _stores_cpu() -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL and Redis server process, by pid (they serve
+    other clients too: what others ask of them counts as the benchmark's here)."""
+    import psutil
+
+    out = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        name, times = process.info["name"] or "", process.info["cpu_times"]
+        if times is not None and (name.startswith("postgres") or name.startswith("redis")):
+            out[process.pid] = times.user + times.system
+    return out
 
 
 async def _measure(
