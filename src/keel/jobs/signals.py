@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -258,6 +257,8 @@ def _heard(signals: JobSignals, payload: str) -> None:
 async def _listen_to_postgres(context: AppContext, signals: JobSignals) -> None:
     """``LISTEN`` on a connection of its own (not the pool's: it is held for ever), checked
     every few seconds so a lost connection is noticed and replaced."""
+    import asyncpg  # only here: a server on SQLite never loads the PostgreSQL driver
+
     url = context.database.engine.url.set(drivername="postgresql")
     connection = await asyncpg.connect(
         url.render_as_string(hide_password=False),
