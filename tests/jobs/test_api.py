@@ -301,3 +301,58 @@ async def test_permissions_are_per_queue_and_per_verb(
         f"{API}/jobs/{lease['id']}/ack", headers=worker, json={"lease_token": lease["lease_token"]}
     )
     assert acked.status_code == 200, acked.text
+
+
+async def test_acks_in_one_request_are_each_accepted_or_refused_alone(
+    app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str], admin: TenantAdmin
+) -> None:
+    queue, other = queue_name(), queue_name()
+    for _ in range(3):
+        await enqueue(client, headers, queue)
+    await enqueue(client, headers, other)
+    leases = await fetch(client, headers, queue, limit=3)
+    [foreign] = await fetch(client, headers, other)
+    worker = await member(app, admin, f"jobs:{queue}:work")
+    acks = [
+        {"id": leases[0]["id"], "lease_token": leases[0]["lease_token"], "result": {"n": 0}},
+        {"id": leases[1]["id"], "lease_token": "stale"},
+        {"id": str(uuid.uuid4()), "lease_token": "x"},
+        {"id": foreign["id"], "lease_token": foreign["lease_token"]},
+    ]
+    answer = await client.post(f"{API}/ack", headers=worker, json={"acks": acks})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["acked"] == [leases[0]["id"]]
+    refused = {item["id"]: item["status"] for item in answer.json()["refused"]}
+    assert refused == {leases[1]["id"]: 409, acks[2]["id"]: 404, foreign["id"]: 403}
+    done = (await client.get(f"{API}/jobs/{leases[0]['id']}", headers=headers)).json()
+    assert (done["state"], done["result"]) == ("completed", {"n": 0})
+    for untouched in (leases[1]["id"], foreign["id"]):
+        job = (await client.get(f"{API}/jobs/{untouched}", headers=headers)).json()
+        assert job["state"] == "running"
+
+    # The next fetch carries the rest of the worker's acks: one request for both.
+    piggyback = [{"id": leases[1]["id"], "lease_token": leases[1]["lease_token"]}]
+    await enqueue(client, headers, queue)
+    body = {"queues": [queue], "worker_id": "w", "ack": piggyback}
+    fetched = await client.post(f"{API}/fetch", headers=headers, json=body)
+    assert fetched.json()["acked"] == [leases[1]["id"]]
+    assert len(fetched.json()["jobs"]) == 1
+    metrics = (await client.get("/metrics")).text
+    assert f'keel_jobs_run_duration_seconds_count{{outcome="completed",queue="{queue}"}} 2.0' in (
+        metrics
+    )
+
+
+async def test_a_batch_says_which_jobs_were_duplicates(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    queue = queue_name()
+    first = await enqueue(client, headers, queue, unique={"key": "k-1"})
+    jobs = [
+        {"queue": queue, "task": "t", "unique": {"key": "k-1"}},
+        {"queue": queue, "task": "t"},
+        {"queue": queue, "task": "t", "unique": {"key": "k-2"}},
+    ]
+    answer = (await client.post(f"{API}/jobs/batch", headers=headers, json={"jobs": jobs})).json()
+    assert answer["duplicates"] == [True, False, False]
+    assert answer["ids"][0] == first["id"]

@@ -88,6 +88,14 @@ class JobsMetrics:
     def set_depths(self, snapshot: Sequence[QueueStateStats]) -> None:
         self._depths.snapshot = tuple(snapshot)
 
+    def observe_completion(
+        self, queue: str, attempted_at: datetime | None, finished_at: datetime
+    ) -> None:
+        """Count an attempt acknowledged in a batch (:func:`~keel.jobs.service.complete_many`)."""
+        if attempted_at is not None:
+            seconds = max(0.0, (finished_at - attempted_at).total_seconds())
+            self.run_duration.labels(queue, "completed").observe(seconds)
+
     def observe_attempt_end(self, job: Job, *, now: datetime | None = None) -> None:
         """Count an attempt that a worker just ended (after :func:`~keel.jobs.service.complete`
         or :func:`~keel.jobs.service.fail`)."""

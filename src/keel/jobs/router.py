@@ -157,9 +157,12 @@ async def enqueue_batch(
     news = [_new_job(job, limit) for job in body.jobs]
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
-        ids = await service.enqueue_many(session, principal.tenant_id, news)
+        entries = await service.enqueue_batch(session, principal.tenant_id, news)
         signal_after_commit(session, principal.tenant_id, queues)
-        return 201, {"ids": ids}
+        return 201, {
+            "ids": [entry.id for entry in entries],
+            "duplicates": [entry.duplicate for entry in entries],
+        }
 
     # The fingerprint of 10,000 jobs is cheap next to inserting them.
     request = body.model_dump(mode="json")
@@ -182,6 +185,7 @@ async def fetch(
     tenant_id = principal.tenant_id
     wait = min(body.wait_seconds, context.settings.jobs.max_fetch_wait_seconds)
     lease_seconds = body.lease_seconds or context.settings.jobs.default_lease_seconds
+    outcome = await _apply_acks(context, principal, body.ack) if body.ack else None
     deadline = time.monotonic() + wait
     gone = asyncio.ensure_future(_disconnected(request)) if wait > 0 else None
     try:
@@ -202,15 +206,57 @@ async def fetch(
                         break
             remaining = deadline - time.monotonic()
             if claims or remaining <= 0 or (gone is not None and gone.done()):
-                return {"jobs": [_lease(claim) for claim in claims]}
+                return {"jobs": [_lease(claim) for claim in claims], **_ack_answer(outcome)}
             await signals.wait(
                 tenant_id, queues, mark, min(remaining, signals.recheck_seconds), until=gone
             )
             if gone is not None and gone.done():
-                return {"jobs": []}
+                return {"jobs": [], **_ack_answer(outcome)}
     finally:
         if gone is not None:
             gone.cancel()
+
+
+async def _apply_acks(
+    context: Context, principal: Principal, items: list[schemas.AckItem]
+) -> service.AckOutcome:
+    """Complete the attempts of ``items`` in one transaction, each ack refused alone."""
+    limit = context.settings.jobs.max_result_bytes
+    for item in items:
+        _check_size("result", item.result, limit)
+    acks = [service.Ack(item.id, item.lease_token, item.result) for item in items]
+    async with context.database.session() as session:
+        outcome = await service.complete_many(
+            session,
+            principal.tenant_id,
+            acks,
+            may_work=lambda queue: may(principal, queue, QueueAccess.work),
+        )
+    metrics = context.resources[JOBS_METRICS_RESOURCE]
+    for done in outcome.acked:
+        metrics.observe_completion(done.queue, done.attempted_at, done.finished_at)
+    return outcome
+
+
+def _ack_answer(outcome: service.AckOutcome | None) -> dict[str, Any]:
+    if outcome is None:
+        return {"acked": [], "refused": []}
+    return {
+        "acked": [done.job_id for done in outcome.acked],
+        "refused": [
+            {"id": refused.job_id, "status": refused.status, "detail": refused.detail}
+            for refused in outcome.refused
+        ],
+    }
+
+
+@router.post("/ack", response_model=schemas.AckAnswer)
+async def ack_many(
+    body: schemas.AckBatch, principal: CurrentPrincipal, context: Context
+) -> dict[str, Any]:
+    """Complete up to 100 attempts at once (a worker's finished jobs): one transaction, each
+    ack refused alone (a stale lease 409, an unknown job 404, a queue not the caller's 403)."""
+    return _ack_answer(await _apply_acks(context, principal, body.acks))
 
 
 async def _disconnected(request: Request) -> None:
@@ -595,5 +641,5 @@ def build_router() -> ServiceRouter:
     """The jobs service's routes, as ``keel.jobs.spec`` mounts them."""
     top = ServiceRouter()
     top.include_router(router)
-    top.match_first("/v1/fetch", "/v1/jobs/{job_id}/ack", "/v1/jobs/{job_id}/heartbeat")
+    top.match_first("/v1/fetch", "/v1/ack", "/v1/jobs", "/v1/jobs/{job_id}/heartbeat")
     return top

@@ -66,6 +66,8 @@ class JobBatch(_Strict):
 class BatchAnswer(BaseModel):
     #: The jobs' ids in the order given (a unique key's existing job where one was live).
     ids: list[str]
+    #: ``duplicates[i]``: job ``i``'s unique key named a live job, whose id ``ids[i]`` is.
+    duplicates: list[bool]
 
 
 class JobError(BaseModel):
@@ -109,6 +111,35 @@ class JobPage(BaseModel):
     next: str | None
 
 
+#: Acks one request carries at most.
+MAX_ACKS = 100
+
+
+class AckItem(_Strict):
+    id: str = Field(min_length=1, max_length=36)
+    lease_token: LeaseToken
+    #: A small result kept on the job (``KEEL_JOBS__MAX_RESULT_BYTES``).
+    result: Any = None
+
+
+class AckBatch(_Strict):
+    acks: list[AckItem] = Field(min_length=1, max_length=MAX_ACKS)
+
+
+class RefusedAck(BaseModel):
+    id: str
+    #: What a single ack would have answered: 404, 403 or 409.
+    status: int
+    detail: str
+
+
+class AckAnswer(BaseModel):
+    #: The jobs completed.
+    acked: list[str]
+    #: The acks refused, each alone (the others went through).
+    refused: list[RefusedAck]
+
+
 class FetchRequest(_Strict):
     #: Tried in this order: a job of the first queue before one of the second.
     queues: list[Name] = Field(min_length=1, max_length=20)
@@ -120,6 +151,8 @@ class FetchRequest(_Strict):
     lease_seconds: float | None = Field(default=None, ge=1.0, le=MAX_LEASE_SECONDS)
     #: Who holds the lease, as job listings show it (a host and process, say).
     worker_id: str = Field(min_length=1, max_length=200)
+    #: Acks of jobs this worker finished, applied before the fetch (saves a request each).
+    ack: list[AckItem] = Field(default_factory=list, max_length=MAX_ACKS)
 
 
 class Lease(BaseModel):
@@ -137,6 +170,9 @@ class Lease(BaseModel):
 
 class FetchAnswer(BaseModel):
     jobs: list[Lease]
+    #: The outcome of the request's ``ack`` list (empty when it had none).
+    acked: list[str] = Field(default_factory=list)
+    refused: list[RefusedAck] = Field(default_factory=list)
 
 
 class HeartbeatRequest(_Strict):

@@ -40,9 +40,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
@@ -52,6 +52,9 @@ from keel.core.tenancy import bind_tenant
 from keel.jobs.models import CLAIMABLE_STATES, Job, JobQueue, JobState
 from keel.jobs.service.queues import claim_allowance, take_tokens
 from keel.jobs.service.retry import Backoff, retry_delay
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 #: Jobs one rescue sweep takes at most (the next sweep takes the rest).
 RESCUE_BATCH = 500
@@ -282,6 +285,105 @@ async def complete(
     _end_lease(job)
     await session.flush()
     return job
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One job of :func:`complete_many`."""
+
+    job_id: str
+    lease_token: str
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class AckedJob:
+    """A job :func:`complete_many` completed: what the metrics need of it."""
+
+    job_id: str
+    queue: str
+    attempted_at: datetime | None
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class RefusedAck:
+    """An ack :func:`complete_many` refused, with the status a single ack would have had."""
+
+    job_id: str
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    acked: list[AckedJob]
+    refused: list[RefusedAck]
+
+
+async def complete_many(
+    session: AsyncSession,
+    tenant_id: str,
+    acks: Sequence[Ack],
+    *,
+    may_work: Any = None,
+) -> AckOutcome:
+    """Complete many attempts in two statements: read and lock the jobs, then update those
+    whose token is current. Each ack stands alone: a stale token (409), an unknown job (404)
+    or, when ``may_work(queue)`` says no, a queue the caller may not work (403) refuses that
+    ack and no other, changing nothing of its job. The same rules as :func:`complete`."""
+    bind_tenant(session, tenant_id)
+    await hold_write_lock(session)
+    wanted = {ack.job_id: ack for ack in acks}
+    rows = (
+        await session.execute(
+            select(Job.id, Job.queue, Job.state, Job.lease_token, Job.attempted_at)
+            .where(Job.id.in_(list(wanted)))
+            .with_for_update()
+        )
+    ).all()
+    found = {row.id: row for row in rows}
+    now = utcnow()
+    acked: list[AckedJob] = []
+    refused: list[RefusedAck] = []
+    updates: list[dict[str, Any]] = []
+    for job_id, ack in wanted.items():
+        row = found.get(job_id)
+        if row is None:
+            refused.append(RefusedAck(job_id, 404, f"No job {job_id!r}."))
+        elif may_work is not None and not may_work(row.queue):
+            refused.append(
+                RefusedAck(job_id, 403, f"This needs the permission jobs:{row.queue}:work.")
+            )
+        elif row.lease_token is None or not hmac.compare_digest(
+            row.lease_token.encode(), ack.lease_token.encode()
+        ):
+            refused.append(
+                RefusedAck(job_id, 409, "The lease token is not the job's current lease.")
+            )
+        elif row.state != JobState.running:
+            refused.append(RefusedAck(job_id, 409, f"The job is {row.state}, not running."))
+        else:
+            updates.append({"b_id": job_id, "b_result": ack.result})
+            acked.append(AckedJob(job_id, row.queue, row.attempted_at, now))
+    if updates:
+        # One executemany on the table (the rows were read, locked and checked above, in the
+        # tenant's scope; the tenant is in the criteria again all the same).
+        jobs = cast("Table", Job.__table__)
+        await session.execute(
+            update(jobs)
+            .where(jobs.c.id == bindparam("b_id"), jobs.c.tenant_id == tenant_id)
+            .values(
+                state=JobState.completed.value,
+                result=bindparam("b_result", type_=jobs.c.result.type),
+                finished_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            .execution_options(all_tenants=True),
+            updates,
+        )
+    return AckOutcome(acked, refused)
 
 
 def _retry_or_discard(

@@ -220,10 +220,25 @@ async def enqueue(
 async def enqueue_many(
     session: AsyncSession, tenant_id: str, jobs: Sequence[NewJob | Mapping[str, Any]]
 ) -> list[str]:
-    """Enqueue ``jobs`` and return their ids in order. All are validated before any is
-    written; jobs without a unique key go in one bulk insert (10,000 take well under a second
-    on SQLite); one with a key is enqueued as :func:`enqueue` does, so its id may be the
-    existing job's."""
+    """Enqueue ``jobs`` and return their ids in order (:func:`enqueue_batch`, ids only)."""
+    return [entry.id for entry in await enqueue_batch(session, tenant_id, jobs)]
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """A job of :func:`enqueue_batch`: its id, and whether its unique key named a live job
+    (``duplicate``: the id is that job's)."""
+
+    id: str
+    duplicate: bool
+
+
+async def enqueue_batch(
+    session: AsyncSession, tenant_id: str, jobs: Sequence[NewJob | Mapping[str, Any]]
+) -> list[BatchEntry]:
+    """Enqueue ``jobs``, in order. All are validated before any is written; jobs without a
+    unique key go in one bulk insert (10,000 take well under a second on SQLite); one with a
+    key is enqueued as :func:`enqueue` does, so its id may be the existing job's."""
     bind_tenant(session, tenant_id)
     now = utcnow()
     news = [job if isinstance(job, NewJob) else NewJob(**job) for job in jobs]
@@ -231,14 +246,15 @@ async def enqueue_many(
     for new in news:
         if new.unique_key is not None:
             _unique_states(new.unique_states)
-    ids: list[str] = []
+    entries: list[BatchEntry] = []
     plain: list[dict[str, Any]] = []
     for new, row in zip(news, rows, strict=True):
         if new.unique_key is None:
             plain.append({**row, "tenant_id": tenant_id})
-            ids.append(row["id"])
+            entries.append(BatchEntry(row["id"], duplicate=False))
         else:
-            ids.append((await enqueue_one(session, tenant_id, new)).job.id)
+            enqueued = await enqueue_one(session, tenant_id, new)
+            entries.append(BatchEntry(enqueued.job.id, duplicate=not enqueued.created))
     if plain:
         await session.execute(insert(Job), plain)
-    return ids
+    return entries
