@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 
+from keel.core.db import utcnow
 from keel.core.errors import PROBLEM_CONTENT_TYPE
+from keel.core.idempotency import RETENTION, IdempotencyKey
 from keel.jobs.service import rescue_lapsed
 from keel.jobs.signals import JOB_SIGNALS_RESOURCE
 from tests.support.tenants import TenantAdmin, member
@@ -356,3 +360,23 @@ async def test_a_batch_says_which_jobs_were_duplicates(
     answer = (await client.post(f"{API}/jobs/batch", headers=headers, json={"jobs": jobs})).json()
     assert answer["duplicates"] == [True, False, False]
     assert answer["ids"][0] == first["id"]
+
+
+async def test_an_expired_idempotency_key_not_yet_pruned_is_a_new_key(
+    app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str], admin: TenantAdmin
+) -> None:
+    queue, key = queue_name(), str(uuid.uuid4())
+    keyed = {**headers, "Idempotency-Key": key}
+    first = await client.post(f"{API}/jobs", headers=keyed, json={"queue": queue, "task": "t"})
+    async with app.state.keel.database.session() as session:
+        await session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == key)
+            .values(created_at=utcnow() - RETENTION - timedelta(minutes=1))
+            .execution_options(all_tenants=True)
+        )
+    again = await client.post(f"{API}/jobs", headers=keyed, json={"queue": queue, "task": "t"})
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != first.json()["id"]
+    replay = await client.post(f"{API}/jobs", headers=keyed, json={"queue": queue, "task": "t"})
+    assert replay.json()["id"] == again.json()["id"]

@@ -12,14 +12,17 @@ of an answer to something else. Two concurrent requests with one key: the unique
 the second insert fail; its transaction rolls back (its effect with it) and it replays the
 first one's answer.
 
-Usage, inside one unit of work::
+Usage: the write and :func:`remember_answer` in one unit of work; if its commit fails on
+the key (it was seen before), :func:`kept_answer` in another gives the answer to replay
+(``keel.jobs.router._idempotent`` is the model)::
 
-    request_hash = fingerprint(body)
-    kept = await kept_answer(session, tenant_id, "jobs.enqueue", key, request_hash)
-    if kept is not None:
-        return kept  # (status, document)
-    ... do the write ...
-    remember_answer(session, tenant_id, "jobs.enqueue", key, request_hash, 201, document)
+    try:
+        async with database.session() as session:
+            document = ...  # the write
+            remember_answer(session, tenant_id, "jobs.enqueue", key, request_hash, 201, document)
+    except IntegrityError:
+        async with database.session() as session:
+            kept = await kept_answer(session, tenant_id, "jobs.enqueue", key, request_hash)
 """
 
 from __future__ import annotations
@@ -114,6 +117,20 @@ async def kept_answer(
             "This Idempotency-Key was used for another request; use a new key for a new request."
         )
     return KeptAnswer(kept.status, kept.answer)
+
+
+async def forget_expired_key(session: AsyncSession, tenant_id: str, scope: str, key: str) -> None:
+    """Delete ``key``'s row if it is past :data:`RETENTION` (not yet pruned): the key is new
+    again. A row still within it is left alone."""
+    bind_tenant(session, tenant_id)
+    await session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id,
+            IdempotencyKey.scope == scope,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at <= utcnow() - RETENTION,
+        )
+    )
 
 
 def remember_answer(

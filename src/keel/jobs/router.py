@@ -24,7 +24,13 @@ from keel.auth.dependencies import CallerActor, CurrentPrincipal
 from keel.core.deps import Context, DbSession
 from keel.core.errors import Conflict, NotFound, PayloadTooLarge
 from keel.core.http import ServiceRouter
-from keel.core.idempotency import check_key, fingerprint, kept_answer, remember_answer
+from keel.core.idempotency import (
+    check_key,
+    fingerprint,
+    forget_expired_key,
+    kept_answer,
+    remember_answer,
+)
 from keel.core.tenancy import bind_tenant
 from keel.jobs import schemas, service
 from keel.jobs.audit_actions import record_change
@@ -90,17 +96,21 @@ async def _idempotent(
         return JSONResponse(document, status_code=status)
     check_key(key)
     request_hash = fingerprint(request)
-    for _ in range(2):
+    for _ in range(3):
+        # The write goes first and the key's row with it: a new key (the usual case) costs
+        # no read. A key seen before makes the commit fail on the key's primary key, and
+        # the write is rolled back with it; its first answer is then replayed.
         try:
             async with context.database.session() as session:
-                kept = await kept_answer(session, tenant_id, scope, key, request_hash)
-                if kept is not None:
-                    return JSONResponse(kept.document, status_code=kept.status)
                 status, document = await write(session)
                 remember_answer(session, tenant_id, scope, key, request_hash, status, document)
             return JSONResponse(document, status_code=status)
         except IntegrityError:
-            continue  # a concurrent request with the key won: replay its answer
+            async with context.database.session() as session:
+                kept = await kept_answer(session, tenant_id, scope, key, request_hash)
+                if kept is not None:
+                    return JSONResponse(kept.document, status_code=kept.status)
+                await forget_expired_key(session, tenant_id, scope, key)
     raise Conflict("A request with this Idempotency-Key is in progress; retry.")
 
 
