@@ -56,6 +56,13 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_jobs_claim", ["tenant_id", "queue", "state", "priority", "run_at"], unique=False
         )
+        batch_op.create_index(
+            "ix_jobs_claimable",
+            ["tenant_id", "queue", "priority", "run_at", "id"],
+            unique=False,
+            postgresql_where=sa.text("state IN ('available', 'scheduled', 'retryable')"),
+            sqlite_where=sa.text("state IN ('available', 'scheduled', 'retryable')"),
+        )
         batch_op.create_index("ix_jobs_lease", ["state", "lease_expires_at"], unique=False)
         batch_op.create_index("ix_jobs_finished", ["state", "finished_at"], unique=False)
         batch_op.create_index("ix_jobs_unique_key", ["tenant_id", "unique_key"], unique=False)
@@ -131,4 +138,5 @@ def downgrade() -> None:
         batch_op.drop_index("ix_jobs_finished")
         batch_op.drop_index("ix_jobs_lease")
         batch_op.drop_index("ix_jobs_claim")
+        batch_op.drop_index("ix_jobs_claimable")
     op.drop_table("jobs")
