@@ -9,9 +9,8 @@ the embedded default, through Redis when ``KEEL_REDIS_URL`` is set). Each replic
 on one of those queues; the signal never wakes a fetch before the jobs are committed.
 
 On PostgreSQL without Redis, replicas share no broadcast; the signal then travels by
-``NOTIFY`` on :data:`PG_CHANNEL`, sent in the enqueuing transaction itself (PostgreSQL delivers
-it at commit, never for a rollback), and each replica's listener holds one connection on
-which it runs ``LISTEN``.
+``NOTIFY`` on :data:`PG_CHANNEL`: each replica's listener holds one connection on which it
+runs ``LISTEN`` and sends, after commit, the signals its own requests committed.
 
 Signals are hints, never the truth: a fetch re-reads the table after each wake, and also
 every :data:`RECHECK_SECONDS` without one, so a lost message (Redis down, a job whose
@@ -26,10 +25,10 @@ import json
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -125,12 +124,15 @@ class JobSignals:
 JOB_SIGNALS_RESOURCE: ResourceKey[JobSignals] = ResourceKey("jobs.signals")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Route:
     broadcast: Broadcast
     signals: JobSignals
     #: Replicas share no broadcast (PostgreSQL, no Redis): signal them by ``NOTIFY``.
     notify: bool
+    #: Signals committed and not yet sent by ``NOTIFY``, by tenant; ``ready`` says there are.
+    outbox: dict[str, set[str]] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 #: The route of each engine's signals in this process (several apps may share a process in
@@ -160,18 +162,6 @@ def _pg_payloads(pending: dict[str, set[str]]) -> list[str]:
     return payloads
 
 
-@event.listens_for(Session, "before_commit")
-def _notify_replicas(sync_session: Session) -> None:
-    pending: dict[str, set[str]] | None = sync_session.info.get(_PENDING)
-    if not pending:
-        return
-    route = _route_of(sync_session)
-    if route is None or not route.notify:
-        return
-    for payload in _pg_payloads(pending):
-        sync_session.execute(select(func.pg_notify(PG_CHANNEL, payload)))
-
-
 @event.listens_for(Session, "after_commit")
 def _publish_signals(sync_session: Session) -> None:
     pending: dict[str, set[str]] | None = sync_session.info.pop(_PENDING, None)
@@ -182,8 +172,11 @@ def _publish_signals(sync_session: Session) -> None:
         return  # no listener in this process (a CLI command): fetches find the jobs on recheck
     for tenant_id, queues in pending.items():
         route.signals.wake(tenant_id, queues)  # this replica at once
-    if route.notify:
-        return  # the other replicas heard the transaction's NOTIFY
+    if route.notify:  # the listener's connection sends them, a batch at a time
+        for tenant_id, queues in pending.items():
+            route.outbox.setdefault(tenant_id, set()).update(queues)
+        route.ready.set()
+        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -212,12 +205,13 @@ async def listen_for_job_signals(context: AppContext) -> None:
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     engine = context.database.engine.sync_engine
     notify = context.database.dialect == "postgresql" and context.settings.redis_url is None
-    _routes[engine] = _Route(context.broadcast, signals, notify)
+    route = _Route(context.broadcast, signals, notify)
+    _routes[engine] = route
     try:
         while True:
             try:
                 if notify:
-                    await _listen_to_postgres(context, signals)
+                    await _listen_to_postgres(context, route)
                 else:
                     await _listen_to_broadcast(context, signals)
             except asyncio.CancelledError:
@@ -254,9 +248,12 @@ def _heard(signals: JobSignals, payload: str) -> None:
         signals.wake(tenant, queues)
 
 
-async def _listen_to_postgres(context: AppContext, signals: JobSignals) -> None:
+async def _listen_to_postgres(context: AppContext, route: _Route) -> None:
     """``LISTEN`` on a connection of its own (not the pool's: it is held for ever), checked
-    every few seconds so a lost connection is noticed and replaced."""
+    every few seconds so a lost connection is noticed and replaced; this replica's committed
+    signals go out on it too, by ``NOTIFY``, as many as have gathered in one statement each
+    (not in the enqueuing transaction: PostgreSQL serialises the commits of transactions
+    that notify, which held concurrent enqueues back)."""
     import asyncpg  # only here: a server on SQLite never loads the PostgreSQL driver
 
     url = context.database.engine.url.set(drivername="postgresql")
@@ -266,12 +263,21 @@ async def _listen_to_postgres(context: AppContext, signals: JobSignals) -> None:
     )
     try:
         await connection.add_listener(
-            PG_CHANNEL, lambda _connection, _pid, _channel, payload: _heard(signals, payload)
+            PG_CHANNEL,
+            lambda _connection, _pid, _channel, payload: _heard(route.signals, payload),
         )
-        signals.wake_all()  # what was signalled while nobody listened: look again
+        route.signals.wake_all()  # what was signalled while nobody listened: look again
         while True:
-            await asyncio.sleep(5.0)
-            await connection.execute("SELECT 1")
+            try:
+                async with asyncio.timeout(5.0):
+                    await route.ready.wait()
+            except TimeoutError:
+                await connection.execute("SELECT 1")
+                continue
+            route.ready.clear()
+            outbox, route.outbox = route.outbox, {}
+            for payload in _pg_payloads(outbox):
+                await connection.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payload)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(connection.close(), timeout=2.0)
