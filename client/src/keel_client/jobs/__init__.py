@@ -26,7 +26,8 @@ Enqueue in the service's own SQLAlchemy transaction (``keel-client[sqlalchemy]``
 
 Private modules by concept, behind this curated list: ``_models`` (what the endpoints
 answer), ``_policy`` (pure decisions: what is spooled, what a failure reports), ``_spool``
-(the enqueue spool and its replay), ``_client`` (``JobsClient``), ``_sync_client``
+(the enqueue spool and its replay), ``_batching`` (concurrent enqueues sharing a request, a
+worker's acks sent together), ``_client`` (``JobsClient``), ``_sync_client``
 (``SyncJobsClient``), ``_worker`` (``Worker``), ``_outbox`` (``Outbox``, ``OutboxRelay``:
 imported on first use, they need SQLAlchemy) and ``__main__`` (the ``run`` command).
 """
@@ -39,6 +40,9 @@ from keel_client._journal import SpoolError, SpoolFullError, SpoolLockedError
 from keel_client._lazy import lazy_names
 from keel_client.jobs._client import DEFAULT_QUEUE, EnqueueOptions, JobsClient, JobSettings, NewJob
 from keel_client.jobs._models import (
+    Ack,
+    AckAnswer,
+    FetchAnswer,
     HeartbeatAnswer,
     Job,
     JobBatchRef,
@@ -47,6 +51,7 @@ from keel_client.jobs._models import (
     JobRef,
     JobState,
     Lease,
+    RefusedAck,
 )
 from keel_client.jobs._policy import error_text, is_rejected, is_unreachable, traceback_text
 from keel_client.jobs._spool import JobSpool, RejectedJob
@@ -71,7 +76,10 @@ __getattr__ = lazy_names(
 __all__ = [
     "DEFAULT_QUEUE",
     "OUTBOX_TABLE",
+    "Ack",
+    "AckAnswer",
     "EnqueueOptions",
+    "FetchAnswer",
     "HeartbeatAnswer",
     "Job",
     "JobBatchRef",
@@ -88,6 +96,7 @@ __all__ = [
     "Outbox",
     "OutboxJob",
     "OutboxRelay",
+    "RefusedAck",
     "RejectedJob",
     "Retry",
     "SpoolError",

@@ -1,10 +1,12 @@
-"""``JobsClient``: Keel's jobs endpoints (``/jobs/v1``), one HTTP call each, and enqueues
-that survive an unreachable Keel through a local spool (``_spool``).
+"""``JobsClient``: Keel's jobs endpoints (``/jobs/v1``), enqueues that survive an unreachable
+Keel through a local spool (``_spool``), and concurrent enqueues that share a request
+(``_batching``).
 
-Every enqueue carries an ``Idempotency-Key`` (the caller's, or a new UUID), the same on every
-retry and on the spool's replay, so an enqueue sent twice is one job. The worker's calls
-(fetch, heartbeat, ack, fail) are here too: :class:`~keel_client.jobs.Worker` is built on
-them, and a worker in another language speaks the same protocol.
+Every enqueue carries an ``Idempotency-Key`` (the caller's, a new UUID, or its batch's), the
+same on every retry and on the spool's replay, so an enqueue sent twice is one job. The
+worker's calls (fetch, heartbeat, ack, fail, and acks in batches) are here too:
+:class:`~keel_client.jobs.Worker` is built on them, and a worker in another language speaks
+the same protocol.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pydantic import SecretStr
 
 from keel_client._env import as_auth, check_api_alone, env_settings
 from keel_client.http import BaseAPIClient, CircuitOpenError, KeelHTTPError, RequestOptions
+from keel_client.jobs._batching import MAX_ACKS, EnqueueBatcher
 from keel_client.jobs._models import (
+    Ack,
+    AckAnswer,
     BatchAnswer,
     FetchAnswer,
     HeartbeatAnswer,
@@ -41,6 +46,7 @@ __all__ = ["DEFAULT_QUEUE", "EnqueueOptions", "JobSettings", "JobsClient", "NewJ
 
 DEFAULT_QUEUE = "default"
 FETCH_PATH = "/jobs/v1/fetch"
+ACK_PATH = "/jobs/v1/ack"
 #: Longest long-poll Keel holds a fetch.
 MAX_WAIT_SECONDS = 30.0
 
@@ -171,6 +177,11 @@ class JobsClient:
                                           unique_key="report-42")
             job = await keel.jobs.get(ref.id)
 
+    Concurrent enqueues of one client share requests: while one is in flight, the next wait
+    and then go together as one batch (up to 500), each caller with its own :class:`JobRef`;
+    an enqueue with nothing in flight goes at once, alone. An enqueue with request options of
+    its own (``idempotency_key=``, ``timeout=``...) always goes alone.
+
     Without a spool, an unreachable Keel raises the ``keel_client.http`` error after the
     client's retries. With one (:meth:`open_spool`), the enqueue is journaled on disk and
     returns a :class:`JobRef` with ``is_spooled``; a task replays the spool in order with
@@ -201,6 +212,12 @@ class JobsClient:
         self.api = api
         self._spool: JobSpool | None = None
         self._is_closed = False
+        #: The lane concurrent enqueues share (``batcher.requests``: the requests it sent).
+        self.batcher = EnqueueBatcher(
+            send_alone=lambda request: self._enqueue_alone(request, {}),
+            send_batch=self._send_batch,
+            spool=lambda: self._spool,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
@@ -267,12 +284,18 @@ class JobsClient:
         return True if self._spool is None else await self._spool.flush(timeout)
 
     async def aclose(self, flush_timeout: float = 5.0) -> None:
-        """Give the spool ``flush_timeout`` seconds to drain, close it (what is left stays
-        on disk for the next start), then close the pool if this client owns it. A second
-        call does nothing more."""
+        """Wait for the enqueues in line to be answered, give the spool ``flush_timeout``
+        seconds to drain, close it (what is left stays on disk for the next start), then
+        close the pool if this client owns it. A second call does nothing more."""
         if self._is_closed:
             return
         self._is_closed = True
+        try:
+            await self.batcher.wait_idle()
+        finally:
+            await self._close_spool_and_pool(flush_timeout)
+
+    async def _close_spool_and_pool(self, flush_timeout: float) -> None:
         spool, self._spool = self._spool, None
         try:
             if spool is not None:
@@ -305,15 +328,28 @@ class JobsClient:
         per-call ``RequestOptions``; ``idempotency_key`` (default: a new UUID) makes a
         repeated call one job.
 
-        Returns the stored job (``ref.job``; ``ref.is_duplicate`` when a unique key matched),
-        or, with a spool and Keel unreachable, a reference marked ``is_spooled``."""
+        Returns the job's reference (``ref.id``; ``ref.is_duplicate`` when a unique key
+        matched; ``ref.job``, the whole job, when it went alone rather than in a batch with
+        concurrent enqueues), or, with a spool and Keel unreachable, a reference marked
+        ``is_spooled``."""
         settings, call = split_options(options)
         job = NewJob.of(task, args, kwargs, settings)
         request = SpooledRequest(JOBS_PATH, job.to_wire(), _idempotency_key(call))
-        answer = await self._send_or_spool(request, call)
+        if call:
+            return await self._enqueue_alone(request, call)
+        return await self.batcher.enqueue(request, job.run_at)
+
+    async def _enqueue_alone(self, request: SpooledRequest, options: RequestOptions) -> JobRef:
+        """Send one enqueue by itself (``POST /jobs/v1/jobs``), or spool it."""
+        answer = await self._send_or_spool(request, options)
         if answer is None:
             return JobRef(request.idempotency_key, is_spooled=True)
-        return JobRef(request.idempotency_key, job=Job.model_validate(answer))
+        return JobRef.of_job(request.idempotency_key, Job.model_validate(answer))
+
+    async def _send_batch(self, body: dict[str, Any], idempotency_key: str) -> BatchAnswer:
+        """A batch of concurrent callers' enqueues, sent (never spooled) under its key."""
+        response = await self.api.post(BATCH_PATH, json=body, idempotency_key=idempotency_key)
+        return BatchAnswer.model_validate(response.json())
 
     async def enqueue_many(
         self, jobs: Sequence[NewJob], **options: Unpack[RequestOptions]
@@ -400,15 +436,38 @@ class JobsClient:
     ) -> list[Lease]:
         """Claim up to ``limit`` jobs from ``queues`` (in that order of preference), waiting
         up to ``wait_seconds`` (at most 30) for one to come; each with a lease to keep."""
+        answer = await self.ack_and_fetch(
+            (), queues, worker_id=worker_id, limit=limit, wait_seconds=wait_seconds,
+            lease_seconds=lease_seconds, **options,
+        )  # fmt: skip
+        return answer.jobs
+
+    async def ack_and_fetch(
+        self,
+        acks: Sequence[Ack],
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        limit: int = 1,
+        wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> FetchAnswer:
+        """Complete up to 100 finished attempts, then :meth:`fetch`, in one request: the
+        answer's ``jobs``, and its ``acked`` and ``refused`` as :meth:`ack_many`'s. The acks
+        are applied before the fetch waits, whatever it then finds."""
+        if len(acks) > MAX_ACKS:
+            raise ValueError(f"at most {MAX_ACKS} acks a request")
         wait = min(max(wait_seconds, 0.0), MAX_WAIT_SECONDS)
         body: dict[str, Any] = {"queues": list(queues), "limit": limit, "wait_seconds": wait,
                                 "worker_id": worker_id}  # fmt: skip
         if lease_seconds is not None:
             body["lease_seconds"] = max(1, round(lease_seconds))
+        if acks:
+            body["ack"] = [ack.to_wire() for ack in acks]
         # The long poll may hold the answer for `wait` seconds: the read timeout is longer.
         call: RequestOptions = {"timeout": wait + 10.0, "deadline": wait + 30.0, **options}
-        answer = await self.api.post(FETCH_PATH, json=body, response_model=FetchAnswer, **call)
-        return answer.jobs
+        return await self.api.post(FETCH_PATH, json=body, response_model=FetchAnswer, **call)
 
     async def heartbeat(
         self,
@@ -439,6 +498,18 @@ class JobsClient:
         return await self.api.post(
             f"{JOBS_PATH}/{lease.id}/ack", json=body, response_model=Job, **call
         )
+
+    async def ack_many(self, acks: Sequence[Ack], **options: Unpack[RequestOptions]) -> AckAnswer:
+        """Complete up to 100 attempts in one request (one transaction in Keel). An ack
+        Keel refuses (409 the lease is no longer this worker's, 404 no such job) is in
+        ``answer.refused`` with its status, and the others are taken all the same."""
+        if not acks:
+            return AckAnswer()
+        if len(acks) > MAX_ACKS:
+            raise ValueError(f"at most {MAX_ACKS} acks a request")
+        body = {"acks": [ack.to_wire() for ack in acks]}
+        call: RequestOptions = {"idempotent": True, **options}
+        return await self.api.post(ACK_PATH, json=body, response_model=AckAnswer, **call)
 
     async def fail(
         self,

@@ -1,5 +1,6 @@
 """The jobs SDK's decisions, as pure functions tested on their own: which failures of an
-enqueue go to the spool, what a failed job reports (never a secret: the exception's type and
+enqueue go to the spool, when a batch of concurrent enqueues Keel refused is split to find
+the job it refuses, what a failed job reports (never a secret: the exception's type and
 message, truncated, and a traceback of code lines without local variables), and when a
 worker's failure is the last attempt.
 """
@@ -18,7 +19,7 @@ from keel_client.http import (
 )
 
 __all__ = ["MAX_ERROR_CHARS", "MAX_TRACEBACK_CHARS", "REJECTION_STATUSES", "error_text",
-           "is_rejected", "is_unreachable", "traceback_text"]  # fmt: skip
+           "is_rejected", "is_unreachable", "splits_batch", "traceback_text"]  # fmt: skip
 
 #: What a failed attempt reports at most: a job's errors are listed for every attempt.
 MAX_ERROR_CHARS = 2000
@@ -53,6 +54,17 @@ def is_rejected(error: BaseException) -> bool:
     deployment problem (a key without ``jobs:<queue>:enqueue``, a Keel without the jobs
     service) that a fix ends, so the jobs wait for it."""
     return isinstance(error, KeelHTTPError) and error.status in REJECTION_STATUSES
+
+
+def splits_batch(error: BaseException, queue_count: int) -> bool:
+    """Whether a batch of several callers' enqueues that Keel refused as a whole is sent again
+    in halves, down to the job it refuses, so that only that job's caller sees the error:
+    the job itself refused (400, 413, 422), or a 403 when the batch spans several queues (the
+    key may enqueue to some of them). Anything else (a 401, a 404, a 500) would refuse every
+    part alike: each caller gets the batch's error."""
+    if not isinstance(error, KeelHTTPError):
+        return False
+    return error.status in REJECTION_STATUSES or (error.status == 403 and queue_count > 1)
 
 
 def error_text(error: BaseException, limit: int = MAX_ERROR_CHARS) -> str:

@@ -3,15 +3,21 @@
 One worker fetches for up to ``concurrency`` jobs at once and runs each in a task of its own::
 
     fetch loop ── free slots? ── POST /jobs/v1/fetch (long poll, up to 30 s) ──▶ leases
-        └─ per lease: run task(*args) ── within its timeout ──▶ ack(result)
+        │           (carrying the acks queued meanwhile)
+        └─ per lease: run task(*args) ── within its timeout ──▶ ack(result), queued
                 │                        raised ────────────▶ fail(error, traceback)
                 │                        timed out ─────────▶ fail("TimeoutError: ...")
                 └─ heartbeat every lease/3 ─ cancel requested ─▶ stop the task (no report)
                                             └ lease lost (409) ─▶ stop the task (no report)
 
+A queued ack goes with the next fetch, or else in ``POST /jobs/v1/ack`` with the others
+queued within about 5 ms (``_batching.AckBuffer``): a busy worker pays one request for a
+job's ack and its next lease together. A failure is reported at once, alone.
+
 Shutdown (SIGTERM, SIGINT, or :meth:`Worker.stop`): stop fetching, give the running jobs
 ``shutdown_grace`` seconds to finish, then stop the rest and fail them with
-``retry_in_seconds=0`` so another worker takes them at once. A second signal stops at once.
+``retry_in_seconds=0`` so another worker takes them at once, and send the queued acks. A
+second signal stops at once.
 
 A worker killed outright (``kill -9``) stops heartbeating: its jobs' leases lapse and Keel
 makes them available again within about a lease period, so a job runs at least once;
@@ -35,9 +41,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from keel_client.http import ClientError, KeelHTTPError
+from keel_client.http import CircuitOpenError, ClientError, KeelHTTPError
+from keel_client.jobs._batching import ACK_DELAY_SECONDS, MAX_ACKS, AckBuffer
 from keel_client.jobs._client import DEFAULT_QUEUE, MAX_WAIT_SECONDS, JobsClient
-from keel_client.jobs._models import Lease
+from keel_client.jobs._models import Ack, FetchAnswer, Lease
 from keel_client.jobs._policy import error_text, traceback_text
 
 __all__ = ["JobContext", "Retry", "Task", "Worker", "WorkerStats", "current_job"]
@@ -167,6 +174,8 @@ class Worker:
     ``JobsClient.from_env()`` at :meth:`run`. The token needs ``jobs:<queue>:work``.
     ``lease_seconds``: how long a job stays this worker's without a heartbeat (heartbeats
     go every third of it); a killed worker's jobs run again about that long after.
+    ``ack_delay``: how long a finished job's ack waits to go with others' (or the next
+    fetch) before it is sent; the worker's shutdown sends what waits.
     A task function is async, or plain (run in a thread; a timeout then stops waiting for
     it, not the thread). It gets the job's ``args`` as ``*args`` (a list) or ``**kwargs``
     (an object); its return value is the job's result.
@@ -183,6 +192,7 @@ class Worker:
         shutdown_grace: float = 30.0,
         worker_id: str | None = None,
         fetch_backoff_max: float = 10.0,
+        ack_delay: float = ACK_DELAY_SECONDS,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency is at least 1")
@@ -198,6 +208,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.fetch_backoff_max = fetch_backoff_max
+        self.ack_delay = ack_delay
         self.tasks: dict[str, Task] = {}
         self.stats = WorkerStats()
         self._running: dict[asyncio.Task[None], JobContext] = {}
@@ -205,6 +216,7 @@ class Worker:
         self._slot_freed: asyncio.Event | None = None
         self._grace: float | None = None
         self._is_running = False
+        self._acks: AckBuffer | None = None
 
     def task(
         self,
@@ -249,6 +261,11 @@ class Worker:
             raise RuntimeError("register a task first (@worker.task)")
         client, owned = self._jobs_client()
         self._stopping, self._slot_freed = asyncio.Event(), asyncio.Event()
+        acks = self._acks = AckBuffer(
+            ack_many=client.ack_many,
+            ack_one=lambda ack: client.ack(ack.lease, ack.result),
+            delay=self.ack_delay,
+        )
         self._is_running = True
         loop = asyncio.get_running_loop()
         signals: list[signal.Signals] = []
@@ -260,9 +277,11 @@ class Worker:
         logger.info("worker %s fetching from %s (concurrency %d)", self.worker_id,
                     ",".join(self.queues), self.concurrency)  # fmt: skip
         try:
-            await self._fetch_until_stopped(client)
+            await self._fetch_until_stopped(client, acks)
             await self._shut_down(client)
         finally:
+            await acks.aclose()
+            self._acks = None
             for number in signals:
                 loop.remove_signal_handler(number)
             self._is_running = False
@@ -282,7 +301,7 @@ class Worker:
             return jobs, False
         raise TypeError("Worker takes a Keel, a JobsClient or None (JobsClient.from_env())")
 
-    async def _fetch_until_stopped(self, client: JobsClient) -> None:
+    async def _fetch_until_stopped(self, client: JobsClient, acks_queued: AckBuffer) -> None:
         stopping, slot_freed = self._stopping, self._slot_freed
         assert stopping is not None
         assert slot_freed is not None
@@ -293,8 +312,10 @@ class Worker:
                 slot_freed.clear()
                 await _first(slot_freed.wait(), stopping.wait())
                 continue
+            acks = acks_queued.take(MAX_ACKS)
             fetch = asyncio.ensure_future(
-                client.fetch(
+                client.ack_and_fetch(
+                    acks,
                     self.queues,
                     worker_id=self.worker_id,
                     limit=min(free, 100),
@@ -308,10 +329,13 @@ class Worker:
                 fetch.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await fetch
+                acks_queued.give_back(acks, may_have_reached=True)
                 break
             try:
-                leases = fetch.result()
+                answer: FetchAnswer = fetch.result()
             except KeelHTTPError as error:
+                sent = not isinstance(error, CircuitOpenError)
+                acks_queued.give_back(acks, may_have_reached=sent)
                 failures += 1
                 delay = min(self.fetch_backoff_max, 0.5 * 2 ** min(failures - 1, 10))
                 if failures == 1:
@@ -321,7 +345,8 @@ class Worker:
                         await stopping.wait()
                 continue
             failures = 0
-            for lease in leases:
+            acks_queued.settle(acks, answer)
+            for lease in answer.jobs:
                 self._start(client, lease)
 
     def _start(self, client: JobsClient, lease: Lease) -> None:
@@ -421,7 +446,8 @@ class Worker:
             return
         self.stats.completed += 1
         self.stats.by_task[task.name] = self.stats.by_task.get(task.name, 0) + 1
-        await self._report(client.ack(lease, result), lease)
+        assert self._acks is not None  # set while the worker runs
+        self._acks.add(Ack(lease, result))  # sent with the next fetch, or within ~5 ms
 
     async def _stopped(self, client: JobsClient, context: JobContext) -> None:
         lease = context.lease
