@@ -11,7 +11,8 @@ from keel_client.jobs import JobsClient, JobState, SyncJobsClient
 from tests.support.tenants import TenantAdmin
 
 EXPECTED = {
-    "DEFAULT_QUEUE", "OUTBOX_TABLE", "EnqueueOptions", "JobSettings", "HeartbeatAnswer",
+    "DEFAULT_QUEUE", "OUTBOX_TABLE", "Ack", "AckAnswer", "EnqueueOptions", "FetchAnswer",
+    "JobSettings", "HeartbeatAnswer", "RefusedAck",
     "Job", "JobBatchRef", "JobContext",
     "JobError", "JobPage", "JobRef", "JobSpool", "JobState", "JobsClient", "Lease", "NewJob",
     "Retry",

@@ -15,6 +15,7 @@ from keel_client.http import (
     TransportError,
 )
 from keel_client.jobs import error_text, is_rejected, is_unreachable, traceback_text
+from keel_client.jobs._policy import splits_batch
 
 
 def status_error(status: int) -> ClientError | ServerError:
@@ -42,6 +43,22 @@ def test_only_a_refusal_of_the_job_itself_drops_a_spooled_job(status: int) -> No
 @pytest.mark.parametrize("status", [401, 403, 404, 500])
 def test_deployment_problems_keep_spooled_jobs_waiting(status: int) -> None:
     assert not is_rejected(status_error(status))
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_batch_refused_for_one_of_its_jobs_is_split(status: int) -> None:
+    assert splits_batch(status_error(status), queue_count=1)
+
+
+def test_a_forbidden_batch_is_split_only_when_it_spans_queues() -> None:
+    assert splits_batch(status_error(403), queue_count=2)
+    assert not splits_batch(status_error(403), queue_count=1)
+
+
+@pytest.mark.parametrize("status", [401, 404, 409, 429, 500, 503])
+def test_a_batch_every_part_of_which_would_fail_alike_is_not_split(status: int) -> None:
+    assert not splits_batch(status_error(status), queue_count=3)
+    assert not splits_batch(TransportError("connection refused"), queue_count=3)
 
 
 def test_no_answer_at_all_is_unreachable() -> None:
