@@ -40,7 +40,10 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset({JobState.completed, JobState.discarded, JobState.cancelled})
 #: States a claim takes jobs from, once their ``run_at`` has come.
 CLAIMABLE_STATES = (JobState.available, JobState.scheduled, JobState.retryable)
-_CLAIMABLE = text("state IN ('available', 'scheduled', 'retryable')")
+#: The claimable states as SQL with the values written out: the predicate of the claim's
+#: partial index, which a query must repeat word for word for PostgreSQL to use that index
+#: in a prepared statement's generic plan (bound values prove nothing about the predicate).
+CLAIMABLE = text("state IN ('available', 'scheduled', 'retryable')")
 #: The states a unique key counts by default: the jobs that have not ended.
 LIVE_STATES = frozenset(JobState) - FINAL_STATES
 
@@ -61,8 +64,8 @@ class Job(TenantScoped, Base):
             "priority",
             "run_at",
             "id",
-            postgresql_where=_CLAIMABLE,
-            sqlite_where=_CLAIMABLE,
+            postgresql_where=CLAIMABLE,
+            sqlite_where=CLAIMABLE,
         ),
         # The rescue of lapsed leases, across tenants.
         Index("ix_jobs_lease", "state", "lease_expires_at"),

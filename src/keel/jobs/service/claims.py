@@ -49,7 +49,7 @@ from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
-from keel.jobs.models import CLAIMABLE_STATES, Job, JobQueue, JobState
+from keel.jobs.models import CLAIMABLE, Job, JobQueue, JobState
 from keel.jobs.service.queues import claim_allowance, take_tokens
 from keel.jobs.service.retry import Backoff, retry_delay
 
@@ -142,7 +142,7 @@ async def _candidates(
             select(Job)
             .where(
                 Job.queue.in_(list(queues)),
-                Job.state.in_(list(CLAIMABLE_STATES)),
+                CLAIMABLE,
                 Job.run_at <= now,
             )
             .order_by(
@@ -198,7 +198,7 @@ async def _claim_unlimited(
         .where(
             jobs.c.tenant_id == tenant_id,
             jobs.c.queue.in_(list(queues)),
-            jobs.c.state.in_([state.value for state in CLAIMABLE_STATES]),
+            CLAIMABLE,
             jobs.c.run_at <= now,
         )
         .order_by(
