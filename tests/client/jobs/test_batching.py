@@ -75,7 +75,7 @@ async def jobs_by_id(jobs: JobsClient, queue: str) -> dict[str, Any]:
 
 
 class TestEnqueueBatching:
-    async def test_200_concurrent_enqueues_share_a_few_requests_each_with_its_own_job(
+    async def test_200_concurrent_enqueues_are_two_requests_each_caller_with_its_own_job(
         self, counted: tuple[JobsClient, CountingTransport], queue: str
     ) -> None:
         jobs, transport = counted
