@@ -322,15 +322,21 @@ async def test_acks_in_one_request_are_each_accepted_or_refused_alone(
         {"id": leases[1]["id"], "lease_token": "stale"},
         {"id": str(uuid.uuid4()), "lease_token": "x"},
         {"id": foreign["id"], "lease_token": foreign["lease_token"]},
+        {"id": leases[2]["id"], "lease_token": leases[2]["lease_token"], "result": "x" * 20_000},
     ]
     answer = await client.post(f"{API}/ack", headers=worker, json={"acks": acks})
     assert answer.status_code == 200, answer.text
     assert answer.json()["acked"] == [leases[0]["id"]]
     refused = {item["id"]: item["status"] for item in answer.json()["refused"]}
-    assert refused == {leases[1]["id"]: 409, acks[2]["id"]: 404, foreign["id"]: 403}
+    assert refused == {
+        leases[1]["id"]: 409,
+        acks[2]["id"]: 404,
+        foreign["id"]: 403,
+        leases[2]["id"]: 413,
+    }
     done = (await client.get(f"{API}/jobs/{leases[0]['id']}", headers=headers)).json()
     assert (done["state"], done["result"]) == ("completed", {"n": 0})
-    for untouched in (leases[1]["id"], foreign["id"]):
+    for untouched in (leases[1]["id"], foreign["id"], leases[2]["id"]):
         job = (await client.get(f"{API}/jobs/{untouched}", headers=headers)).json()
         assert job["state"] == "running"
 

@@ -232,9 +232,15 @@ async def _apply_acks(
 ) -> service.AckOutcome:
     """Complete the attempts of ``items`` in one transaction, each ack refused alone."""
     limit = context.settings.jobs.max_result_bytes
+    too_large: list[service.RefusedAck] = []
+    acks: list[service.Ack] = []
     for item in items:
-        _check_size("result", item.result, limit)
-    acks = [service.Ack(item.id, item.lease_token, item.result) for item in items]
+        try:
+            _check_size("result", item.result, limit)
+        except PayloadTooLarge as error:  # refused alone, as the others' refusals are
+            too_large.append(service.RefusedAck(item.id, 413, str(error.detail or error)))
+            continue
+        acks.append(service.Ack(item.id, item.lease_token, item.result))
     async with context.database.session() as session:
         outcome = await service.complete_many(
             session,
@@ -242,6 +248,7 @@ async def _apply_acks(
             acks,
             may_work=lambda queue: may(principal, queue, QueueAccess.work),
         )
+    outcome = service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
     metrics = context.resources[JOBS_METRICS_RESOURCE]
     for done in outcome.acked:
         metrics.observe_completion(done.queue, done.attempted_at, done.finished_at)
