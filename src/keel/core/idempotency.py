@@ -12,17 +12,17 @@ of an answer to something else. Two concurrent requests with one key: the unique
 the second insert fail; its transaction rolls back (its effect with it) and it replays the
 first one's answer.
 
-Usage: the write and :func:`remember_answer` in one unit of work; if its commit fails on
-the key (it was seen before), :func:`kept_answer` in another gives the answer to replay
+Usage: the write and :func:`remember_answer` in one unit of work; if that fails on the key
+(it was seen before), :func:`kept_answer` in another gives the answer to replay
 (``keel.jobs.router._idempotent`` is the model)::
 
     try:
         async with database.session() as session:
             document = ...  # the write
-            remember_answer(session, tenant_id, "jobs.enqueue", key, request_hash, 201, document)
+            await remember_answer(session, tenant_id, "jobs.enqueue", key, digest, 201, document)
     except IntegrityError:
         async with database.session() as session:
-            kept = await kept_answer(session, tenant_id, "jobs.enqueue", key, request_hash)
+            kept = await kept_answer(session, tenant_id, "jobs.enqueue", key, digest)
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, delete, select
+from sqlalchemy import JSON, ForeignKey, Integer, String, delete, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.db import Base, UTCDateTime, utcnow
@@ -43,6 +43,7 @@ from keel.core.logging import get_logger
 from keel.core.tenancy import TenantScoped, bind_tenant
 
 if TYPE_CHECKING:
+    from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from keel.core.context import AppContext
@@ -133,7 +134,7 @@ async def forget_expired_key(session: AsyncSession, tenant_id: str, scope: str, 
     )
 
 
-def remember_answer(
+async def remember_answer(
     session: AsyncSession,
     tenant_id: str,
     scope: str,
@@ -142,16 +143,19 @@ def remember_answer(
     status: int,
     document: Any,
 ) -> None:
-    """Keep ``document`` as the answer to ``key``; stored when (and only if) the unit of work
-    commits. A concurrent request with the key makes that commit fail on the primary key."""
-    session.add(
-        IdempotencyKey(
+    """Keep ``document`` as the answer to ``key``, in the unit of work (stored if, and only
+    if, it commits). A key kept already fails here, on the primary key (``IntegrityError``);
+    a concurrent request's key makes this wait for that request's commit, then fail."""
+    keys = cast("Table", IdempotencyKey.__table__)
+    await session.execute(
+        insert(keys).values(
             tenant_id=tenant_id,
             scope=scope,
             key=key,
             request_hash=request_hash,
             status=status,
             answer=document,
+            created_at=utcnow(),
         )
     )
 

@@ -98,12 +98,14 @@ async def _idempotent(
     request_hash = fingerprint(request)
     for _ in range(3):
         # The write goes first and the key's row with it: a new key (the usual case) costs
-        # no read. A key seen before makes the commit fail on the key's primary key, and
-        # the write is rolled back with it; its first answer is then replayed.
+        # no read. A key seen before fails on the key's primary key, and the write is rolled
+        # back with it; its first answer is then replayed.
         try:
             async with context.database.session() as session:
                 status, document = await write(session)
-                remember_answer(session, tenant_id, scope, key, request_hash, status, document)
+                await remember_answer(
+                    session, tenant_id, scope, key, request_hash, status, document
+                )
             return JSONResponse(document, status_code=status)
         except IntegrityError:
             async with context.database.session() as session:
