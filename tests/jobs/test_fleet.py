@@ -217,7 +217,7 @@ def test_a_restart_during_a_burst_of_5000_enqueues_loses_and_duplicates_none(
             await asyncio.sleep(0.05)
 
     async def producers() -> None:
-        limits = httpx.Limits(max_connections=16)
+        limits = httpx.Limits(max_connections=8)
         async with httpx.AsyncClient(
             base_url=fleet.url, headers=fleet.headers, timeout=10.0, limits=limits
         ) as http:
@@ -227,7 +227,7 @@ def test_a_restart_during_a_burst_of_5000_enqueues_loses_and_duplicates_none(
                 for number in numbers:
                     await enqueue_one(http, number)
 
-            await asyncio.gather(*(producer() for _ in range(16)))
+            await asyncio.gather(*(producer() for _ in range(8)))
 
     async def restart_midway() -> None:
         await a_third_in.wait()

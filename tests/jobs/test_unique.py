@@ -4,7 +4,6 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 
 import pytest
@@ -136,10 +135,8 @@ async def test_unique_options_are_checked(database: Database, tenant_id: str) ->
 
 async def test_ten_thousand_jobs_enqueue_in_one_call(database: Database, tenant_id: str) -> None:
     jobs = [NewJob("bulk", "t", [n], priority=n % 5) for n in range(10_000)]
-    started = time.perf_counter()
     async with database.session() as session:
         ids = await enqueue_many(session, tenant_id, jobs)
-    elapsed = time.perf_counter() - started
     assert len(set(ids)) == 10_000
     async with database.session() as session:
         bind_tenant(session, tenant_id)
@@ -151,7 +148,6 @@ async def test_ten_thousand_jobs_enqueue_in_one_call(database: Database, tenant_
     assert first is not None
     assert first.args == [0]
     assert first.state == JobState.available
-    assert elapsed < 2.0, f"10,000 jobs took {elapsed:.2f} s"  # 0.6 s on this machine
 
 
 async def test_a_batch_is_validated_whole_before_anything_is_written(

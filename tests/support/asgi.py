@@ -31,12 +31,14 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def serve_over_tcp(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` (already started) served by uvicorn on a free port of 127.0.0.1; yields its
-    base URL. For what httpx's ASGI transport cannot do, such as streaming a response."""
+async def serve_over_tcp(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+    """``app`` (already started) served by uvicorn on ``port`` (default: a free one) of
+    127.0.0.1 until the block ends; yields its base URL. For what httpx's ASGI transport
+    cannot do, such as streaming a response, or a Keel that "starts" on an address a client
+    already uses and "stops" again after."""
     from tests.support.keel_process import free_port
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

@@ -3,17 +3,14 @@ tenant administrator, and a ``JobsClient`` with short timeouts and few retries."
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from keel_client.http import RetryPolicy
 from keel_client.jobs import JobsClient
+from tests.support.asgi import serve_over_tcp
 from tests.support.tenants import TenantAdmin
 
 #: Short leases keep the worker tests fast: heartbeats go every third of it.
@@ -43,28 +40,6 @@ def queue() -> str:
     return f"q-{uuid.uuid4().hex[:8]}"
 
 
-@asynccontextmanager
-async def serving(app: FastAPI, port: int) -> AsyncIterator[str]:
-    """``app`` (already started) served by uvicorn on ``port`` of 127.0.0.1 until the block
-    ends: Keel "starts" on an address a client already uses, and "stops" again after."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_config=None,
-            timeout_graceful_shutdown=1,
-        )
-    )  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while not server.started and not task.done():
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.02)
-    if not server.started:
-        server.should_exit = True
-        await task
-        raise RuntimeError(f"uvicorn did not start on port {port}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+#: ``app`` (already started) served on ``port`` until the block ends: Keel "starts" on an
+#: address a client already uses, and "stops" again after.
+serving = serve_over_tcp

@@ -134,9 +134,16 @@ async def test_a_killed_workers_job_runs_again_elsewhere_and_completes_once(
             job = await completed(jobs, ref.id)
     assert started[0][1] == ref.id
     assert rerun_after < 2 * LEASE_SECONDS, f"ran again {rerun_after:.2f} s after the kill"
-    assert [r[0] for r in records(record)] == ["start", "start", "done"]
-    assert job.attempt == 2
-    assert job.result == {"pid": second.pid}
+    # Keel records the completion once (the first ack with the current lease; any later one
+    # is refused). A task body may run more than once: at least once is the contract, and a
+    # worker starved of CPU for a lease period (a loaded CI machine) loses its lease too.
+    events = [r[0] for r in records(record)]
+    assert events[:2] == ["start", "start"]
+    assert "done" in events
+    assert job.state is JobState.COMPLETED
+    assert job.attempt >= 2
+    assert job.result is not None
+    assert job.result["pid"] in {r[2] for r in records(record) if r[0] == "done"}
 
 
 async def test_sigterm_finishes_short_jobs_releases_long_ones_and_exits_0(
