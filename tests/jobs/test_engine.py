@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from datetime import timedelta
 
 import pytest
 
 from keel.core.db import Database, utcnow
 from keel.core.errors import Conflict, ValidationFailed
+from keel.core.tenancy import create_tenant
 from keel.jobs.models import JobState
 from keel.jobs.service import (
     MAX_BACKOFF_SECONDS,
@@ -320,3 +322,28 @@ async def test_a_cancelled_job_is_requeued_and_its_old_lease_refused(
         later = await list_jobs(session, tenant_id, state="available", after=job.id)
         assert [j.id for j in later] == [waiting.id]
         assert await requeue_dead(session, tenant_id, queue="rq") == 0
+
+
+async def test_requeueing_every_dead_job_touches_the_tenants_own_only(
+    database: Database, tenant_id: str
+) -> None:
+    """One UPDATE for the whole dead letter queue: it must stay inside the tenant."""
+    async with database.session() as session:
+        other = (await create_tenant(session, f"jobs-{uuid.uuid4().hex[:12]}")).id
+
+    async def one_dead(tenant: str, queue: str) -> str:
+        async with database.session() as session:
+            job = (await enqueue(session, tenant, queue, "t", max_attempts=1)).job
+        async with database.session() as session:
+            (lease,) = await claim(session, tenant, [queue], worker_id="w")
+            await fail(session, tenant, job.id, lease.lease_token, "boom")
+        return job.id
+
+    mine = [await one_dead(tenant_id, "a"), await one_dead(tenant_id, "b")]
+    theirs = await one_dead(other, "a")
+    async with database.session() as session:
+        assert await requeue_dead(session, tenant_id) == 2
+    async with database.session() as session:
+        states = [(await get_job(session, tenant_id, job_id)).state for job_id in mine]
+        assert states == [JobState.available, JobState.available]
+        assert (await get_job(session, other, theirs)).state == JobState.discarded
