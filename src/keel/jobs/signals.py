@@ -130,6 +130,8 @@ class _Route:
     signals: JobSignals
     #: Replicas share no broadcast (PostgreSQL, no Redis): signal them by ``NOTIFY``.
     notify: bool
+    #: Replicas share the broadcast (Redis): signal them through it.
+    shared: bool
     #: Signals committed and not yet sent by ``NOTIFY``, by tenant; ``ready`` says there are.
     outbox: dict[str, set[str]] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,6 +179,8 @@ def _publish_signals(sync_session: Session) -> None:
             route.outbox.setdefault(tenant_id, set()).update(queues)
         route.ready.set()
         return
+    if not route.shared:
+        return  # one process (no Redis, not PostgreSQL): its own fetches are all there are
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -204,16 +208,19 @@ async def listen_for_job_signals(context: AppContext) -> None:
     the broadcast, or from PostgreSQL's ``NOTIFY`` where replicas share no broadcast."""
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     engine = context.database.engine.sync_engine
-    notify = context.database.dialect == "postgresql" and context.settings.redis_url is None
-    route = _Route(context.broadcast, signals, notify)
+    shared = context.settings.redis_url is not None
+    notify = context.database.dialect == "postgresql" and not shared
+    route = _Route(context.broadcast, signals, notify, shared)
     _routes[engine] = route
     try:
         while True:
             try:
                 if notify:
                     await _listen_to_postgres(context, route)
-                else:
+                elif shared:
                     await _listen_to_broadcast(context, signals)
+                else:  # one process: its commits wake its fetches directly (after_commit)
+                    await asyncio.Event().wait()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the channel failed: everyone rechecks; listen again
