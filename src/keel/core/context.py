@@ -20,6 +20,7 @@ from keel.core.broadcast import Broadcast
 from keel.core.crypto import Keyring, load_keyring
 from keel.core.db import Database
 from keel.core.metrics import Metrics
+from keel.core.tasks import PlatformTask
 from keel.settings import Settings
 
 T = TypeVar("T")
@@ -88,6 +89,9 @@ class ServiceSpec:
     companions: Sequence[BackgroundTask] = field(default_factory=tuple)
     #: Modules with tables, for the migration history.
     model_modules: Sequence[str] = field(default_factory=tuple)
+    #: The service's own background tasks (its ``tasks.py``), run on the jobs engine by
+    #: ``keel.jobs.runner`` wherever background work runs.
+    tasks: Sequence[PlatformTask] = field(default_factory=tuple)
 
 
 @dataclass

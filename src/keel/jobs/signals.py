@@ -53,6 +53,11 @@ RECHECK_SECONDS = 1.0
 _PENDING = "keel.jobs.signals"
 
 
+#: The tenant of a :meth:`JobSignals.wait` that any tenant's signal ends (Keel's own runner
+#: works every tenant's platform queues).
+ANY_TENANT = "*"
+
+
 class JobSignals:
     """The fetches of this process waiting for jobs, by tenant.
 
@@ -71,14 +76,17 @@ class JobSignals:
         return self._generation
 
     def wake(self, tenant_id: str, queues: Iterable[str]) -> None:
-        """Wake this tenant's fetches waiting on any of ``queues``."""
+        """Wake this tenant's fetches waiting on any of ``queues`` (and the waits of
+        :data:`ANY_TENANT` on them)."""
         self._generation += 1
         names = set(queues)
         for queue in names:
             self._last[(tenant_id, queue)] = self._generation
-        for wanted, woken in list(self._waiters.get(tenant_id, ())):
-            if wanted & names:
-                woken.set()
+            self._last[(ANY_TENANT, queue)] = self._generation
+        for owner in (tenant_id, ANY_TENANT):
+            for wanted, woken in list(self._waiters.get(owner, ())):
+                if wanted & names:
+                    woken.set()
 
     def wake_all(self) -> None:
         """Wake every waiting fetch (signals may have been lost: everyone looks again)."""
@@ -89,7 +97,7 @@ class JobSignals:
 
     async def wait(
         self,
-        tenant_id: str,
+        tenant_id: str,  # or ANY_TENANT: a signal of any tenant on the queues
         queues: Iterable[str],
         since: int,
         timeout: float,

@@ -7,7 +7,8 @@ any number of replicas at once:
   again within a second or two of its lease running out;
 - the firing of due cron schedules, every half second (each tick once across replicas:
   :mod:`keel.jobs.service.schedules`);
-- retention, every hour, in batches (:mod:`keel.jobs.service.retention`).
+- retention, every hour, in batches (:mod:`keel.jobs.service.retention`);
+- Keel's own tasks, those every enabled service declares (:mod:`keel.jobs.runner`).
 
 Beside the API of every replica: the job signals' listener, and the refresh of the queue
 gauges of ``/metrics`` (:mod:`keel.jobs.metrics`).
@@ -28,6 +29,7 @@ from keel.jobs import (
 )
 from keel.jobs.metrics import JOBS_METRICS_RESOURCE, REFRESH_SECONDS, JobsMetrics
 from keel.jobs.models import Job, JobState
+from keel.jobs.runner import run_platform_tasks
 from keel.jobs.service import fire_due_schedules, prune, queue_stats, rescue_lapsed
 from keel.jobs.signals import (
     JOB_SIGNALS_RESOURCE,
@@ -142,6 +144,6 @@ service = ServiceSpec(
     startup=start_jobs,
     companions=(listen_for_job_signals, refresh_queue_metrics),
     ready_check=jobs_ready,
-    background=(rescue_lapsed_leases, fire_schedules, prune_ended_jobs_hourly),
+    background=(rescue_lapsed_leases, fire_schedules, prune_ended_jobs_hourly, run_platform_tasks),
     model_modules=("keel.jobs.models",),
 )

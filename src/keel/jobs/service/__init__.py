@@ -9,7 +9,8 @@ functions take the caller's session and never commit.
 - :mod:`.schedules`: cron schedules and their firing;
 - :mod:`.stats`: jobs per queue and state;
 - :mod:`.retention`: deleting ended jobs in batches;
-- :mod:`.admin`: read, list, cancel, requeue.
+- :mod:`.admin`: read, list, cancel, requeue;
+- :mod:`.platform`: Keel's own tasks onto the engine (:mod:`keel.jobs.runner` runs them).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from keel.jobs.service.enqueue import (
     enqueue_many,
     enqueue_one,
 )
+from keel.jobs.service.platform import enqueue_task, enqueue_tasks
 from keel.jobs.service.queues import (
     KEEP,
     QueueOverview,
@@ -96,6 +98,8 @@ __all__ = [
     "enqueue_batch",
     "enqueue_many",
     "enqueue_one",
+    "enqueue_task",
+    "enqueue_tasks",
     "fail",
     "fire_due_schedules",
     "get_job",
