@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -320,10 +320,19 @@ class HttpTestServer:
     in :meth:`error_response`.
     """
 
+    messages: list[Any]
+    """What the provider accepted, parsed (each server says in what form)."""
+
     def __init__(self) -> None:
         self.url = ""
         self.requests: list[ReceivedRequest] = []
         self._failures: list[Failure] = []
+
+    def reset(self) -> None:
+        """Forget what was received and planned, for a server shared by several tests."""
+        self.requests.clear()
+        self._failures.clear()
+        self.messages.clear()
 
     def fail_next(
         self,
@@ -410,6 +419,10 @@ class SesTestServer(HttpTestServer):
         self.messages: list[SesMessage] = []
         self.bad_signatures = 0
 
+    def reset(self) -> None:
+        super().reset()
+        self.bad_signatures = 0
+
     def settings(self, **overrides: Any) -> dict[str, Any]:
         return {"region": self.region, "endpoint_url": self.url, "timeout": 5} | overrides
 
@@ -417,7 +430,9 @@ class SesTestServer(HttpTestServer):
         return {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key}
 
     def error_response(self, status: int, code: str | int | None, message: str) -> Response:
-        error_type = str(code or ("TooManyRequestsException" if status == 429 else "InternalFailure"))
+        error_type = str(
+            code or ("TooManyRequestsException" if status == 429 else "InternalFailure")
+        )
         return _json(
             {"message": message},
             status,
@@ -428,9 +443,7 @@ class SesTestServer(HttpTestServer):
         """Recompute the request's signature from what arrived, with the shared secret."""
         authorization = request.headers.get("authorization", "")
         algorithm, _, fields = authorization.partition(" ")
-        parts = dict(
-            part.strip().split("=", 1) for part in fields.split(",") if "=" in part
-        )
+        parts = dict(part.strip().split("=", 1) for part in fields.split(",") if "=" in part)
         credential = parts.get("Credential", "").split("/")
         amz_date = request.headers.get("x-amz-date", "")
         if (
@@ -480,7 +493,7 @@ class SesTestServer(HttpTestServer):
 async def ses_server(
     *,
     access_key_id: str = "AKIDKEELTEST",
-    secret_access_key: str = "keel-test-secret-access-key/0123456789",
+    secret_access_key: str = "keel-test-secret-access-key/0123456789",  # noqa: S107
     region: str = "us-east-1",
 ) -> AsyncIterator[SesTestServer]:
     server = SesTestServer(access_key_id, secret_access_key, region)
@@ -504,14 +517,14 @@ class PostmarkTestServer(HttpTestServer):
         return {"server_token": self.server_token}
 
     def error_response(self, status: int, code: str | int | None, message: str) -> Response:
-        return _json({"ErrorCode": int(code) if code is not None else 0, "Message": message}, status)
+        return _json(
+            {"ErrorCode": int(code) if code is not None else 0, "Message": message}, status
+        )
 
     async def accept(self, request: ReceivedRequest) -> Response:
         token = request.headers.get("x-postmark-server-token", "")
         if not hmac.compare_digest(token.encode(), self.server_token.encode()):
-            return self.error_response(
-                401, 10, "Request does not contain a valid Server token."
-            )
+            return self.error_response(401, 10, "Request does not contain a valid Server token.")
         if request.path != "/email":
             return self.error_response(404, None, "Not found")
         message = request.json()
@@ -529,7 +542,8 @@ class PostmarkTestServer(HttpTestServer):
 
 @asynccontextmanager
 async def postmark_server(
-    *, server_token: str = "keel-test-postmark-token"
+    *,
+    server_token: str = "keel-test-postmark-token",  # noqa: S107
 ) -> AsyncIterator[PostmarkTestServer]:
     server = PostmarkTestServer(server_token)
     async with _serving(server):
@@ -580,7 +594,7 @@ class TwilioTestServer(HttpTestServer):
 async def twilio_server(
     *,
     account_sid: str = "AC" + "0" * 32,
-    auth_token: str = "keel-test-twilio-auth-token",
+    auth_token: str = "keel-test-twilio-auth-token",  # noqa: S107
 ) -> AsyncIterator[TwilioTestServer]:
     server = TwilioTestServer(account_sid, auth_token)
     async with _serving(server):
@@ -589,8 +603,14 @@ async def twilio_server(
 
 # FCM ----------------------------------------------------------------------------------
 
-_RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-               404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+_RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
 
 
 class FcmTestServer(HttpTestServer):
@@ -605,6 +625,11 @@ class FcmTestServer(HttpTestServer):
         self._access_tokens: set[str] = set()
         self.token_requests = 0
         self.messages: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        super().reset()
+        self.token_requests = 0
+        self._access_tokens.clear()
 
     def service_account_json(self) -> str:
         """A Google service account key whose ``token_uri`` is this server."""
@@ -717,6 +742,8 @@ class PushMessage:
     payload: Any
     """The decrypted body, parsed as JSON."""
     vapid_claims: Mapping[str, Any]
+    vapid_public_key: str
+    """The key (base64url) the VAPID token was verified with."""
     ttl: str | None
     urgency: str | None
 
@@ -764,7 +791,8 @@ class WebPushTestServer(HttpTestServer):
         """The browser dropped the subscription: pushes to it answer 410 Gone."""
         self._subscriptions.pop(target.endpoint.rsplit("/", 1)[-1], None)
 
-    def _vapid_claims(self, authorization: str) -> dict[str, Any] | None:
+    def _vapid_claims(self, authorization: str) -> tuple[dict[str, Any], str] | None:
+        """The verified claims of a ``vapid t=<jwt>, k=<key>`` header, and its key."""
         scheme, _, params = authorization.partition(" ")
         if scheme.lower() != "vapid":
             return None
@@ -785,11 +813,11 @@ class WebPushTestServer(HttpTestServer):
             return None
         if claims["exp"] > time.time() + 24 * 3600:
             return None
-        return claims
+        return claims, public
 
     async def accept(self, request: ReceivedRequest) -> Response:
-        claims = self._vapid_claims(request.headers.get("authorization", ""))
-        if claims is None:
+        verified = self._vapid_claims(request.headers.get("authorization", ""))
+        if verified is None:
             return Response("invalid VAPID authorization", status_code=401)
         subscription_id = request.path.removeprefix("/push/")
         subscription = self._subscriptions.get(subscription_id)
@@ -807,7 +835,8 @@ class WebPushTestServer(HttpTestServer):
             PushMessage(
                 subscription=subscription_id,
                 payload=json.loads(plaintext),
-                vapid_claims=claims,
+                vapid_claims=verified[0],
+                vapid_public_key=verified[1],
                 ttl=request.headers.get("ttl"),
                 urgency=request.headers.get("urgency"),
             )

@@ -83,8 +83,9 @@ def test_temporary_credentials_sign_their_session_token() -> None:
         now=SUITE_TIME,
     )
     assert headers["X-Amz-Security-Token"] == "session-token"
-    assert "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token," in (
-        headers["Authorization"]
+    assert (
+        "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token,"
+        in (headers["Authorization"])
     )
 
 

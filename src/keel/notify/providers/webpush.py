@@ -9,6 +9,7 @@ client (pywebpush's own senders are requests and aiohttp). A push service answer
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +29,9 @@ from keel.notify.providers.base import (
     require_payload,
 )
 
+_MAILTO = re.compile(r"mailto:[^@\s]+@[\w.-]+\.[\w-]+", re.IGNORECASE)
+_HTTPS_ORIGIN = re.compile(r"https://[\w-]+(\.[\w-]+)+(:\d+)?", re.IGNORECASE)
+
 #: How long a VAPID token stays valid; RFC 8292 section 2 caps it at 24 hours.
 VAPID_LIFETIME = 12 * 3600
 
@@ -41,9 +45,11 @@ class WebPushSettings(ProviderSettings):
     @field_validator("subject")
     @classmethod
     def _contact(cls, value: str) -> str:
-        if not (value.startswith("mailto:") and "@" in value) and not value.startswith("https://"):
-            raise ValueError("must be a mailto: address or an https: URL")
-        return value
+        # RFC 8292 section 2.1: a mailto: or https: URI. py_vapid also wants an https:
+        # subject to be an origin alone, so paths are refused here rather than at send time.
+        if _MAILTO.fullmatch(value) or _HTTPS_ORIGIN.fullmatch(value):
+            return value
+        raise ValueError("must be a mailto: address or an https:// origin (no path)")
 
 
 def load_vapid_key(text: str) -> Vapid02:
@@ -110,7 +116,13 @@ class WebPushProvider:
             "sub": self.settings.subject,
             "exp": int(now) + VAPID_LIFETIME,
         }
-        header: str = self._vapid.sign(claims)["Authorization"]
+        try:
+            header: str = self._vapid.sign(claims)["Authorization"]
+        except Exception:  # py_vapid refuses claims it dislikes with its own exceptions
+            raise self._http.error(
+                "VAPID signing refused the claims (check the subject setting)",
+                ErrorKind.misconfigured,
+            ) from None
         return header
 
     async def send(self, payload: PushPayload) -> Sent:
