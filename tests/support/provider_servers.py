@@ -327,11 +327,13 @@ class HttpTestServer:
         self.url = ""
         self.requests: list[ReceivedRequest] = []
         self._failures: list[Failure] = []
+        self._stalls: list[float] = []
 
     def reset(self) -> None:
         """Forget what was received and planned, for a server shared by several tests."""
         self.requests.clear()
         self._failures.clear()
+        self._stalls.clear()
         self.messages.clear()
 
     def fail_next(
@@ -347,6 +349,10 @@ class HttpTestServer:
         body in the provider's format naming ``code``."""
         self._failures.extend(Failure(status, retry_after, code, message) for _ in range(n))
 
+    def stall_next(self, n: int = 1, *, seconds: float = 1.0) -> None:
+        """Hold the next ``n`` answers for ``seconds``: a provider that is too slow."""
+        self._stalls.extend(seconds for _ in range(n))
+
     def can_fail(self, request: ReceivedRequest) -> bool:
         """Whether a planned failure applies to this request (not to a token request)."""
         return True
@@ -359,6 +365,8 @@ class HttpTestServer:
 
     async def _dispatch(self, request: ReceivedRequest) -> Response:
         self.requests.append(request)
+        if self._stalls and self.can_fail(request):
+            await asyncio.sleep(self._stalls.pop(0))
         if self._failures and self.can_fail(request):
             failure = self._failures.pop(0)
             response = self.error_response(failure.status, failure.code, failure.message)

@@ -215,3 +215,13 @@ async def test_an_injected_client_is_used_and_left_open(slack: SlackTestServer) 
         await provider.aclose()
         assert not shared.is_closed
     assert len(slack.messages) == 1
+
+
+async def test_a_provider_too_slow_to_answer_is_retryable(twilio: TwilioTestServer) -> None:
+    twilio.stall_next(seconds=0.5)
+    provider = build_provider("twilio", twilio.settings(timeout=0.1), twilio.credentials())
+    with pytest.raises(ProviderError) as caught:
+        await provider.send(SMS)
+    await provider.aclose()
+    assert caught.value.kind is ErrorKind.retryable
+    assert "timed out" in str(caught.value)

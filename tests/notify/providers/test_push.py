@@ -243,3 +243,14 @@ async def test_a_provider_refuses_a_target_of_the_other_push_kind(
     with pytest.raises(TypeError):
         await provider.send(fcm_push())
     await provider.aclose()
+
+
+async def test_webpush_endpoint_that_is_not_http_is_rejected() -> None:
+    provider = build_provider(
+        "webpush", {"subject": "mailto:ops@acme.test"}, {"vapid_private_key": VAPID_PRIVATE}
+    )
+    target = WebPushTarget(endpoint="javascript:alert(1)", p256dh="x", auth="y")
+    with pytest.raises(ProviderError) as caught:
+        await provider.send(web_push(target))
+    await provider.aclose()
+    assert (caught.value.kind, caught.value.code) == (ErrorKind.rejected, "invalid_endpoint")

@@ -135,6 +135,10 @@ class ProviderHttp:
                 auth=auth,
                 timeout=self.timeout,
             )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise self.error(
+                f"the provider URL is unusable ({type(exc).__name__})", ErrorKind.misconfigured
+            ) from None
         except httpx.TimeoutException as exc:
             raise self.error(f"timed out ({type(exc).__name__})", ErrorKind.retryable) from None
         except httpx.TransportError as exc:

@@ -75,7 +75,9 @@ def _fields(model: type[BaseModel]) -> tuple[ConfigField, ...]:
     )
 
 
-def _smtp(name: str, settings: Any, credentials: Any, http: httpx.AsyncClient | None) -> Any:
+def _smtp(
+    name: str, settings: Any, credentials: Any, http: httpx.AsyncClient | None
+) -> Provider[Any]:
     return SmtpProvider(name, settings, credentials)  # SMTP speaks no HTTP
 
 

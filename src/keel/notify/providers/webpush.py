@@ -130,6 +130,14 @@ class WebPushProvider:
         target = payload.target
         if not isinstance(target, WebPushTarget):
             raise TypeError(f"provider {self.name!r} (webpush) sends to web push subscriptions")
+        endpoint = urlsplit(target.endpoint)
+        if endpoint.scheme not in ("https", "http") or not endpoint.netloc:
+            # The endpoint is the browser's, not ours: an unusable one is a bad recipient.
+            raise self._http.error(
+                "the subscription's endpoint is not an http(s) URL",
+                ErrorKind.rejected,
+                code="invalid_endpoint",
+            )
         message: dict[str, Any] = {"title": payload.title, "body": payload.body}
         if payload.data:
             message["data"] = dict(payload.data)
