@@ -22,7 +22,7 @@ from keel.core.cache import listen_for_invalidations
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
 from keel.core.http import RequestContextMiddleware, ServiceRouter
-from keel.core.lifecycle import background_work, build_context, start_services
+from keel.core.lifecycle import background_work, build_context, start_services, stop_services
 from keel.core.logging import configure_logging, get_logger
 from keel.core.startup import pause_garbage_collection, resume_garbage_collection
 from keel.core.telemetry import init_sentry, init_tracing
@@ -92,6 +92,7 @@ def create_app(
                 _, stuck = await asyncio.wait(context.background_tasks, timeout=3.0)
                 for straggler in stuck:
                     log.error("keel.shutdown.task_stuck", task=straggler.get_name())
+            await stop_services(context)
             await context.broadcast.disconnect()
             await database.dispose()
 

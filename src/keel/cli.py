@@ -302,6 +302,7 @@ def worker() -> None:
     import asyncio
     import signal
 
+    from keel.core.lifecycle import background_work
     from keel.core.logging import configure_logging, get_logger
 
     settings = settings_or_exit()
@@ -316,9 +317,8 @@ def worker() -> None:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
             tasks = [
-                asyncio.create_task(task(context), name=f"{spec.name}-{task.__name__}")
-                for spec in context.services
-                for task in spec.background
+                asyncio.create_task(task(context), name=name)
+                for name, task in background_work(context)
             ]
             log.info("worker.started", tasks=[task.get_name() for task in tasks])
             await stop.wait()

@@ -187,6 +187,24 @@ class JobsSettings(BaseModel):
     max_fetch_wait_seconds: float = Field(default=30, ge=0, le=30)
 
 
+class NotifySettings(BaseModel):
+    """The notification service (issue 19): limits of what a send carries, and delivery."""
+
+    #: Largest JSON-encoded ``data`` of one message (the template's variables).
+    max_data_bytes: int = Field(default=32_768, ge=1024, le=1_048_576)
+    #: Most recipients one batch send may carry.
+    max_batch: int = Field(default=100_000, ge=1, le=1_000_000)
+    #: Messages one delivery job sends (a batch becomes jobs of this many).
+    delivery_chunk: int = Field(default=100, ge=1, le=1000)
+    #: Attempts a message gets when its providers fail before it is marked failed.
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    #: Seconds a provider's credentials are kept after a read from the secrets service.
+    credentials_ttl_seconds: float = Field(default=60, ge=0, le=3600)
+    #: Open pixels and rewritten links in HTML email.
+    track_opens: bool = True
+    track_clicks: bool = True
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -234,6 +252,7 @@ class Settings(BaseSettings):
     changes: ChangeStreamSettings = ChangeStreamSettings()
     secrets: SecretsSettings = SecretsSettings()
     jobs: JobsSettings = JobsSettings()
+    notify: NotifySettings = NotifySettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
 

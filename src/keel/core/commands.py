@@ -74,13 +74,14 @@ def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
 @asynccontextmanager
 async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
     """An :class:`AppContext` with its services started, disposed of on exit."""
-    from keel.core.lifecycle import build_context, start_services
+    from keel.core.lifecycle import build_context, start_services, stop_services
 
     context = build_context(settings)
     try:
         await start_services(context)
         yield context
     finally:
+        await stop_services(context)
         await context.broadcast.disconnect()
         await context.database.dispose()
 

@@ -12,9 +12,9 @@ of an answer to something else. Two concurrent requests with one key: the unique
 the second insert fail; its transaction rolls back (its effect with it) and it replays the
 first one's answer.
 
-Usage: the write and :func:`remember_answer` in one unit of work; if that fails on the key
-(it was seen before), :func:`kept_answer` in another gives the answer to replay
-(``keel.jobs.router._idempotent`` is the model)::
+A router runs its write through :func:`idempotent`, which does the following: the write and
+:func:`remember_answer` in one unit of work; if that fails on the key (it was seen before),
+:func:`kept_answer` in another gives the answer to replay::
 
     try:
         async with database.session() as session:
@@ -30,15 +30,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
+from fastapi import Header
+from fastapi.responses import JSONResponse
 from sqlalchemy import JSON, ForeignKey, Integer, String, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.db import Base, UTCDateTime, utcnow
-from keel.core.errors import ValidationFailed
+from keel.core.errors import Conflict, ValidationFailed
 from keel.core.logging import get_logger
 from keel.core.tenancy import TenantScoped, bind_tenant
 
@@ -204,3 +208,52 @@ async def prune_idempotency_keys_periodically(context: AppContext) -> None:
         except Exception:  # a failed round must not end the loop
             log.exception("idempotency.prune.failed")
         await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
+
+#: The request header a creating POST takes (FastAPI parameter type).
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Send the same key when retrying: the first request's answer is replayed.",
+    ),
+]
+
+#: A write run once per key: ``write(session) -> (status, document)``.
+IdempotentWrite = Callable[["AsyncSession"], Awaitable[tuple[int, Any]]]
+
+
+async def idempotent(
+    database: Database,
+    tenant_id: str,
+    scope: str,
+    key: str | None,
+    request: Any,
+    write: IdempotentWrite,
+) -> JSONResponse:
+    """Run ``write`` in one unit of work, once per ``Idempotency-Key`` (none: every time): a
+    retry with the key replays the first answer; the key with another ``request`` is 422."""
+    if key is None:
+        async with database.session() as session:
+            status, document = await write(session)
+        return JSONResponse(document, status_code=status)
+    check_key(key)
+    request_hash = fingerprint(request)
+    for _ in range(3):
+        # The write goes first and the key's row with it: a new key (the usual case) costs
+        # no read. A key seen before fails on the key's primary key, and the write is rolled
+        # back with it; its first answer is then replayed.
+        try:
+            async with database.session() as session:
+                status, document = await write(session)
+                await remember_answer(
+                    session, tenant_id, scope, key, request_hash, status, document
+                )
+            return JSONResponse(document, status_code=status)
+        except IntegrityError:
+            async with database.session() as session:
+                kept = await kept_answer(session, tenant_id, scope, key, request_hash)
+                if kept is not None:
+                    return JSONResponse(kept.document, status_code=kept.status)
+                await forget_expired_key(session, tenant_id, scope, key)
+    raise Conflict("A request with this Idempotency-Key is in progress; retry.")

@@ -12,12 +12,15 @@ from keel.core.changes import prune_change_events_periodically, use_change_publi
 from keel.core.context import AppContext, BackgroundTask
 from keel.core.db import Database
 from keel.core.idempotency import prune_idempotency_keys_periodically
+from keel.core.logging import get_logger
 from keel.core.metrics import Metrics
 from keel.core.schema import create_fresh, current_revision, ensure_schema_current, head_revision
 from keel.core.schema import upgrade as upgrade_schema
 from keel.core.sealed import load_token_hash_key
 from keel.core.services import resolve_services
 from keel.settings import Settings
+
+log = get_logger(__name__)
 
 
 def create_broadcast(redis_url: str | None) -> Broadcast:
@@ -54,6 +57,16 @@ async def start_services(context: AppContext) -> None:
     for spec in context.services:
         if spec.startup is not None:
             await spec.startup(context)
+
+
+async def stop_services(context: AppContext) -> None:
+    """Run every enabled service's shutdown hook (each one's failure logged, none skipped)."""
+    for spec in context.services:
+        if spec.shutdown is not None:
+            try:
+                await spec.shutdown(context)
+            except Exception:  # one service's failure must not keep the others' resources
+                log.exception("keel.shutdown.service_failed", service=spec.name)
 
 
 #: Databases this process already brought to (or found at) the head revision. `keel serve`

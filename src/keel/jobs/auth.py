@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
+from keel.core.context import PLATFORM_QUEUE_PREFIX
 from keel.core.errors import Forbidden
-from keel.core.tasks import PLATFORM_QUEUE_PREFIX
 from keel_client.auth import Principal
 
 

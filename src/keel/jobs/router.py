@@ -14,23 +14,16 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.dependencies import CallerActor, CurrentPrincipal
 from keel.core.deps import Context, DbSession
-from keel.core.errors import Conflict, NotFound, PayloadTooLarge
+from keel.core.errors import NotFound, PayloadTooLarge
 from keel.core.http import ServiceRouter
-from keel.core.idempotency import (
-    check_key,
-    fingerprint,
-    forget_expired_key,
-    kept_answer,
-    remember_answer,
-)
+from keel.core.idempotency import IdempotencyKeyHeader, idempotent
 from keel.core.tenancy import bind_tenant
 from keel.jobs import schemas, service
 from keel.jobs.audit_actions import record_change
@@ -40,14 +33,6 @@ from keel.jobs.models import Job, JobState
 from keel.jobs.service import KEEP
 from keel.jobs.signals import JOB_SIGNALS_RESOURCE, signal_after_commit
 from keel_client.auth import Principal
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        description="Send the same key when retrying: the first request's answer is replayed.",
-    ),
-]
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -77,43 +62,6 @@ def _new_job(body: schemas.JobCreate, max_args_bytes: int) -> service.NewJob:
         max_backoff_seconds=body.max_backoff_seconds,
         backoff_base_seconds=body.backoff_base_seconds,
     )
-
-
-async def _idempotent(
-    context: Context,
-    principal: Principal,
-    scope: str,
-    key: str | None,
-    request: Any,
-    write: Any,
-) -> JSONResponse:
-    """Run ``write(session) -> (status, document)`` in one unit of work, once per
-    ``Idempotency-Key``: a retry with the key replays the first answer."""
-    tenant_id = principal.tenant_id
-    if key is None:
-        async with context.database.session() as session:
-            status, document = await write(session)
-        return JSONResponse(document, status_code=status)
-    check_key(key)
-    request_hash = fingerprint(request)
-    for _ in range(3):
-        # The write goes first and the key's row with it: a new key (the usual case) costs
-        # no read. A key seen before fails on the key's primary key, and the write is rolled
-        # back with it; its first answer is then replayed.
-        try:
-            async with context.database.session() as session:
-                status, document = await write(session)
-                await remember_answer(
-                    session, tenant_id, scope, key, request_hash, status, document
-                )
-            return JSONResponse(document, status_code=status)
-        except IntegrityError:
-            async with context.database.session() as session:
-                kept = await kept_answer(session, tenant_id, scope, key, request_hash)
-                if kept is not None:
-                    return JSONResponse(kept.document, status_code=kept.status)
-                await forget_expired_key(session, tenant_id, scope, key)
-    raise Conflict("A request with this Idempotency-Key is in progress; retry.")
 
 
 def _job_document(job: Job, *, duplicate: bool | None = None) -> dict[str, Any]:
@@ -152,7 +100,9 @@ async def enqueue(
         )
 
     request = body.model_dump(mode="json")
-    return await _idempotent(context, principal, "jobs.enqueue", idempotency_key, request, write)
+    return await idempotent(
+        context.database, principal.tenant_id, "jobs.enqueue", idempotency_key, request, write
+    )
 
 
 @router.post("/jobs/batch", status_code=201, response_model=schemas.BatchAnswer)
@@ -178,7 +128,9 @@ async def enqueue_batch(
 
     # The fingerprint of 10,000 jobs is cheap next to inserting them.
     request = body.model_dump(mode="json")
-    return await _idempotent(context, principal, "jobs.batch", idempotency_key, request, write)
+    return await idempotent(
+        context.database, principal.tenant_id, "jobs.batch", idempotency_key, request, write
+    )
 
 
 # -- workers ------------------------------------------------------------------------------

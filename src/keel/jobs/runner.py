@@ -1,5 +1,5 @@
 """Keel's own tasks on the jobs engine: the runner ``keel worker`` (and ``keel serve`` on the
-embedded default) starts for every enabled service's ``tasks`` (:mod:`keel.core.tasks`).
+embedded default) starts for every enabled service's ``tasks`` (:mod:`keel.core.context`).
 
 It is a worker like the fleet's, minus HTTP: it claims from the services' ``keel.<service>``
 queues of every tenant with the engine's own functions, runs each job's handler under the
@@ -24,9 +24,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from keel.core.context import AppContext
+from keel.core.context import AppContext, DiscardTask, PlatformTask, RetryTask, TaskRun
 from keel.core.logging import get_logger
-from keel.core.tasks import DiscardTask, PlatformTask, RetryTask, TaskRun
 from keel.core.tenancy import Tenant
 from keel.jobs.service import Claim, claim, complete, fail
 from keel.jobs.signals import ANY_TENANT, JOB_SIGNALS_RESOURCE

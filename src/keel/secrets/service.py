@@ -100,6 +100,13 @@ class SecretReader:
 
     async def read_field(self, mount: str, path: str, field: str) -> FieldRead:
         """The current version's ``field`` of the secret at ``mount``/``path``."""
+        return await self._read(mount, path, field)
+
+    async def read_data(self, mount: str, path: str) -> FieldRead:
+        """The current version's fields (a dict) of the secret at ``mount``/``path``."""
+        return await self._read(mount, path, None)
+
+    async def _read(self, mount: str, path: str, field: str | None) -> FieldRead:
         session, tenant_id = self._session, self._principal.tenant_id
         vault_path = f"{mount}/data/{path}"
         event = {
@@ -123,14 +130,18 @@ class SecretReader:
             return FieldRead(refusal="not-found")
         except SecretUnreadable:
             return FieldRead(refusal="unreadable")
-        if result.data is None or field not in result.data:
+        if result.data is None or (field is not None and field not in result.data):
             return FieldRead(refusal="not-found")
         await record_event_now(
             session,
-            data={"version": result.metadata["version"], "field": field, **self._via},
+            data={
+                "version": result.metadata["version"],
+                **({"field": field} if field is not None else {}),
+                **self._via,
+            },
             **event,
         )
-        return FieldRead(result.data[field])
+        return FieldRead(result.data[field] if field is not None else dict(result.data))
 
     async def _may_read(self, vault_path: str) -> bool:
         if self._is_root:

@@ -1,5 +1,5 @@
 """Keel's own tasks onto the engine: a service enqueues one in the transaction of the change
-that calls for it (:mod:`keel.core.tasks`), and :mod:`keel.jobs.runner` runs it."""
+that calls for it (:mod:`keel.core.context`), and :mod:`keel.jobs.runner` runs it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.tasks import PlatformTask
+from keel.core.context import PlatformTask
 from keel.jobs.service.enqueue import DEFAULT_PRIORITY, Enqueued, NewJob, enqueue_batch, enqueue_one
 from keel.jobs.signals import signal_after_commit
 

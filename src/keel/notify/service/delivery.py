@@ -1,0 +1,528 @@
+"""Delivering messages: the ``notify.deliver`` task on the jobs engine.
+
+A job carries up to ``KEEL_NOTIFY__DELIVERY_CHUNK`` message ids. Each message is delivered
+on its own, in three steps:
+
+1. **Prepare** (one transaction): the message is read under a lock and only a ``queued``
+   one goes on; the suppression list, the recipient's preferences and quiet hours are
+   applied again (they may have changed since the send was accepted); the content is
+   rendered; an email gets its unsubscribe token (its keyed hash stored now, before the
+   token leaves), tracking, MIME and DKIM signature. The attempt is counted.
+2. **Send** through the channel's providers in order (failover), outside any transaction.
+3. **Record** (one transaction): ``sent`` with the provider and its message id, or a retry
+   with backoff as a new job of this message alone, or ``failed`` / ``bounced`` — the
+   address suppressed after a hard bounce. The message's data is dropped once it is final.
+
+The record follows the provider's answer within milliseconds; a process killed in between
+leaves a message that the job's next attempt sends again (at least once, as with every
+delivery system; the SMTP ``Message-ID`` stays the same, so a receiving system can tell).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.core.context import AppContext, PlatformTask, ResourceKey, TaskRun
+from keel.core.db import utcnow
+from keel.core.logging import get_logger
+from keel.core.tenancy import bind_tenant
+from keel.jobs.service import enqueue_task
+from keel.notify import email as mail
+from keel.notify import templating
+from keel.notify.models import NotifyInboxItem, NotifyMessage, NotifyProvider, NotifyRecipient
+from keel.notify.providers import (
+    ChatPayload,
+    EmailPayload,
+    ErrorKind,
+    FcmTarget,
+    Provider,
+    ProviderConfigError,
+    ProviderError,
+    PushPayload,
+    Sent,
+    SmsPayload,
+    WebPushTarget,
+    build_provider,
+    send_with_failover,
+)
+from keel.notify.service import tracking
+from keel.notify.service.policy import quiet_hours_end, render_channel, retry_delay
+from keel.notify.service.providers import get_sender, read_secret_fields
+from keel.notify.service.recipients import (
+    SuppressionReason,
+    is_suppressed,
+    opted_out,
+    suppress,
+)
+from keel.notify.service.templates import get_version, load_library
+
+log = get_logger(__name__)
+
+#: The sender of email (``From``, DKIM) until templates choose theirs.
+DEFAULT_SENDER = "default"
+
+
+def public_base_url(context: AppContext) -> str:
+    settings = context.settings
+    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+@dataclass
+class _Chain:
+    signature: tuple[tuple[str, int], ...]
+    read_at: float
+    providers: list[Provider[Any]]
+
+
+@dataclass
+class NotifyRuntime:
+    """What delivery keeps between jobs in one process: one HTTP client for every HTTP
+    provider, and each tenant's providers (with their credentials) for a short while."""
+
+    http: httpx.AsyncClient = field(
+        default_factory=lambda: httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+    )
+    chains: dict[tuple[str, str], _Chain] = field(default_factory=dict)
+    dkim_keys: dict[tuple[str, str], tuple[float, bytes]] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        for chain in self.chains.values():
+            await _close(chain.providers)
+        self.chains.clear()
+        await self.http.aclose()
+
+
+NOTIFY_RUNTIME: ResourceKey[NotifyRuntime] = ResourceKey("notify.runtime")
+
+
+async def _close(providers: Sequence[Provider[Any]]) -> None:
+    for provider in providers:
+        try:
+            await provider.aclose()
+        except Exception:  # closing must not stop delivery
+            log.warning("notify.provider_close_failed", provider=provider.name, exc_info=True)
+
+
+class NotConfigured(Exception):
+    """The tenant's configuration cannot deliver this message yet (no provider, no sender,
+    unreadable credentials): retried, so an operator's fix takes effect."""
+
+
+async def providers_for(
+    session: AsyncSession, context: AppContext, tenant_id: str, channel: str
+) -> list[Provider[Any]]:
+    """The tenant's enabled providers of ``channel``, in order, built with their credentials
+    (kept ``credentials_ttl_seconds``; a changed configuration is read at once)."""
+    runtime = context.resources[NOTIFY_RUNTIME]
+    rows = list(
+        await session.scalars(
+            select(NotifyProvider)
+            .where(NotifyProvider.channel == channel, NotifyProvider.enabled.is_(True))
+            .order_by(NotifyProvider.position, NotifyProvider.name)
+        )
+    )
+    if not rows:
+        raise NotConfigured(f"no {channel} provider is configured")
+    signature = tuple((row.id, row.version) for row in rows)
+    key = (tenant_id, channel)
+    cached = runtime.chains.get(key)
+    ttl = context.settings.notify.credentials_ttl_seconds
+    if cached and cached.signature == signature and time.monotonic() - cached.read_at < ttl:
+        return cached.providers
+    providers: list[Provider[Any]] = []
+    for row in rows:
+        credentials: dict[str, str] = {}
+        if row.credentials_secret:
+            try:
+                credentials = await read_secret_fields(
+                    session, context, tenant_id, row.credentials_secret, f"provider {row.name}"
+                )
+            except LookupError as exc:
+                raise NotConfigured(f"provider {row.name}: {exc}") from None
+        try:
+            providers.append(
+                build_provider(
+                    row.kind, row.settings, credentials, http=runtime.http, name=row.name
+                )
+            )
+        except ProviderConfigError as exc:
+            raise NotConfigured(f"provider {row.name}: {exc}") from None
+    if cached:
+        await _close(cached.providers)
+    runtime.chains[key] = _Chain(signature, time.monotonic(), providers)
+    return providers
+
+
+async def _dkim_key(
+    session: AsyncSession, context: AppContext, tenant_id: str, sender: Any
+) -> mail.DkimKey | None:
+    if not sender.dkim_secret:
+        return None
+    runtime = context.resources[NOTIFY_RUNTIME]
+    key = (tenant_id, sender.dkim_secret)
+    cached = runtime.dkim_keys.get(key)
+    ttl = context.settings.notify.credentials_ttl_seconds
+    if cached is None or time.monotonic() - cached[0] >= ttl:
+        try:
+            fields = await read_secret_fields(
+                session, context, tenant_id, sender.dkim_secret, f"dkim {sender.name}"
+            )
+        except LookupError as exc:
+            raise NotConfigured(f"sender {sender.name}: {exc}") from None
+        if "private_key" not in fields:
+            raise NotConfigured(f"sender {sender.name}: the DKIM secret has no private_key")
+        cached = (time.monotonic(), fields["private_key"].encode())
+        runtime.dkim_keys[key] = cached
+    return mail.DkimKey(
+        selector=sender.dkim_selector, domain=sender.dkim_domain, private_key_pem=cached[1]
+    )
+
+
+# -- one message ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """What step 1 hands to step 2: the message's payloads and the providers to use."""
+
+    message_id: str
+    channel: str
+    payloads: list[Any]
+    providers: list[Provider[Any]]
+    attempts: int
+    #: In-app messages need no provider: step 3 writes the inbox item.
+    inbox: dict[str, Any] | None = None
+
+
+def _quiet_until(message: NotifyMessage, recipient: NotifyRecipient | None) -> Any:
+    if recipient is None or message.critical:
+        return None
+    return quiet_hours_end(utcnow(), recipient.quiet_hours, recipient.timezone)
+
+
+async def _finish(
+    session: AsyncSession, message: NotifyMessage, status: str, detail: dict[str, Any]
+) -> None:
+    message.data = None
+    tracking.record_status(session, message, status, detail)
+    await session.flush()
+
+
+async def _prepare(
+    context: AppContext, tenant_id: str, message_id: str, library: templating.Library
+) -> _Prepared | None:
+    async with context.database.session() as session:
+        bind_tenant(session, tenant_id)
+        message = await session.scalar(
+            select(NotifyMessage).where(NotifyMessage.id == message_id).with_for_update()
+        )
+        if message is None or message.status != "queued":
+            return None  # delivered by an earlier attempt, erased, or cancelled
+        recipient = (
+            await session.get(NotifyRecipient, message.recipient_id)
+            if message.recipient_id
+            else None
+        )
+        if not message.critical:
+            if await is_suppressed(session, message.channel, message.address, message.category):
+                await _finish(session, message, "suppressed", {"at": "delivery"})
+                return None
+            if recipient is not None and await opted_out(
+                session, recipient.id, message.category, message.channel
+            ):
+                await _finish(session, message, "skipped", {"reason": "opted out"})
+                return None
+            quiet_end = _quiet_until(message, recipient)
+            if quiet_end is not None:
+                message.send_at = quiet_end
+                tracking.record_status(
+                    session, message, "queued", {"quiet_hours_until": quiet_end.isoformat()}
+                )
+                await enqueue_task(
+                    session, tenant_id, DELIVER, {"messages": [message.id]}, run_at=quiet_end
+                )
+                return None
+        if message.data is None:  # erased while waiting
+            await _finish(session, message, "failed", {"error": "the message's data was erased"})
+            return None
+        _, version = await get_version(
+            session, tenant_id, message.template, message.template_version
+        )
+        data = {
+            **message.data,
+            "recipient": {"id": recipient.external_id, **(recipient.traits or {})}
+            if recipient
+            else {},
+        }
+        rendered = templating.render(
+            templating.TemplateContent.model_validate(version.content),
+            locale=message.locale or (recipient.locale if recipient else None),
+            data=data,
+            library=library,
+            channel=render_channel(message.channel),
+        )
+        message.attempts += 1
+        prepared = _Prepared(message.id, message.channel, [], [], message.attempts)
+        if message.channel == "in_app":
+            prepared.inbox = {
+                "recipient_id": message.recipient_id,
+                "title": rendered.push_title or "",
+                "body": rendered.push_body or "",
+                "category": message.category,
+            }
+            return prepared
+        try:
+            prepared.providers = await providers_for(session, context, tenant_id, message.channel)
+            if message.channel == "email":
+                prepared.payloads = [
+                    await _email_payload(session, context, tenant_id, message, rendered)
+                ]
+            elif message.channel == "sms":
+                prepared.payloads = [
+                    SmsPayload(recipient=message.address or "", body=rendered.sms or "")
+                ]
+            elif message.channel == "push":
+                prepared.payloads = [
+                    PushPayload(
+                        target=_push_target(target),
+                        title=rendered.push_title or "",
+                        body=rendered.push_body or "",
+                        data={"message_id": message.id},
+                    )
+                    for target in (recipient.push_targets if recipient else [])
+                ]
+            else:  # chat: the named provider, or the channel's list
+                if message.address:
+                    prepared.providers = [
+                        p for p in prepared.providers if p.name == message.address
+                    ] or prepared.providers
+                prepared.payloads = [ChatPayload(text=rendered.chat or "")]
+        except NotConfigured as exc:
+            await _retry_or_fail(session, tenant_id, message, context, f"{exc}", None, "config")
+            return None
+        return prepared
+
+
+def _push_target(target: dict[str, Any]) -> Any:
+    if target["kind"] == "fcm":
+        return FcmTarget(token=target["token"])
+    return WebPushTarget(endpoint=target["endpoint"], p256dh=target["p256dh"], auth=target["auth"])
+
+
+async def _email_payload(
+    session: AsyncSession,
+    context: AppContext,
+    tenant_id: str,
+    message: NotifyMessage,
+    rendered: templating.Rendered,
+) -> EmailPayload:
+    sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
+    if sender is None:
+        raise NotConfigured("no email sender 'default' is configured")
+    base = public_base_url(context)
+    keyring = context.keyring
+    html = rendered.html
+    unsubscribe = None
+    if not message.critical:
+        token = tracking.new_unsubscribe_token()
+        message.unsubscribe_token_hash = tracking.unsubscribe_token_hash(keyring, token)
+        unsubscribe = tracking.unsubscribe_url(base, token)
+    settings = context.settings.notify
+    if html is not None and settings.track_clicks:
+        html = mail.rewrite_links(
+            html,
+            lambda url: tracking.click_url(base, keyring, message.id, url),
+            skip=lambda url: url == unsubscribe,
+        )
+    if html is not None and settings.track_opens:
+        html = mail.add_open_pixel(html, tracking.open_pixel_url(base, keyring, message.id))
+    domain = sender.dkim_domain or sender.address.rpartition("@")[2].rstrip(">")
+    composed = mail.compose(
+        templating.Rendered(
+            locale=rendered.locale, subject=rendered.subject, html=html, text=rendered.text
+        ),
+        sender=sender.address,
+        recipient=message.address or "",
+        message_id=message.id,
+        domain=domain,
+        unsubscribe_url=unsubscribe,
+        reply_to=sender.reply_to,
+    )
+    raw = composed.as_bytes()
+    dkim_key = await _dkim_key(session, context, tenant_id, sender)
+    if dkim_key is not None:
+        raw = mail.sign(raw, dkim_key)
+    headers = {
+        name: str(composed[name])
+        for name in ("Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post")
+        if composed[name] is not None
+    }
+    return EmailPayload(
+        sender=sender.address,
+        recipient=message.address or "",
+        subject=rendered.subject or "",
+        text=rendered.text or "",
+        html=html,
+        headers=headers,
+        raw=raw,
+    )
+
+
+async def _retry_or_fail(
+    session: AsyncSession,
+    tenant_id: str,
+    message: NotifyMessage,
+    context: AppContext,
+    error: str,
+    retry_after: float | None,
+    kind: str,
+) -> None:
+    limit = context.settings.notify.max_attempts
+    if message.attempts >= limit:
+        message.error = error
+        await _finish(session, message, "failed", {"error": error, "kind": kind})
+        return
+    wait = retry_delay(message.attempts, retry_after)
+    run_at = utcnow() + timedelta(seconds=wait)
+    message.send_at = run_at
+    message.error = error
+    tracking.record_status(
+        session, message, "queued", {"retry_at": run_at.isoformat(), "error": error, "kind": kind}
+    )
+    await enqueue_task(session, tenant_id, DELIVER, {"messages": [message.id]}, run_at=run_at)
+
+
+async def _send(prepared: _Prepared) -> list[Sent | ProviderError]:
+    """Each payload's outcome, in order (a push message has a payload per device)."""
+    outcomes: list[Sent | ProviderError] = []
+    for payload in prepared.payloads:
+        try:
+            outcomes.append(await send_with_failover(prepared.providers, payload))
+        except ProviderError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _record(
+    context: AppContext,
+    tenant_id: str,
+    prepared: _Prepared,
+    outcomes: list[Sent | ProviderError],
+) -> None:
+    sent = [outcome for outcome in outcomes if isinstance(outcome, Sent)]
+    errors = [outcome for outcome in outcomes if isinstance(outcome, ProviderError)]
+    gone = {
+        _target_key(payload.target)
+        for payload, outcome in zip(prepared.payloads, outcomes, strict=True)
+        if isinstance(outcome, ProviderError)
+        and outcome.kind == ErrorKind.rejected
+        and isinstance(payload, PushPayload)
+    }
+    async with context.database.session() as session:
+        bind_tenant(session, tenant_id)
+        message = await session.scalar(
+            select(NotifyMessage).where(NotifyMessage.id == prepared.message_id).with_for_update()
+        )
+        if message is None:
+            return
+        if prepared.inbox is not None:
+            session.add(NotifyInboxItem(message_id=message.id, **prepared.inbox))
+            message.sent_at = utcnow()
+            await _finish(session, message, "delivered", {"inbox": True})
+            return
+        if sent:
+            first = sent[0]
+            message.provider = first.provider
+            message.provider_message_id = first.provider_message_id
+            message.sent_at = utcnow()
+            message.error = None
+            detail: dict[str, Any] = {"provider": first.provider}
+            failed_over = [attempt.provider for attempt in first.failures]
+            if failed_over:
+                detail["failed_over"] = failed_over
+            if message.channel == "push" and errors:
+                detail["targets_failed"] = len(errors)
+            await _finish(session, message, "sent", detail)
+            await _forget_push_targets(session, message, gone)
+            return
+        if not errors:  # a push message to a recipient without targets
+            await _finish(session, message, "failed", {"error": "no push target"})
+            return
+        error = errors[0]
+        if error.kind == ErrorKind.rejected:
+            message.error = str(error)
+            if message.channel == "email" and message.address:
+                await suppress(
+                    session,
+                    tenant_id,
+                    "email",
+                    message.address,
+                    SuppressionReason.bounce,
+                )
+                await _finish(session, message, "bounced", {"provider": error.provider})
+            else:
+                await _finish(session, message, "failed", {"error": str(error)})
+            await _forget_push_targets(session, message, gone)
+            return
+        await _retry_or_fail(
+            session, tenant_id, message, context, str(error), error.retry_after, error.kind
+        )
+
+
+def _target_key(target: Any) -> str:
+    return str(target.token if isinstance(target, FcmTarget) else target.endpoint)
+
+
+async def _forget_push_targets(
+    session: AsyncSession, message: NotifyMessage, gone: set[str]
+) -> None:
+    """Push targets the provider said are gone (an uninstalled app, an expired Web Push
+    subscription) leave the recipient's profile."""
+    if not gone or message.recipient_id is None:
+        return
+    recipient = await session.get(NotifyRecipient, message.recipient_id)
+    if recipient is not None:
+        recipient.push_targets = [
+            target
+            for target in recipient.push_targets
+            if target.get("token", target.get("endpoint")) not in gone
+        ]
+
+
+async def deliver_message(
+    context: AppContext, tenant_id: str, message_id: str, library: templating.Library
+) -> None:
+    try:
+        prepared = await _prepare(context, tenant_id, message_id, library)
+    except templating.TemplateError as exc:  # published content no longer renders
+        async with context.database.session() as session:
+            bind_tenant(session, tenant_id)
+            message = await session.get(NotifyMessage, message_id)
+            if message is not None:
+                await _finish(session, message, "failed", {"error": str(exc)})
+        return
+    if prepared is None:
+        return
+    outcomes = [] if prepared.inbox is not None else await _send(prepared)
+    await _record(context, tenant_id, prepared, outcomes)
+
+
+async def deliver_messages(context: AppContext, run: TaskRun, args: Any) -> dict[str, int]:
+    """The ``notify.deliver`` task: deliver each message of ``args["messages"]``."""
+    ids: list[str] = list(args["messages"])
+    async with context.database.session() as session:
+        library = await load_library(session, run.tenant_id)
+    for message_id in ids:
+        await deliver_message(context, run.tenant_id, message_id, library)
+    return {"messages": len(ids)}
+
+
+DELIVER = PlatformTask("notify", "deliver", deliver_messages, max_attempts=5, timeout_seconds=600)

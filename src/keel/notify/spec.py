@@ -1,0 +1,47 @@
+"""The notification service as Keel mounts and runs it: its routes, and its delivery task on
+the jobs engine (run wherever background work runs: ``keel worker``, and ``keel serve`` on the
+embedded default)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from keel.core.context import AppContext
+from keel.core.services import ServiceSpec
+from keel.notify import (
+    audit_actions,  # noqa: F401  (registers the catalogue entries)
+)
+from keel.notify.models import NotifyTemplate
+from keel.notify.router import build_router
+from keel.notify.service.delivery import NOTIFY_RUNTIME, NotifyRuntime
+from keel.notify.tasks import TASKS
+
+
+async def start_notify(context: AppContext) -> None:
+    """The delivery runtime: one HTTP client for every provider, and the providers' cache."""
+    if NOTIFY_RUNTIME not in context.resources:
+        context.resources[NOTIFY_RUNTIME] = NotifyRuntime()
+
+
+async def stop_notify(context: AppContext) -> None:
+    runtime = context.resources.get(NOTIFY_RUNTIME)
+    if runtime is not None:
+        await runtime.aclose()
+
+
+async def notify_ready(context: AppContext) -> None:
+    async with context.database.session() as session:
+        await session.execute(
+            select(NotifyTemplate.id).limit(1).execution_options(all_tenants=True)
+        )
+
+
+service = ServiceSpec(
+    name="notify",
+    router=build_router,
+    startup=start_notify,
+    shutdown=stop_notify,
+    ready_check=notify_ready,
+    model_modules=("keel.notify.models",),
+    tasks=TASKS,
+)

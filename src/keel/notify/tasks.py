@@ -1,0 +1,8 @@
+"""The notification service's own work on the jobs engine (``keel.jobs.runner`` runs it):
+``notify.deliver``, a job per message or per chunk of a batch."""
+
+from __future__ import annotations
+
+from keel.notify.service.delivery import DELIVER
+
+TASKS = (DELIVER,)

@@ -1,0 +1,123 @@
+"""Fixtures of the notification service's API tests: an app, a tenant with an email sender
+and a DKIM key in the secrets service, a real SMTP server, and the jobs runner that delivers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from keel.app import create_app
+from keel.core.context import AppContext
+from keel.jobs.runner import PlatformRunner
+from keel.notify.email import generate_dkim_key
+from keel.notify.tasks import TASKS
+from keel.settings import Settings
+from tests.support.apps import lifespan_of
+from tests.support.provider_servers import SmtpTestServer, smtp_server
+from tests.support.secrets_api import write
+from tests.support.tenants import TenantAdmin
+
+API = "/notify/v1"
+DKIM_DOMAIN = "acme.example"
+DKIM_SELECTOR = "k1"
+
+
+@dataclass
+class Notify:
+    """The tenant's admin calling the notification API, and what delivers its messages."""
+
+    client: httpx.AsyncClient
+    admin: TenantAdmin
+    context: AppContext
+    smtp: SmtpTestServer
+    dkim_txt: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.admin.headers
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, f"{API}{path}", headers=self.headers, **kwargs)
+
+    async def publish(self, name: str, content: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        answer = await self.call(
+            "POST", f"/templates/{name}/versions", json={"content": content, **fields}
+        )
+        assert answer.status_code == 201, answer.text
+        document: dict[str, Any] = answer.json()
+        return document
+
+    async def send(self, **body: Any) -> httpx.Response:
+        return await self.call("POST", "/messages", json=body)
+
+    async def deliver(self) -> int:
+        """Run every delivery job due now (the jobs runner of ``keel worker``)."""
+        return await PlatformRunner(self.context, list(TASKS)).drain()
+
+    async def message(self, message_id: str) -> dict[str, Any]:
+        answer = await self.call("GET", f"/messages/{message_id}")
+        assert answer.status_code == 200, answer.text
+        document: dict[str, Any] = answer.json()
+        return document
+
+
+WELCOME = {
+    "default_locale": "en",
+    "locales": {
+        "en": {
+            "subject": "Welcome, {{ name }}",
+            "html": "<html><body><p>Hi {{ name }}</p>"
+            '<p><a href="https://acme.example/start?x=1&amp;y=2">Start</a></p></body></html>',
+            "text": "Hi {{ name }}",
+        },
+        "ja": {"subject": "ようこそ {{ name }}", "text": "こんにちは {{ name }}"},
+    },
+    "sample_data": {"name": "Ada"},
+}
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app without its background work: each test delivers with :meth:`Notify.deliver`,
+    so what a test asserts happened when it said so (the embedded default's ``keel serve``
+    runs the same runner in the background)."""
+    application = create_app(settings, run_background=False)
+    async with lifespan_of(application):
+        yield application
+
+
+@pytest.fixture
+async def notify(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> AsyncIterator[Notify]:
+    private_key, txt = generate_dkim_key()
+    answer = await write(
+        client, admin.api_key, "notify/dkim", {"private_key": private_key.decode()}
+    )
+    assert answer.status_code == 200, answer.text
+    async with smtp_server() as smtp:
+        setup = Notify(client, admin, app.state.keel, smtp, txt)
+        answer = await setup.call(
+            "PUT",
+            "/senders/default",
+            json={
+                "address": "Acme <no-reply@acme.example>",
+                "dkim_domain": DKIM_DOMAIN,
+                "dkim_selector": DKIM_SELECTOR,
+                "dkim_secret": "secret/notify/dkim",
+            },
+        )
+        assert answer.status_code == 201, answer.text
+        answer = await setup.call(
+            "PUT", "/providers/smtp", json={"kind": "smtp", "settings": smtp.settings()}
+        )
+        assert answer.status_code == 201, answer.text
+        answer = await setup.call("PUT", "/categories/onboarding", json={"critical": False})
+        assert answer.status_code == 201, answer.text
+        await setup.publish("welcome", WELCOME, category="onboarding")
+        yield setup
