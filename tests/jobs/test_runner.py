@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from keel.core.context import AppContext
+from keel.core.context import AppContext, DiscardTask, PlatformTask, RetryTask, TaskRun
 from keel.core.db import utcnow
 from keel.core.lifecycle import build_context
-from keel.core.tasks import DiscardTask, PlatformTask, RetryTask, TaskRun
 from keel.jobs.models import JobState
 from keel.jobs.runner import PlatformRunner
 from keel.jobs.service import enqueue_task, get_job
