@@ -128,6 +128,12 @@ def create_app(
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_limits={
+            f"/{spec.name}{path}": limit
+            for spec in services
+            if spec.body_limits is not None
+            for path, limit in spec.body_limits(settings).items()
+        },
         routes=lambda: app.routes,
     )
     return app

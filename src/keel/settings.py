@@ -194,6 +194,8 @@ class NotifySettings(BaseModel):
     max_data_bytes: int = Field(default=32_768, ge=1024, le=1_048_576)
     #: Most recipients one batch send may carry.
     max_batch: int = Field(default=100_000, ge=1, le=1_000_000)
+    #: Largest body of a batch send (``KEEL_MAX_BODY_BYTES`` is every other request's limit).
+    max_batch_body_bytes: int = Field(default=64 * 1_048_576, ge=1_048_576)
     #: Messages one delivery job sends (a batch becomes jobs of this many).
     delivery_chunk: int = Field(default=100, ge=1, le=1000)
     #: Attempts a message gets when its providers fail before it is marked failed.

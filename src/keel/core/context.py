@@ -10,7 +10,7 @@ import a face.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -151,6 +151,9 @@ class ServiceSpec:
     startup: ReadyCheck | None = None
     #: Releases what ``startup`` built (connections, clients) when the process stops.
     shutdown: ReadyCheck | None = None
+    #: Request body limits above ``KEEL_MAX_BODY_BYTES`` for some of its paths (relative to
+    #: the mount: ``/v1/messages/batch``), from the settings.
+    body_limits: Callable[[Settings], Mapping[str, int]] | None = None
     #: Long-running loops started by ``keel worker`` (and by ``keel serve`` on the
     #: embedded default, where there is no separate worker).
     background: Sequence[BackgroundTask] = field(default_factory=tuple)

@@ -11,7 +11,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -83,11 +83,14 @@ class RequestContextMiddleware:
         *,
         metrics: Metrics,
         max_body_bytes: int,
+        body_limits: Mapping[str, int] | None = None,
         routes: Callable[[], Sequence[Any]] = tuple,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        #: Paths whose bodies may be larger (a 100,000-recipient batch send).
+        self.body_limits = dict(body_limits or {})
         self._routes = routes
         self._endpoint_paths: dict[Any, str] | None = None
         # Labelled children cached: .labels() costs a lock and a dict build per call.
@@ -175,6 +178,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), request_id_header]
             await send(message)
 
+        max_body_bytes = self.body_limits.get(path, self.max_body_bytes)
         received = 0
         # The rules of keel.core.input_rules need the whole text body (an escape may straddle
         # two chunks): a copy is kept, at most max_body_bytes.
@@ -186,7 +190,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if received > self.max_body_bytes:
+                if received > max_body_bytes:
                     # FastAPI re-raises HTTPException from body reading (anything else becomes
                     # a 400), and the problem handler renders it as payload-too-large.
                     raise HTTPException(413)
@@ -201,7 +205,7 @@ class RequestContextMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            if declared_length is not None and _too_large(declared_length, self.max_body_bytes):
+            if declared_length is not None and _too_large(declared_length, max_body_bytes):
                 raise _BodyTooLarge
             check_target(path, scope.get("query_string", b""))
             await self.app(scope, limited_receive, send_with_request_id)
@@ -213,7 +217,7 @@ class RequestContextMiddleware:
         except _BodyTooLarge:
             if not response_started:
                 await self._send_problem(
-                    PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes."),
+                    PayloadTooLarge(f"The request body exceeds {max_body_bytes} bytes."),
                     request_id,
                     path,
                     send_with_request_id,

@@ -19,6 +19,7 @@ re-encoded on the way, which breaks the DKIM body hash).
 from __future__ import annotations
 
 import base64
+import functools
 import html as html_escaping
 import re
 from collections.abc import Callable, Mapping
@@ -309,12 +310,35 @@ def generate_dkim_key(bits: int = 2048) -> tuple[bytes, str]:
 # -- addresses ------------------------------------------------------------------------------
 
 
+#: An ASCII dot-atom local part (RFC 5322), which email_validator leaves as it is.
+_PLAIN_LOCAL = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,64}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_domain(domain: str) -> str:
+    """A domain as email_validator normalises it (or :class:`InvalidAddress`), once per
+    domain: a batch of 100,000 addresses has a few hundred domains."""
+    return normalize_address_fully(f"postmaster@{domain}").rpartition("@")[2]
+
+
 def normalize_address(address: str) -> str:
     """The normalized form of an email address (domain lowercased, Unicode NFC).
 
     Syntax only: deliverability would need DNS at send time, which a 100,000-recipient batch
-    cannot afford; bounces feed the suppression list instead.
+    cannot afford; bounces feed the suppression list instead. The common case — an ASCII
+    dot-atom local part — is checked here and its domain by email_validator once per domain
+    (a tenth of the time per address); anything else goes to email_validator whole.
     """
+    local, at, domain = address.rpartition("@")
+    if at and len(local) <= 64 and len(address) <= 254 and _PLAIN_LOCAL.fullmatch(local):
+        return f"{local}@{_normalized_domain(domain)}"
+    return normalize_address_fully(address)
+
+
+def normalize_address_fully(address: str) -> str:
+    """:func:`normalize_address` by email_validator alone."""
     try:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as error:

@@ -44,4 +44,5 @@ service = ServiceSpec(
     ready_check=notify_ready,
     model_modules=("keel.notify.models",),
     tasks=TASKS,
+    body_limits=lambda settings: {"/v1/messages/batch": settings.notify.max_batch_body_bytes},
 )
