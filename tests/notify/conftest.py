@@ -5,16 +5,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from keel.app import create_app
 from keel.core.context import AppContext
+from keel.core.db import utcnow
+from keel.core.tenancy import bind_tenant
+from keel.jobs.models import CLAIMABLE_STATES, Job
 from keel.jobs.runner import PlatformRunner
 from keel.notify.email import generate_dkim_key
+from keel.notify.models import NotifyMessage
+from keel.notify.service.delivery import DELIVER
 from keel.notify.tasks import TASKS
 from keel.settings import Settings
 from tests.support.apps import lifespan_of
@@ -64,6 +71,45 @@ class Notify:
         assert answer.status_code == 200, answer.text
         document: dict[str, Any] = answer.json()
         return document
+
+    async def identify(self, recipient: str, **fields: Any) -> dict[str, Any]:
+        answer = await self.call("PUT", f"/recipients/{recipient}", json=fields)
+        assert answer.status_code in (200, 201), answer.text
+        document: dict[str, Any] = answer.json()
+        return document
+
+    async def delivery_jobs(self) -> list[dict[str, Any]]:
+        """The tenant's delivery jobs, as an operator reads them (``/jobs/v1/jobs``)."""
+        answer = await self.client.get(
+            "/jobs/v1/jobs", params={"queue": DELIVER.queue, "limit": 500}, headers=self.headers
+        )
+        assert answer.status_code == 200, answer.text
+        jobs: list[dict[str, Any]] = answer.json()["jobs"]
+        return jobs
+
+    async def let_time_pass(self, until: datetime) -> None:
+        """Make what was due by ``until`` due now: the waiting delivery jobs' ``run_at`` and
+        the queued messages' ``send_at`` move to now. A test cannot wait an hour; it moves
+        the rows the engine reads, so the code under test runs as it will then."""
+        now = utcnow()
+        async with self.context.database.session() as session:
+            bind_tenant(session, self.admin.tenant_id)
+            await session.execute(
+                update(Job)
+                .where(
+                    Job.queue == DELIVER.queue,
+                    Job.state.in_([state.value for state in CLAIMABLE_STATES]),
+                    Job.run_at <= until,
+                )
+                .values(run_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(
+                update(NotifyMessage)
+                .where(NotifyMessage.status == "queued", NotifyMessage.send_at <= until)
+                .values(send_at=now)
+                .execution_options(synchronize_session=False)
+            )
 
 
 WELCOME = {
