@@ -35,7 +35,11 @@ from keel.auth.service.api_keys import ApiKeys
 from keel.auth.service.caches import API_KEYS, CLIENT_GRANTS, REVOCATIONS
 from keel.auth.service.clients import Clients
 from keel.auth.service.mfa import TotpMfa
-from keel.auth.service.one_time_tokens import AccountTokenDelivery, log_account_token_request
+from keel.auth.service.one_time_tokens import (
+    AccountTokenDelivery,
+    AccountTokenMessage,
+    log_account_token_request,
+)
 from keel.auth.service.passwords import Passwords
 from keel.auth.service.policy import granted_scope
 from keel.auth.service.results import AuthFailure, IssuedSecret, TokenPair
@@ -53,6 +57,8 @@ __all__ = [
     "API_KEYS",
     "CLIENT_GRANTS",
     "REVOCATIONS",
+    "AccountTokenDelivery",
+    "AccountTokenMessage",
     "AuthFailure",
     "AuthService",
     "IssuedSecret",
