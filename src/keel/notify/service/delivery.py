@@ -336,7 +336,9 @@ async def _email_payload(
         message.unsubscribe_token_hash = tracking.unsubscribe_token_hash(keyring, token)
         unsubscribe = tracking.unsubscribe_url(base, token)
     settings = context.settings.notify
-    if html is not None and settings.track_clicks:
+    # A critical message's links can carry credentials (a password reset link): a tracked
+    # link would put them in Keel's click URL, and so in access logs and proxies.
+    if html is not None and settings.track_clicks and not message.critical:
         html = mail.rewrite_links(
             html,
             lambda url: tracking.click_url(base, keyring, message.id, url),
