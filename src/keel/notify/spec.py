@@ -13,14 +13,18 @@ from keel.notify import (
 )
 from keel.notify.models import NotifyTemplate
 from keel.notify.router import build_router
+from keel.notify.service.account_mail import use_notify_for_account_mail
 from keel.notify.service.delivery import NOTIFY_RUNTIME, NotifyRuntime
 from keel.notify.tasks import TASKS
 
 
 async def start_notify(context: AppContext) -> None:
-    """The delivery runtime: one HTTP client for every provider, and the providers' cache."""
+    """The delivery runtime: one HTTP client for every provider, and the providers' cache;
+    and the auth service's account e-mails sent as messages (auth starts first and cannot
+    import this service, so notify plugs itself into auth's delivery hook)."""
     if NOTIFY_RUNTIME not in context.resources:
         context.resources[NOTIFY_RUNTIME] = NotifyRuntime()
+    use_notify_for_account_mail(context)
 
 
 async def stop_notify(context: AppContext) -> None:
