@@ -42,6 +42,8 @@ _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_PUSH_TARGETS = 20
 #: Channels a preference names (``in_app`` is the inbox).
 PREFERENCE_CHANNELS = frozenset({*(channel.value for channel in Channel), "in_app"})
+#: A preference's category or channel that stands for all of them.
+EVERY = "*"
 
 
 class SuppressionReason:
@@ -261,8 +263,10 @@ async def set_preferences(
     """Record the recipient's choices (each replaces the one for its category and channel)."""
     wanted = {}
     for choice in choices:
-        check_category(choice.category)
-        if choice.channel not in PREFERENCE_CHANNELS:
+        # ``*`` is every category or every channel (:func:`opted_out` reads it).
+        if choice.category != EVERY:
+            check_category(choice.category)
+        if choice.channel != EVERY and choice.channel not in PREFERENCE_CHANNELS:
             raise ValidationFailed(
                 f"Channel {choice.channel!r} is not one of {sorted(PREFERENCE_CHANNELS)}."
             )
@@ -303,11 +307,11 @@ async def opted_out(
         select(NotifyPreference.enabled)
         .where(
             NotifyPreference.recipient_id == recipient_id,
-            NotifyPreference.category.in_([category, "*"]),
-            NotifyPreference.channel.in_([channel, "*"]),
+            NotifyPreference.category.in_([category, EVERY]),
+            NotifyPreference.channel.in_([channel, EVERY]),
         )
         # The most specific choice wins: the category's over "*", the channel's over "*".
-        .order_by((NotifyPreference.category == "*"), (NotifyPreference.channel == "*"))
+        .order_by((NotifyPreference.category == EVERY), (NotifyPreference.channel == EVERY))
         .limit(1)
     )
     return enabled is False
