@@ -179,6 +179,32 @@ async def test_a_tenant_template_of_the_same_name_replaces_the_built_in_one(
 
 
 @pytest.mark.usefixtures("json_logs")
+async def test_a_tenant_template_that_does_not_render_with_the_token_falls_back_to_the_log(
+    notify: Notify, app: FastAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reset still answers 202; nothing is queued, and the warning names the error, not
+    the token."""
+    wants_more = {
+        "default_locale": "en",
+        "locales": {"en": {"subject": "Hi {{ first_name }}", "text": "{{ token }}"}},
+        "sample_data": {"first_name": "Ada", "token": "kot_example"},
+    }
+    await notify.publish("account.password-reset", wants_more, category="onboarding")
+    await create_user(app, notify.admin.tenant_id, "wes", email="wes@example.com")
+
+    await request_reset(notify.client, notify.admin.tenant_slug, "wes@example.com")
+
+    assert await notify.deliver() == 0
+    assert notify.smtp.messages == []
+    assert (await notify.call("GET", "/messages")).json()["messages"] == []
+    logs = "".join(capsys.readouterr())
+    assert "notify.account_mail.failed" in logs
+    assert "ValidationFailed" in logs
+    assert "auth.account_token.requested" in logs
+    assert not TOKEN.search(logs)
+
+
+@pytest.mark.usefixtures("json_logs")
 async def test_without_an_email_provider_a_reset_answers_as_before_and_only_logs(
     app: FastAPI,
     client: httpx.AsyncClient,
