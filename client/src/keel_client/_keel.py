@@ -10,7 +10,8 @@ built on it::
       ├─ .audit    AuditAPI on api; .audit.recorder(spool_dir=...) ─▶ AuditClient(api=api)
       ├─ .config   .config.client(app, env) ─▶ ConfigClient(api=api)
       ├─ .flags    .flags.client(env) ─▶ FlagsClient(api=api)
-      └─ .jobs     JobsClient(api=api); .jobs.open_spool(dir) spools enqueues Keel cannot take
+      ├─ .jobs     JobsClient(api=api); .jobs.open_spool(dir) spools enqueues Keel cannot take
+      └─ .notify   NotifyClient(api=api): sends, recipients, preferences, status, inbox
 
 Per-call ``RequestOptions`` (``timeout``, ``deadline``, ``max_retries``, ``idempotency_key``,
 ``request_id``) override the defaults given to ``Keel(...)``. ``aclose()`` closes what the
@@ -34,6 +35,7 @@ from keel_client.config import ConfigClient
 from keel_client.flags import FlagsClient
 from keel_client.http import BaseAPIClient, ClientHealth
 from keel_client.jobs import JobsClient
+from keel_client.notify import NotifyClient
 from keel_client.secrets import SecretsClient
 
 __all__ = ["Credentials", "Keel", "KeelAudit", "KeelConfig", "KeelFlags"]
@@ -119,7 +121,7 @@ class KeelAudit(AuditAPI):
 class Keel:
     """Keel from a service: one connection pool, one breaker per host, one token source, and
     a sub-client per service (``.auth``, ``.secrets``, ``.audit``, ``.config``, ``.flags``,
-    ``.jobs``).
+    ``.jobs``, ``.notify``).
 
     Example::
 
@@ -132,6 +134,8 @@ class Keel:
             async with keel.flags.client("production") as flags:
                 flags.is_enabled("checkout-v2", {"key": "user-1"})
             await keel.jobs.enqueue("send_report", 42, queue="reports")
+            await keel.notify.send_email(to="user@example.com", template="welcome",
+                                         context={"name": "John"})
 
             # per-call options override the defaults given to Keel(...)
             await keel.secrets.get("apps/billing/db", timeout=2.0, max_retries=0)
@@ -173,6 +177,8 @@ class Keel:
         self.flags = KeelFlags(self)
         #: Enqueue (``.open_spool(dir)``: spooled while Keel is unreachable), read, cancel.
         self.jobs = JobsClient(api=self.api)
+        #: Send messages from templates; recipients, preferences, a message's status, inbox.
+        self.notify = NotifyClient(api=self.api)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:

@@ -7,6 +7,7 @@ pool, one breaker per host and one token source, and no logic of its own::
     SyncKeel ── LoopThread ── Keel (api: the pool)
       ├─ .auth / .secrets / .audit   each call: runner.call(keel.<service>.<call>(...))
       ├─ .jobs                       SyncJobsClient: each call runs keel.jobs.<call>(...) there
+      ├─ .notify                     SyncNotifyClient: each call runs keel.notify.<call>(...) there
       └─ .config.client / .flags.client / .audit.recorder
                                      SyncConfigClient / SyncFlagsClient / SyncAuditClient
                                      on the same thread (it stays up until SyncKeel.close())
@@ -37,6 +38,7 @@ from keel_client.config import SyncConfigClient
 from keel_client.flags import SyncFlagsClient
 from keel_client.http import ClientHealth, RequestOptions
 from keel_client.jobs import SyncJobsClient
+from keel_client.notify import SyncNotifyClient
 from keel_client.secrets import SecretCache, SecretsClient
 
 __all__ = ["SyncKeel", "SyncKeelAudit", "SyncKeelAuth", "SyncKeelConfig", "SyncKeelFlags",
@@ -270,6 +272,7 @@ class SyncKeel:
         self.config = SyncKeelConfig(self.keel, self._runner)
         self.flags = SyncKeelFlags(self.keel, self._runner)
         self.jobs = SyncJobsClient._on_runner(self.keel.jobs, self._runner)
+        self.notify = SyncNotifyClient._on_runner(self.keel.notify, self._runner)
 
     @property
     def url(self) -> str:
