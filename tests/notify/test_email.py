@@ -158,7 +158,7 @@ class TestDkim:
         assert {"date", "message-id", "mime-version", "content-type"} <= set(signed_headers)
         assert (tags["a"], tags["c"], tags["d"], tags["s"]) == (
             "rsa-sha256",
-            "relaxed/relaxed",
+            "relaxed/simple",
             "acme.test",
             "s2026",
         )

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import html as html_escaping
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,8 +34,9 @@ from urllib.parse import urlsplit
 
 import dkim
 import phonenumbers
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
 from email_validator import EmailNotValidError, validate_email
 
 from keel.notify.templating import Rendered, html_to_text
@@ -263,7 +266,9 @@ class DkimKey:
 
 
 def sign(raw: bytes, key: DkimKey) -> bytes:
-    """``raw`` with a DKIM-Signature header prepended (rsa-sha256, relaxed/relaxed)."""
+    """``raw`` with a DKIM-Signature header prepended (rsa-sha256, relaxed headers and simple
+    body canonicalization: the body is base64 or quoted-printable, which relays leave alone,
+    and the simple form costs nothing where relaxed ran regular expressions over it all)."""
     present: dict[str, int] = {}
     for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
         if line[:1] not in (b" ", b"\t") and b":" in line:
@@ -276,20 +281,65 @@ def sign(raw: bytes, key: DkimKey) -> bytes:
         for name in _SIGNED_HEADERS
         for _ in range(present.get(name, 0) + (name in _OVERSIGNED and name in present))
     ]
+    return _signature_header(raw, key, headers) + raw
+
+
+@functools.lru_cache(maxsize=64)
+def _private_key(pem: bytes) -> rsa.RSAPrivateKey:
     try:
-        signature = dkim.sign(
-            raw,
-            key.selector.encode(),
-            key.domain.encode(),
-            key.private_key_pem,
-            canonicalize=(b"relaxed", b"relaxed"),
-            signature_algorithm=b"rsa-sha256",
-            include_headers=headers,
-            linesep=b"\r\n",
-        )
-    except dkim.KeyFormatError:
+        loaded = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
         raise ValueError("the DKIM private key is not an RSA key in PEM form") from None
-    return bytes(signature) + raw
+    if not isinstance(loaded, rsa.RSAPrivateKey):
+        raise ValueError("the DKIM private key is not an RSA key in PEM form")
+    return loaded
+
+
+def _signature_header(raw: bytes, key: DkimKey, include: list[bytes]) -> bytes:
+    """The ``DKIM-Signature`` header of RFC 6376 section 5 for ``raw``: dkimpy parses and
+    canonicalises (relaxed/simple) and hashes the signed headers exactly as its own signer
+    and verifier do; the RSA signature is OpenSSL's, through ``cryptography`` (dkimpy's
+    pure-Python RSA took 8 ms a message, nine tenths of signing)."""
+    private_key = _private_key(key.private_key_pem)
+    # Only the header block goes through dkimpy's parser (it splits the whole message into
+    # lines); the message is ours, CRLF throughout, so the body is what follows the blank line.
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    if not separator:
+        raise ValueError("a message without a body cannot be DKIM-signed")
+    headers, _ = dkim.rfc822_parse(head + b"\r\n\r\n")
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(body)).digest())
+    domain = key.domain.encode()
+    fields = [
+        (b"v", b"1"),
+        (b"a", b"rsa-sha256"),
+        (b"c", b"relaxed/simple"),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", key.selector.encode()),
+        (b"t", str(int(time.time())).encode()),
+        (b"h", b" : ".join(include)),
+        (b"bh", body_hash),
+        (b"b", b""),
+    ]
+    name = b"DKIM-Signature"
+    unsigned = dkim.fold(b"; ".join(b"=".join(field) for field in fields), namelen=len(name))
+    hasher = hashlib.sha256()
+    dkim.hash_headers(
+        hasher,
+        policy,
+        policy.canonicalize_headers(headers),
+        include,
+        (name, b" " + unsigned),
+        dict(fields),
+    )
+    signature = private_key.sign(
+        hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+    )
+    fields[-1] = (b"b", base64.b64encode(signature))
+    value = dkim.fold(b"; ".join(b"=".join(field) for field in fields) + b"\r\n", namelen=len(name))
+    return b"".join((name, b": ", value))
 
 
 def generate_dkim_key(bits: int = 2048) -> tuple[bytes, str]:
