@@ -149,6 +149,8 @@ class SmtpTestServer:
         self.port = free_port()
         self.messages: list[ReceivedMail] = []
         self.failed_logins = 0
+        #: SMTP sessions the server has begun (a client that keeps its connection opens one).
+        self.connections = 0
         self._failures: list[_SmtpFailure] = []
         self._rejected: dict[str, str] = {}
         self._controller: Controller | None = None
@@ -190,6 +192,20 @@ class SmtpTestServer:
         return None
 
     # aiosmtpd handler hooks -------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if not getattr(session, "keel_counted", False):  # STARTTLS makes a client EHLO again
+            session.keel_counted = True  # type: ignore[attr-defined]
+            self.connections += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from keel.notify.providers import EmailPayload, ErrorKind, ProviderError, build_provider
@@ -145,3 +147,19 @@ def test_credentials_without_tls_are_refused() -> None:
             {"host": "127.0.0.1", "port": 2525, "security": "none"},
             {"username": "mailer", "password": "pw-never-in-clear"},
         )
+
+
+async def test_connections_are_kept_between_sends_and_a_stale_one_is_replaced(
+    email: EmailPayload,
+) -> None:
+    async with smtp_server() as smtp:
+        provider = build_provider("smtp", smtp.settings(), {})
+        await provider.send(email)
+        await provider.send(email)
+        # The relay goes away and comes back: the kept connection is dead, the send is not.
+        await asyncio.to_thread(smtp.stop)
+        await asyncio.to_thread(smtp.start)
+        await provider.send(email)
+        await provider.aclose()
+    assert len(smtp.messages) == 3
+    assert smtp.connections == 2  # one for the first two sends, one after the restart

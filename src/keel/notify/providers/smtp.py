@@ -1,8 +1,9 @@
 """Email over SMTP (aiosmtplib): the DKIM-signed message sent byte for byte.
 
-One connection per send for now: simple and correct. :meth:`SmtpProvider.send` is
-connect, deliver, release, so a pool can later hand out a connected client from
-``_connect`` and take it back in ``_release`` without touching the delivery.
+Connections are kept between sends (up to ``pool_size`` idle, each for ``idle_seconds``):
+a relay's greeting, EHLO, STARTTLS and AUTH cost more than a small message's transaction.
+A connection that failed is never reused; a send on a kept connection that the relay has
+meanwhile closed is tried once more on a new one (nothing was accepted on the dead one).
 
 SMTP reply codes map to error kinds by :func:`kind_for_reply`, which also weighs the stage
 that failed: a 550 to ``RCPT TO`` is a bad mailbox, a 550 to ``MAIL FROM`` is a sender this
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import time
 from email.utils import parseaddr
 from enum import StrEnum
 from pathlib import Path
@@ -57,6 +59,12 @@ class SmtpSettings(ProviderSettings):
     )
     validate_certs: bool = True
     local_hostname: str | None = Field(default=None, description="The name sent with EHLO.")
+    pool_size: int = Field(
+        default=10, ge=0, le=100, description="Connections kept open between sends."
+    )
+    idle_seconds: float = Field(
+        default=30.0, ge=0, le=600, description="How long a kept connection may sit unused."
+    )
 
     @field_validator("ca_file")
     @classmethod
@@ -117,6 +125,8 @@ class SmtpProvider:
             if secret is not None
         )
         self._tls_context = self._make_tls_context()
+        #: Connections between sends, newest last, with when each was last used.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     def _make_tls_context(self) -> ssl.SSLContext | None:
         if self.settings.security is SmtpSecurity.none:
@@ -129,15 +139,48 @@ class SmtpProvider:
 
     async def send(self, payload: EmailPayload) -> Sent:
         require_payload(self, payload, EmailPayload)
+        client = self._kept()
+        if client is not None:
+            try:
+                reply = await self._deliver(client, payload)
+            except ProviderError as error:
+                await self._close(client)
+                if error.status is not None:  # the relay answered: its answer stands
+                    raise
+                client = None  # the kept connection had gone stale: a new one, once
+            else:
+                self._keep(client)
+                return Sent(self.name, _message_id(payload, reply))
         client = await self._connect()
         try:
             reply = await self._deliver(client, payload)
-        finally:
-            await self._release(client)
+        except ProviderError:
+            await self._close(client)
+            raise
+        self._keep(client)
         return Sent(self.name, _message_id(payload, reply))
 
     async def aclose(self) -> None:
-        """Nothing held between sends yet (one connection per send)."""
+        """Say goodbye on every kept connection."""
+        kept, self._idle = self._idle, []
+        for client, _ in kept:
+            await self._close(client)
+
+    def _kept(self) -> aiosmtplib.SMTP | None:
+        """A kept connection still fresh, if any (the stale ones are dropped)."""
+        now = time.monotonic()
+        while self._idle:
+            client, since = self._idle.pop()
+            if client.is_connected and now - since < self.settings.idle_seconds:
+                return client
+            client.close()
+        return None
+
+    def _keep(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected and len(self._idle) < self.settings.pool_size:
+            self._idle.append((client, time.monotonic()))
+        else:
+            client.close()
 
     async def _connect(self) -> aiosmtplib.SMTP:
         security = self.settings.security
@@ -181,7 +224,7 @@ class SmtpProvider:
             raise self._connection_error(exc) from None
         return reply
 
-    async def _release(self, client: aiosmtplib.SMTP) -> None:
+    async def _close(self, client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:
             return
         try:
