@@ -190,6 +190,39 @@ async def _dkim_key(
 
 
 @dataclass
+class _ChunkCache:
+    """What the messages of one delivery job share, read once for the job: the tenant's
+    layouts and partials, template versions, providers per channel and the email sender."""
+
+    library: templating.Library
+    contents: dict[tuple[str, int | None], templating.TemplateContent] = field(default_factory=dict)
+    providers: dict[str, list[Provider[Any]]] = field(default_factory=dict)
+    sender: Any = None
+
+    async def content(
+        self, session: AsyncSession, tenant_id: str, message: NotifyMessage
+    ) -> templating.TemplateContent:
+        key = (message.template, message.template_version)
+        found = self.contents.get(key)
+        if found is None:
+            _, version = await get_version(
+                session, tenant_id, message.template, message.template_version
+            )
+            found = templating.TemplateContent.model_validate(version.content)
+            self.contents[key] = found
+        return found
+
+    async def providers_of(
+        self, session: AsyncSession, context: AppContext, tenant_id: str, channel: str
+    ) -> list[Provider[Any]]:
+        found = self.providers.get(channel)
+        if found is None:
+            found = await providers_for(session, context, tenant_id, channel)
+            self.providers[channel] = found
+        return found
+
+
+@dataclass
 class _Prepared:
     """What step 1 hands to step 2: the message's payloads and the providers to use."""
 
@@ -217,7 +250,7 @@ async def _finish(
 
 
 async def _prepare(
-    context: AppContext, tenant_id: str, message_id: str, library: templating.Library
+    context: AppContext, tenant_id: str, message_id: str, cache: _ChunkCache
 ) -> _Prepared | None:
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
@@ -253,9 +286,7 @@ async def _prepare(
         if message.data is None:  # erased while waiting
             await _finish(session, message, "failed", {"error": "the message's data was erased"})
             return None
-        _, version = await get_version(
-            session, tenant_id, message.template, message.template_version
-        )
+        content = await cache.content(session, tenant_id, message)
         data = {
             **message.data,
             "recipient": {"id": recipient.external_id, **(recipient.traits or {})}
@@ -263,10 +294,10 @@ async def _prepare(
             else {},
         }
         rendered = templating.render(
-            templating.TemplateContent.model_validate(version.content),
+            content,
             locale=message.locale or (recipient.locale if recipient else None),
             data=data,
-            library=library,
+            library=cache.library,
             channel=render_channel(message.channel),
         )
         message.attempts += 1
@@ -280,10 +311,16 @@ async def _prepare(
             }
             return prepared
         try:
-            prepared.providers = await providers_for(session, context, tenant_id, message.channel)
+            prepared.providers = await cache.providers_of(
+                session, context, tenant_id, message.channel
+            )
             if message.channel == "email":
+                if cache.sender is None:
+                    cache.sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
                 prepared.payloads = [
-                    await _email_payload(session, context, tenant_id, message, rendered)
+                    await _email_payload(
+                        session, context, tenant_id, message, rendered, cache.sender
+                    )
                 ]
             elif message.channel == "sms":
                 prepared.payloads = [
@@ -323,8 +360,8 @@ async def _email_payload(
     tenant_id: str,
     message: NotifyMessage,
     rendered: templating.Rendered,
+    sender: Any,
 ) -> EmailPayload:
-    sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
     if sender is None:
         raise NotConfigured("no email sender 'default' is configured")
     base = public_base_url(context)
@@ -500,10 +537,10 @@ async def _forget_push_targets(
 
 
 async def deliver_message(
-    context: AppContext, tenant_id: str, message_id: str, library: templating.Library
+    context: AppContext, tenant_id: str, message_id: str, cache: _ChunkCache
 ) -> None:
     try:
-        prepared = await _prepare(context, tenant_id, message_id, library)
+        prepared = await _prepare(context, tenant_id, message_id, cache)
     except templating.TemplateError as exc:  # published content no longer renders
         async with context.database.session() as session:
             bind_tenant(session, tenant_id)
@@ -521,9 +558,9 @@ async def deliver_messages(context: AppContext, run: TaskRun, args: Any) -> dict
     """The ``notify.deliver`` task: deliver each message of ``args["messages"]``."""
     ids: list[str] = list(args["messages"])
     async with context.database.session() as session:
-        library = await load_library(session, run.tenant_id)
+        cache = _ChunkCache(await load_library(session, run.tenant_id))
     for message_id in ids:
-        await deliver_message(context, run.tenant_id, message_id, library)
+        await deliver_message(context, run.tenant_id, message_id, cache)
     return {"messages": len(ids)}
 
 
