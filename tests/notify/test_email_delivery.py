@@ -168,3 +168,20 @@ async def test_a_hard_bounce_suppresses_the_address(notify: Notify) -> None:
     assert bounced["status"] == "bounced"
     [suppressed] = (await notify.call("GET", "/suppressions")).json()["suppressions"]
     assert (suppressed["address"], suppressed["reason"]) == ("gone@example.com", "bounce")
+
+
+async def test_deliveries_are_counted_per_channel_provider_and_outcome(notify: Notify) -> None:
+    await send_welcome(notify)
+    notify.smtp.reject_recipient("gone@example.com")
+    await notify.send(template="welcome", to="gone@example.com", data={"name": "X"})
+    await notify.deliver()
+    exposition = (await notify.client.get("/metrics")).text
+    assert (
+        'keel_notify_deliveries_total{channel="email",outcome="sent",provider="smtp"} 1.0'
+        in exposition
+    )
+    assert (
+        'keel_notify_deliveries_total{channel="email",outcome="bounced",provider="smtp"} 1.0'
+        in exposition
+    )
+    assert 'keel_notify_delivery_seconds_count{channel="email"} 2.0' in exposition

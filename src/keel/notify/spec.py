@@ -11,6 +11,7 @@ from keel.core.services import ServiceSpec
 from keel.notify import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
 )
+from keel.notify.metrics import NOTIFY_METRICS_RESOURCE, NotifyMetrics
 from keel.notify.models import NotifyTemplate
 from keel.notify.router import build_router
 from keel.notify.service.account_mail import use_notify_for_account_mail
@@ -24,6 +25,8 @@ async def start_notify(context: AppContext) -> None:
     import this service, so notify plugs itself into auth's delivery hook)."""
     if NOTIFY_RUNTIME not in context.resources:
         context.resources[NOTIFY_RUNTIME] = NotifyRuntime()
+    if NOTIFY_METRICS_RESOURCE not in context.resources:
+        context.resources[NOTIFY_METRICS_RESOURCE] = NotifyMetrics(context.metrics.registry)
     use_notify_for_account_mail(context)
 
 
