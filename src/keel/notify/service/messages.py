@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
@@ -152,7 +152,7 @@ def resolve_send_at(
         raise ValidationFailed("The schedule is in the past.")
     if wanted > now + MAX_SCHEDULE_AHEAD:
         raise ValidationFailed("A message is scheduled at most a year ahead.")
-    return max(wanted, now)
+    return max(wanted.astimezone(UTC), now)
 
 
 async def _hourly_count(

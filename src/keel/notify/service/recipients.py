@@ -300,14 +300,14 @@ async def set_preferences(
 async def opted_out(
     session: AsyncSession, recipient_id: str, category: str | None, channel: str
 ) -> bool:
-    """Whether the recipient turned ``category`` off on ``channel`` (``*`` rows: all)."""
-    if category is None:
-        return False
+    """Whether the recipient turned ``category`` off on ``channel`` (``*`` rows: all; a
+    message without a category answers to the ``*`` rows alone)."""
+    categories = [EVERY] if category is None else [category, EVERY]
     enabled = await session.scalar(
         select(NotifyPreference.enabled)
         .where(
             NotifyPreference.recipient_id == recipient_id,
-            NotifyPreference.category.in_([category, EVERY]),
+            NotifyPreference.category.in_(categories),
             NotifyPreference.channel.in_([channel, EVERY]),
         )
         # The most specific choice wins: the category's over "*", the channel's over "*".
