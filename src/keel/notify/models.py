@@ -246,6 +246,8 @@ class NotifyMessage(TenantScoped, Base):
     #: The template's data; dropped once the message is final, and by erasure.
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Key-value data a push message carries to the app on the device (not rendered).
+    push_data: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     #: ``queued``, ``sent``, ``delivered``, ``opened``, ``clicked``, ``bounced``,
     #: ``complained``, ``failed``, ``suppressed``, ``skipped``, ``digested``.
     status: Mapped[str] = mapped_column(String(16), default="queued")

@@ -112,6 +112,11 @@ class MessageCreate(_Strict):
     send_at: AwareDatetime | None = None
     send_at_local: datetime | None = None
     digest: DigestSpec | None = None
+    #: A push message's key-value data for the app on the device (FCM ``data``, the Web Push
+    #: payload's ``data``): not rendered, at most 4 KB.
+    push_data: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=1024)]] | None
+    ) = Field(default=None, max_length=20)
 
 
 class BatchRecipient(_Strict):

@@ -175,6 +175,7 @@ class NotifyClient:
         send_at: datetime | None = None,
         send_at_local: datetime | None = None,
         digest: Digest | None = None,
+        push_data: Mapping[str, str] | None = None,
         **options: Unpack[RequestOptions],
     ) -> MessageRef:
         """Send one message of ``template`` on ``channel`` to an address (``to``: an email,
@@ -209,6 +210,8 @@ class NotifyClient:
         if digest is not None:
             key, window = digest
             body["digest"] = {"key": key, "window_seconds": _seconds(window)}
+        if push_data is not None:
+            body["push_data"] = {str(name): str(value) for name, value in push_data.items()}
         key = options.get("idempotency_key") or str(uuid.uuid4())
         call: RequestOptions = {**options, "idempotency_key": key}
         response = await self.api.post(f"{API}/messages", json=body, **call)
@@ -274,8 +277,8 @@ class NotifyClient:
         A push is rendered from a template like every message: ``template`` (default
         :data:`DEFAULT_PUSH_TEMPLATE`, which the tenant publishes once with
         :data:`PUSH_TEMPLATE_CONTENT`) sees ``title``, ``body`` and ``data`` beside
-        ``context``. The device receives the rendered title and body and the message's
-        id; Keel does not forward ``data`` to the device itself."""
+        ``context``. The device receives the rendered title and body, and ``data`` (its
+        values as strings, at most 4 KB) with the message's id as ``message_id``."""
         variables: dict[str, Any] = dict(context or {})
         if title is not None:
             variables["title"] = title
@@ -285,7 +288,7 @@ class NotifyClient:
             variables["data"] = dict(data)
         return await self.send(
             template, channel=Channel.PUSH, recipient=user_id, context=variables, tags=tags,
-            send_at=schedule_at, **options,
+            send_at=schedule_at, push_data=data, **options,
         )  # fmt: skip
 
     async def send_batch(

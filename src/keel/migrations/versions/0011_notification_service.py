@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("critical", sa.Boolean(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=True),
         sa.Column("tags", sa.JSON(), nullable=False),
+        sa.Column("push_data", sa.JSON(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("send_at", UTCDateTime(), nullable=False),
         sa.Column("batch_id", sa.String(length=36), nullable=True),

@@ -55,6 +55,7 @@ async def send_message(
         digest=messages.Digest(body.digest.key, body.digest.window_seconds)
         if body.digest
         else None,
+        push_data=body.push_data,
     )
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:

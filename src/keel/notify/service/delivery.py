@@ -345,7 +345,7 @@ async def _prepare(
                         target=_push_target(target),
                         title=rendered.push_title or "",
                         body=rendered.push_body or "",
-                        data={"message_id": message.id},
+                        data={**(message.push_data or {}), "message_id": message.id},
                     )
                     for target in (recipient.push_targets if recipient else [])
                 ]

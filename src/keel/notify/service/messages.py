@@ -84,6 +84,8 @@ class SendRequest:
     send_at_local: datetime | None = None
     digest: Digest | None = None
     batch_id: str | None = None
+    #: Key-value data a push message carries to the device (not rendered).
+    push_data: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,7 @@ async def accept(
         critical=critical,
         data=rendered_data if status == "queued" else None,
         tags=tags,
+        push_data=_check_push_data(request.channel, request.push_data),
         status=status,
         send_at=send_at,
         batch_id=request.batch_id,
@@ -309,6 +312,22 @@ async def accept(
         )
     await session.flush()
     return Accepted(message)
+
+
+#: The most push data one message carries (FCM's limit is 4 KB).
+MAX_PUSH_DATA_BYTES = 4096
+
+
+def _check_push_data(channel: str, data: Mapping[str, str] | None) -> dict[str, str] | None:
+    if data is None:
+        return None
+    if channel != Channel.push:
+        raise ValidationFailed("push_data is for push messages.")
+    if "message_id" in data:
+        raise ValidationFailed("push_data's message_id is Keel's: the message's own id.")
+    if sum(len(key) + len(value) for key, value in data.items()) > MAX_PUSH_DATA_BYTES:
+        raise ValidationFailed(f"push_data is at most {MAX_PUSH_DATA_BYTES} characters.")
+    return dict(data)
 
 
 def _check_digest(digest: Digest) -> Digest:
