@@ -2,11 +2,13 @@
 
 A fetch that found nothing waits on :class:`JobSignals` instead of polling the table: the
 request that made jobs available (an enqueue, a requeue, a resume) calls
-:func:`signal_after_commit`, and once its unit of work commits, the platform's broadcast
-carries ``{"tenant": ..., "queues": [...]}`` on :data:`CHANNEL` to every replica (in process on
-the embedded default, through Redis when ``KEEL_REDIS_URL`` is set). Each replica's listener
-(:func:`listen_for_job_signals`, run beside the API) wakes the fetches of that tenant waiting
-on one of those queues; the signal never wakes a fetch before the jobs are committed.
+:func:`signal_after_commit`, and once its unit of work commits, the fetches of this process
+waiting on one of those queues for that tenant wake at once. Other replicas hear of it
+through Redis when ``KEEL_REDIS_URL`` is set: the platform's broadcast carries ``{"tenant":
+..., "queues": [...]}`` on :data:`CHANNEL`, and each replica's listener
+(:func:`listen_for_job_signals`, run beside the API) wakes its own waiting fetches. A single
+process without Redis publishes nothing (nobody else would hear it). The signal never wakes
+a fetch before the jobs are committed.
 
 On PostgreSQL without Redis, replicas share no broadcast; the signal then travels by
 ``NOTIFY`` on :data:`PG_CHANNEL`: each replica's listener holds one connection on which it
