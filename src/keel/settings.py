@@ -185,6 +185,9 @@ class JobsSettings(BaseModel):
     #: The longest a fetch waits for jobs (a worker's ``wait_seconds`` above it is cut to it):
     #: a proxy in front of Keel must let a request run this long.
     max_fetch_wait_seconds: float = Field(default=30, ge=0, le=30)
+    #: The lease of Keel's own tasks (``keel.jobs.runner``), extended every third of it while
+    #: a task runs: a runner that dies has its jobs taken over within this.
+    platform_lease_seconds: float = Field(default=30, ge=1, le=600)
 
 
 class NotifySettings(BaseModel):

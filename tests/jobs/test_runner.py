@@ -19,7 +19,7 @@ from keel.core.db import utcnow
 from keel.core.lifecycle import build_context
 from keel.jobs.models import JobState
 from keel.jobs.runner import PlatformRunner
-from keel.jobs.service import enqueue_task, get_job
+from keel.jobs.service import enqueue_task, get_job, rescue_lapsed
 from keel.jobs.signals import JOB_SIGNALS_RESOURCE, JobSignals
 from keel.migrations import upgrade
 from keel.settings import Settings
@@ -218,3 +218,31 @@ async def test_nobody_enqueues_onto_or_works_keels_own_queues_over_the_api(
         )
     assert answer.status_code == 403, answer.text
     assert "Keel's own" in answer.json()["detail"]
+
+
+async def test_a_long_task_keeps_its_short_lease_alive_and_runs_once(
+    context: AppContext, tenant_id: str
+) -> None:
+    runs: list[int] = []
+
+    async def long(context: AppContext, run: TaskRun, args: Any) -> None:
+        runs.append(run.attempt)
+        await asyncio.sleep(2.5)
+
+    task = PlatformTask(service_name(), "long", long, timeout_seconds=30)
+    job_id = await enqueue(context, tenant_id, task, None)
+
+    async def rescue_forever() -> None:  # what keel worker's rescue loop does, faster
+        while True:
+            async with context.database.session() as session:
+                await rescue_lapsed(session)
+            await asyncio.sleep(0.2)
+
+    rescuer = asyncio.create_task(rescue_forever())
+    try:
+        assert await PlatformRunner(context, [task], lease_seconds=1.0).drain() == 1
+    finally:
+        rescuer.cancel()
+    job = await state_of(context, tenant_id, job_id)
+    assert job.state == JobState.completed
+    assert runs == [1]  # never taken over while it ran 2.5 leases long

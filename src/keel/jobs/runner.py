@@ -7,10 +7,11 @@ task's timeout, and completes or fails the job, so Keel's work gets what the fle
 leases (a killed process's jobs run again once their lease lapses), retries with backoff,
 the dead letter queue, ``keel jobs dead --queue keel.notify``, metrics.
 
-The lease is the longest timeout of the tasks plus a margin: a handler is cancelled at its
-timeout, so a live runner never lets a lease lapse and needs no heartbeats. On shutdown the
-runner stops claiming and fails what is still running with no wait before the next attempt,
-so another process takes it at once.
+Leases are short (``KEEL_JOBS__PLATFORM_LEASE_SECONDS``, 30 s) and a live runner extends
+those of its running jobs every third of that: a runner that dies (``kill -9``, a lost
+machine) has its jobs taken by another within a lease, while a handler may run as long as
+its task's timeout. On shutdown the runner stops claiming and fails what is still running
+with no wait before the next attempt, so another process takes it at once.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from sqlalchemy import select
 from keel.core.context import AppContext, DiscardTask, PlatformTask, RetryTask, TaskRun
 from keel.core.logging import get_logger
 from keel.core.tenancy import Tenant
-from keel.jobs.service import Claim, claim, complete, fail
+from keel.jobs.service import Claim, claim, complete, fail, heartbeat
 from keel.jobs.signals import ANY_TENANT, JOB_SIGNALS_RESOURCE
 
 log = get_logger(__name__)
 
-#: Seconds a lease outlasts the longest task timeout.
-LEASE_MARGIN_SECONDS = 30.0
 #: The longest an idle runner goes without looking for due jobs (scheduled ones, and
 #: signals another process sent where none reach this one).
 IDLE_WAIT_SECONDS = 1.0
@@ -59,6 +58,7 @@ class PlatformRunner:
         tasks: Sequence[PlatformTask],
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        lease_seconds: float | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("a runner needs tasks to run")
@@ -66,7 +66,7 @@ class PlatformRunner:
         self.tasks = {task.task_name: task for task in tasks}
         self.queues = sorted({task.queue for task in tasks})
         self.concurrency = concurrency
-        self.lease_seconds = max(task.timeout_seconds for task in tasks) + LEASE_MARGIN_SECONDS
+        self.lease_seconds = lease_seconds or context.settings.jobs.platform_lease_seconds
         self.worker_id = f"keel-runner:{socket.gethostname()}:{os.getpid()}"
         self._tenants: list[str] = []
         self._tenants_read_at = float("-inf")
@@ -75,6 +75,7 @@ class PlatformRunner:
 
     async def run_forever(self) -> None:
         """Claim, run, repeat; wait for a signal (or a second) when there is nothing to do."""
+        heartbeats = asyncio.create_task(self._heartbeats(), name="keel-runner-heartbeats")
         try:
             while True:
                 signals = self.context.resources.get(JOB_SIGNALS_RESOURCE)
@@ -92,18 +93,40 @@ class PlatformRunner:
                     else:
                         await asyncio.sleep(IDLE_WAIT_SECONDS)
         finally:
+            heartbeats.cancel()
             await self._release_running()
 
     async def drain(self) -> int:
         """Run every job due now (and any they make due now) to its outcome; how many ran.
         For tests and ``keel`` commands that want the work done before they go on."""
         ran = 0
+        heartbeats = asyncio.create_task(self._heartbeats(), name="keel-runner-heartbeats")
+        try:
+            while True:
+                claimed = await self._claim_and_start()
+                ran += claimed
+                if not self._running:
+                    return ran
+                await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            heartbeats.cancel()
+
+    async def _heartbeats(self) -> None:
+        """Extend the leases of the running jobs every third of a lease, for ever."""
         while True:
-            claimed = await self._claim_and_start()
-            ran += claimed
-            if not self._running:
-                return ran
-            await asyncio.wait(list(self._running), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.sleep(self.lease_seconds / 3)
+            for tenant_id, job in list(self._running.values()):
+                try:
+                    async with self.context.database.session() as session:
+                        await heartbeat(
+                            session,
+                            tenant_id,
+                            job.job_id,
+                            job.lease_token,
+                            lease_seconds=self.lease_seconds,
+                        )
+                except Exception:  # ended meanwhile, or taken over: its own outcome tells
+                    log.info("jobs.runner.heartbeat_refused", job_id=job.job_id)
 
     async def _tenant_ids(self) -> list[str]:
         now = time.monotonic()
