@@ -238,6 +238,8 @@ async def accept(
             select(NotifyMessage)
             .where(
                 NotifyMessage.digest_key == digest.key,
+                # One template renders the digest: another's events would not render in it.
+                NotifyMessage.template == template.name,
                 NotifyMessage.status == "queued",
                 NotifyMessage.recipient_id == (recipient.id if recipient else None),
                 NotifyMessage.address == address,
