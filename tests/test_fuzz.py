@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import httpx
 import pytest
 
 from tests.support.keel_cli import invoke_keel
-from tests.support.keel_process import keel_env, keel_server, read_log_lines
+from tests.support.keel_process import ADMIN_KEY, keel_env, keel_server, read_log_lines
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 #: Cases per operation in ``make test``: about 45 s a database on a 2-core machine running
@@ -45,7 +44,6 @@ STREAMS = r"/watch$|^/secrets/v1/sys/changes$"
 #: How often a path parameter takes the name of a resource made beforehand rather than a
 #: generated value: otherwise nearly every request about one resource is a 404.
 KNOWN_VALUE_PROBABILITY = 0.5
-_ADMIN_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 
 
 @dataclass
@@ -251,7 +249,7 @@ def fuzz(database: str, workdir: Path, request: pytest.FixtureRequest) -> FuzzRu
     for command in ("migrate", "init"):
         result = invoke_keel(command, cwd=workdir, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
-    api_key = _ADMIN_KEY.search(result.stdout)
+    api_key = ADMIN_KEY.search(result.stdout)
     assert api_key is not None, result.stdout
 
     with keel_server(workdir, env) as server:

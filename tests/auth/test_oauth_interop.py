@@ -22,10 +22,9 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
 from tests.support.keel_cli import invoke_keel
-from tests.support.keel_process import KeelServer, free_port, keel_env, keel_server
+from tests.support.keel_process import ADMIN_KEY, KeelServer, free_port, keel_env, keel_server
 
 PASSWORD = "plum-Tractor-kettle-47"
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 _CLIENT_ID = re.compile(r"client_id: (kc_\S+)")
 _FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 
@@ -50,7 +49,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     env = keel_env()
     initialised = invoke_keel("init", cwd=cwd, env=env)
     assert initialised.returncode == 0, initialised.stderr
-    key_match = _API_KEY.search(initialised.stdout)
+    key_match = ADMIN_KEY.search(initialised.stdout)
     assert key_match is not None, initialised.stdout
 
     redirect_uri = f"http://127.0.0.1:{free_port()}/callback"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,9 +18,7 @@ from keel_client.changes import ServerSentEvent, SSEDecoder
 from tests.support.config_api import API, SERVICES
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_cli import invoke_keel
-from tests.support.keel_process import KeelServer, keel_env, keel_server
-
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
+from tests.support.keel_process import ADMIN_KEY, KeelServer, keel_env, keel_server
 
 pytestmark = pytest.mark.postgres
 
@@ -38,7 +35,7 @@ def replicas(
         migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
         assert migrated.returncode == 0, migrated.stderr
         initialised = invoke_keel("init", cwd=tmp_path, env=env)
-        key = _API_KEY.search(initialised.stdout)
+        key = ADMIN_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout + initialised.stderr
         with keel_server(tmp_path, env) as first, keel_server(tmp_path, env) as second:
             yield first, second, key.group(1)

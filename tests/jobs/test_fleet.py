@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_process import (
+    ADMIN_KEY,
     KEEL,
     REPOSITORY,
     KeelServer,
@@ -41,8 +41,6 @@ from tests.support.keel_process import (
     stop_process,
     wait_for,
 )
-
-ADMIN_KEY = re.compile(r"admin API key \(shown once, store it now\): (\S+)")
 
 
 @dataclass

@@ -16,7 +16,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import re
 import subprocess
 import time
 import uuid
@@ -47,6 +46,7 @@ from tests.support.audit import audit_events
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
 from tests.support.keel_cli import invoke_keel
 from tests.support.keel_process import (
+    ADMIN_KEY,
     KEEL,
     KeelServer,
     keel_env,
@@ -58,7 +58,6 @@ from tests.support.tenants import TenantAdmin, create_api_key, create_role, crea
 
 pytestmark = pytest.mark.postgres  # the target database is PostgreSQL, whatever Keel runs on
 
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 ADMIN_PASSWORD = f"admin-pw-{uuid.uuid4().hex}"
 PLUGIN = "postgresql-database-plugin"
 
@@ -207,7 +206,7 @@ def keel(
     running = Keel(cwd, env, with_worker=database is not None)
     try:
         initialised = invoke_keel("init", cwd=cwd, env=env)
-        key = _API_KEY.search(initialised.stdout)
+        key = ADMIN_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout + initialised.stderr
         running.admin_key = key.group(1)
         running.start()

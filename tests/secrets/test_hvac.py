@@ -4,7 +4,6 @@ version 2 API, check-and-set conflicts, mounts, policies, health and token looku
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Iterator
 
@@ -14,9 +13,7 @@ from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_cli import invoke_keel
-from tests.support.keel_process import KeelServer, keel_env, keel_server
-
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
+from tests.support.keel_process import ADMIN_KEY, KeelServer, keel_env, keel_server
 
 
 @pytest.fixture(
@@ -42,7 +39,7 @@ def served(
     try:
         initialised = invoke_keel("init", cwd=tmp_path, env=env)
         assert initialised.returncode == 0, initialised.stderr
-        key = _API_KEY.search(initialised.stdout)
+        key = ADMIN_KEY.search(initialised.stdout)
         assert key is not None, initialised.stdout
         with keel_server(tmp_path, env) as server:
             yield server, key.group(1)

@@ -45,12 +45,11 @@ from keel.secrets.engines.kv import KvEngine
 from keel.settings import Settings
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_cli import invoke_keel, invoke_keel_async
-from tests.support.keel_process import KEEL, keel_env, keel_server, run_keel
+from tests.support.keel_process import ADMIN_KEY, KEEL, keel_env, keel_server, run_keel
 
 OLD = MasterKey.generate()
 NEW = MasterKey.generate()
 SECRETS = 60
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 _MASKED = re.compile(r"^  [A-Z_]+ = \*{8}  \(\d+ chars?\)$")
 
 
@@ -112,7 +111,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
     try:
         initialised = found.keel("init")
         assert initialised.returncode == 0, initialised.stderr
-        key = _API_KEY.search(initialised.stdout)
+        key = ADMIN_KEY.search(initialised.stdout)
         assert key is not None
         found.api_key = key.group(1)
         yield found

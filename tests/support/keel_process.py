@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,9 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 60.0
 READY_TIMEOUT = 30.0
 
+
+#: What ``keel init`` prints with the administrator's API key (group 1: the key).
+ADMIN_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 
 #: A fixed master key for tests (base64 of 32 bytes); never used outside tests.
 TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="

@@ -5,7 +5,6 @@ replicas sharing PostgreSQL and Redis reaches a client following the other."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from tests.support.config_api import SERVICES
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_cli import invoke_keel
 from tests.support.keel_process import (
+    ADMIN_KEY,
     KEEL,
     KeelServer,
     _server,
@@ -28,7 +28,6 @@ from tests.support.keel_process import (
     keel_server,
 )
 
-_API_KEY = re.compile(r"admin API key \(shown once, store it now\): (keel_\S+)")
 SNAPSHOT = "/config/v1/apps/billing/envs/production"
 
 
@@ -38,7 +37,7 @@ def _initialised(cwd: Path, env: dict[str, str]) -> str:
     migrated = invoke_keel("migrate", cwd=cwd, env=env)
     assert migrated.returncode == 0, migrated.stderr
     initialised = invoke_keel("init", cwd=cwd, env=env)
-    key = _API_KEY.search(initialised.stdout)
+    key = ADMIN_KEY.search(initialised.stdout)
     assert key is not None, initialised.stdout + initialised.stderr
     return key.group(1)
 
