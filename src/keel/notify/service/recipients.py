@@ -371,8 +371,11 @@ async def list_categories(session: AsyncSession, tenant_id: str) -> list[NotifyC
 
 
 def normalise_address(channel: str, address: str) -> str:
+    """How the suppression list spells an address. An email address is lowercased whole:
+    mailbox providers deliver ``Ada@example.com`` and ``ada@example.com`` to one inbox, and
+    an unsubscribe must hold for both (suppressing too much is the safe side)."""
     if channel == Channel.email:
-        return check_email(address)
+        return check_email(address).lower()
     if channel == Channel.sms:
         return check_phone(address)
     raise ValidationFailed("Suppressions are for email and sms addresses.")
@@ -438,6 +441,8 @@ async def is_suppressed(
     """Whether ``address`` is suppressed for ``category`` (in the session's tenant)."""
     if address is None or channel not in (Channel.email, Channel.sms):
         return False
+    if channel == Channel.email:
+        address = address.lower()  # as normalise_address spells it
     found = await session.scalar(
         select(NotifySuppression.id)
         .where(
