@@ -198,3 +198,29 @@ async def test_erasure_keeps_status_history_and_the_suppression_but_no_personal_
     again = await send(notify, template="welcome", recipient="ada", data={"name": "Ada"})
     assert again["status"] == "suppressed"
     assert (await notify.call("DELETE", "/recipients/nobody")).status_code == 404
+
+
+async def test_a_suppressed_address_is_suppressed_whatever_the_case_of_its_letters(
+    notify: Notify,
+) -> None:
+    """Mailbox providers treat ``Ada@example.com`` and ``ada@example.com`` as one inbox, so a
+    suppression of one must hold for the other: erring towards not sending is the safe side
+    of the invariant."""
+    answer = await notify.call("POST", "/suppressions", json={"address": "Ada@Example.com"})
+    assert answer.status_code == 201, answer.text
+    for address in ("ada@example.com", "ADA@example.com", "Ada@EXAMPLE.COM"):
+        sent = await send(notify, template="welcome", to=address, data={"name": "Ada"})
+        assert sent["status"] == "suppressed", address
+    await notify.identify("ada", email="aDa@example.com")
+    assert (await send(notify, template="welcome", recipient="ada", data={"name": "A"}))[
+        "status"
+    ] == "suppressed"
+    assert await notify.deliver() == 0
+    assert notify.smtp.messages == []
+
+    # Removing the suppression, in any case, lets mail through again.
+    answer = await notify.call("DELETE", "/suppressions/email/ADA@example.com")
+    assert answer.status_code == 204, answer.text
+    await send(notify, template="welcome", to="Ada@example.com", data={"name": "Ada"})
+    assert await notify.deliver() == 1
+    assert len(notify.smtp.messages) == 1

@@ -222,3 +222,42 @@ async def test_ten_sends_with_one_digest_key_arrive_as_one_email_after_the_windo
         digest=digest,
     )
     assert later["id"] != message_id
+
+
+async def test_sends_of_two_templates_with_one_digest_key_are_two_digests(
+    notify: Notify,
+) -> None:
+    """A digest is rendered with one template: a send of another template (whose data that
+    template may not render) starts its own digest rather than joining — joined, the
+    digest would fail to render at delivery and every event in it would be lost."""
+    await notify.publish("comments", DIGEST, category="onboarding")
+    likes = {
+        "default_locale": "en",
+        "locales": {
+            "en": {
+                "subject": "{{ events | length }} new likes",
+                "text": "{% for e in events %}{{ e.liker }} liked it\n{% endfor %}",
+            }
+        },
+        "sample_data": {"events": [{"liker": "Ada"}]},
+    }
+    await notify.publish("likes", likes, category="onboarding")
+    digest = {"key": "activity", "window_seconds": 60}
+    comment = await send(
+        notify,
+        template="comments",
+        to="ada@example.com",
+        data={"who": "Bob", "comment": "Hi"},
+        digest=digest,
+    )
+    like = await send(
+        notify, template="likes", to="ada@example.com", data={"liker": "Cy"}, digest=digest
+    )
+    assert like["id"] != comment["id"]
+
+    await notify.let_time_pass(until=max(at(like["send_at"]), at(comment["send_at"])))
+    await notify.deliver()
+    subjects = sorted(parse(mail.data)["Subject"] for mail in notify.smtp.messages)
+    assert subjects == ["1 new comments", "1 new likes"]
+    for accepted in (comment, like):
+        assert (await notify.message(accepted["id"]))["status"] == "sent"
