@@ -422,6 +422,11 @@ async def accept_batch(
         except ValidationFailed as exc:
             raise ValidationFailed(f"Entry {index}: {exc.detail}") from None
         merged = {**data, **entry.data}
+        if entry.data:  # a message of a batch has the limit a single send has
+            try:
+                _check_data_size(merged, max_data_bytes)
+            except PayloadTooLarge as exc:
+                raise PayloadTooLarge(f"Entry {index}: {exc.detail}") from None
         absent = wanted - set(merged)
         if absent:
             raise ValidationFailed(
