@@ -140,3 +140,20 @@ async def test_a_batch_with_one_bad_entry_is_refused_whole(notify: Notify) -> No
         "an empty batch",
     )
     await assert_nothing_stored(notify)
+
+
+async def test_a_batch_entry_with_oversized_data_is_refused_as_a_single_send_is(
+    notify: Notify,
+) -> None:
+    """The limit on a message's data holds for each message of a batch too: a batch is not
+    a way around it."""
+    recipients = [
+        {"to": "ada@example.com", "data": {"name": "Ada"}},
+        {"to": "bob@example.com", "data": {"name": "Bob", "blob": "x" * 40_000}},
+    ]
+    answer = await notify.call(
+        "POST", "/messages/batch", json={"template": "welcome", "recipients": recipients}
+    )
+    problem = assert_problem(answer, 413, "an entry's oversized data")
+    assert "Entry 1" in problem["detail"]
+    await assert_nothing_stored(notify)
