@@ -40,7 +40,7 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 #: column holds (config diff ``from``, rollback ``revision``) and a flag variation without an
 #: id; on SQLite the last three.
 CI_MAX_EXAMPLES = 12
-STREAMS = r"/watch$|^/secrets/v1/sys/changes$"
+STREAMS = r"/watch$|^/secrets/v1/sys/changes$|/inbox/stream$"
 #: How often a path parameter takes the name of a resource made beforehand rather than a
 #: generated value: otherwise nearly every request about one resource is a 404.
 KNOWN_VALUE_PROBABILITY = 0.5

@@ -43,6 +43,8 @@ class Notify:
     context: AppContext
     smtp: SmtpTestServer
     dkim_txt: str
+    #: The app itself, for what an in-process client cannot do (a streamed answer).
+    app: FastAPI
 
     @property
     def headers(self) -> dict[str, str]:
@@ -147,7 +149,7 @@ async def notify(
     )
     assert answer.status_code == 200, answer.text
     async with smtp_server() as smtp:
-        setup = Notify(client, admin, app.state.keel, smtp, txt)
+        setup = Notify(client, admin, app.state.keel, smtp, txt, app)
         answer = await setup.call(
             "PUT",
             "/senders/default",

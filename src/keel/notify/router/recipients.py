@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from keel.auth.dependencies import CallerActor
 from keel.core.audit import record_event
+from keel.core.changes import Change, change_stream_response
 from keel.core.deps import DbSession
 from keel.core.http import etag_for
 from keel.notify import schemas
@@ -15,6 +18,7 @@ from keel.notify.auth import RecipientAdmin, RecipientReader, RecipientWriter
 from keel.notify.models import NotifyRecipient
 from keel.notify.service import inbox as inbox_service
 from keel.notify.service import recipients
+from keel.notify.service.delivery import INBOX_STREAM
 
 router = APIRouter(tags=["notify"])
 
@@ -202,6 +206,27 @@ async def inbox(
     return schemas.Inbox(
         items=[schemas.InboxItem.model_validate(item) for item in items], unread=unread
     )
+
+
+@router.get(
+    "/recipients/{recipient_id}/inbox/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def inbox_stream(
+    recipient_id: RecipientPath, principal: RecipientReader, request: Request, session: DbSession
+) -> StreamingResponse:
+    """New inbox items of a recipient, live, as Server-Sent Events (``event: notify-inbox``,
+    ``data.data.item``: the new item's id; read it with the inbox). Resumes after
+    ``Last-Event-ID``. Live across processes with ``KEEL_REDIS_URL`` (or on the embedded
+    default); without it, a delivery in ``keel worker`` reaches a stream on reconnection."""
+    recipient = await recipients.get_recipient(session, principal.tenant_id, recipient_id)
+    wanted = recipient.id
+
+    async def only_theirs(changes: Sequence[Change]) -> Sequence[Change]:
+        return [change for change in changes if change.subject == wanted]
+
+    return change_stream_response(request, principal.tenant_id, [INBOX_STREAM], allow=only_theirs)
 
 
 @router.post("/recipients/{recipient_id}/inbox/read", response_model=schemas.Inbox)

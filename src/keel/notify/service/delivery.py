@@ -31,8 +31,10 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.changes import record_change
 from keel.core.context import AppContext, PlatformTask, ResourceKey, TaskRun
 from keel.core.db import utcnow
+from keel.core.ids import new_id
 from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
 from keel.jobs.service import enqueue_task
@@ -68,6 +70,8 @@ from keel.notify.service.templates import get_version, load_library
 
 log = get_logger(__name__)
 
+#: The change stream of new inbox items (subject: the recipient's row id).
+INBOX_STREAM = "notify-inbox"
 #: The sender of email (``From``, DKIM) until templates choose theirs.
 DEFAULT_SENDER = "default"
 
@@ -487,7 +491,12 @@ async def _record(
         if message is None:
             return
         if prepared.inbox is not None:
-            session.add(NotifyInboxItem(message_id=message.id, **prepared.inbox))
+            item = NotifyInboxItem(id=new_id(), message_id=message.id, **prepared.inbox)
+            session.add(item)
+            # The recipient's open inbox streams hear of it (the item's id, never its text).
+            record_change(
+                session, tenant_id, INBOX_STREAM, str(item.recipient_id), {"item": item.id}
+            )
             message.sent_at = utcnow()
             await _finish(session, message, "delivered", {"inbox": True})
             return
