@@ -32,7 +32,7 @@ async def stream(
 
     async def pump() -> None:
         async with (
-            httpx.AsyncClient(base_url=url, headers={**headers, **extra}, timeout=None) as http,
+            httpx.AsyncClient(base_url=url, headers={**headers, **extra}, timeout=60) as http,
             http.stream("GET", f"/notify/v1/recipients/{recipient}/inbox/stream") as answer,
         ):
             assert answer.status_code == 200
