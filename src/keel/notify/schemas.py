@@ -39,7 +39,7 @@ class TemplatePublish(_Strict):
 
 
 class TemplateRollback(_Strict):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=1_000_000)
 
 
 class Template(_FromRow):
@@ -72,7 +72,7 @@ class PreviewRequest(_Strict):
     data: dict[str, Any] | None = None
     locale: str | None = Field(default=None, max_length=35)
     #: A version other than the published one.
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class Preview(BaseModel):
