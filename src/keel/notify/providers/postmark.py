@@ -39,6 +39,10 @@ class PostmarkSettings(ProviderSettings):
 
 class PostmarkCredentials(ProviderCredentials):
     server_token: SecretStr = Field(min_length=1)
+    #: The HTTP basic credentials configured on Postmark's webhooks, which Keel's webhook
+    #: endpoint checks (``keel.notify.service.webhooks``); sending does not use them.
+    webhook_username: SecretStr | None = Field(default=None, min_length=1)
+    webhook_password: SecretStr | None = Field(default=None, min_length=1)
 
 
 def explain_postmark(response: httpx.Response) -> Refusal:
