@@ -157,3 +157,54 @@ async def test_a_batch_entry_with_oversized_data_is_refused_as_a_single_send_is(
     problem = assert_problem(answer, 413, "an entry's oversized data")
     assert "Entry 1" in problem["detail"]
     await assert_nothing_stored(notify)
+
+
+async def test_a_bad_profile_or_preference_is_a_problem_and_nothing_is_stored(
+    notify: Notify,
+) -> None:
+    refused: dict[str, dict[str, Any]] = {
+        "an unknown time zone": {"timezone": "Mars/Olympus_Mons"},
+        "a time zone path": {"timezone": "../../etc/passwd"},
+        "an empty time zone": {"timezone": ""},
+        "quiet hours past midnight's clock": {"quiet_hours": {"start": "25:00", "end": "08:00"}},
+        "quiet hours without an end": {"quiet_hours": {"start": "22:00"}},
+        "quiet hours of no length": {"quiet_hours": {"start": "08:00", "end": "08:00"}},
+        "quiet hours in seconds": {"quiet_hours": {"start": "22:00:00", "end": "08:00"}},
+        "an invalid email": {"email": "ada at example.com"},
+        "an invalid phone": {"phone": "+999"},
+        "a malformed locale": {"locale": "english please"},
+        "a push target of no kind": {"push_targets": [{"token": "t"}]},
+        "a web push endpoint over http": {
+            "push_targets": [
+                {"kind": "webpush", "endpoint": "http://push.test/x", "p256dh": "k", "auth": "a"}
+            ]
+        },
+        "an unknown field": {"nickname": "Ada"},
+    }
+    for case, fields in refused.items():
+        assert_problem(await notify.call("PUT", "/recipients/ada", json=fields), 422, case)
+    # A NUL in any JSON string is refused before the service sees it (PostgreSQL stores none).
+    nul = await notify.call("PUT", "/recipients/ada", json={"timezone": "Asia/Tokyo\x00"})
+    assert_problem(nul, 400, "a time zone with a NUL")
+    assert_problem(await notify.call("GET", "/recipients/ada"), 404, "the refused profile")
+    assert_problem(
+        await notify.call("PUT", "/recipients/a%20b", json={"email": "a@example.com"}),
+        422,
+        "a recipient id with a space",
+    )
+
+    await notify.identify("ada", email="ada@example.com")
+    choices: dict[str, tuple[int, str, dict[str, Any]]] = {
+        "an unknown channel": (422, "ada", {"category": "onboarding", "channel": "fax"}),
+        "a malformed category": (422, "ada", {"category": "On Boarding!", "channel": "email"}),
+        "an unknown recipient": (404, "nobody", {"category": "onboarding", "channel": "email"}),
+    }
+    for case, (status, recipient, choice) in choices.items():
+        answer = await notify.call(
+            "PUT",
+            f"/recipients/{recipient}/preferences",
+            json={"preferences": [{**choice, "enabled": False}]},
+        )
+        assert_problem(answer, status, case)
+    preferences = await notify.call("GET", "/recipients/ada/preferences")
+    assert preferences.json() == {"preferences": []}
