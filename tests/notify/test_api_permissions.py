@@ -6,6 +6,7 @@ tracked clicks) act only on the message they were made for."""
 from __future__ import annotations
 
 import email
+from dataclasses import replace
 from email.policy import default
 from urllib.parse import urlsplit
 
@@ -91,7 +92,7 @@ async def test_another_tenant_cannot_read_a_message_nor_reuse_its_links(
     click = html.split('<a href="')[1].split('"')[0].replace("&amp;", "&")
 
     other = await make_tenant_admin(app)
-    other_client = Notify(notify.client, other, notify.context, notify.smtp, notify.dkim_txt)
+    other_client = replace(notify, admin=other)
     assert_problem(await other_client.call("GET", f"/messages/{message_id}"), 404)
     assert (await other_client.call("GET", "/messages")).json()["messages"] == []
 
