@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import dkim
 
-from tests.notify.conftest import DKIM_DOMAIN, DKIM_SELECTOR, Notify
+from tests.notify.conftest import DKIM_DOMAIN, DKIM_SELECTOR, WELCOME, Notify
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -185,3 +185,59 @@ async def test_deliveries_are_counted_per_channel_provider_and_outcome(notify: N
         in exposition
     )
     assert 'keel_notify_delivery_seconds_count{channel="email"} 2.0' in exposition
+
+
+async def test_a_batch_to_a_topic_reaches_each_subscriber_once(notify: Notify) -> None:
+    for name in ("ada", "grace", "linus"):
+        answer = await notify.call(
+            "PUT", f"/recipients/{name}", json={"email": f"{name}@example.com"}
+        )
+        assert answer.status_code == 201, answer.text
+    answer = await notify.call(
+        "POST", "/topics/release-notes/subscribers", json={"recipients": ["ada", "grace"]}
+    )
+    assert answer.status_code == 200, answer.text
+    answer = await notify.call(
+        "POST",
+        "/messages/batch",
+        json={"template": "welcome", "topic": "release-notes", "data": {"name": "reader"}},
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["messages"] == 2
+    await notify.deliver()
+    assert sorted(mail.rcpt_tos[0] for mail in notify.smtp.messages) == [
+        "ada@example.com",
+        "grace@example.com",
+    ]
+    both = await notify.call(
+        "POST",
+        "/messages/batch",
+        json={
+            "template": "welcome",
+            "topic": "release-notes",
+            "recipients": [{"to": "x@example.com"}],
+        },
+    )
+    assert both.status_code == 422
+    empty = await notify.call(
+        "POST", "/messages/batch", json={"template": "welcome", "topic": "nobody-here"}
+    )
+    assert empty.status_code == 422
+
+
+async def test_a_test_send_renders_the_chosen_version_with_its_sample_data(notify: Notify) -> None:
+    second = {
+        **WELCOME,
+        "locales": {"en": {"subject": "Second, {{ name }}", "text": "v2 {{ name }}"}},
+        "sample_data": {"name": "Sample"},
+    }
+    await notify.publish("welcome", second)
+    answer = await notify.call(
+        "POST", "/templates/welcome/test-send", json={"to": "me@example.com", "version": 1}
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["tags"] == ["test-send"]
+    assert answer.json()["template_version"] == 1
+    await notify.deliver()
+    [mail] = notify.smtp.messages
+    assert parse(mail.data)["Subject"] == "Welcome, Ada"  # version 1 and its sample data

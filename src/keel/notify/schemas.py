@@ -75,6 +75,18 @@ class PreviewRequest(_Strict):
     version: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
+class TestSend(_Strict):
+    """Send one message of the template now, to an address you name (yourself)."""
+
+    channel: Literal["email", "sms", "chat"] = "email"
+    to: str = Field(max_length=320)
+    #: The template's variables (default: its ``sample_data``).
+    data: dict[str, Any] | None = None
+    locale: str | None = Field(default=None, max_length=35)
+    #: A version other than the published one.
+    version: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class Preview(BaseModel):
     locale: str
     subject: str | None = None
@@ -128,7 +140,10 @@ class BatchRecipient(_Strict):
 class BatchCreate(_Strict):
     channel: ChannelName = "email"
     template: TemplateName
-    recipients: list[BatchRecipient] = Field(min_length=1)
+    #: The recipients, each with its own data ...
+    recipients: list[BatchRecipient] = Field(default_factory=list)
+    #: ... or a topic: every recipient subscribed to it (one of the two).
+    topic: str | None = Field(default=None, max_length=128)
     #: Variables every message shares (each recipient's ``data`` adds to them).
     data: dict[str, Any] = Field(default_factory=dict)
     tags: list[Tag] = Field(default_factory=list, max_length=20)

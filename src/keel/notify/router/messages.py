@@ -12,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.auth.dependencies import CallerActor
 from keel.core.audit import record_event
 from keel.core.deps import Context, DbSession
+from keel.core.errors import ValidationFailed
 from keel.core.idempotency import IdempotencyKeyHeader, idempotent
 from keel.notify import schemas
 from keel.notify.auth import MessageReader, MessageSender
 from keel.notify.models import NotifyMessage
-from keel.notify.service import messages
+from keel.notify.service import messages, recipients
 
 router = APIRouter(tags=["notify"])
 
@@ -98,16 +99,24 @@ async def send_batch(
     context: Context,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    """One template to many recipients (up to ``KEEL_NOTIFY__MAX_BATCH``, 100,000): accepted
-    in bulk and delivered in jobs; preferences and suppressions apply as each is delivered."""
+    """One template to many recipients (up to ``KEEL_NOTIFY__MAX_BATCH``, 100,000), or to every
+    subscriber of a ``topic``: accepted in bulk and delivered in jobs; preferences and
+    suppressions apply as each is delivered."""
     tenant_id = principal.tenant_id
     settings = context.settings.notify
+    if (body.topic is None) == (not body.recipients):
+        raise ValidationFailed("A batch names its recipients or a topic, one of the two.")
     entries = [
         messages.BatchEntry(recipient=entry.recipient, to=entry.to, data=entry.data)
         for entry in body.recipients
     ]
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
+        if body.topic is not None:
+            members = await recipients.topic_members(session, tenant_id, body.topic)
+            if not members:
+                raise ValidationFailed(f"Topic {body.topic!r} has no subscribers.")
+            entries[:] = [messages.BatchEntry(recipient=member) for member in members]
         accepted = await messages.accept_batch(
             session,
             tenant_id,

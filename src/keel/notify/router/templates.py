@@ -8,11 +8,11 @@ from fastapi import APIRouter, Header, Path, Response
 
 from keel.auth.dependencies import CallerActor
 from keel.core.audit import record_event
-from keel.core.deps import DbSession
+from keel.core.deps import Context, DbSession
 from keel.core.http import check_if_match, etag_for
 from keel.notify import schemas
 from keel.notify.auth import TemplateReader, TemplateWriter
-from keel.notify.service import templates
+from keel.notify.service import messages, templates
 
 router = APIRouter(tags=["notify"])
 
@@ -111,6 +111,49 @@ async def get_template_version(
 ) -> schemas.TemplateVersion:
     _, version = await templates.get_version(session, principal.tenant_id, name, number)
     return schemas.TemplateVersion.model_validate(version)
+
+
+@router.post("/templates/{name}/test-send", status_code=202, response_model=schemas.Message)
+async def test_send(
+    name: TemplatePath,
+    body: schemas.TestSend,
+    principal: TemplateWriter,
+    actor: CallerActor,
+    context: Context,
+    session: DbSession,
+) -> schemas.Message:
+    """Send one message of the template (or of ``version``) to ``to`` now, with ``data`` or
+    the version's ``sample_data``: what its recipients would receive, tagged ``test-send``.
+    The address's suppressions apply like any send's."""
+    tenant_id = principal.tenant_id
+    data = body.data
+    if data is None:
+        _, version = await templates.get_version(session, tenant_id, name, body.version)
+        data = dict(version.content.get("sample_data", {}))
+    accepted = await messages.accept(
+        session,
+        tenant_id,
+        messages.SendRequest(
+            channel=body.channel,
+            template=name,
+            to=body.to,
+            data=data,
+            tags=["test-send"],
+            locale=body.locale,
+            template_version=body.version,
+        ),
+        max_data_bytes=context.settings.notify.max_data_bytes,
+    )
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        action="notify.message.send",
+        actor=actor,
+        target_type="notify_message",
+        target_id=accepted.message.id,
+        data={"template": name, "channel": body.channel, "test_send": True},
+    )
+    return schemas.Message.model_validate(accepted.message)
 
 
 @router.post("/templates/{name}/preview", response_model=schemas.Preview)

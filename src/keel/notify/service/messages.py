@@ -86,6 +86,8 @@ class SendRequest:
     batch_id: str | None = None
     #: Key-value data a push message carries to the device (not rendered).
     push_data: Mapping[str, str] | None = None
+    #: A version other than the published one (a test send of a draft's predecessor...).
+    template_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,9 @@ async def accept(
     _check_data_size(request.data, max_data_bytes)
     tags = _check_tags(request.tags)
     locale = check_locale(request.locale) if request.locale else None
-    template, version = await get_version(session, tenant_id, request.template)
+    template, version = await get_version(
+        session, tenant_id, request.template, request.template_version
+    )
     if template.kind != TemplateKind.message:
         raise ValidationFailed(f"Template {template.name!r} is a {template.kind}, not a message.")
     recipient = None
