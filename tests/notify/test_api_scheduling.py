@@ -261,3 +261,52 @@ async def test_sends_of_two_templates_with_one_digest_key_are_two_digests(
     assert subjects == ["1 new comments", "1 new likes"]
     for accepted in (comment, like):
         assert (await notify.message(accepted["id"]))["status"] == "sent"
+
+
+async def test_a_batch_member_in_quiet_hours_waits_while_the_others_are_sent(
+    notify: Notify,
+) -> None:
+    """Batches apply quiet hours at delivery, message by message."""
+    now = datetime.now(TOKYO)
+    end = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
+    quiet = {"start": clock(now - timedelta(hours=1)), "end": clock(end)}
+    await notify.identify("ada", email="ada@example.com", timezone="Asia/Tokyo", quiet_hours=quiet)
+    answer = await notify.call(
+        "POST",
+        "/messages/batch",
+        json={
+            "template": "welcome",
+            "recipients": [
+                {"recipient": "ada", "data": {"name": "Ada"}},
+                {"to": "bob@example.com", "data": {"name": "Bob"}},
+            ],
+        },
+    )
+    assert answer.status_code == 202, answer.text
+    await notify.deliver()
+
+    assert [mail.rcpt_tos for mail in notify.smtp.messages] == [("bob@example.com",)]
+    [waiting] = (await notify.call("GET", "/messages", params={"recipient": "ada"})).json()[
+        "messages"
+    ]
+    assert waiting["status"] == "queued"
+    assert at(waiting["send_at"]) == end.astimezone(UTC)
+    [job] = await waiting_jobs(notify)
+    assert (job["args"], at(job["run_at"])) == ({"messages": [waiting["id"]]}, end.astimezone(UTC))
+
+
+async def test_a_category_hourly_limit_skips_sends_beyond_it(notify: Notify) -> None:
+    answer = await notify.call("PUT", "/categories/onboarding", json={"hourly_limit": 2})
+    assert answer.status_code == 200, answer.text
+    await notify.identify("ada", email="ada@example.com")
+    statuses = [
+        (await send(notify, template="welcome", recipient="ada", data={"name": "Ada"}))["status"]
+        for _ in range(3)
+    ]
+    assert statuses == ["queued", "queued", "skipped"]
+    # Another recipient has their own count.
+    await notify.identify("bob", email="bob@example.com")
+    other = await send(notify, template="welcome", recipient="bob", data={"name": "Bob"})
+    assert other["status"] == "queued"
+    assert await notify.deliver() == 3
+    assert len(notify.smtp.messages) == 3
