@@ -181,6 +181,26 @@ async def test_a_batch_reaches_recipients_and_addresses_each_once(
     assert {message.status for message in listed} == {MessageStatus.SENT}
 
 
+async def test_a_batch_to_a_topic_reaches_its_subscribers(keel: Keel, notify: Notify) -> None:
+    for user in ("user-1", "user-2", "user-3"):
+        await keel.notify.identify(user, email=f"{user}@example.com")
+    assert await keel.notify.subscribe("launches", ["user-1", "user-2", "user-3"]) == [
+        "user-1",
+        "user-2",
+        "user-3",
+    ]
+    await keel.notify.unsubscribe("launches", "user-2")
+    batch = await keel.notify.send_batch("welcome", topic="launches", context={"name": "All"})
+    assert batch.messages == 2
+    await notify.deliver()
+    assert sorted(mail.rcpt_tos[0] for mail in notify.smtp.messages) == [
+        "user-1@example.com",
+        "user-3@example.com",
+    ]
+    with pytest.raises(ValueError, match="one of them"):
+        await keel.notify.send_batch("welcome", ["user-1"], topic="launches")
+
+
 async def test_sends_with_a_digest_key_join_one_waiting_message(keel: Keel, notify: Notify) -> None:
     await notify.publish("comments", {
         "default_locale": "en",

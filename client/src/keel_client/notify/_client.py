@@ -297,6 +297,7 @@ class NotifyClient:
         recipients: Sequence[str | BatchRecipient] = (),
         *,
         to: Sequence[str] = (),
+        topic: str | None = None,
         channel: Channel | str = Channel.EMAIL,
         context: Mapping[str, Any] | None = None,
         tags: Sequence[str] = (),
@@ -305,7 +306,8 @@ class NotifyClient:
     ) -> BatchRef:
         """One message of ``template`` to each of ``recipients`` (recipients' ids, or
         :class:`BatchRecipient` with data of their own) and each address of ``to``, up to
-        100,000 in one call, accepted all or none; ``context`` is what every message shares.
+        100,000 in one call, accepted all or none — or to every subscriber of ``topic``;
+        ``context`` is what every message shares.
 
         Preferences, suppressions and quiet hours apply as each message is delivered;
         ``messages(batch_id=ref.batch_id)`` lists them."""
@@ -316,14 +318,17 @@ class NotifyClient:
         if isinstance(to, str):
             raise TypeError("to is a sequence of addresses, not one string")
         entries += [{"to": address} for address in to]
-        if not entries:
-            raise ValueError("a batch needs at least one recipient or address")
+        if bool(entries) == (topic is not None):
+            raise ValueError("a batch needs recipients or addresses, or a topic: one of them")
         body: dict[str, Any] = {
             "channel": Channel(channel).value,
             "template": template,
-            "recipients": entries,
             "data": dict(context or {}),
         }
+        if topic is not None:
+            body["topic"] = topic
+        else:
+            body["recipients"] = entries
         if tags:
             body["tags"] = list(tags)
         if schedule_at is not None:
@@ -360,6 +365,29 @@ class NotifyClient:
         return [Message.model_validate(item) for item in response.json()["messages"]]
 
     # -- recipients ----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, user_ids: Sequence[str], **options: Unpack[RequestOptions]
+    ) -> list[str]:
+        """Subscribe recipients (identified before) to ``topic``; a batch to the topic
+        reaches every subscriber (``send_batch(template, topic=...)``). The topic's
+        subscribers, after."""
+        if isinstance(user_ids, str):
+            raise TypeError("user_ids is a sequence of recipient ids, not one string")
+        response = await self.api.post(
+            f"{API}/topics/{_segment(topic)}/subscribers",
+            json={"recipients": list(user_ids)},
+            **options,
+        )
+        return list(response.json()["recipients"])
+
+    async def unsubscribe(
+        self, topic: str, user_id: str, **options: Unpack[RequestOptions]
+    ) -> None:
+        """Take recipient ``user_id`` off ``topic``."""
+        await self.api.delete(
+            f"{API}/topics/{_segment(topic)}/subscribers/{_segment(user_id)}", **options
+        )
 
     async def identify(
         self,

@@ -88,6 +88,8 @@ class SyncNotifyClient:
     send_batch = _blocking(NotifyClient.send_batch)
     message = _blocking(NotifyClient.message)
     messages = _blocking(NotifyClient.messages)
+    subscribe = _blocking(NotifyClient.subscribe)
+    unsubscribe = _blocking(NotifyClient.unsubscribe)
     identify = _blocking(NotifyClient.identify)
     recipient = _blocking(NotifyClient.recipient)
     preferences = _blocking(NotifyClient.preferences)
