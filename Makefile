@@ -40,13 +40,15 @@ test-fast: $(STAMP)
 ## Fuzz every API operation for longer than `make test` does, on SQLite and PostgreSQL, failing
 ## on any 5xx (tests/test_fuzz.py): `make fuzz FUZZ_EXAMPLES=500 FUZZ_SECONDS=900 FUZZ_SEED=7`.
 ## Cases per operation; an optional time budget; the seed of a failing run to replay (default: a
-## new one, printed). See docs/operations.md#fuzzing.
+## new one, printed); FUZZ_INCLUDE='^/notify/' fuzzes only the paths it matches.
+## See docs/operations.md#fuzzing.
 FUZZ_EXAMPLES ?= 100
 FUZZ_SECONDS ?=
 FUZZ_SEED ?=
+FUZZ_INCLUDE ?=
 fuzz: $(STAMP)
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) \
-		$(BIN)/python -m pytest tests/test_fuzz.py -s -v
+		FUZZ_INCLUDE='$(FUZZ_INCLUDE)' $(BIN)/python -m pytest tests/test_fuzz.py -s -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check src client/src tests benchmarks
