@@ -22,6 +22,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,6 +60,28 @@ def keel_command(*args: str) -> list[str]:
     if script.exists():
         return [str(script), *args]
     return [sys.executable, "-c", "from keel.cli import main; main()", *args]
+
+
+def run_keel_command(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    """``keel <args>`` to completion; its stdout, or :class:`ServerFailed` with its stderr."""
+    completed = subprocess.run(
+        keel_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    if completed.returncode != 0:
+        raise ServerFailed(f"keel {' '.join(args)} failed: {completed.stderr[-2000:]}")
+    return completed.stdout
+
+
+def keel_admin_key(cwd: Path, env: dict[str, str], *, migrate: bool = True) -> str:
+    """Migrate (unless told not to) and ``keel init`` a deployment: the admin API key."""
+    if migrate:
+        run_keel_command("migrate", cwd=cwd, env=env)
+    printed = run_keel_command("init", cwd=cwd, env=env)
+    match = re.search(r"admin API key \(shown once, store it now\): (keel_\S+)", printed)
+    if match is None:
+        raise ServerFailed("keel init printed no admin API key")
+    return match.group(1)
 
 
 def keel_serve_command(port: int, *args: str) -> list[str]:

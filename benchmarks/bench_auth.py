@@ -25,7 +25,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,8 +47,9 @@ from benchmarks._servers import (
     clean_env,
     drive,
     free_port,
-    keel_command,
+    keel_admin_key,
     keel_serve_command,
+    run_keel_command,
 )
 
 #: Verification runs over SLICES slices of SLICE distinct tokens each.
@@ -241,24 +241,6 @@ def verification() -> list[Figure]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _keel(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    completed = subprocess.run(
-        keel_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
-    if completed.returncode != 0:
-        raise ServerFailed(f"keel {' '.join(args)} failed: {completed.stderr[-2000:]}")
-    return completed.stdout
-
-
-def _admin_key(cwd: Path, env: dict[str, str]) -> str:
-    output = _keel("init", cwd=cwd, env=env)
-    match = re.search(r"admin API key \(shown once, store it now\): (keel_\w+)", output)
-    if match is None:
-        raise ServerFailed("keel init printed no admin API key")
-    return match.group(1)
-
-
 def _api(port: int, method: str, path: str, admin_key: str, body: dict[str, Any]) -> Any:
     import httpx
 
@@ -275,7 +257,7 @@ def _api(port: int, method: str, path: str, admin_key: str, body: dict[str, Any]
 def _running_keel(cwd: Path, env: dict[str, str]) -> Iterator[tuple[Server, str]]:
     """``keel init`` then ``keel serve``: the server and the admin API key."""
     cwd.mkdir(parents=True, exist_ok=True)
-    admin_key = _admin_key(cwd, env)
+    admin_key = keel_admin_key(cwd, env, migrate=False)
     with _serving(cwd, env) as server:
         yield server, admin_key
 
@@ -362,7 +344,7 @@ def issuance_and_login(root: Path) -> list[Figure]:
     postgres_env = clean_env(KEEL_DATABASE_URL=database_url, **env_common)
     figures = []
     try:
-        _keel("migrate", cwd=root, env=postgres_env)
+        run_keel_command("migrate", cwd=root, env=postgres_env)
         with (
             _running_keel(root / "sqlite", sqlite_env) as (sqlite, sqlite_admin),
             _serving(root / "sqlite", sqlite_env, "--workers", "2") as sqlite_2,

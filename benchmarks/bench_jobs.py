@@ -38,10 +38,8 @@ import contextlib
 import math
 import os
 import random
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +56,7 @@ from benchmarks._servers import (
     Server,
     clean_env,
     free_port,
-    keel_command,
+    keel_admin_key,
     keel_serve_command,
 )
 from benchmarks.bench_auth import BENCH_MASTER_KEY
@@ -430,25 +428,6 @@ class KeelSqlite(KeelPostgres):
         return self._count("state = 'completed'")
 
 
-def _keel_cli(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    completed = subprocess.run(
-        keel_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
-    if completed.returncode != 0:
-        raise Failed(f"keel {' '.join(args)} failed: {completed.stderr[-2000:]}")
-    return completed.stdout
-
-
-def _keel_admin_key(cwd: Path, env: dict[str, str]) -> str:
-    _keel_cli("migrate", cwd=cwd, env=env)
-    printed = _keel_cli("init", cwd=cwd, env=env)
-    match = re.search(r"admin API key \(shown once, store it now\): (keel_\S+)", printed)
-    if match is None:
-        raise Failed("keel init printed no admin API key")
-    return match.group(1)
-
-
 async def _run_keel(root: Path, name: str, database_url: str | None, redis_url: str) -> Measured:
     """``keel serve`` on ``database_url`` (SQLite in ``<root>/<name>`` when ``None``), the
     SDK worker in its own process, enqueues through the SDK's ``JobsClient``."""
@@ -464,7 +443,7 @@ async def _run_keel(root: Path, name: str, database_url: str | None, redis_url: 
     if database_url is not None:
         overrides["KEEL_DATABASE_URL"] = database_url
     env = clean_env(**overrides)
-    admin_key = await asyncio.to_thread(_keel_admin_key, cwd, env)
+    admin_key = await asyncio.to_thread(keel_admin_key, cwd, env)
     port = free_port()
     client = redis.asyncio.Redis.from_url(redis_url)
     with Server(keel_serve_command(port), port=port, cwd=cwd, env=env) as server:
