@@ -159,6 +159,35 @@ def _check_fragment(source: str) -> None:
         raise ValidationFailed(f"A template part is at most {templating.MAX_SOURCE_BYTES} bytes.")
 
 
+async def check_messages_render_with(
+    session: AsyncSession, tenant_id: str, kind: str, name: str, html: str
+) -> None:
+    """Refuse (422) a layout or partial under which a published message would no longer
+    render: it renders inside the messages, so its publish (or rollback) is checked as
+    theirs was — each published message with its sample data."""
+    library = await load_library(session, tenant_id)
+    partials, layouts = dict(library.partials), dict(library.layouts)
+    (layouts if kind == TemplateKind.layout else partials)[name] = html
+    candidate = templating.Library(partials=partials, layouts=layouts)
+    messages = await session.execute(
+        select(NotifyTemplate.name, NotifyTemplateVersion.content)
+        .join(
+            NotifyTemplateVersion,
+            (NotifyTemplateVersion.template_id == NotifyTemplate.id)
+            & (NotifyTemplateVersion.number == NotifyTemplate.published_version),
+        )
+        .where(NotifyTemplate.kind == TemplateKind.message.value)
+        .order_by(NotifyTemplate.name)
+    )
+    for message_name, content in messages:
+        try:
+            templating.check(templating.TemplateContent.model_validate(content), candidate)
+        except templating.TemplateError as exc:
+            raise ValidationFailed(
+                f"Template {message_name!r} would not render with this {kind}: {exc}"
+            ) from None
+
+
 @dataclass(frozen=True)
 class Published:
     template: NotifyTemplate
@@ -184,6 +213,8 @@ async def publish(
     bind_tenant(session, tenant_id)
     stored = parse_content(kind, content)
     check_renders(kind, stored, await load_library(session, tenant_id))
+    if kind != TemplateKind.message:
+        await check_messages_render_with(session, tenant_id, kind, name, stored["html"])
     template = await session.scalar(
         select(NotifyTemplate).where(NotifyTemplate.name == name).with_for_update()
     )
@@ -222,6 +253,10 @@ async def rollback(session: AsyncSession, tenant_id: str, name: str, number: int
     if template.kind == TemplateKind.message:
         # The layouts and partials it names may have changed since: it must still render.
         check_renders(template.kind, version.content, await load_library(session, tenant_id))
+    else:
+        await check_messages_render_with(
+            session, tenant_id, template.kind, name, version.content["html"]
+        )
     template.published_version = version.number
     template.version += 1
     template.updated_at = utcnow()
