@@ -102,3 +102,43 @@ async def test_a_preview_renders_sample_data_or_given_data_of_any_version(notify
     # A preview sends nothing.
     assert await notify.deliver() == 0
     assert notify.smtp.messages == []
+
+
+async def test_a_partial_that_would_break_a_published_message_is_refused_at_publish(
+    notify: Notify,
+) -> None:
+    """A partial renders inside the messages that include it, so its publish is checked the
+        way theirs was: each published message that uses it, with its sample data. A partial
+        that no longer renders in them is refused (as is a rollback to one), rather than failing
+    their sends."""
+    for html in ("<p>{{ signature }}</p>", "<p>Bye {{ name }}</p>"):  # versions 1 and 2
+        answer = await notify.call(
+            "POST",
+            "/templates/footer/versions",
+            json={"kind": "partial", "content": {"html": html}},
+        )
+        assert answer.status_code == 201, answer.text
+    news = version("News for {{ name }}")
+    news["locales"]["en"]["html"] = '<p>{{ name }}</p>{% include "partials/footer" %}'
+    await notify.publish("news", news)
+
+    for broken in ("<p>{{ unsubscribe_link }}</p>", "{{ ''.__class__.__mro__ }}"):
+        answer = await notify.call(
+            "POST",
+            "/templates/footer/versions",
+            json={"kind": "partial", "content": {"html": broken}},
+        )
+        assert answer.status_code == 422, broken
+        assert "news" in answer.json()["detail"]
+    # A rollback of the partial to a version news does not render with is refused too.
+    answer = await notify.call("POST", "/templates/footer/rollback", json={"version": 1})
+    assert answer.status_code == 422, answer.text
+    footer = (await notify.call("GET", "/templates/footer")).json()
+    assert (footer["latest_version"], footer["published_version"]) == (2, 2)
+
+    sent = await notify.send(template="news", to="ada@example.com", data={"name": "Ada"})
+    assert sent.status_code == 202, sent.text
+    await notify.deliver()
+    mail = email.message_from_bytes(notify.smtp.messages[0].data, policy=default)
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "<p>Bye Ada</p>" in html
