@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.changes import record_change
@@ -41,7 +41,13 @@ from keel.jobs.service import enqueue_task
 from keel.notify import email as mail
 from keel.notify import templating
 from keel.notify.metrics import NOTIFY_METRICS_RESOURCE
-from keel.notify.models import NotifyInboxItem, NotifyMessage, NotifyProvider, NotifyRecipient
+from keel.notify.models import (
+    NotifyInboxItem,
+    NotifyMessage,
+    NotifyMessageEvent,
+    NotifyProvider,
+    NotifyRecipient,
+)
 from keel.notify.providers import (
     ChatPayload,
     EmailPayload,
@@ -67,6 +73,9 @@ from keel.notify.service.recipients import (
     suppress,
 )
 from keel.notify.service.templates import get_version, load_library
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 log = get_logger(__name__)
 
@@ -483,6 +492,10 @@ async def _record(
         and outcome.kind == ErrorKind.rejected
         and isinstance(payload, PushPayload)
     }
+    # The common case (one payload, the first provider took it) in two statements.
+    common = len(sent) == 1 and not errors and not sent[0].failures
+    if common and await _record_sent(context, tenant_id, prepared, sent[0]):
+        return
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
         message = await session.scalar(
@@ -542,6 +555,50 @@ async def _record(
         await _retry_or_fail(
             session, tenant_id, message, context, str(error), error.retry_after, error.kind
         )
+
+
+async def _record_sent(
+    context: AppContext, tenant_id: str, prepared: _Prepared, sent: Sent
+) -> bool:
+    """Record a message sent by the first provider as :func:`_record` would, without loading
+    it: one ``UPDATE`` (of a message still ``queued``) and its history's ``INSERT``. False
+    when the message is no longer queued (erased, say): :func:`_record` decides then."""
+    now = utcnow()
+    messages = cast("Table", NotifyMessage.__table__)
+    async with context.database.session() as session:
+        bind_tenant(session, tenant_id)
+        moved = await session.execute(
+            update(messages)
+            .where(
+                messages.c.id == prepared.message_id,
+                messages.c.tenant_id == tenant_id,
+                messages.c.status == "queued",
+            )
+            .values(
+                status="sent",
+                provider=sent.provider,
+                provider_message_id=sent.provider_message_id,
+                sent_at=now,
+                updated_at=now,
+                error=None,
+                data=None,
+            )
+            .execution_options(all_tenants=True)
+        )
+        if getattr(moved, "rowcount", 0) != 1:
+            return False
+        await session.execute(
+            insert(cast("Table", NotifyMessageEvent.__table__)).values(
+                id=new_id(),
+                tenant_id=tenant_id,
+                message_id=prepared.message_id,
+                status="sent",
+                detail={"provider": sent.provider},
+                at=now,
+            )
+        )
+    _OUTCOME.set((prepared.channel, sent.provider, "sent"))
+    return True
 
 
 def _target_key(target: Any) -> str:
