@@ -64,14 +64,21 @@ TARGET_ACCEPT_SECONDS = 5.0
 
 
 def _html(name_variable: bool) -> str:
-    """About ``MESSAGE_KB`` KB of newsletter HTML with a style block and a few links."""
+    """About ``MESSAGE_KB`` KB of newsletter HTML with a style block and a link in every third
+    paragraph (some 30 links, each rewritten for click tracking)."""
     name = "{{ name }}" if name_variable else "Ada"
-    paragraph = (
+    plain = (
         "<p>This week on the platform: faster deploys, fewer pages, and a new dashboard for "
-        "every service. Read the <a href='https://news.example/item?id={i}&amp;ref=mail'>"
-        "full story</a> on the blog.</p>"
+        "every service, with notes from the teams who built them and what comes next.</p>"
     )
-    body = "".join(paragraph.replace("{i}", str(i)) for i in range(MESSAGE_KB * 1024 // 230))
+    linked = (
+        "<p>This week on the platform: faster deploys, fewer pages, and a new dashboard. Read "
+        "the <a href='https://news.example/item?id={i}&amp;ref=mail'>full story</a>.</p>"
+    )
+    body = "".join(
+        linked.replace("{i}", str(i)) if i % 3 == 0 else plain
+        for i in range(MESSAGE_KB * 1024 // 167)
+    )
     return (
         "<html><head><style>p { color: #333; font-family: sans-serif } a { color: #06c }"
         f"</style></head><body><h1>Hello {name}</h1>{body}</body></html>"
