@@ -6,13 +6,14 @@
 ``recipients`` profiles, preferences, topics, the in-app inbox, erasure
 ``settings``   categories, providers, email senders, the suppression list
 ``public``     the links in messages: one-click unsubscribe, open pixel, click redirects
+``webhooks``   providers' delivery reports (Twilio, Postmark), signatures verified
 =============  ==========================================================================
 """
 
 from __future__ import annotations
 
 from keel.core.http import ServiceRouter
-from keel.notify.router import messages, public, recipients, settings, templates
+from keel.notify.router import messages, public, recipients, settings, templates, webhooks
 
 __all__ = ["build_router"]
 
@@ -23,4 +24,5 @@ def build_router() -> ServiceRouter:
     for part in (messages.router, templates.router, recipients.router, settings.router):
         router.include_router(part)
     router.include_router(public.router)
+    router.include_router(webhooks.router)
     return router
