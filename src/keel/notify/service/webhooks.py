@@ -34,6 +34,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +60,12 @@ REFUSAL = "The webhook's signature or credentials are not valid."
 #: Sent with every refusal: Postmark's webhooks authenticate with HTTP basic credentials,
 #: and a 401 names a scheme (RFC 9110 §11.6.1). The same for every kind, to tell nothing.
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="keel-notify-webhooks"'}
-_MAX_ID = 256  # notify_messages.provider_message_id
+#: A provider's message id: Twilio's ``SM…`` sid, Postmark's UUID; visible ASCII, at most
+#: as long as ``notify_messages.provider_message_id``.
+_PROVIDER_MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,256}")
+#: Names as the tenants and providers are named; anything else cannot be one.
+_TENANT_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class WebhookRefused(Unauthorized):
@@ -174,7 +180,7 @@ def parse_twilio(request: WebhookRequest) -> ProviderEvent | None:
     ``ErrorCode`` when it failed."""
     params = dict(parse_form(request.body) or [])
     sid, status = params.get("MessageSid", ""), params.get("MessageStatus", "")
-    if not sid or not status or len(sid) > _MAX_ID:
+    if not _PROVIDER_MESSAGE_ID.fullmatch(sid) or not status:
         raise ValidationFailed("A Twilio status callback carries MessageSid and MessageStatus.")
     recorded = _TWILIO_STATUSES.get(status)
     if recorded is None:
@@ -228,8 +234,8 @@ def parse_postmark(request: WebhookRequest) -> ProviderEvent | None:
     record_type, message_id = document.get("RecordType"), document.get("MessageID")
     if not isinstance(record_type, str) or not isinstance(message_id, str):
         raise ValidationFailed("A Postmark webhook carries RecordType and MessageID.")
-    if not message_id or len(message_id) > _MAX_ID:
-        raise ValidationFailed("MessageID is 1 to 256 characters.")
+    if not _PROVIDER_MESSAGE_ID.fullmatch(message_id):
+        raise ValidationFailed("MessageID is 1 to 256 visible ASCII characters.")
     kind = document.get("Type")
     if record_type == "Delivery":
         return ProviderEvent(message_id, "delivered")
@@ -309,6 +315,8 @@ async def _credentials(
 async def _provider(
     session: AsyncSession, tenant_slug: str, provider_name: str
 ) -> NotifyProvider | None:
+    if not (_TENANT_SLUG.fullmatch(tenant_slug) and _PROVIDER_NAME.fullmatch(provider_name)):
+        return None
     tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == tenant_slug))
     if tenant_id is None:
         return None
