@@ -13,6 +13,8 @@ register_actions(
     ActionSpec("notify.batch.send", "A batch of messages accepted (count).", _CHANGE),
     ActionSpec("notify.template.publish", "A template version published.", _CHANGE),
     ActionSpec("notify.template.rollback", "A template's published version moved back.", _CHANGE),
+    ActionSpec("notify.experiment.put", "A template's A/B test set to a flag.", _CHANGE),
+    ActionSpec("notify.experiment.delete", "A template's A/B test stopped.", _CHANGE),
     ActionSpec("notify.recipient.identify", "A recipient's profile created or changed.", _CHANGE),
     ActionSpec("notify.recipient.erase", "A recipient's data erased.", _CHANGE),
     ActionSpec("notify.preferences.set", "A recipient's preferences changed.", _CHANGE),
