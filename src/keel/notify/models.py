@@ -56,8 +56,10 @@ class NotifyTemplate(TenantScoped, Base):
     published_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: The newest version's number.
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
-    #: A flag whose variation names the version to send (an A/B test), if any.
+    #: A flag whose variation names the version to send (an A/B test), if any...
     experiment_flag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    #: ... evaluated in this flags environment (:mod:`keel.notify.service.experiments`).
+    experiment_environment: Mapped[str | None] = mapped_column(String(63), nullable=True)
     #: Bumped by every change: the ETag ``If-Match`` checks.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -259,7 +261,7 @@ class NotifyMessage(TenantScoped, Base):
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     #: The A/B variation the recipient was assigned, when the template runs an experiment.
-    variation: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    variation: Mapped[str | None] = mapped_column(String(128), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: Keyed hash of the message's unsubscribe token (RFC 8058), when it carries one.

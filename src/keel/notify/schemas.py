@@ -49,9 +49,21 @@ class Template(_FromRow):
     description: str
     published_version: int | None
     latest_version: int
+    #: The flag (and its flags environment) whose experiment chooses the version of each
+    #: send (``PUT /templates/{name}/experiment``), if any.
+    experiment_flag: str | None = None
+    experiment_environment: str | None = None
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+class TemplateExperiment(_Strict):
+    """Run the template's sends through a flags experiment: each variation's value is a
+    version number of the template; each recipient is served one, always the same."""
+
+    flag: str = Field(min_length=1, max_length=128, examples=["welcome-subject"])
+    environment: str = Field(min_length=1, max_length=63, examples=["production"])
 
 
 class TemplateVersion(_FromRow):
@@ -166,6 +178,8 @@ class Message(_FromRow):
     channel: str
     template: str
     template_version: int | None
+    #: The A/B variation of the template's experiment the message was sent (if any).
+    variation: str | None = None
     category: str | None
     critical: bool
     status: str

@@ -16,7 +16,7 @@ from keel.auth.dependencies import AnonymousActor
 from keel.core.audit import record_event
 from keel.core.deps import Context, DbSession
 from keel.core.errors import NotFound
-from keel.notify.service import tracking
+from keel.notify.service import experiments, tracking
 
 router = APIRouter(tags=["notify"])
 
@@ -81,6 +81,9 @@ async def opened(
     if tracking.is_signed(context.keyring, message_id, "open", s):
         message = await tracking.message_by_id(session, message_id)
         if message is not None:
+            await experiments.record_conversion(
+                session, message, "opened", hash_context_key=context.keyring.token_hash
+            )
             tracking.record_status(session, message, "opened")
     return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
 
@@ -99,5 +102,8 @@ async def clicked(
         raise NotFound("This link is not known.")
     message = await tracking.message_by_id(session, message_id)
     if message is not None:
+        await experiments.record_conversion(
+            session, message, "clicked", hash_context_key=context.keyring.token_hash
+        )
         tracking.record_status(session, message, "clicked", {"url": u[:500]})
     return RedirectResponse(u, status_code=302, headers=_NO_STORE)

@@ -12,7 +12,7 @@ from keel.core.deps import Context, DbSession
 from keel.core.http import check_if_match, etag_for
 from keel.notify import schemas
 from keel.notify.auth import TemplateReader, TemplateWriter
-from keel.notify.service import messages, templates
+from keel.notify.service import experiments, messages, templates
 
 router = APIRouter(tags=["notify"])
 
@@ -82,6 +82,64 @@ async def rollback_template(
         target_type="notify_template",
         target_id=name,
         data={"version": body.version},
+    )
+    response.headers["ETag"] = etag_for(template.version)
+    return schemas.Template.model_validate(template)
+
+
+@router.put("/templates/{name}/experiment", response_model=schemas.Template)
+async def set_template_experiment(
+    name: TemplatePath,
+    body: schemas.TemplateExperiment,
+    principal: TemplateWriter,
+    actor: CallerActor,
+    session: DbSession,
+    response: Response,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+) -> schemas.Template:
+    """Choose each send's version with a flags experiment (A/B): the flag's variations'
+    values are version numbers of the template (422 otherwise). Each recipient is served
+    one version, always the same; exposures, opens (``notify.open``) and clicks
+    (``notify.click``) reach the flag's experiment results."""
+    tenant_id = principal.tenant_id
+    if if_match is not None:
+        current = await templates.get_template(session, tenant_id, name)
+        check_if_match(if_match, current.version, required=False)
+    template = await experiments.set_experiment(
+        session, tenant_id, name, flag=body.flag, environment=body.environment
+    )
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        action="notify.experiment.put",
+        actor=actor,
+        target_type="notify_template",
+        target_id=name,
+        data={"flag": body.flag, "environment": body.environment},
+    )
+    response.headers["ETag"] = etag_for(template.version)
+    return schemas.Template.model_validate(template)
+
+
+@router.delete("/templates/{name}/experiment", response_model=schemas.Template)
+async def stop_template_experiment(
+    name: TemplatePath,
+    principal: TemplateWriter,
+    actor: CallerActor,
+    session: DbSession,
+    response: Response,
+) -> schemas.Template:
+    """Stop the template's experiment: sends use the published version again, and opens and
+    clicks of the messages it sent are no longer reported."""
+    template = await experiments.stop_experiment(session, principal.tenant_id, name)
+    record_event(
+        session,
+        tenant_id=principal.tenant_id,
+        action="notify.experiment.delete",
+        actor=actor,
+        target_type="notify_template",
+        target_id=name,
+        data={},
     )
     response.headers["ETag"] = etag_for(template.version)
     return schemas.Template.model_validate(template)

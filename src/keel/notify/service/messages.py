@@ -32,6 +32,7 @@ from keel.jobs.service import enqueue_task, enqueue_tasks
 from keel.notify import templating
 from keel.notify.models import NotifyMessage, NotifyMessageEvent, NotifyRecipient
 from keel.notify.providers.base import Channel
+from keel.notify.service import experiments
 from keel.notify.service.delivery import DELIVER
 from keel.notify.service.policy import quiet_hours_end, render_channel
 from keel.notify.service.recipients import (
@@ -189,9 +190,11 @@ async def accept(
     request: SendRequest,
     *,
     max_data_bytes: int,
+    hash_context_key: experiments.ContextKeyHasher | None = None,
 ) -> Accepted:
     """Check and accept one send (see the module's text); the message, ``queued`` with its
-    delivery job (or ``suppressed``/``skipped``, and no job)."""
+    delivery job (or ``suppressed``/``skipped``, and no job). With ``hash_context_key``, a
+    template's A/B experiment chooses the version (:mod:`.experiments`)."""
     bind_tenant(session, tenant_id)
     if request.channel not in MESSAGE_CHANNELS:
         raise ValidationFailed(
@@ -216,6 +219,16 @@ async def accept(
         if recipient is None:
             raise NotFound(f"No recipient {request.recipient!r}: identify them first.")
     address = address_for(request.channel, recipient, request.to)
+    experiment_key = experiments.context_key(request.recipient, address)
+    variant = await experiments.choose_version(
+        session,
+        tenant_id,
+        template,
+        experiment_key if request.template_version is None else None,
+        hash_context_key=hash_context_key,
+    )
+    if variant is not None:
+        version = variant.version
     now = utcnow()
     send_at = resolve_send_at(request, recipient, now)
     category = await get_category(session, tenant_id, template.category)
@@ -301,11 +314,20 @@ async def accept(
         send_at=send_at,
         batch_id=request.batch_id,
         digest_key=request.digest.key if request.digest else None,
+        variation=variant.variation if variant else None,
         created_at=now,
         updated_at=now,
     )
     session.add(message)
     await session.flush()
+    if variant is not None and hash_context_key is not None and status == "queued":
+        await experiments.record_exposures(
+            session,
+            tenant_id,
+            template,
+            [(experiment_key, variant)],
+            hash_context_key=hash_context_key,
+        )
     detail = {"reason": reason} if reason else {"send_at": send_at.isoformat()}
     session.add(_event(message.id, tenant_id, status, detail, now))
     if status == "queued":
@@ -383,10 +405,12 @@ async def accept_batch(
     max_data_bytes: int,
     max_batch: int,
     chunk: int,
+    hash_context_key: experiments.ContextKeyHasher | None = None,
 ) -> BatchAccepted:
     """Accept one message per entry (the batch's ``data`` under each entry's own), in bulk
     inserts, delivered in jobs of ``chunk`` messages; preferences, suppressions and quiet
-    hours are applied as each is delivered."""
+    hours are applied as each is delivered. With ``hash_context_key``, a template's A/B
+    experiment chooses each entry's version (:mod:`.experiments`)."""
     bind_tenant(session, tenant_id)
     if channel not in MESSAGE_CHANNELS:
         raise ValidationFailed(f"Channel {channel!r} is not one of {sorted(MESSAGE_CHANNELS)}.")
@@ -457,6 +481,19 @@ async def accept_batch(
                 "updated_at": now,
             }
         )
+    await experiments.assign_batch(
+        session,
+        tenant_id,
+        template,
+        rows,
+        [
+            experiments.context_key(entry.recipient, row["address"])
+            for entry, row in zip(entries, rows, strict=True)
+        ],
+        library=library,
+        channel=render_channel(channel),
+        hash_context_key=hash_context_key,
+    )
     table = cast("Table", NotifyMessage.__table__)
     for start in range(0, len(rows), 5000):
         await session.execute(insert(table), rows[start : start + 5000])
