@@ -61,7 +61,11 @@ async def send_message(
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
         accepted = await messages.accept(
-            session, tenant_id, request, max_data_bytes=context.settings.notify.max_data_bytes
+            session,
+            tenant_id,
+            request,
+            max_data_bytes=context.settings.notify.max_data_bytes,
+            hash_context_key=context.keyring.token_hash,
         )
         message = accepted.message
         record_event(
@@ -129,6 +133,7 @@ async def send_batch(
             max_data_bytes=settings.max_data_bytes,
             max_batch=settings.max_batch,
             chunk=settings.delivery_chunk,
+            hash_context_key=context.keyring.token_hash,
         )
         record_event(
             session,
