@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from keel.app import create_app
 from keel.core.context import AppContext
@@ -19,6 +19,7 @@ from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from keel.jobs.models import CLAIMABLE_STATES, Job
 from keel.jobs.runner import PlatformRunner
+from keel.jobs.service import cancel
 from keel.notify.email import generate_dkim_key
 from keel.notify.models import NotifyMessage
 from keel.notify.service.delivery import DELIVER
@@ -68,6 +69,20 @@ class Notify:
         """Run every delivery job due now (the jobs runner of ``keel worker``)."""
         return await PlatformRunner(self.context, list(TASKS)).drain()
 
+    async def deliver_own(self) -> int:
+        """:meth:`deliver`, counting only this tenant's jobs that ran: the PostgreSQL
+        database is shared by the session's tests, and the runner drains every tenant."""
+        started = utcnow()
+        await self.deliver()
+        async with self.context.database.session() as session:
+            bind_tenant(session, self.admin.tenant_id)
+            ran = await session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.queue == DELIVER.queue, Job.attempted_at >= started)
+            )
+        return int(ran or 0)
+
     async def message(self, message_id: str) -> dict[str, Any]:
         answer = await self.call("GET", f"/messages/{message_id}")
         assert answer.status_code == 200, answer.text
@@ -88,6 +103,21 @@ class Notify:
         assert answer.status_code == 200, answer.text
         jobs: list[dict[str, Any]] = answer.json()["jobs"]
         return jobs
+
+    async def cancel_waiting_deliveries(self) -> None:
+        """Cancel the tenant's delivery jobs still waiting (a retry in 30 s, quiet hours),
+        as an operator would: the PostgreSQL database is shared by the session's tests, and
+        the runner of a later test drains every tenant's due jobs."""
+        async with self.context.database.session() as session:
+            bind_tenant(session, self.admin.tenant_id)
+            waiting = await session.scalars(
+                select(Job.id).where(
+                    Job.queue == DELIVER.queue,
+                    Job.state.in_([state.value for state in CLAIMABLE_STATES]),
+                )
+            )
+            for job_id in list(waiting):
+                await cancel(session, self.admin.tenant_id, job_id)
 
     async def let_time_pass(self, until: datetime) -> None:
         """Make what was due by ``until`` due now: the waiting delivery jobs' ``run_at`` and
@@ -169,3 +199,4 @@ async def notify(
         assert answer.status_code == 201, answer.text
         await setup.publish("welcome", WELCOME, category="onboarding")
         yield setup
+        await setup.cancel_waiting_deliveries()

@@ -26,7 +26,7 @@ async def assert_nothing_stored(notify: Notify) -> None:
     listed = await notify.call("GET", "/messages")
     assert listed.json()["messages"] == []
     assert await notify.delivery_jobs() == []
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
 

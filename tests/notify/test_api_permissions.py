@@ -121,3 +121,4 @@ async def test_another_tenant_cannot_read_a_message_nor_reuse_its_links(
     assert answer.status_code == 404
     assert "location" not in answer.headers
     assert [e["status"] for e in (await other_client.message(their_id))["events"]] == ["queued"]
+    await other_client.cancel_waiting_deliveries()  # the fixture cleans up its own tenant only

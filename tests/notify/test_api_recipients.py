@@ -69,7 +69,7 @@ async def test_a_category_turned_off_on_email_is_skipped_and_nothing_is_delivere
     skipped = await send(notify, template="promo", recipient="ada", data={"name": "Ada"})
 
     assert skipped["status"] == "skipped"
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
     history = (await notify.message(skipped["id"]))["events"]
     assert [(e["status"], e["detail"].get("reason")) for e in history] == [
@@ -77,7 +77,7 @@ async def test_a_category_turned_off_on_email_is_skipped_and_nothing_is_delivere
     ]
     # Another category still reaches them.
     await send(notify, template="welcome", recipient="ada", data={"name": "Ada"})
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
     assert len(notify.smtp.messages) == 1
 
 
@@ -102,7 +102,7 @@ async def test_a_critical_category_ignores_opt_outs_and_suppressions_and_has_no_
     assert answer.status_code == 201, answer.text
     reset = await send(notify, template="password-reset", recipient="ada", data={"name": "Ada"})
     assert (reset["status"], reset["critical"]) == ("queued", True)
-    assert await notify.deliver() == 2
+    assert await notify.deliver_own() == 2
 
     assert (await notify.message(on["id"]))["status"] == "suppressed"
     [mail] = notify.smtp.messages
@@ -124,7 +124,7 @@ async def test_a_preference_changed_after_the_send_was_accepted_is_honoured_at_d
     assert accepted["status"] == "queued"
 
     await set_preference(notify, "ada", category="marketing", channel="email", enabled=False)
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
 
     assert notify.smtp.messages == []
     final = await notify.message(accepted["id"])
@@ -132,7 +132,7 @@ async def test_a_preference_changed_after_the_send_was_accepted_is_honoured_at_d
     assert final["events"][-1]["detail"] == {"reason": "opted out"}
     # A later change back does not resurrect it: a skipped message stays skipped.
     await set_preference(notify, "ada", category="marketing", channel="email", enabled=True)
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
 
@@ -215,12 +215,12 @@ async def test_a_suppressed_address_is_suppressed_whatever_the_case_of_its_lette
     assert (await send(notify, template="welcome", recipient="ada", data={"name": "A"}))[
         "status"
     ] == "suppressed"
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
     # Removing the suppression, in any case, lets mail through again.
     answer = await notify.call("DELETE", "/suppressions/email/ADA@example.com")
     assert answer.status_code == 204, answer.text
     await send(notify, template="welcome", to="Ada@example.com", data={"name": "Ada"})
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
     assert len(notify.smtp.messages) == 1

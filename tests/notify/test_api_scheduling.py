@@ -64,13 +64,13 @@ async def test_a_send_inside_tokyo_quiet_hours_waits_until_they_end(notify: Noti
     [job] = await waiting_jobs(notify)
     assert job["args"] == {"messages": [accepted["id"]]}
     assert at(job["run_at"]) == end.astimezone(UTC)
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
     # A job run early (a requeue, a clock jump) checks quiet hours again: it is now still
     # inside them in Tokyo, so it sends nothing and waits for the end once more.
     await notify.let_time_pass(until=end.astimezone(UTC))
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
     assert notify.smtp.messages == []
     deferred = await notify.message(accepted["id"])
     assert deferred["status"] == "queued"
@@ -107,7 +107,7 @@ async def test_a_wall_time_inside_22_to_08_quiet_hours_is_delivered_at_08_tokyo_
     assert at(accepted["send_at"]) == expected
     [job] = await waiting_jobs(notify)
     assert at(job["run_at"]) == expected
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
     # A wall time outside the quiet hours is kept as given, in Tokyo time.
@@ -140,7 +140,7 @@ async def test_a_critical_category_ignores_quiet_hours(notify: Notify) -> None:
 
     accepted = await send(notify, template="password-reset", recipient="ada", data={"code": "981"})
     assert at(accepted["send_at"]) <= datetime.now(UTC)
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
     [mail] = notify.smtp.messages
     assert "Code 981" in parse(mail.data).get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert (await notify.message(accepted["id"]))["status"] == "sent"
@@ -197,11 +197,11 @@ async def test_ten_sends_with_one_digest_key_arrive_as_one_email_after_the_windo
     assert 55 <= (window_end - at(waiting["created_at"])).total_seconds() <= 65
     [job] = await waiting_jobs(notify)
     assert at(job["run_at"]) == window_end
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
     await notify.let_time_pass(until=window_end)
-    assert await notify.deliver() == 1
+    assert await notify.deliver_own() == 1
 
     [mail] = notify.smtp.messages
     message = parse(mail.data)
@@ -308,5 +308,5 @@ async def test_a_category_hourly_limit_skips_sends_beyond_it(notify: Notify) -> 
     await notify.identify("bob", email="bob@example.com")
     other = await send(notify, template="welcome", recipient="bob", data={"name": "Bob"})
     assert other["status"] == "queued"
-    assert await notify.deliver() == 3
+    assert await notify.deliver_own() == 3
     assert len(notify.smtp.messages) == 3

@@ -100,7 +100,7 @@ async def test_a_preview_renders_sample_data_or_given_data_of_any_version(notify
     assert answer.status_code == 422
     assert answer.headers["content-type"].startswith("application/problem+json")
     # A preview sends nothing.
-    assert await notify.deliver() == 0
+    assert await notify.deliver_own() == 0
     assert notify.smtp.messages == []
 
 
