@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from keel.notify.service.webhooks import REFUSAL, twilio_signature
 from tests.notify.conftest import Notify
+from tests.notify.test_experiments import experiment, tracked_events
 from tests.support.audit import audit_events
 from tests.support.provider_servers import postmark_server, twilio_server
 from tests.support.secrets_api import write
@@ -279,8 +280,7 @@ class EmailSent:
         }
 
 
-@pytest.fixture
-async def email(notify: Notify) -> AsyncIterator[EmailSent]:
+async def send_through_postmark(notify: Notify, to: str = "ada@example.com") -> EmailSent:
     """One email sent through Postmark (its local server) rather than SMTP, ``sent`` with
     Postmark's ``MessageID``; the webhook's basic credentials are in the same secret."""
     async with postmark_server() as postmark:
@@ -292,15 +292,20 @@ async def email(notify: Notify) -> AsyncIterator[EmailSent]:
         await store(notify, "notify/postmark", credentials)
         assert (await notify.call("DELETE", "/providers/smtp")).status_code == 204
         await put_provider(notify, "postmark", "postmark", postmark.settings(), "notify/postmark")
-        answer = await notify.send(template="welcome", to="ada@example.com", data={"name": "Ada"})
+        answer = await notify.send(template="welcome", to=to, data={"name": "Ada"})
         assert answer.status_code == 202, answer.text
         await notify.deliver()
         sent = await notify.message(answer.json()["id"])
         assert (sent["status"], sent["provider"]) == ("sent", "postmark")
         [accepted] = postmark.messages
-        assert accepted["To"] == "ada@example.com"
-        path = f"/notify/v1/webhooks/{notify.admin.tenant_slug}/postmark"
-        yield EmailSent(notify, path, sent["id"], sent["provider_message_id"])
+        assert accepted["To"] == to
+    path = f"/notify/v1/webhooks/{notify.admin.tenant_slug}/postmark"
+    return EmailSent(notify, path, sent["id"], sent["provider_message_id"])
+
+
+@pytest.fixture
+async def email(notify: Notify) -> EmailSent:
+    return await send_through_postmark(notify)
 
 
 async def suppressions(notify: Notify) -> list[tuple[str, str, str | None]]:
@@ -376,6 +381,18 @@ async def test_postmark_delivery_open_and_click_move_the_status_forward(email: E
         "opened",
     ]
     assert clicked["events"][3]["detail"]["url"] == "https://acme.example/start"
+
+
+async def test_opens_and_clicks_postmark_tracked_convert_once_in_the_templates_experiment(
+    notify: Notify,
+) -> None:
+    await experiment(notify)
+    email = await send_through_postmark(notify)
+    for record in ("Open", "Click", "Open", "Click"):
+        answer = await email.webhook(email.record(record, OriginalLink="https://acme.example/x"))
+        assert answer.status_code == 200, answer.text
+    assert (await tracked_events(notify, "notify.open")) == 1
+    assert (await tracked_events(notify, "notify.click")) == 1
 
 
 async def test_postmark_webhooks_without_the_configured_basic_credentials_are_401_changing_nothing(

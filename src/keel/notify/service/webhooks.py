@@ -49,7 +49,7 @@ from keel.core.errors import BadRequest, Unauthorized, ValidationFailed
 from keel.core.logging import get_logger
 from keel.core.tenancy import Tenant, bind_tenant
 from keel.notify.models import NotifyMessage, NotifyProvider
-from keel.notify.service import tracking
+from keel.notify.service import experiments, tracking
 from keel.notify.service.providers import read_secret_fields
 from keel.notify.service.recipients import SuppressionReason, suppress
 
@@ -349,15 +349,20 @@ async def receive_webhook(
     event = kind.parse(request)
     if event is None:
         return outcome
-    return await apply_event(session, provider, event)
+    return await apply_event(session, provider, event, hash_context_key=context.keyring.token_hash)
 
 
 async def apply_event(
-    session: AsyncSession, provider: NotifyProvider, event: ProviderEvent
+    session: AsyncSession,
+    provider: NotifyProvider,
+    event: ProviderEvent,
+    *,
+    hash_context_key: experiments.ContextKeyHasher,
 ) -> WebhookOutcome:
     """Record ``event`` on the message ``provider`` sent as ``event.provider_message_id``,
     and suppress its address when the event says so. A message Keel does not know (or one
-    another provider sent) changes nothing."""
+    another provider sent) changes nothing. An open or click the provider tracked counts
+    for the template's A/B experiment as Keel's own pixel and links do (the first of each)."""
     bind_tenant(session, provider.tenant_id)
     message = (
         await session.scalars(
@@ -373,6 +378,9 @@ async def apply_event(
     if message is None:
         log.info("notify.webhook_unknown_message", provider=provider.name)
         return WebhookOutcome(provider.tenant_id, provider.name)
+    await experiments.record_conversion(
+        session, message, event.status, hash_context_key=hash_context_key
+    )
     tracking.record_status(
         session, message, event.status, {"provider": provider.name, **event.detail}
     )
