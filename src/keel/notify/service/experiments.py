@@ -59,6 +59,9 @@ CONVERSION_METRICS: Mapping[str, str] = {"opened": OPEN_METRIC, "clicked": CLICK
 
 #: The longest variation id: what the flags service's events and a message keep.
 MAX_VARIATION_ID = 128
+#: Exposures handed to the flags service's event API at once: one insert each, well inside
+#: the database's command timeout (a batch of 100,000 is twenty).
+EVENTS_PER_CALL = 5000
 
 
 @dataclass(frozen=True)
@@ -265,10 +268,14 @@ async def record_exposures(
         for key, variant in exposed
         if key is not None and variant is not None and variant.in_experiment
     }
-    events = [_Exposure(flag, variation, key, now) for key, variation in sorted(unique)]
-    if events:
+    events = [_Exposure(flag, variation, key, now) for key, variation in unique]
+    for start in range(0, len(events), EVENTS_PER_CALL):
         await flags.ingest_events(
-            session, tenant_id, environment, events, hash_context_key=hash_context_key
+            session,
+            tenant_id,
+            environment,
+            events[start : start + EVENTS_PER_CALL],
+            hash_context_key=hash_context_key,
         )
     return len(events)
 
