@@ -233,6 +233,8 @@ class NotifyMessage(TenantScoped, Base):
         Index("ix_notify_messages_batch", "tenant_id", "batch_id"),
         Index("ix_notify_messages_unsubscribe", "unsubscribe_token_hash"),
         Index("ix_notify_messages_digest", "tenant_id", "digest_key", "status"),
+        # A provider's delivery report names its own message id (webhooks).
+        Index("ix_notify_messages_provider_id", "tenant_id", "provider", "provider_message_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

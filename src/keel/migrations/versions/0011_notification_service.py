@@ -87,6 +87,11 @@ def upgrade() -> None:
             "ix_notify_messages_digest", ["tenant_id", "digest_key", "status"], unique=False
         )
         batch_op.create_index(
+            "ix_notify_messages_provider_id",
+            ["tenant_id", "provider", "provider_message_id"],
+            unique=False,
+        )
+        batch_op.create_index(
             "ix_notify_messages_recipient",
             ["tenant_id", "recipient_id", "created_at"],
             unique=False,
@@ -445,6 +450,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_notify_messages_tenant_id"))
         batch_op.drop_index("ix_notify_messages_recipient")
         batch_op.drop_index("ix_notify_messages_digest")
+        batch_op.drop_index("ix_notify_messages_provider_id")
         batch_op.drop_index("ix_notify_messages_batch")
 
     op.drop_table("notify_messages")
