@@ -10,6 +10,7 @@ import a face.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -103,13 +104,23 @@ TaskHandler = Callable[["AppContext", TaskRun, Any], Coroutine[Any, Any, Any]]
 
 @dataclass(frozen=True)
 class PlatformTask:
-    """One kind of Keel's own background work: ``handler`` runs each job of it."""
+    """One kind of Keel's own background work: ``handler`` runs each job of it — the
+    function, or its ``"module:function"`` name, imported when a job first runs (declaring
+    a task then costs a process that never runs one nothing)."""
 
     service: str
     name: str
-    handler: TaskHandler
+    handler: TaskHandler | str
     max_attempts: int = 10
     timeout_seconds: int = 60
+
+    def resolve_handler(self) -> TaskHandler:
+        """The handler itself, imported if it was given by name."""
+        if not isinstance(self.handler, str):
+            return self.handler
+        module, _, function = self.handler.partition(":")
+        handler: TaskHandler = getattr(importlib.import_module(module), function)
+        return handler
 
     @property
     def queue(self) -> str:

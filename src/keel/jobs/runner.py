@@ -171,7 +171,7 @@ class PlatformRunner:
         run = TaskRun(tenant_id, job.job_id, job.attempt, job.max_attempts)
         try:
             async with asyncio.timeout(task.timeout_seconds):
-                result = await task.handler(self.context, run, job.args)
+                result = await task.resolve_handler()(self.context, run, job.args)
         except RetryTask as exc:
             await self._fail(tenant_id, job, str(exc), retry_in_seconds=exc.seconds)
         except DiscardTask as exc:

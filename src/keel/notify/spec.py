@@ -15,7 +15,7 @@ from keel.notify.metrics import NOTIFY_METRICS_RESOURCE, NotifyMetrics
 from keel.notify.models import NotifyTemplate
 from keel.notify.router import build_router
 from keel.notify.service.account_mail import use_notify_for_account_mail
-from keel.notify.service.delivery import NOTIFY_RUNTIME, NotifyRuntime
+from keel.notify.service.runtime import NOTIFY_RUNTIME, NotifyRuntime
 from keel.notify.tasks import TASKS
 
 

@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from keel.notify.service.delivery import DELIVER
+from keel.notify.service.runtime import DELIVER
 
 TASKS = (DELIVER,)

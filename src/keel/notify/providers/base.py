@@ -31,12 +31,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
-
-class Channel(StrEnum):
-    email = "email"
-    sms = "sms"
-    push = "push"
-    chat = "chat"
+from keel.notify.channels import Channel as Channel  # re-exported: the providers name it here
 
 
 class ErrorKind(StrEnum):

@@ -18,7 +18,7 @@ from keel.notify.auth import RecipientAdmin, RecipientReader, RecipientWriter
 from keel.notify.models import NotifyRecipient
 from keel.notify.service import inbox as inbox_service
 from keel.notify.service import recipients
-from keel.notify.service.delivery import INBOX_STREAM
+from keel.notify.service.runtime import INBOX_STREAM
 
 router = APIRouter(tags=["notify"])
 

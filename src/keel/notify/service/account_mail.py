@@ -46,10 +46,10 @@ from keel.core.context import AppContext
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, KeelError, NotFound
 from keel.core.logging import get_logger
-from keel.notify.providers.base import Channel
+from keel.notify.channels import Channel
 from keel.notify.service import messages, recipients, templates
-from keel.notify.service.delivery import DEFAULT_SENDER
 from keel.notify.service.providers import get_sender, list_providers
+from keel.notify.service.runtime import DEFAULT_SENDER
 
 log = get_logger(__name__)
 

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-import httpx
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.changes import record_change
-from keel.core.context import AppContext, PlatformTask, ResourceKey, TaskRun
+from keel.core.context import AppContext, TaskRun
 from keel.core.db import utcnow
 from keel.core.ids import new_id
 from keel.core.logging import get_logger
@@ -72,6 +71,13 @@ from keel.notify.service.recipients import (
     opted_out,
     suppress,
 )
+from keel.notify.service.runtime import (
+    DEFAULT_SENDER,
+    DELIVER,
+    INBOX_STREAM,
+    NOTIFY_RUNTIME,
+    ProviderChain,
+)
 from keel.notify.service.templates import get_version, load_library
 
 if TYPE_CHECKING:
@@ -79,43 +85,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-#: The change stream of new inbox items (subject: the recipient's row id).
-INBOX_STREAM = "notify-inbox"
-#: The sender of email (``From``, DKIM) until templates choose theirs.
-DEFAULT_SENDER = "default"
-
 
 def public_base_url(context: AppContext) -> str:
     settings = context.settings
     return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-
-
-@dataclass
-class _Chain:
-    signature: tuple[tuple[str, int], ...]
-    read_at: float
-    providers: list[Provider[Any]]
-
-
-@dataclass
-class NotifyRuntime:
-    """What delivery keeps between jobs in one process: one HTTP client for every HTTP
-    provider, and each tenant's providers (with their credentials) for a short while."""
-
-    http: httpx.AsyncClient = field(
-        default_factory=lambda: httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
-    )
-    chains: dict[tuple[str, str], _Chain] = field(default_factory=dict)
-    dkim_keys: dict[tuple[str, str], tuple[float, bytes]] = field(default_factory=dict)
-
-    async def aclose(self) -> None:
-        for chain in self.chains.values():
-            await _close(chain.providers)
-        self.chains.clear()
-        await self.http.aclose()
-
-
-NOTIFY_RUNTIME: ResourceKey[NotifyRuntime] = ResourceKey("notify.runtime")
 
 
 async def _close(providers: Sequence[Provider[Any]]) -> None:
@@ -172,7 +145,7 @@ async def providers_for(
             raise NotConfigured(f"provider {row.name}: {exc}") from None
     if cached:
         await _close(cached.providers)
-    runtime.chains[key] = _Chain(signature, time.monotonic(), providers)
+    runtime.chains[key] = ProviderChain(signature, time.monotonic(), providers)
     return providers
 
 
@@ -663,6 +636,3 @@ async def deliver_messages(context: AppContext, run: TaskRun, args: Any) -> dict
     for message_id in ids:
         await deliver_message(context, run.tenant_id, message_id, cache)
     return {"messages": len(ids)}
-
-
-DELIVER = PlatformTask("notify", "deliver", deliver_messages, max_attempts=5, timeout_seconds=600)

@@ -31,15 +31,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.lazy import lazy_module
 from keel.flags import service as flags
-from keel.notify import templating
 from keel.notify.models import (
     NotifyMessage,
     NotifyMessageEvent,
@@ -48,6 +48,12 @@ from keel.notify.models import (
     NotifyTemplateVersion,
 )
 from keel.notify.service.templates import TemplateKind, get_template
+
+if TYPE_CHECKING:
+    from keel.notify import templating
+else:
+    templating = lazy_module("keel.notify.templating")
+
 
 #: The flags' keyed hash of a context key (``Keyring.token_hash``).
 ContextKeyHasher = Callable[[str], str]

@@ -27,13 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.db import utcnow
 from keel.core.errors import NotFound, PayloadTooLarge, ValidationFailed
 from keel.core.ids import new_id
+from keel.core.lazy import lazy_module
 from keel.core.tenancy import bind_tenant
 from keel.jobs.service import enqueue_task, enqueue_tasks
-from keel.notify import templating
+from keel.notify.channels import Channel
 from keel.notify.models import NotifyMessage, NotifyMessageEvent, NotifyRecipient
-from keel.notify.providers.base import Channel
 from keel.notify.service import experiments
-from keel.notify.service.delivery import DELIVER
 from keel.notify.service.policy import quiet_hours_end, render_channel
 from keel.notify.service.recipients import (
     check_email,
@@ -44,7 +43,14 @@ from keel.notify.service.recipients import (
     is_suppressed,
     opted_out,
 )
+from keel.notify.service.runtime import DELIVER
 from keel.notify.service.templates import TemplateKind, get_version, load_library
+
+if TYPE_CHECKING:
+    from keel.notify import templating
+else:
+    templating = lazy_module("keel.notify.templating")
+
 
 if TYPE_CHECKING:
     from sqlalchemy import Table

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from zoneinfo import ZoneInfo
 
-from keel.notify import templating
+from keel.core.lazy import lazy_module
 from keel.notify.service.recipients import parse_clock
+
+if TYPE_CHECKING:
+    from keel.notify import templating
+else:
+    templating = lazy_module("keel.notify.templating")
+
 
 #: The backoff of a message whose providers all failed: 30 s, 1, 2, 4 ... minutes, to an hour.
 FIRST_RETRY_SECONDS, LONGEST_RETRY_SECONDS = 30.0, 3600.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,12 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.audit import Actor
 from keel.core.db import utcnow
 from keel.core.errors import NotFound, ValidationFailed
+from keel.core.lazy import lazy_module
 from keel.core.tenancy import bind_tenant
 from keel.notify.models import NotifyProvider, NotifySender
-from keel.notify.providers import PROVIDER_KINDS, ProviderConfigError
 from keel.notify.service.recipients import check_email
 from keel.secrets.service import SecretReader, kv_engine_of
 from keel_client.auth import Principal
+
+if TYPE_CHECKING:
+    from keel.notify import providers as provider_kinds
+else:
+    provider_kinds = lazy_module("keel.notify.providers")
+
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9_./-]{1,400}$")
@@ -75,12 +81,14 @@ async def put_provider(
     """Create or replace provider ``name``; settings are checked against the kind (its
     credentials are checked when delivery reads them)."""
     check_name("provider", name)
-    provider_kind = PROVIDER_KINDS.get(kind)
+    provider_kind = provider_kinds.PROVIDER_KINDS.get(kind)
     if provider_kind is None:
-        raise ValidationFailed(f"Provider kind {kind!r} is not one of {sorted(PROVIDER_KINDS)}.")
+        raise ValidationFailed(
+            f"Provider kind {kind!r} is not one of {sorted(provider_kinds.PROVIDER_KINDS)}."
+        )
     try:
         provider_kind.validate_settings(settings)
-    except ProviderConfigError as exc:
+    except provider_kinds.ProviderConfigError as exc:
         raise ValidationFailed(str(exc)) from None
     needs_credentials = any(field.required for field in provider_kind.credential_fields)
     if needs_credentials and credentials_secret is None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, or_, select, update
@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
 from keel.core.errors import NotFound, ValidationFailed
+from keel.core.lazy import lazy_module
 from keel.core.tenancy import bind_tenant
-from keel.notify.email import InvalidAddress, InvalidPhone, normalize_address, normalize_phone
+from keel.notify.channels import Channel
 from keel.notify.models import (
     NotifyCategory,
     NotifyInboxItem,
@@ -31,7 +32,12 @@ from keel.notify.models import (
     NotifySuppression,
     NotifyTopicSubscription,
 )
-from keel.notify.providers.base import Channel
+
+if TYPE_CHECKING:
+    from keel.notify import email as mail
+else:
+    mail = lazy_module("keel.notify.email")
+
 
 _EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_.:@+-]{1,200}$")
 _CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -111,15 +117,15 @@ def check_quiet_hours(quiet: Mapping[str, str] | None) -> dict[str, str] | None:
 
 def check_email(address: str) -> str:
     try:
-        return normalize_address(address)
-    except InvalidAddress as exc:
+        return mail.normalize_address(address)
+    except mail.InvalidAddress as exc:
         raise ValidationFailed(str(exc)) from None
 
 
 def check_phone(number: str) -> str:
     try:
-        return normalize_phone(number)
-    except InvalidPhone as exc:
+        return mail.normalize_phone(number)
+    except mail.InvalidPhone as exc:
         raise ValidationFailed(str(exc)) from None
 
 

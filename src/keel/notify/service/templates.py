@@ -13,18 +13,23 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, TemplateSyntaxError
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.lazy import lazy_module
 from keel.core.tenancy import bind_tenant
-from keel.notify import templating
 from keel.notify.models import NotifyTemplate, NotifyTemplateVersion
+
+if TYPE_CHECKING:
+    from keel.notify import templating
+else:
+    templating = lazy_module("keel.notify.templating")
+
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 #: Largest JSON content of one version.
@@ -149,6 +154,8 @@ def check_renders(kind: str, content: Mapping[str, Any], library: templating.Lib
 def _check_fragment(source: str) -> None:
     """A layout or partial parses (it renders as part of the messages that use it, whose
     own publish renders it with their sample data)."""
+    from jinja2 import Environment, TemplateSyntaxError
+
     try:
         Environment(autoescape=True).parse(source)
     except TemplateSyntaxError as exc:
