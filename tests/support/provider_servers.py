@@ -165,7 +165,7 @@ class SmtpTestServer:
             "host": self.host,
             "port": self.port,
             "security": self.security,
-            "timeout": 5,
+            "timeout": 30,  # generous: a loaded CI machine is slow, and a timeout is a retry
         }
         if self.ca_file:
             settings["ca_file"] = self.ca_file
