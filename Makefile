@@ -31,8 +31,11 @@ serve: $(STAMP)
 	$(BIN)/keel serve
 
 ## Lint, type-check and run every test (PostgreSQL and Redis tests skip when absent, unless CI=true)
+## --no-loadscope-reorder: whole files to the workers in collection order (the slow files
+## first: tests/conftest.py), not xdist's default of the files with the most tests first,
+## which left the fuzzer's two long tests for last, one worker idle beside them.
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -n auto --dist loadfile --durations=20
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=20
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q

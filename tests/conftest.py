@@ -43,8 +43,10 @@ configure_logging("info", LogFormat.auto)
 
 #: The files that take minutes (2026-12-06, ``--durations=0`` on 2 cores: the docs pages
 #: 236 s and the fuzzer 173 s of 1,247 s in all; the jobs fleet's processes 150 s). They
-#: run first: ``make test`` hands whole files to its two workers in collection order, so a
-#: long file collected last kept one worker busy for minutes after the other had finished.
+#: run first: ``make test`` hands whole files to its two workers in collection order
+#: (``--no-loadscope-reorder``; xdist would otherwise hand out the files with the most tests
+#: first), so a long file collected last kept one worker busy for minutes after the other had
+#: finished.
 SLOW_FILES_FIRST = (
     "tests/docs/test_examples.py",
     "tests/test_fuzz.py",
