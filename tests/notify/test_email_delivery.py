@@ -66,6 +66,9 @@ async def test_an_email_arrives_as_mime_signed_with_dkim_and_one_click_unsubscri
 
     # RFC 8058: the header's URL, the one-click POST header, and a visible link.
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # On the wire as a plain <URL>: an RFC 2047 encoded word (what the library writes for a
+    # header longer than 78 characters with no space to fold at) is no URL to a mail client.
+    assert b"\r\nList-Unsubscribe: <http://" in mail.data.split(b"\r\n\r\n")[0]
     url = str(message["List-Unsubscribe"]).strip().strip("<>")
     assert url in parts["text/plain"]
 

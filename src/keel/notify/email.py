@@ -78,6 +78,12 @@ _MESSAGE_ID_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,200}")
 _BODY_CLOSE = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
+#: CRLF line ends, and headers folded only past RFC 5322's 998 characters: a long
+#: ``List-Unsubscribe`` URL has no space to fold at, and the standard 78 made the library
+#: write it as an RFC 2047 encoded word, which no mail client reads as a URL (RFC 8058).
+_POLICY = SMTP.clone(max_line_length=998)
+
+
 class InvalidAddress(ValueError):
     """An email address that cannot receive mail as written."""
 
@@ -139,7 +145,7 @@ def compose(
         raise ValueError("an email needs a text or an HTML part")
     if not _MESSAGE_ID_PART.fullmatch(message_id) or not _MESSAGE_ID_PART.fullmatch(domain):
         raise ValueError("message_id and domain must be dot-atoms (no '<', '>', '@' or spaces)")
-    message = EmailMessage(policy=SMTP)
+    message = EmailMessage(policy=_POLICY)
     message["From"] = _single_line("From", sender)
     message["To"] = _single_line("To", recipient)
     message["Subject"] = _single_line("Subject", rendered.subject)
