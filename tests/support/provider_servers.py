@@ -34,6 +34,7 @@ import ssl
 import tempfile
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -329,7 +330,7 @@ class Failure:
     message: str
 
 
-class HttpTestServer:
+class HttpTestServer(ABC):
     """What every provider's HTTP server shares: recording, planned failures, serving.
 
     Subclasses answer success in :meth:`accept` and write errors in their provider's format
@@ -373,8 +374,9 @@ class HttpTestServer:
         """Whether a planned failure applies to this request (not to a token request)."""
         return True
 
+    @abstractmethod
     async def accept(self, request: ReceivedRequest) -> Response:
-        raise NotImplementedError
+        """The provider's answer to a request it accepts (each server's own)."""
 
     def error_response(self, status: int, code: str | int | None, message: str) -> Response:
         return Response(message, status_code=status, media_type="text/plain")

@@ -63,7 +63,7 @@ from keel.notify.providers import (
     send_with_failover,
 )
 from keel.notify.service import tracking
-from keel.notify.service.policy import quiet_hours_end, render_channel, retry_delay
+from keel.notify.service.policy import quiet_hours_end, recipient_view, render_channel, retry_delay
 from keel.notify.service.providers import get_sender, read_secret_fields
 from keel.notify.service.recipients import (
     SuppressionReason,
@@ -286,12 +286,7 @@ async def _prepare(
             await _finish(session, message, "failed", {"error": "the message's data was erased"})
             return None
         content = await cache.content(session, tenant_id, message)
-        data = {
-            **message.data,
-            "recipient": {"id": recipient.external_id, **(recipient.traits or {})}
-            if recipient
-            else {},
-        }
+        data = {**message.data, "recipient": recipient_view(recipient)}
         rendered = templating.render(
             content,
             locale=message.locale or (recipient.locale if recipient else None),

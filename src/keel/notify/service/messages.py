@@ -33,7 +33,7 @@ from keel.jobs.service import enqueue_task, enqueue_tasks
 from keel.notify.channels import Channel
 from keel.notify.models import NotifyMessage, NotifyMessageEvent, NotifyRecipient
 from keel.notify.service import experiments
-from keel.notify.service.policy import quiet_hours_end, render_channel
+from keel.notify.service.policy import quiet_hours_end, recipient_view, render_channel
 from keel.notify.service.recipients import (
     check_email,
     check_external_id,
@@ -248,7 +248,7 @@ async def accept(
         templating.render(
             content,
             locale=locale or (recipient.locale if recipient else None),
-            data={**rendered_data, "recipient": _recipient_view(recipient)},
+            data={**rendered_data, "recipient": recipient_view(recipient)},
             library=library,
             channel=render_channel(request.channel),
         )
@@ -372,13 +372,6 @@ def _check_digest(digest: Digest) -> Digest:
             f"A digest window is {MIN_DIGEST_SECONDS} to {MAX_DIGEST_SECONDS} seconds."
         )
     return digest
-
-
-def _recipient_view(recipient: NotifyRecipient | None) -> dict[str, Any]:
-    """What a template sees as ``recipient``: the id and traits, never other addresses."""
-    if recipient is None:
-        return {}
-    return {"id": recipient.external_id, **(recipient.traits or {})}
 
 
 # -- batches ---------------------------------------------------------------------------------

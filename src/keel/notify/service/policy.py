@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 from keel.core.lazy import lazy_module
+from keel.notify.models import NotifyRecipient
 from keel.notify.service.recipients import parse_clock
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ def quiet_hours_end(
         return None
     end_day = local.date() if clock < end else local.date() + timedelta(days=1)
     return datetime.combine(end_day, end, tzinfo=zone).astimezone(ZoneInfo("UTC"))
+
+
+def recipient_view(recipient: NotifyRecipient | None) -> dict[str, Any]:
+    """What a template sees as ``recipient``: the id and traits, never other addresses."""
+    if recipient is None:
+        return {}
+    return {"id": recipient.external_id, **(recipient.traits or {})}
 
 
 def retry_delay(attempts: int, retry_after: float | None) -> float:
