@@ -35,8 +35,7 @@ API_HEADERS = [
 
 def owasp_add_list() -> list[tuple[bytes, bytes]]:
     return [
-        (entry["name"].lower().encode(), entry["value"].encode())
-        for entry in OWASP_ADD["headers"]
+        (entry["name"].lower().encode(), entry["value"].encode()) for entry in OWASP_ADD["headers"]
     ]
 
 
@@ -53,7 +52,7 @@ class TestOwaspData:
         assert [{"name": n, "value": v} for n, v in OWASP_HEADERS_ADD] == OWASP_ADD["headers"]
         assert list(OWASP_HEADERS_REMOVE) == OWASP_REMOVE["headers"]
         assert OWASP_ADD["last_update_utc"] == OWASP_REMOVE["last_update_utc"]
-        assert OWASP_LAST_UPDATE_UTC == OWASP_ADD["last_update_utc"]
+        assert OWASP_ADD["last_update_utc"] == OWASP_LAST_UPDATE_UTC
 
     def test_web_profile_is_the_owasp_add_list_byte_for_byte(self) -> None:
         assert apply([], profile="web") == owasp_add_list()
