@@ -11,7 +11,8 @@ built on it::
       ├─ .config   .config.client(app, env) ─▶ ConfigClient(api=api)
       ├─ .flags    .flags.client(env) ─▶ FlagsClient(api=api)
       ├─ .jobs     JobsClient(api=api); .jobs.open_spool(dir) spools enqueues Keel cannot take
-      └─ .notify   NotifyClient(api=api): sends, recipients, preferences, status, inbox
+      ├─ .notify   NotifyClient(api=api): sends, recipients, preferences, status, inbox
+      └─ .edge     .edge.client(service=...) ─▶ EdgeClient(api=api): the gateway's policy
 
 Per-call ``RequestOptions`` (``timeout``, ``deadline``, ``max_retries``, ``idempotency_key``,
 ``request_id``) override the defaults given to ``Keel(...)``. ``aclose()`` closes what the
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 from pydantic import SecretStr
@@ -38,7 +39,10 @@ from keel_client.jobs import JobsClient
 from keel_client.notify import NotifyClient
 from keel_client.secrets import SecretsClient
 
-__all__ = ["Credentials", "Keel", "KeelAudit", "KeelConfig", "KeelFlags"]
+if TYPE_CHECKING:
+    from keel_client.edge._client import EdgeClient
+
+__all__ = ["Credentials", "Keel", "KeelAudit", "KeelConfig", "KeelEdge", "KeelFlags"]
 
 #: What ``Keel`` authenticates with: an API key or access token (sent as
 #: ``Authorization: Bearer``), any ``httpx.Auth`` (``ServiceCredentials`` for a service
@@ -94,6 +98,34 @@ class KeelFlags:
         return client
 
 
+class KeelEdge:
+    """``keel.edge``: edge-policy clients (what the gateway and ``use_keel_edge`` enforce)
+    on the Keel's connection pool.
+
+    Example::
+
+        async with keel.edge.client(service="orders", local_copy=cache_dir / "edge.json") as edge:
+            found = edge.snapshot.table.match(host, path, method)
+    """
+
+    def __init__(self, keel: Keel) -> None:
+        self._keel = keel
+
+    def client(self, **options: Any) -> EdgeClient:
+        """A :class:`~keel_client.edge.EdgeClient` on this Keel's pool, not started
+        (``await client.start()`` or ``async with``).
+
+        ``options`` are ``EdgeClient``'s own (``service``, ``local_copy``, ``start_timeout``...),
+        not HTTP options: those are the Keel's. The Keel closes it on :meth:`Keel.aclose` if
+        it is still open."""
+        # Imported here: the policy's models are needed only by a service that enforces it.
+        from keel_client.edge._client import EdgeClient
+
+        client = EdgeClient(api=self._keel.api, **options)
+        self._keel._adopt(client.aclose)
+        return client
+
+
 class KeelAudit(AuditAPI):
     """``keel.audit``: the audit API (:class:`~keel_client.audit.AuditAPI`) on the Keel's
     connection pool, and durable recorders built on it.
@@ -121,7 +153,7 @@ class KeelAudit(AuditAPI):
 class Keel:
     """Keel from a service: one connection pool, one breaker per host, one token source, and
     a sub-client per service (``.auth``, ``.secrets``, ``.audit``, ``.config``, ``.flags``,
-    ``.jobs``, ``.notify``).
+    ``.jobs``, ``.notify``, ``.edge``).
 
     Example::
 
@@ -179,6 +211,8 @@ class Keel:
         self.jobs = JobsClient(api=self.api)
         #: Send messages from templates; recipients, preferences, a message's status, inbox.
         self.notify = NotifyClient(api=self.api)
+        #: ``.client(service=...)``: the edge policy, kept current (gateway, use_keel_edge).
+        self.edge = KeelEdge(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
