@@ -1,0 +1,1 @@
+"""The gateway's built-in reverse proxy: upstream pools, balancing, health, retries, streaming."""

@@ -1,0 +1,421 @@
+"""A lean HTTP/1.1 client for the proxy's upstream side: connections, keep-alive pools, parsing.
+
+The proxy's hot path is one request head out, one response head in, body chunks relayed both
+ways. A general client (httpx) costs more per request than the whole budget the gateway has
+against nginx, so this module speaks HTTP/1.1 itself on asyncio streams and parses responses
+with ``httptools`` (llhttp, the parser uvicorn uses for requests). It does only what a reverse
+proxy needs:
+
+- :class:`Origin`: where a target lives (scheme, host, port, base path) and its ``Host`` value.
+- :class:`UpstreamConnection`: one TCP (or TLS) connection; writes a request head and body
+  (content-length or chunked) and reads the response head then its body chunk by chunk.
+  Back-pressure both ways comes from the streams: a body write waits for ``drain``; a body read
+  pauses the socket when the reader's buffer is full (64 KiB), so nothing is buffered whole.
+- :class:`ConnectionPool`: keep-alive connections per target, at most ``max_connections`` in
+  use. A connection goes back to the pool only after its response was read to the end, the
+  request body was sent in full and neither side asked for ``Connection: close``.
+
+Errors (one base, :class:`UpstreamError`)::
+
+    UpstreamError
+     ├── ConnectFailed      the TCP/TLS connection could not be made (refused, unreachable)
+     ├── UpstreamTimeout    connect, write or read took longer than its limit
+     └── BadResponse        not HTTP/1.x, or the connection closed before the response ended
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+import httptools
+
+#: Bytes asked of the socket per read: also the largest body chunk relayed at once.
+READ_SIZE: Final = 64 * 1024
+#: The stream reader pauses the socket above this much unread data (back-pressure).
+STREAM_LIMIT: Final = 64 * 1024
+#: Idle keep-alive connections kept per target beyond those in use.
+MAX_IDLE_PER_TARGET: Final = 256
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+class UpstreamError(Exception):
+    """An upstream attempt failed before or while its response was read."""
+
+
+class ConnectFailed(UpstreamError):
+    """The connection to the target could not be opened."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connecting, writing the request or reading the response took too long."""
+
+
+class BadResponse(UpstreamError):
+    """The target answered something that is not an HTTP/1.x response, or closed early."""
+
+    def __init__(self, message: str, *, before_any_byte: bool = False) -> None:
+        super().__init__(message)
+        #: Whether the connection closed before a single response byte arrived: on a reused
+        #: keep-alive connection that is the target having closed it while idle.
+        self.before_any_byte = before_any_byte
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where one target lives, parsed once from its URL."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str  # "" or "/prefix" (no trailing slash)
+    host_header: bytes  # host[:port], the port only when not the scheme's default
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        authority = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[scheme]:
+            authority = f"{authority}:{port}"
+        return cls(
+            url=url,
+            scheme=scheme,
+            host=host,
+            port=port,
+            base_path=parts.path.rstrip("/"),
+            host_header=authority.encode("ascii"),
+        )
+
+    @property
+    def is_tls(self) -> bool:
+        return self.scheme == "https"
+
+    def target_path(self, upstream_path: str) -> str:
+        """The request target sent upstream: the base path, then the route's upstream path."""
+        return self.base_path + upstream_path if self.base_path else upstream_path
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+async def open_connection(
+    origin: Origin, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> UpstreamConnection:
+    """A new connection to ``origin``: :class:`ConnectFailed` or :class:`UpstreamTimeout`."""
+    tls: ssl.SSLContext | None = None
+    if origin.is_tls:
+        tls = ssl_context or ssl.create_default_context()
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                origin.host,
+                origin.port,
+                ssl=tls,
+                server_hostname=origin.host if tls else None,
+                limit=STREAM_LIMIT,
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"connecting to {origin.url} took over {timeout} s") from None
+    except OSError as exc:  # refused, unreachable, DNS, TLS handshake
+        raise ConnectFailed(f"cannot connect to {origin.url}: {exc}") from None
+    return UpstreamConnection(reader, writer)
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a target; used by one request at a time.
+
+    Call order per request: :meth:`write` (head, then body through :meth:`write_body_chunk`
+    and :meth:`end_chunked_body`), :meth:`read_head`, then :meth:`read_body` until it says the
+    body ended. ``httptools`` calls the ``on_*`` methods while :meth:`_feed` runs.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_ended",
+        "_headers",
+        "_interim",
+        "_is_eof_delimited",
+        "_is_head_request",
+        "_is_keep_alive",
+        "_parser",
+        "_received_any",
+        "_status",
+        "is_request_complete",
+        "is_reused",
+        "reader",
+        "writer",
+    )
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.is_reused = False
+        self.is_request_complete = False
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._body: list[bytes] = []
+        self._body_ended = False
+        self._interim = False
+        self._is_head_request = False
+        self._is_eof_delimited = False
+        self._is_keep_alive = False
+        self._received_any = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """Closed by us, or by the target (EOF seen while the connection sat idle)."""
+        return self.writer.transport.is_closing() or self.reader.at_eof()
+
+    @property
+    def is_reusable(self) -> bool:
+        """Whether the exchange ended cleanly on a connection both sides keep alive."""
+        return (
+            self.is_request_complete
+            and self._body_ended
+            and not self._is_eof_delimited
+            and self._is_keep_alive
+            and not self.is_closed
+        )
+
+    def close(self) -> None:
+        """Abort the connection (no graceful TLS close: the exchange is being abandoned)."""
+        self.writer.transport.abort()
+
+    def begin(self, *, is_head_request: bool) -> None:
+        """Reset the parsing state for a new exchange. A fresh parser per exchange: llhttp
+        cannot be told that a response to HEAD has no body, so after a HEAD the old parser
+        would wait for the ``Content-Length`` bytes that never come."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._status = 0
+        self._body = []
+        self._body_ended = False
+        self._interim = False
+        self._is_head_request = is_head_request
+        self._is_eof_delimited = False
+        self._is_keep_alive = False
+        self._received_any = False
+        self.is_request_complete = False
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until the socket took the written bytes (back-pressure from the target)."""
+        if self.writer.transport.get_write_buffer_size() == 0:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise UpstreamTimeout(f"writing the request took over {timeout} s") from None
+        except OSError as exc:
+            raise BadResponse(f"the connection failed while writing: {exc}") from None
+
+    def write_chunk(self, chunk: bytes) -> None:
+        """One chunk of a ``Transfer-Encoding: chunked`` body (an empty one is skipped: it
+        would end the body)."""
+        if chunk:
+            self.writer.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+
+    def end_chunked_body(self) -> None:
+        self.writer.write(b"0\r\n\r\n")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read_head(self, timeout: float) -> ResponseHead:
+        """The response's status and headers (interim 1xx responses skipped)."""
+        while not self._status or self._interim:
+            await self._read_and_feed(timeout)
+        return ResponseHead(self._status, self._headers)
+
+    async def read_body(self, timeout: float) -> tuple[bytes, bool]:
+        """The next part of the body and whether the body ended with it. ``timeout`` bounds
+        the wait between two chunks."""
+        while not self._body and not self._body_ended:
+            await self._read_and_feed(timeout)
+        chunk = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        return chunk, self._body_ended
+
+    async def _read_and_feed(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no response byte within {timeout} s") from None
+        except OSError as exc:
+            raise BadResponse(
+                f"the connection failed: {exc}", before_any_byte=not self._received_any
+            ) from None
+        if not data:
+            self._end_of_stream()
+            return
+        self._received_any = True
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        assert self._parser is not None
+        if self._status and self._is_head_request and not self._interim:
+            return  # a response to HEAD ends with its head; anything after is not ours
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise BadResponse("the target switched protocols on a plain HTTP request") from None
+        except httptools.HttpParserError as exc:
+            raise BadResponse(f"malformed response from the target: {exc}") from None
+
+    def _end_of_stream(self) -> None:
+        if self._status and not self._interim and self._is_eof_delimited:
+            self._body_ended = True  # a body without length or chunking ends at close
+            return
+        raise BadResponse(
+            "the target closed the connection before the response ended",
+            before_any_byte=not self._received_any,
+        )
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        self._status = status
+        # Read now: llhttp forgets it once the message is complete.
+        self._is_keep_alive = self._parser.should_keep_alive()
+        if 100 <= status < 200:
+            self._interim = True  # 100 Continue, 103 Early Hints: the real answer follows
+            self._headers = []
+            return
+        if self._is_head_request or status in (204, 304):
+            self._body_ended = True
+            return
+        self._is_eof_delimited = not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._status = 0
+            return
+        self._body_ended = True
+        self._is_eof_delimited = False
+
+
+@dataclass(eq=False)
+class ConnectionPool:
+    """Keep-alive connections to one target, at most ``max_connections`` in use at once.
+
+    ``acquire`` waits for a free slot within the connect timeout (a target that already has
+    ``max_connections`` requests in flight is as unreachable as one that does not answer),
+    then reuses the most recently returned idle connection or opens a new one.
+    """
+
+    origin: Origin
+    max_connections: int
+    ssl_context: ssl.SSLContext | None = None
+    accepted: int = 0  # connections opened over the pool's life (tests and metrics)
+    _idle: deque[UpstreamConnection] = field(default_factory=deque)
+    _slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_connections)
+
+    async def acquire(self, connect_timeout: float) -> UpstreamConnection:
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"{self.origin.url} has {self.max_connections} requests in flight"
+                ) from None
+        else:
+            await self._slots.acquire()
+        try:
+            return await self._reuse_or_open(connect_timeout)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _reuse_or_open(self, connect_timeout: float) -> UpstreamConnection:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_closed:
+                connection.is_reused = True
+                return connection
+            connection.close()
+        connection = await open_connection(self.origin, connect_timeout, self.ssl_context)
+        self.accepted += 1
+        return connection
+
+    async def open_fresh(self, connect_timeout: float) -> UpstreamConnection:
+        """A new connection in the slot of a reused one that turned out to be closed."""
+        connection = await open_connection(self.origin, connect_timeout, self.ssl_context)
+        self.accepted += 1
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Give the connection's slot back; keep the connection if its exchange ended clean."""
+        self._slots.release()
+        if connection.is_reusable and len(self._idle) < MAX_IDLE_PER_TARGET:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+async def probe(
+    origin: Origin, path: str, timeout: float, ssl_context: ssl.SSLContext | None
+) -> int:
+    """``GET path`` on a connection of its own (``Connection: close``): the status, or an
+    :class:`UpstreamError`. Used by the active health checks."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _probe_once(origin, path, timeout, ssl_context)
+    except TimeoutError:
+        raise UpstreamTimeout(f"{origin.url} did not answer {path} within {timeout} s") from None
+
+
+async def _probe_once(
+    origin: Origin, path: str, timeout: float, ssl_context: ssl.SSLContext | None
+) -> int:
+    connection = await open_connection(origin, timeout, ssl_context)
+    try:
+        connection.begin(is_head_request=False)
+        target = origin.target_path(path).encode("ascii")
+        connection.write(
+            b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+            b"User-Agent: keel-gateway-health\r\n\r\n" % (target, origin.host_header)
+        )
+        connection.is_request_complete = True
+        head = await connection.read_head(timeout)
+        return head.status
+    finally:
+        connection.close()
