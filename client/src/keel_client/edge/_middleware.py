@@ -1,0 +1,214 @@
+"""``EdgeMiddleware``: the gateway's policy enforced inside a service (pure ASGI).
+
+A service behind no gateway gets the same checks the gateway makes, from the same code
+(:class:`~keel_client.edge._enforce.EdgeEnforcer`): the routes that point at it, their
+authentication, rate limits, CORS, security headers, size limits and SSRF rules. A request
+no route takes goes through untouched, except that an identity header a client sent
+(``Keel-Identity``) is dropped, so the app never reads a forged one.
+
+The policy comes from a source kept current by Keel's change stream (``EdgeClient``); the
+enforcer is rebuilt when its revision changes, between requests, never during one.
+The authenticated caller is put where ``keel_client.fastapi``'s ``require_auth`` finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+from keel_client.edge._enforce import (
+    BodyTooLarge,
+    EdgeAuthenticator,
+    EdgeEnforcer,
+    Refusal,
+    Verdict,
+)
+from keel_client.edge._model import EdgePolicy
+from keel_client.edge._ratelimit import LimiterStore
+from keel_client.http._ssrf import SSRFPolicy
+
+__all__ = ["EdgeMiddleware", "PolicySource", "send_refusal"]
+
+log = logging.getLogger("keel_client.edge")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Where the authenticated principal is kept in the ASGI scope (``keel_client.fastapi``
+#: reads it there).
+PRINCIPAL_SCOPE_KEY = "keel.principal"
+
+
+class PolicySnapshot(Protocol):
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def policy(self) -> EdgePolicy: ...
+
+
+class PolicySource(Protocol):
+    """Where the middleware reads the current policy: ``EdgeClient`` is one."""
+
+    @property
+    def snapshot(self) -> PolicySnapshot | None: ...
+
+    async def start(self) -> Any: ...
+
+
+async def send_refusal(
+    send: Send,
+    refusal: Refusal,
+    finish: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
+) -> None:
+    headers = list(refusal.headers)
+    if finish is not None:
+        headers = finish(headers)
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": refusal.body})
+
+
+class EdgeMiddleware:
+    """Enforces the routes of ``source`` on every HTTP request of ``app``.
+
+    Example (what ``keel_client.fastapi.use_keel_edge`` sets up)::
+
+        edge = keel.edge(service="orders")
+        app.add_middleware(
+            EdgeMiddleware, source=edge, authenticator=authenticator,
+            limiter=RedisLimiterStore(redis), tenant_id=None,
+        )
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        source: PolicySource,
+        authenticator: EdgeAuthenticator | None,
+        limiter: LimiterStore,
+        tenant_id: str | None = None,
+        forwarded_hops: int = 0,
+        ssrf: SSRFPolicy | None = None,
+    ) -> None:
+        self.app = app
+        self.source = source
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.tenant_id = tenant_id
+        self.forwarded_hops = forwarded_hops
+        self.ssrf = ssrf
+        self._enforcer: tuple[int, EdgeEnforcer] | None = None
+        self._started: asyncio.Task[Any] | None = None
+
+    async def _current(self) -> EdgeEnforcer | None:
+        snapshot = self.source.snapshot
+        if snapshot is None:
+            if self._started is None:
+                self._started = asyncio.ensure_future(self.source.start())
+            try:
+                await asyncio.shield(self._started)
+            except Exception:  # Keel down and no local copy: the service still answers
+                log.warning("edge: no policy yet; requests pass unchecked until one arrives")
+                self._started = None
+                return None
+            snapshot = self.source.snapshot
+            if snapshot is None:
+                return None
+        cached = self._enforcer
+        if cached is None or cached[0] != snapshot.revision:
+            enforcer = EdgeEnforcer(
+                snapshot.policy,
+                authenticator=self.authenticator,
+                limiter=self.limiter,
+                tenant_id=self.tenant_id,
+                service_view=True,
+                forwarded_hops=self.forwarded_hops,
+                ssrf=self.ssrf,
+                pass_unrouted=True,
+            )
+            cached = self._enforcer = (snapshot.revision, enforcer)
+        return cached[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        enforcer = await self._current()
+        if enforcer is None:
+            await self.app(scope, receive, send)
+            return
+        verdict = await enforcer.check(scope, receive)
+        origin = _origin(scope)
+        if verdict.refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            plan = verdict.plan
+            await send_refusal(
+                send,
+                verdict.refusal,
+                None if plan is None else lambda headers: plan.finish(headers, Verdict(), origin),
+            )
+            return
+        scope = dict(scope)
+        scope["headers"] = verdict.request_headers
+        if verdict.principal is not None:
+            scope[PRINCIPAL_SCOPE_KEY] = verdict.principal
+        if verdict.plan is None:
+            await self.app(scope, receive, send)
+            return
+        await self._call_with_policy(scope, receive, send, verdict, origin)
+
+    async def _call_with_policy(
+        self, scope: Scope, receive: Receive, send: Send, verdict: Verdict, origin: bytes | None
+    ) -> None:
+        plan = verdict.plan
+        receive_limited = verdict.receive
+        assert plan is not None
+        assert receive_limited is not None
+        started = False
+        too_large: BodyTooLarge | None = None
+
+        async def guarded_receive() -> Message:
+            # Raising from receive would reach the app's own error handling (a 500 sent
+            # before this middleware could answer); a disconnect ends its reading instead,
+            # and whatever it answers then is dropped for the 413.
+            nonlocal too_large
+            try:
+                return dict(await receive_limited())
+            except BodyTooLarge as error:
+                too_large = error
+                return {"type": "http.disconnect"}
+
+        async def finishing_send(message: Message) -> None:
+            nonlocal started
+            if too_large is not None and not started:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                message = dict(message)
+                message["headers"] = plan.finish(list(message.get("headers", [])), verdict, origin)
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, finishing_send)
+        except Exception:
+            if too_large is None or started:
+                raise
+        if too_large is not None and not started:
+            await send_refusal(
+                send, too_large.refusal(), lambda headers: plan.finish(headers, verdict, origin)
+            )
+
+
+def _origin(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            return value  # type: ignore[no-any-return]
+    return None
