@@ -210,6 +210,82 @@ class NotifySettings(BaseModel):
     track_clicks: bool = True
 
 
+#: Networks never accepted as a gateway upstream's address (written policies are refused):
+#: link-local (cloud metadata), "this network", the unspecified and multicast addresses,
+#: broadcast, and the metadata endpoints outside link-local (Alibaba, AWS IPv6).
+DEFAULT_BLOCKED_UPSTREAM_NETWORKS = (
+    "169.254.0.0/16",
+    "fe80::/10",
+    "0.0.0.0/8",
+    "::/128",
+    "224.0.0.0/4",
+    "ff00::/8",
+    "255.255.255.255/32",
+    "100.100.100.200/32",
+    "fd00:ec2::254/128",
+)
+
+
+class GatewaySettings(BaseModel):
+    """The gateway service (issue 20): which tenant's routes a gateway process serves, where
+    its proxy listens, and which upstream addresses a policy may never name."""
+
+    #: The tenant (slug) whose routes this process's proxy serves.
+    tenant: str = Field(default="default", min_length=1, max_length=63)
+    #: ``host:port`` of the proxy listener (``None``: no proxy in this process).
+    proxy_listen: str | None = None
+    #: CIDRs refused as upstream addresses when a policy is written (a literal IP in one, or
+    #: a host name resolving into one), e.g. ``KEEL_GATEWAY__BLOCKED_UPSTREAM_NETWORKS=
+    #: '["169.254.0.0/16","10.99.0.0/16"]'`` or comma-separated.
+    blocked_upstream_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_UPSTREAM_NETWORKS)
+    )
+    #: False: 127.0.0.0/8 and ::1 are refused as upstreams too (a gateway in front of
+    #: services on other hosts never needs them).
+    allow_loopback_upstreams: bool = True
+    #: The last known good policy a replica starts from when the database is unreachable
+    #: (``None``: ``<data_dir>/gateway-policy.json``).
+    policy_cache_path: Path | None = None
+
+    @field_validator("proxy_listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, colon, port = value.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:8080 or [::]:8080")
+        return value
+
+    @field_validator("blocked_upstream_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("must be a JSON list or comma-separated CIDRs") from None
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("blocked_upstream_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (e.g. 169.254.0.0/16)") from None
+        return list(dict.fromkeys(networks))
+
+    def cache_path(self, data_dir: Path) -> Path:
+        """Where the last known good policy is kept."""
+        return self.policy_cache_path or data_dir / "gateway-policy.json"
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -258,6 +334,7 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     jobs: JobsSettings = JobsSettings()
     notify: NotifySettings = NotifySettings()
+    gateway: GatewaySettings = GatewaySettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()
 

@@ -1,0 +1,56 @@
+"""The gateway service as Keel mounts and runs it.
+
+A gateway replica often runs alone (``keel serve --services gateway``, next to its proxy).
+Its admin API still authenticates callers, which needs the auth service's verifier: when the
+``auth`` service is not enabled in this process, the gateway's start-up builds it (the same
+:func:`keel.auth.spec.start_auth`, so API keys and tokens are checked exactly as everywhere);
+auth's routes stay unmounted.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from keel.auth.dependencies import AUTH_RESOURCE
+from keel.auth.spec import start_auth
+from keel.core.context import AppContext
+from keel.core.services import ServiceSpec
+from keel.gateway import (
+    audit_actions,  # noqa: F401  (registers the catalogue entries)
+    router,
+)
+from keel.gateway.models import GatewayPolicy
+from keel.settings import Settings
+
+
+async def gateway_ready(context: AppContext) -> None:
+    """The service's tables answer."""
+    async with context.database.session() as session:
+        await session.execute(select(GatewayPolicy.id).limit(1).execution_options(all_tenants=True))
+
+
+async def start_gateway(context: AppContext) -> None:
+    """Make sure callers can be authenticated (see the module docstring)."""
+    if AUTH_RESOURCE not in context.resources and all(
+        spec.name != "auth" for spec in context.services
+    ):
+        await start_auth(context)
+
+
+def _body_limits(settings: Settings) -> dict[str, int]:
+    # A whole policy of a thousand routes is larger than KEEL_MAX_BODY_BYTES' default.
+    return {
+        "/v1/policy": router.MAX_POLICY_BODY_BYTES,
+        "/v1/policy/validate": router.MAX_POLICY_BODY_BYTES,
+    }
+
+
+service = ServiceSpec(
+    name="gateway",
+    router=router.build_router,
+    ready_check=gateway_ready,
+    startup=start_gateway,
+    body_limits=_body_limits,
+    # Change events are pruned by the platform's own background work (keel.core.lifecycle).
+    model_modules=("keel.gateway.models",),
+)
