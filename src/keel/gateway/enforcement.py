@@ -1,0 +1,240 @@
+"""The tenant's edge policy held current in this process, compiled for enforcement.
+
+::
+
+    GatewayEnforcement.start(context)
+      ├─ read the policy of KEEL_GATEWAY__TENANT (database) ─ unreachable: the last known
+      │  good copy on disk (KEEL_GATEWAY__POLICY_CACHE_PATH), and retry in the background
+      ├─ compile: EdgeEnforcer (keel_client.edge, the code services run too)
+      ├─ follow: the broadcast channel changes.<tenant>.gateway ─ on an event (or lost
+      │  messages) read again; a newer revision is compiled and swapped in, then saved to disk
+      └─ listeners: the proxy rebuilds its upstream pools on a swap
+
+    Credentials are checked here, without a network hop: JWTs against the signing keys'
+    JWKS read from the database (the auth service's verifier), API keys looked up by the
+    auth service and kept for API_KEY_TTL seconds under a keyed hash.
+
+The gateway's proxy, the ``auth_request``/``forwardAuth``/``ext_authz`` endpoint and the
+rate-limit endpoint services call all read :attr:`GatewayEnforcement.enforcer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from keel.auth.service import AuthService
+from keel.core.broadcast import MessagesLost
+from keel.core.changes import change_channel
+from keel.core.context import AppContext, ResourceKey
+from keel.core.logging import get_logger
+from keel.core.tenancy import get_tenant_by_slug
+from keel.gateway.service.policy import PolicySnapshot, read_policy
+from keel_client.auth import InvalidToken, Principal
+from keel_client.edge._enforce import EdgeEnforcer
+from keel_client.edge._model import EdgePolicy
+from keel_client.edge._ratelimit import LimiterStore, MemoryLimiterStore, RedisLimiterStore
+
+log = get_logger(__name__)
+
+GATEWAY_ENFORCEMENT: ResourceKey[GatewayEnforcement] = ResourceKey("gateway.enforcement")
+#: How long an API key's principal is reused before the auth service is asked again
+#: (a revoked key stops working within this time, as with the SDK's introspection cache).
+API_KEY_TTL = 30.0
+API_KEY_CACHE_SIZE = 10_000
+#: How often a replica that started from its local copy retries the database.
+RETRY_SECONDS = 2.0
+
+
+class InProcessAuthenticator:
+    """``keel_client.edge.EdgeAuthenticator`` backed by this process's auth service."""
+
+    def __init__(self, auth: AuthService, context: AppContext) -> None:
+        self.auth = auth
+        self.context = context
+        self._secret = secrets.token_bytes(32)
+        self._api_keys: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def authenticate(self, credential: str) -> Principal:
+        if not credential.startswith("keel_"):
+            return await self.auth.verifier.verify(credential)
+        digest = hashlib.blake2b(credential.encode(), key=self._secret, digest_size=32).digest()
+        cached = self._api_keys.get(digest)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < API_KEY_TTL:
+            principal = cached[1]
+        else:
+            async with self.context.database.session() as session:
+                principal = await self.auth.api_keys.principal_for_api_key(session, credential)
+            if len(self._api_keys) >= API_KEY_CACHE_SIZE:
+                self._api_keys.clear()
+            self._api_keys[digest] = (now, principal)
+        if principal is None:
+            raise InvalidToken("invalid_api_key", "the API key is invalid, expired or revoked")
+        return principal
+
+
+def create_limiter(context: AppContext) -> LimiterStore:
+    """Redis when Keel has one (every replica counts together), else this process."""
+    url = context.settings.redis_url
+    if url is None:
+        return MemoryLimiterStore()
+    import redis.asyncio as redis  # only when configured: it costs start-up time
+
+    client = redis.Redis.from_url(
+        url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    return RedisLimiterStore(client)
+
+
+class GatewayEnforcement:
+    """The tenant's policy, compiled, kept current, and saved as the last known good copy."""
+
+    def __init__(
+        self, context: AppContext, *, authenticator: InProcessAuthenticator, limiter: LimiterStore
+    ) -> None:
+        self.context = context
+        settings = context.settings.gateway
+        self.tenant_slug = settings.tenant
+        self.cache_path = (
+            settings.policy_cache_path or Path(context.settings.data_dir) / "gateway-policy.json"
+        )
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.tenant_id: str | None = None
+        self.revision = -1
+        self._key_secret = secrets.token_bytes(32)
+        self.enforcer = self._compile(EdgePolicy())
+        self.from_local_copy = False
+        self._listeners: list[Callable[[EdgePolicy], Any]] = []
+        self._follower: asyncio.Task[None] | None = None
+
+    def _compile(self, policy: EdgePolicy) -> EdgeEnforcer:
+        return EdgeEnforcer(
+            policy,
+            authenticator=self.authenticator,
+            limiter=self.limiter,
+            tenant_id=self.tenant_id,
+            key_secret=self._key_secret,
+        )
+
+    @property
+    def policy(self) -> EdgePolicy:
+        return self.enforcer.policy
+
+    def on_change(self, listener: Callable[[EdgePolicy], Any]) -> None:
+        """Call ``listener(policy)`` after each swap (and not for the one in place now)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        try:
+            await self.reload()
+        except Exception as error:  # the database is away: start from the local copy
+            if not self._load_local_copy():
+                raise
+            log.warning(
+                "gateway.policy.local_copy", path=str(self.cache_path), error=type(error).__name__
+            )
+        self._follower = asyncio.create_task(self._follow(), name="gateway-policy-follower")
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+
+    async def reload(self) -> bool:
+        """Read the policy; compile and swap it in if it is newer. Whether it was."""
+        async with self.context.database.session() as session:
+            if self.tenant_id is None:
+                tenant = await get_tenant_by_slug(session, self.tenant_slug)
+                self.tenant_id = tenant.id
+            snapshot = await read_policy(session, self.tenant_id)
+        if snapshot.revision <= self.revision and not self.from_local_copy:
+            return False
+        self._swap(snapshot.revision, snapshot.policy)
+        self.from_local_copy = False
+        await asyncio.to_thread(self._save_local_copy, snapshot)
+        return True
+
+    def _swap(self, revision: int, policy: EdgePolicy) -> None:
+        self.enforcer = self._compile(policy)
+        self.revision = revision
+        for listener in self._listeners:
+            try:
+                listener(policy)
+            except Exception:
+                log.exception("gateway.policy.listener_failed")
+        log.info("gateway.policy.loaded", revision=revision, routes=len(policy.routes))
+
+    async def _follow(self) -> None:
+        while self.tenant_id is None:  # started from the local copy; wait for the database
+            await asyncio.sleep(RETRY_SECONDS)
+            with contextlib.suppress(Exception):
+                await self.reload()
+        channel = change_channel(self.tenant_id, "gateway")
+        while True:
+            try:
+                async with self.context.broadcast.subscribe(channel) as subscription:
+                    await self._reload_quietly()  # what changed before we subscribed
+                    while True:
+                        with contextlib.suppress(MessagesLost):
+                            await subscription.get()
+                        await self._reload_quietly()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway.policy.follow_failed")
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _reload_quietly(self) -> None:
+        for attempt in range(5):
+            try:
+                await self.reload()
+                return
+            except Exception as error:
+                log.warning("gateway.policy.reload_failed", error=type(error).__name__)
+                await asyncio.sleep(RETRY_SECONDS * (attempt + 1))
+
+    # -- the last known good copy ---------------------------------------------------------
+
+    def _save_local_copy(self, snapshot: PolicySnapshot) -> None:
+        document = {
+            "tenant": self.tenant_slug,
+            "tenant_id": self.tenant_id,
+            "revision": snapshot.revision,
+            "policy": snapshot.policy.model_dump(mode="json"),
+        }
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.cache_path.with_suffix(".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                json.dump(document, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.cache_path)
+        except OSError as error:
+            log.warning("gateway.policy.save_failed", path=str(self.cache_path), error=str(error))
+
+    def _load_local_copy(self) -> bool:
+        try:
+            document = json.loads(self.cache_path.read_text())
+            if document.get("tenant") != self.tenant_slug:
+                return False
+            policy = EdgePolicy.model_validate(document["policy"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        self.tenant_id = document.get("tenant_id")
+        self._swap(int(document.get("revision", 0)), policy)
+        self.from_local_copy = True
+        return True
