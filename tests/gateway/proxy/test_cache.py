@@ -291,6 +291,7 @@ class TestFreshness:
         assert field(lookup.response, b"age") == b"35"
         clock.advance(30)  # 65 s old: stale although stored only 50 s ago
         assert cache.lookup("GET", KEY, []).kind is LookupKind.MISS  # and no validator
+        assert len(cache) == 0  # so it is dropped
 
     def test_heuristic_freshness_is_off_by_default(self, clock: Clock) -> None:
         modified = headers(last_modified=http_date(START - 10_000).decode())

@@ -40,13 +40,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from keel_client.auth._principal import Principal
-from keel_client.auth._verifier import (
-    DEFAULT_ALGORITHMS,
-    InvalidToken,
-    JWKSFetcher,
-    TokenVerifier,
-)
+from keel_client.auth import DEFAULT_ALGORITHMS, InvalidToken, Principal, TokenVerifier
+from keel_client.auth._verifier import JWKSFetcher
 
 __all__ = [
     "DEFAULT_IDENTITY_TTL",

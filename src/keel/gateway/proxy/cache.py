@@ -240,7 +240,10 @@ class ResponseCache:
             return _ONLY_IF_CACHED_MISS
         validators = _validators(entry)
         if not validators:
-            # Nothing to revalidate with: the upstream must send the whole response again.
+            # Nothing to revalidate with: the upstream must send the whole response again,
+            # and an expired entry of that kind can never be used again.
+            if entry.freshness_lifetime <= age:
+                self._remove(entry)
             return _MISS
         return CacheLookup(
             LookupKind.STALE,
