@@ -135,14 +135,23 @@ class GatewayEnforcement:
         self._listeners.append(listener)
 
     async def start(self) -> None:
+        """Load the policy, or the local copy; with neither (the database away, or the
+        tenant not created yet) start empty, every request answered 404, and keep trying."""
         try:
             await self.reload()
-        except Exception as error:  # the database is away: start from the local copy
-            if not self._load_local_copy():
-                raise
-            log.warning(
-                "gateway.policy.local_copy", path=str(self.cache_path), error=type(error).__name__
-            )
+        except Exception as error:
+            if self._load_local_copy():
+                log.warning(
+                    "gateway.policy.local_copy",
+                    path=str(self.cache_path),
+                    error=type(error).__name__,
+                )
+            else:
+                log.warning(
+                    "gateway.policy.unavailable",
+                    tenant=self.tenant_slug,
+                    error=type(error).__name__,
+                )
         self._follower = asyncio.create_task(self._follow(), name="gateway-policy-follower")
 
     async def stop(self) -> None:

@@ -19,6 +19,12 @@ from keel.gateway import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
     router,
 )
+from keel.gateway.enforcement import (
+    GATEWAY_ENFORCEMENT,
+    GatewayEnforcement,
+    InProcessAuthenticator,
+    create_limiter,
+)
 from keel.gateway.models import GatewayPolicy
 from keel.settings import Settings
 
@@ -30,11 +36,26 @@ async def gateway_ready(context: AppContext) -> None:
 
 
 async def start_gateway(context: AppContext) -> None:
-    """Make sure callers can be authenticated (see the module docstring)."""
+    """Make sure callers can be authenticated (see the module docstring), then hold the
+    served tenant's policy (:mod:`keel.gateway.enforcement`) for the proxy and the
+    authorization endpoint."""
     if AUTH_RESOURCE not in context.resources and all(
         spec.name != "auth" for spec in context.services
     ):
         await start_auth(context)
+    enforcement = GatewayEnforcement(
+        context,
+        authenticator=InProcessAuthenticator(context.resources[AUTH_RESOURCE], context),
+        limiter=create_limiter(context),
+    )
+    await enforcement.start()
+    context.resources[GATEWAY_ENFORCEMENT] = enforcement
+
+
+async def stop_gateway(context: AppContext) -> None:
+    enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
+    if enforcement is not None:
+        await enforcement.stop()
 
 
 def _body_limits(settings: Settings) -> dict[str, int]:
@@ -50,6 +71,7 @@ service = ServiceSpec(
     router=router.build_router,
     ready_check=gateway_ready,
     startup=start_gateway,
+    shutdown=stop_gateway,
     body_limits=_body_limits,
     # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.gateway.models",),
