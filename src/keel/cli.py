@@ -73,6 +73,10 @@ SERVICE_COMMANDS: dict[str, ServiceCommands] = {
         "keel.jobs.cli",
         "Jobs: queues, the dead letter queue, requeue, cancel, pause/resume, schedules.",
     ),
+    "gateway": ServiceCommands(
+        "keel.gateway.cli",
+        "Edge policy: show, validate, apply, list routes and revisions, roll back.",
+    ),
 }
 
 
