@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from tests.support.audit import audit_events
-from tests.support.tenants import TenantAdmin, make_tenant_admin
+from tests.support.tenants import TenantAdmin, make_tenant_admin, member
 
 API = "/gateway/v1"
 
@@ -316,3 +316,26 @@ async def test_a_malformed_authorization_header_is_a_401_problem(
         assert answer.status_code == 401, value
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["type"] == "urn:keel:problem:unauthorized"
+
+
+async def test_reading_needs_policy_read_and_changing_needs_policy_write(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    reader = await member(app, admin, "gateway:policy:read")
+    writer = await member(app, admin, "gateway:policy:write")
+    stranger = await member(app, admin, "flags:*:read")
+    document = policy(route("orders", "/orders"))
+
+    assert (await client.get(f"{API}/policy", headers=reader)).status_code == 200
+    refused = await put_policy(client, reader, document)
+    assert refused.status_code == 403
+    assert "gateway:policy:write" in refused.json()["detail"]
+    assert (
+        await client.post(f"{API}/policy/validate", headers=reader, json=document)
+    ).status_code == 403
+    assert (await client.get(f"{API}/routes", headers=stranger)).status_code == 403
+    assert (await client.get(f"{API}/policy/watch", headers=stranger)).status_code == 403
+
+    written = await put_policy(client, writer, document)  # write includes read
+    assert written.status_code == 200, written.text
+    assert (await client.get(f"{API}/routes/orders", headers=writer)).status_code == 200

@@ -39,8 +39,11 @@ from keel_client.http._ssrf import (
     parse_ip_literal,
 )
 
-#: The longest a write waits for one upstream host name to resolve.
+#: The longest a write waits for one upstream host name to resolve...
 RESOLVE_TIMEOUT_SECONDS = 2.0
+#: ...and for all of them: a policy naming many slow names is still answered promptly (the
+#: names left unresolved are accepted with a warning, as a name that does not resolve is).
+RESOLVE_BUDGET_SECONDS = 5.0
 #: Host names resolved at once while a policy is checked.
 _CONCURRENT_RESOLUTIONS = 16
 _LOOPBACK_NAMES = ("localhost", "*.localhost", "localhost.localdomain")
@@ -216,7 +219,10 @@ def _name_matches(host: str, patterns: Iterable[str]) -> bool:
 async def _resolve_all(
     names: Sequence[tuple[str, int]], resolver: Resolver
 ) -> dict[tuple[str, int], list[IPAddress]]:
-    """Each name's addresses; a name that fails or times out is left out."""
+    """Each name's addresses; a name that fails, or is not answered within the write's budget
+    (:data:`RESOLVE_BUDGET_SECONDS` for all names together), is left out."""
+    if not names:
+        return {}
     gate = asyncio.Semaphore(_CONCURRENT_RESOLUTIONS)
 
     async def resolve(host: str, port: int) -> list[IPAddress] | None:
@@ -230,9 +236,13 @@ async def _resolve_all(
         addresses = [parse_ip_literal(answer) for answer in answers]
         return [address for address in addresses if address is not None] or None
 
-    results = await asyncio.gather(*(resolve(host, port) for host, port in names))
-    return {
-        name: addresses
-        for name, addresses in zip(names, results, strict=True)
-        if addresses is not None
-    }
+    tasks = {asyncio.create_task(resolve(host, port)): (host, port) for host, port in names}
+    done, pending = await asyncio.wait(tasks, timeout=RESOLVE_BUDGET_SECONDS)
+    for task in pending:
+        task.cancel()
+    resolved = {}
+    for task in done:
+        addresses = task.result()
+        if addresses is not None:
+            resolved[tasks[task]] = addresses
+    return resolved
