@@ -9,11 +9,13 @@ auth's routes stay unmounted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from keel.auth.dependencies import AUTH_RESOURCE
 from keel.auth.spec import start_auth
-from keel.core.context import AppContext
+from keel.core.context import AppContext, ResourceKey
 from keel.core.services import ServiceSpec
 from keel.gateway import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
@@ -27,6 +29,9 @@ from keel.gateway.enforcement import (
 )
 from keel.gateway.models import GatewayPolicy
 from keel.settings import Settings
+
+#: The proxy and its listener, when ``KEEL_GATEWAY__PROXY_LISTEN`` asks for one.
+GATEWAY_PROXY: ResourceKey[Any] = ResourceKey("gateway.proxy")
 
 
 async def gateway_ready(context: AppContext) -> None:
@@ -50,9 +55,23 @@ async def start_gateway(context: AppContext) -> None:
     )
     await enforcement.start()
     context.resources[GATEWAY_ENFORCEMENT] = enforcement
+    listen = context.settings.gateway.proxy_listen
+    if listen is not None:
+        from keel.gateway.proxy_app import GatewayProxy, ProxyMetrics, ProxyServer
+
+        proxy = GatewayProxy(enforcement, metrics=ProxyMetrics(context.metrics.registry))
+        await proxy.start()
+        server = ProxyServer(proxy, listen)
+        await server.start()
+        context.resources[GATEWAY_PROXY] = (proxy, server)
 
 
 async def stop_gateway(context: AppContext) -> None:
+    running = context.resources.get(GATEWAY_PROXY)
+    if running is not None:
+        proxy, server = running
+        await server.stop()
+        await proxy.stop()
     enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
     if enforcement is not None:
         await enforcement.stop()

@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -62,7 +62,7 @@ __all__ = [
 log = logging.getLogger("keel_client.edge")
 
 Headers = list[tuple[bytes, bytes]]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 PROBLEM_TYPE_PREFIX = "urn:keel:problem:"
 API_KEY_PREFIX = "keel_"
@@ -125,7 +125,7 @@ def limited_receive(receive: Receive, limit: int) -> Receive:
     chunked body has no Content-Length to refuse it by up front)."""
     seen = 0
 
-    async def counted() -> Mapping[str, Any]:
+    async def counted() -> MutableMapping[str, Any]:
         nonlocal seen
         message = await receive()
         if message["type"] == "http.request":
@@ -142,7 +142,7 @@ def replay_receive(body: bytes, receive: Receive) -> Receive:
     (a disconnect, say)."""
     sent = False
 
-    async def replay() -> Mapping[str, Any]:
+    async def replay() -> MutableMapping[str, Any]:
         nonlocal sent
         if not sent:
             sent = True
