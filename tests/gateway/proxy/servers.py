@@ -91,6 +91,9 @@ def proxy_app(
     log = log if log is not None else ProxyLog()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(runtime, receive, send)
+            return
         path = scope["raw_path"].decode("ascii")
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("ascii")
@@ -126,6 +129,18 @@ def proxy_app(
         log.results.append(result)
 
     return app
+
+
+async def _lifespan(runtime: UpstreamRuntime, receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await runtime.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await runtime.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 @contextlib.asynccontextmanager
