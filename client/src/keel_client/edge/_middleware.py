@@ -104,11 +104,13 @@ class EdgeMiddleware:
         self.forwarded_hops = forwarded_hops
         self.ssrf = ssrf
         self._enforcer: tuple[int, EdgeEnforcer] | None = None
-        self._started: asyncio.Task[Any] | None = None
+        self._started: asyncio.Future[Any] | None = None
+        self._ready = False
 
     async def _current(self) -> EdgeEnforcer | None:
-        snapshot = self.source.snapshot
-        if snapshot is None:
+        if not self._ready:
+            # Started by the first request (a middleware has no start-up hook of its own);
+            # requests meanwhile wait for the same start.
             if self._started is None:
                 self._started = asyncio.ensure_future(self.source.start())
             try:
@@ -117,9 +119,10 @@ class EdgeMiddleware:
                 log.warning("edge: no policy yet; requests pass unchecked until one arrives")
                 self._started = None
                 return None
-            snapshot = self.source.snapshot
-            if snapshot is None:
-                return None
+            self._ready = True
+        snapshot = self.source.snapshot
+        if snapshot is None:
+            return None
         cached = self._enforcer
         if cached is None or cached[0] != snapshot.revision:
             enforcer = EdgeEnforcer(
