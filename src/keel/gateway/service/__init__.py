@@ -3,16 +3,18 @@ arguments in, plain objects out: the router, the CLI and the tests call the same
 
 One module per concept:
 
-==============  ===================================================================
-``validation``  whether a document may be stored (model, cross-references, addresses)
-``policy``      read, write (a new revision), revisions, rollback; the change stream
-``parts``       routes and upstream pools one at a time, each a new revision
-==============  ===================================================================
+===================  ==============================================================
+``validation``       whether a document may be stored (model, references, addresses)
+``policy``           read, write (a new revision), revisions, rollback; change stream
+``parts``            routes and upstream pools one at a time, each a new revision
+``last_known_good``  the policy kept on disk for a replica started without its database
+===================  ==============================================================
 """
 
 from __future__ import annotations
 
 from keel.gateway import audit_actions  # noqa: F401  (registers the catalogue entries)
+from keel.gateway.service.last_known_good import load_last_known_good, save_last_known_good
 from keel.gateway.service.parts import (
     delete_route,
     delete_upstream,
@@ -55,11 +57,13 @@ __all__ = [
     "get_route",
     "get_upstream",
     "list_revisions",
+    "load_last_known_good",
     "put_route",
     "put_upstream",
     "read_policy",
     "read_revision",
     "rollback",
+    "save_last_known_good",
     "validate_policy",
     "write_built_policy",
     "write_policy",
