@@ -37,7 +37,7 @@ from keel.core.changes import change_channel
 from keel.core.context import AppContext, ResourceKey
 from keel.core.logging import get_logger
 from keel.core.tenancy import get_tenant_by_slug
-from keel.gateway.service.policy import PolicySnapshot, read_policy
+from keel.gateway.service.policy import PolicySnapshot, current_revision, read_policy
 from keel_client.auth import InvalidToken, Principal
 from keel_client.edge._enforce import EdgeEnforcer
 from keel_client.edge._model import EdgePolicy
@@ -52,6 +52,8 @@ API_KEY_TTL = 30.0
 API_KEY_CACHE_SIZE = 10_000
 #: How often a replica that started from its local copy retries the database.
 RETRY_SECONDS = 2.0
+#: How often the revision is read when no change was broadcast (see ``_follow``).
+POLL_SECONDS = 2.0
 
 
 class InProcessAuthenticator:
@@ -162,11 +164,17 @@ class GatewayEnforcement:
             self._follower = None
 
     async def reload(self) -> bool:
-        """Read the policy; compile and swap it in if it is newer. Whether it was."""
+        """Read the policy; compile and swap it in if it is newer. Whether it was.
+
+        The revision is read first (one small query): the poll that backs up the broadcast
+        costs nothing more while the policy stays as it is."""
         async with self.context.database.session() as session:
             if self.tenant_id is None:
                 tenant = await get_tenant_by_slug(session, self.tenant_slug)
                 self.tenant_id = tenant.id
+            revision, _ = await current_revision(session, self.tenant_id)
+            if revision <= self.revision and not self.from_local_copy:
+                return False
             snapshot = await read_policy(session, self.tenant_id)
         if snapshot.revision <= self.revision and not self.from_local_copy:
             return False
@@ -196,8 +204,11 @@ class GatewayEnforcement:
                 async with self.context.broadcast.subscribe(channel) as subscription:
                     await self._reload_quietly()  # what changed before we subscribed
                     while True:
-                        with contextlib.suppress(MessagesLost):
-                            await subscription.get()
+                        # The broadcast carries the change at once; the poll is for writers
+                        # it does not reach (another process on the embedded default, which
+                        # has no Redis, or `keel gateway apply` run beside it).
+                        with contextlib.suppress(MessagesLost, TimeoutError):
+                            await subscription.get(timeout=POLL_SECONDS)
                         await self._reload_quietly()
             except asyncio.CancelledError:
                 raise
