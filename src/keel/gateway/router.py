@@ -19,7 +19,7 @@ from keel.core.changes import SubjectChanges, audited_change_stream, resume_poin
 from keel.core.deps import DbSession, get_context
 from keel.core.http import ServiceRouter, etag_for, is_not_modified
 from keel.core.input_rules import MAX_STORED_INT
-from keel.gateway import schemas, service
+from keel.gateway import authz, schemas, service
 from keel.gateway.auth import PolicyReader, PolicyWriter, may
 from keel.gateway.service.parts import ROUTES, UPSTREAMS
 
@@ -390,4 +390,5 @@ def build_router() -> ServiceRouter:
     """The gateway service's routes, as ``keel.gateway.spec`` mounts them."""
     top = ServiceRouter()
     top.include_router(router)
+    top.include_router(authz.router)
     return top
