@@ -8,10 +8,9 @@ pool, one breaker per host and one token source, and no logic of its own::
       ├─ .auth / .secrets / .audit   each call: runner.call(keel.<service>.<call>(...))
       ├─ .jobs                       SyncJobsClient: each call runs keel.jobs.<call>(...) there
       ├─ .notify                     SyncNotifyClient: each call runs keel.notify.<call>(...) there
-      └─ .config.client / .flags.client / .edge.client / .audit.recorder
-                                     SyncConfigClient / SyncFlagsClient / SyncEdgeClient /
-                                     SyncAuditClient on the same thread (it stays up until
-                                     SyncKeel.close())
+      └─ .config.client / .flags.client / .audit.recorder
+                                     SyncConfigClient / SyncFlagsClient / SyncAuditClient
+                                     on the same thread (it stays up until SyncKeel.close())
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from __future__ import annotations
 import os
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 from pydantic import SecretStr
 
@@ -42,11 +41,8 @@ from keel_client.jobs import SyncJobsClient
 from keel_client.notify import SyncNotifyClient
 from keel_client.secrets import SecretCache, SecretsClient
 
-if TYPE_CHECKING:
-    from keel_client.edge._client import SyncEdgeClient
-
-__all__ = ["SyncKeel", "SyncKeelAudit", "SyncKeelAuth", "SyncKeelConfig", "SyncKeelEdge",
-           "SyncKeelFlags", "SyncKeelSecrets"]  # fmt: skip
+__all__ = ["SyncKeel", "SyncKeelAudit", "SyncKeelAuth", "SyncKeelConfig", "SyncKeelFlags",
+           "SyncKeelSecrets"]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -229,21 +225,6 @@ class SyncKeelFlags:
         return SyncFlagsClient._on_runner(client, self._runner)
 
 
-class SyncKeelEdge:
-    """``SyncKeel.edge``: :class:`~keel_client.edge.SyncEdgeClient` on the Keel's thread
-    and pool."""
-
-    def __init__(self, keel: Keel, runner: LoopThread) -> None:
-        self._keel, self._runner = keel, runner
-
-    def client(self, **options: Any) -> SyncEdgeClient:
-        """See :meth:`KeelEdge.client`; not started (``with`` it, or ``start()``)."""
-        from keel_client.edge._client import SyncEdgeClient
-
-        client = self._runner.call(_run(lambda: self._keel.edge.client(**options)))
-        return SyncEdgeClient._on_runner(client, self._runner)
-
-
 class SyncKeel:
     """The blocking face of :class:`~keel_client.Keel`: the same sub-clients, calls and
     options, for Flask, Django, a worker or a script.
@@ -290,7 +271,6 @@ class SyncKeel:
         self.audit = SyncKeelAudit(self.keel.audit, self._runner)
         self.config = SyncKeelConfig(self.keel, self._runner)
         self.flags = SyncKeelFlags(self.keel, self._runner)
-        self.edge = SyncKeelEdge(self.keel, self._runner)
         self.jobs = SyncJobsClient._on_runner(self.keel.jobs, self._runner)
         self.notify = SyncNotifyClient._on_runner(self.keel.notify, self._runner)
 

@@ -76,7 +76,10 @@ def test_a_service_matches_its_routes_whatever_host_it_is_reached_at() -> None:
 
     assert _names(service) == ["orders"]
     assert _names(gateway) == ["billing", "middleware-only", "orders", "orders-canary"]
-    assert service.policy is gateway.policy is policy  # the whole policy, whoever reads it
+    assert gateway.policy is policy
+    # A service's policy is its own routes (what use_keel_edge enforces), with every pool.
+    assert [route.name for route in service.policy.routes] == ["orders"]
+    assert service.policy.upstreams == policy.upstreams
     found = service.table.match("orders-7.pods.internal", "/orders/42", "GET")
     assert isinstance(found, RouteMatch)
     assert found.route.name == "orders"

@@ -1,5 +1,5 @@
-"""``EdgeClient`` (async) and ``SyncEdgeClient``: the tenant's edge policy from Keel, held as
-an immutable snapshot and kept current by the gateway's change stream.
+"""``EdgeClient``: the tenant's edge policy from Keel, held as an immutable snapshot and kept
+current by the gateway's change stream.
 
 ::
 
@@ -43,7 +43,6 @@ from pydantic import SecretStr, ValidationError
 
 from keel_client._env import as_auth, check_api_alone, env_settings
 from keel_client._follower import SnapshotFollower
-from keel_client._loop_thread import LoopThread
 from keel_client.changes import MAX_RECONNECT_DELAY
 from keel_client.config._snapshot import LocalCopy, LocalCopyError, Snapshot, changed_keys
 from keel_client.edge._match import RouteTable
@@ -58,7 +57,6 @@ __all__ = [
     "EdgeError",
     "EdgeSnapshot",
     "EdgeUnavailable",
-    "SyncEdgeClient",
     "routes_for_service",
 ]
 
@@ -129,9 +127,10 @@ def routes_for_service(routes: tuple[Route, ...] | list[Route], service: str) ->
 
 @dataclass(frozen=True, slots=True)
 class EdgeSnapshot:
-    """One revision of the edge policy, ready to enforce: ``policy`` is the whole policy as
-    Keel holds it, ``table`` the compiled routes this client enforces (all of them, or a
-    service's own). Immutable: a change makes a new snapshot."""
+    """One revision of the edge policy, ready to enforce: ``policy`` is the policy this
+    client enforces (the whole policy for the gateway; for a service, its own routes and
+    every pool) and ``table`` its routes compiled for matching (for a service, without
+    hosts). Immutable: a change makes a new snapshot."""
 
     revision: int
     policy: EdgePolicy
@@ -143,8 +142,10 @@ class EdgeSnapshot:
         that pool name sees it."""
         if service is None:
             return cls(revision, policy, RouteTable(policy.routes))
-        own = routes_for_service(policy.routes, service)
-        return cls(revision, policy, RouteTable(own, ignore_hosts=True))
+        # A subset of a valid policy's routes, every pool kept: references still resolve
+        # and no two routes can newly tie, so there is nothing to validate again.
+        own = policy.model_copy(update={"routes": routes_for_service(policy.routes, service)})
+        return cls(revision, own, RouteTable(own.routes, ignore_hosts=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +324,9 @@ class EdgeClient:
         return self._local.path if self._local is not None else None
 
     def on_change(self, callback: EdgeChangeCallback) -> EdgeChangeCallback:
-        """Call ``callback(change)`` (sync or async) after each new snapshot is in use (its
-        local copy is written after the callbacks); returns it, so it also works as a
-        decorator. Callbacks run one after the other in the watch task: keep them short. One
-        that raises is logged and the others still run."""
+        """Have ``callback`` (sync or async; usable as a decorator) told of each snapshot
+        swapped in, in the watch task, before the local copy is written. A callback that
+        raises is logged; the snapshot stays in use and the other callbacks still run."""
         self._follower.callbacks.append(callback)
         return callback
 
@@ -504,81 +504,3 @@ class EdgeClient:
         had_policy = self._source is not None
         change = self._install(snapshot, "server")
         await self._follower.publish(change if had_policy else None, document)
-
-
-class SyncEdgeClient:
-    """The blocking face of :class:`EdgeClient`, for a service without an event loop (Flask,
-    Django): the client runs on an event loop in a daemon thread of its own; ``snapshot``
-    reads the same in-memory snapshot, without a lock.
-
-    Example::
-
-        edge = SyncEdgeClient("https://keel.internal", auth=api_key, service="orders").start()
-        found = edge.snapshot.table.match(host, path, method)
-        edge.close()
-
-    Callbacks run on that thread. Takes the same arguments as :class:`EdgeClient`.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.client = EdgeClient(*args, **kwargs)
-        self._runner = LoopThread("keel-edge")
-        self._owns_runner = True
-        self._is_started = False
-
-    @classmethod
-    def _on_runner(cls, client: EdgeClient, runner: LoopThread) -> Self:
-        """The blocking face of ``client`` on a loop thread already running, which it leaves
-        running (``keel_client.SyncKeel`` runs all its sub-clients on one)."""
-        face = cls.__new__(cls)
-        face.client, face._runner = client, runner
-        face._owns_runner, face._is_started = False, False
-        return face
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def snapshot(self) -> EdgeSnapshot:
-        return self.client.snapshot
-
-    @property
-    def loaded_from(self) -> Source | None:
-        return self.client.loaded_from
-
-    def on_change(self, callback: EdgeChangeCallback) -> EdgeChangeCallback:
-        """See :meth:`EdgeClient.on_change`; the callback runs on the client's thread."""
-        return self.client.on_change(callback)
-
-    def start(self, *, require_policy: bool = True) -> Self:
-        """Start the thread and the client; see :meth:`EdgeClient.start`."""
-        if self._is_started:
-            raise RuntimeError("this SyncEdgeClient is already started")
-        self._is_started = True
-        if self._owns_runner:
-            self._runner.start()
-        try:
-            self._runner.call(self.client.start(require_policy=require_policy))
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def close(self) -> None:
-        """Stop following, write the latest local copy, close connections and end the
-        thread (a shared thread is left running)."""
-        if not self._is_started or not self._runner.is_running:
-            return
-        self._is_started = False
-        if self._owns_runner:
-            self._runner.stop(self.client.aclose(), timeout=15)
-        else:
-            self._runner.call(self.client.aclose(), timeout=15)
