@@ -298,6 +298,30 @@ class TestStoresAgree:
         assert not combine(rounds[2]).allowed
 
 
+class TestRedisCoalescing:
+    @pytest.mark.parametrize("coalesce", [True, False])
+    async def test_concurrent_hits_are_counted_exactly(
+        self, redis_store: RedisLimiterStore, coalesce: bool
+    ) -> None:
+        redis_store.coalesce = coalesce
+        limit = rule(algorithm="fixed_window", limit=40, period_seconds=3600)
+        key = new_key()
+        decisions = await asyncio.gather(*(redis_store.hit(limit, key) for _ in range(100)))
+        assert allowed(list(decisions)) == 40
+        assert sorted(d.remaining for d in decisions if d.allowed) == list(range(40))
+
+    async def test_a_caller_that_gives_up_does_not_stop_the_others(
+        self, redis_store: RedisLimiterStore
+    ) -> None:
+        limit = rule(algorithm="fixed_window", limit=10, period_seconds=3600)
+        key = new_key()
+        tasks = [asyncio.ensure_future(redis_store.hit(limit, key)) for _ in range(6)]
+        tasks[0].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert all(isinstance(r, RateLimitDecision) and r.allowed for r in results[1:])
+
+
 class TestMemoryBounds:
     async def test_key_count_stays_under_its_cap(self) -> None:
         store = MemoryLimiterStore(max_keys=100)

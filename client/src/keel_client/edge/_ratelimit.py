@@ -44,6 +44,8 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -416,13 +418,23 @@ class MemoryLimiterStore:
 
 # In Redis -----------------------------------------------------------------------------------------
 #
-# Each script: KEYS[1] the rule's key; ARGV the rule's figures and the cost; returns
-# {allowed, remaining, reset_us, retry_us}. Times are Redis' own (TIME), in microseconds;
-# state sits in one key per (rule, client), which expires once it no longer matters.
+# Each script: KEYS[1] the rule's key; ARGV the rule's figures and the cost; replies the
+# decision's figures as one status line (measured: a four-item array costs redis-py's
+# pure-Python parser five reads, a status line one), rounded as :func:`_decision` does.
+# Times are Redis' own (TIME), in microseconds; state sits in one key per (rule, client),
+# which expires once it no longer matters.
 # Integers pass through string.format('%d'): tostring() would print 14 digits and lose a
 # microsecond timestamp's last two.
 
 _LUA_NOW = """
+-- "allowed remaining reset_seconds retry_after": whole seconds rounded up, as the decision
+-- holds them, and remaining within 0 .. capacity.
+local function reply(capacity, allowed, remaining, reset, retry)
+  remaining = math.max(0, math.min(remaining, capacity))
+  reset = math.max(0, math.ceil(reset / 1000000))
+  if allowed == 1 then retry = 0 else retry = math.max(1, math.ceil(retry / 1000000)) end
+  return redis.status_reply(string.format('%d %d %d %d', allowed, remaining, reset, retry))
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
@@ -437,12 +449,12 @@ local count = 0
 if tonumber(state[1]) == index then count = tonumber(state[2]) end
 local reset = (index + 1) * period - now
 if count + cost > limit then
-  return {0, limit - count, reset, reset}
+  return reply(limit, 0, limit - count, reset, reset)
 end
 count = count + cost
 redis.call('HSET', KEYS[1], 'w', string.format('%d', index), 'c', string.format('%d', count))
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1000)
-return {1, limit - count, reset, 0}
+return reply(limit, 1, limit - count, reset, 0)
 """
 )
 
@@ -475,13 +487,13 @@ if weighted + cost > limit then
     if current > 0 then into_next = math.ceil(period * (1 - (limit - cost) / current)) end
     wait = period - elapsed + into_next
   end
-  return {0, math.floor(limit - weighted), reset, wait}
+  return reply(limit, 0, math.floor(limit - weighted), reset, wait)
 end
 current = current + cost
 redis.call('HSET', KEYS[1], 'w', string.format('%d', index),
   'c', string.format('%d', current), 'p', string.format('%d', previous))
 redis.call('PEXPIRE', KEYS[1], math.ceil((2 * period - elapsed) / 1000) + 1000)
-return {1, math.floor(limit - weighted - cost), 2 * period - elapsed, 0}
+return reply(limit, 1, math.floor(limit - weighted - cost), 2 * period - elapsed, 0)
 """
 )
 
@@ -496,12 +508,13 @@ local new_tat = start + cost * interval
 local allow_at = new_tat - capacity
 if allow_at > now then
   local remaining = math.floor((capacity - (start - now)) / interval + 1e-9)
-  return {0, remaining, math.ceil(start - now), math.ceil(allow_at - now)}
+  return reply(burst, 0, remaining, math.ceil(start - now), math.ceil(allow_at - now))
 end
-new_tat = math.ceil(new_tat)
-redis.call('SET', KEYS[1], string.format('%d', new_tat),
-  'PX', string.format('%d', math.ceil((new_tat - now) / 1000) + 1000))
-return {1, math.floor((capacity - (new_tat - now)) / interval + 1e-9), new_tat - now, 0}
+local remaining = math.floor((capacity - (new_tat - now)) / interval + 1e-9)
+local reset = math.ceil(new_tat - now)
+redis.call('SET', KEYS[1], string.format('%d', math.ceil(new_tat)),
+  'PX', string.format('%d', math.ceil(reset / 1000) + 1000))
+return reply(burst, 1, remaining, reset, 0)
 """
 )
 
@@ -523,6 +536,9 @@ _SCRIPTS: Final[dict[str, _Script]] = {
 }
 
 
+_Command = tuple[_Script, tuple[bytes | str, ...]]
+
+
 def redis_key(prefix: str, rule: RateLimit, key: str) -> str:
     """The Redis key of ``key`` under ``rule``: bounded, and safe for any ``key``.
 
@@ -538,23 +554,43 @@ def redis_key(prefix: str, rule: RateLimit, key: str) -> str:
     return f"{prefix}{rule.name}:{{{digest}}}"
 
 
-def _arguments(rule: RateLimit, cost: int) -> tuple[int | str, ...]:
+@functools.lru_cache(maxsize=1024)
+def _arguments(rule: RateLimit, cost: int) -> tuple[bytes, ...]:
+    """The script's ``ARGV``, encoded once per rule and cost (redis-py encodes what it is
+    given on every call)."""
     period = rule.period_seconds * _MICROS
     if rule.algorithm == "token_bucket":
         # The interval may be fractional (60 s / 7); repr keeps every digit Lua can read.
-        return (repr(period / rule.limit), rule.capacity, cost)
-    return (period, rule.limit, cost)
+        figures: tuple[object, ...] = (repr(period / rule.limit), rule.capacity, cost)
+    else:
+        figures = (period, rule.limit, cost)
+    return tuple(str(figure).encode() for figure in figures)
+
+
+def _decision_of_reply(rule: RateLimit, reply: bytes | str) -> RateLimitDecision:
+    """The decision a script's status line states (its figures already in seconds)."""
+    allowed, remaining, reset_seconds, retry_after = reply.split()
+    if allowed in (b"1", "1"):
+        return RateLimitDecision(True, rule, int(remaining), int(reset_seconds), None)
+    return RateLimitDecision(False, rule, int(remaining), int(reset_seconds), int(retry_after))
 
 
 class RedisLimiterStore:
     """Counts in Redis, so every replica enforces one shared limit; one round trip each.
+
+    Decisions asked for while a round trip is under way wait for the next one and go
+    together, as one pipeline of ``EVALSHA`` (``coalesce=False`` sends each on its own):
+    each decision still costs one round trip of latency, but a busy gateway pays redis-py's
+    per-command cost (a send, a pool checkout) once per batch instead of once per request.
+    The rules of one request (:meth:`hit_many`) always go in one round trip.
 
     While Redis is unreachable (refused, reset, or silent past the client's socket timeout)
     each rule's ``fail`` decides, marked ``degraded``; Redis is not asked again for
     ``retry_seconds``, so requests do not each wait for the timeout. One warning is logged
     when an outage starts and one line when it ends; keys are never logged.
 
-    Give the client short timeouts: a decision waits for them when Redis goes silent.
+    Give the client short timeouts: a decision waits for them when Redis goes silent. Use
+    one store from one event loop.
 
     Example::
 
@@ -565,8 +601,16 @@ class RedisLimiterStore:
         decision = await store.hit(rule, client_ip)
     """
 
+    #: At most this many decisions share one round trip (a bound on one batch's latency).
+    MAX_BATCH = 256
+
     def __init__(
-        self, redis: Redis, *, prefix: str = "keel:rl:", retry_seconds: float = 1.0
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "keel:rl:",
+        retry_seconds: float = 1.0,
+        coalesce: bool = True,
     ) -> None:
         # Imported here: keel_client does not depend on redis, only this store needs it.
         from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
@@ -574,69 +618,108 @@ class RedisLimiterStore:
         self._redis: Any = redis  # redis-py's commands are untyped
         self.prefix = prefix
         self.retry_seconds = retry_seconds
+        self.coalesce = coalesce
         self._no_script: type[Exception] = NoScriptError
         # OSError covers sockets failing under redis-py's own wrapping (and TimeoutError).
         self._unreachable: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, OSError)
         self._skip_until = 0.0
         self._in_outage = False
+        self._queue: list[tuple[_Command, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def hit(self, rule: RateLimit, key: str, *, cost: int = 1) -> RateLimitDecision:
         if cost < 1:
             raise ValueError("cost is at least 1")
         if time.monotonic() < self._skip_until:
             return _unreachable(rule)
-        script = _SCRIPTS[rule.algorithm]
-        args = (1, redis_key(self.prefix, rule, key), *_arguments(rule, cost))
+        command = self._command(rule, key, cost)
         try:
-            try:
-                outcome = await self._redis.execute_command("EVALSHA", script.sha, *args)
-            except self._no_script:
-                outcome = await self._redis.execute_command("EVAL", script.source, *args)
+            if self.coalesce:
+                reply = await self._submit(command)
+            else:
+                (reply,) = await self._run([command])
         except self._unreachable as error:
             self._note_outage(error)
             return _unreachable(rule)
         self._note_recovery()
-        return _decision(rule, outcome)
+        return _decision_of_reply(rule, reply)
 
     async def hit_many(
         self, rules_and_keys: Sequence[tuple[RateLimit, str]], *, cost: int = 1
     ) -> list[RateLimitDecision]:
-        """Every rule of one request in one round trip (a pipeline of ``EVALSHA``)."""
-        if len(rules_and_keys) == 1:
-            rule, key = rules_and_keys[0]
-            return [await self.hit(rule, key, cost=cost)]
+        """Every rule of one request in one round trip."""
+        if self.coalesce or len(rules_and_keys) < 2:
+            # Submitted in one go, they leave in one batch.
+            return list(
+                await asyncio.gather(
+                    *(self.hit(rule, key, cost=cost) for rule, key in rules_and_keys)
+                )
+            )
         if cost < 1:
             raise ValueError("cost is at least 1")
-        if not rules_and_keys:
-            return []
         if time.monotonic() < self._skip_until:
             return [_unreachable(rule) for rule, _ in rules_and_keys]
+        commands = [self._command(rule, key, cost) for rule, key in rules_and_keys]
         try:
-            try:
-                outcomes = await self._pipeline(rules_and_keys, cost, by_sha=True)
-            except self._no_script:
-                outcomes = await self._pipeline(rules_and_keys, cost, by_sha=False)
+            replies = await self._run(commands)
         except self._unreachable as error:
             self._note_outage(error)
             return [_unreachable(rule) for rule, _ in rules_and_keys]
         self._note_recovery()
         return [
-            _decision(rule, outcome)
-            for (rule, _), outcome in zip(rules_and_keys, outcomes, strict=True)
+            _decision_of_reply(rule, reply)
+            for (rule, _), reply in zip(rules_and_keys, replies, strict=True)
         ]
 
-    async def _pipeline(
-        self, rules_and_keys: Sequence[tuple[RateLimit, str]], cost: int, *, by_sha: bool
-    ) -> list[Any]:
+    def _command(self, rule: RateLimit, key: str, cost: int) -> _Command:
+        script = _SCRIPTS[rule.algorithm]
+        return script, (b"1", redis_key(self.prefix, rule, key), *_arguments(rule, cost))
+
+    def _submit(self, command: _Command) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        """Send what has queued, one pipeline at a time, until nothing is left."""
+        try:
+            while self._queue:
+                batch = self._queue[: self.MAX_BATCH]
+                del self._queue[: self.MAX_BATCH]
+                try:
+                    replies = await self._run([command for command, _ in batch])
+                except Exception as error:  # each caller decides what it means
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():  # a caller that gave up is skipped
+                        future.set_result(reply)
+        finally:
+            self._flusher = None
+
+    async def _run(self, commands: list[_Command]) -> list[Any]:
+        """One round trip: a pipeline of ``EVALSHA``; a second (``EVAL``) only for the
+        scripts Redis did not have (after a restart or ``SCRIPT FLUSH``)."""
         pipe = self._redis.pipeline(transaction=False)
-        for rule, key in rules_and_keys:
-            script = _SCRIPTS[rule.algorithm]
-            command = ("EVALSHA", script.sha) if by_sha else ("EVAL", script.source)
-            pipe.execute_command(
-                *command, 1, redis_key(self.prefix, rule, key), *_arguments(rule, cost)
-            )
-        result: list[Any] = await pipe.execute()
-        return result
+        for script, args in commands:
+            pipe.execute_command("EVALSHA", script.sha, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, self._no_script)]
+        if missing:
+            pipe = self._redis.pipeline(transaction=False)
+            for index in missing:
+                script, args = commands[index]
+                pipe.execute_command("EVAL", script.source, *args)
+            for index, reply in zip(missing, await pipe.execute(), strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _note_outage(self, error: Exception) -> None:
         self._skip_until = time.monotonic() + self.retry_seconds
