@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from keel_client.edge._ratelimit import (
     MemoryLimiterStore,
@@ -404,7 +406,11 @@ class TestRedisUnreachable:
     @pytest.fixture
     async def unreachable(self) -> AsyncIterator[RedisLimiterStore]:
         client = redis.Redis(
-            host="127.0.0.1", port=closed_port(), socket_connect_timeout=0.5, socket_timeout=0.5
+            host="127.0.0.1",
+            port=closed_port(),
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),  # as the store's docstring advises
         )
         yield RedisLimiterStore(client, retry_seconds=60)
         await client.aclose()

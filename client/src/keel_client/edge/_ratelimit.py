@@ -589,14 +589,20 @@ class RedisLimiterStore:
     ``retry_seconds``, so requests do not each wait for the timeout. One warning is logged
     when an outage starts and one line when it ends; keys are never logged.
 
-    Give the client short timeouts: a decision waits for them when Redis goes silent. Use
-    one store from one event loop.
+    Give the client short timeouts and no retries: a decision waits for them when Redis
+    goes silent, and redis-py (6 and later) by default retries a failed connection three
+    times with backoff, seconds before the rule's ``fail`` can answer. Use one store from
+    one event loop.
 
     Example::
 
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
         store = RedisLimiterStore(client)
         decision = await store.hit(rule, client_ip)
     """
