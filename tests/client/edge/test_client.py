@@ -231,6 +231,28 @@ async def test_starts_from_the_local_copy_when_keel_is_down_and_catches_up(
     )
 
 
+async def test_a_client_started_without_any_policy_takes_the_first_one_keel_serves(
+    client: httpx.AsyncClient, admin: TenantAdmin, keel_url: str
+) -> None:
+    async with tcp_proxy("127.0.0.1", urlsplit(keel_url).port or 0) as proxy:
+        await proxy.cut()  # Keel is down and there is no local copy
+        edge = EdgeClient(
+            f"http://127.0.0.1:{proxy.port}", auth=admin.api_key, retry=NO_RETRY,
+            max_reconnect_delay=0.5,
+        )  # fmt: skip
+        try:
+            await edge.start(require_policy=False)
+            assert (edge.loaded_from, edge.revision, edge.snapshot.table.routes) == (None, 0, ())
+            changes = Changes(edge)
+            revision = await _put_policy(client, admin, _policy())
+            await proxy.restore()
+            change = await changes.until(revision, timeout=20)
+            assert (change.old_revision, change.routes) == (0, ("invoices", "orders"))
+            assert edge.loaded_from == "server"
+        finally:
+            await edge.aclose()
+
+
 async def test_a_service_enforces_only_the_routes_that_point_at_it(
     client: httpx.AsyncClient, admin: TenantAdmin, keel_url: str
 ) -> None:

@@ -489,6 +489,8 @@ class EdgeClient:
         logger.error("keel edge: %s; keeping revision %d", error.message, self._snapshot.revision)
 
     async def _reload(self) -> None:
+        """Read the policy again (the follower's ``reload`` and ``advance``); swap it in if
+        its revision differs."""
         try:
             fetched = await self._fetch(self._snapshot.revision if self._source else None)
         except _UnreadablePolicy as error:
@@ -498,9 +500,10 @@ class EdgeClient:
             self._source = "server"
             return
         snapshot, document = fetched
-        if self._source is not None and snapshot.revision == self._snapshot.revision:
+        if snapshot.revision == self._snapshot.revision:
+            # Confirmed (or, for a client that had none, revision 0: the empty policy it holds).
             self._source = "server"
             return
-        had_policy = self._source is not None
-        change = self._install(snapshot, "server")
-        await self._follower.publish(change if had_policy else None, document)
+        # A client that started with no policy held revision 0 (no routes): taking its first
+        # policy is a change of what it enforces, told to the callbacks like any other.
+        await self._follower.publish(self._install(snapshot, "server"), document)
