@@ -116,6 +116,8 @@ class GatewayEnforcement:
         self._key_secret = secrets.token_bytes(32)
         self.enforcer = self._compile(EdgePolicy())
         self.from_local_copy = False
+        #: Whether :meth:`start` has run (the policy loaded, or found absent).
+        self.started = False
         self._listeners: list[Callable[[EdgePolicy], Any]] = []
         self._follower: asyncio.Task[None] | None = None
 
@@ -155,6 +157,7 @@ class GatewayEnforcement:
                     error=type(error).__name__,
                 )
         self._follower = asyncio.create_task(self._follow(), name="gateway-policy-follower")
+        self.started = True
 
     async def stop(self) -> None:
         if self._follower is not None:

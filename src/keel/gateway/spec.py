@@ -9,6 +9,7 @@ auth's routes stay unmounted.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select
@@ -35,45 +36,55 @@ GATEWAY_PROXY: ResourceKey[Any] = ResourceKey("gateway.proxy")
 
 
 async def gateway_ready(context: AppContext) -> None:
-    """The service's tables answer."""
+    """The service's tables answer; in a serving process, the policy is loaded (or started
+    from its local copy, or found absent) and the proxy, if asked for, listens."""
     async with context.database.session() as session:
         await session.execute(select(GatewayPolicy.id).limit(1).execution_options(all_tenants=True))
+    enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
+    if enforcement is not None and context.started and not enforcement.started:
+        raise RuntimeError("the gateway policy is not loaded yet")
+    proxy_missing = context.resources.get(GATEWAY_PROXY) is None
+    if context.settings.gateway.proxy_listen is not None and context.started and proxy_missing:
+        raise RuntimeError("the gateway proxy is not listening yet")
 
 
 async def start_gateway(context: AppContext) -> None:
-    """Make sure callers can be authenticated (see the module docstring), then hold the
-    served tenant's policy (:mod:`keel.gateway.enforcement`) for the proxy and the
-    authorization endpoint."""
+    """Make sure callers can be authenticated (see the module docstring) and make the holder
+    of the served tenant's policy; it is loaded by :func:`serve_gateway` (a serving process
+    only: a CLI command never reads it)."""
     if AUTH_RESOURCE not in context.resources and all(
         spec.name != "auth" for spec in context.services
     ):
         await start_auth(context)
-    enforcement = GatewayEnforcement(
+    context.resources[GATEWAY_ENFORCEMENT] = GatewayEnforcement(
         context,
         authenticator=InProcessAuthenticator(context.resources[AUTH_RESOURCE], context),
         limiter=create_limiter(context),
     )
+
+
+async def serve_gateway(context: AppContext) -> None:
+    """In every process serving the gateway: load and follow the policy (for the proxy and
+    the authorization endpoints) and run the proxy's listener when one is configured."""
+    enforcement = context.resources[GATEWAY_ENFORCEMENT]
     await enforcement.start()
-    context.resources[GATEWAY_ENFORCEMENT] = enforcement
-    listen = context.settings.gateway.proxy_listen
-    if listen is not None:
-        from keel.gateway.proxy_app import GatewayProxy, ProxyMetrics, ProxyServer
+    running = None
+    try:
+        listen = context.settings.gateway.proxy_listen
+        if listen is not None:
+            from keel.gateway.proxy_app import GatewayProxy, ProxyMetrics, ProxyServer
 
-        proxy = GatewayProxy(enforcement, metrics=ProxyMetrics(context.metrics.registry))
-        await proxy.start()
-        server = ProxyServer(proxy, listen)
-        await server.start()
-        context.resources[GATEWAY_PROXY] = (proxy, server)
-
-
-async def stop_gateway(context: AppContext) -> None:
-    running = context.resources.get(GATEWAY_PROXY)
-    if running is not None:
-        proxy, server = running
-        await server.stop()
-        await proxy.stop()
-    enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
-    if enforcement is not None:
+            proxy = GatewayProxy(enforcement, metrics=ProxyMetrics(context.metrics.registry))
+            await proxy.start()
+            server = ProxyServer(proxy, listen)
+            await server.start()
+            running = (proxy, server)
+            context.resources[GATEWAY_PROXY] = running
+        await asyncio.Event().wait()  # until the process stops (the task is cancelled)
+    finally:
+        if running is not None:
+            await running[1].stop()
+            await running[0].stop()
         await enforcement.stop()
 
 
@@ -90,7 +101,7 @@ service = ServiceSpec(
     router=router.build_router,
     ready_check=gateway_ready,
     startup=start_gateway,
-    shutdown=stop_gateway,
+    companions=(serve_gateway,),
     body_limits=_body_limits,
     # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.gateway.models",),
