@@ -38,8 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 #: ``keel gateway export <format>``: the policy as another proxy's configuration. Each format
-#: is a command of this group (``export nginx`` lives in ``keel.gateway.export``, which adds
-#: itself here when it exists).
+#: is a command of this group (``export nginx`` below, rendered by ``keel.gateway.nginx``).
 export_app = typer.Typer(
     help="Export the policy as another proxy's configuration.", no_args_is_help=True
 )
@@ -268,6 +267,46 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
         typer.echo("  ".join(cells).rstrip())
+
+
+@export_app.command("nginx")
+def export_nginx(
+    keel_url: Annotated[
+        str | None,
+        typer.Option(
+            "--keel-url",
+            help="Keel as nginx reaches it (default: KEEL_PUBLIC_URL, else host and port).",
+        ),
+    ] = None,
+    listen: Annotated[
+        str, typer.Option(help="nginx's listen parameter: 8080, 127.0.0.1:8080, ...")
+    ] = "8080",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+    tenant: TenantOption = None,
+) -> None:
+    """Print the policy as an nginx configuration (http context) deciding through Keel's
+    /gateway/v1/authz/nginx; what nginx cannot express is named in comments."""
+    from keel.gateway.nginx import render_nginx
+
+    settings = settings_or_exit()
+    url = keel_url or settings.public_url or f"http://{settings.host}:{settings.port}"
+
+    async def work(session: AsyncSession, tenant_id: str) -> None:
+        snapshot = await service.read_policy(session, tenant_id)
+        text = render_nginx(snapshot.policy, keel_url=str(url), listen=listen)
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            fail_usage(f"cannot write {output}: {error.strerror or error}")
+        routes = len(snapshot.policy.routes)
+        typer.echo(f"wrote {output} (revision {snapshot.revision}, {routes} routes)", err=True)
+
+    run_in_tenant(_tenant(tenant), work, describe=describe)
 
 
 app.add_typer(export_app, name="export")
