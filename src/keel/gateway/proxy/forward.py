@@ -372,51 +372,85 @@ async def forward(
             )
         )
         runtime.begin(target)
-        started = time.perf_counter()
         try:
-            connection, response = await _exchange(target, head, body, method, timeouts, result)
-        except ClientDisconnected:
-            runtime.end(target)
-            result.status = CLIENT_CLOSED_REQUEST
-            return result
-        except UpstreamError as error:
-            runtime.end(target)
-            runtime.record(target, is_failure=True)
-            result.upstream_seconds = time.perf_counter() - started
-            condition = _retry_condition(error)
-            if condition is not None and _may_retry_now(
-                runtime, retries, condition, method, result, body
-            ):
-                tried.append(target)
-                last_error = error
-                continue
-            return await _answer_problem(scope, receive, send, result, *_problem_for(error))
-        result.upstream_seconds = time.perf_counter() - started
-        status = response.status
-        status_condition = _FAILURE_STATUSES.get(status)
-        runtime.record(target, is_failure=status_condition is not None)
-        if status_condition is not None and _may_retry_now(
-            runtime, retries, status_condition, method, result, body
-        ):
-            target.connections.release(connection)  # closed: its response was not read
-            runtime.end(target)
-            tried.append(target)
-            continue
-        try:
-            await _relay_response(
+            outcome = await _attempt(
                 scope,
                 receive,
                 send,
+                runtime,
                 target,
-                connection,
-                response,
+                head,
+                body,
                 timeouts,
+                retries,
                 result,
                 response_headers_hook,
             )
         finally:
-            runtime.end(target)
+            runtime.end(target)  # also when cancelled: in-flight counts must not leak
+        if isinstance(outcome, ForwardResult):
+            return outcome
+        tried.append(target)
+        last_error = outcome.error
+
+
+@dataclass(slots=True)
+class _Retry:
+    """An attempt failed in a way the retry policy and budget allow to try again."""
+
+    error: UpstreamError | None
+
+
+async def _attempt(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    runtime: UpstreamRuntime,
+    target: TargetRuntime,
+    head: bytes,
+    body: _RequestBody,
+    timeouts: Timeouts,
+    retries: RetryPolicy,
+    result: ForwardResult,
+    response_headers_hook: ResponseHeadersHook | None,
+) -> ForwardResult | _Retry:
+    """One try on ``target``: the relayed (or answered) result, or :class:`_Retry`."""
+    method: str = scope["method"]
+    started = time.perf_counter()
+    try:
+        connection, response = await _exchange(target, head, body, method, timeouts, result)
+    except ClientDisconnected:
+        result.status = CLIENT_CLOSED_REQUEST
         return result
+    except UpstreamError as error:
+        runtime.record(target, is_failure=True)
+        result.upstream_seconds = time.perf_counter() - started
+        condition = _retry_condition(error)
+        if condition is not None and _may_retry_now(
+            runtime, retries, condition, method, result, body
+        ):
+            return _Retry(error)
+        return await _answer_problem(scope, receive, send, result, *_problem_for(error))
+    result.upstream_seconds = time.perf_counter() - started
+    status_condition = _FAILURE_STATUSES.get(response.status)
+    runtime.record(target, is_failure=status_condition is not None)
+    if status_condition is not None and _may_retry_now(
+        runtime, retries, status_condition, method, result, body
+    ):
+        target.connections.release(connection)  # closed: its response was not read
+        return _Retry(None)
+    await _relay_response(
+        scope,
+        receive,
+        send,
+        target,
+        connection,
+        response,
+        timeouts,
+        result,
+        response_headers_hook,
+    )
+    return result
 
 
 def _may_retry_now(
