@@ -413,3 +413,34 @@ async def test_api_keys_are_counted_under_a_keyed_hash_never_the_key() -> None:
     verdict = await enforcer.check(scope, _no_body)
     assert verdict.refusal is None
     assert seen == ["t1:r:h:abc"]
+
+
+class Unreachable:
+    """A policy source whose start fails, as an EdgeClient's does with Keel away and no copy."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    @property
+    def snapshot(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        self.starts += 1
+        raise ConnectionError("keel is away")
+
+
+async def test_without_a_policy_requests_are_refused_503_and_the_start_is_not_retried_per_request() -> (
+    None
+):
+    source = Unreachable()
+    app = Starlette(routes=[StarletteRoute("/{path:path}", echo)])
+    wrapped = EdgeMiddleware(app, source=source, authenticator=None, limiter=MemoryLimiterStore())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=wrapped), base_url="http://s"
+    ) as client:
+        answers = [await client.get("/orders") for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [503, 503, 503]
+    assert answers[0].headers["content-type"] == "application/problem+json"
+    assert answers[0].headers["retry-after"] == "5"
+    assert source.starts == 1

@@ -4,7 +4,9 @@ A service behind no gateway gets the same checks the gateway makes, from the sam
 (:class:`~keel_client.edge._enforce.EdgeEnforcer`): the routes that point at it, their
 authentication, rate limits, CORS, security headers, size limits and SSRF rules. A request
 no route takes goes through untouched, except that an identity header a client sent
-(``Keel-Identity``) is dropped, so the app never reads a forged one.
+(``Keel-Identity``) is dropped, so the app never reads a forged one. Until a policy is
+loaded (from Keel or the local copy) every request is answered 503: the routes' rules are
+unknown, and letting requests through unchecked would open what they protect.
 
 The policy comes from a source kept current by Keel's change stream (``EdgeClient``); the
 enforcer is rebuilt when its revision changes, between requests, never during one.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -24,6 +27,7 @@ from keel_client.edge._enforce import (
     EdgeEnforcer,
     Refusal,
     Verdict,
+    problem,
 )
 from keel_client.edge._model import EdgePolicy
 from keel_client.edge._ratelimit import LimiterStore
@@ -38,6 +42,18 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: How long after a failed start of the policy source the next request tries again.
+START_RETRY_SECONDS = 5.0
+#: The answer while no policy could be loaded: the routes' rules cannot be known, so no
+#: request is let through unchecked.
+NO_POLICY = problem(
+    503,
+    "unavailable",
+    "Service unavailable",
+    "The edge policy could not be loaded from Keel or a local copy yet.",
+    [(b"retry-after", b"5")],
+)
 
 #: Where the authenticated principal is kept in the ASGI scope (``keel_client.fastapi``
 #: reads it there).
@@ -78,7 +94,7 @@ class EdgeMiddleware:
 
     Example (what ``keel_client.fastapi.use_keel_edge`` sets up)::
 
-        edge = keel.edge(service="orders")
+        edge = keel.edge.client(service="orders")
         app.add_middleware(
             EdgeMiddleware, source=edge, authenticator=authenticator,
             limiter=RedisLimiterStore(redis), tenant_id=None,
@@ -106,18 +122,26 @@ class EdgeMiddleware:
         self._enforcer: tuple[int, EdgeEnforcer] | None = None
         self._started: asyncio.Future[Any] | None = None
         self._ready = False
+        self._retry_at = 0.0
 
     async def _current(self) -> EdgeEnforcer | None:
         if not self._ready:
             # Started by the first request (a middleware has no start-up hook of its own);
-            # requests meanwhile wait for the same start.
-            if self._started is None:
+            # requests meanwhile wait for the same start. A failed start (Keel away and no
+            # local copy) is tried again at most every START_RETRY_SECONDS; meanwhile
+            # requests are refused (fail closed: the routes cannot be known).
+            now = time.monotonic()
+            if self._started is None and now >= self._retry_at:
                 self._started = asyncio.ensure_future(self.source.start())
+            if self._started is None:
+                return None
             try:
                 await asyncio.shield(self._started)
-            except Exception:  # Keel down and no local copy: the service still answers
-                log.warning("edge: no policy yet; requests pass unchecked until one arrives")
-                self._started = None
+            except Exception as error:
+                if self._started is not None:
+                    log.warning("edge: no policy (%s); requests refused 503", type(error).__name__)
+                    self._started = None
+                    self._retry_at = time.monotonic() + START_RETRY_SECONDS
                 return None
             self._ready = True
         snapshot = self.source.snapshot
@@ -144,7 +168,10 @@ class EdgeMiddleware:
             return
         enforcer = await self._current()
         if enforcer is None:
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1013})
+                return
+            await send_refusal(send, NO_POLICY)
             return
         verdict = await enforcer.check(scope, receive)
         origin = _origin(scope)
