@@ -339,3 +339,74 @@ async def test_reading_needs_policy_read_and_changing_needs_policy_write(
     written = await put_policy(client, writer, document)  # write includes read
     assert written.status_code == 200, written.text
     assert (await client.get(f"{API}/routes/orders", headers=writer)).status_code == 200
+
+
+RICH_POLICY: dict[str, Any] = {
+    "upstreams": [
+        {
+            "name": "orders",
+            "targets": [
+                {"url": "http://192.0.2.10:8080/v2", "weight": 3},
+                {"url": "https://192.0.2.11"},
+            ],
+            "balance": "consistent_hash",
+            "hash_on": "header:X-Tenant",
+            "health": {"path": "/health/ready", "expected_status": [200]},
+        },
+        {"name": "orders-canary", "targets": [{"url": "http://192.0.2.12:8080"}]},
+    ],
+    "routes": [
+        {
+            "name": "orders",
+            "hosts": ["API.example.com", "*.example.org"],
+            "path": "/orders",
+            "methods": ["get", "POST"],
+            "upstream": "orders",
+            "versions": [{"upstream": "orders-canary", "weight": 10}],
+            "strip_prefix": True,
+            "auth": {"mode": "jwt", "audience": "orders", "permissions": ["orders:order:read"]},
+            "rate_limits": [{"name": "per-ip", "limit": 100, "period_seconds": 60}],
+            "cors": {"allow_origins": ["https://app.example.com"], "allow_credentials": True},
+            "headers": {"profile": "web", "hsts": False},
+            "request_headers": {"set": {"X-From-Gateway": "1"}, "remove": ["Cookie"]},
+            "ssrf": [{"location": "json", "name": "hooks.*.url"}],
+            "max_body_bytes": 1048576,
+            "timeouts": {"connect_seconds": 2.5},
+            "retries": {"attempts": 1, "on": ["connect_error"]},
+            "cache": {"enabled": True, "key_headers": ["accept-language"]},
+        },
+        {"name": "item", "path": "/orders/{id}/items/{rest:path}", "match": "pattern"},
+    ],
+}
+
+
+async def test_a_policy_read_back_and_written_again_is_the_same_policy(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    written = await put_policy(client, headers, RICH_POLICY)
+    assert written.status_code == 200, written.text
+    read = (await client.get(f"{API}/policy", headers=headers)).json()
+    assert read["policy"]["routes"][0]["hosts"] == ["api.example.com", "*.example.org"]
+    again = await put_policy(client, headers, read["policy"])
+    assert again.json() | {"warnings": []} == written.json() | {"created": False, "warnings": []}
+    # A change of one part rewrites the others from their stored form: they must still pass.
+    added = await client.put(f"{API}/routes/health", headers=headers, json={"path": "/health"})
+    assert added.status_code == 200, added.text
+    after = (await client.get(f"{API}/policy", headers=headers)).json()["policy"]
+    assert after["routes"][:2] == read["policy"]["routes"]
+    assert after["upstreams"] == read["policy"]["upstreams"]
+
+
+async def test_a_whole_policy_may_be_larger_than_the_default_body_limit_up_to_4_mib(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    padded = {**policy(route("orders", "/orders")), "padding": "x" * (2 * 1024 * 1024)}
+    answer = await put_policy(client, headers, padded)
+    assert answer.status_code == 422  # read and refused for its unknown field, not 413
+    assert ["padding"] in error_locations(answer)
+    too_large = {**padded, "padding": "x" * (5 * 1024 * 1024)}
+    assert (await put_policy(client, headers, too_large)).status_code == 413
+    route_padded = {"path": "/x", "padding": "x" * (2 * 1024 * 1024)}
+    assert (
+        await client.put(f"{API}/routes/x", headers=headers, json=route_padded)
+    ).status_code == 413

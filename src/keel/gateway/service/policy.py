@@ -148,15 +148,15 @@ async def write_built_policy(
         document = await built if isinstance(built, Awaitable) else built
         checked = await check_policy(document, rules)
         stored = _stored_document(checked.policy)
-        if current.revision and stored == _stored_document(current.policy):
+        if stored == _stored_document(current.policy):
             return WriteOutcome(current, created=False, warnings=checked.warnings)
         number = current.revision + 1
-        if await _move_head(session, tenant_id, current.revision, number):
+        now = utcnow()
+        if await _move_head(session, tenant_id, current.revision, number, now):
             break
         # Another writer moved the policy on: build again from it (a named revision now fails).
     else:
         raise Conflict("The policy is changing too often; try again.")
-    now = utcnow()
     session.add(
         GatewayPolicyRevision(
             tenant_id=tenant_id,
@@ -282,20 +282,22 @@ async def _document_of(session: AsyncSession, revision: int) -> dict[str, Any]:
     return dict(document)
 
 
-async def _move_head(session: AsyncSession, tenant_id: str, read: int, number: int) -> bool:
+async def _move_head(
+    session: AsyncSession, tenant_id: str, read: int, number: int, now: datetime
+) -> bool:
     """Compare-and-set the head from ``read`` to ``number`` (creating it for the first write);
     False when another writer moved it first."""
     if read == 0:
         exists = await session.scalar(select(GatewayPolicy.id))
         if exists is not None:
             return False
-        session.add(GatewayPolicy(tenant_id=tenant_id, revision=number, updated_at=utcnow()))
+        session.add(GatewayPolicy(tenant_id=tenant_id, revision=number, updated_at=now))
         await _flush_or_precondition(session)
         return True
     moved = await session.execute(
         update(GatewayPolicy)
         .where(GatewayPolicy.revision == read)
-        .values(revision=number, updated_at=utcnow())
+        .values(revision=number, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return getattr(moved, "rowcount", 0) == 1

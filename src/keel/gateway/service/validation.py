@@ -231,7 +231,7 @@ async def _resolve_all(
                 answers = await asyncio.wait_for(
                     asyncio.to_thread(resolver, host, port), RESOLVE_TIMEOUT_SECONDS
                 )
-            except (OSError, TimeoutError, UnicodeError):
+            except (OSError, TimeoutError, ValueError):  # UnicodeError is a ValueError
                 return None
         addresses = [parse_ip_literal(answer) for answer in answers]
         return [address for address in addresses if address is not None] or None
