@@ -119,19 +119,31 @@ async def check_policy(document: Any, rules: UpstreamAddressRules) -> CheckedPol
         check_json_value(document)
     except InputRefused as refused:
         raise ValidationFailed(str(refused)) from None
-    try:
-        policy = EdgePolicy.model_validate(document, context={"cross_checks": False})
-    except ValidationError as error:
-        raise _refusal(describe_validation_errors(error.errors(include_input=False))) from None
-    errors = [
-        problem(location, message, "cross_reference")
-        for location, message in cross_reference_errors(policy)
-    ]
+    # In a worker thread: a policy of a thousand routes takes seconds to cross-check (every
+    # pair of routes is compared), which must not stall the other requests of this process.
+    policy, errors = await asyncio.to_thread(_parse_and_cross_check, document)
+    if policy is None:
+        raise _refusal(errors)
     address_errors, warnings = await upstream_address_problems(policy, rules)
     errors += address_errors
     if errors:
         raise _refusal(errors)
     return CheckedPolicy(policy, warnings)
+
+
+def _parse_and_cross_check(
+    document: dict[str, Any],
+) -> tuple[EdgePolicy | None, list[dict[str, Any]]]:
+    """The policy and its cross-reference errors, or ``None`` and the wire model's errors."""
+    try:
+        policy = EdgePolicy.model_validate(document, context={"cross_checks": False})
+    except ValidationError as error:
+        return None, describe_validation_errors(error.errors(include_input=False))
+    errors = [
+        problem(location, message, "cross_reference")
+        for location, message in cross_reference_errors(policy)
+    ]
+    return policy, errors
 
 
 def _refusal(errors: list[dict[str, Any]]) -> ValidationFailed:
