@@ -317,6 +317,21 @@ class TestRefused:
         assert_problem(await client.get(TRAEFIK, headers=traefik_headers("/nowhere")), 404)
 
 
+async def test_decisions_are_counted_by_engine_and_outcome(
+    client: httpx.AsyncClient, served: TenantAdmin
+) -> None:
+    await client.get(NGINX, headers={**nginx_headers("/orders"), **served.headers})
+    await client.get(NGINX, headers=nginx_headers("/orders"))
+    await client.get(TRAEFIK, headers=traefik_headers("/nowhere"))
+    metrics = (await client.get("/metrics")).text
+    assert 'keel_gateway_authz_decisions_total{engine="nginx",outcome="allowed"} 1.0' in metrics
+    assert (
+        'keel_gateway_authz_decisions_total{engine="nginx",outcome="unauthenticated"} 1.0'
+        in metrics
+    )
+    assert 'keel_gateway_authz_decisions_total{engine="traefik",outcome="no_route"} 1.0' in metrics
+
+
 class TestRateLimitEndpoint:
     RULE: Mapping[str, Any] = {
         "name": "svc",

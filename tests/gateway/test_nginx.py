@@ -40,6 +40,7 @@ from tests.support.keel_process import (
 NGINX = os.environ.get("KEEL_TEST_NGINX", "/usr/sbin/nginx")
 READ_ORDERS = "orders:orders:read"
 FORGED = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJyb290In0."
+APP_ORIGIN = "https://app.example"
 
 
 def nginx_or_skip() -> str:
@@ -115,6 +116,13 @@ def policy(upstream: str) -> dict[str, Any]:
                 ],
             },
             {"name": "public", "path": "/public", "upstream": "echo", "auth": {"mode": "none"}},
+            {
+                "name": "browser",
+                "path": "/browser",
+                "upstream": "echo",
+                "auth": {"mode": "none"},
+                "cors": {"allow_origins": [APP_ORIGIN], "allow_headers": ["content-type"]},
+            },
         ],
     }
 
@@ -328,6 +336,29 @@ async def test_a_path_no_route_takes_is_404(edge: Edge) -> None:
         answer = await http.get("/elsewhere")
     assert answer.status_code == 404
     assert answer.json()["type"] == "urn:keel:problem:not-found"
+
+
+async def test_a_cors_preflight_is_answered_by_nginx_from_keels_decision(edge: Edge) -> None:
+    preflight = {
+        "Origin": APP_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    async with httpx.AsyncClient(base_url=edge.nginx_url) as http:
+        allowed = await http.options("/browser/cart", headers=preflight)
+        refused = await http.options(
+            "/browser/cart", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        actual = await http.get("/browser/cart", headers={"Origin": APP_ORIGIN})
+    assert allowed.status_code == 204, allowed.text
+    assert allowed.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert allowed.content == b""  # nginx answered: the upstream echoes JSON
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+    assert actual.status_code == 200
+    assert actual.headers["access-control-allow-origin"] == APP_ORIGIN
+    assert actual.json()["path"] == "/browser/cart"
 
 
 def test_nginx_logged_no_error(edge: Edge) -> None:
