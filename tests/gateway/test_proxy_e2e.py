@@ -155,6 +155,45 @@ async def test_two_gateways_on_one_redis_share_one_limit_of_100(
                 assert min(one.count(200), other.count(200)) > 0, (path, one, other)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_two_gateways_share_one_limit_per_api_key(
+    shared_deployment: GatewayDeployment, tmp_path: Path
+) -> None:
+    per_key = {
+        "name": "per-key",
+        "algorithm": "fixed_window",
+        "limit": 10,
+        "period_seconds": 60,
+        "key": "api_key",
+    }
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    async with serve(echo_app("echo")) as upstream:
+        with (
+            shared_deployment.serve(first_dir) as first,
+            shared_deployment.serve(second_dir) as second,
+        ):
+            document = policy(
+                [pool("echo", upstream)],
+                route("ready", "/ready", "echo"),
+                route("keyed", "/keyed", "echo", auth={"mode": "api_key"}, rate_limits=[per_key]),
+            )
+            await shared_deployment.put_policy(first, document)
+            async with httpx.AsyncClient(timeout=5, headers=shared_deployment.headers) as http:
+                for gateway in (first, second):
+                    await wait_until(lambda g=gateway: answers(http, f"{g.proxy_url}/ready"))
+                await _away_from_a_minute_boundary()
+                statuses = [
+                    (await http.get(f"{gateway.proxy_url}/keyed")).status_code
+                    for _ in range(10)
+                    for gateway in (first, second)
+                ]
+    # One API key, one counter, whichever replica the request reached.
+    assert statuses == [200] * 10 + [429] * 10, statuses
+
+
 # -- 2. a token bucket -----------------------------------------------------------------------
 
 

@@ -113,7 +113,11 @@ class GatewayEnforcement:
         self.limiter = limiter
         self.tenant_id: str | None = None
         self.revision = -1
-        self._key_secret = secrets.token_bytes(32)
+        # The same in every replica (an HMAC of a fixed label under the platform's token-hash
+        # key), so an API key's requests share one counter in Redis whichever replica they
+        # reach; a per-process random secret counted them apart, N replicas allowing N times
+        # the limit.
+        self._key_secret = bytes.fromhex(context.keyring.token_hash("keel.gateway.limit-keys"))
         self.enforcer = self._compile(EdgePolicy())
         self.from_local_copy = False
         #: Whether :meth:`start` has run (the policy loaded, or found absent).
