@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ _REQUEST_HEADERS_SET_HERE: Final = frozenset(
 )
 #: Answers of a target that count as its failure, and the retry condition each is.
 _FAILURE_STATUSES: Final[dict[int, RetryCondition]] = {502: "502", 503: "503", 504: "504"}
+_WHITESPACE: Final = re.compile(r"\s")
 #: The status recorded when the client went away before it could be answered (nginx's).
 CLIENT_CLOSED_REQUEST: Final = 499
 
@@ -259,9 +261,9 @@ def downstream_response_headers(
 def _check_upstream_path(upstream_path: str) -> bytes:
     # The path goes into the request line verbatim: a space or a line break would let a
     # rewritten path smuggle a second request or header.
-    if not upstream_path.startswith("/") or any(c in upstream_path for c in " \r\n\t"):
+    if not upstream_path.startswith("/") or _WHITESPACE.search(upstream_path):
         raise ValueError(f"upstream_path must be an origin-form target: {upstream_path!r}")
-    return upstream_path.encode("ascii")
+    return upstream_path.encode("latin-1")
 
 
 # -- problems -------------------------------------------------------------------------------
