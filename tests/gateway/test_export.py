@@ -161,6 +161,25 @@ class TestNginxAccepts:
         assert checked.returncode == 0, checked.stderr
         assert "return 404" in text
 
+    def test_routes_sharing_a_location_write_it_once(self, tmp_path: Path) -> None:
+        pools = [{"name": name, "targets": [{"url": "http://127.0.0.1:9001"}]} for name in "ab"]
+        text = rendered(
+            {
+                "upstreams": pools,
+                "routes": [
+                    {"name": "cart", "path": "/cart", "upstream": "a"},
+                    {"name": "cart-exact", "path": "/cart", "match": "exact", "upstream": "b"},
+                    {"name": "read", "path": "/m", "upstream": "a", "methods": ["GET"]},
+                    {"name": "write", "path": "/m", "upstream": "b", "methods": ["POST"]},
+                ],
+            }
+        )
+        checked = nginx_test(tmp_path, text)
+        assert checked.returncode == 0, checked.stderr
+        assert "proxy_pass http://keel_b;" in location_block(text, "= /cart")
+        assert "location = /cart is the exact route cart-exact's, as in Keel" in text
+        assert "location /m/ is route read's; not carried over: routing by method" in text
+
 
 class TestUpstreams:
     def test_pools_keep_weights_balancing_and_passive_checks(self) -> None:

@@ -273,12 +273,21 @@ def _server(
     lines.append("")
     lines.extend(_indent(_authz_location(keel)))
     lines.extend(_indent(_refused_location()))
-    ordered = sorted(routes, key=_location_order)
-    claimed_root = False
-    for route in ordered:
+    owners = _claim_locations(routes)
+    claimed_root = "/" in owners
+    for route in sorted(routes, key=_location_order):
         for selector, uri_mode in _locations(route):
-            claimed_root = claimed_root or selector == "/"
             lines.append("")
+            owner = owners[selector]
+            if owner is not route:
+                lines.append(
+                    f"{INDENT}# route {route.name}: location {selector} is route "
+                    f"{owner.name}'s; not carried over: routing by method to another pool"
+                    if owner.match == route.match
+                    else f"{INDENT}# route {route.name}: location {selector} is the exact "
+                    f"route {owner.name}'s, as in Keel"
+                )
+                continue
             lines.extend(
                 _indent(_route_location(route, selector, uri_mode, pools[route.upstream or ""]))
             )
@@ -297,6 +306,17 @@ def _server(
         )
     lines.append("}")
     return lines
+
+
+def _claim_locations(routes: list[Route]) -> dict[str, Route]:
+    """Which route writes each location: nginx refuses one written twice. An exact route
+    takes ``= /p`` from a prefix route on the same path (it wins in Keel too); routes told
+    apart only by their methods share one location, the first route's."""
+    owners: dict[str, Route] = {}
+    for route in sorted(routes, key=lambda route: route.match != "exact"):
+        for selector, _ in _locations(route):
+            owners.setdefault(selector, route)
+    return owners
 
 
 def _indent(lines: Iterable[str]) -> list[str]:
