@@ -710,6 +710,12 @@ class RedisLimiterStore:
     async def _run(self, commands: list[_Command]) -> list[Any]:
         """One round trip: a pipeline of ``EVALSHA``; a second (``EVAL``) only for the
         scripts Redis did not have (after a restart or ``SCRIPT FLUSH``)."""
+        if len(commands) == 1:  # a pipeline's own cost buys nothing for one command
+            script, args = commands[0]
+            try:
+                return [await self._redis.execute_command("EVALSHA", script.sha, *args)]
+            except self._no_script:
+                return [await self._redis.execute_command("EVAL", script.source, *args)]
         pipe = self._redis.pipeline(transaction=False)
         for script, args in commands:
             pipe.execute_command("EVALSHA", script.sha, *args)
