@@ -273,6 +273,9 @@ async def test_cors_preflight_is_answered_before_credentials_and_actual_response
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
     assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert preflight.headers["access-control-allow-methods"] == "GET, POST"
+    assert preflight.headers["access-control-max-age"] == "600"
+    assert preflight.headers["x-content-type-options"] == "nosniff"  # the route's profile too
     evil = await orders.options(
         "/orders",
         headers={

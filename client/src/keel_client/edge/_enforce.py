@@ -88,6 +88,9 @@ class Refusal:
     status: int
     headers: Headers
     body: bytes
+    #: An answer to a CORS preflight: its headers already are the CORS answer, which the
+    #: route's actual-response CORS fields must not replace.
+    is_preflight: bool = False
 
 
 def problem(
@@ -207,13 +210,16 @@ class RoutePlan:
         kept.extend(self.request_set)
         return kept
 
-    def finish(self, headers: Headers, verdict: Verdict, origin: bytes | None) -> Headers:
-        """The response's headers as they go out."""
+    def finish(
+        self, headers: Headers, verdict: Verdict, origin: bytes | None, *, cors: bool = True
+    ) -> Headers:
+        """The response's headers as they go out. ``cors=False`` for a preflight's answer,
+        whose fields are already the CORS answer (:attr:`Refusal.is_preflight`)."""
         if self.response_remove:
             headers = [(name, value) for name, value in headers if name not in self.response_remove]
         headers.extend(self.response_set)
         headers = self.security.apply(headers)
-        if self.cors is not None:
+        if self.cors is not None and cors:
             headers = self.cors.apply(headers, origin)
         if verdict.response_headers:
             headers.extend(verdict.response_headers)
@@ -322,7 +328,9 @@ class EdgeEnforcer:
 
         if plan.cors is not None and plan.cors.is_preflight(method, headers):
             status, cors_headers = plan.cors.preflight(headers)
-            verdict.refusal = Refusal(status, [*cors_headers, (b"content-length", b"0")], b"")
+            verdict.refusal = Refusal(
+                status, [*cors_headers, (b"content-length", b"0")], b"", is_preflight=True
+            )
             return verdict
 
         length = _header(headers, b"content-length")

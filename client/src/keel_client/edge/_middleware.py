@@ -180,10 +180,15 @@ class EdgeMiddleware:
                 await send({"type": "websocket.close", "code": 1008})
                 return
             plan = verdict.plan
+            refusal = verdict.refusal
             await send_refusal(
                 send,
-                verdict.refusal,
-                None if plan is None else lambda headers: plan.finish(headers, Verdict(), origin),
+                refusal,
+                None
+                if plan is None
+                else lambda headers: plan.finish(
+                    headers, Verdict(), origin, cors=not refusal.is_preflight
+                ),
             )
             return
         scope = dict(scope)
