@@ -202,7 +202,10 @@ def combine(decisions: Sequence[RateLimitDecision]) -> RateLimitDecision:
 # ``r`` may be used). Section 6: Retry-After must not point earlier than the end of the
 # effective window, so a refused rule's ``t`` is its ``retry_after``. Implementation
 # parameters take a vendor prefix (section 3.1): a bucket larger than its rate is
-# ``keel-burst``. The parameter names are kept here alone, as the draft may still rename them.
+# ``keel-burst``. The parameter names are kept here alone, as the draft may still rename
+# them: -12 (20 November 2026) is out, and its editors' copy of August 2026 (pull request
+# 166 of ietf-wg-httpapi/ratelimit-headers) renames ``r`` to ``a`` and ``t`` to ``w``; -11 is
+# the latest text read for this module.
 _QUOTA, _WINDOW, _AVAILABLE, _EFFECTIVE_WINDOW, _BURST = "q", "w", "r", "t", "keel-burst"
 
 
