@@ -105,6 +105,7 @@ async def read_policy(
         revision=snapshot.revision,
         updated_at=snapshot.updated_at,
         policy=snapshot.policy.model_dump(mode="json"),
+        tenant_id=principal.tenant_id,
     )
 
 

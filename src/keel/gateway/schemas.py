@@ -30,6 +30,11 @@ class PolicyOut(BaseModel):
     revision: int
     updated_at: datetime | None
     policy: dict[str, Any] = Field(description="An EdgePolicy: upstreams and routes.")
+    tenant_id: str | None = Field(
+        default=None,
+        description="The tenant the policy belongs to: a service enforcing it refuses "
+        "callers of any other tenant.",
+    )
 
 
 class PolicyWritten(PolicyOut):

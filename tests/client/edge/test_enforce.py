@@ -82,6 +82,7 @@ class Source:
 
     policy: EdgePolicy
     revision: int = 1
+    tenant_id: str | None = None
 
     @property
     def snapshot(self) -> Source:
@@ -447,3 +448,21 @@ async def test_without_a_policy_requests_are_refused_503_and_the_start_is_not_re
     assert answers[0].headers["content-type"] == "application/problem+json"
     assert answers[0].headers["retry-after"] == "5"
     assert source.starts == 1
+
+
+async def test_the_middleware_refuses_callers_of_another_tenant_than_the_policys() -> None:
+    edge = policy({"name": "orders", "path": "/orders", "auth": {"mode": "jwt"}})
+    app = Starlette(routes=[StarletteRoute("/{path:path}", echo)])
+    verifier = TokenVerifier(fetch_jwks, issuer=ISSUER, audience=None)
+    wrapped = EdgeMiddleware(
+        app,
+        source=Source(edge, tenant_id="t1"),
+        authenticator=Authenticator(verifier),
+        limiter=MemoryLimiterStore(),
+    )
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+        own = await client.get("/orders", headers=bearer(token(tenant="t1")))
+        other = await client.get("/orders", headers=bearer(token(tenant="t2")))
+    assert own.status_code == 200
+    assert other.status_code == 401

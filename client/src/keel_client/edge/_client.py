@@ -135,17 +135,22 @@ class EdgeSnapshot:
     revision: int
     policy: EdgePolicy
     table: RouteTable
+    #: The tenant the policy belongs to (Keel says which): callers of any other tenant are
+    #: refused by the middleware. ``None`` before the first policy.
+    tenant_id: str | None = None
 
     @classmethod
-    def build(cls, revision: int, policy: EdgePolicy, service: str | None) -> EdgeSnapshot:
+    def build(
+        cls, revision: int, policy: EdgePolicy, service: str | None, tenant_id: str | None = None
+    ) -> EdgeSnapshot:
         """The snapshot of ``policy`` as the gateway (``service=None``) or as the service of
         that pool name sees it."""
         if service is None:
-            return cls(revision, policy, RouteTable(policy.routes))
+            return cls(revision, policy, RouteTable(policy.routes), tenant_id)
         # A subset of a valid policy's routes, every pool kept: references still resolve
         # and no two routes can newly tie, so there is nothing to validate again.
         own = policy.model_copy(update={"routes": routes_for_service(policy.routes, service)})
-        return cls(revision, own, RouteTable(own.routes, ignore_hosts=True))
+        return cls(revision, own, RouteTable(own.routes, ignore_hosts=True), tenant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,11 @@ def _describe(error: ValidationError) -> str:
     ]
     more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
     return "; ".join(described) + more
+
+
+def _tenant_of(document: Any) -> str | None:
+    tenant = document.get("tenant_id") if isinstance(document, dict) else None
+    return tenant if isinstance(tenant, str) and tenant else None
 
 
 def parse_policy_document(document: Any) -> tuple[int, EdgePolicy]:
@@ -412,7 +422,7 @@ class EdgeClient:
             return None, f"the local copy {self._local.path}: {error.message}"
         if revision != copy.revision:
             return None, f"the local copy {self._local.path} is inconsistent"
-        return EdgeSnapshot.build(revision, policy, self.service), None
+        return EdgeSnapshot.build(revision, policy, self.service, _tenant_of(copy.values)), None
 
     def _save(self, document: dict[str, Any]) -> None:
         """Write ``document`` (a policy answer) to the local copy, in a worker thread; a
@@ -452,7 +462,7 @@ class EdgeClient:
             error.status = response.status_code
             error.request_id = response.headers.get("x-request-id")
             raise
-        return EdgeSnapshot.build(revision, policy, self.service), document
+        return EdgeSnapshot.build(revision, policy, self.service, _tenant_of(document)), document
 
     def _translate(self, error: ClientError) -> EdgeError:
         detail = error.detail or error.title or "refused"

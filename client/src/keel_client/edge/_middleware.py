@@ -153,7 +153,9 @@ class EdgeMiddleware:
                 snapshot.policy,
                 authenticator=self.authenticator,
                 limiter=self.limiter,
-                tenant_id=self.tenant_id,
+                # The policy's own tenant unless one is given: a caller of another tenant
+                # never passes a service's routes.
+                tenant_id=self.tenant_id or getattr(snapshot, "tenant_id", None),
                 service_view=True,
                 forwarded_hops=self.forwarded_hops,
                 ssrf=self.ssrf,
