@@ -369,10 +369,21 @@ def use_keel_edge(
     if limiter is None:
         if redis_url is not None:
             import redis.asyncio as redis  # the service's own dependency, when it counts there
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
             from keel_client.edge._ratelimit import RedisLimiterStore
 
-            limiter = RedisLimiterStore(redis.Redis.from_url(redis_url))
+            # Short timeouts and no client retries: during an outage each rule's fail mode
+            # answers at once instead of redis-py's retries holding the request for seconds.
+            limiter = RedisLimiterStore(
+                redis.Redis.from_url(
+                    redis_url,
+                    socket_timeout=1.0,
+                    socket_connect_timeout=1.0,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            )
         else:
             limiter = KeelLimiterStore(keel.api)
     app.add_middleware(

@@ -90,9 +90,16 @@ def create_limiter(context: AppContext) -> LimiterStore:
     if url is None:
         return MemoryLimiterStore()
     import redis.asyncio as redis  # only when configured: it costs start-up time
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # No client-side retries: redis-py's default (three, with backoff) would hold every
+    # request for seconds during an outage, where each rule's fail mode should answer at once.
     client = redis.Redis.from_url(
-        url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+        url.get_secret_value(),
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
     )
     return RedisLimiterStore(client)
 
