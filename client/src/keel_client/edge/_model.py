@@ -309,18 +309,27 @@ def ambiguous_routes(routes: list[Route]) -> list[tuple[int, int]]:
     tie only when they list a common host (or both list none), have the same path shape, and
     share a method (no methods meaning all).
     """
+    # Only routes of one path shape can tie: group by it first, so a policy of a thousand
+    # distinct paths costs a thousand dictionary inserts, not half a million comparisons.
+    by_shape: dict[tuple[str, str], list[int]] = {}
+    for index, route in enumerate(routes):
+        by_shape.setdefault(path_shape(route), []).append(index)
     pairs = []
-    for i, first in enumerate(routes):
-        for j in range(i + 1, len(routes)):
-            second = routes[j]
-            if path_shape(first) != path_shape(second):
-                continue
-            if not _hosts_overlap(first.hosts, second.hosts):
-                continue
-            if first.methods and second.methods and not set(first.methods) & set(second.methods):
-                continue
-            pairs.append((i, j))
-    return pairs
+    for indexes in by_shape.values():
+        for position, i in enumerate(indexes):
+            first = routes[i]
+            for j in indexes[position + 1 :]:
+                second = routes[j]
+                if not _hosts_overlap(first.hosts, second.hosts):
+                    continue
+                if (
+                    first.methods
+                    and second.methods
+                    and not set(first.methods) & set(second.methods)
+                ):
+                    continue
+                pairs.append((i, j))
+    return sorted(pairs)
 
 
 def _hosts_overlap(first: list[str], second: list[str]) -> bool:
