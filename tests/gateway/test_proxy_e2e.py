@@ -418,8 +418,7 @@ async def test_a_killed_upstream_is_ejected_and_traffic_continues_to_the_survivo
             except httpx.HTTPError as error:
                 results.append((after, 0, type(error).__name__))
                 continue
-            upstream = answer.json()["upstream"] if answer.status_code == 200 else answer.text
-            results.append((after, answer.status_code, upstream))
+            results.append((after, answer.status_code, _who_answered(answer)))
 
     async with contextlib.AsyncExitStack() as doomed, serve(echo_app("survivor")) as survivor:
         victim = await doomed.enter_async_context(serve(echo_app("victim")))
@@ -433,6 +432,10 @@ async def test_a_killed_upstream_is_ejected_and_traffic_continues_to_the_survivo
                 await doomed.aclose()  # the victim stops: its connections and listener close
                 killed.set()
                 await loop
+                # Ejected, not merely retried around: a listener back on the victim's port
+                # within the ejection time (10 s) is sent nothing.
+                async with _ConnectionCounter(int(victim.rsplit(":", 1)[1])) as revived:
+                    again = [_who_answered(await http.get("/pool")) for _ in range(20)]
 
     before = [upstream for after, _, upstream in results if not after]
     after = [(status, upstream) for was_after, status, upstream in results if was_after]
@@ -441,6 +444,37 @@ async def test_a_killed_upstream_is_ejected_and_traffic_continues_to_the_survivo
     assert all(status == 200 for status, _ in after), after
     assert {upstream for _, upstream in after} == {"survivor"}
     assert all(status == 200 for _, status, _ in results), results
+    assert again == ["survivor"] * 20
+    assert revived.accepted == 0
+
+
+class _ConnectionCounter:
+    """A listener on ``port`` that counts the connections it accepts and closes them."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _ConnectionCounter:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.close()
+
+
+def _who_answered(answer: httpx.Response) -> str:
+    """The echo upstream's name, or the status and body of an answer from elsewhere."""
+    if answer.status_code == 200:
+        return str(answer.json()["upstream"])
+    return f"{answer.status_code} {answer.text}"
 
 
 async def _at_least(items: list[Any], count: int) -> bool:
