@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +35,10 @@ from keel.core.changes import change_channel
 from keel.core.context import AppContext, ResourceKey
 from keel.core.logging import get_logger
 from keel.core.tenancy import get_tenant_by_slug
+from keel.gateway.service.last_known_good import (
+    load_last_known_good_entry,
+    save_last_known_good,
+)
 from keel.gateway.service.policy import PolicySnapshot, current_revision, read_policy
 from keel_client.auth import InvalidToken, Principal
 from keel_client.edge._enforce import EdgeEnforcer
@@ -239,36 +241,22 @@ class GatewayEnforcement:
                 log.warning("gateway.policy.reload_failed", error=type(error).__name__)
                 await asyncio.sleep(RETRY_SECONDS * (attempt + 1))
 
-    # -- the last known good copy ---------------------------------------------------------
+    # -- the last known good copy (keel.gateway.service.last_known_good) ------------------
 
     def _save_local_copy(self, snapshot: PolicySnapshot) -> None:
-        document = {
-            "tenant": self.tenant_slug,
-            "tenant_id": self.tenant_id,
-            "revision": snapshot.revision,
-            "policy": snapshot.policy.model_dump(mode="json"),
-        }
         try:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.cache_path.with_suffix(".tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as file:
-                json.dump(document, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.cache_path)
+            save_last_known_good(
+                self.cache_path, self.tenant_slug, snapshot, tenant_id=self.tenant_id
+            )
         except OSError as error:
             log.warning("gateway.policy.save_failed", path=str(self.cache_path), error=str(error))
 
     def _load_local_copy(self) -> bool:
-        try:
-            document = json.loads(self.cache_path.read_text())
-            if document.get("tenant") != self.tenant_slug:
-                return False
-            policy = EdgePolicy.model_validate(document["policy"])
-        except (OSError, ValueError, KeyError, TypeError):
+        entry = load_last_known_good_entry(self.cache_path, self.tenant_slug)
+        if entry is None:
             return False
-        self.tenant_id = document.get("tenant_id")
-        self._swap(int(document.get("revision", 0)), policy)
+        snapshot, tenant_id = entry
+        self.tenant_id = tenant_id
+        self._swap(snapshot.revision, snapshot.policy)
         self.from_local_copy = True
         return True

@@ -30,10 +30,15 @@ from keel_client.edge._model import EdgePolicy
 log = get_logger(__name__)
 
 
-def save_last_known_good(path: Path, tenant: str, snapshot: PolicySnapshot) -> None:
-    """Keep ``snapshot`` as the tenant's last known good policy (atomically, mode 0600)."""
+def save_last_known_good(
+    path: Path, tenant: str, snapshot: PolicySnapshot, *, tenant_id: str | None = None
+) -> None:
+    """Keep ``snapshot`` as the tenant's last known good policy (atomically, mode 0600).
+    ``tenant_id`` lets a replica started from the copy refuse other tenants' callers before
+    its database answers."""
     document = {
         "tenant": tenant,
+        "tenant_id": tenant_id,
         "revision": snapshot.revision,
         "updated_at": snapshot.updated_at.isoformat() if snapshot.updated_at else None,
         "policy": snapshot.policy.model_dump(mode="json"),
@@ -54,6 +59,12 @@ def save_last_known_good(path: Path, tenant: str, snapshot: PolicySnapshot) -> N
 
 def load_last_known_good(path: Path, tenant: str) -> PolicySnapshot | None:
     """The tenant's last known good policy, or ``None`` when there is none to trust."""
+    entry = load_last_known_good_entry(path, tenant)
+    return None if entry is None else entry[0]
+
+
+def load_last_known_good_entry(path: Path, tenant: str) -> tuple[PolicySnapshot, str | None] | None:
+    """:func:`load_last_known_good` and the tenant id saved with it (``None`` if none was)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -74,4 +85,7 @@ def load_last_known_good(path: Path, tenant: str) -> PolicySnapshot | None:
     except (KeyError, TypeError, ValueError, ValidationError):
         log.warning("gateway.last_known_good.invalid", path=str(path))
         return None
-    return PolicySnapshot(revision, policy, moment)
+    tenant_id = document.get("tenant_id")
+    return PolicySnapshot(revision, policy, moment), tenant_id if isinstance(
+        tenant_id, str
+    ) else None
