@@ -613,6 +613,12 @@ async def test_bad_input_answers_problem_json_never_a_500(deployment: GatewayDep
                 b"BREW /open HTTP/1.1\r\nHost: gw\r\n\r\n",
                 b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: not-an-ip, ::::\r\n\r\n",
                 b"GET /open//x HTTP/1.1\r\nHost: gw\r\n\r\n",
+                b"GET /open HTTP/1.1\r\nHost: \r\n\r\n",
+                b"GET /open HTTP/1.1\r\nHost: gw\r\nOrigin: \xff\r\n\r\n",
+                b"GET /open HTTP/1.1\r\nHost: gw\r\nX-Request-ID: \xff/../x\r\n\r\n",
+                b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: -1\r\n\r\n",
+                b"POST /open HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             ]
             for head in odd:
                 status, answer = await _raw_request(gateway.proxy_url, head)
