@@ -185,7 +185,10 @@ class GatewayProxy:
             return
         headers = list(refusal.headers)
         if verdict.plan is not None:
-            headers = verdict.plan.finish(headers, Verdict(), _origin(scope))
+            # A preflight's answer already holds its CORS fields (as the SDK middleware's).
+            headers = verdict.plan.finish(
+                headers, Verdict(), _origin(scope), cors=not refusal.is_preflight
+            )
         headers.append((REQUEST_ID_HEADER, request_id))
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": refusal.body})
