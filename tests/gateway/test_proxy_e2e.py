@@ -293,12 +293,6 @@ async def test_headers_and_cors_match_the_profile_byte_for_byte(
     assert not any(name.startswith(b"access-control-") for name, _ in _cors_fields(evil_preflight))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a preflight's Access-Control-Allow-Methods/-Headers/-Max-Age are dropped: the "
-    "refusal goes through RoutePlan.finish, whose Cors.apply strips every access-control-* "
-    "field and appends the actual-response ones (proxy_app.GatewayProxy._refuse)",
-)
 async def test_a_cors_preflight_is_answered_with_the_exact_fields(
     deployment: GatewayDeployment,
 ) -> None:
