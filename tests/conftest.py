@@ -51,6 +51,7 @@ SLOW_FILES_FIRST = (
     "tests/docs/test_examples.py",
     "tests/test_fuzz.py",
     "tests/jobs/test_fleet.py",
+    "tests/gateway/test_proxy_e2e.py",
 )
 
 

@@ -369,8 +369,8 @@ def use_keel_edge(
     if limiter is None:
         if redis_url is not None:
             import redis.asyncio as redis  # the service's own dependency, when it counts there
+            from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
-            from redis.retry import Retry
 
             from keel_client.edge._ratelimit import RedisLimiterStore
 

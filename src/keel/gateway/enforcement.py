@@ -92,8 +92,8 @@ def create_limiter(context: AppContext) -> LimiterStore:
     if url is None:
         return MemoryLimiterStore()
     import redis.asyncio as redis  # only when configured: it costs start-up time
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     # No client-side retries: redis-py's default (three, with backoff) would hold every
     # request for seconds during an outage, where each rule's fail mode should answer at once.

@@ -72,9 +72,14 @@ async def serve_gateway(context: AppContext) -> None:
     try:
         listen = context.settings.gateway.proxy_listen
         if listen is not None:
+            from keel.gateway.identity import identity_minter
             from keel.gateway.proxy_app import GatewayProxy, ProxyMetrics, ProxyServer
 
-            proxy = GatewayProxy(enforcement, metrics=ProxyMetrics(context.metrics.registry))
+            proxy = GatewayProxy(
+                enforcement,
+                identity=identity_minter(context),
+                metrics=ProxyMetrics(context.metrics.registry),
+            )
             await proxy.start()
             server = ProxyServer(proxy, listen)
             await server.start()
