@@ -9,7 +9,7 @@ a 409 naming them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -71,23 +71,8 @@ async def delete_route(
     comment: str = "",
     rules: UpstreamAddressRules | None = None,
 ) -> WriteOutcome:
-    def build(current: EdgePolicy) -> dict[str, Any]:
-        document = current.model_dump(mode="json")
-        kept = [route for route in document[ROUTES] if route["name"] != name]
-        if len(kept) == len(document[ROUTES]):
-            raise NotFound(f"No route {name!r} in the gateway policy.")
-        return {**document, ROUTES: kept}
-
-    return await write_built_policy(
-        session,
-        tenant_id,
-        build,
-        actor=actor,
-        if_match=if_match,
-        comment=comment,
-        rules=rules,
-        audit={"operation": "delete_route", "name": name},
-    )
+    """Remove the route ``name`` (404 when absent)."""
+    return await _delete(session, tenant_id, ROUTES, name, actor, if_match, comment, rules)
 
 
 async def put_upstream(
@@ -116,24 +101,47 @@ async def delete_upstream(
     rules: UpstreamAddressRules | None = None,
 ) -> WriteOutcome:
     """Remove the pool ``name``; 409 naming the routes that still send requests to it."""
+    return await _delete(
+        session, tenant_id, UPSTREAMS, name, actor, if_match, comment, rules, _refuse_pool_in_use
+    )
+
+
+def _refuse_pool_in_use(current: EdgePolicy, name: str) -> None:
+    users = sorted(
+        route.name
+        for route in current.routes
+        if route.upstream == name or any(rule.upstream == name for rule in route.versions)
+    )
+    if users:
+        raise Conflict(
+            f"The upstream pool {name!r} is used by the routes {', '.join(users)}.",
+            routes=users,
+        )
+
+
+async def _delete(
+    session: AsyncSession,
+    tenant_id: str,
+    kind: str,
+    name: str,
+    actor: Actor,
+    if_match: str | int | None,
+    comment: str,
+    rules: UpstreamAddressRules | None,
+    refuse: Callable[[EdgePolicy, str], None] | None = None,
+) -> WriteOutcome:
+    what = "route" if kind == ROUTES else "upstream pool"
 
     def build(current: EdgePolicy) -> dict[str, Any]:
-        users = sorted(
-            route.name
-            for route in current.routes
-            if route.upstream == name or any(rule.upstream == name for rule in route.versions)
-        )
-        if users:
-            raise Conflict(
-                f"The upstream pool {name!r} is used by the routes {', '.join(users)}.",
-                routes=users,
-            )
+        if refuse is not None:
+            refuse(current, name)
         document = current.model_dump(mode="json")
-        kept = [pool for pool in document[UPSTREAMS] if pool["name"] != name]
-        if len(kept) == len(document[UPSTREAMS]):
-            raise NotFound(f"No upstream pool {name!r} in the gateway policy.")
-        return {**document, UPSTREAMS: kept}
+        kept = [part for part in document[kind] if part["name"] != name]
+        if len(kept) == len(document[kind]):
+            raise NotFound(f"No {what} {name!r} in the gateway policy.")
+        return {**document, kind: kept}
 
+    operation = "delete_route" if kind == ROUTES else "delete_upstream"
     return await write_built_policy(
         session,
         tenant_id,
@@ -142,7 +150,7 @@ async def delete_upstream(
         if_match=if_match,
         comment=comment,
         rules=rules,
-        audit={"operation": "delete_upstream", "name": name},
+        audit={"operation": operation, "name": name},
     )
 
 
