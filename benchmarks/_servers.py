@@ -492,5 +492,134 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# nginx and wrk (the gateway benchmark's peer and load generator)
+# ---------------------------------------------------------------------------------------------
+
+WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def wait_for_port(port: int, *, host: str = HOST, timeout: float = 20.0) -> None:
+    """Until something accepts TCP connections on ``port`` (a server that is no HTTP app
+    with a health route, such as nginx)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)
+    raise ServerFailed(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def write_nginx_config(prefix: Path, server_blocks: str, *, workers: str = "1") -> Path:
+    """An nginx configuration under ``prefix`` (its own pid file, logs and temporary
+    directories, so it runs beside any other nginx and without root), in the foreground,
+    without access log, keeping client connections open as long as wrk does (nginx's default
+    closes one every 1000 requests; Keel's proxy never does). ``server_blocks`` goes into
+    its ``http`` block."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    config = prefix / "nginx.conf"
+    config.write_text(
+        f"""worker_processes {workers};
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{server_blocks}
+}}
+"""
+    )
+    return config
+
+
+def nginx_command(prefix: Path, config: Path) -> list[str]:
+    """nginx (``KEEL_BENCH_NGINX``, else the one on ``PATH`` or Debian's) with ``config``;
+    ``-e`` keeps even its start-up errors out of ``/var/log/nginx``."""
+    import shutil
+
+    binary = os.environ.get("KEEL_BENCH_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+    return [binary, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+
+
+def run_wrk(
+    port: int,
+    path: str,
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    header: str | None = None,
+    host: str = HOST,
+) -> dict[str, float]:
+    """One wrk run (``--latency``): ``rps``, ``p50_ms``, ``p90_ms``, ``p99_ms``, ``requests``
+    and ``errors`` (socket errors plus answers other than 2xx/3xx). ``header``
+    (``"Name: value"``, a credential) is sent with every request. Raises
+    :class:`ServerFailed` when over 1% of the answers were errors."""
+    import tempfile
+
+    binary = os.environ.get("KEEL_BENCH_WRK", "wrk")
+    command = [
+        binary, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        f"http://{host}:{port}{path}",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="keel-wrk-") as directory:
+        if header:
+            # In a script only its owner reads, not on a command line every process sees.
+            name, _, value = header.partition(":")
+            script = Path(directory) / "header.lua"
+            script.write_text(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value.strip())}\n")
+            command[-1:-1] = ["-s", str(script)]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+    if completed.returncode != 0:
+        raise ServerFailed(f"wrk failed: {completed.stderr[-2000:]}")
+    result = parse_wrk(completed.stdout)
+    if result["requests"] == 0 or result["errors"] > result["requests"] / 100:
+        raise ServerFailed(f"wrk saw errors: {completed.stdout}")
+    return result
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """The figures of wrk's ``--latency`` report (latencies in milliseconds)."""
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.MULTILINE)
+        if match is None:
+            raise ServerFailed(f"no {percent}% latency in wrk's output: {output}")
+        return round(float(match.group(1)) * WRK_UNITS[match.group(2)], 3)
+
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    requests = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if rps is None or requests is None:
+        raise ServerFailed(f"unreadable wrk output: {output}")
+    errors = 0
+    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        errors += int(non_2xx.group(1))
+    if sockets := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        errors += sum(int(count) for count in sockets.groups())
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
+        "p99_ms": latency("99"),
+        "requests": float(requests.group(1)),
+        "errors": float(errors),
+    }
+
+
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
