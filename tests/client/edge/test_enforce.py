@@ -434,9 +434,7 @@ class Unreachable:
         raise ConnectionError("keel is away")
 
 
-async def test_without_a_policy_requests_are_refused_503_and_the_start_is_not_retried_per_request() -> (
-    None
-):
+async def test_without_a_policy_requests_are_refused_503_and_its_start_is_retried_later() -> None:
     source = Unreachable()
     app = Starlette(routes=[StarletteRoute("/{path:path}", echo)])
     wrapped = EdgeMiddleware(app, source=source, authenticator=None, limiter=MemoryLimiterStore())
