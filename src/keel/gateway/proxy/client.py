@@ -2,15 +2,16 @@
 
 The proxy's hot path is one request head out, one response head in, body chunks relayed both
 ways. A general client (httpx) costs more per request than the whole budget the gateway has
-against nginx, so this module speaks HTTP/1.1 itself on asyncio streams and parses responses
-with ``httptools`` (llhttp, the parser uvicorn uses for requests). It does only what a reverse
-proxy needs:
+against nginx, so this module speaks HTTP/1.1 itself as an :class:`asyncio.Protocol` and
+parses responses with ``httptools`` (llhttp, the parser uvicorn uses for requests) as the bytes
+arrive. It does only what a reverse proxy needs:
 
 - :class:`Origin`: where a target lives (scheme, host, port, base path) and its ``Host`` value.
 - :class:`UpstreamConnection`: one TCP (or TLS) connection; writes a request head and body
   (content-length or chunked) and reads the response head then its body chunk by chunk.
-  Back-pressure both ways comes from the streams: a body write waits for ``drain``; a body read
-  pauses the socket when the reader's buffer is full (64 KiB), so nothing is buffered whole.
+  Back-pressure both ways: a body write waits in ``drain`` while the transport's buffer is
+  above its high-water mark; the socket's reading pauses while more than 64 KiB of body wait
+  for the client, so nothing is buffered whole.
 - :class:`ConnectionPool`: keep-alive connections per target, at most ``max_connections`` in
   use. A connection goes back to the pool only after its response was read to the end, the
   request body was sent in full and neither side asked for ``Connection: close``.
@@ -29,14 +30,12 @@ import asyncio
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, cast
 from urllib.parse import urlsplit
 
 import httptools
 
-#: Bytes asked of the socket per read: also the largest body chunk relayed at once.
-READ_SIZE: Final = 64 * 1024
-#: The stream reader pauses the socket above this much unread data (back-pressure).
+#: Reading from the target pauses above this much body not yet relayed (back-pressure).
 STREAM_LIMIT: Final = 64 * 1024
 #: Idle keep-alive connections kept per target beyond those in use.
 MAX_IDLE_PER_TARGET: Final = 256
@@ -117,69 +116,148 @@ async def open_connection(
     tls: ssl.SSLContext | None = None
     if origin.is_tls:
         tls = ssl_context or ssl.create_default_context()
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
+            _, connection = await loop.create_connection(
+                UpstreamConnection,
                 origin.host,
                 origin.port,
                 ssl=tls,
                 server_hostname=origin.host if tls else None,
-                limit=STREAM_LIMIT,
             )
     except TimeoutError:
         raise UpstreamTimeout(f"connecting to {origin.url} took over {timeout} s") from None
     except OSError as exc:  # refused, unreachable, DNS, TLS handshake
         raise ConnectFailed(f"cannot connect to {origin.url}: {exc}") from None
-    return UpstreamConnection(reader, writer)
+    return connection
 
 
-class UpstreamConnection:
+class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a target; used by one request at a time.
 
-    Call order per request: :meth:`write` (head, then body through :meth:`write_body_chunk`
-    and :meth:`end_chunked_body`), :meth:`read_head`, then :meth:`read_body` until it says the
-    body ended. ``httptools`` calls the ``on_*`` methods while :meth:`_feed` runs.
+    Call order per request: :meth:`begin`, :meth:`write` (head, then body through
+    :meth:`write_chunk` and :meth:`end_chunked_body`), :meth:`read_head`, then
+    :meth:`read_body` until it says the body ended.
+
+    An :class:`asyncio.Protocol`, not streams: the event loop hands each read to
+    :meth:`data_received`, which feeds ``httptools`` at once (it calls the ``on_*`` methods),
+    and a reader waits on one future that the parsing resolves, its timeout a timer handle
+    cancelled when the answer came. Measured against the streams version (a ``StreamReader``
+    buffer, ``read()`` and an ``asyncio.timeout`` context per read): see the commit message.
     """
 
     __slots__ = (
         "_body",
         "_body_ended",
+        "_body_size",
+        "_drain_waiter",
+        "_eof",
+        "_error",
         "_headers",
         "_interim",
         "_is_eof_delimited",
         "_is_head_request",
         "_is_keep_alive",
+        "_is_reading_paused",
+        "_is_writing_paused",
+        "_loop",
         "_parser",
         "_received_any",
         "_status",
+        "_unsolicited",
+        "_waiter",
         "is_request_complete",
         "is_reused",
-        "reader",
-        "writer",
+        "transport",
     )
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    transport: asyncio.Transport  # set by connection_made, before the connection is returned
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.is_reused = False
         self.is_request_complete = False
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
         self._body: list[bytes] = []
+        self._body_size = 0
         self._body_ended = False
         self._interim = False
         self._is_head_request = False
         self._is_eof_delimited = False
         self._is_keep_alive = False
         self._received_any = False
+        self._eof = False  # the target closed its side (or the connection is gone)
+        self._error: UpstreamError | None = None  # a parse or socket error, raised on read
+        self._unsolicited = False  # bytes arrived outside an exchange: never reuse
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._is_reading_paused = False
+        self._is_writing_paused = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have asyncio.Transport's methods without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None or self._body_ended or self._error is not None:
+            # Nothing is being read: the target spoke out of turn (or after a HEAD's
+            # head, or after a malformed answer). The bytes are not ours to relay.
+            self._unsolicited = True
+            return
+        self._received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error = BadResponse("the target switched protocols on a plain HTTP request")
+        except httptools.HttpParserError as exc:
+            self._error = BadResponse(f"malformed response from the target: {exc}")
+        if self._body_size >= STREAM_LIMIT and not self._is_reading_paused:
+            # Back-pressure: the client takes the body slower than the target sends it.
+            self._is_reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if exc is not None and self._error is None and not self._body_ended:
+            self._error = BadResponse(
+                f"the connection failed: {exc}", before_any_byte=not self._received_any
+            )
+        self._wake()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(BadResponse(f"the connection failed while writing: {exc}"))
+
+    def pause_writing(self) -> None:
+        self._is_writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._is_writing_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
     def is_closed(self) -> bool:
         """Closed by us, or by the target (EOF seen while the connection sat idle)."""
-        return self.writer.transport.is_closing() or self.reader.at_eof()
+        return self._eof or self._unsolicited or self.transport.is_closing()
 
     @property
     def is_reusable(self) -> bool:
@@ -194,7 +272,7 @@ class UpstreamConnection:
 
     def close(self) -> None:
         """Abort the connection (no graceful TLS close: the exchange is being abandoned)."""
-        self.writer.transport.abort()
+        self.transport.abort()
 
     def begin(self, *, is_head_request: bool) -> None:
         """Reset the parsing state for a new exchange. A fresh parser per exchange: llhttp
@@ -204,6 +282,7 @@ class UpstreamConnection:
         self._headers = []
         self._status = 0
         self._body = []
+        self._body_size = 0
         self._body_ended = False
         self._interim = False
         self._is_head_request = is_head_request
@@ -215,72 +294,71 @@ class UpstreamConnection:
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        self.transport.write(data)
+
+    def write_all(self, parts: list[bytes]) -> None:
+        """Several buffers in one go (the request head and a small body: one send)."""
+        self.transport.writelines(parts)
 
     async def drain(self, timeout: float) -> None:
         """Wait until the socket took the written bytes (back-pressure from the target)."""
-        if self.writer.transport.get_write_buffer_size() == 0:
+        if not self._is_writing_paused:
             return
+        if self._eof:
+            raise BadResponse("the connection failed while writing")
+        waiter = self._drain_waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire_write, waiter, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                await self.writer.drain()
-        except TimeoutError:
-            raise UpstreamTimeout(f"writing the request took over {timeout} s") from None
-        except OSError as exc:
-            raise BadResponse(f"the connection failed while writing: {exc}") from None
+            await waiter
+        finally:
+            timer.cancel()
 
     def write_chunk(self, chunk: bytes) -> None:
         """One chunk of a ``Transfer-Encoding: chunked`` body (an empty one is skipped: it
         would end the body)."""
         if chunk:
-            self.writer.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            self.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
 
     def end_chunked_body(self) -> None:
-        self.writer.write(b"0\r\n\r\n")
+        self.transport.write(b"0\r\n\r\n")
 
     # -- reading ---------------------------------------------------------------------------
 
     async def read_head(self, timeout: float) -> ResponseHead:
         """The response's status and headers (interim 1xx responses skipped)."""
         while not self._status or self._interim:
-            await self._read_and_feed(timeout)
+            await self._wait(timeout)
         return ResponseHead(self._status, self._headers)
 
     async def read_body(self, timeout: float) -> tuple[bytes, bool]:
         """The next part of the body and whether the body ended with it. ``timeout`` bounds
         the wait between two chunks."""
         while not self._body and not self._body_ended:
-            await self._read_and_feed(timeout)
-        chunk = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            await self._wait(timeout)
+        body = self._body
+        chunk = body[0] if len(body) == 1 else b"".join(body)
         self._body = []
+        self._body_size = 0
+        if self._is_reading_paused:
+            self._is_reading_paused = False
+            self.transport.resume_reading()
         return chunk, self._body_ended
 
-    async def _read_and_feed(self, timeout: float) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                data = await self.reader.read(READ_SIZE)
-        except TimeoutError:
-            raise UpstreamTimeout(f"no response byte within {timeout} s") from None
-        except OSError as exc:
-            raise BadResponse(
-                f"the connection failed: {exc}", before_any_byte=not self._received_any
-            ) from None
-        if not data:
+    async def _wait(self, timeout: float) -> None:
+        """Until the parser made progress, the stream ended or failed; the caller's loop
+        looks again at what the parser found."""
+        if self._error is not None:
+            raise self._error
+        if self._eof:
             self._end_of_stream()
             return
-        self._received_any = True
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        assert self._parser is not None
-        if self._status and self._is_head_request and not self._interim:
-            return  # a response to HEAD ends with its head; anything after is not ours
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire_read, waiter, timeout)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise BadResponse("the target switched protocols on a plain HTTP request") from None
-        except httptools.HttpParserError as exc:
-            raise BadResponse(f"malformed response from the target: {exc}") from None
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def _end_of_stream(self) -> None:
         if self._status and not self._interim and self._is_eof_delimited:
@@ -314,7 +392,10 @@ class UpstreamConnection:
         )
 
     def on_body(self, body: bytes) -> None:
+        if self._body_ended:
+            return  # a body after a HEAD's head: not part of the answer
         self._body.append(body)
+        self._body_size += len(body)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -323,6 +404,16 @@ class UpstreamConnection:
             return
         self._body_ended = True
         self._is_eof_delimited = False
+
+
+def _expire_read(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(f"no response byte within {timeout} s"))
+
+
+def _expire_write(waiter: asyncio.Future[None], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(f"writing the request took over {timeout} s"))
 
 
 @dataclass(eq=False)
