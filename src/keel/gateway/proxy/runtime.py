@@ -123,6 +123,11 @@ class UpstreamRuntime:
         (the targets a retry already failed on) is honoured while another target is left."""
         now = self.clock()
         targets = self.targets
+        if len(targets) == 1:
+            # Every balancer picks the only target when it is available (and an excluded
+            # one is honoured only while another is left): skip building their inputs.
+            only = targets[0]
+            return only if only.is_available(now) else None
         available = [target.is_available(now) for target in targets]
         if exclude:
             others = [
