@@ -324,7 +324,6 @@ class EdgeEnforcer:
         plan = self.plans[found.route.name]
         route = plan.route
         verdict = Verdict(match=found, plan=plan)
-        _header(headers, b"origin")
 
         if plan.cors is not None and plan.cors.is_preflight(method, headers):
             status, cors_headers = plan.cors.preflight(headers)
@@ -348,8 +347,11 @@ class EdgeEnforcer:
                 verdict.refusal = BodyTooLarge(route.max_body_bytes).refusal()
                 return verdict
 
-        refusal = await self._authenticate(route, headers, verdict)
-        if refusal is None:
+        # A route open to anyone with no limits (the cheapest there is) awaits nothing.
+        refusal = None
+        if route.auth.mode != "none":
+            refusal = await self._authenticate(route, headers, verdict)
+        if refusal is None and route.rate_limits:
             refusal = await self._limit(route, scope, verdict)
         if refusal is not None:
             verdict.refusal = _with_headers(refusal, verdict.response_headers)

@@ -62,7 +62,9 @@ def is_normalized(path: str) -> bool:
     """Whether ``path`` is absolute and free of ``.``, ``..`` and empty segments."""
     if not path.startswith("/"):
         return False
-    if path == "/":
+    if "//" not in path and "/." not in path:
+        # The common case, decided without splitting: an empty segment needs "//" (a single
+        # trailing slash is ordinary), a "." or ".." segment needs "/.".
         return True
     segments = path[1:].split("/")
     if segments[-1] == "":  # a trailing slash is an ordinary path
@@ -190,7 +192,13 @@ class RouteTable:
         if not is_normalized(path):
             return None
         allowed: set[str] = set()
-        for entries in self._candidates(normalize_host(host)):
+        # No route lists a host (a service's view, most policies): skip reading the Host.
+        candidates = (
+            self._candidates(normalize_host(host))
+            if self._exact or self._wildcards
+            else [self._any]
+        )
+        for entries in candidates:
             for entry in entries:
                 params = entry.match_path(path)
                 if params is None:
