@@ -41,6 +41,8 @@ STREAM_LIMIT: Final = 64 * 1024
 MAX_IDLE_PER_TARGET: Final = 256
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: Response headers that delimit a body (without either, the body ends at close).
+_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class UpstreamError(Exception):
@@ -387,9 +389,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self._is_head_request or status in (204, 304):
             self._body_ended = True
             return
-        self._is_eof_delimited = not any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers
-        )
+        self._is_eof_delimited = True
+        for name, _ in self._headers:  # a loop, not any(genexpr): this runs per response
+            if name.lower() in _FRAMING_HEADERS:
+                self._is_eof_delimited = False
+                break
 
     def on_body(self, body: bytes) -> None:
         if self._body_ended:

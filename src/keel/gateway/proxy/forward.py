@@ -216,17 +216,19 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
+            _add_tokens(tokens, value)
     return tokens
 
 
-def _dropped_names(
-    always: frozenset[bytes], headers: list[tuple[bytes, bytes]]
-) -> frozenset[bytes] | set[bytes]:
-    """``always`` plus what a ``Connection`` header lists; most messages have none, and
-    then no set is built (measured per request on the proxy's hot path)."""
-    tokens = connection_tokens(headers)
-    return always | tokens if tokens else always
+def _add_tokens(tokens: set[bytes], connection_value: bytes) -> set[bytes]:
+    tokens.update(token.strip().lower() for token in connection_value.split(b","))
+    return tokens
+
+
+# The two functions below look at each header once (one ``lower()``): the ``Connection``
+# header is itself hop-by-hop, so the names it lists are collected on the way and filtered
+# out afterwards, which most messages (no such header) skip. Measured on the hot path: the
+# separate ``connection_tokens`` pass and set union cost more than the copying they feed.
 
 
 def upstream_request_headers(
@@ -234,20 +236,29 @@ def upstream_request_headers(
 ) -> tuple[bytes, bool]:
     """The request's header lines for the target (without ``Host`` unless the caller set one,
     without body framing) and whether the caller set ``Host``."""
-    request_headers = list(request_headers)
-    dropped = _dropped_names(_REQUEST_HEADERS_DROPPED, request_headers)
+    names: list[bytes] = []
     lines: list[bytes] = []
     forwarded_for: list[bytes] = []
-    has_host = False
+    tokens: set[bytes] = set()
     for name, value in request_headers:
         lowered = name.lower()
-        if lowered in dropped:
+        if lowered in _REQUEST_HEADERS_DROPPED:
             if lowered == b"x-forwarded-for":
                 forwarded_for.append(value)
+            elif lowered == b"connection":
+                _add_tokens(tokens, value)
             continue
-        if lowered == b"host":
-            has_host = True
+        names.append(lowered)
         lines.append(b"%s: %s\r\n" % (name, value))
+    if tokens:
+        kept = [
+            (lowered, line)
+            for lowered, line in zip(names, lines, strict=True)
+            if lowered not in tokens
+        ]
+        names = [lowered for lowered, _ in kept]
+        lines = [line for _, line in kept]
+    has_host = b"host" in names
     client = scope.get("client")
     if client:
         forwarded_for.append(client[0].encode("ascii"))
@@ -265,8 +276,18 @@ def downstream_response_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The target's response headers without the hop-by-hop ones (the server in front frames
     the body for its own connection)."""
-    dropped = _dropped_names(HOP_BY_HOP_HEADERS, headers)
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    kept: list[tuple[bytes, bytes]] = []
+    tokens: set[bytes] = set()
+    for header in headers:
+        lowered = header[0].lower()
+        if lowered in HOP_BY_HOP_HEADERS:
+            if lowered == b"connection":
+                _add_tokens(tokens, header[1])
+            continue
+        kept.append(header)
+    if tokens:
+        kept = [header for header in kept if header[0].lower() not in tokens]
+    return kept
 
 
 def _check_upstream_path(upstream_path: str) -> bytes:
