@@ -235,6 +235,10 @@ class Decision:
     body: bytes = b""
 
 
+#: How long a decision asked for while the process starts waits for the policy to load.
+STARTUP_WAIT_SECONDS = 5.0
+
+
 def _enforcement(context: AppContext) -> GatewayEnforcement | None:
     return context.resources.get(GATEWAY_ENFORCEMENT)
 
@@ -245,7 +249,7 @@ async def decide(context: AppContext, original: OriginalRequest) -> Decision:
     scope = decision_scope(original)
     if scope is None:
         return _refused(problem(400, "malformed-path", "Malformed request", "Not a path."))
-    if enforcement is None:
+    if enforcement is None or not await enforcement.wait_started(STARTUP_WAIT_SECONDS):
         return _refused(problem(503, "unavailable", "Service unavailable", "No policy is loaded."))
     verdict = await enforcement.enforcer.check(scope, _empty_body)
     if verdict.refusal is not None:

@@ -131,6 +131,7 @@ class GatewayEnforcement:
         self.from_local_copy = False
         #: Whether :meth:`start` has run (the policy loaded, or found absent).
         self.started = False
+        self._started_event = asyncio.Event()
         self._listeners: list[Callable[[EdgePolicy], Any]] = []
         self._follower: asyncio.Task[None] | None = None
 
@@ -171,6 +172,18 @@ class GatewayEnforcement:
                 )
         self._follower = asyncio.create_task(self._follow(), name="gateway-policy-follower")
         self.started = True
+        self._started_event.set()
+
+    async def wait_started(self, timeout: float) -> bool:
+        """Whether :meth:`start` has run, waiting up to ``timeout`` seconds for it (a
+        decision asked for while the process starts waits for the policy, not a 404)."""
+        if self.started:
+            return True
+        try:
+            await asyncio.wait_for(self._started_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._follower is not None:

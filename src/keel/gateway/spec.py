@@ -36,13 +36,10 @@ GATEWAY_PROXY: ResourceKey[Any] = ResourceKey("gateway.proxy")
 
 
 async def gateway_ready(context: AppContext) -> None:
-    """The service's tables answer; in a serving process, the policy is loaded (or started
-    from its local copy, or found absent) and the proxy, if asked for, listens."""
+    """The service's tables answer; in a serving process with a proxy, the proxy listens
+    (its policy is loaded before it listens)."""
     async with context.database.session() as session:
         await session.execute(select(GatewayPolicy.id).limit(1).execution_options(all_tenants=True))
-    enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
-    if enforcement is not None and context.started and not enforcement.started:
-        raise RuntimeError("the gateway policy is not loaded yet")
     proxy_missing = context.resources.get(GATEWAY_PROXY) is None
     if context.settings.gateway.proxy_listen is not None and context.started and proxy_missing:
         raise RuntimeError("the gateway proxy is not listening yet")

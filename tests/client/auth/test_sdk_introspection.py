@@ -173,4 +173,5 @@ def test_public_names_are_exactly_the_intended_ones() -> None:
         "require_auth",
         "require_permission",
         "require_role",
+        "use_keel_edge",
     }

@@ -23,24 +23,13 @@ the policy kept current). See ``docs/gateway.md`` and ``docs/client/edge.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from keel_client._lazy import lazy_names
 from keel_client.edge._caching import CachePolicy
-from keel_client.edge._client import (
-    EdgeChange,
-    EdgeClient,
-    EdgeError,
-    EdgeSnapshot,
-    EdgeUnavailable,
-)
 from keel_client.edge._cors import Cors, CorsPolicy
-from keel_client.edge._enforce import EdgeAuthenticator, EdgeEnforcer, Refusal, Verdict
 from keel_client.edge._headers import HeaderRules, SecurityHeaders
-from keel_client.edge._identity import (
-    IDENTITY_HEADER,
-    IdentityVerifier,
-    InvalidIdentity,
-)
 from keel_client.edge._match import MethodMismatch, RouteMatch, RouteTable
-from keel_client.edge._middleware import EdgeMiddleware
 from keel_client.edge._model import (
     EdgePolicy,
     HeaderTransform,
@@ -56,7 +45,6 @@ from keel_client.edge._ratelimit import (
     RateLimitDecision,
     RedisLimiterStore,
 )
-from keel_client.edge._remote_limits import KeelLimiterStore
 from keel_client.edge._upstreams import (
     ActiveHealthCheck,
     CircuitBreakerPolicy,
@@ -65,6 +53,32 @@ from keel_client.edge._upstreams import (
     Timeouts,
     UpstreamPool,
     UpstreamTarget,
+)
+
+# The pieces that bring an HTTP stack (httpx, and the SSRF guard's resolver) are imported on
+# first use: the Keel server reads the policy models without them.
+if TYPE_CHECKING:
+    from keel_client.edge._client import (
+        EdgeChange,
+        EdgeClient,
+        EdgeError,
+        EdgeSnapshot,
+        EdgeUnavailable,
+    )
+    from keel_client.edge._enforce import EdgeAuthenticator, EdgeEnforcer, Refusal, Verdict
+    from keel_client.edge._identity import IDENTITY_HEADER, IdentityVerifier, InvalidIdentity
+    from keel_client.edge._middleware import EdgeMiddleware
+    from keel_client.edge._remote_limits import KeelLimiterStore
+
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "_client": {"EdgeChange", "EdgeClient", "EdgeError", "EdgeSnapshot", "EdgeUnavailable"},
+        "_enforce": {"EdgeAuthenticator", "EdgeEnforcer", "Refusal", "Verdict"},
+        "_identity": {"IDENTITY_HEADER", "IdentityVerifier", "InvalidIdentity"},
+        "_middleware": {"EdgeMiddleware"},
+        "_remote_limits": {"KeelLimiterStore"},
+    },
 )
 
 __all__ = [

@@ -29,7 +29,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from keel_client.auth._principal import Principal
@@ -44,8 +44,11 @@ from keel_client.edge._ratelimit import (
     combine,
     rate_limit_headers,
 )
-from keel_client.http._exceptions import SSRFBlockedError
-from keel_client.http._ssrf import SSRFPolicy
+
+# The SSRF guard lives with the SDK's HTTP stack (httpx): imported when a route first checks
+# a URL parameter, so a process whose routes have none never loads it.
+if TYPE_CHECKING:
+    from keel_client.http._ssrf import SSRFPolicy
 
 __all__ = [
     "IDENTITY_HEADERS",
@@ -264,7 +267,7 @@ class EdgeEnforcer:
         self.limiter = limiter
         self.tenant_id = tenant_id
         self.forwarded_hops = forwarded_hops
-        self.ssrf = ssrf or SSRFPolicy()
+        self._ssrf = ssrf
         self.key_secret = key_secret
         self.pass_unrouted = pass_unrouted
 
@@ -518,7 +521,18 @@ class EdgeEnforcer:
                 )
         return None
 
+    @property
+    def ssrf(self) -> SSRFPolicy:
+        """The policy URL parameters are checked with (public addresses only by default)."""
+        if self._ssrf is None:
+            from keel_client.http._ssrf import SSRFPolicy
+
+            self._ssrf = SSRFPolicy()
+        return self._ssrf
+
     async def _url_refused(self, rule: SsrfParameter, value: str) -> str | None:
+        from keel_client.http._exceptions import SSRFBlockedError
+
         if not isinstance(value, str) or len(value) > 8192:
             return "not a URL"
         try:

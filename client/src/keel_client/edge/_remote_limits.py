@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from keel_client.edge._ratelimit import RateLimit, RateLimitDecision, _unreachable
-from keel_client.http import BaseAPIClient, KeelHTTPError
+
+if TYPE_CHECKING:  # the HTTP stack is the caller's: the server reads only the wire models
+    from keel_client.http import BaseAPIClient
 
 __all__ = [
     "MAX_HITS",
@@ -145,6 +148,8 @@ class KeelLimiterStore:
         body = RateLimitHits(
             hits=[RateLimitHit(rule=rule, key=key) for rule, key in rules_and_keys], cost=cost
         )
+        from keel_client.http import KeelHTTPError
+
         try:
             answer = await self.api.post(
                 RATE_LIMIT_HIT_PATH,

@@ -29,8 +29,7 @@ from pydantic import ValidationError
 from keel.core.errors import ValidationFailed, describe_validation_errors
 from keel.core.input_rules import InputRefused, check_json_value
 from keel.settings import DEFAULT_BLOCKED_UPSTREAM_NETWORKS, GatewaySettings
-from keel_client.edge._model import EdgePolicy, Location, cross_reference_errors
-from keel_client.http._ssrf import (
+from keel_client._addresses import (
     BLOCKED_HOSTNAMES,
     IPAddress,
     Resolver,
@@ -38,6 +37,7 @@ from keel_client.http._ssrf import (
     embedded_ipv4,
     parse_ip_literal,
 )
+from keel_client.edge._model import EdgePolicy, Location, cross_reference_errors
 
 #: The longest a write waits for one upstream host name to resolve...
 RESOLVE_TIMEOUT_SECONDS = 2.0
