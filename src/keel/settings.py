@@ -286,6 +286,50 @@ class GatewaySettings(BaseModel):
         return self.policy_cache_path or data_dir / "gateway-policy.json"
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible store holding every tenant's objects in one bucket of its own."""
+
+    #: ``None``: AWS's endpoint for the region; set it for any other S3-compatible store.
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    #: The S3 bucket Keel writes into (it must exist).
+    bucket: str | None = None
+    #: A prefix for every key Keel writes (``keel/``), to share a bucket with others.
+    prefix: str = ""
+    #: ``None``: the AWS SDK's own chain (environment, profile, instance role).
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    #: ``path`` (``endpoint/bucket/key``) works with every S3-compatible store.
+    addressing_style: Literal["path", "virtual"] = "path"
+    #: Seconds to connect, and to wait for each answer, before the store counts as down.
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class StorageSettings(BaseModel):
+    """The storage service (issue 21): where bytes live, the scanner, and upload limits."""
+
+    #: ``local``: files under ``local_path``; ``s3``: the store of ``s3``.
+    backend: Literal["local", "s3"] = "local"
+    #: ``None``: ``<data_dir>/storage``.
+    local_path: Path | None = None
+    s3: S3Settings = S3Settings()
+    #: clamd's address (``tcp://127.0.0.1:3310`` or ``unix:///run/clamav/clamd.ctl``);
+    #: ``None``: no scanner, so a bucket that requires scanning keeps uploads pending.
+    clamd_address: str | None = None
+    #: Seconds a scan may take before it counts as failed (and is tried again).
+    scan_timeout_seconds: float = Field(default=120.0, gt=0)
+    #: The largest object any bucket may allow (a bucket's policy may only lower it).
+    max_object_bytes: int = Field(default=5 * 1024**3, ge=1)
+    #: The longest a presigned URL or POST form may live.
+    max_presign_seconds: int = Field(default=7 * 86_400, ge=60)
+    #: Hours an incomplete multipart upload is kept before its parts are deleted.
+    multipart_expiry_hours: int = Field(default=24, ge=1)
+
+    def local_root(self, data_dir: Path) -> Path:
+        return self.local_path or data_dir / "storage"
+
+
 class Settings(BaseSettings):
     """The effective configuration of one Keel process."""
 
@@ -334,6 +378,7 @@ class Settings(BaseSettings):
     secrets: SecretsSettings = SecretsSettings()
     jobs: JobsSettings = JobsSettings()
     notify: NotifySettings = NotifySettings()
+    storage: StorageSettings = StorageSettings()
     gateway: GatewaySettings = GatewaySettings()
     sentry: SentrySettings = SentrySettings()
     otel: OtelSettings = OtelSettings()

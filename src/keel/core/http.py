@@ -68,6 +68,17 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """``/storage/v1/buckets/*/objects/*``: a ``*`` segment is one segment, a last one the rest."""
+    segments = path.split("/")
+    parts = [
+        ("[^/]+" if segment == "*" else re.escape(segment)) for segment in segments[:-1]
+    ]
+    last = segments[-1]
+    parts.append(".+" if last == "*" else re.escape(last))
+    return re.compile("/".join(parts) + r"\Z")
+
+
 class RequestContextMiddleware:
     """Outermost Keel middleware: one request ID, one log line, one metric per request.
 
@@ -89,8 +100,15 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        #: Paths whose bodies may be larger (a 100,000-recipient batch send).
-        self.body_limits = dict(body_limits or {})
+        #: Paths whose bodies may be larger (a 100,000-recipient batch send). A path with
+        #: ``*`` is a pattern of streamed bodies (object uploads): a ``*`` segment matches one
+        #: segment, a final ``/*`` the rest; their bytes pass through as they come, never
+        #: kept for the text checks.
+        limits = dict(body_limits or {})
+        self.body_limits = {path: limit for path, limit in limits.items() if "*" not in path}
+        self.stream_limits = [
+            (_path_pattern(path), limit) for path, limit in limits.items() if "*" in path
+        ]
         self._routes = routes
         self._endpoint_paths: dict[Any, str] | None = None
         # Labelled children cached: .labels() costs a lock and a dict build per call.
@@ -179,10 +197,15 @@ class RequestContextMiddleware:
             await send(message)
 
         max_body_bytes = self.body_limits.get(path, self.max_body_bytes)
+        streamed = False
+        for pattern, limit in self.stream_limits:
+            if pattern.match(path):
+                max_body_bytes, streamed = limit, True
+                break
         received = 0
         # The rules of keel.core.input_rules need the whole text body (an escape may straddle
         # two chunks): a copy is kept, at most max_body_bytes.
-        text_body = bytearray() if checks_body(content_type) else None
+        text_body = bytearray() if not streamed and checks_body(content_type) else None
 
         async def limited_receive() -> Message:
             nonlocal received

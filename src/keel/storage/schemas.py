@@ -1,0 +1,112 @@
+"""The storage service's wire models: bucket policies, object info, uploads, presigning."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+#: Largest key, in bytes of UTF-8 (as S3).
+MAX_KEY_BYTES = 1024
+MEDIA_PATTERN = re.compile(
+    r"^(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$"
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LockRule(Strict):
+    """Object lock: every new version is retained ``days`` days in ``mode``."""
+
+    mode: Literal["governance", "compliance"]
+    days: int = Field(ge=1, le=36_500)
+
+
+class RetentionRule(Strict):
+    """No version may be deleted before ``min_days``; versions older than ``max_days`` are
+    deleted by the lifecycle sweep (unless locked or on legal hold)."""
+
+    min_days: int = Field(default=0, ge=0, le=36_500)
+    max_days: int | None = Field(default=None, ge=1, le=36_500)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetentionRule:
+        if self.max_days is not None and self.max_days < self.min_days:
+            raise ValueError("max_days must not be below min_days")
+        return self
+
+
+class CleanHook(Strict):
+    """A job enqueued on the jobs service for every version that becomes clean: the fleet's
+    worker processes uploads (``keel_client.storage``'s hook)."""
+
+    queue: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+    task: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class BucketPolicy(Strict):
+    #: Media types (``image/*``, ``application/pdf``, ``*/*``) decided from the bytes.
+    allowed_types: list[str] = Field(default_factory=lambda: ["*/*"], min_length=1, max_length=64)
+    #: ``None``: the platform's ``KEEL_STORAGE__MAX_OBJECT_BYTES``.
+    max_object_bytes: int | None = Field(default=None, ge=1)
+    #: Every version is scanned by clamd before anyone can read it.
+    scan: bool = True
+    #: Versions are encrypted at rest with a data key of their own.
+    encrypted: bool = True
+    versioning: bool = False
+    lock: LockRule | None = None
+    retention: RetentionRule = Field(default_factory=RetentionRule)
+    #: ``public``: presigned GETs may live up to the platform's longest, and downloads carry
+    #: ``Cache-Control: public``; never anonymous listing or unsigned reads.
+    visibility: Literal["private", "public"] = "private"
+    on_clean: CleanHook | None = None
+    #: Versioned buckets: older versions beyond this many are pruned by the lifecycle sweep.
+    noncurrent_versions_keep: int | None = Field(default=None, ge=0, le=10_000)
+    quota_bytes: int | None = Field(default=None, ge=0)
+    quota_objects: int | None = Field(default=None, ge=0)
+
+    @field_validator("allowed_types")
+    @classmethod
+    def _media_patterns(cls, value: list[str]) -> list[str]:
+        patterns = []
+        for item in value:
+            pattern = item.strip().lower()
+            if not MEDIA_PATTERN.match(pattern) or (pattern.startswith("*/") and pattern != "*/*"):
+                raise ValueError(f"{item!r} is not a media type or pattern (image/*, */*)")
+            patterns.append(pattern)
+        return list(dict.fromkeys(patterns))
+
+
+class BucketOut(BaseModel):
+    name: str
+    policy: BucketPolicy
+    used_bytes: int
+    used_objects: int
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ObjectInfo(BaseModel):
+    bucket: str
+    key: str
+    version_id: str
+    state: Literal["pending", "clean", "infected", "rejected"]
+    #: Why a version is infected or rejected.
+    reason: str | None = None
+    is_delete_marker: bool = False
+    size: int
+    content_type: str
+    declared_content_type: str | None = None
+    etag: str
+    encrypted: bool
+    lock_mode: Literal["governance", "compliance"] | None = None
+    retain_until: datetime | None = None
+    legal_hold: bool = False
+    created_at: datetime
+    clean_at: datetime | None = None
