@@ -2,7 +2,8 @@
 
 **URL tokens** (``GET|HEAD|PUT /storage/v1/signed/{token}``). A token is the base64url
 (no padding) of ``version byte || claims || mac``: the claims a compact JSON array (UTF-8, no
-whitespace), the mac the full HMAC-SHA256 under the platform's ``storage-url-signing`` key
+whitespace, absent trailing claims left out), the mac the full HMAC-SHA256 under the
+platform's ``storage-url-signing`` key
 over a context label, the version byte and the claims. Verification works on the bytes as
 sent (nothing is re-serialised before the comparison) in this order: the length cap (a token
 over :data:`MAX_TOKEN_CHARS` is refused before any work), the strict base64url form (the
@@ -57,6 +58,7 @@ TOKEN_VERSION = 1
 POST_SIGNATURE_PREFIX = "v1."
 
 _MAC_BYTES = hashlib.sha256().digest_size
+_CLAIM_COUNT = 9  # the fields of UrlClaims, in their order
 # Context labels: the one key signs two kinds of document, neither may pass for the other.
 _URL_TOKEN_CONTEXT = b"keel-storage-url-token\x00"
 _POST_POLICY_CONTEXT = b"keel-storage-post-policy\x00"
@@ -121,7 +123,7 @@ def sign_url_token(signing_key: bytes, claims: UrlClaims) -> str:
     """The URL-safe token of ``claims``; ValueError if they do not fit in a token."""
     _check_signing_key(signing_key)
     _check_claims(claims)
-    document = [
+    document: list[str | int | None] = [
         claims.tenant_id,
         claims.bucket,
         claims.key,
@@ -132,6 +134,8 @@ def sign_url_token(signing_key: bytes, claims: UrlClaims) -> str:
         claims.max_bytes,
         claims.disposition,
     ]
+    while document[-1] is None:  # trailing absent claims are left out: a shorter URL
+        document.pop()
     try:
         payload = _compact_json(document)
     except UnicodeEncodeError:
@@ -176,8 +180,9 @@ def _check_claims(claims: UrlClaims) -> None:
 
 def _parse_claims(payload: bytes) -> UrlClaims:
     document = _load_json(payload)
-    if not isinstance(document, list) or len(document) != 9:
+    if not isinstance(document, list) or not 5 <= len(document) <= _CLAIM_COUNT:
         raise SignatureInvalid("malformed")
+    document += [None] * (_CLAIM_COUNT - len(document))
     tenant_id, bucket, key, method, expires_at, version_id, content_type, max_bytes, disposition = (
         document
     )
