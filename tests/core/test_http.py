@@ -13,6 +13,8 @@ from pydantic import BaseModel
 
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
+from keel.core.http import RequestContextMiddleware
+from keel.core.metrics import Metrics
 from keel.settings import Settings
 from tests.support.asgi import asgi_request, serve
 
@@ -171,3 +173,73 @@ class TestLastResortErrorHandler:
     ) -> None:
         assert (await client.get("/boom")).status_code == 500
         assert (await client.get("/request-id")).status_code == 200
+
+
+class TestStreamedBodies:
+    """A path pattern of ``body_limits`` (object uploads) has its own limit, and its bytes
+    pass as they come: binary content under any declared type, never kept for the text
+    checks (a 5 GiB text/plain upload must not be held in memory)."""
+
+    @pytest.fixture
+    def streamed_app(self) -> RequestContextMiddleware:
+        inner = FastAPI()
+
+        @inner.put("/{path:path}")
+        async def read_all(request: Request) -> dict[str, int]:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+            return {"length": size}
+
+        return RequestContextMiddleware(
+            inner,
+            metrics=Metrics(),
+            max_body_bytes=LIMIT,
+            body_limits={"/s/v1/buckets/*/objects/*": 8 * LIMIT, "/s/v1/batch": 2 * LIMIT},
+        )
+
+    @pytest.mark.parametrize(
+        ("path", "size", "status"),
+        [
+            ("/s/v1/buckets/b1/objects/a/b/c.txt", 8 * LIMIT, 200),
+            ("/s/v1/buckets/b1/objects/a/b/c.txt", 8 * LIMIT + 1, 413),
+            ("/s/v1/buckets/b1/objects/", 2 * LIMIT, 413),  # no key: not the pattern
+            ("/s/v1/buckets/b1/other/key", 2 * LIMIT, 413),
+            ("/s/v1/batch", 2 * LIMIT, 200),
+            ("/s/v1/batch/x", 2 * LIMIT, 413),  # an exact path stays exact
+        ],
+    )
+    async def test_a_pattern_sets_the_limit_of_the_paths_it_matches(
+        self, streamed_app: RequestContextMiddleware, path: str, size: int, status: int
+    ) -> None:
+        chunks = [b"x" * LIMIT] * (size // LIMIT) + [b"x" * (size % LIMIT)]
+        response = await asgi_request(
+            streamed_app,
+            "PUT",
+            path,
+            headers=[("content-type", "application/octet-stream")],
+            chunks=chunks,
+        )
+        assert response.status == status
+
+    async def test_text_bytes_under_a_pattern_skip_the_text_checks(
+        self, streamed_app: RequestContextMiddleware
+    ) -> None:
+        """A NUL byte in a text body is refused elsewhere; an object's bytes are its own."""
+        body = b"plain text\x00 with a NUL and \xff invalid UTF-8"
+        response = await asgi_request(
+            streamed_app,
+            "PUT",
+            "/s/v1/buckets/b1/objects/notes.txt",
+            headers=[("content-type", "text/plain")],
+            chunks=[body],
+        )
+        assert (response.status, response.body) == (200, b'{"length":%d}' % len(body))
+        refused = await asgi_request(
+            streamed_app,
+            "PUT",
+            "/s/v1/batch",
+            headers=[("content-type", "text/plain")],
+            chunks=[body],
+        )
+        assert refused.status == 400
