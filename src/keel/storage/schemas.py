@@ -110,3 +110,35 @@ class ObjectInfo(BaseModel):
     legal_hold: bool = False
     created_at: datetime
     clean_at: datetime | None = None
+
+
+class BucketList(BaseModel):
+    buckets: list[BucketOut]
+
+
+class Usage(BaseModel):
+    """Limits (``None``: none) and what counts against them."""
+
+    quota_bytes: int | None = None
+    quota_objects: int | None = None
+    used_bytes: int
+    used_objects: int
+
+
+class BucketUsage(Usage):
+    name: str
+
+
+class TenantUsage(BaseModel):
+    """``GET /usage``: the tenant's totals and limits, and each bucket's."""
+
+    tenant: Usage
+    buckets: list[BucketUsage]
+
+
+class TenantQuotaIn(Strict):
+    """``PUT /quota``: the tenant's limits across its buckets (``null``: none). A limit below
+    current usage is allowed: new uploads are refused until enough is deleted."""
+
+    quota_bytes: int | None = Field(default=None, ge=0)
+    quota_objects: int | None = Field(default=None, ge=0)
