@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from dataclasses import dataclass
 
 from python_multipart.exceptions import FormParserError
@@ -58,7 +58,8 @@ class FormInvalid(BadRequest):
 
 @dataclass(frozen=True)
 class FormFile:
-    """The ``file`` part: its name and declared type, and its bytes as a one-pass stream.
+    """The ``file`` part: its name and declared type, and its bytes as a one-pass stream
+    (``await chunks.aclose()`` when stopping early: nothing more is read from the body).
 
     ``chunks`` raises :class:`FormInvalid` if the body turns out malformed after the file's
     bytes (a part after the file, a truncated body) — only once every byte was yielded, so
@@ -67,7 +68,7 @@ class FormFile:
 
     filename: str
     content_type: str | None
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ async def read_post_form(
             raise FormInvalid("a field is not UTF-8 text") from None
 
 
-async def _file_chunks(parts: _PartEvents) -> AsyncIterator[bytes]:
+async def _file_chunks(parts: _PartEvents) -> AsyncGenerator[bytes, None]:
     while (event := await parts.next()) is not _Mark.PART_END:
         if not isinstance(event, bytes):  # pragma: no cover (the parser's order)
             raise FormInvalid("the body is malformed")
