@@ -23,7 +23,7 @@ data raise `DecryptionFailed`.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -238,10 +238,10 @@ async def encrypt(
     stream = _primitive(data_key).new_encrypting_stream(sink, associated_data)
     try:
         async for chunk in chunks:
-            view = memoryview(chunk)
             # A huge chunk goes in a segment at a time so the sink never holds much.
-            for offset in range(0, len(view), SEGMENT_BYTES):
-                stream.write(view[offset : offset + SEGMENT_BYTES])
+            view = memoryview(chunk) if len(chunk) > SEGMENT_BYTES else None
+            for offset in range(0, len(chunk), SEGMENT_BYTES):
+                stream.write(chunk if view is None else view[offset : offset + SEGMENT_BYTES])
                 if out := sink.drain():
                     yield out
         stream.close()  # writes the last segment
@@ -269,22 +269,44 @@ def _segment_cipher(data_key: bytes, associated_data: bytes, header: bytes) -> t
     return AESGCM(derived), header[1 + _DERIVED_KEY_BYTES :]
 
 
-async def _exactly(ciphertext: AsyncIterable[bytes], sizes: list[int]) -> AsyncIterator[bytes]:
-    """The stream cut into pieces of exactly `sizes` (DecryptionFailed if it is not that long)."""
+async def _exactly(
+    ciphertext: AsyncIterable[bytes], sizes: Iterator[int]
+) -> AsyncIterator[bytes | memoryview]:
+    """The stream cut into pieces of exactly `sizes` (DecryptionFailed if it is not that long).
+
+    A piece inside one chunk is a view of it, not a copy (a store's aligned 1 MiB reads cut
+    into whole segments without copying).
+    """
     buffer = bytearray()
-    pieces = iter(sizes)
-    want = next(pieces, None)
+    want = next(sizes, None)
     async for chunk in ciphertext:
-        buffer += chunk
-        while want is not None and len(buffer) >= want:
-            piece = bytes(buffer[:want])
-            del buffer[:want]
-            yield piece
-            want = next(pieces, None)
-        if want is None and buffer:
+        view = memoryview(chunk)
+        while want is not None and view:
+            if not buffer and len(view) >= want:
+                yield view[:want]
+                view = view[want:]
+            else:
+                taken = min(want - len(buffer), len(view))
+                buffer += view[:taken]
+                view = view[taken:]
+                if len(buffer) < want:
+                    break
+                yield bytes(buffer)
+                buffer.clear()
+            want = next(sizes, None)
+        if want is None and view:
             raise DecryptionFailed("the ciphertext is longer than expected")
     if want is not None:
         raise DecryptionFailed("the ciphertext is truncated")
+
+
+def _piece_sizes(span: _Span, cend: int, with_header: bool) -> Iterator[int]:
+    """The lengths of the header (when read) and of each touched segment, in order."""
+    if with_header:
+        yield HEADER_BYTES
+    for segment in range(span.first, span.last):
+        yield _ciphertext_start(segment + 1) - _ciphertext_start(segment)
+    yield cend - _ciphertext_start(span.last)
 
 
 async def decrypt_range(
@@ -308,19 +330,11 @@ async def decrypt_range(
     expected_cstart, cend = ciphertext_range(plaintext_size, start, end)
     if cstart != expected_cstart:
         raise ValueError("cstart is not ciphertext_range(...)[0] for this range")
-    sizes = [cend - _ciphertext_start(span.last)]  # the last touched segment
-    if span.last > span.first:
-        sizes[:0] = [
-            _ciphertext_start(s + 1) - _ciphertext_start(s) for s in range(span.first, span.last)
-        ]
+    pieces = _exactly(ciphertext, _piece_sizes(span, cend, with_header=cstart == 0))
     if cstart == 0:
-        sizes.insert(0, HEADER_BYTES)
+        header = bytes(await anext(pieces, b""))
     elif header is None:
         raise ValueError("decrypt_range needs header= when the range starts past segment 0")
-
-    pieces = _exactly(ciphertext, sizes)
-    if header is None or cstart == 0:
-        header = await anext(pieces, b"")
     cipher, nonce_prefix = _segment_cipher(data_key, associated_data, header)
     final = _segment_count(plaintext_size) - 1
     segment = span.first
