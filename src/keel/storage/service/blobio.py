@@ -8,7 +8,7 @@ plaintext, so the downloads, the scanner and multipart completion read alike.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 from keel.core.context import AppContext
 from keel.core.logging import get_logger
@@ -50,7 +50,7 @@ async def write_version(
 
 async def read_version(
     context: AppContext, version: StorageObject, start: int = 0, end: int | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The plaintext ``[start, end)`` of ``version`` (``end`` ``None``: to its end).
 
     An encrypted version is read segment by segment: only the ciphertext header and the
