@@ -142,3 +142,49 @@ class TenantQuotaIn(Strict):
 
     quota_bytes: int | None = Field(default=None, ge=0)
     quota_objects: int | None = Field(default=None, ge=0)
+
+
+# -- objects -----------------------------------------------------------------------------------
+
+
+class ObjectList(BaseModel):
+    """``GET /buckets/{bucket}/objects``: the newest version of each key (not a delete
+    marker), in key order, with its state."""
+
+    objects: list[ObjectInfo]
+    #: Pass as ``cursor`` for the next page; ``None`` on the last one.
+    next_cursor: str | None = None
+
+
+class ObjectDetails(ObjectInfo):
+    """``GET /buckets/{bucket}/info/{key}``: the key's newest version, and with
+    ``?versions=true`` every version, newest first, with its state and reason."""
+
+    versions: list[ObjectInfo] | None = None
+
+
+class RetentionIn(Strict):
+    """``PUT /buckets/{bucket}/retention/{key}``: lock a version until ``retain_until``.
+    Compliance: only a later date, by anyone; governance: a shorter one needs
+    ``storage:objects:admin`` and ``X-Keel-Bypass-Governance: true``."""
+
+    mode: Literal["governance", "compliance"]
+    retain_until: datetime
+    #: Default: the key's newest version.
+    version_id: str | None = Field(default=None, min_length=1, max_length=36)
+
+    @field_validator("retain_until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("retain_until needs a time zone (e.g. 2030-01-01T00:00:00Z)")
+        return value
+
+
+class LegalHoldIn(Strict):
+    """``PUT /buckets/{bucket}/legal-hold/{key}``: a version under a legal hold cannot be
+    deleted by anyone until the hold is lifted (``storage:objects:admin``)."""
+
+    on: bool
+    #: Default: the key's newest version.
+    version_id: str | None = Field(default=None, min_length=1, max_length=36)
