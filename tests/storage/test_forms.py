@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from keel.core.errors import BadRequest
@@ -118,6 +118,7 @@ class TestReadPostForm:
     def test_any_chunking_of_the_body_gives_the_same_form(self, data: st.DataObject) -> None:
         fragments = st.sampled_from([b"\r", b"\n", b"-", b"\r\n", b"\r\n--", *_prefixes()])
         file = b"".join(data.draw(st.lists(fragments | st.binary(max_size=40), max_size=30)))
+        assume(DELIMITER not in b"\r\n" + file)  # a body never holds its delimiter (RFC 2046)
         values = st.text(st.characters(codec="utf-8", exclude_characters="\r"), max_size=50)
         fields = data.draw(
             st.lists(
@@ -214,7 +215,7 @@ class TestReadPostForm:
 
 
 def _prefixes() -> list[bytes]:
-    return [DELIMITER[:n] for n in range(1, len(DELIMITER))] + [DELIMITER + b"x", DELIMITER + b"-"]
+    return [DELIMITER[:n] for n in range(1, len(DELIMITER))]
 
 
 async def read_fully(chunks: Iterable[bytes]) -> PostForm:

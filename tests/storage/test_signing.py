@@ -421,6 +421,9 @@ class TestPostPolicy:
             (("image/png",), "image/pngx", False),
             (("image/*",), "imagex/png", False),
             (("text/plain",), "text/plain;charset=utf-8", True),
+            # As bucket policies: a wildcard never admits active content.
+            (("image/*",), "image/svg+xml", False),
+            (("image/svg+xml",), "image/svg+xml", True),
         ],
     )
     def test_content_type_patterns(

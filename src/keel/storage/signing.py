@@ -23,6 +23,10 @@ conditions::
     ["content-length-range", <min>, <max>]              the file's size, checked as it streams
     ["in", "$content-type", ["image/png", "image/*"]]   the declared type (Keel's extension)
 
+(matched as bucket policies match types, :func:`keel.storage.sniffing.allowed`). The declared
+type is only the client's word: the type the bytes show is the service's to check against
+the same patterns.
+
 As in S3, the form's ``key`` may hold ``${filename}``, replaced by the uploaded file's name
 before the key is checked, and every form field must be covered by the policy (``key``,
 ``policy``, ``signature``, ``content-type``, or an ``x-ignore-`` name): any other is refused.
@@ -45,6 +49,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from keel.core.errors import Forbidden
+from keel.storage import sniffing
 
 #: Tokens longer than this are refused before they are decoded (a URL path stays short).
 MAX_TOKEN_CHARS = 4096
@@ -319,7 +324,7 @@ def verify_post_policy(
     if not key.startswith(policy.key_prefix):
         raise PolicyConditionFailed("key")
     declared = form.get("content-type", file_content_type)
-    if declared is None or not _matches_any(declared, policy.content_types):
+    if declared is None or not sniffing.allowed(declared, policy.content_types):
         raise PolicyConditionFailed("content-type")
     return policy
 
@@ -442,19 +447,6 @@ def _fold_field_names(fields: Mapping[str, str]) -> dict[str, str]:
 def _media_type_pattern(pattern: str) -> bool:
     kind, slash, subtype = pattern.partition("/")
     return bool(slash and kind and subtype) and (kind != "*" or subtype == "*")
-
-
-def _matches_any(declared: str, patterns: tuple[str, ...]) -> bool:
-    # The media type without parameters ("text/plain; charset=utf-8" is text/plain).
-    media_type = declared.partition(";")[0].strip().lower()
-    kind, slash, subtype = media_type.partition("/")
-    if not (slash and kind and subtype):
-        return False
-    for pattern in patterns:
-        allowed_kind, _, allowed_subtype = pattern.lower().partition("/")
-        if allowed_kind in ("*", kind) and allowed_subtype in ("*", subtype):
-            return True
-    return False
 
 
 # -- shared pieces -----------------------------------------------------------------------------
