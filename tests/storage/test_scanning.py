@@ -75,8 +75,9 @@ class TestRealClamd:
     async def test_a_stream_over_stream_max_length_fails(self, clamd_server: ClamdServer) -> None:
         chunk = os.urandom(MIB)
         chunks = [chunk] * (STREAM_MAX_BYTES // MIB + 2)
-        with pytest.raises(ScanFailed, match="StreamMaxLength"):
+        with pytest.raises(ScanFailed, match="StreamMaxLength") as failure:
             await scan(Clamd(clamd_server.address), chunks)
+        assert failure.value.retryable is False  # another attempt cannot pass
 
     async def test_over_a_unix_socket(self, clamd_server: ClamdServer) -> None:
         clamd = Clamd(clamd_server.unix_address)
@@ -141,8 +142,9 @@ class TestFailingDaemon:
         async with fake_clamd(hang) as address:
             clamd = Clamd(address, timeout=0.5)
             started = time.monotonic()
-            with pytest.raises(ScanFailed, match=r"did not answer within 0\.5 s"):
+            with pytest.raises(ScanFailed, match=r"did not answer within 0\.5 s") as failure:
                 await scan(clamd, [b"hello", b"world"])
+            assert failure.value.retryable is True
             elapsed = time.monotonic() - started
             assert await clamd.ping() is False
         assert 0.45 <= elapsed < 5

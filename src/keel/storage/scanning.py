@@ -62,8 +62,13 @@ class ScanFailed(Exception):
     """No verdict: clamd unreachable, too slow, over its size limit or answering garbage.
 
     Never means clean. The message says what happened (no object bytes, no addresses beyond
-    clamd's own).
+    clamd's own). ``retryable`` is False when another attempt cannot succeed (the object is
+    over clamd's ``StreamMaxLength``): the caller may reject it at once.
     """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +115,7 @@ def parse_answer(answer: bytes) -> Verdict:
     if found is not None:
         return Verdict(clean=False, signature=found.group(1))
     if text == _SIZE_LIMIT:
-        raise ScanFailed("the object is larger than clamd's StreamMaxLength")
+        raise ScanFailed("the object is larger than clamd's StreamMaxLength", retryable=False)
     if text.endswith(" ERROR"):
         raise ScanFailed(f"clamd could not scan the stream: {text[:200]}")
     raise ScanFailed(f"clamd answered something unexpected: {text[:80]!r}")
