@@ -325,6 +325,8 @@ class StorageSettings(BaseModel):
     max_presign_seconds: int = Field(default=7 * 86_400, ge=60)
     #: Hours an incomplete multipart upload is kept before its parts are deleted.
     multipart_expiry_hours: int = Field(default=24, ge=1)
+    #: Minutes between lifecycle sweeps (expiry, pruning, expired uploads) of each tenant.
+    lifecycle_interval_minutes: float = Field(default=60.0, gt=0)
 
     def local_root(self, data_dir: Path) -> Path:
         return self.local_path or data_dir / "storage"

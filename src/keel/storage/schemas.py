@@ -144,6 +144,108 @@ class TenantQuotaIn(Strict):
     quota_objects: int | None = Field(default=None, ge=0)
 
 
+# -- multipart uploads -------------------------------------------------------------------------
+
+
+class UploadCreate(Strict):
+    key: str = Field(min_length=1, max_length=4 * MAX_KEY_BYTES)
+    #: Kept as the declared type; the type stored is decided from the assembled bytes.
+    content_type: str | None = Field(default=None, max_length=255)
+
+
+class UploadOut(BaseModel):
+    upload_id: str
+    bucket: str
+    key: str
+    created_at: datetime
+    #: Not completed by then, the upload is aborted and its parts deleted.
+    expires_at: datetime
+
+
+class PartOut(BaseModel):
+    number: int
+    #: Hex SHA-256 of the part's bytes: list it at completion.
+    etag: str
+    size: int
+    created_at: datetime
+
+
+class UploadParts(UploadOut):
+    #: The parts stored so far, by number (a resuming client sends the others).
+    parts: list[PartOut]
+
+
+class CompletedPartIn(Strict):
+    number: int = Field(ge=1, le=10_000)
+    etag: str = Field(min_length=1, max_length=80)
+
+
+class UploadComplete(Strict):
+    #: Strictly ascending numbers, each with the ETag its upload answered.
+    parts: list[CompletedPartIn] = Field(min_length=1, max_length=10_000)
+
+
+# -- presigning --------------------------------------------------------------------------------
+
+
+class PresignCreate(Strict):
+    method: Literal["GET", "PUT"]
+    key: str = Field(min_length=1, max_length=4 * MAX_KEY_BYTES)
+    #: Seconds the URL lives: up to ``KEEL_STORAGE__MAX_PRESIGN_SECONDS`` (7 days at most
+    #: for a private bucket).
+    expires_in: int = Field(default=3600, ge=1, le=10 * 365 * 86_400)
+    #: GET: one version rather than the newest clean one.
+    version_id: str | None = Field(default=None, min_length=1, max_length=36)
+    #: GET: served as an attachment with this file name.
+    filename: str | None = Field(default=None, min_length=1, max_length=255)
+    #: PUT: the type the upload must declare, and the bytes must be.
+    content_type: str | None = Field(default=None, max_length=255)
+    #: PUT: the largest upload (below the bucket's own limit).
+    max_bytes: int | None = Field(default=None, ge=0)
+
+
+class PresignOut(BaseModel):
+    #: Absolute; the token in it is the credential (no Authorization header).
+    url: str
+    method: Literal["GET", "PUT"]
+    expires_at: datetime
+
+
+class PresignPostCreate(Strict):
+    #: One exact key (it may hold ``${filename}``), or any key starting with ``key_prefix``.
+    key: str | None = Field(default=None, min_length=1, max_length=4 * MAX_KEY_BYTES)
+    key_prefix: str = Field(default="", max_length=4 * MAX_KEY_BYTES)
+    #: Media types or patterns (``image/*``) the form's file must declare and be.
+    content_types: list[str] = Field(default_factory=lambda: ["*/*"], min_length=1, max_length=16)
+    min_bytes: int = Field(default=0, ge=0)
+    max_bytes: int = Field(ge=1)
+    expires_in: int = Field(default=3600, ge=1, le=10 * 365 * 86_400)
+
+    @field_validator("content_types")
+    @classmethod
+    def _media_patterns(cls, value: list[str]) -> list[str]:
+        patterns = []
+        for item in value:
+            pattern = item.strip().lower()
+            if not MEDIA_PATTERN.match(pattern) or (pattern.startswith("*/") and pattern != "*/*"):
+                raise ValueError(f"{item!r} is not a media type or pattern (image/*, */*)")
+            patterns.append(pattern)
+        return list(dict.fromkeys(patterns))
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PresignPostCreate:
+        if self.min_bytes > self.max_bytes:
+            raise ValueError("min_bytes must not be above max_bytes")
+        return self
+
+
+class PresignPostOut(BaseModel):
+    #: POST the form here (multipart/form-data): these fields, then ``file`` last.
+    url: str
+    fields: dict[str, str]
+    expires_at: datetime
+
+
 # -- objects -----------------------------------------------------------------------------------
 
 
