@@ -1,0 +1,247 @@
+"""The local blob store: one file per blob under a root directory (the embedded default,
+``<data_dir>/storage``).
+
+A write streams into a temporary file beside its target (``.<name>.<random>.tmp``, in the
+same directory so the final rename never crosses a file system), fsyncs it, renames it over
+the target with :func:`os.replace` and fsyncs the directory: a reader sees the old blob or
+the whole new one, never a part, and a crash leaves at most a temporary file. File I/O runs
+in worker threads (:func:`asyncio.to_thread`), so the event loop never waits on the disk;
+small incoming chunks are gathered up to :data:`CHUNK_BYTES` before each hop, which bounds
+both the memory a write holds and the number of hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from keel.storage.backends.base import (
+    CHUNK_BYTES,
+    BackendUnavailable,
+    BlobNotFound,
+    check_range,
+    locator_segments,
+    prefix_segments,
+)
+
+_T = TypeVar("_T")
+
+_TEMP_SUFFIX = ".tmp"
+
+#: What an ``open``/``stat``/``unlink`` of a missing blob raises: ``a/b`` when ``a`` is a
+#: blob is as missing as ``a/b`` when ``a`` is not there at all.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+class LocalBlobStore:
+    """Blobs as files under ``root`` (created on the first write)::
+
+    store = LocalBlobStore(data_dir / "storage")
+    await store.write("t1/b1/o1", chunks)
+    async with contextlib.aclosing(store.read("t1/b1/o1", 0, 100)) as body:
+        async for chunk in body: ...
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, locator: str) -> Path:
+        """The file that holds the blob at ``locator`` (:class:`ValueError` if unsafe)."""
+        return self.root.joinpath(*locator_segments(locator))
+
+    async def write(self, locator: str, chunks: AsyncIterable[bytes]) -> int:
+        target = self.path(locator)
+        with _unavailable("write"):
+            file, temp = await _in_thread(_open_temp, target)
+        written = 0
+        committing = False
+        try:
+            pending: list[bytes] = []
+            pending_bytes = 0
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                written += len(chunk)
+                if pending_bytes >= CHUNK_BYTES:
+                    with _unavailable("write"):
+                        await _in_thread(file.writelines, pending)
+                    pending, pending_bytes = [], 0
+            with _unavailable("write"):
+                await _in_thread(_flush_and_close, file, pending)
+                committing = True
+                await _in_thread(_commit, temp, target)
+        except BaseException:
+            # The iterator failed, the disk refused, or the task was cancelled: remove the
+            # partial write. ``_in_thread`` waited for its thread, so nothing lands after this.
+            _discard(file, temp)
+            if committing:
+                # The failure came during the rename itself (a cancellation, or the
+                # directory's fsync): the caller is told the write failed, so the new blob
+                # must not stay behind as an orphan.
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            raise
+        return written
+
+    async def read(
+        self, locator: str, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        check_range(start, end)
+        path = self.path(locator)
+        try:
+            file = await _in_thread(_open_regular_file, path)
+        except _MISSING:
+            raise BlobNotFound(locator) from None
+        except OSError as error:
+            raise _unavailable_error("read", error) from error
+        try:
+            with _unavailable("read"):
+                if start:
+                    await _in_thread(file.seek, start)
+                remaining = None if end is None else end - start
+                while remaining is None or remaining > 0:
+                    want = CHUNK_BYTES if remaining is None else min(CHUNK_BYTES, remaining)
+                    chunk = await _in_thread(file.read, want)
+                    if not chunk:
+                        break
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                    yield chunk
+        finally:
+            file.close()
+
+    async def size(self, locator: str) -> int | None:
+        path = self.path(locator)
+        with _unavailable("stat"):
+            return await _in_thread(_regular_file_size, path)
+
+    async def delete(self, locator: str) -> None:
+        path = self.path(locator)
+        with _unavailable("delete"):
+            await _in_thread(_unlink_blob, path)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        top = self.root.joinpath(*prefix_segments(prefix))
+        with _unavailable("delete"):
+            return await _in_thread(_remove_tree, top)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _in_thread(function: Callable[..., _T], *args: object) -> _T:
+    """``function(*args)`` in a worker thread. A cancellation waits for the thread to finish
+    before it propagates (a thread cannot be stopped), so the caller's clean-up never races
+    a write still under way."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise
+
+
+@contextlib.contextmanager
+def _unavailable(action: str) -> Iterator[None]:
+    """An :class:`OSError` of the disk as :class:`BackendUnavailable` (the cause kept)."""
+    try:
+        yield
+    except OSError as error:
+        raise _unavailable_error(action, error) from error
+
+
+def _unavailable_error(action: str, error: OSError) -> BackendUnavailable:
+    return BackendUnavailable(f"local storage: {action} failed: {error.strerror or error}")
+
+
+def _open_temp(target: Path) -> tuple[BinaryIO, Path]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=_TEMP_SUFFIX
+    )
+    return os.fdopen(descriptor, "wb"), Path(name)
+
+
+def _flush_and_close(file: BinaryIO, pending: list[bytes]) -> None:
+    file.writelines(pending)
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+
+
+def _commit(temp: Path, target: Path) -> None:
+    os.replace(temp, target)
+    # The rename is durable only once the directory's entry is on disk.
+    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _discard(file: BinaryIO, temp: Path) -> None:
+    with contextlib.suppress(OSError):
+        file.close()
+    with contextlib.suppress(OSError):
+        temp.unlink()
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    file = path.open("rb")
+    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        file.close()
+        raise IsADirectoryError(f"not a regular file: {path.name}")
+    return file
+
+
+def _regular_file_size(path: Path) -> int | None:
+    try:
+        status = path.stat()
+    except _MISSING:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+def _unlink_blob(path: Path) -> None:
+    with contextlib.suppress(*_MISSING):
+        path.unlink()
+
+
+def _is_temp_file(name: str) -> bool:
+    return name.startswith(".") and name.endswith(_TEMP_SUFFIX)
+
+
+def _remove_tree(top: Path) -> int:
+    """Remove every file under ``top`` and the directories left empty; the number of blobs
+    removed (an unfinished write's temporary file is removed but not counted: that write
+    then fails)."""
+    if not top.is_dir() or top.is_symlink():
+        return 0
+    removed = 0
+    for directory, subdirectories, files in os.walk(top, topdown=False):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+                removed += not _is_temp_file(name)
+        for name in subdirectories:
+            # A symbolic link to a directory is listed here: unlink the link, never follow it.
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    os.rmdir(path)  # fails when a concurrent write has just put a file there
+    with contextlib.suppress(OSError):
+        top.rmdir()
+    return removed
