@@ -77,6 +77,7 @@ SERVICE_COMMANDS: dict[str, ServiceCommands] = {
         "keel.gateway.cli",
         "Edge policy: show, validate, apply, list routes and revisions, roll back.",
     ),
+    "storage": ServiceCommands("keel.storage.cli", "Storage: list, show and create buckets."),
 }
 
 

@@ -4,6 +4,10 @@ do what; another tenant's buckets invisible; and the policy rules that never loo
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +19,7 @@ from keel.storage.models import StorageBucket, StorageObject, StorageUpload
 from keel.storage.service.buckets import get_bucket
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
+from tests.support.keel_cli import Deployment, initialised_deployment
 from tests.support.tenants import TenantAdmin, make_tenant_admin, member
 
 API = "/storage/v1"
@@ -352,3 +357,64 @@ async def test_a_bucket_holding_versions_or_uploads_is_not_deleted(
         kept = await get_bucket(session, admin.tenant_id, "with-version")
         assert isinstance(kept, StorageBucket)
         assert kept.id == versioned.id
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    with initialised_deployment(
+        request, tmp_path, f"keel_storage_{uuid.uuid4().hex[:12]}"
+    ) as found:
+        yield found
+
+
+def test_an_operator_creates_lists_and_shows_buckets(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"allowed_types": ["image/*"], "quota_objects": 9}))
+    created = json.loads(
+        deployment.ok("storage", "buckets", "create", "photos", "--policy", str(policy))
+    )
+    assert created["name"] == "photos"
+    assert created["revision"] == 1
+    assert created["policy"]["allowed_types"] == ["image/*"]
+    deployment.ok("storage", "buckets", "create", "plain")
+
+    table = deployment.ok("storage", "buckets", "list").splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "REVISION",
+        "BYTES",
+        "QUOTA",
+        "BYTES",
+        "OBJECTS",
+        "QUOTA",
+        "OBJECTS",
+    ]
+    assert [line.split() for line in table[1:]] == [
+        ["photos", "1", "0", "-", "0", "9"],
+        ["plain", "1", "0", "-", "0", "-"],
+    ]
+    listed = json.loads(deployment.ok("storage", "buckets", "list", "--json"))
+    assert [bucket["name"] for bucket in listed] == ["photos", "plain"]
+    shown = json.loads(deployment.ok("storage", "buckets", "show", "photos"))
+    assert shown["policy"]["quota_objects"] == 9
+
+    assert "exists" in deployment.refused("storage", "buckets", "create", "photos")
+    assert "No bucket" in deployment.refused("storage", "buckets", "show", "nothing")
+    assert "bucket name" in deployment.refused("storage", "buckets", "create", "Bad_Name")
+    policy.write_text(json.dumps({"allowed_types": "image/*", "colour": "red"}))
+    line = deployment.refused("storage", "buckets", "create", "other", "--policy", str(policy))
+    assert "allowed_types" in line
+    assert "colour" in line
+    policy.write_text("{nope")
+    assert "not JSON" in deployment.refused(
+        "storage", "buckets", "create", "other", "--policy", str(policy)
+    )
+    assert "cannot read" in deployment.refused(
+        "storage", "buckets", "create", "other", "--policy", str(tmp_path / "missing.json")
+    )
+    assert (
+        "tenant"
+        in deployment.refused("storage", "buckets", "list", "--tenant", "no-such-tenant").lower()
+    )
