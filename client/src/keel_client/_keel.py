@@ -12,6 +12,7 @@ built on it::
       ├─ .flags    .flags.client(env) ─▶ FlagsClient(api=api)
       ├─ .jobs     JobsClient(api=api); .jobs.open_spool(dir) spools enqueues Keel cannot take
       ├─ .notify   NotifyClient(api=api): sends, recipients, preferences, status, inbox
+      ├─ .storage  StorageClient(api=api), built on first use: buckets, uploads, downloads
       └─ .edge     .edge.client(service=...) ─▶ EdgeClient(api=api): the gateway's policy
 
 Per-call ``RequestOptions`` (``timeout``, ``deadline``, ``max_retries``, ``idempotency_key``,
@@ -21,6 +22,7 @@ sub-clients handed out, then the pool. ``SyncKeel`` (``_sync_keel``) is the bloc
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -41,6 +43,7 @@ from keel_client.secrets import SecretsClient
 
 if TYPE_CHECKING:
     from keel_client.edge._client import EdgeClient
+    from keel_client.storage import StorageClient
 
 __all__ = ["Credentials", "Keel", "KeelAudit", "KeelConfig", "KeelEdge", "KeelFlags"]
 
@@ -153,7 +156,7 @@ class KeelAudit(AuditAPI):
 class Keel:
     """Keel from a service: one connection pool, one breaker per host, one token source, and
     a sub-client per service (``.auth``, ``.secrets``, ``.audit``, ``.config``, ``.flags``,
-    ``.jobs``, ``.notify``, ``.edge``).
+    ``.jobs``, ``.notify``, ``.storage``, ``.edge``).
 
     Example::
 
@@ -213,6 +216,14 @@ class Keel:
         self.notify = NotifyClient(api=self.api)
         #: ``.client(service=...)``: the edge policy, kept current (gateway, use_keel_edge).
         self.edge = KeelEdge(self)
+
+    @functools.cached_property
+    def storage(self) -> StorageClient:
+        """Buckets, streamed uploads and downloads, presigned URLs, scan state
+        (``keel_client.storage``, imported on first use)."""
+        from keel_client.storage import StorageClient
+
+        return StorageClient(api=self.api)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:

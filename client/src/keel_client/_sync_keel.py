@@ -8,6 +8,7 @@ pool, one breaker per host and one token source, and no logic of its own::
       ├─ .auth / .secrets / .audit   each call: runner.call(keel.<service>.<call>(...))
       ├─ .jobs                       SyncJobsClient: each call runs keel.jobs.<call>(...) there
       ├─ .notify                     SyncNotifyClient: each call runs keel.notify.<call>(...) there
+      ├─ .storage                    SyncStorageClient (built on first use), the same way
       └─ .config.client / .flags.client / .audit.recorder
                                      SyncConfigClient / SyncFlagsClient / SyncAuditClient
                                      on the same thread (it stays up until SyncKeel.close())
@@ -15,10 +16,11 @@ pool, one breaker per host and one token source, and no logic of its own::
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Self, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
 
 from pydantic import SecretStr
 
@@ -40,6 +42,9 @@ from keel_client.http import ClientHealth, RequestOptions
 from keel_client.jobs import SyncJobsClient
 from keel_client.notify import SyncNotifyClient
 from keel_client.secrets import SecretCache, SecretsClient
+
+if TYPE_CHECKING:
+    from keel_client.storage import SyncStorageClient
 
 __all__ = ["SyncKeel", "SyncKeelAudit", "SyncKeelAuth", "SyncKeelConfig", "SyncKeelFlags",
            "SyncKeelSecrets"]  # fmt: skip
@@ -273,6 +278,14 @@ class SyncKeel:
         self.flags = SyncKeelFlags(self.keel, self._runner)
         self.jobs = SyncJobsClient._on_runner(self.keel.jobs, self._runner)
         self.notify = SyncNotifyClient._on_runner(self.keel.notify, self._runner)
+
+    @functools.cached_property
+    def storage(self) -> SyncStorageClient:
+        """See :attr:`Keel.storage`: its calls, blocking, on this Keel's thread."""
+        from keel_client.storage import SyncStorageClient
+
+        client = self._runner.call(_run(lambda: self.keel.storage))
+        return SyncStorageClient._on_runner(client, self._runner)
 
     @property
     def url(self) -> str:
