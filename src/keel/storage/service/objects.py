@@ -561,10 +561,14 @@ def encode_cursor(key: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str:
+    """The key a cursor of :func:`encode_cursor` carries; ``BadRequest`` for anything else."""
     try:
-        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        key = raw.decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadRequest("The cursor is not one this API handed out.") from None
+    if not key or encode_cursor(key) != cursor:
+        raise BadRequest("The cursor is not one this API handed out.")
     return key
 
 
