@@ -183,6 +183,9 @@ async def test_the_longest_and_shortest_names_are_fine(
         ({"lock": {"mode": "compliance", "days": 0}}, 422),
         ({"retention": {"min_days": 10, "max_days": 5}}, 422),
         ({"quota_bytes": -1}, 422),
+        # Beyond JSON's safe integers (the audit log's canonical JSON would not hold them).
+        ({"quota_bytes": 2**53}, 422),
+        ({"quota_objects": 2**63}, 422),
         ({"max_object_bytes": 0}, 422),
         ({"on_clean": {"queue": "a b", "task": "t"}}, 422),
         ({"visibility": "world"}, 422),
@@ -212,8 +215,9 @@ async def test_malformed_requests_are_4xx_problems(
         await put(client, headers, "fine-name", {}, **{"If-Match": "x" * 300}), 422, "validation"
     )
     assert_problem(await client.get(f"{API}/buckets/{'a' * 300}", headers=headers), 422)
-    quota = await client.put(f"{API}/quota", json={"quota_bytes": -5}, headers=headers)
-    assert_problem(quota, 422, "validation")
+    for bad in (-5, 2**53, 2**64, "lots"):
+        quota = await client.put(f"{API}/quota", json={"quota_bytes": bad}, headers=headers)
+        assert_problem(quota, 422, "validation")
 
 
 async def test_a_bucket_reader_cannot_write_and_a_writer_cannot_delete(

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 #: Largest key, in bytes of UTF-8 (as S3).
 MAX_KEY_BYTES = 1024
+#: The largest size or count a policy or quota may name: JSON's safe integers (2**53 - 1, the
+#: audit log's canonical JSON holds no larger), about 9 PB.
+MAX_AMOUNT = 2**53 - 1
 MEDIA_PATTERN = re.compile(
     r"^(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})/(\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126})$"
 )
@@ -53,7 +56,7 @@ class BucketPolicy(Strict):
     #: Media types (``image/*``, ``application/pdf``, ``*/*``) decided from the bytes.
     allowed_types: list[str] = Field(default_factory=lambda: ["*/*"], min_length=1, max_length=64)
     #: ``None``: the platform's ``KEEL_STORAGE__MAX_OBJECT_BYTES``.
-    max_object_bytes: int | None = Field(default=None, ge=1)
+    max_object_bytes: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     #: Every version is scanned by clamd before anyone can read it.
     scan: bool = True
     #: Versions are encrypted at rest with a data key of their own.
@@ -67,8 +70,8 @@ class BucketPolicy(Strict):
     on_clean: CleanHook | None = None
     #: Versioned buckets: older versions beyond this many are pruned by the lifecycle sweep.
     noncurrent_versions_keep: int | None = Field(default=None, ge=0, le=10_000)
-    quota_bytes: int | None = Field(default=None, ge=0)
-    quota_objects: int | None = Field(default=None, ge=0)
+    quota_bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    quota_objects: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
     @field_validator("allowed_types")
     @classmethod
@@ -140,8 +143,8 @@ class TenantQuotaIn(Strict):
     """``PUT /quota``: the tenant's limits across its buckets (``null``: none). A limit below
     current usage is allowed: new uploads are refused until enough is deleted."""
 
-    quota_bytes: int | None = Field(default=None, ge=0)
-    quota_objects: int | None = Field(default=None, ge=0)
+    quota_bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    quota_objects: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
 # -- multipart uploads -------------------------------------------------------------------------
