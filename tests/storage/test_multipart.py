@@ -320,3 +320,20 @@ async def test_bad_part_numbers_unknown_uploads_and_permissions_are_4xx_problems
     seen = await client.get(f"{API}/buckets/edges/uploads/{upload_id}", headers=stranger.headers)
     problem(seen, 404)
     problem(await send_part(client, stranger, "edges", upload_id, 1, b"x"), 404)
+
+
+async def test_starting_an_upload_again_with_its_idempotency_key_gives_the_same_upload(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    await make_bucket(client, admin, "once")
+    headers = {**admin.headers, "Idempotency-Key": "start-1"}
+    answers = [
+        await client.post(f"{API}/buckets/once/uploads", json={"key": "k.bin"}, headers=headers)
+        for _ in range(2)
+    ]
+    assert [answer.status_code for answer in answers] == [201, 201]
+    assert answers[0].json()["upload_id"] == answers[1].json()["upload_id"]
+    other = await client.post(
+        f"{API}/buckets/once/uploads", json={"key": "other.bin"}, headers=headers
+    )
+    problem(other, 422)

@@ -204,7 +204,17 @@ class PresignCreate(Strict):
     #: PUT: the type the upload must declare, and the bytes must be.
     content_type: str | None = Field(default=None, max_length=255)
     #: PUT: the largest upload (below the bucket's own limit).
-    max_bytes: int | None = Field(default=None, ge=0)
+    max_bytes: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+
+    @field_validator("content_type")
+    @classmethod
+    def _media_type(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        media_type = value.strip().lower()
+        if not MEDIA_PATTERN.match(media_type) or "*" in media_type:
+            raise ValueError(f"{value!r} is not a media type (text/plain)")
+        return media_type
 
 
 class PresignOut(BaseModel):
@@ -220,8 +230,8 @@ class PresignPostCreate(Strict):
     key_prefix: str = Field(default="", max_length=4 * MAX_KEY_BYTES)
     #: Media types or patterns (``image/*``) the form's file must declare and be.
     content_types: list[str] = Field(default_factory=lambda: ["*/*"], min_length=1, max_length=16)
-    min_bytes: int = Field(default=0, ge=0)
-    max_bytes: int = Field(ge=1)
+    min_bytes: int = Field(default=0, ge=0, le=MAX_AMOUNT)
+    max_bytes: int = Field(ge=1, le=MAX_AMOUNT)
     expires_in: int = Field(default=3600, ge=1, le=10 * 365 * 86_400)
 
     @field_validator("content_types")

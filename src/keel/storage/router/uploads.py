@@ -86,9 +86,9 @@ async def start_upload(
     return await idempotent(
         context.database,
         tenant_id,
-        f"storage.upload:{bucket}",
+        "storage.upload.start",
         idempotency_key,
-        body.model_dump(mode="json"),
+        {"bucket": bucket, **body.model_dump(mode="json")},
         write,
     )
 
