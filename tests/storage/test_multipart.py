@@ -24,6 +24,8 @@ from keel.storage.models import StorageObject, StorageUpload
 from keel.storage.service.blobio import read_version
 from keel.storage.service.lifecycle import sweep_tenant
 from keel.storage.service.multipart import MIN_PART_BYTES
+from keel.storage.service.runtime import storage_runtime
+from tests.storage.conftest import StorageApi
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
 from tests.support.tenants import TenantAdmin, make_tenant_admin, member
@@ -337,3 +339,36 @@ async def test_starting_an_upload_again_with_its_idempotency_key_gives_the_same_
         f"{API}/buckets/once/uploads", json={"key": "other.bin"}, headers=headers
     )
     problem(other, 422)
+
+
+@pytest.mark.parametrize("storage_backend", ["s3"], indirect=True)
+async def test_a_multipart_upload_assembles_on_s3_too(storage: StorageApi) -> None:
+    await storage.bucket("big", scan=False)
+    started = await storage.call("POST", "/buckets/big/uploads", json={"key": "s3/clip.bin"})
+    assert started.status_code == 201, started.text
+    upload_id = started.json()["upload_id"]
+    parts = three_parts()
+    answers = await asyncio.gather(
+        *(
+            storage.call(
+                "PUT", f"/buckets/big/uploads/{upload_id}/parts/{number}", content=parts[number - 1]
+            )
+            for number in (2, 3, 1)
+        )
+    )
+    etags = {answer.json()["number"]: answer.json()["etag"] for answer in answers}
+    done = await storage.call(
+        "POST",
+        f"/buckets/big/uploads/{upload_id}/complete",
+        json={"parts": [{"number": n, "etag": etags[n]} for n in (1, 2, 3)]},
+    )
+    assert done.status_code == 201, done.text
+    whole = b"".join(parts)
+    assert done.json()["etag"] == hashlib.sha256(whole).hexdigest()
+    assert (await storage.get("big", "s3/clip.bin")).content == whole
+    ranged = await storage.get("big", "s3/clip.bin", headers={"Range": "bytes=5242870-5242889"})
+    assert ranged.content == whole[5_242_870:5_242_890]
+    # The parts are gone from the store: only the object's blob is left.
+    store = storage_runtime(storage.context).blobs
+    assert await store.delete_prefix(f"uploads/{upload_id}") == 0
+    assert len(await storage.blobs("big")) == 1
