@@ -4,6 +4,7 @@ do what; another tenant's buckets invisible; and the policy rules that never loo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -14,9 +15,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from keel.core.audit import SYSTEM
 from keel.core.db import utcnow
+from keel.core.errors import Conflict, PreconditionFailed
 from keel.storage.models import StorageBucket, StorageObject, StorageUpload
-from keel.storage.service.buckets import get_bucket
+from keel.storage.schemas import BucketPolicy
+from keel.storage.service.buckets import get_bucket, put_bucket
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
 from tests.support.keel_cli import Deployment, initialised_deployment
@@ -422,3 +426,57 @@ def test_an_operator_creates_lists_and_shows_buckets(
         "tenant"
         in deployment.refused("storage", "buckets", "list", "--tenant", "no-such-tenant").lower()
     )
+
+
+async def test_concurrent_creates_and_replaces_of_one_bucket_have_one_winner(
+    app: FastAPI, admin: TenantAdmin
+) -> None:
+    """Eight creates of one new name at once make one bucket (the others: 409 or, once it is
+    visible, the same-policy no-op); eight replaces of revision 1 at once: one passes, seven
+    are 412 — on PostgreSQL each in a transaction of its own at the same time."""
+    database = app.state.keel.database
+    platform_max = app.state.keel.settings.storage.max_object_bytes
+
+    async def create() -> str:
+        try:
+            async with database.session() as session:
+                outcome = await put_bucket(
+                    session,
+                    admin.tenant_id,
+                    "contested",
+                    BucketPolicy(),
+                    actor=SYSTEM,
+                    platform_max_object_bytes=platform_max,
+                )
+                await asyncio.sleep(0.01)
+                return "created" if outcome.created else "same"
+        except Conflict:
+            return "conflict"
+
+    async def replace(days: int) -> str:
+        try:
+            async with database.session() as session:
+                await put_bucket(
+                    session,
+                    admin.tenant_id,
+                    "contested",
+                    BucketPolicy.model_validate({"retention": {"min_days": days}}),
+                    actor=SYSTEM,
+                    platform_max_object_bytes=platform_max,
+                    if_match='"1"',
+                )
+                await asyncio.sleep(0.01)
+                return "replaced"
+        except PreconditionFailed:
+            return "stale"
+
+    async with asyncio.timeout(30):
+        created = await asyncio.gather(*(create() for _ in range(8)))
+        assert created.count("created") == 1
+        assert created.count("created") + created.count("same") + created.count("conflict") == 8
+        replaced = await asyncio.gather(*(replace(days) for days in range(1, 9)))
+    assert sorted(replaced) == ["replaced"] + ["stale"] * 7
+    async with unit_of_work(app) as session:
+        bucket = await get_bucket(session, admin.tenant_id, "contested")
+        assert bucket.revision == 2
+        assert bucket.policy["retention"]["min_days"] in range(1, 9)
