@@ -11,6 +11,7 @@ from keel.core.services import ServiceSpec
 from keel.storage import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
 )
+from keel.storage.metrics import storage_metrics
 from keel.storage.models import StorageBucket
 from keel.storage.router import build_router
 from keel.storage.service.runtime import STORAGE_RUNTIME, StorageRuntime
@@ -22,6 +23,7 @@ URL_SIGNING_KEY_LABEL = "keel-storage:url-signing"
 
 
 async def start_storage(context: AppContext) -> None:
+    storage_metrics(context)  # registered now, so /metrics lists the series from the start
     if STORAGE_RUNTIME in context.resources:
         return
     from keel.storage.backends import open_blob_store

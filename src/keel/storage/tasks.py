@@ -19,9 +19,7 @@ from sqlalchemy import select
 
 from keel.core.context import AppContext, BackgroundTask
 from keel.core.logging import get_logger
-from keel.jobs.models import JobState
-from keel.jobs.service.enqueue import NewJob, enqueue_one
-from keel.jobs.signals import signal_after_commit
+from keel.jobs.service import JobState, NewJob, enqueue_signalled
 from keel.storage.models import StorageBucket
 from keel.storage.service.runtime import LIFECYCLE, SCAN
 
@@ -52,7 +50,7 @@ async def enqueue_lifecycle_sweeps(context: AppContext) -> int:
     created = 0
     for tenant_id in await tenants_with_buckets(context):
         async with context.database.session() as session:
-            enqueued = await enqueue_one(
+            enqueued = await enqueue_signalled(
                 session,
                 tenant_id,
                 NewJob(
@@ -67,7 +65,6 @@ async def enqueue_lifecycle_sweeps(context: AppContext) -> int:
                 ),
             )
             if enqueued.created:
-                signal_after_commit(session, tenant_id, [LIFECYCLE.queue])
                 created += 1
     return created
 

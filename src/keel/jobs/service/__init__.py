@@ -15,6 +15,7 @@ functions take the caller's session and never commit.
 
 from __future__ import annotations
 
+from keel.jobs.models import JobState
 from keel.jobs.service.admin import (
     cancel,
     get_job,
@@ -45,7 +46,12 @@ from keel.jobs.service.enqueue import (
     enqueue_many,
     enqueue_one,
 )
-from keel.jobs.service.platform import enqueue_task, enqueue_tasks
+from keel.jobs.service.platform import (
+    enqueue_signalled,
+    enqueue_task,
+    enqueue_tasks,
+    live_task_args,
+)
 from keel.jobs.service.queues import (
     KEEP,
     QueueOverview,
@@ -81,6 +87,7 @@ __all__ = [
     "Claim",
     "Enqueued",
     "HeartbeatResult",
+    "JobState",
     "NewJob",
     "QueueOverview",
     "QueueStateStats",
@@ -98,6 +105,7 @@ __all__ = [
     "enqueue_batch",
     "enqueue_many",
     "enqueue_one",
+    "enqueue_signalled",
     "enqueue_task",
     "enqueue_tasks",
     "fail",
@@ -109,6 +117,7 @@ __all__ = [
     "list_jobs",
     "list_queues",
     "list_schedules",
+    "live_task_args",
     "next_tick",
     "pause_queue",
     "prune",

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.context import PlatformTask
+from keel.jobs.models import LIVE_STATES, Job
 from keel.jobs.service.enqueue import DEFAULT_PRIORITY, Enqueued, NewJob, enqueue_batch, enqueue_one
 from keel.jobs.signals import signal_after_commit
 
@@ -66,3 +68,23 @@ async def enqueue_tasks(
     )
     signal_after_commit(session, tenant_id, [task.queue])
     return [entry.id for entry in entries]
+
+
+async def enqueue_signalled(session: AsyncSession, tenant_id: str, new: NewJob) -> Enqueued:
+    """``new`` in the caller's unit of work, its queue's workers woken once it commits: how
+    another service hands the fleet a job (a bucket's on-clean hook) or schedules its own
+    with options ``enqueue_task`` does not take (a unique key over every state)."""
+    enqueued = await enqueue_one(session, tenant_id, new)
+    signal_after_commit(session, tenant_id, [new.queue])
+    return enqueued
+
+
+async def live_task_args(session: AsyncSession, task: PlatformTask) -> list[Any]:
+    """The arguments of ``task``'s jobs not yet finished (available, scheduled, running or
+    retryable), of the session's tenant: what a sweep checks before enqueueing again."""
+    rows = await session.scalars(
+        select(Job.args).where(
+            Job.queue == task.queue, Job.task == task.task_name, Job.state.in_(LIVE_STATES)
+        )
+    )
+    return list(rows)

@@ -38,8 +38,7 @@ from keel.core.context import AppContext, TaskRun
 from keel.core.db import utcnow
 from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
-from keel.jobs.models import LIVE_STATES, Job
-from keel.jobs.service import enqueue_task
+from keel.jobs.service import enqueue_task, live_task_args
 from keel.storage.models import (
     ObjectState,
     StorageBucket,
@@ -341,9 +340,7 @@ async def _requeue_lost_scans(context: AppContext, tenant_id: str, now: datetime
         )
         if not pending:
             return 0
-        live_args = await session.scalars(
-            select(Job.args).where(Job.task == SCAN.task_name, Job.state.in_(LIVE_STATES))
-        )
+        live_args = await live_task_args(session, SCAN)
         scanning = {args.get("version_id") for args in live_args if isinstance(args, dict)}
         for version_id in pending:
             if version_id in scanning:
