@@ -490,6 +490,6 @@ async def test_a_64_mib_write_holds_a_small_part_of_it_in_memory(kind: str, tmp_
             await store.aclose()
 
     # Local: the chunks gathered before each hop to the disk thread (1 MiB) and the next one
-    # the stream makes (measured 3 MiB). S3: one part being filled and one being sent (8 MiB
-    # each; measured 18 MiB). Either would be 64 MiB if the store held the stream.
+    # the stream makes (measured 3 MiB). S3: the part being sent and the one being filled
+    # (8 MiB each; measured 19 MiB). Either would be 64 MiB if the store held the stream.
     assert peak < (8 * MiB if kind == "local" else 24 * MiB), peak
