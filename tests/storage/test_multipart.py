@@ -372,3 +372,51 @@ async def test_a_multipart_upload_assembles_on_s3_too(storage: StorageApi) -> No
     store = storage_runtime(storage.context).blobs
     assert await store.delete_prefix(f"uploads/{upload_id}") == 0
     assert len(await storage.blobs("big")) == 1
+
+
+async def test_two_completions_at_once_store_one_version(
+    client: httpx.AsyncClient, admin: TenantAdmin, app: FastAPI
+) -> None:
+    """The invariant "one upload, at most one version": of two completions racing, one
+    stores the object and the other is refused (409 while the first holds the upload, or
+    404 once it is gone); the bucket counts one object."""
+    await make_bucket(client, admin, "race")
+    upload_id = (await start(client, admin, "race", "once.bin"))["upload_id"]
+    parts = three_parts()
+    etags = []
+    for number, data in enumerate(parts, start=1):
+        answer = await send_part(client, admin, "race", upload_id, number, data)
+        assert answer.status_code == 200, answer.text
+        etags.append((number, answer.json()["etag"]))
+
+    answers = await asyncio.gather(
+        complete(client, admin, "race", upload_id, etags),
+        complete(client, admin, "race", upload_id, etags),
+    )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses[0] == 201, [answer.text for answer in answers]
+    assert statuses[1] in (404, 409), [answer.text for answer in answers]
+    async with unit_of_work(app) as session:
+        bind_tenant(session, admin.tenant_id)
+        versions = (
+            await session.scalars(select(StorageObject.id).where(StorageObject.key == "once.bin"))
+        ).all()
+    assert len(versions) == 1
+    bucket = (await client.get(f"{API}/buckets/race", headers=admin.headers)).json()
+    assert bucket["used_objects"] == 1
+
+
+async def test_a_failed_completion_lets_the_upload_be_completed_again(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """A completion the pipeline refuses (a type the bucket forbids) releases its hold."""
+    await make_bucket(client, admin, "retry", allowed_types=["image/png"])
+    upload_id = (await start(client, admin, "retry", "x.bin"))["upload_id"]
+    answer = await send_part(client, admin, "retry", upload_id, 1, b"not a png")
+    assert answer.status_code == 200, answer.text
+    listed = [(1, answer.json()["etag"])]
+    problem(await complete(client, admin, "retry", upload_id, listed), 415)
+    # Not "being completed": the same refusal again, then an abort works.
+    problem(await complete(client, admin, "retry", upload_id, listed), 415)
+    aborted = await client.delete(f"{API}/buckets/retry/uploads/{upload_id}", headers=admin.headers)
+    assert aborted.status_code in (200, 204), aborted.text

@@ -159,6 +159,9 @@ class StorageUpload(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: An upload not completed by then is aborted and its parts deleted (lifecycle sweep).
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: Set while a completion assembles the parts: a second completion meanwhile is refused
+    #: (two would store two versions). A completion that crashed stops holding it then.
+    completing_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def upload_associated_data(upload_id: str) -> bytes:

@@ -118,6 +118,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(length=200), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sa.Column("completing_until", UTCDateTime(), nullable=True),
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.ForeignKeyConstraint(
             ["bucket_id"],

@@ -23,20 +23,22 @@ No database transaction is held while bytes move: a part's row is written once i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.audit import Actor
 from keel.core.context import AppContext
 from keel.core.db import utcnow
-from keel.core.errors import BadRequest, NotFound, PayloadTooLarge
+from keel.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from keel.core.ids import new_id
+from keel.core.logging import get_logger
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.storage import encryption
@@ -57,6 +59,8 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10_000
 #: Where an upload's part blobs live.
 UPLOADS_PREFIX = "uploads"
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -327,24 +331,66 @@ async def complete_upload(
     from keel.storage.service.ingest import ingest
 
     async with context.database.session() as session:
+        await hold_write_lock(session)  # the claim below writes what these reads decided
         bucket = await get_bucket(session, tenant_id, bucket_name)
         upload = await get_upload(session, tenant_id, bucket, upload_id)
         parts = check_listed_parts(listed, await list_parts(session, upload))
         data_key = _data_key(context, upload)
         key, declared_type = upload.key, upload.declared_content_type
-    stored = await ingest(
-        context,
-        tenant_id=tenant_id,
-        bucket=bucket_name,
-        key=key,
-        chunks=_assembled(context, upload_id, data_key, parts),
-        declared_type=declared_type,
-        created_by=created_by,
-        actor=actor,
-        via="multipart",
-    )
+        await _claim_completion(session, upload_id)
+    try:
+        stored = await ingest(
+            context,
+            tenant_id=tenant_id,
+            bucket=bucket_name,
+            key=key,
+            chunks=_assembled(context, upload_id, data_key, parts),
+            declared_type=declared_type,
+            created_by=created_by,
+            actor=actor,
+            via="multipart",
+        )
+    except BaseException:
+        await asyncio.shield(_release_completion(context, tenant_id, upload_id))
+        raise
     await discard_upload(context, tenant_id, upload_id)
     return stored
+
+
+#: How long a completion holds its upload: assembling the largest object, with room.
+COMPLETION_HOLD = timedelta(minutes=30)
+
+
+async def _claim_completion(session: AsyncSession, upload_id: str) -> None:
+    """Mark the upload as being completed, one conditional UPDATE: a second completion
+    meanwhile is refused (409) rather than storing a second version of the same parts."""
+    now = utcnow()
+    claimed = await session.execute(
+        update(StorageUpload)
+        .where(
+            StorageUpload.id == upload_id,
+            or_(StorageUpload.completing_until.is_(None), StorageUpload.completing_until < now),
+        )
+        .values(completing_until=now + COMPLETION_HOLD)
+    )
+    if not getattr(claimed, "rowcount", 0):
+        raise Conflict(
+            "The upload is being completed by another request.", code="upload-completing"
+        )
+
+
+async def _release_completion(context: AppContext, tenant_id: str, upload_id: str) -> None:
+    """A failed completion leaves the upload as it was, to be completed again or aborted."""
+    try:
+        async with context.database.session() as session:
+            bind_tenant(session, tenant_id)
+            await session.execute(
+                update(StorageUpload)
+                .where(StorageUpload.id == upload_id)
+                .values(completing_until=None)
+            )
+    except Exception:  # the hold runs out by itself
+        log.warning("storage.upload.release_failed", upload_id=upload_id, exc_info=True)
 
 
 async def abort_upload(
