@@ -310,6 +310,28 @@ async def test_delete_prefix_removes_exactly_the_blobs_under_it(subject: StoreUn
     assert await read_all(subject.store, "up/10/d") == b"up/10/d"
 
 
+SAFE_ODD_LOCATORS = [
+    "t/b/with space",
+    "t/b/plus+and%25percent",
+    "t/b/ünïcødé-名前",
+    "t/b/.hidden",
+    "t/b/...",
+    "t/b/?query=1&x#fragment",
+    "/".join(["x" * 200] * 5),  # long: 1,004 bytes
+]
+
+
+async def test_odd_but_safe_locators_round_trip(subject: StoreUnderTest) -> None:
+    for locator in SAFE_ODD_LOCATORS:
+        await subject.store.write(locator, chunked(locator.encode(), 100))
+
+    for locator in SAFE_ODD_LOCATORS:
+        assert await read_all(subject.store, locator) == locator.encode()
+    assert subject.stored() == set(SAFE_ODD_LOCATORS)
+    assert await subject.store.delete_prefix("t/b") == len(SAFE_ODD_LOCATORS) - 1
+    assert subject.stored() == {SAFE_ODD_LOCATORS[-1]}
+
+
 # --------------------------------------------------------------------------------------
 # Unsafe locators
 
@@ -325,7 +347,8 @@ UNSAFE_LOCATORS = [
     "a\\..\\b",
     "nul\x00byte",
     "new\nline",
-    "x" * 1025,
+    "x" * 201,
+    "/".join(["x" * 200] * 5) + "/xxxxxxxxxxxxxxxxxxxx",  # 1,025 bytes
 ]
 
 

@@ -23,6 +23,10 @@ CHUNK_BYTES = 1024 * 1024
 #: The longest locator accepted, in UTF-8 bytes (S3's limit on a key, before the prefix).
 MAX_LOCATOR_BYTES = 1024
 
+#: The longest segment, in UTF-8 bytes: file systems take names of up to 255 bytes, and the
+#: local store's temporary file adds its own affixes to the name (``.<name>.<random>.tmp``).
+MAX_SEGMENT_BYTES = 200
+
 
 class BlobNotFound(Exception):
     """Nothing is stored at the locator."""
@@ -83,7 +87,8 @@ def locator_segments(locator: str) -> list[str]:
     """The segments of a safe locator, or :class:`ValueError` naming what is wrong.
 
     Safe: a non-empty relative name of at most :data:`MAX_LOCATOR_BYTES` UTF-8 bytes whose
-    ``/``-separated segments are neither empty, ``.`` nor ``..``, and with no control
+    ``/``-separated segments are neither empty, ``.`` nor ``..`` nor longer than
+    :data:`MAX_SEGMENT_BYTES`, with no control
     character or backslash anywhere (a backslash is a separator on some file systems). The
     service makes locators itself, so an unsafe one is a bug: refusing it keeps a blob from
     landing outside the store's root or under a name a later read would resolve differently.
@@ -99,6 +104,10 @@ def locator_segments(locator: str) -> list[str]:
     segments = locator.split("/")
     if any(segment in ("", ".", "..") for segment in segments):
         raise ValueError("a locator has no empty, '.' or '..' segment")
+    if any(
+        len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in segments
+    ):
+        raise ValueError(f"a locator's segments are at most {MAX_SEGMENT_BYTES} bytes")
     return segments
 
 
