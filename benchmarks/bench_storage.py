@@ -29,7 +29,9 @@ with the client or with Keel. Every process here shares the machine's CPUs: see
 
 ``KEEL_BENCH_STORAGE_MB`` (or ``--mb``) sets the object's size in MiB (1024 by default),
 ``KEEL_BENCH_STORAGE_ROUNDS`` (``--rounds``) the rounds (1: the median is reported);
-``--backend local|s3`` runs one backend only.
+``--backend local|s3`` runs one backend only. The local transfers are also made with
+``curl`` as Keel's client (``curl_client_*`` in ``extra``: Keel's speed when the client is
+not Python), over S3 too with ``KEEL_BENCH_STORAGE_CURL=all``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -136,6 +139,12 @@ def _rss(pid: int) -> int:
     return total
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its waited-for children (``cp``, ``curl``)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -160,7 +169,7 @@ def _measured(keel_pid: int, store_pid: int | None, size: int) -> Iterator[Trans
 
     sampler = threading.Thread(target=sample, daemon=True)
     keel_cpu, store_cpu = _cpu(keel_pid), _cpu(store_pid)
-    client_cpu = time.process_time()
+    client_cpu = _own_cpu()
     sampler.start()
     started = time.perf_counter()
     try:
@@ -172,7 +181,7 @@ def _measured(keel_pid: int, store_pid: int | None, size: int) -> Iterator[Trans
         transfer.rss_peak = max(transfer.rss_peak, _rss(keel_pid))
         transfer.server_cpu_s = round(_cpu(keel_pid) - keel_cpu, 2)
         transfer.store_cpu_s = round(_cpu(store_pid) - store_cpu, 2)
-        transfer.client_cpu_s = round(time.process_time() - client_cpu, 2)
+        transfer.client_cpu_s = round(_own_cpu() - client_cpu, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +305,7 @@ def _cp_round(source: Path, size: int, sha256: str, work: Path) -> dict[str, Tra
     store = work / "cp-store"
     store.mkdir(exist_ok=True)
     stored, back = store / "object.bin", work / "cp-out.bin"
+    cpu_started = _own_cpu()
     started = time.perf_counter()
     subprocess.run(["cp", str(source), str(stored)], check=True)
     copied = time.perf_counter()
@@ -305,15 +315,50 @@ def _cp_round(source: Path, size: int, sha256: str, work: Path) -> dict[str, Tra
     finally:
         os.close(fd)
     synced = time.perf_counter()
+    cpu_synced = _own_cpu()
     subprocess.run(["cp", str(stored), str(back)], check=True)
     read_back = time.perf_counter()
+    cpu_read_back = _own_cpu()
     _check_file(back, size, sha256)
     stored.unlink()
     back.unlink()
-    return {
-        "upload": Transfer(synced - started, size, extra={"cp_only_s": round(copied - started, 3)}),
-        "download": Transfer(read_back - synced, size),
-    }
+    upload = Transfer(synced - started, size, extra={"cp_only_s": round(copied - started, 3)})
+    upload.client_cpu_s = round(cpu_synced - cpu_started, 2)
+    download = Transfer(read_back - synced, size)
+    download.client_cpu_s = round(cpu_read_back - cpu_synced, 2)
+    return {"upload": upload, "download": download}
+
+
+def _curl_round(
+    base: str, admin_key: str, source: Path, size: int, sha256: str, work: Path, keel_pid: int,
+    results: dict[str, list[Transfer]], round_: int,
+) -> None:  # fmt: skip
+    """The same transfers with curl as the client (C, no Python on the client's side): what
+    Keel itself can do when the client is not the limit."""
+    import json
+
+    headers = work / "curl-headers"
+    # The credential goes in a file only this user reads, not on a command line.
+    headers.touch(mode=0o600)
+    headers.write_text(
+        f"Authorization: Bearer {admin_key}\nContent-Type: application/octet-stream\nExpect:\n"
+    )
+    answer, target = work / "curl-answer.json", work / "curl-out.bin"
+    for mode, bucket in BUCKETS.items():
+        url = f"{base}/storage/v1/buckets/{bucket}/objects/round-{round_}/curl.bin"
+        curl = ["curl", "--silent", "--show-error", "--fail", "-H", f"@{headers}"]
+        with _measured(keel_pid, None, size) as up:
+            subprocess.run([*curl, "-T", str(source), "-o", str(answer), url], check=True)
+        info = json.loads(answer.read_text())
+        if info["etag"].strip('"') != sha256 or info["size"] != size:
+            raise ServerFailed(f"the stored object is not the file: {info}")
+        with _measured(keel_pid, None, size) as down:
+            subprocess.run([*curl, "-o", str(target), url], check=True)
+        _check_file(target, size, sha256)
+        target.unlink()
+        results[f"curl_upload_{mode}"].append(up)
+        results[f"curl_download_{mode}"].append(down)
+        _keel_delete(base, admin_key, bucket, f"round-{round_}/curl.bin")
 
 
 def _s3_client_context(endpoint: str) -> Any:
@@ -414,6 +459,12 @@ def _backend(
         f"{direction}_{mode}": [] for direction in ("upload", "download") for mode in BUCKETS
     }
     peer_runs: dict[str, list[Transfer]] = {"upload": [], "download": []}
+    #: curl as Keel's client too: on the local backend (over S3 moto's upload is the limit,
+    #: so only when ``KEEL_BENCH_STORAGE_CURL=all``).
+    with_curl = shutil.which("curl") is not None and (
+        backend == "local" or os.environ.get("KEEL_BENCH_STORAGE_CURL") == "all"
+    )
+    curl_runs: dict[str, list[Transfer]] = {f"curl_{name}": [] for name in keel_runs}
     with contextlib.ExitStack() as stack:
         moto: Server | None = None
         if backend == "s3":
@@ -445,6 +496,11 @@ def _backend(
                         server, admin_key, source, size, sha256, work, store_pid, keel_runs,
                         round_,
                     )  # fmt: skip
+                    if with_curl:
+                        _curl_round(
+                            server.url, admin_key, source, size, sha256, work, server.pid,
+                            curl_runs, round_,
+                        )  # fmt: skip
                 elif moto is not None:
                     s3_round = asyncio.run(
                         _s3_round(moto.url, source, size, sha256, work, moto.pid, server.pid)
@@ -494,6 +550,13 @@ def _backend(
         if backend == "s3":
             extra["moto_cpu_s"] = keel.store_cpu_s
             extra["peer_moto_cpu_s"] = peer.store_cpu_s
+        if curl_runs[f"curl_{name}"]:
+            curl = _median(curl_runs[f"curl_{name}"])
+            extra["curl_client_mb_s"] = round(curl.mb_s, 1)
+            extra["curl_client_runs_mb_s"] = [round(t.mb_s, 1) for t in curl_runs[f"curl_{name}"]]
+            extra["curl_client_ratio"] = round(curl.mb_s / peer.mb_s, 3)
+            extra["curl_client_keel_cpu_s"] = curl.server_cpu_s
+            extra["curl_client_rss_growth_mb"] = round(curl.rss_growth_mb, 1)
         if "cp_only_s" in peer.extra:
             cp_only = size / MB / peer.extra["cp_only_s"]
             extra["cp_only_mb_s"] = round(cp_only, 1)
@@ -506,7 +569,12 @@ def _backend(
                 )
             )
         )  # fmt: skip
-    every = [transfer for transfers in keel_runs.values() for transfer in transfers]
+    every = [
+        transfer
+        for runs in (keel_runs, curl_runs)
+        for transfers in runs.values()
+        for transfer in transfers
+    ]
     growth = max(transfer.rss_growth_mb for transfer in every)
     figures.append(
         emit(
@@ -516,7 +584,8 @@ def _backend(
                     **common,
                     "per_transfer_mb": {
                         name: [round(t.rss_growth_mb, 1) for t in transfers]
-                        for name, transfers in keel_runs.items()
+                        for name, transfers in {**keel_runs, **curl_runs}.items()
+                        if transfers
                     },
                     "rss_idle_mb": round(rss_idle / MB, 1),
                     "rss_peak_mb": round(max(t.rss_peak for t in every) / MB, 1),
