@@ -26,8 +26,8 @@ from keel.core.context import PLATFORM_QUEUE_PREFIX
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from keel.core.logging import get_logger
-from keel.jobs.service import enqueue
-from keel.jobs.signals import signal_after_commit
+from keel.core.sqlite import hold_write_lock
+from keel.jobs.service import NewJob, enqueue_signalled
 from keel.storage.models import LockMode, ObjectState, StorageBucket, StorageObject
 from keel.storage.schemas import MAX_KEY_BYTES, BucketPolicy, ObjectInfo
 from keel.storage.service import quotas
@@ -233,7 +233,21 @@ def object_info(bucket_name: str, version: StorageObject) -> ObjectInfo:
     )
 
 
-# --- quota ------------------------------------------------------------------------------------
+# --- quota and locking ---------------------------------------------------------------------
+
+
+async def lock_bucket(session: AsyncSession, bucket_id: str) -> None:
+    """Hold the bucket's row until the transaction ends (SQLite: the database's write lock).
+
+    Every unit of work that deletes versions or moves the bucket's usage takes it FIRST
+    (an upload's quota reservation updates the row, which takes it too), before any version
+    row: two verdicts on versions of one key each delete the other's older versions, and
+    without one lock taken first they deadlocked on PostgreSQL.
+    """
+    await hold_write_lock(session)
+    await session.execute(
+        select(StorageBucket.id).where(StorageBucket.id == bucket_id).with_for_update()
+    )
 
 
 async def release_versions(
@@ -254,17 +268,21 @@ async def release_versions(
 async def delete_rows(
     session: AsyncSession, tenant_id: str, bucket_id: str, versions: Sequence[StorageObject]
 ) -> list[str]:
-    """Delete the rows of ``versions`` and release their usage; their locators, whose blobs
-    the caller deletes once this commits."""
+    """Delete the rows of ``versions`` and release the usage of those this unit of work
+    deleted (a concurrent one may have deleted some first: their usage is released once);
+    the locators whose blobs the caller deletes once this commits."""
     if not versions:
         return []
-    await session.execute(
+    result = await session.execute(
         delete(StorageObject)
         .where(StorageObject.id.in_([version.id for version in versions]))
+        .returning(StorageObject.id)
         .execution_options(synchronize_session=False)
     )
-    await release_versions(session, tenant_id, bucket_id, versions)
-    return [version.locator for version in versions if version.locator]
+    deleted = {row[0] for row in result}
+    gone = [version for version in versions if version.id in deleted]
+    await release_versions(session, tenant_id, bucket_id, gone)
+    return [version.locator for version in gone if version.locator]
 
 
 # --- becoming clean -------------------------------------------------------------------------
@@ -305,21 +323,15 @@ async def enqueue_clean_hook(
     if hook.queue.startswith(PLATFORM_QUEUE_PREFIX):
         log.warning("storage.clean_hook_refused", bucket=bucket.name, queue=hook.queue)
         return
-    await enqueue(
-        session,
-        tenant_id,
-        hook.queue,
-        hook.task,
-        {
-            "bucket": bucket.name,
-            "key": version.key,
-            "version_id": version.id,
-            "size": version.size,
-            "content_type": version.content_type,
-            "etag": version.etag,
-        },
-    )
-    signal_after_commit(session, tenant_id, [hook.queue])
+    args = {
+        "bucket": bucket.name,
+        "key": version.key,
+        "version_id": version.id,
+        "size": version.size,
+        "content_type": version.content_type,
+        "etag": version.etag,
+    }
+    await enqueue_signalled(session, tenant_id, NewJob(hook.queue, hook.task, args))
 
 
 async def became_clean(
@@ -364,6 +376,7 @@ async def delete_object(
     a lock, a legal hold or the minimum retention keeps refuses the whole delete (409)."""
     validate_key(key)
     policy = bucket_policy(bucket)
+    await lock_bucket(session, bucket.id)
     now = utcnow()
     versions = await key_versions(session, bucket.id, key, for_update=True)
     marker: StorageObject | None = None

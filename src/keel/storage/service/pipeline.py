@@ -26,7 +26,6 @@ from keel.core.audit import record_event
 from keel.core.context import AppContext, RetryTask, TaskRun
 from keel.core.db import utcnow
 from keel.core.logging import get_logger
-from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.storage.backends import BackendUnavailable, BlobNotFound
 from keel.storage.encryption import DecryptionFailed
@@ -78,16 +77,27 @@ async def scan_version(context: AppContext, run: TaskRun, args: Any) -> dict[str
         if not run.is_last_attempt:
             raise RetryTask(f"scan failed: {exc}") from None
         outcome = await _record(
-            context, run.tenant_id, version_id, ObjectState.rejected, f"scan failed: {exc}"
+            context,
+            run.tenant_id,
+            version.bucket_id,
+            version_id,
+            ObjectState.rejected,
+            f"scan failed: {exc}",
         )
     except BlobNotFound:
         outcome = await _record(
-            context, run.tenant_id, version_id, ObjectState.rejected, "the stored bytes are missing"
+            context,
+            run.tenant_id,
+            version.bucket_id,
+            version_id,
+            ObjectState.rejected,
+            "the stored bytes are missing",
         )
     except DecryptionFailed as exc:
         outcome = await _record(
             context,
             run.tenant_id,
+            version.bucket_id,
             version_id,
             ObjectState.rejected,
             f"the stored bytes do not authenticate ({exc})",
@@ -95,11 +105,14 @@ async def scan_version(context: AppContext, run: TaskRun, args: Any) -> dict[str
     else:
         storage_metrics(context).scan_seconds.observe(time.perf_counter() - started)
         if verdict.clean:
-            outcome = await _record(context, run.tenant_id, version_id, ObjectState.clean, None)
+            outcome = await _record(
+                context, run.tenant_id, version.bucket_id, version_id, ObjectState.clean, None
+            )
         else:
             outcome = await _record(
                 context,
                 run.tenant_id,
+                version.bucket_id,
                 version_id,
                 ObjectState.infected,
                 verdict.signature or "infected",
@@ -110,6 +123,7 @@ async def scan_version(context: AppContext, run: TaskRun, args: Any) -> dict[str
 async def _record(
     context: AppContext,
     tenant_id: str,
+    bucket_id: str,
     version_id: str,
     state: ObjectState,
     reason: str | None,
@@ -118,7 +132,8 @@ async def _record(
     gone: list[str] = []
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
-        await hold_write_lock(session)
+        # The bucket's lock first, then the version's (see objects.lock_bucket).
+        await objects.lock_bucket(session, bucket_id)
         version = await session.get(
             StorageObject, version_id, with_for_update=True, populate_existing=True
         )
