@@ -5,7 +5,10 @@ model on aiohttp; the choice and why in ``docs/architecture.md``).
 A write shorter than :data:`PART_BYTES` is one ``PutObject``; a longer one is a multipart
 upload of :data:`PART_BYTES` parts (the last one shorter), completed only once the stream
 has ended, and aborted when the stream fails, the store fails or the task is cancelled. The
-write holds at most one part and the chunk being added to it, whatever the blob's size.
+write holds at most two parts (one being sent, the next being filled) and the chunk being
+added, whatever the blob's size. An abort that cannot reach the store leaves an incomplete
+upload behind: give the bucket a lifecycle rule that aborts incomplete multipart uploads
+after a day (``AbortIncompleteMultipartUpload``) as the backstop.
 
 Addressing is path-style by default (``http://host/bucket/key``), which moto and most
 S3-compatible stores need; AWS takes either. Checksums are sent and checked only where the
@@ -223,8 +226,8 @@ class S3BlobStore:
             if delete_object:
                 await client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError, aiohttp.ClientError, OSError) as error:
-            # The store's lifecycle rule for incomplete uploads is the backstop
-            # (docs/operations.md): the write fails either way.
+            # The bucket's lifecycle rule for incomplete uploads is the backstop (see the
+            # module's docstring): the write fails either way.
             log.warning(
                 "storage.s3.clean_up_failed",
                 key=key,
