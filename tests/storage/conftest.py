@@ -208,3 +208,10 @@ async def storage(
     )
     async with storage_api(configured, s3) as api:
         yield api
+
+
+@pytest.fixture
+def settings(settings: Settings, clamd_server: ClamdServer) -> Settings:
+    """The suite's settings with a scanner: a bucket that scans (the default policy) is
+    refused where no clamd is configured (tests/storage/test_buckets.py shows the refusal)."""
+    return storage_settings(settings, clamd_address=clamd_server.address)

@@ -379,14 +379,20 @@ def test_an_operator_creates_lists_and_shows_buckets(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"allowed_types": ["image/*"], "quota_objects": 9}))
+    policy.write_text(json.dumps({"allowed_types": ["image/*"], "quota_objects": 9, "scan": False}))
     created = json.loads(
         deployment.ok("storage", "buckets", "create", "photos", "--policy", str(policy))
     )
     assert created["name"] == "photos"
     assert created["revision"] == 1
     assert created["policy"]["allowed_types"] == ["image/*"]
-    deployment.ok("storage", "buckets", "create", "plain")
+    # The default policy scans, and this deployment has no clamd: refused, saying what to do.
+    refusal = deployment.refused("storage", "buckets", "create", "plain")
+    assert "KEEL_STORAGE__CLAMD_ADDRESS" in refusal
+    assert '"scan": false' in refusal
+    unscanned = tmp_path / "unscanned.json"
+    unscanned.write_text(json.dumps({"scan": False}))
+    deployment.ok("storage", "buckets", "create", "plain", "--policy", str(unscanned))
 
     table = deployment.ok("storage", "buckets", "list").splitlines()
     assert table[0].split() == [
@@ -408,7 +414,9 @@ def test_an_operator_creates_lists_and_shows_buckets(
     shown = json.loads(deployment.ok("storage", "buckets", "show", "photos"))
     assert shown["policy"]["quota_objects"] == 9
 
-    assert "exists" in deployment.refused("storage", "buckets", "create", "photos")
+    assert "exists" in deployment.refused(
+        "storage", "buckets", "create", "photos", "--policy", str(unscanned)
+    )
     assert "No bucket" in deployment.refused("storage", "buckets", "show", "nothing")
     assert "bucket name" in deployment.refused("storage", "buckets", "create", "Bad_Name")
     policy.write_text(json.dumps({"allowed_types": "image/*", "colour": "red"}))

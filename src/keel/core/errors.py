@@ -216,6 +216,26 @@ def render_error(error: KeelError, request_id: str | None, instance: str | None)
     )
 
 
+#: Path prefixes whose next segment is a credential (a signed URL's token): shown as
+#: ``{token}`` wherever a path is echoed (a problem's ``instance``) or logged.
+_CREDENTIAL_PREFIXES: list[str] = []
+
+
+def register_credential_path(prefix: str) -> None:
+    """Declare that the segment after ``prefix`` (``/storage/v1/signed/``) is a credential."""
+    if prefix not in _CREDENTIAL_PREFIXES:
+        _CREDENTIAL_PREFIXES.append(prefix)
+
+
+def public_path(path: str) -> str:
+    """``path`` as it may be shown: a credential segment replaced by ``{token}``."""
+    for prefix in _CREDENTIAL_PREFIXES:
+        if path.startswith(prefix):
+            _, slash, rest = path[len(prefix) :].partition("/")
+            return f"{prefix}{{token}}{slash}{rest}"
+    return path
+
+
 def _request_id(request: Request) -> str | None:
     value = request.scope.get("state", {}).get("request_id")
     return value if isinstance(value, str) else None
@@ -238,7 +258,7 @@ def describe_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
 
 async def _keel_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeelError)
-    return render_error(exc, _request_id(request), request.url.path)
+    return render_error(exc, _request_id(request), public_path(request.url.path))
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> Response:
@@ -248,7 +268,7 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
         return render_error(
             BadRequest("The request body is not valid JSON."),
             _request_id(request),
-            request.url.path,
+            public_path(request.url.path),
         )
     if _is_json_body_sent_as_another_type(request, errors):
         sent = request.headers.get("content-type") or "no Content-Type"
@@ -257,14 +277,14 @@ async def _validation_error_handler(request: Request, exc: Exception) -> Respons
                 f"The body must be JSON sent with Content-Type: application/json (not {sent})."
             ),
             _request_id(request),
-            request.url.path,
+            public_path(request.url.path),
         )
     return render_error(
         ValidationFailed(
             "The request does not match the schema.", errors=describe_validation_errors(errors)
         ),
         _request_id(request),
-        request.url.path,
+        public_path(request.url.path),
     )
 
 
@@ -289,7 +309,7 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
             slug=GENERIC_HTTP_ERROR_SLUG,
             title="HTTP error",
             detail=str(exc.detail),
-            instance=request.url.path,
+            instance=public_path(request.url.path),
             request_id=_request_id(request),
             headers=exc.headers,
         )
@@ -298,8 +318,8 @@ async def _http_error_handler(request: Request, exc: Exception) -> Response:
     if exc.detail and exc.detail != HTTPStatus(exc.status_code).phrase:
         error.detail = str(exc.detail)  # raised by Keel (the input rules), or by FastAPI
     if exc.status_code == 404:
-        error.detail = f"No route for {request.method} {request.url.path}."
-    return render_error(error, _request_id(request), request.url.path)
+        error.detail = f"No route for {request.method} {public_path(request.url.path)}."
+    return render_error(error, _request_id(request), public_path(request.url.path))
 
 
 async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
@@ -308,7 +328,7 @@ async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
     error = ServiceUnavailable(
         "Every database connection is busy; retry shortly.", headers={"Retry-After": "1"}
     )
-    return render_error(error, _request_id(request), request.url.path)
+    return render_error(error, _request_id(request), public_path(request.url.path))
 
 
 #: Integrity violations two requests at once can cause: a unique key taken, a row referred
@@ -329,12 +349,12 @@ async def _integrity_conflict_handler(request: Request, exc: Exception) -> Respo
     if sqlstate not in _RACE_SQLSTATES and not first_line.startswith(_SQLITE_RACES):
         raise exc  # a NOT NULL or CHECK violation is a fault of Keel's: a 500, reported
     constraint = getattr(driver_error, "constraint_name", None) or first_line[:200]
-    log.warning("db.integrity_conflict", path=request.url.path, constraint=constraint)
+    log.warning("db.integrity_conflict", path=public_path(request.url.path), constraint=constraint)
     error = Conflict(
         "The request conflicts with a change made at the same time; read the current state "
         "and retry."
     )
-    return render_error(error, _request_id(request), request.url.path)
+    return render_error(error, _request_id(request), public_path(request.url.path))
 
 
 async def _data_refused_handler(request: Request, exc: Exception) -> Response:
@@ -345,9 +365,9 @@ async def _data_refused_handler(request: Request, exc: Exception) -> Response:
     sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", ""))
     if not sqlstate.startswith("22"):
         raise exc
-    log.warning("db.data_refused", path=request.url.path, sqlstate=sqlstate)
+    log.warning("db.data_refused", path=public_path(request.url.path), sqlstate=sqlstate)
     error = BadRequest("A value of the request is out of range or cannot be stored.")
-    return render_error(error, _request_id(request), request.url.path)
+    return render_error(error, _request_id(request), public_path(request.url.path))
 
 
 def install_error_handlers(app: FastAPI) -> None:

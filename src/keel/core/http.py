@@ -37,6 +37,7 @@ from keel.core.errors import (
     PreconditionFailed,
     PreconditionRequired,
     ValidationFailed,
+    public_path,
     render_error,
 )
 from keel.core.input_rules import InputRefused, check_body, check_target, checks_body
@@ -251,7 +252,7 @@ class RequestContextMiddleware:
             import sentry_sdk  # here, not at import: it is a tenth of a cold start
 
             sentry_sdk.capture_exception(exc)
-            log.exception("http.unhandled_error", method=method, path=path)
+            log.exception("http.unhandled_error", method=method, path=public_path(path))
             if not response_started:
                 await self._send_problem(InternalError(), request_id, path, send_with_request_id)
         finally:
@@ -272,7 +273,7 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _send_problem(error: Any, request_id: str, path: str, send: Send) -> None:
-        response = render_error(error, request_id, path)
+        response = render_error(error, request_id, public_path(path))
         await response({"type": "http"}, _empty_receive, send)
 
 

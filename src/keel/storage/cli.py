@@ -122,7 +122,7 @@ def create(
             for entry in error.errors()
         )
         fail_usage(f"invalid policy: {problems}")
-    platform_max = settings_or_exit().storage.max_object_bytes
+    storage_settings = settings_or_exit().storage
 
     async def work(session: AsyncSession, tenant_id: str) -> None:
         outcome = await buckets.put_bucket(
@@ -131,7 +131,8 @@ def create(
             name,
             checked,
             actor=operator_actor(),
-            platform_max_object_bytes=platform_max,
+            platform_max_object_bytes=storage_settings.max_object_bytes,
+            scanner=storage_settings.clamd_address is not None,
             if_none_match="*",
         )
         print_json(_document(outcome.bucket))

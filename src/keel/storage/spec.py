@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from keel.core.context import AppContext
+from keel.core.errors import register_credential_path
 from keel.core.services import ServiceSpec
 from keel.storage import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
@@ -16,6 +17,9 @@ from keel.storage.models import StorageBucket
 from keel.storage.router import build_router
 from keel.storage.service.runtime import STORAGE_RUNTIME, StorageRuntime
 from keel.storage.tasks import BACKGROUND, TASKS
+
+# A signed URL's token is its credential: never echoed in a problem's instance or a log.
+register_credential_path("/storage/v1/signed/")
 
 #: What the URL signing key is derived from (by the platform's token-hash key, which
 #: outlives master key rotations: a rotation does not void the URLs already handed out).

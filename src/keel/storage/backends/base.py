@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
+from keel.core.errors import ServiceUnavailable
+
 #: Reads yield chunks of at most this many bytes.
 CHUNK_BYTES = 1024 * 1024
 
@@ -32,12 +34,20 @@ class BlobNotFound(Exception):
     """Nothing is stored at the locator."""
 
 
-class BackendUnavailable(Exception):
-    """The store did not answer, timed out or refused the request.
+class BackendUnavailable(ServiceUnavailable):
+    """The store did not answer, timed out or refused the request: a 503 problem with
+    ``Retry-After`` wherever it reaches the API (an upload, a part, a download).
 
     The message names the failure (an error code, ``connection refused``) and never a
     credential.
     """
+
+    def __init__(self, message: str = "The blob store did not answer.") -> None:
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+#: What a caller is told to wait when the store is down.
+RETRY_AFTER_SECONDS = 5
 
 
 class BlobStore(Protocol):

@@ -74,6 +74,7 @@ async def put_bucket(
         policy or schemas.BucketPolicy(),
         actor=actor,
         platform_max_object_bytes=context.settings.storage.max_object_bytes,
+        scanner=context.settings.storage.clamd_address is not None,
         if_match=if_match,
         if_none_match=if_none_match,
     )

@@ -76,6 +76,19 @@ async def list_buckets(session: AsyncSession, tenant_id: str) -> list[StorageBuc
     return list(await session.scalars(statement))
 
 
+def check_scanner(policy: BucketPolicy, *, scanner: bool) -> None:
+    """``scanner``: a scanner is configured (``KEEL_STORAGE__CLAMD_ADDRESS``). Without one a
+    bucket that scans would keep every upload unreadable, so it is refused up front (400),
+    saying what to do."""
+    if policy.scan and not scanner:
+        raise BadRequest(
+            "This bucket's policy requires scanning, and no scanner is configured: set "
+            'KEEL_STORAGE__CLAMD_ADDRESS to a clamd, or create the bucket with "scan": false.',
+            code="scanner-not-configured",
+            field="scan",
+        )
+
+
 def check_policy(policy: BucketPolicy, *, platform_max_object_bytes: int) -> None:
     """The rules any policy keeps, new or changed: 400 when one is broken."""
     if policy.max_object_bytes is not None and policy.max_object_bytes > platform_max_object_bytes:
@@ -129,6 +142,7 @@ async def put_bucket(
     *,
     actor: Actor,
     platform_max_object_bytes: int,
+    scanner: bool = True,
     if_match: str | None = None,
     if_none_match: str | None = None,
 ) -> PutOutcome:
@@ -153,6 +167,7 @@ async def put_bucket(
         if if_match is not None:
             raise PreconditionFailed(f"No bucket named {name!r} to replace.")
         check_bucket_name(name)
+        check_scanner(policy, scanner=scanner)
         return PutOutcome(await _create(session, tenant_id, name, policy, actor), True)
     if if_none_match is not None:
         raise PreconditionFailed(
@@ -166,6 +181,7 @@ async def put_bucket(
             current_etag=etag_for(existing.revision),
         )
     check_if_match(if_match, existing.revision, required=True)
+    check_scanner(policy, scanner=scanner)
     return PutOutcome(await _replace(session, tenant_id, existing, policy, actor), False)
 
 
