@@ -11,19 +11,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
 from keel.jobs.models import LIVE_STATES, Job
+from keel.settings import Settings
 from keel.storage.models import StorageObject
 from keel.storage.service.lifecycle import QUARANTINE_GRACE, sweep, sweep_tenant
 from keel.storage.service.runtime import LIFECYCLE, SCAN
 from keel.storage.tasks import enqueue_lifecycle_sweeps
+from tests.storage.conftest import storage_settings
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
+from tests.support.keel_process import free_port
 from tests.support.tenants import TenantAdmin
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A scanner nobody answers at: a scanning bucket's versions stay pending (their scan
+    jobs retry) while the app's own runner works, so a sweep meets pending versions."""
+    return storage_settings(settings, clamd_address=f"tcp://127.0.0.1:{free_port()}")
+
 
 API = "/storage/v1"
 
