@@ -27,7 +27,7 @@ from keel.storage.service.pipeline import scan_version
 from keel.storage.service.runtime import SCAN, storage_runtime
 from tests.storage.conftest import StorageApi, storage_api, storage_settings
 from tests.support.audit import audit_events
-from tests.support.clamd import ClamdServer, fake_clamd, read_instream
+from tests.support.clamd import STREAM_MAX_BYTES, ClamdServer, fake_clamd, read_instream
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_process import (
     ADMIN_KEY,
@@ -78,6 +78,24 @@ async def test_a_failed_scan_is_retried_then_rejected_and_never_served(
     assert answer.status_code == 403
     assert answer.json()["code"] == "object-quarantined"
     assert b"hello" not in answer.content
+
+
+async def test_an_object_over_the_scanners_limit_is_rejected_at_the_first_attempt(
+    storage: StorageApi,
+) -> None:
+    """Another attempt could never pass (clamd refuses the stream's size), so the version is
+    rejected at once instead of after every retry; never clean."""
+    await storage.bucket("inbox")
+    put = await storage.put("inbox", "big.bin", b"\x00" * (STREAM_MAX_BYTES + 1))
+    assert put.status_code == 201, put.text
+    outcome = await scan_version(
+        storage.context, attempt(storage, 1), {"version_id": put.json()["version_id"]}
+    )
+    assert outcome["outcome"] == "rejected"
+    info = (await storage.call("GET", "/buckets/inbox/info/big.bin")).json()
+    assert info["state"] == "rejected"
+    assert "StreamMaxLength" in info["reason"]
+    assert (await storage.get("inbox", "big.bin")).status_code == 403
 
 
 async def test_a_scanner_that_answers_garbage_is_a_failed_scan(settings: Settings) -> None:

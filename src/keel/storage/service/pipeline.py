@@ -74,7 +74,8 @@ async def scan_version(context: AppContext, run: TaskRun, args: Any) -> dict[str
     try:
         verdict = await _scan(context, version)
     except ScanFailed as exc:
-        if not run.is_last_attempt:
+        # Over clamd's stream limit, another attempt cannot pass: rejected at once.
+        if exc.retryable and not run.is_last_attempt:
             raise RetryTask(f"scan failed: {exc}") from None
         outcome = await _record(
             context,
