@@ -192,6 +192,8 @@ async def test_the_longest_and_shortest_names_are_fine(
         ({"quota_objects": 2**63}, 422),
         ({"max_object_bytes": 0}, 422),
         ({"on_clean": {"queue": "a b", "task": "t"}}, 422),
+        # Keel's own queues take no fleet job (the hook would be dropped).
+        ({"on_clean": {"queue": "keel.storage", "task": "t"}}, 422),
         ({"visibility": "world"}, 422),
         # Above the platform's largest object (KEEL_STORAGE__MAX_OBJECT_BYTES, 5 GiB).
         ({"max_object_bytes": 5 * 1024**3 + 1}, 400),

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from keel.core.context import PLATFORM_QUEUE_PREFIX
+
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 #: Largest key, in bytes of UTF-8 (as S3).
 MAX_KEY_BYTES = 1024
@@ -50,6 +52,13 @@ class CleanHook(Strict):
 
     queue: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     task: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("queue")
+    @classmethod
+    def _fleet_queue(cls, value: str) -> str:
+        if value.startswith(PLATFORM_QUEUE_PREFIX):
+            raise ValueError(f"queues named {PLATFORM_QUEUE_PREFIX}* are Keel's own")
+        return value
 
 
 class BucketPolicy(Strict):
