@@ -116,6 +116,7 @@ async def test_a_version_being_scanned_is_not_ready_and_a_newer_one_does_not_hid
 # --- types ----------------------------------------------------------------------------------
 
 
+@BOTH_STORES
 async def test_a_png_named_pdf_into_a_pdf_only_bucket_is_refused_and_leaves_nothing(
     storage: StorageApi,
 ) -> None:
@@ -141,6 +142,7 @@ async def test_a_png_named_pdf_into_a_pdf_only_bucket_is_refused_and_leaves_noth
 # --- quotas ---------------------------------------------------------------------------------
 
 
+@BOTH_STORES
 async def test_twenty_concurrent_uploads_against_a_quota_of_ten_objects_leave_exactly_ten(
     storage: StorageApi,
 ) -> None:
@@ -160,6 +162,7 @@ async def test_twenty_concurrent_uploads_against_a_quota_of_ten_objects_leave_ex
 # --- object lock ----------------------------------------------------------------------------
 
 
+@BOTH_STORES
 async def test_a_compliance_locked_object_cannot_be_deleted_or_overwritten_by_an_admin(
     storage: StorageApi,
 ) -> None:
@@ -199,6 +202,7 @@ async def test_a_compliance_locked_object_cannot_be_deleted_or_overwritten_by_an
     assert await storage.usage("vault") == (len(b"signed terms"), 1)
 
 
+@BOTH_STORES
 async def test_in_a_versioned_bucket_the_compliance_locked_version_stays_intact_and_readable(
     storage: StorageApi,
 ) -> None:
@@ -463,6 +467,7 @@ async def test_bad_keys_are_refused_with_400(storage: StorageApi) -> None:
         assert (await storage.get("keys", key)).content == b"ok"
 
 
+@BOTH_STORES
 async def test_a_body_over_the_bucket_limit_is_413_and_nothing_is_stored(
     storage: StorageApi,
 ) -> None:
@@ -486,6 +491,7 @@ async def test_a_body_over_the_bucket_limit_is_413_and_nothing_is_stored(
     assert await storage.usage("small") == (50_000, 1)
 
 
+@BOTH_STORES
 async def test_a_client_that_disconnects_mid_upload_leaves_nothing(storage: StorageApi) -> None:
     await storage.bucket("flaky")
     messages: list[dict[str, Any]] = [
