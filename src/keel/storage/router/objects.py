@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect
 
 from keel.auth.dependencies import Access, CallerActor, holds_access
-from keel.core.audit import record_event
+from keel.core.audit import Actor, record_event
 from keel.core.deps import Context, DbSession
 from keel.core.errors import (
     BadRequest,
@@ -238,21 +239,25 @@ async def _first_then_rest(body: AsyncGenerator[bytes, None]) -> AsyncIterator[b
     return chained()
 
 
-async def _download(
+async def serve_download(
+    context: Context,
+    session: AsyncSession,
     *,
-    method: str,
+    tenant_id: str,
     bucket: str,
     key: str,
     version_id: str | None,
+    method: str,
     download: str | None,
     range_header: str | None,
     if_none_match: str | None,
-    principal: Principal,
-    actor: CallerActor,
-    context: Context,
-    session: DbSession,
+    actor: Actor,
+    via: Literal["api", "signed"],
 ) -> Response:
-    found = await get_bucket(session, principal.tenant_id, bucket)
+    """A readable version's download, whoever asked (a credential or a signed URL): the
+    headers, ``If-None-Match`` (304), one ``Range`` span (206), HEAD without the bytes; the
+    download audited in ``session`` before a byte goes out."""
+    found = await get_bucket(session, tenant_id, bucket)
     version = await objects.readable_version(session, found, key, version_id)
     headers = download_headers(
         version, is_public=bucket_policy(found).visibility == "public", download=download
@@ -268,23 +273,26 @@ async def _download(
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
     if method == "HEAD":
         return Response(status_code=status, headers=headers)
+    data: dict[str, Any] = {
+        "bucket": found.name,
+        "key": version.key,
+        "version_id": version.id,
+        "start": start,
+        "end": end,
+    }
+    if via == "signed":
+        data["signed_url"] = True
     record_event(
         session,
-        tenant_id=principal.tenant_id,
+        tenant_id=tenant_id,
         action="storage.object.download",
         actor=actor,
         target_type="storage_object",
         target_id=version.id,
-        data={
-            "bucket": found.name,
-            "key": version.key,
-            "version_id": version.id,
-            "start": start,
-            "end": end,
-        },
+        data=data,
     )
     body = await _first_then_rest(blobio.read_version(context, version, start, end))
-    storage_metrics(context).downloaded("api", end - start)
+    storage_metrics(context).downloaded(via, end - start)
     return StreamingResponse(body, status_code=status, headers=headers)
 
 
@@ -317,18 +325,19 @@ async def get_object(
     span: 206; several: the whole object), ``If-None-Match`` (304), ``?download=<name>``
     (``Content-Disposition: attachment``). Still being checked: 409 ``object-not-ready``;
     infected or rejected: 403 ``object-quarantined``; a delete marker: 404."""
-    return await _download(
-        method="GET",
+    return await serve_download(
+        context,
+        session,
+        tenant_id=principal.tenant_id,
         bucket=bucket,
         key=key,
         version_id=version_id,
+        method="GET",
         download=download,
         range_header=range_header,
         if_none_match=if_none_match,
-        principal=principal,
         actor=actor,
-        context=context,
-        session=session,
+        via="api",
     )
 
 
@@ -346,18 +355,19 @@ async def head_object(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The headers of ``GET`` (size, type, ETag, version), without the bytes."""
-    return await _download(
-        method="HEAD",
+    return await serve_download(
+        context,
+        session,
+        tenant_id=principal.tenant_id,
         bucket=bucket,
         key=key,
         version_id=version_id,
+        method="HEAD",
         download=download,
         range_header=range_header,
         if_none_match=if_none_match,
-        principal=principal,
         actor=actor,
-        context=context,
-        session=session,
+        via="api",
     )
 
 

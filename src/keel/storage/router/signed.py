@@ -24,23 +24,14 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from keel.auth.dependencies import request_actor
-from keel.core.audit import Actor, record_event
+from keel.core.audit import Actor
 from keel.core.deps import Context
 from keel.core.errors import BadRequest, Forbidden, PayloadTooLarge
-from keel.core.http import is_not_modified
 from keel.core.tenancy import bind_tenant
 from keel.storage import schemas
 from keel.storage.forms import form_boundary, read_post_form
 from keel.storage.metrics import storage_metrics
-from keel.storage.router.objects import (
-    IfNoneMatch,
-    RangeHeader,
-    download_headers,
-    parse_range,
-)
-from keel.storage.router.objects import _first_then_rest as first_then_rest
-from keel.storage.service import blobio, objects
-from keel.storage.service.buckets import bucket_policy, get_bucket
+from keel.storage.router.objects import IfNoneMatch, RangeHeader, serve_download
 from keel.storage.service.ingest import ingest
 from keel.storage.service.objects import object_info, validate_key
 from keel.storage.service.runtime import storage_runtime
@@ -233,44 +224,20 @@ async def _signed_download(
     claims = verified_claims(context, token, "GET")
     async with context.database.session() as session:
         bind_tenant(session, claims.tenant_id)
-        found = await get_bucket(session, claims.tenant_id, claims.bucket)
-        version = await objects.readable_version(session, found, claims.key, claims.version_id)
-        headers = download_headers(
-            version,
-            is_public=bucket_policy(found).visibility == "public",
-            download=claims.disposition,
-        )
-        if is_not_modified(if_none_match, version.etag):
-            return Response(status_code=304, headers=headers)
-        span = parse_range(range_header, version.size)
-        start, end = span if span is not None else (0, version.size)
-        headers["Content-Length"] = str(end - start)
-        status = 200
-        if span is not None:
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.size}"
-        if method == "HEAD":
-            return Response(status_code=status, headers=headers)
-        record_event(
+        return await serve_download(
+            context,
             session,
             tenant_id=claims.tenant_id,
-            action="storage.object.download",
+            bucket=claims.bucket,
+            key=claims.key,
+            version_id=claims.version_id,
+            method=method,
+            download=claims.disposition,
+            range_header=range_header,
+            if_none_match=if_none_match,
             actor=signed_actor(request, "signed_url"),
-            target_type="storage_object",
-            target_id=version.id,
-            data={
-                "bucket": found.name,
-                "key": version.key,
-                "version_id": version.id,
-                "start": start,
-                "end": end,
-                "signed_url": True,
-            },
+            via="signed",
         )
-    # The event is committed before a byte goes out, as the authenticated download's.
-    body = await first_then_rest(blobio.read_version(context, version, start, end))
-    storage_metrics(context).downloaded("signed", end - start)
-    return StreamingResponse(body, status_code=status, headers=headers)
 
 
 @router.get("/v1/signed/{token}", response_class=StreamingResponse, responses=_DOWNLOAD_RESPONSES)
