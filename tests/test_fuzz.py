@@ -156,6 +156,10 @@ def make_known_resources(http: httpx.Client) -> dict[str, list[str]]:
             json={"template": "fuzz", "recipient": "fuzz", "data": {"name": "Ada"}},
         )
     )
+    # A bucket (no scanner here), an object in it and a multipart upload in progress.
+    made(http.put("/storage/v1/buckets/fuzz", json={"scan": False, "versioning": True}))
+    made(http.put("/storage/v1/buckets/fuzz/objects/fuzz", content=b"fuzz"))
+    upload = made(http.post("/storage/v1/buckets/fuzz/uploads", json={"key": "fuzz"}))
     # Not the administrator's own key: revoking this one leaves the run its credentials.
     api_key = made(http.post("/auth/v1/api-keys", json={"name": "fuzz"}))
     return {
@@ -173,6 +177,8 @@ def make_known_resources(http: httpx.Client) -> dict[str, list[str]]:
         "recipient_id": ["fuzz"],
         "topic": ["fuzz"],
         "message_id": [message["id"]],
+        "bucket": ["fuzz"],
+        "upload_id": [upload["upload_id"]],
     }
 
 
