@@ -72,9 +72,7 @@ class _BodyTooLarge(Exception):
 def _path_pattern(path: str) -> re.Pattern[str]:
     """``/storage/v1/buckets/*/objects/*``: a ``*`` segment is one segment, a last one the rest."""
     segments = path.split("/")
-    parts = [
-        ("[^/]+" if segment == "*" else re.escape(segment)) for segment in segments[:-1]
-    ]
+    parts = [("[^/]+" if segment == "*" else re.escape(segment)) for segment in segments[:-1]]
     last = segments[-1]
     parts.append(".+" if last == "*" else re.escape(last))
     return re.compile("/".join(parts) + r"\Z")

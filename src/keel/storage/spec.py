@@ -50,9 +50,7 @@ async def stop_storage(context: AppContext) -> None:
 
 async def storage_ready(context: AppContext) -> None:
     async with context.database.session() as session:
-        await session.execute(
-            select(StorageBucket.id).limit(1).execution_options(all_tenants=True)
-        )
+        await session.execute(select(StorageBucket.id).limit(1).execution_options(all_tenants=True))
 
 
 service = ServiceSpec(
