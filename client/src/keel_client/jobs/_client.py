@@ -12,17 +12,16 @@ the same protocol.
 from __future__ import annotations
 
 import os
-import types
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self, TypedDict, Unpack, cast
+from typing import Any, TypedDict, Unpack, cast
 
 import httpx
 from pydantic import SecretStr
 
-from keel_client._env import as_auth, check_api_alone, env_settings
+from keel_client._service import ServiceClient
 from keel_client.http import BaseAPIClient, CircuitOpenError, KeelHTTPError, RequestOptions
 from keel_client.jobs._batching import MAX_ACKS, EnqueueBatcher
 from keel_client.jobs._models import (
@@ -164,7 +163,7 @@ class NewJob:
         return body
 
 
-class JobsClient:
+class JobsClient(ServiceClient):
     """Keel's jobs: enqueue (spooled while Keel is unreachable), read, cancel, and the
     worker's calls, on the resilient base client.
 
@@ -200,16 +199,7 @@ class JobsClient:
         api: BaseAPIClient | None = None,
         **options: Any,
     ) -> None:
-        self._owns_api = api is None
-        if api is None:
-            if base_url is None:
-                raise ValueError("give the Keel base_url (with auth) or a BaseAPIClient as api=")
-            options.setdefault("name", "JobsClient")
-            api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
-        else:
-            check_api_alone(base_url, auth, options)
-        #: The resilient HTTP client the calls go through (retries, breaker, metrics).
-        self.api = api
+        super().__init__(base_url, auth=auth, api=api, **options)
         self._spool: JobSpool | None = None
         self._is_closed = False
         #: The lane concurrent enqueues share (``batcher.requests``: the requests it sent).
@@ -218,24 +208,6 @@ class JobsClient:
             send_batch=self._send_batch,
             spool=lambda: self._spool,
         )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
-        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN``; ``options`` are
-        ``BaseAPIClient``'s."""
-        url, token = env_settings(environ)
-        return cls(url, auth=token, **options)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the spool -------------------------------------------------------------------------
 
@@ -304,8 +276,7 @@ class JobsClient:
                 finally:
                     await spool.aclose()
         finally:
-            if self._owns_api:
-                await self.api.aclose()
+            await super().aclose()
 
     async def _send(self, request: SpooledRequest) -> None:
         """Send a spooled or outbox request with its own idempotency key; raises on failure."""

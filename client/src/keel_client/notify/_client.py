@@ -19,14 +19,11 @@ import types
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Self, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import quote
 
-import httpx
-from pydantic import SecretStr
-
-from keel_client._env import as_auth, check_api_alone, env_settings
-from keel_client.http import BaseAPIClient, RequestOptions
+from keel_client._service import ServiceClient
+from keel_client.http import RequestOptions
 from keel_client.notify._models import (
     BatchRecipient,
     BatchRef,
@@ -92,7 +89,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class NotifyClient:
+class NotifyClient(ServiceClient):
     """Keel's notifications from a service: sends, recipients, preferences, status, inbox.
 
     Example::
@@ -117,48 +114,6 @@ class NotifyClient:
     ``NotifyClient.from_env()``, with a pool of its own; or ``api=`` a shared
     ``BaseAPIClient`` (what ``Keel`` does: ``keel.notify``).
     """
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        auth: str | SecretStr | httpx.Auth | None = None,
-        api: BaseAPIClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._owns_api = api is None
-        if api is None:
-            if base_url is None:
-                raise ValueError("give the Keel base_url (with auth) or a BaseAPIClient as api=")
-            options.setdefault("name", "NotifyClient")
-            api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
-        else:
-            check_api_alone(base_url, auth, options)
-        #: The resilient HTTP client the calls go through (retries, breaker, metrics).
-        self.api = api
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
-        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN``; ``options`` are
-        ``BaseAPIClient``'s."""
-        url, token = env_settings(environ)
-        return cls(url, auth=token, **options)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the pool if this client owns it (a shared one is its owner's to close)."""
-        if self._owns_api:
-            await self.api.aclose()
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -25,10 +25,9 @@ from typing import IO, Any, Self, Unpack, overload
 
 import anyio
 import httpx
-from pydantic import SecretStr
 
-from keel_client._env import as_auth, check_api_alone, env_settings
-from keel_client.http import BaseAPIClient, ClientError, KeelHTTPError, RequestOptions
+from keel_client._service import ServiceClient
+from keel_client.http import ClientError, KeelHTTPError, RequestOptions
 from keel_client.storage._exceptions import (
     ObjectNotFound,
     ObjectNotReady,
@@ -204,7 +203,7 @@ class ObjectStream:
                 await response.aclose()
 
 
-class StorageClient:
+class StorageClient(ServiceClient):
     """Keel's storage from a service: buckets, uploads, downloads, presigned URLs.
 
     Example::
@@ -225,48 +224,6 @@ class StorageClient:
     (``timeout``, ``deadline``, ``max_retries``...) apply to each request of a call; a
     transfer has no overall deadline unless given one.
     """
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        auth: str | SecretStr | httpx.Auth | None = None,
-        api: BaseAPIClient | None = None,
-        **options: Any,
-    ) -> None:
-        self._owns_api = api is None
-        if api is None:
-            if base_url is None:
-                raise ValueError("give the Keel base_url (with auth) or a BaseAPIClient as api=")
-            options.setdefault("name", "StorageClient")
-            api = BaseAPIClient(base_url, auth=as_auth(auth), **options)
-        else:
-            check_api_alone(base_url, auth, options)
-        #: The resilient HTTP client the calls go through (retries, breaker, metrics).
-        self.api = api
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
-        """A client for ``KEEL_URL`` authenticated with ``KEEL_TOKEN``; ``options`` are
-        ``BaseAPIClient``'s."""
-        url, token = env_settings(environ)
-        return cls(url, auth=token, **options)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the pool if this client owns it (a shared one is its owner's to close)."""
-        if self._owns_api:
-            await self.api.aclose()
 
     # -- buckets -------------------------------------------------------------------------------
 
