@@ -37,7 +37,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -123,6 +123,8 @@ class ReceivedMail:
     """The message exactly as received (dot-stuffing undone)."""
     authenticated_as: str | None
     over_tls: bool
+    received_at: float = field(default_factory=time.monotonic)
+    """When the server took it (``time.monotonic()``), for tests of rate limits."""
 
 
 @dataclass

@@ -24,7 +24,10 @@ async def start_notify(context: AppContext) -> None:
     and the auth service's account e-mails sent as messages (auth starts first and cannot
     import this service, so notify plugs itself into auth's delivery hook)."""
     if NOTIFY_RUNTIME not in context.resources:
-        context.resources[NOTIFY_RUNTIME] = NotifyRuntime()
+        runtime = NotifyRuntime()
+        redis_url = context.settings.redis_url
+        runtime.use_limiter(redis_url.get_secret_value() if redis_url else None)
+        context.resources[NOTIFY_RUNTIME] = runtime
     if NOTIFY_METRICS_RESOURCE not in context.resources:
         context.resources[NOTIFY_METRICS_RESOURCE] = NotifyMetrics(context.metrics.registry)
     use_notify_for_account_mail(context)

@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keel.notify.providers.base import ProviderConfigError
+
+#: A provider limit above this is a typo (the fastest relays take thousands a second).
+MAX_PROVIDER_RATE_PER_SECOND = 100_000
 
 
 class ProviderSettings(BaseModel):
@@ -23,6 +26,11 @@ class ProviderSettings(BaseModel):
 
     timeout: float = 10.0
     """Seconds for one request (connect, write, read each), or one SMTP command."""
+
+    rate_per_second: int | None = Field(default=None, ge=1, le=MAX_PROVIDER_RATE_PER_SECOND)
+    """At most this many messages a second go to this provider, counted across every
+    replica (Redis when configured); a message over it waits for the next second's share,
+    it neither fails nor fails over. None: no limit of Keel's own."""
 
 
 class ProviderCredentials(BaseModel):

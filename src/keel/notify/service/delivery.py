@@ -77,6 +77,7 @@ from keel.notify.service.runtime import (
     INBOX_STREAM,
     NOTIFY_RUNTIME,
     ProviderChain,
+    provider_rate_rule,
 )
 from keel.notify.service.templates import get_version, load_library
 
@@ -106,9 +107,10 @@ class NotConfigured(Exception):
 
 async def providers_for(
     session: AsyncSession, context: AppContext, tenant_id: str, channel: str
-) -> list[Provider[Any]]:
+) -> ProviderChain:
     """The tenant's enabled providers of ``channel``, in order, built with their credentials
-    (kept ``credentials_ttl_seconds``; a changed configuration is read at once)."""
+    (kept ``credentials_ttl_seconds``; a changed configuration is read at once), and their
+    rate limits."""
     runtime = context.resources[NOTIFY_RUNTIME]
     rows = list(
         await session.scalars(
@@ -124,7 +126,7 @@ async def providers_for(
     cached = runtime.chains.get(key)
     ttl = context.settings.notify.credentials_ttl_seconds
     if cached and cached.signature == signature and time.monotonic() - cached.read_at < ttl:
-        return cached.providers
+        return cached
     providers: list[Provider[Any]] = []
     for row in rows:
         credentials: dict[str, str] = {}
@@ -145,8 +147,26 @@ async def providers_for(
             raise NotConfigured(f"provider {row.name}: {exc}") from None
     if cached:
         await _close(cached.providers)
-    runtime.chains[key] = ProviderChain(signature, time.monotonic(), providers)
-    return providers
+    rates = {
+        row.name: int(row.settings["rate_per_second"])
+        for row in rows
+        if row.settings.get("rate_per_second") is not None
+    }
+    chain = ProviderChain(signature, time.monotonic(), providers, rates)
+    runtime.chains[key] = chain
+    return chain
+
+
+async def provider_wait(context: AppContext, tenant_id: str, provider: str, rate: int) -> int:
+    """Count one message against provider ``provider``'s ``rate_per_second``: 0 while under
+    it, else the whole seconds (at least 1) until the provider's share has room again. Every
+    replica counts together when Keel has Redis; while Redis is unreachable the limit is
+    not enforced (fails open: the provider's own 429 answers still defer)."""
+    limiter = context.resources[NOTIFY_RUNTIME].limiter
+    if limiter is None:
+        return 0
+    decision = await limiter.hit(provider_rate_rule(rate), f"{tenant_id}:{provider}")
+    return 0 if decision.allowed else max(1, decision.retry_after or 1)
 
 
 async def _dkim_key(
@@ -184,7 +204,7 @@ class _ChunkCache:
 
     library: templating.Library
     contents: dict[tuple[str, int | None], templating.TemplateContent] = field(default_factory=dict)
-    providers: dict[str, list[Provider[Any]]] = field(default_factory=dict)
+    providers: dict[str, ProviderChain] = field(default_factory=dict)
     sender: Any = None
 
     async def content(
@@ -202,7 +222,7 @@ class _ChunkCache:
 
     async def providers_of(
         self, session: AsyncSession, context: AppContext, tenant_id: str, channel: str
-    ) -> list[Provider[Any]]:
+    ) -> ProviderChain:
         found = self.providers.get(channel)
         if found is None:
             found = await providers_for(session, context, tenant_id, channel)
@@ -305,9 +325,20 @@ async def _prepare(
             }
             return prepared
         try:
-            prepared.providers = await cache.providers_of(
-                session, context, tenant_id, message.channel
-            )
+            chain = await cache.providers_of(session, context, tenant_id, message.channel)
+            prepared.providers = chain.providers
+            if message.channel == "chat" and message.address:  # the named provider, or all
+                prepared.providers = [
+                    p for p in prepared.providers if p.name == message.address
+                ] or prepared.providers
+            # The provider tried first is the one whose limit counts (a failover provider
+            # is reached only when it fails, and its own 429 then defers the message).
+            first = prepared.providers[0].name
+            rate = chain.rates.get(first)
+            wait = await provider_wait(context, tenant_id, first, rate) if rate else 0
+            if wait:
+                await _defer(session, tenant_id, message, first, wait)
+                return None
             if message.channel == "email":
                 if cache.sender is None:
                     cache.sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
@@ -330,16 +361,27 @@ async def _prepare(
                     )
                     for target in (recipient.push_targets if recipient else [])
                 ]
-            else:  # chat: the named provider, or the channel's list
-                if message.address:
-                    prepared.providers = [
-                        p for p in prepared.providers if p.name == message.address
-                    ] or prepared.providers
+            else:  # chat
                 prepared.payloads = [ChatPayload(text=rendered.chat or "")]
         except NotConfigured as exc:
             await _retry_or_fail(session, tenant_id, message, context, f"{exc}", None, "config")
             return None
         return prepared
+
+
+async def _defer(
+    session: AsyncSession, tenant_id: str, message: NotifyMessage, provider: str, wait: int
+) -> None:
+    """Hold a message over its provider's ``rate_per_second`` for ``wait`` seconds: neither
+    failed nor failed over, and the attempt not counted (it was not tried)."""
+    message.attempts -= 1
+    run_at = utcnow() + timedelta(seconds=wait)
+    message.send_at = run_at
+    tracking.record_status(
+        session, message, "queued", {"rate_limited_until": run_at.isoformat(), "provider": provider}
+    )
+    _note_outcome(message, "deferred")
+    await enqueue_task(session, tenant_id, DELIVER, {"messages": [message.id]}, run_at=run_at)
 
 
 def _push_target(target: dict[str, Any]) -> Any:
