@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keel.auth.dependencies import AnonymousActor, Auth, limit_by_address
 from keel.auth.service import AuthFailure
+from keel.auth.service.account_notices import deliver_later
 from keel.auth.service.authorize import (
     BROWSER_COOKIE,
     MAX_STATE_LENGTH,
@@ -199,6 +200,7 @@ async def authorize_sign_in(
     )
     if isinstance(checked, AuthFailure):
         await session.commit()  # the failure counts towards the lockout
+        deliver_later(auth.deliver_account_notice, checked.notice)
         mfa_required = checked.reason == MfaCheck.required
         return _login_form(
             request,

@@ -17,6 +17,7 @@ from keel.auth.dependencies import (
 )
 from keel.auth.models import PrincipalType
 from keel.auth.service import AuthFailure, TokenPair
+from keel.auth.service.account_notices import deliver_later
 from keel.auth.service.mfa import MfaCheck
 from keel.core.deps import DbSession
 from keel.core.errors import Forbidden, Unauthorized
@@ -63,6 +64,7 @@ async def login(
     )
     if isinstance(result, AuthFailure):
         await session.commit()  # the failure counts towards the lockout
+        deliver_later(auth.deliver_account_notice, result.notice)
         if result.reason == MfaCheck.required:
             # Only after the right password: it tells nothing about who has an account.
             raise Unauthorized("A second-factor code is required.", mfa_required=True)

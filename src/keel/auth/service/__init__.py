@@ -11,6 +11,7 @@ One module per concept, each a class holding only what it needs:
 ``sessions``        login (password, second factor, lockout), refresh, logout
 ``signing``         the platform's signing keys, their rotation, the local verifier
 ``account_tokens``  password reset and e-mail verification tokens
+``account_notices`` notices to a user about their account (a lockout)
 ``policy``          the pure rules: valid names, who may grant what, scope, audience
 ==================  ====================================================================
 
@@ -30,6 +31,12 @@ from datetime import timedelta
 
 import keel.auth.audit_actions  # noqa: F401 - registers the catalogue entries
 from keel.auth.models import PrincipalType
+from keel.auth.service.account_notices import (
+    AccountNotice,
+    AccountNoticeDelivery,
+    AccountNoticeKind,
+    log_account_notice,
+)
 from keel.auth.service.account_tokens import AccountTokens
 from keel.auth.service.api_keys import ApiKeys
 from keel.auth.service.caches import API_KEYS, CLIENT_GRANTS, REVOCATIONS
@@ -57,6 +64,9 @@ __all__ = [
     "API_KEYS",
     "CLIENT_GRANTS",
     "REVOCATIONS",
+    "AccountNotice",
+    "AccountNoticeDelivery",
+    "AccountNoticeKind",
     "AccountTokenDelivery",
     "AccountTokenMessage",
     "AuthFailure",
@@ -81,6 +91,8 @@ class AuthService:
         self.mfa = TotpMfa(keyring, self.passwords)
         #: Sends e-mail verification and password reset tokens; replace to deliver them.
         self.deliver_account_token: AccountTokenDelivery = log_account_token_request
+        #: Tells a user what happened to their account (a lockout); replace to deliver it.
+        self.deliver_account_notice: AccountNoticeDelivery = log_account_notice
 
         self.signing = Signing(settings, keyring, issuer=issuer, token_lifetime=self.access_ttl)
         self.keys = self.signing.keys

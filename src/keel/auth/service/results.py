@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keel.auth.service.account_notices import AccountNotice
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,12 @@ class AuthFailure:
 
     Returned rather than raised, so the unit of work that records it (a wrong password counts
     towards a lockout, a reused refresh token revokes its family) still commits.
+    ``notice`` is for the user, to deliver after that commit (this failure locked their
+    account): :func:`keel.auth.service.account_notices.deliver_later`.
     """
 
     reason: str
+    notice: AccountNotice | None = None
 
 
 @dataclass(frozen=True)

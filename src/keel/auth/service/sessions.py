@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import LoginSession, PrincipalType, RefreshToken, User, UserStatus
+from keel.auth.service.account_notices import AccountNotice, AccountNoticeKind
 from keel.auth.service.credentials import new_refresh_token
 from keel.auth.service.mfa import MfaCheck, TotpMfa
 from keel.auth.service.passwords import Passwords
@@ -107,6 +108,7 @@ class LoginSessions:
         )
         now = utcnow()
         failure: str | None = None
+        locked_now = False
         if user is None:
             failure = "unknown_user"
         elif user.status != UserStatus.active:
@@ -115,11 +117,11 @@ class LoginSessions:
             failure = "locked"
         elif not password_ok:
             failure = "bad_password"
-            self._count_failed_login(user, now)
+            locked_now = self._count_failed_login(user, now)
         else:
             failure = await self.mfa.check_login_code(session, user, totp_code)
             if failure is not None and failure != MfaCheck.required:
-                self._count_failed_login(user, now)  # guessing codes locks out too
+                locked_now = self._count_failed_login(user, now)  # guessing codes locks out too
         if failure is not None:
             if tenant_id is not None:
                 record_event(
@@ -135,7 +137,17 @@ class LoginSessions:
                     # a keyed fingerprint still ties repeated attempts at one name together.
                     data={} if user else {"identifier_fingerprint": self._fingerprint(identifier)},
                 )
-            return AuthFailure(str(failure))
+            notice = None
+            if locked_now and user is not None and user.email:
+                notice = AccountNotice(
+                    AccountNoticeKind.lockout,
+                    user.tenant_id,
+                    user.id,
+                    user.email,
+                    at=now,
+                    until=user.locked_until,
+                )
+            return AuthFailure(str(failure), notice)
         assert user is not None
         user.failed_login_count = 0
         user.locked_until = None
@@ -147,7 +159,9 @@ class LoginSessions:
     def _fingerprint(self, identifier: str) -> str:
         return self.keyring.token_hash(identifier.strip().casefold())[:16]
 
-    def _count_failed_login(self, user: User, now: datetime) -> None:
+    def _count_failed_login(self, user: User, now: datetime) -> bool:
+        """Count a failure; whether it locked the account for the first time in this run of
+        failures (the moment the user is told: not again for each longer lockout after)."""
         user.failed_login_count += 1
         over = user.failed_login_count - self.settings.lockout_threshold
         if over >= 0:
@@ -156,6 +170,7 @@ class LoginSessions:
                 self.settings.lockout_max_seconds,
             )
             user.locked_until = now + timedelta(seconds=delay)
+        return over == 0
 
     async def start_session(
         self,

@@ -1,19 +1,21 @@
-"""Keel's own account e-mails — e-mail verification and password reset — sent through the
-notification service (issue 19, point 7).
+"""Keel's own account e-mails — e-mail verification, password reset and the lockout
+notice — sent through the notification service (issue 19, point 7).
 
 The auth service sits below every other service and cannot import this one, so the wiring
 runs the other way: :func:`use_notify_for_account_mail`, called at the notification
-service's start-up, replaces the auth service's delivery hook
-(``AuthService.deliver_account_token``) with :class:`AccountMail`.
+service's start-up, replaces the auth service's delivery hooks
+(``AuthService.deliver_account_token`` and ``deliver_account_notice``) with
+:class:`AccountMail` and :class:`AccountNoticeMail`.
 
-For each token the auth service hands over (after its response, in a background task):
+For each token or notice the auth service hands over (after its response, in a task):
 
 1. **Ready the tenant** (one unit of work): the critical category ``account`` is created if
    the tenant has none, and the built-in template of the purpose (``account.verify-email``,
-   ``account.password-reset``) is published in it if the tenant has not published one of
-   that name. A tenant overrides a built-in by publishing its own template of the same name
-   (in the category ``account``, or another critical one: a template without a category is
-   not critical, so its mail would carry an unsubscribe link and respect suppressions).
+   ``account.password-reset``, ``account.lockout``) is published in it if the tenant has
+   not published one of that name. A tenant overrides a built-in by publishing its own
+   template of the same name (in the category ``account``, or another critical one: a
+   template without a category is not critical, so its mail would carry an unsubscribe link
+   and respect suppressions).
 2. **Accept the send** (its own unit of work) through :func:`.messages.accept`, to the
    user's address, audited as ``notify.message.send`` without its data. Delivery is the
    ``notify.deliver`` task, as for every other message: it drops the message's data (the
@@ -27,7 +29,9 @@ A send that fails (a tenant's override that does not render with the token's dat
 logged by its error's class and safe detail and falls back the same way; the token is never
 logged.
 
-New-device and lockout notices have no hook in the auth service yet, so they are not sent.
+A lockout notice carries no token: the address, when the account was locked and until
+when (its template's variables: ``email``, ``locked_at``, ``locked_until``, ``minutes``).
+New-device notices are not sent yet.
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.dependencies import AUTH_RESOURCE
-from keel.auth.service import AccountTokenDelivery, AccountTokenMessage
+from keel.auth.service import (
+    AccountNotice,
+    AccountNoticeDelivery,
+    AccountTokenDelivery,
+    AccountTokenMessage,
+)
 from keel.core.audit import SYSTEM, record_event
 from keel.core.context import AppContext
 from keel.core.db import utcnow
@@ -61,6 +70,8 @@ TEMPLATE_FOR_PURPOSE = {
     "email_verification": "account.verify-email",
     "password_reset": "account.password-reset",
 }
+#: The template each account notice is sent with (``AccountNoticeKind`` values).
+TEMPLATE_FOR_NOTICE = {"lockout": "account.lockout"}
 
 #: What a sample render of a built-in sees (a publish renders it): never a real token.
 _SAMPLE = {
@@ -71,11 +82,21 @@ _SAMPLE = {
 }
 
 
-def _message_template(subject: str, html: str, text: str) -> dict[str, Any]:
+_SAMPLE_LOCKOUT = {
+    "email": "ada@example.com",
+    "locked_at": "2030-01-01T12:00:00+00:00",
+    "locked_until": "2030-01-01T12:00:30+00:00",
+    "minutes": 1,
+}
+
+
+def _message_template(
+    subject: str, html: str, text: str, sample: dict[str, Any] = _SAMPLE
+) -> dict[str, Any]:
     return {
         "default_locale": "en",
         "locales": {"en": {"subject": subject, "html": html, "text": text}},
-        "sample_data": _SAMPLE,
+        "sample_data": sample,
     }
 
 
@@ -112,6 +133,21 @@ BUILT_IN_TEMPLATES: dict[str, dict[str, Any]] = {
         "It is valid for {{ valid_hours }} hour(s), until {{ expires_at }} (UTC), and works once.\n"
         "If it was not you, ignore this e-mail: your password stays as it is.\n",
     ),
+    "account.lockout": _message_template(
+        "Your account was locked after failed sign-ins",
+        "<html><body>"
+        "<p>Several sign-ins to the account of {{ email }} failed (a wrong password or"
+        " code), so it is locked for about {{ minutes }} minute(s), until {{ locked_until }}"
+        " (UTC).</p>"
+        "<p>If it was you, wait and try again, or reset your password. If it was not, someone"
+        " may be guessing your password: choose a new, stronger one once you can.</p>"
+        "</body></html>",
+        "Several sign-ins to the account of {{ email }} failed (a wrong password or code),"
+        " so it is locked for about {{ minutes }} minute(s), until {{ locked_until }} (UTC).\n\n"
+        "If it was you, wait and try again, or reset your password. If it was not, someone"
+        " may be guessing your password: choose a new, stronger one once you can.\n",
+        _SAMPLE_LOCKOUT,
+    ),
 }
 
 
@@ -123,6 +159,17 @@ def template_data(message: AccountTokenMessage) -> dict[str, Any]:
         "email": message.email,
         "expires_at": message.expires_at.isoformat(timespec="seconds"),
         "valid_hours": max(1, round(seconds / 3600)),
+    }
+
+
+def notice_data(notice: AccountNotice) -> dict[str, Any]:
+    """What the templates see of a notice (the user's id and tenant stay out)."""
+    until = notice.until or notice.at
+    return {
+        "email": notice.email,
+        "locked_at": notice.at.isoformat(timespec="seconds"),
+        "locked_until": until.isoformat(timespec="seconds"),
+        "minutes": max(1, round((until - notice.at).total_seconds() / 60)),
     }
 
 
@@ -155,47 +202,89 @@ class AccountMail:
 
     async def send(self, message: AccountTokenMessage) -> bool:
         """Accept the message for delivery; ``False`` when the tenant cannot send email."""
-        name = TEMPLATE_FOR_PURPOSE[str(message.purpose)]
-        if not await self._ready(message.tenant_id, name):
-            return False
-        async with self.context.database.session() as session:
-            accepted = await messages.accept(
-                session,
-                message.tenant_id,
-                messages.SendRequest(
-                    channel=Channel.email.value,
-                    template=name,
-                    to=message.email,
-                    data=template_data(message),
-                ),
-                max_data_bytes=self.context.settings.notify.max_data_bytes,
-            )
-            record_event(
-                session,
-                tenant_id=message.tenant_id,
-                action="notify.message.send",
-                actor=SYSTEM,
-                target_type="notify_message",
-                target_id=accepted.message.id,
-                data={
-                    "template": name,
-                    "channel": accepted.message.channel,
-                    "category": accepted.message.category,
-                    "status": accepted.message.status,
-                    "account_mail": str(message.purpose),
-                },
-            )
-        return True
+        return await send_account_mail(
+            self.context,
+            message.tenant_id,
+            TEMPLATE_FOR_PURPOSE[str(message.purpose)],
+            message.email,
+            template_data(message),
+            str(message.purpose),
+        )
 
-    async def _ready(self, tenant_id: str, name: str) -> bool:
+
+@dataclass(frozen=True)
+class AccountNoticeMail:
+    """The auth service's notice hook while the notification service runs in the process:
+    each notice becomes a critical message of the tenant's ``account`` templates, as
+    :class:`AccountMail` sends tokens; ``fallback`` (the hook it replaced) runs when the
+    tenant cannot send email or the send fails."""
+
+    context: AppContext
+    fallback: AccountNoticeDelivery
+
+    async def __call__(self, notice: AccountNotice) -> None:
         try:
-            async with self.context.database.session() as session:
-                return await ready_tenant(session, tenant_id, name)
-        except (IntegrityError, Conflict):
-            # Two first uses at once both created the category or template: the loser's
-            # unit of work failed on a unique key, and a second one finds the winner's.
-            async with self.context.database.session() as session:
-                return await ready_tenant(session, tenant_id, name)
+            sent = await send_account_mail(
+                self.context,
+                notice.tenant_id,
+                TEMPLATE_FOR_NOTICE[str(notice.kind)],
+                notice.email,
+                notice_data(notice),
+                str(notice.kind),
+            )
+        except Exception as exc:  # it runs after the response: nobody else would see it
+            log.warning(
+                "notify.account_mail.failed",
+                purpose=str(notice.kind),
+                tenant=notice.tenant_id,
+                error=type(exc).__name__,
+                detail=exc.detail if isinstance(exc, KeelError) else None,
+            )
+            sent = False
+        if not sent:
+            result = self.fallback(notice)
+            if inspect.isawaitable(result):
+                await result
+
+
+async def send_account_mail(
+    context: AppContext, tenant_id: str, name: str, to: str, data: dict[str, Any], purpose: str
+) -> bool:
+    """Accept an account e-mail of template ``name`` for delivery, audited without its data;
+    ``False`` when the tenant cannot send email (nothing is accepted then)."""
+    try:
+        async with context.database.session() as session:
+            ready = await ready_tenant(session, tenant_id, name)
+    except (IntegrityError, Conflict):
+        # Two first uses at once both created the category or template: the loser's unit
+        # of work failed on a unique key, and a second one finds the winner's.
+        async with context.database.session() as session:
+            ready = await ready_tenant(session, tenant_id, name)
+    if not ready:
+        return False
+    async with context.database.session() as session:
+        accepted = await messages.accept(
+            session,
+            tenant_id,
+            messages.SendRequest(channel=Channel.email.value, template=name, to=to, data=data),
+            max_data_bytes=context.settings.notify.max_data_bytes,
+        )
+        record_event(
+            session,
+            tenant_id=tenant_id,
+            action="notify.message.send",
+            actor=SYSTEM,
+            target_type="notify_message",
+            target_id=accepted.message.id,
+            data={
+                "template": name,
+                "channel": accepted.message.channel,
+                "category": accepted.message.category,
+                "status": accepted.message.status,
+                "account_mail": purpose,
+            },
+        )
+    return True
 
 
 async def ready_tenant(session: AsyncSession, tenant_id: str, name: str) -> bool:
@@ -210,7 +299,7 @@ async def ready_tenant(session: AsyncSession, tenant_id: str, name: str) -> bool
         log.info("notify.account_mail.unconfigured", tenant=tenant_id, missing="sender default")
         return False
     if await recipients.get_category(session, tenant_id, ACCOUNT_CATEGORY) is None:
-        description = "Keel's account e-mails: verification and password reset."
+        description = "Keel's account e-mails: verification, password reset, lockout notices."
         await recipients.put_category(
             session, tenant_id, ACCOUNT_CATEGORY, critical=True, description=description
         )
@@ -248,9 +337,12 @@ async def ready_tenant(session: AsyncSession, tenant_id: str, name: str) -> bool
 
 
 def use_notify_for_account_mail(context: AppContext) -> None:
-    """Route the auth service's account tokens through this service (where auth runs in the
-    process; a second start-up keeps the hook it installed first)."""
+    """Route the auth service's account tokens and notices through this service (where auth
+    runs in the process; a second start-up keeps the hooks it installed first)."""
     auth = context.resources.get(AUTH_RESOURCE)
-    if auth is None or isinstance(auth.deliver_account_token, AccountMail):
+    if auth is None:
         return
-    auth.deliver_account_token = AccountMail(context, auth.deliver_account_token)
+    if not isinstance(auth.deliver_account_token, AccountMail):
+        auth.deliver_account_token = AccountMail(context, auth.deliver_account_token)
+    if not isinstance(auth.deliver_account_notice, AccountNoticeMail):
+        auth.deliver_account_notice = AccountNoticeMail(context, auth.deliver_account_notice)
