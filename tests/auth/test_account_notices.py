@@ -1,7 +1,8 @@
 """The lockout notice handed to the auth service's notice hook (``deliver_account_notice``):
 once per run of failed logins — when the threshold locks the account — not for attempts
 while it is locked nor for the longer lockouts further failures bring; a successful login
-starts a new run. The notice holds no password or token."""
+starts a new run. The notice holds no password or token. A login from a device (user agent
+without versions, IP network) the user has not used is told too; only keyed hashes are kept."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from keel.auth.models import User
+from keel.auth.models import KnownDevice, User
 from keel.auth.service import AccountNotice, AccountNoticeKind
 from keel.core.db import utcnow
 from keel.core.tenancy import bind_tenant
@@ -100,3 +101,65 @@ async def test_a_user_without_an_email_address_is_locked_out_without_a_notice(
 
     assert notices == []
     assert (await login(client, admin.tenant_slug, "kim", PASSWORD)).status_code == 401  # locked
+
+
+# -- new device -------------------------------------------------------------------------------
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"
+FIREFOX_UPDATED = "Mozilla/5.0 (X11; Linux x86_64; rv:141.0) Gecko/20100101 Firefox/141.0"
+SAFARI = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_5 like Mac OS X) Version/18.5 Mobile Safari/604.1"
+
+
+async def login_from(app: FastAPI, tenant: str, address: str, user_agent: str) -> None:
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
+        answer = await http.post(
+            "/auth/v1/login",
+            json={"tenant": tenant, "username": "kim", "password": PASSWORD},
+            headers={"User-Agent": user_agent},
+        )
+    assert answer.status_code == 200, answer.text
+
+
+async def test_a_login_from_a_new_device_is_told_and_a_known_one_is_not(
+    app: FastAPI, admin: TenantAdmin
+) -> None:
+    notices: list[AccountNotice] = []
+    auth_service(app).deliver_account_notice = notices.append
+    user = await create_user(app, admin.tenant_id, "kim", email="kim@example.com")
+    tenant = admin.tenant_slug
+
+    await login_from(app, tenant, "198.51.100.7", FIREFOX)  # the first login: nothing to compare
+    await login_from(app, tenant, "198.51.100.7", FIREFOX)  # known
+    await login_from(app, tenant, "198.51.100.99", FIREFOX_UPDATED)  # same network, an update
+    await asyncio.sleep(0.2)
+    assert notices == []
+
+    await login_from(app, tenant, "198.51.100.7", SAFARI)  # another browser
+    await settle(notices, 1)
+    await login_from(app, tenant, "203.0.113.5", FIREFOX)  # another network
+    await settle(notices, 2)
+    await login_from(app, tenant, "203.0.113.6", FIREFOX)  # that network, known now
+    await asyncio.sleep(0.2)
+
+    assert [notice.kind for notice in notices] == [AccountNoticeKind.new_device] * 2
+    assert [(n.device, n.ip_address) for n in notices] == [
+        (SAFARI, "198.51.100.7"),
+        (FIREFOX, "203.0.113.5"),
+    ]
+    assert {(n.user_id, n.email) for n in notices} == {(user.id, "kim@example.com")}
+    assert all(PASSWORD not in repr(notice) for notice in notices)
+
+    # Only keyed hashes are kept: no user agent, no address.
+    async with unit_of_work(app) as session:
+        bind_tenant(session, admin.tenant_id)
+        hashes = list(
+            await session.scalars(
+                select(KnownDevice.device_hash).where(KnownDevice.user_id == user.id)
+            )
+        )
+    assert len(hashes) == 3
+    assert all(len(digest) == 64 for digest in hashes)
+    stored = " ".join(hashes)
+    for clue in ("198.51.100", "203.0.113", "firefox", "safari", "mozilla"):
+        assert clue not in stored.lower()

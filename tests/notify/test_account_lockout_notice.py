@@ -1,7 +1,8 @@
 """The lockout notice, on SQLite and PostgreSQL: the failed login that locks an account sends
 its user one critical e-mail (``account.lockout``) through the notification service — one,
 not one per further attempt while locked — holding no password and no token; a tenant's own
-template replaces the built-in one; without an email provider the old log line stays."""
+template replaces the built-in one; without an email provider the old log line stays. A
+login from a new device sends the critical `account.new-device`."""
 
 from __future__ import annotations
 
@@ -143,3 +144,28 @@ async def test_without_an_email_provider_a_lockout_answers_as_before_and_only_lo
     messages = await client.get("/notify/v1/messages", headers=admin.headers)
     assert messages.status_code == 200
     assert messages.json()["messages"] == []
+
+
+async def test_a_login_from_a_new_device_sends_a_critical_notice(
+    notify: Notify, app: FastAPI
+) -> None:
+    await create_user(app, notify.admin.tenant_id, "ivy", email="ivy@example.com")
+    tenant = notify.admin.tenant_slug
+    for user_agent in ("Firefox/140.0", "Firefox/140.0", "Safari/604.1"):
+        answer = await notify.client.post(
+            "/auth/v1/login",
+            json={"tenant": tenant, "username": "ivy", "password": PASSWORD},
+            headers={"User-Agent": user_agent},
+        )
+        assert answer.status_code == 200, answer.text
+    await deliver_until(notify, 1)
+    await asyncio.sleep(0.3)
+    await notify.deliver()
+
+    [mail] = notify.smtp.messages  # the first login is not told, the known one neither
+    assert mail.rcpt_tos == ("ivy@example.com",)
+    message = parse(mail.data)
+    assert message["Subject"] == "A sign-in from a new device"
+    assert message["List-Unsubscribe"] is None
+    assert "Safari/604.1" in parts_of(message)["text/plain"]
+    assert PASSWORD not in mail.data.decode(errors="replace")

@@ -278,6 +278,24 @@ class OneTimeToken(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class KnownDevice(TenantScoped, Base):
+    """A device a user has logged in from, known only by a keyed hash of its user agent and
+    IP network (see :mod:`keel.auth.service.devices`): a login from another one is told."""
+
+    __tablename__ = "auth_known_devices"
+    __table_args__ = (
+        UniqueConstraint("user_id", "device_hash", name="uq_auth_known_devices_user_device"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("auth_users.id", ondelete="CASCADE"), index=True
+    )
+    device_hash: Mapped[str] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuthorizationCode(TenantScoped, Base):
     """An OAuth 2.0 authorization code (RFC 6749 §4.1) bound to its PKCE challenge."""
 

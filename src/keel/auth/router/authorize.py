@@ -217,6 +217,9 @@ async def authorize_sign_in(
             ),
         )
     code = await flow.issue_code(session, client, authorization, checked, actor)
+    deliver_later(
+        auth.deliver_account_notice, await auth.note_login_device(session, checked, actor)
+    )
     return _redirect(
         redirect_with(
             authorization.redirect_uri,

@@ -70,6 +70,7 @@ async def login(
             raise Unauthorized("A second-factor code is required.", mfa_required=True)
         raise Unauthorized("Invalid username or password.")
     no_store(response)
+    deliver_later(auth.deliver_account_notice, result.notice)
     return token_response(result)
 
 

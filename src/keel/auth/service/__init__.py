@@ -11,7 +11,8 @@ One module per concept, each a class holding only what it needs:
 ``sessions``        login (password, second factor, lockout), refresh, logout
 ``signing``         the platform's signing keys, their rotation, the local verifier
 ``account_tokens``  password reset and e-mail verification tokens
-``account_notices`` notices to a user about their account (a lockout)
+``account_notices`` notices to a user about their account (a lockout, a new device)
+``devices``         the devices users log in from (keyed hashes), for the new-device notice
 ``policy``          the pure rules: valid names, who may grant what, scope, audience
 ==================  ====================================================================
 
@@ -149,6 +150,7 @@ class AuthService:
 
         self.login = self.login_sessions.login
         self.check_credentials = self.login_sessions.check_credentials
+        self.note_login_device = self.login_sessions.note_device
         self.start_session = self.login_sessions.start_session
         self.refresh = self.login_sessions.refresh
         self.logout = self.login_sessions.logout

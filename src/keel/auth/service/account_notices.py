@@ -1,4 +1,4 @@
-"""Notices told to a user about their account: today the lockout notice.
+"""Notices told to a user about their account: a lockout, a login from a new device.
 
 A notice carries no token and no secret: what happened, to which account, and until when.
 Delivery is a hook on the ``AuthService`` (``auth.deliver_account_notice``), like the
@@ -30,6 +30,9 @@ class AccountNoticeKind(StrEnum):
     #: per run of failures: when the lockout threshold is reached, not for the longer
     #: lockouts that further failures bring before a successful login resets the count.
     lockout = "lockout"
+    #: A successful login from a device the user had not logged in from
+    #: (:mod:`keel.auth.service.devices`).
+    new_device = "new_device"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class AccountNotice:
     #: When it happened, and (a lockout) until when the account is locked, both UTC.
     at: datetime
     until: datetime | None = None
+    #: A new device's user agent (at most 200 characters) and address, for the user to
+    #: recognise; kept nowhere else (the notify message's data is dropped once it is sent).
+    device: str | None = None
+    ip_address: str | None = None
 
 
 AccountNoticeDelivery = Callable[[AccountNotice], Awaitable[None] | None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,6 +17,8 @@ class TokenPair:
     scope: str
     session_id: str | None = None
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    #: For the user, to deliver after the commit (a login from a new device).
+    notice: AccountNotice | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

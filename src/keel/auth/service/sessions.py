@@ -3,6 +3,7 @@ starts, its rotation, and ending one session or all of a user's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.auth.models import LoginSession, PrincipalType, RefreshToken, User, UserStatus
 from keel.auth.service.account_notices import AccountNotice, AccountNoticeKind
 from keel.auth.service.credentials import new_refresh_token
+from keel.auth.service.devices import note_login_device
 from keel.auth.service.mfa import MfaCheck, TotpMfa
 from keel.auth.service.passwords import Passwords
 from keel.auth.service.results import AuthFailure, TokenPair
@@ -76,7 +78,15 @@ class LoginSessions:
             target_type="session",
             target_id=pair.session_id,
         )
-        return pair
+        notice = await self.note_device(session, user, actor)
+        return replace(pair, notice=notice) if notice else pair
+
+    async def note_device(
+        self, session: AsyncSession, user: User, actor: Actor
+    ) -> AccountNotice | None:
+        """Record the device of a successful login (a keyed hash of its user agent family
+        and IP network); the new-device notice to send after the commit, if it is new."""
+        return await note_login_device(session, self.keyring, user, actor, utcnow())
 
     async def check_credentials(
         self,

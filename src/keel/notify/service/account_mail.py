@@ -1,5 +1,5 @@
-"""Keel's own account e-mails — e-mail verification, password reset and the lockout
-notice — sent through the notification service (issue 19, point 7).
+"""Keel's own account e-mails — e-mail verification, password reset, the lockout and
+new-device notices — sent through the notification service (issue 19, point 7).
 
 The auth service sits below every other service and cannot import this one, so the wiring
 runs the other way: :func:`use_notify_for_account_mail`, called at the notification
@@ -11,11 +11,11 @@ For each token or notice the auth service hands over (after its response, in a t
 
 1. **Ready the tenant** (one unit of work): the critical category ``account`` is created if
    the tenant has none, and the built-in template of the purpose (``account.verify-email``,
-   ``account.password-reset``, ``account.lockout``) is published in it if the tenant has
-   not published one of that name. A tenant overrides a built-in by publishing its own
-   template of the same name (in the category ``account``, or another critical one: a
-   template without a category is not critical, so its mail would carry an unsubscribe link
-   and respect suppressions).
+   ``account.password-reset``, ``account.lockout``, ``account.new-device``) is published in
+   it if the tenant has not published one of that name. A tenant overrides a built-in by
+   publishing its own template of the same name (in the category ``account``, or another
+   critical one: a template without a category is not critical, so its mail would carry an
+   unsubscribe link and respect suppressions).
 2. **Accept the send** (its own unit of work) through :func:`.messages.accept`, to the
    user's address, audited as ``notify.message.send`` without its data. Delivery is the
    ``notify.deliver`` task, as for every other message: it drops the message's data (the
@@ -29,9 +29,10 @@ A send that fails (a tenant's override that does not render with the token's dat
 logged by its error's class and safe detail and falls back the same way; the token is never
 logged.
 
-A lockout notice carries no token: the address, when the account was locked and until
-when (its template's variables: ``email``, ``locked_at``, ``locked_until``, ``minutes``).
-New-device notices are not sent yet.
+A notice carries no token. The lockout notice: the address, when the account was locked
+and until when (its template's variables: ``email``, ``locked_at``, ``locked_until``,
+``minutes``). The new-device notice: ``email``, ``at`` (the login's time), ``device`` (its
+user agent) and ``ip_address``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ TEMPLATE_FOR_PURPOSE = {
     "password_reset": "account.password-reset",
 }
 #: The template each account notice is sent with (``AccountNoticeKind`` values).
-TEMPLATE_FOR_NOTICE = {"lockout": "account.lockout"}
+TEMPLATE_FOR_NOTICE = {"lockout": "account.lockout", "new_device": "account.new-device"}
 
 #: What a sample render of a built-in sees (a publish renders it): never a real token.
 _SAMPLE = {
@@ -87,6 +88,13 @@ _SAMPLE_LOCKOUT = {
     "locked_at": "2030-01-01T12:00:00+00:00",
     "locked_until": "2030-01-01T12:00:30+00:00",
     "minutes": 1,
+}
+
+_SAMPLE_NEW_DEVICE = {
+    "email": "ada@example.com",
+    "at": "2030-01-01T12:00:00+00:00",
+    "device": "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+    "ip_address": "192.0.2.10",
 }
 
 
@@ -148,6 +156,22 @@ BUILT_IN_TEMPLATES: dict[str, dict[str, Any]] = {
         " may be guessing your password: choose a new, stronger one once you can.\n",
         _SAMPLE_LOCKOUT,
     ),
+    "account.new-device": _message_template(
+        "A sign-in from a new device",
+        "<html><body>"
+        "<p>The account of {{ email }} was signed in to at {{ at }} (UTC) from a device or"
+        " place it had not been used from:</p>"
+        "<p>{{ device or 'an unknown browser' }}, address {{ ip_address or 'unknown' }}</p>"
+        "<p>If it was you, there is nothing to do. If it was not, reset your password and end"
+        " your other sessions.</p>"
+        "</body></html>",
+        "The account of {{ email }} was signed in to at {{ at }} (UTC) from a device or place"
+        " it had not been used from:\n\n"
+        "{{ device or 'an unknown browser' }}, address {{ ip_address or 'unknown' }}\n\n"
+        "If it was you, there is nothing to do. If it was not, reset your password and end"
+        " your other sessions.\n",
+        _SAMPLE_NEW_DEVICE,
+    ),
 }
 
 
@@ -164,6 +188,13 @@ def template_data(message: AccountTokenMessage) -> dict[str, Any]:
 
 def notice_data(notice: AccountNotice) -> dict[str, Any]:
     """What the templates see of a notice (the user's id and tenant stay out)."""
+    if str(notice.kind) == "new_device":
+        return {
+            "email": notice.email,
+            "at": notice.at.isoformat(timespec="seconds"),
+            "device": notice.device,
+            "ip_address": notice.ip_address,
+        }
     until = notice.until or notice.at
     return {
         "email": notice.email,
@@ -299,7 +330,7 @@ async def ready_tenant(session: AsyncSession, tenant_id: str, name: str) -> bool
         log.info("notify.account_mail.unconfigured", tenant=tenant_id, missing="sender default")
         return False
     if await recipients.get_category(session, tenant_id, ACCOUNT_CATEGORY) is None:
-        description = "Keel's account e-mails: verification, password reset, lockout notices."
+        description = "Keel's account e-mails: verification, password reset, notices."
         await recipients.put_category(
             session, tenant_id, ACCOUNT_CATEGORY, critical=True, description=description
         )
