@@ -20,6 +20,7 @@ import re
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import KnownDevice, User
@@ -90,15 +91,19 @@ async def note_login_device(
             .where(KnownDevice.id.in_(list(await session.scalars(oldest))))
             .execution_options(synchronize_session=False)
         )
-    session.add(
-        KnownDevice(
-            tenant_id=user.tenant_id,
-            user_id=user.id,
-            device_hash=digest,
-            first_seen_at=now,
-            last_seen_at=now,
-        )
-    )
+    try:
+        async with session.begin_nested():
+            session.add(
+                KnownDevice(
+                    tenant_id=user.tenant_id,
+                    user_id=user.id,
+                    device_hash=digest,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+            )
+    except IntegrityError:
+        return None  # a login from this device at the same moment recorded it (and tells)
     if count == 0 or not user.email:
         return None  # the first login has nothing to compare with
     return AccountNotice(
