@@ -17,7 +17,7 @@ Errors: :class:`BlobNotFound`, :class:`BackendUnavailable` (the API answers 503)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keel.storage.backends.base import (
     CHUNK_BYTES,
@@ -27,10 +27,21 @@ from keel.storage.backends.base import (
     locator_segments,
 )
 from keel.storage.backends.local import LocalBlobStore
-from keel.storage.backends.s3 import PART_BYTES, S3BlobStore
 
 if TYPE_CHECKING:
     from keel.settings import StorageSettings
+    from keel.storage.backends.s3 import PART_BYTES, S3BlobStore
+
+
+def __getattr__(name: str) -> Any:
+    # The S3 store is imported on first use: aiobotocore is a third of a second of every
+    # start, and the embedded default never needs it.
+    if name in ("PART_BYTES", "S3BlobStore"):
+        from keel.storage.backends import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHUNK_BYTES",
@@ -51,6 +62,8 @@ def open_blob_store(settings: StorageSettings, data_dir: Path) -> BlobStore:
     ``settings.s3``. Nothing is contacted until the first call."""
     if settings.backend == "local":
         return LocalBlobStore(settings.local_root(data_dir))
+    from keel.storage.backends.s3 import S3BlobStore
+
     s3 = settings.s3
     if not s3.bucket:
         raise ValueError("the S3 storage backend needs a bucket (KEEL_STORAGE__S3__BUCKET)")

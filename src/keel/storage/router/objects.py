@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -33,11 +33,11 @@ from keel.core.errors import (
     ServiceUnavailable,
 )
 from keel.core.http import etag_for, is_not_modified
+from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
 from keel.storage import schemas
 from keel.storage.auth import ObjectAdmin, ObjectReader, ObjectWriter
 from keel.storage.backends import BackendUnavailable, BlobNotFound
-from keel.storage.encryption import DecryptionFailed
 from keel.storage.metrics import storage_metrics
 from keel.storage.models import StorageObject
 from keel.storage.service import blobio, objects
@@ -59,6 +59,11 @@ IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=102
 RangeHeader = Annotated[str | None, Header(alias="Range", max_length=1024)]
 
 _RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+
+if TYPE_CHECKING:
+    from keel.storage import encryption
+else:  # Tink on first use: a tenth of a second of every start otherwise
+    encryption = lazy_module("keel.storage.encryption")
 
 
 # --- pure HTTP rules ------------------------------------------------------------------------
@@ -220,7 +225,7 @@ async def _first_then_rest(body: AsyncGenerator[bytes, None]) -> AsyncIterator[b
         raise ServiceUnavailable("The object's bytes are missing from the store.") from None
     except BackendUnavailable:
         raise ServiceUnavailable("The blob store did not answer.") from None
-    except DecryptionFailed:
+    except encryption.DecryptionFailed:
         log.error("storage.decryption_failed")
         raise InternalError("The object's bytes did not authenticate.") from None
 
@@ -231,7 +236,7 @@ async def _first_then_rest(body: AsyncGenerator[bytes, None]) -> AsyncIterator[b
             try:
                 async for chunk in body:
                     yield chunk
-            except (BlobNotFound, BackendUnavailable, DecryptionFailed):
+            except (BlobNotFound, BackendUnavailable, encryption.DecryptionFailed):
                 # Headers are out: the only thing left is to break the response off.
                 log.error("storage.download_broken", exc_info=True)
                 raise

@@ -9,14 +9,20 @@ plaintext, so the downloads, the scanner and multipart completion read alike.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable
+from typing import TYPE_CHECKING
 
 from keel.core.context import AppContext
+from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
-from keel.storage import encryption
 from keel.storage.models import StorageObject, object_associated_data
 from keel.storage.service.runtime import storage_runtime
 
 log = get_logger(__name__)
+
+if TYPE_CHECKING:
+    from keel.storage import encryption
+else:  # Tink on first use: a tenth of a second of every start otherwise
+    encryption = lazy_module("keel.storage.encryption")
 
 
 def version_locator(tenant_id: str, bucket_id: str, version_id: str) -> str:

@@ -29,6 +29,7 @@ import hmac
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,10 +39,10 @@ from keel.core.context import AppContext
 from keel.core.db import utcnow
 from keel.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from keel.core.ids import new_id
+from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
-from keel.storage import encryption
 from keel.storage.models import (
     StorageBucket,
     StorageObject,
@@ -61,6 +62,11 @@ MAX_PART_NUMBER = 10_000
 UPLOADS_PREFIX = "uploads"
 
 log = get_logger(__name__)
+
+if TYPE_CHECKING:
+    from keel.storage import encryption
+else:  # Tink on first use: a tenth of a second of every start otherwise
+    encryption = lazy_module("keel.storage.encryption")
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ version pending, hence unreadable; the job's lease lapses and it runs again.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keel.core.audit import record_event
 from keel.core.context import AppContext, RetryTask, TaskRun
 from keel.core.db import utcnow
+from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
 from keel.storage.backends import BackendUnavailable, BlobNotFound
-from keel.storage.encryption import DecryptionFailed
 from keel.storage.metrics import storage_metrics
 from keel.storage.models import ObjectState, StorageBucket, StorageObject
 from keel.storage.scanning import ScanFailed, Verdict
@@ -39,6 +39,11 @@ log = get_logger(__name__)
 
 #: The longest reason kept on a rejected version.
 MAX_REASON_CHARS = 500
+
+if TYPE_CHECKING:
+    from keel.storage import encryption
+else:  # Tink on first use: a tenth of a second of every start otherwise
+    encryption = lazy_module("keel.storage.encryption")
 
 
 async def _pending_version(
@@ -94,7 +99,7 @@ async def scan_version(context: AppContext, run: TaskRun, args: Any) -> dict[str
             ObjectState.rejected,
             "the stored bytes are missing",
         )
-    except DecryptionFailed as exc:
+    except encryption.DecryptionFailed as exc:
         outcome = await _record(
             context,
             run.tenant_id,
