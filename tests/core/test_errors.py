@@ -23,8 +23,10 @@ from keel.core.errors import (
     Unauthorized,
     problem_type,
 )
+from keel.core.sqlite import hold_write_lock
 from keel.settings import DatabasePoolSettings, Settings
 from tests.support.asgi import serve
+from tests.support.tenants import make_tenant_admin
 
 
 def all_error_classes(base: type[KeelError] = KeelError) -> list[type[KeelError]]:
@@ -262,6 +264,28 @@ async def test_a_request_that_finds_every_database_connection_busy_gets_a_503_to
         # The connection back in the pool, the same request is answered normally.
         after = await http.post(TOKEN, data=CLIENT_CREDENTIALS, auth=("kc_nobody", "s"))
         assert after.status_code == 401  # invalid_client: the query ran
+
+
+async def test_a_write_that_waits_out_sqlites_busy_timeout_gets_a_503_to_retry(
+    sqlite_settings: Settings,
+) -> None:
+    """SQLite's writers take turns; one kept waiting past the busy timeout (5 s) by a burst
+    of other writes answers 503 with ``Retry-After``, never a 500."""
+    app: FastAPI = create_app(sqlite_settings)
+    async with serve(app) as http:
+        admin = await make_tenant_admin(app)
+        async with app.state.keel.database.session() as held:
+            await hold_write_lock(held)  # another writer, holding on
+            busy = await http.put(
+                "/storage/v1/buckets/waiting", json={"scan": False}, headers=admin.headers
+            )
+        body = assert_problem(busy, 503, "unavailable")
+        assert busy.headers["retry-after"] == "1"
+        assert "busy" in str(body["detail"])
+        after = await http.put(
+            "/storage/v1/buckets/waiting", json={"scan": False}, headers=admin.headers
+        )
+        assert after.status_code == 201, after.text
 
 
 async def test_a_unique_key_lost_to_a_concurrent_request_is_a_conflict_other_violations_500(

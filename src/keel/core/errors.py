@@ -335,6 +335,8 @@ async def _pool_exhausted_handler(request: Request, exc: Exception) -> Response:
 #: to deleted (PostgreSQL's codes, then SQLite's messages).
 _RACE_SQLSTATES = frozenset({"23505", "23503"})
 _SQLITE_RACES = ("UNIQUE constraint failed", "FOREIGN KEY constraint failed")
+#: SQLite's answer once a writer waited its busy timeout out.
+_SQLITE_BUSY = "database is locked"
 
 
 async def _integrity_conflict_handler(request: Request, exc: Exception) -> Response:
@@ -361,8 +363,19 @@ async def _data_refused_handler(request: Request, exc: Exception) -> Response:
     """A value the database refused as data (SQLSTATE class 22: a number beyond its column's
     range, a character its encoding cannot hold). It came with the request, so a 400; the
     edge rules and schemas should have refused it first, so it is logged with its SQLSTATE
-    (never the value). Any other database error stays a 500."""
-    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", ""))
+    (never the value). SQLite busy past its timeout is a 503. Any other database error
+    stays a 500."""
+    driver_error = getattr(exc, "orig", None)
+    if str(driver_error).startswith(_SQLITE_BUSY):
+        # SQLite's writers take turns; one that waited its whole busy timeout met a burst
+        # of writes, not a fault of the request: a 503 to retry, as an exhausted pool.
+        log.warning("db.sqlite_busy", path=public_path(request.url.path))
+        busy = ServiceUnavailable(
+            "The database is busy with other writes; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+        return render_error(busy, _request_id(request), public_path(request.url.path))
+    sqlstate = str(getattr(driver_error, "sqlstate", ""))
     if not sqlstate.startswith("22"):
         raise exc
     log.warning("db.data_refused", path=public_path(request.url.path), sqlstate=sqlstate)
