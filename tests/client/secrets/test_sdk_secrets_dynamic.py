@@ -183,9 +183,11 @@ async def test_a_lease_is_renewed_at_two_thirds_until_its_max_ttl_then_revoked(
 
     # Renewed at 4 s (a full TTL granted) and at 8 s (capped: 4 s left), then stopped. On a
     # loaded machine the first renewal can land after 6 s, is capped already, and is the last.
-    renewals = transport.requests[("PUT", "/secrets/v1/sys/leases/renew")]
+    renewals = credential.renewals
     assert renewals in (1, 2)
-    assert credential.renewals == renewals
+    # A request per renewal, or more: the client retries one that timed out (a CI run on a
+    # loaded machine sent 2 requests for 1 renewal).
+    assert transport.requests[("PUT", "/secrets/v1/sys/leases/renew")] >= renewals
     assert credential.lease_duration < DEFAULT_TTL  # the last one was capped at the max TTL
     lease_end = (credential.expires_at - issued_at).total_seconds()
     assert MAX_TTL - 1 <= lease_end <= MAX_TTL + 1
