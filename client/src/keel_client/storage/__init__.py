@@ -32,8 +32,6 @@ from keel_client.storage._client import (
     DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     MULTIPART_THRESHOLD,
-    ObjectStream,
-    Progress,
     StorageClient,
 )
 from keel_client.storage._exceptions import (
@@ -68,6 +66,7 @@ from keel_client.storage._models import (
     UploadPart,
 )
 from keel_client.storage._sources import UploadSource
+from keel_client.storage._streams import ObjectStream, Progress
 from keel_client.storage._sync_client import SyncStorageClient
 
 __all__ = [

@@ -16,12 +16,11 @@ import contextlib
 import hashlib
 import os
 import time
-import types
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Self, Unpack, overload
+from typing import IO, Any, Unpack, overload
 
 import anyio
 import httpx
@@ -32,7 +31,6 @@ from keel_client.storage._exceptions import (
     ObjectNotFound,
     ObjectNotReady,
     ObjectQuarantined,
-    StorageError,
     UploadInterrupted,
     storage_error,
 )
@@ -52,6 +50,7 @@ from keel_client.storage._policy import (
     check_transfer,
     is_fatal,
     key_path,
+    policy_json,
     poll_delays,
     range_header,
     seconds,
@@ -59,14 +58,24 @@ from keel_client.storage._policy import (
     uses_multipart,
 )
 from keel_client.storage._sources import CHUNK_BYTES, Part, Source, UploadSource, source_of
+from keel_client.storage._streams import (
+    HeldSource,
+    ObjectStream,
+    Progress,
+    Sent,
+    as_storage_errors,
+    chain_parts,
+    check_digest,
+    etag_of,
+    first_error,
+    head_of,
+)
 from keel_client.storage._transfer import stream_call
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PART_SIZE",
     "MULTIPART_THRESHOLD",
-    "ObjectStream",
-    "Progress",
     "StorageClient",
 ]
 
@@ -77,130 +86,8 @@ DEFAULT_PART_SIZE = 8 * MIB
 #: Parts in flight at once.
 DEFAULT_CONCURRENCY = 4
 
-#: ``progress(bytes_sent, total)``: called as bytes go out (``total`` ``None`` when the size
-#: is unknown). A part or body sent again after a failure counts from zero again.
-Progress = Callable[[int, int | None], None]
-
 #: Where ``download`` writes: a path, or a binary file open for writing.
 Destination = str | os.PathLike[str] | IO[bytes]
-
-
-@contextlib.contextmanager
-def _as_storage_errors(bucket: str | None, key: str | None = None) -> Iterator[None]:
-    """A 4xx of the calls inside becomes the storage error for it."""
-    try:
-        yield
-    except ClientError as error:
-        raise storage_error(error, bucket=bucket, key=key) from error
-
-
-def _etag(value: str) -> str:
-    return value.strip().removeprefix("W/").strip('"')
-
-
-def _head_of(response: httpx.Response) -> ObjectHead:
-    headers = response.headers
-    length = headers.get("content-length")
-    content_range = headers.get("content-range", "")
-    size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else int(length or 0)
-    return ObjectHead(
-        size=size,
-        etag=_etag(headers.get("etag", "")),
-        content_type=headers.get("content-type", "application/octet-stream"),
-        version_id=headers.get("x-keel-version-id"),
-        last_modified=headers.get("last-modified"),
-    )
-
-
-class _Sent:
-    """What ``progress`` sees: bytes sent per part (a part sent again counts from zero)."""
-
-    def __init__(self, callback: Progress | None, total: int | None) -> None:
-        self.callback, self.total = callback, total
-        self._by_part: dict[int, int] = {}
-        self._sum = 0
-
-    def _set(self, number: int, value: int) -> None:
-        self._sum += value - self._by_part.get(number, 0)
-        self._by_part[number] = value
-        if self.callback is not None:
-            self.callback(self._sum, self.total)
-
-    def counted(
-        self, number: int, body: Callable[[], AsyncIterator[bytes]]
-    ) -> Callable[[], AsyncIterator[bytes]]:
-        async def fresh() -> AsyncIterator[bytes]:
-            sent = 0
-            if self._by_part.get(number):
-                self._set(number, 0)
-            async for chunk in body():
-                yield chunk
-                sent += len(chunk)
-                self._set(number, sent)
-
-        return fresh
-
-    def done(self, number: int, size: int) -> None:
-        self._set(number, size)
-
-
-class ObjectStream:
-    """An object's bytes as they arrive, in chunks of at most 1 MiB; ``head`` once open.
-
-    Example::
-
-        async with keel.storage.open("videos", "talk.mp4") as stream:
-            print(stream.head.size)
-            async for chunk in stream:
-                await out.write(chunk)
-
-    Iterating without ``async with`` opens the download and closes it at the end.
-    """
-
-    def __init__(
-        self, opener: Callable[[], Awaitable[httpx.Response]], bucket: str, key: str
-    ) -> None:
-        self._opener, self.bucket, self.key = opener, bucket, key
-        self._response: httpx.Response | None = None
-
-    @property
-    def head(self) -> ObjectHead:
-        if self._response is None:
-            raise RuntimeError("the stream is not open yet (async with, or iterate)")
-        return _head_of(self._response)
-
-    async def __aenter__(self) -> Self:
-        self._response = await self._opener()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._response is not None:
-            await self._response.aclose()
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        owned = self._response is None
-        if owned:
-            self._response = await self._opener()
-        response = self._response
-        assert response is not None
-        try:
-            with _as_storage_errors(self.bucket, self.key):
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                    yield chunk
-        finally:
-            if owned:
-                await response.aclose()
 
 
 class StorageClient(ServiceClient):
@@ -238,17 +125,17 @@ class StorageClient(ServiceClient):
         ``storage:buckets:write``. The same policy again is a no-op (a retried create);
         another policy on an existing bucket is a :class:`StorageConflict` (``update_bucket``
         replaces a policy)."""
-        with _as_storage_errors(name):
+        with as_storage_errors(name):
             return await self.api.put(
                 f"{API}/buckets/{segment(name)}",
-                json=_policy_json(policy),
+                json=policy_json(policy),
                 response_model=Bucket,
                 **options,
             )
 
     async def get_bucket(self, name: str, **options: Unpack[RequestOptions]) -> Bucket:
         """Bucket ``name``: its policy, usage and ``revision``."""
-        with _as_storage_errors(name):
+        with as_storage_errors(name):
             return await self.api.get(
                 f"{API}/buckets/{segment(name)}", response_model=Bucket, **options
             )
@@ -266,10 +153,10 @@ class StorageClient(ServiceClient):
         Keel refuses to remove a lock, shorten a compliance lock or turn versioning off
         under a lock."""
         revision = str(if_match).strip('"')
-        with _as_storage_errors(name):
+        with as_storage_errors(name):
             return await self.api.put(
                 f"{API}/buckets/{segment(name)}",
-                json=_policy_json(policy),
+                json=policy_json(policy),
                 headers={"If-Match": f'"{revision}"'},
                 response_model=Bucket,
                 **options,
@@ -277,7 +164,7 @@ class StorageClient(ServiceClient):
 
     async def list_buckets(self, **options: Unpack[RequestOptions]) -> builtins.list[Bucket]:
         """The tenant's buckets."""
-        with _as_storage_errors(None):
+        with as_storage_errors(None):
             response = await self.api.get(f"{API}/buckets", **options)
         answer = response.json()
         items = answer["buckets"] if isinstance(answer, dict) else answer
@@ -285,7 +172,7 @@ class StorageClient(ServiceClient):
 
     async def delete_bucket(self, name: str, **options: Unpack[RequestOptions]) -> None:
         """Delete bucket ``name``, which must hold no object (``storage:buckets:admin``)."""
-        with _as_storage_errors(name):
+        with as_storage_errors(name):
             await self.api.delete(f"{API}/buckets/{segment(name)}", **options)
 
     # -- uploads -------------------------------------------------------------------------------
@@ -326,10 +213,10 @@ class StorageClient(ServiceClient):
             if second is None:
                 return await self._put_part_alone(bucket, key, first, content_type, progress,
                                                   options)  # fmt: skip
-            parts = _chain(first, second, parts)
+            parts = chain_parts(first, second, parts)
         upload = await self.create_upload(bucket, key, content_type=content_type, **options)
         return await self._send_parts(
-            bucket, upload, parts, {}, _Sent(progress, data.size), concurrency, options
+            bucket, upload, parts, {}, Sent(progress, data.size), concurrency, options
         )
 
     async def resume_upload(
@@ -355,7 +242,7 @@ class StorageClient(ServiceClient):
         check_transfer(part_size=part_size, concurrency=concurrency, size=data.size)
         options.setdefault("deadline", None)
         return await self._send_parts(
-            bucket, upload, data.parts(part_size), existing, _Sent(progress, data.size),
+            bucket, upload, data.parts(part_size), existing, Sent(progress, data.size),
             concurrency, options,
         )  # fmt: skip
 
@@ -372,7 +259,7 @@ class StorageClient(ServiceClient):
         if content_type is not None:
             body["content_type"] = content_type
         call: RequestOptions = {"idempotent": True, **options}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             return await self.api.post(
                 f"{API}/buckets/{segment(bucket)}/uploads",
                 json=body,
@@ -384,7 +271,7 @@ class StorageClient(ServiceClient):
         self, bucket: str, upload_id: str, **options: Unpack[RequestOptions]
     ) -> Upload:
         """Multipart upload ``upload_id`` with the parts Keel holds."""
-        with _as_storage_errors(bucket):
+        with as_storage_errors(bucket):
             return await self.api.get(
                 f"{API}/buckets/{segment(bucket)}/uploads/{segment(upload_id)}",
                 response_model=Upload,
@@ -395,7 +282,7 @@ class StorageClient(ServiceClient):
         self, bucket: str, upload_id: str, **options: Unpack[RequestOptions]
     ) -> None:
         """Abort multipart upload ``upload_id``: Keel drops its parts."""
-        with _as_storage_errors(bucket):
+        with as_storage_errors(bucket):
             await self.api.delete(
                 f"{API}/buckets/{segment(bucket)}/uploads/{segment(upload_id)}", **options
             )
@@ -409,11 +296,11 @@ class StorageClient(ServiceClient):
         progress: Progress | None,
         options: RequestOptions,
     ) -> ObjectInfo:
-        sent = _Sent(progress, data.size)
+        sent = Sent(progress, data.size)
         headers = {} if data.size is None else {"Content-Length": str(data.size)}
         if content_type is not None:
             headers["Content-Type"] = content_type
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             response = await stream_call(
                 self.api,
                 "PUT",
@@ -439,7 +326,7 @@ class StorageClient(ServiceClient):
         options: RequestOptions,
     ) -> ObjectInfo:
         """A stream that ended within its first part: held already, sent in one ``PUT``."""
-        held = _HeldSource(part)
+        held = HeldSource(part)
         return await self._put(bucket, key, held, content_type, progress, options)
 
     async def _send_parts(
@@ -448,7 +335,7 @@ class StorageClient(ServiceClient):
         upload: Upload,
         parts: AsyncIterator[Part],
         existing: dict[int, UploadPart],
-        sent: _Sent,
+        sent: Sent,
         concurrency: int,
         options: RequestOptions,
     ) -> ObjectInfo:
@@ -458,7 +345,7 @@ class StorageClient(ServiceClient):
         async def send_part(part: Part) -> None:
             have = existing.get(part.number)
             is_there = have is not None and have.size == part.size
-            if is_there and have is not None and await part.sha256() == _etag(have.etag):
+            if is_there and have is not None and await part.sha256() == etag_of(have.etag):
                 etags[part.number] = have.etag
                 sent.done(part.number, part.size)
                 return
@@ -492,7 +379,7 @@ class StorageClient(ServiceClient):
                         async for part in parts:
                             await send.send(part)
             except BaseExceptionGroup as group_error:
-                raise _first_error(group_error) from None
+                raise first_error(group_error) from None
             body = {
                 "parts": [{"number": number, "etag": etags[number]} for number in sorted(etags)]
             }
@@ -532,7 +419,7 @@ class StorageClient(ServiceClient):
         header = range_header(range)
         headers = {} if header is None else {"Range": header}
         call: RequestOptions = {"deadline": None, **options}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             return await stream_call(
                 self.api,
                 "GET",
@@ -605,7 +492,7 @@ class StorageClient(ServiceClient):
             bucket, key, version_id=version_id, range=range, options=options
         )
         try:
-            expected = None if range is not None else _etag(response.headers.get("etag", ""))
+            expected = None if range is not None else etag_of(response.headers.get("etag", ""))
             digest = hashlib.sha256() if expected else None
             if destination is None:
                 data = bytearray()
@@ -613,7 +500,7 @@ class StorageClient(ServiceClient):
                     data += chunk
                     if digest is not None:
                         digest.update(chunk)
-                _check_digest(digest, expected, bucket, key)
+                check_digest(digest, expected, bucket, key)
                 return bytes(data)
             if isinstance(destination, str | os.PathLike):
                 return await self._to_path(response, Path(destination), digest, expected,
@@ -624,7 +511,7 @@ class StorageClient(ServiceClient):
                 written += len(chunk)
                 if digest is not None:
                     digest.update(chunk)
-            _check_digest(digest, expected, bucket, key)
+            check_digest(digest, expected, bucket, key)
             return written
         finally:
             await response.aclose()
@@ -647,7 +534,7 @@ class StorageClient(ServiceClient):
                     written += len(chunk)
                     if digest is not None:
                         digest.update(chunk)
-            _check_digest(digest, expected, bucket, key)
+            check_digest(digest, expected, bucket, key)
             await anyio.to_thread.run_sync(os.replace, partial, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -665,14 +552,14 @@ class StorageClient(ServiceClient):
     ) -> ObjectHead:
         """What a download would get (size, ETag, type), without the bytes."""
         params = {} if version_id is None else {"version_id": version_id}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             response = await self.api.request(
                 "HEAD",
                 f"{API}/buckets/{segment(bucket)}/objects/{key_path(key)}",
                 params=params,
                 **options,
             )
-        return _head_of(response)
+        return head_of(response)
 
     # -- objects -------------------------------------------------------------------------------
 
@@ -687,7 +574,7 @@ class StorageClient(ServiceClient):
         """The newest version of ``key`` whatever its state (``reason`` says why one is
         infected or rejected); ``versions=True`` lists every version too."""
         params = {"versions": "true"} if versions else {}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             return await self.api.get(
                 f"{API}/buckets/{segment(bucket)}/info/{key_path(key)}",
                 params=params,
@@ -709,7 +596,7 @@ class StorageClient(ServiceClient):
         ``bypass_governance`` with ``storage:objects:admin``."""
         params = {} if version_id is None else {"version_id": version_id}
         headers = {"X-Keel-Bypass-Governance": "true"} if bypass_governance else {}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             await self.api.delete(
                 f"{API}/buckets/{segment(bucket)}/objects/{key_path(key)}",
                 params=params,
@@ -808,7 +695,7 @@ class StorageClient(ServiceClient):
         self, bucket: str, key: str, body: dict[str, Any], options: RequestOptions
     ) -> PresignedURL:
         call: RequestOptions = {"idempotent": True, **options}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             return await self.api.post(
                 f"{API}/buckets/{segment(bucket)}/presign",
                 json=body,
@@ -847,7 +734,7 @@ class StorageClient(ServiceClient):
         else:
             body["key_prefix"] = key_prefix
         call: RequestOptions = {"idempotent": True, **options}
-        with _as_storage_errors(bucket, key):
+        with as_storage_errors(bucket, key):
             return await self.api.post(
                 f"{API}/buckets/{segment(bucket)}/presign-post",
                 json=body,
@@ -873,7 +760,7 @@ class StorageClient(ServiceClient):
             params["prefix"] = prefix
         if cursor is not None:
             params["cursor"] = cursor
-        with _as_storage_errors(bucket):
+        with as_storage_errors(bucket):
             return await self.api.get(
                 f"{API}/buckets/{segment(bucket)}/objects",
                 params=params,
@@ -903,55 +790,3 @@ class StorageClient(ServiceClient):
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
-
-
-class _HeldSource:
-    """One part already in memory, as a source of one ``PUT``."""
-
-    can_reopen = True
-
-    def __init__(self, part: Part) -> None:
-        self._part = part
-        self.size: int | None = part.size
-
-    def body(self) -> AsyncIterator[bytes]:
-        return self._part.body()
-
-    async def parts(self, part_size: int) -> AsyncIterator[Part]:
-        yield self._part
-
-
-async def _chain(first: Part, second: Part, rest: AsyncIterator[Part]) -> AsyncIterator[Part]:
-    yield first
-    yield second
-    async for part in rest:
-        yield part
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that stopped the parts (the others were cancelled because of it)."""
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first_error(error)
-        if not isinstance(error, anyio.get_cancelled_exc_class()):
-            return error
-    return group.exceptions[0]
-
-
-def _policy_json(policy: BucketPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
-    if policy is None:
-        policy = BucketPolicy()
-    elif not isinstance(policy, BucketPolicy):
-        policy = BucketPolicy.model_validate(dict(policy))
-    return policy.model_dump(mode="json")
-
-
-def _check_digest(digest: Any, expected: str | None, bucket: str, key: str) -> None:
-    if digest is None or not expected or len(expected) != 64:
-        return
-    if digest.hexdigest() != expected:
-        raise StorageError(
-            f"{bucket}/{key}: the bytes received do not match the object's SHA-256",
-            bucket=bucket,
-            key=key,
-        )

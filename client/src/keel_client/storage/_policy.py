@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from typing import Any
 from urllib.parse import quote
 
 from keel_client.http import ClientError, KeelHTTPError
+from keel_client.storage._models import BucketPolicy
 
 __all__ = [
     "API",
@@ -105,3 +107,12 @@ def is_fatal(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         return error.status not in (408, 429)
     return not isinstance(error, KeelHTTPError)
+
+
+def policy_json(policy: BucketPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A bucket policy as the JSON body Keel takes (Keel's defaults for ``None``)."""
+    if policy is None:
+        policy = BucketPolicy()
+    elif not isinstance(policy, BucketPolicy):
+        policy = BucketPolicy.model_validate(dict(policy))
+    return policy.model_dump(mode="json")
