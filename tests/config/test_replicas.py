@@ -89,7 +89,7 @@ async def test_a_write_to_one_replica_reaches_watchers_of_the_other(
             )
             assert written.status_code == 200, written.text
             # Well under the stream's 15 s heartbeat: Redis woke the other replica's stream.
-            event = await _next_config(queue, timeout=5)
+            event = await _next_config(queue, timeout=30)
             assert time.monotonic() - started < 5
             assert event.json()["data"] == {
                 "revision": 2, "keys": ["workers"], "set": {"workers": 8}, "unset": []

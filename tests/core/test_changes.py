@@ -148,7 +148,7 @@ async def test_a_change_is_stored_and_published_only_when_its_transaction_commit
         with pytest.raises(RuntimeError):
             await record_then_fail()
         seq = await record(database, tenant_id, "secret/apps/db", version=3, operation="write")
-        published = await subscription.get(timeout=5)
+        published = await subscription.get(timeout=30)
     assert published.data == {
         "seq": seq,
         "stream": "secrets",

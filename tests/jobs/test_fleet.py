@@ -102,7 +102,9 @@ class Fleet:
         return self.logs[process.pid].read_text()
 
     def start_workers(self, count: int, queue: str, record: Path, concurrency: int) -> None:
-        for _ in range(count):
+        """``count`` worker processes, returned once each has started fetching: on a loaded
+        machine one worker may otherwise drain a batch before the others have imported."""
+        started = [
             self.start(
                 sys.executable,
                 *("-m", "keel_client.jobs", "run", "tests.jobs.fleet_worker:worker"),
@@ -110,6 +112,13 @@ class Fleet:
                 FLEET_CONCURRENCY=str(concurrency),
                 FLEET_RECORD=str(record),
             )
+            for _ in range(count)
+        ]
+        wait_for(
+            lambda: all("fetching from" in self.log_of(process) for process in started),
+            timeout=60,
+            message="a worker did not start fetching",
+        )
 
     def stop_others(self) -> None:
         for process in self.others:

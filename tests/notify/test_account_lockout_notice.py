@@ -129,7 +129,7 @@ async def test_without_an_email_provider_a_lockout_answers_as_before_and_only_lo
     await create_user(app, admin.tenant_id, "ned", email="ned@example.com")
 
     await fail_logins(client, admin.tenant_slug, "ned", THRESHOLD + 1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     logs = ""
     while "auth.account_notice" not in logs:
         assert time.monotonic() < deadline, "the old hook never ran"

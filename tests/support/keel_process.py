@@ -89,7 +89,7 @@ def read_log_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def wait_for(
-    condition: Any, *, timeout: float = 5.0, interval: float = 0.05, message: str = ""
+    condition: Any, *, timeout: float = 20.0, interval: float = 0.05, message: str = ""
 ) -> Any:
     """Poll ``condition()`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

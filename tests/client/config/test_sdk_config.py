@@ -179,7 +179,7 @@ async def test_callbacks_run_with_the_new_values_before_the_local_copy_is_writte
         revision = await write(client, admin.headers, name, {"workers": 8})
         await eventually(lambda: bool(during))
         assert during == [(revision, 8, 2)]
-        await eventually(lambda: _saved_revision(cache) == revision, timeout=5)
+        await eventually(lambda: _saved_revision(cache) == revision, timeout=30)
         assert json.loads(cache.read_text())["values"] == {"workers": 8}
         assert stat.S_IMODE(cache.stat().st_mode) == 0o600
         assert list(cache.parent.iterdir()) == [cache]  # no temporary file left over

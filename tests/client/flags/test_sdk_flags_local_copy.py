@@ -81,7 +81,7 @@ async def test_callbacks_run_with_the_new_store_before_the_local_copy_is_written
         version = await _toggle(client, admin.headers, env, on=False)
         await _eventually(lambda: bool(during))
         assert during == [(version, False, before)]
-        await _eventually(lambda: _saved_version(cache) == version, timeout=5)
+        await _eventually(lambda: _saved_version(cache) == version, timeout=30)
         assert list(cache.parent.iterdir()) == [cache]  # no temporary file left over
 
 

@@ -228,7 +228,7 @@ async def test_request_body_is_streamed_upstream_before_the_client_finished() ->
         yield b"a" * 1000
         # Waits for the upstream to have the first chunk: a proxy that buffered the body
         # would never send it, and the wait would time out.
-        await asyncio.wait_for(first_chunk_arrived.wait(), 5)
+        await asyncio.wait_for(first_chunk_arrived.wait(), 30)
         yield b"b" * 1000
 
     async with (
@@ -252,7 +252,7 @@ async def test_server_sent_events_reach_the_client_before_the_stream_ends() -> N
             }
         )
         await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
-        await asyncio.wait_for(client_has_first_event.wait(), 5)
+        await asyncio.wait_for(client_has_first_event.wait(), 30)
         await send({"type": "http.response.body", "body": b"data: two\n\n", "more_body": False})
 
     lines: list[str] = []

@@ -80,7 +80,7 @@ async def test_client_close_code_reaches_the_upstream() -> None:
             await socket.send("hi")
             await socket.recv()
             await socket.close(4002, "done")
-        await asyncio.wait_for(upstream.closed.wait(), 5)
+        await asyncio.wait_for(upstream.closed.wait(), 30)
     assert upstream.client_close_code == 4002
 
 
