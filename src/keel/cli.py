@@ -409,6 +409,27 @@ def init(
     run_database_command(main)
 
 
+@app.command("apply")
+def apply_command(
+    path: Annotated[
+        str, typer.Argument(metavar="PATH", help="The manifest (default: ./keel.toml).")
+    ] = "keel.toml",
+    dry_run: Annotated[bool, typer.Option(help="Print the diff; change nothing.")] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant slug.")] = "default",
+) -> None:
+    """Make Keel match a service's keel.toml (provisioning as code; see docs/apply.md).
+
+    Prints the diff (+ created, ~ changed), then applies it in one unit of work; a second run
+    prints 'no changes'. Never deletes what the file does not name. A bad file: one line per
+    problem (file:line: field: message), exit code 2, nothing applied.
+    """
+    from pathlib import Path
+
+    from keel.manifest.cli import apply_manifest
+
+    apply_manifest(Path(path), dry_run=dry_run, tenant=tenant)
+
+
 @app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,

@@ -1,0 +1,89 @@
+"""The checks of the tables that are another service's API body: the gateway's pool and
+routes, storage's bucket policies, notify's templates. Each is validated by that service's
+own model, its problems placed at their fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from keel.core.errors import KeelError
+
+if TYPE_CHECKING:
+    from keel.manifest.loaded import LoadedManifest, Problem
+
+
+def _model_problems(
+    loaded: LoadedManifest, prefix: tuple[str | int, ...], error: ValidationError
+) -> Iterator[Problem]:
+    for entry in error.errors():
+        message = "unknown key" if entry["type"] == "extra_forbidden" else entry["msg"]
+        yield loaded.problem((*prefix, *entry["loc"]), message)
+
+
+def check_routes(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
+    from keel_client.edge._model import Route
+    from keel_client.edge._upstreams import UpstreamPool
+
+    manifest = loaded.manifest
+    pool_name = manifest.service.name
+    if manifest.upstream is not None:
+        if manifest.upstream.get("name", pool_name) != pool_name:
+            yield loaded.problem(
+                ("upstream", "name"), f"the service's pool is named {pool_name!r} (its name)"
+            )
+        else:
+            try:
+                pool = UpstreamPool.model_validate({**manifest.upstream, "name": pool_name})
+            except ValidationError as error:
+                yield from _model_problems(loaded, ("upstream",), error)
+            else:
+                loaded.upstream = pool.model_dump(mode="json")
+    names: set[str] = set()
+    for index, document in enumerate(manifest.routes):
+        upstream = document.get("upstream", pool_name)
+        if upstream != pool_name:
+            yield loaded.problem(
+                ("routes", index, "upstream"),
+                f"a route of this manifest goes to the service's pool {pool_name!r}",
+            )
+            continue
+        try:
+            route = Route.model_validate({**document, "upstream": pool_name})
+        except ValidationError as error:
+            yield from _model_problems(loaded, ("routes", index), error)
+            continue
+        if route.name in names:
+            yield loaded.problem(("routes", index, "name"), f"route {route.name!r} named twice")
+        names.add(route.name)
+        loaded.routes.append(route.model_dump(mode="json"))
+
+
+def check_buckets(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
+    from keel.storage.schemas import BucketPolicy
+    from keel.storage.service.buckets import check_bucket_name
+
+    for name, document in loaded.manifest.buckets.items():
+        try:
+            check_bucket_name(name)
+        except KeelError as error:
+            yield loaded.problem(("buckets", name), str(error.detail or error))
+            continue
+        try:
+            loaded.buckets[name] = BucketPolicy.model_validate(document)
+        except ValidationError as error:
+            yield from _model_problems(loaded, ("buckets", name), error)
+
+
+def check_templates(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
+    from keel.notify.service.templates import TemplateKind, parse_content, validate_template_name
+
+    for name, template in loaded.manifest.templates.items():
+        try:
+            validate_template_name(name)
+            loaded.templates[name] = parse_content(TemplateKind(template.kind), template.content)
+        except KeelError as error:
+            yield loaded.problem(("templates", name), str(error.detail or error))
