@@ -29,15 +29,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.databases import database_for
+from tests.support.keel_cli import initialise
 from tests.support.keel_process import (
-    ADMIN_KEY,
     KEEL,
     REPOSITORY,
     KeelServer,
     free_port,
     keel_env,
-    run_keel,
     stop_process,
     wait_for,
 )
@@ -133,19 +132,11 @@ def fleet(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     cwd = tmp_path_factory.mktemp(f"fleet-{request.param}")
-    admin_url = None
-    name = f"keel_fleet_{uuid.uuid4().hex[:12]}"
-    env = keel_env(KEEL_LOG_LEVEL="warning")
-    if request.param == "postgresql":
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        env["KEEL_DATABASE_URL"] = asyncio.run(create_postgres_database(admin_url, name))
-    try:
-        for command in ("migrate", "init"):
-            done = run_keel(command, cwd=cwd, env=env)
-            assert done.returncode == 0, done.stderr
-        found = ADMIN_KEY.search(done.stdout + done.stderr)
-        assert found, done.stdout
-        deployment = Fleet(cwd, env, free_port(), found.group(1))
+    with database_for(request, "keel_fleet") as url:
+        env = keel_env(KEEL_LOG_LEVEL="warning")
+        if url is not None:
+            env["KEEL_DATABASE_URL"] = url
+        deployment = Fleet(cwd, env, free_port(), initialise(cwd, env))
         deployment.start_server()
         try:
             yield deployment
@@ -153,9 +144,6 @@ def fleet(
             deployment.stop_others()
             if deployment.server is not None:
                 stop_process(deployment.server.process)
-    finally:
-        if admin_url is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import email
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,14 +25,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.databases import database_for
+from tests.support.keel_cli import initialise
 from tests.support.keel_process import (
-    ADMIN_KEY,
     KEEL,
     KeelServer,
     free_port,
     keel_env,
-    run_keel,
     stop_process,
 )
 from tests.support.provider_servers import SmtpTestServer, smtp_server
@@ -109,28 +107,16 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         KEEL_NOTIFY__DELIVERY_CHUNK=str(CHUNK),
         KEEL_NOTIFY__TRACK_OPENS="false",
     )
-    admin_url = name = None
-    if request.param == "postgresql":
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        name = f"keel_crash_{uuid.uuid4().hex[:12]}"
-        env["KEEL_DATABASE_URL"] = asyncio.run(create_postgres_database(admin_url, name))
-    try:
-        for command in ("migrate", "init"):
-            done = run_keel(command, cwd=tmp_path, env=env)
-            assert done.returncode == 0, done.stderr
-        found = ADMIN_KEY.search(done.stdout + done.stderr)
-        assert found, done.stdout
-        deployment = Deployment(
-            tmp_path, env, free_port(), found.group(1), embedded=request.param == "sqlite"
-        )
+    with database_for(request, "keel_crash") as url:
+        if url is not None:
+            env["KEEL_DATABASE_URL"] = url
+        admin_key = initialise(tmp_path, env)
+        deployment = Deployment(tmp_path, env, free_port(), admin_key, embedded=url is None)
         try:
             deployment.start_server()
             yield deployment
         finally:
             deployment.stop()
-    finally:
-        if admin_url is not None and name is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
 
 
 def configure(http: httpx.Client, smtp: SmtpTestServer) -> None:

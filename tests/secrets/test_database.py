@@ -43,10 +43,14 @@ from keel.secrets.engines.database import (
 )
 from keel.secrets.models import DatabaseConnection
 from tests.support.audit import audit_events
-from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
-from tests.support.keel_cli import invoke_keel
+from tests.support.databases import (
+    create_postgres_database,
+    database_for,
+    drop_postgres_database,
+    postgres_dsn,
+)
+from tests.support.keel_cli import initialise
 from tests.support.keel_process import (
-    ADMIN_KEY,
     KEEL,
     KeelServer,
     keel_env,
@@ -193,29 +197,17 @@ def keel(
 ) -> Iterator[Keel]:
     """One Keel per database for the module's hvac tests (each works in a mount of its own)."""
     cwd = tmp_path_factory.mktemp("dynamic")
-    database = None
-    admin_url = str(request.getfixturevalue("postgres_admin_url"))
-    if request.param == "postgresql":
-        database = f"keel_dyn_{uuid.uuid4().hex[:12]}"
-        url = asyncio.run(create_postgres_database(admin_url, database))
-        env = keel_env(KEEL_DATABASE_URL=url)
-        migrated = invoke_keel("migrate", cwd=cwd, env=env)
-        assert migrated.returncode == 0, migrated.stderr
-    else:
-        env = keel_env()
-    running = Keel(cwd, env, with_worker=database is not None)
-    try:
-        initialised = invoke_keel("init", cwd=cwd, env=env)
-        key = ADMIN_KEY.search(initialised.stdout)
-        assert key is not None, initialised.stdout + initialised.stderr
-        running.admin_key = key.group(1)
-        running.start()
-        yield running
-    finally:
-        if running.server is not None:
-            running.stop()
-        if database is not None:
-            asyncio.run(drop_postgres_database(admin_url, database))
+    request.getfixturevalue("postgres_admin_url")  # the targets are PostgreSQL databases
+    with database_for(request, "keel_dyn") as url:
+        env = keel_env() if url is None else keel_env(KEEL_DATABASE_URL=url)
+        running = Keel(cwd, env, with_worker=url is not None)
+        running.admin_key = initialise(cwd, env)
+        try:
+            running.start()
+            yield running
+        finally:
+            if running.server is not None:
+                running.stop()
 
 
 def database_mount(client: hvac.Client, target: Target, role: str = "reader", **ttls: Any) -> str:

@@ -3,17 +3,15 @@ version 2 API, check-and-set conflicts, mounts, policies, health and token looku
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 
 import hvac
 import pytest
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest
 
-from tests.support.databases import create_postgres_database, drop_postgres_database
-from tests.support.keel_cli import invoke_keel
-from tests.support.keel_process import ADMIN_KEY, KeelServer, keel_env, keel_server
+from tests.support.databases import database_for
+from tests.support.keel_cli import initialise
+from tests.support.keel_process import KeelServer, keel_env, keel_server
 
 
 @pytest.fixture(
@@ -26,26 +24,11 @@ def served(
     by this module's tests (each writes under paths of its own): the server and the
     administrator's API key."""
     tmp_path = tmp_path_factory.mktemp("hvac")
-    database = None
-    if request.param == "postgresql":
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        database = f"keel_hvac_{uuid.uuid4().hex[:12]}"
-        url = asyncio.run(create_postgres_database(admin_url, database))
-        env = keel_env(KEEL_DATABASE_URL=url)
-        migrated = invoke_keel("migrate", cwd=tmp_path, env=env)
-        assert migrated.returncode == 0, migrated.stderr
-    else:
-        env = keel_env()
-    try:
-        initialised = invoke_keel("init", cwd=tmp_path, env=env)
-        assert initialised.returncode == 0, initialised.stderr
-        key = ADMIN_KEY.search(initialised.stdout)
-        assert key is not None, initialised.stdout
+    with database_for(request, "keel_hvac") as url:
+        env = keel_env() if url is None else keel_env(KEEL_DATABASE_URL=url)
+        admin_key = initialise(tmp_path, env)
         with keel_server(tmp_path, env) as server:
-            yield server, key.group(1)
-    finally:
-        if database is not None:
-            asyncio.run(drop_postgres_database(admin_url, database))
+            yield server, admin_key
 
 
 def vault(server: KeelServer, token: str) -> hvac.Client:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +25,7 @@ from keel.storage.service.runtime import storage_runtime
 from tests.storage.conftest import StorageApi, storage_settings
 from tests.support.apps import lifespan_of
 from tests.support.clamd import ClamdServer
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.databases import database_for
 from tests.support.keel_process import TEST_MASTER_KEY
 from tests.support.tenants import TenantAdmin, make_tenant_admin
 
@@ -39,27 +38,18 @@ DATA = b"\x00keel-rotation\x00" + os.urandom(3 * 1024 * 1024 + 1000)
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database of this test alone: a rotation re-wraps every row it holds."""
-    admin_url = name = None
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"
-    else:
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        name = f"keel_rotation_{uuid.uuid4().hex[:12]}"
-        url = asyncio.run(create_postgres_database(admin_url, name))
+    with database_for(request, "keel_rotation") as url:
+        url = url or f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"
 
-    async def migrate() -> None:
-        database = Database.from_settings(Settings(database_url=url))
-        try:
-            await upgrade(database)
-        finally:
-            await database.dispose()
+        async def migrate() -> None:
+            database = Database.from_settings(Settings(database_url=url))
+            try:
+                await upgrade(database)
+            finally:
+                await database.dispose()
 
-    try:
         asyncio.run(migrate())
         yield url
-    finally:
-        if admin_url is not None and name is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
 
 
 @asynccontextmanager

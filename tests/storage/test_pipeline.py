@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +27,13 @@ from keel.storage.service.runtime import SCAN, storage_runtime
 from tests.storage.conftest import StorageApi, storage_api, storage_settings
 from tests.support.audit import audit_events
 from tests.support.clamd import STREAM_MAX_BYTES, ClamdServer, fake_clamd, read_instream
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.databases import database_for
+from tests.support.keel_cli import initialise
 from tests.support.keel_process import (
-    ADMIN_KEY,
     KEEL,
     KeelServer,
     free_port,
     keel_env,
-    run_keel,
     stop_process,
 )
 
@@ -229,27 +227,15 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
         KEEL_JOBS__PLATFORM_LEASE_SECONDS="1",
         KEEL_STORAGE__SCAN_TIMEOUT_SECONDS="60",
     )
-    admin_url = name = None
-    if request.param == "postgresql":
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        name = f"keel_scan_crash_{uuid.uuid4().hex[:12]}"
-        env["KEEL_DATABASE_URL"] = asyncio.run(create_postgres_database(admin_url, name))
-    try:
-        for command in ("migrate", "init"):
-            done = run_keel(command, cwd=tmp_path, env=env)
-            assert done.returncode == 0, done.stderr
-        found = ADMIN_KEY.search(done.stdout + done.stderr)
-        assert found, done.stdout
-        deployment = Deployment(
-            tmp_path, env, free_port(), found.group(1), embedded=request.param == "sqlite"
-        )
+    with database_for(request, "keel_scan_crash") as url:
+        if url is not None:
+            env["KEEL_DATABASE_URL"] = url
+        admin_key = initialise(tmp_path, env)
+        deployment = Deployment(tmp_path, env, free_port(), admin_key, embedded=url is None)
         try:
             yield deployment
         finally:
             deployment.stop_all()
-    finally:
-        if admin_url is not None and name is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
 
 
 async def test_a_crash_mid_scan_leaves_the_object_unreadable_until_it_is_rescanned(

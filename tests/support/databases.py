@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 
@@ -30,3 +36,20 @@ async def drop_postgres_database(admin_url: str, name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@contextlib.contextmanager
+def database_for(request: pytest.FixtureRequest, prefix: str) -> Iterator[str | None]:
+    """The database of a test parametrized over ``"sqlite"`` and ``"postgresql"``: ``None`` for
+    SQLite (the deployment's embedded default); for PostgreSQL the URL of a new database
+    ``<prefix>_<random>``, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+        return
+    admin_url = str(request.getfixturevalue("postgres_admin_url"))
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = asyncio.run(create_postgres_database(admin_url, name))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(admin_url, name))

@@ -38,8 +38,8 @@ import structlog
 
 from keel.cli import main
 from keel.core import lifecycle
-from tests.support.databases import create_postgres_database, drop_postgres_database
-from tests.support.keel_process import COMMAND_TIMEOUT, KEEL, keel_env
+from tests.support.databases import database_for
+from tests.support.keel_process import ADMIN_KEY, COMMAND_TIMEOUT, KEEL, keel_env
 
 #: The loggers :func:`keel.core.logging.configure_logging` changes besides the root.
 _CONFIGURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "aiosqlite")
@@ -184,26 +184,26 @@ class Deployment:
         return lines[0]
 
 
+def initialise(cwd: Path, env: Mapping[str, str]) -> str:
+    """``keel migrate`` and ``keel init`` in ``cwd``: the administrator's API key ``init``
+    printed."""
+    for command in ("migrate", "init"):
+        done = invoke_keel(command, cwd=cwd, env=env)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+    found = ADMIN_KEY.search(done.stdout + done.stderr)
+    assert found is not None, done.stdout
+    return found.group(1)
+
+
 @contextlib.contextmanager
 def initialised_deployment(
     request: pytest.FixtureRequest, directory: Path, name: str, **variables: str
 ) -> Iterator[Deployment]:
     """A migrated and initialised Keel on the database of ``request.param`` (``"sqlite"``: the
-    embedded default in ``directory``; ``"postgresql"``: a new database ``name``, dropped
-    afterwards), its environment holding ``variables``."""
-    admin_url = None
-    if request.param == "sqlite":
-        env = keel_env(**variables)
-    else:
-        admin_url = str(request.getfixturevalue("postgres_admin_url"))
-        url = asyncio.run(create_postgres_database(admin_url, name))
-        env = keel_env(KEEL_DATABASE_URL=url, **variables)
-    found = Deployment(directory, env)
-    try:
-        if admin_url is not None:
-            found.ok("migrate")
-        found.ok("init")
+    embedded default in ``directory``; ``"postgresql"``: a new database named after ``name``,
+    dropped afterwards), its environment holding ``variables``."""
+    with database_for(request, name) as url:
+        env = keel_env(**variables) if url is None else keel_env(KEEL_DATABASE_URL=url, **variables)
+        found = Deployment(directory, env)
+        initialise(directory, env)
         yield found
-    finally:
-        if admin_url is not None:
-            asyncio.run(drop_postgres_database(admin_url, name))
