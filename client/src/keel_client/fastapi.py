@@ -179,6 +179,33 @@ class KeelAuth:
         self.public_prefixes = tuple(path for path in paths if path.endswith("/"))
         self.realm = realm
 
+    @classmethod
+    def for_keel(
+        cls,
+        keel: Any,
+        *,
+        audience: str | None = None,
+        public_paths: Iterable[str] = DEFAULT_PUBLIC_PATHS,
+        realm: str = "keel",
+    ) -> KeelAuth:
+        """Authenticate callers against the Keel a service already made: JWTs verified
+        locally against its JWKS (``audience`` checked when given), API keys introspected
+        with the service's own credential (``keel``'s).
+
+        Example::
+
+            keel = Keel.from_env()
+            KeelAuth.for_keel(keel).install(app, middleware=False)
+        """
+        base_url = keel.api.base_url
+        return cls(
+            TokenVerifier.from_url(base_url, audience=audience),
+            # The service's own credential authenticates its introspection calls.
+            TokenIntrospector(base_url, auth=keel.api._http.auth),
+            public_paths=public_paths,
+            realm=realm,
+        )
+
     def install(self, app: FastAPI, *, middleware: bool = True) -> None:
         """Make the dependencies find this configuration, render refusals as problem+json
         and (by default) add :class:`KeelAuthMiddleware`."""

@@ -1,0 +1,1 @@
+"""{{ cookiecutter.description }}: a FastAPI service wired to Keel through keel-client."""
