@@ -29,7 +29,9 @@ from sqlalchemy.engine import make_url
 
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
+from keel.core.ratelimit import InMemoryRateLimiter
 from keel.settings import AuthSettings, DatabasePoolSettings, Settings
+from keel_client.edge._ratelimit import redis_key
 from tests.support.asgi import serve_over_tcp
 from tests.support.flags_api import API as FLAGS_API
 from tests.support.flags_api import new_environment, new_flag, next_flags_event, watching
@@ -285,6 +287,13 @@ async def on_own_redis(own_redis: RedisServer, tmp_path: Path) -> AsyncIterator[
         yield deployment
 
 
+def login_count(address: str) -> str:
+    """The Redis key counting logins from ``address``: the edge engine's, which names a
+    digest of the address, never the address itself."""
+    rule = InMemoryRateLimiter(limit=LOGIN_LIMIT, window_seconds=60, prefix="auth-login-ip").rule
+    return redis_key("keel:rl:", rule, f"login:{address}")
+
+
 async def guarded_calls(deployment: RedisDeployment, http: httpx.AsyncClient) -> list[int]:
     """Statuses of a login, an AppRole login and a password reset request."""
     login = await http.post(
@@ -324,7 +333,8 @@ async def test_with_redis_stopped_logins_fall_back_to_a_per_process_limit(
 ) -> None:
     async with on_own_redis.client("10.0.0.2") as http:
         assert await guarded_calls(on_own_redis, http) == [200, 200, 202]
-    assert own_redis.keys("keel:rl:auth-login-ip:*:10.0.0.2:*")  # counted in Redis
+    assert own_redis.keys(login_count("10.0.0.2"))  # counted in Redis
+    assert not own_redis.keys("*10.0.0.2*")  # under a digest: no address in Redis
 
     own_redis.stop()
     async with on_own_redis.client("10.0.0.3") as http:
@@ -341,7 +351,7 @@ async def test_with_redis_stopped_logins_fall_back_to_a_per_process_limit(
     own_redis.start()
     async with on_own_redis.client("10.0.0.4") as http:
         deadline = time.monotonic() + 15  # Redis is tried again some seconds after a failure
-        while not own_redis.keys("keel:rl:auth-login-ip:*:10.0.0.4:*"):
+        while not own_redis.keys(login_count("10.0.0.4")):
             assert time.monotonic() < deadline, "the limiter never went back to Redis"
             assert (await guarded_calls(on_own_redis, http))[0] in (200, 429)
             await asyncio.sleep(0.5)

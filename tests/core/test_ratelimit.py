@@ -4,6 +4,9 @@ cannot be reached (the Redis side end to end: tests/test_outages.py)."""
 from __future__ import annotations
 
 import time
+import uuid
+
+import pytest
 
 from keel.core.ratelimit import InMemoryRateLimiter, RedisRateLimiter
 from tests.support.keel_process import free_port
@@ -30,3 +33,18 @@ async def test_with_redis_unreachable_the_limit_is_kept_in_this_process() -> Non
         assert time.monotonic() - started < 2.0  # refused at once, then not tried again
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.redis
+async def test_two_replicas_on_one_redis_share_one_count(redis_url: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    replicas = [
+        RedisRateLimiter(redis_url, limit=3, window_seconds=3600, prefix=prefix) for _ in range(2)
+    ]
+    try:
+        answers = [await replicas[index % 2].hit("10.0.0.1") for index in range(4)]
+        assert answers[:3] == [None, None, None]
+        assert answers[3] is not None  # the fourth, on either replica, is over the one limit
+    finally:
+        for replica in replicas:
+            await replica.aclose()
