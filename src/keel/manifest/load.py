@@ -55,6 +55,9 @@ def load_manifest(path: Path) -> LoadedManifest:
         found = _TOML_POSITION.search(str(error))
         message = _TOML_POSITION.sub("", str(error)).strip()
         line = int(found.group(1)) if found else None
+        if line is None and "end of document" in str(error):
+            line = max(len(source.splitlines()), 1)
+        message = message.replace("(at end of document)", "").strip()
         raise ManifestError(file, [Problem((), f"not TOML: {message}", line)]) from None
     lines = field_lines(source)
     try:
