@@ -66,13 +66,14 @@ def test_the_server_is_ready(keel_server):
         "url": keel_server.url,
         "data_dir": str(keel_server.data_dir),
         "is_service_token_admin": keel_server.service_token == keel_server.admin_token,
+        "manifest": str(keel_server.manifest),
     }))
     assert httpx.get(keel_server.url + "/health/ready").status_code == 200
 
 
 async def test_an_order_goes_through_the_flagged_checkout_and_is_audited(keel_server, keel_env):
     assert os.environ["KEEL_URL"] == keel_server.url == keel_env["KEEL_URL"]
-    if not (Path(__file__).parent / "keel.toml").exists():
+    if keel_server.manifest is None:  # else the manifest made them
         keel_server.keel("flags", "envs", "create", "test")
         keel_server.keel("flags", "create", "new-checkout")
     async with keel_server.client(keel_server.admin_token) as admin:
@@ -135,16 +136,19 @@ class ServiceRun:
         return dict(json.loads(Path(f"{self.record_path}.me").read_text()))
 
 
-def write_service(root: Path, *, manifest: str | None = None, tests: str = TESTS) -> Path:
-    """The project under ``root / "orders"``; with ``manifest`` as its ``keel.toml``."""
+def write_service(
+    root: Path, *, manifest: str | None = None, manifest_path: str = "keel.toml"
+) -> Path:
+    """The project under ``root / "orders"``; with ``manifest`` at ``manifest_path``."""
     project = root / "orders"
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT)
     (project / "conftest.py").write_text(CONFTEST)
     (project / "orders.py").write_text(ORDERS)
-    (project / "test_orders.py").write_text(tests)
+    (project / "test_orders.py").write_text(TESTS)
     if manifest is not None:
-        (project / "keel.toml").write_text(manifest)
+        (project / manifest_path).parent.mkdir(parents=True, exist_ok=True)
+        (project / manifest_path).write_text(manifest)
     return project
 
 

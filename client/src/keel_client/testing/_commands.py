@@ -134,6 +134,7 @@ def run_keel(
 ) -> str:
     """Run ``keel <args>`` to completion and return its standard output; an
     :class:`EmbeddedKeelError` with its output when it fails or does not end in time."""
+    __tracebackhide__ = True  # in pytest's report: the error, not this frame
     command = " ".join(["keel", *args])
     try:
         done = subprocess.run(  # noqa: S603 - the keel executable, arguments of our own

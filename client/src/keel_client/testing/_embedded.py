@@ -181,6 +181,7 @@ class EmbeddedKeel:
     def start(self) -> Self:
         """Start and provision the server; returns once it is ready. An
         :class:`EmbeddedKeelError` (after cleaning up) when any step fails."""
+        __tracebackhide__ = True  # pytest shows the error, not these frames
         if self._process is not None:
             raise RuntimeError("this EmbeddedKeel is already started")
         executable = self._keel_executable()
@@ -217,6 +218,7 @@ class EmbeddedKeel:
             shutil.rmtree(self._data_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
+        __tracebackhide__ = True
         return self.start()
 
     def __exit__(
@@ -256,12 +258,14 @@ class EmbeddedKeel:
         return find_keel_executable(self._executable)
 
     def _run(self, executable: str, *args: str) -> str:
+        __tracebackhide__ = True
         assert self._data_dir is not None
         return run_keel(executable, *args, cwd=self._data_dir, env=self._child_env)
 
     def _prepare_database(self, executable: str) -> str:
         """Migrate and initialise; the admin key ``init`` printed, or a new one when the
         database already had its admin (a PostgreSQL database used before)."""
+        __tracebackhide__ = True
         self._run(executable, "migrate")
         admin_key = parse_admin_key(self._run(executable, "init"))
         if admin_key is None:
@@ -269,6 +273,7 @@ class EmbeddedKeel:
         return admin_key
 
     def _create_api_key(self, executable: str, *principal: str) -> str:
+        __tracebackhide__ = True
         output = self._run(
             executable,
             *("auth", "create-api-key", "--name", "keel_client.testing", *principal),
@@ -276,6 +281,7 @@ class EmbeddedKeel:
         return parse_api_key(output)
 
     def _serve(self, executable: str) -> None:
+        __tracebackhide__ = True
         assert self._data_dir is not None
         assert self._log_path is not None
         self._port = free_port()
@@ -292,6 +298,7 @@ class EmbeddedKeel:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
+        __tracebackhide__ = True
         import httpx
 
         assert self._process is not None
@@ -316,6 +323,7 @@ class EmbeddedKeel:
     def _provision(self, executable: str) -> str:
         """Apply the manifest; the service token (an API key of its service account, or the
         admin key without a manifest or a ``[service] name``)."""
+        __tracebackhide__ = True
         assert self._admin_token is not None
         if self.manifest is None:
             return self._admin_token
