@@ -52,6 +52,7 @@ SLOW_FILES_FIRST = (
     "tests/test_fuzz.py",
     "tests/jobs/test_fleet.py",
     "tests/gateway/test_proxy_e2e.py",
+    "tests/client/testing/test_plugin.py",  # 2.5 min: nine pytest runs of a service project
 )
 
 
