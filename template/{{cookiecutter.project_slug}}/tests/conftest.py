@@ -49,6 +49,14 @@ def eventually() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
+def keel_server_options() -> dict[str, Any]:
+    """The embedded Keel's options: on PostgreSQL when ``KEEL_TEST_DATABASE_URL`` names a
+    database (``postgresql+asyncpg://...``, migrated by the fixture), else SQLite."""
+    url = os.environ.get("KEEL_TEST_DATABASE_URL")
+    return {"database_url": url} if url else {}
+
+
+@pytest.fixture(scope="session")
 def admin(keel_server: Any) -> Iterator[httpx.Client]:
     """Keel's API as its administrator: what an operator does to Keel in a test."""
     with httpx.Client(

@@ -29,5 +29,6 @@ def test_a_caller_with_the_permission_places_an_order(
 
 
 def test_a_forged_token_is_refused(client: TestClient) -> None:
-    answer = client.get("/checkout", headers={"Authorization": "Bearer keel_not-a-real-key"})
+    forged = {"Authorization": "Bearer keel_not-a-real-key"}
+    answer = client.post("/orders", json=ORDER, headers=forged)
     assert answer.status_code == 401
