@@ -53,6 +53,8 @@ SLOW_FILES_FIRST = (
     "tests/jobs/test_fleet.py",
     "tests/gateway/test_proxy_e2e.py",
     "tests/client/testing/test_plugin.py",  # 2.5 min: nine pytest runs of a service project
+    "tests/template/test_make_test.py",  # 4 min: eleven generated projects' make test
+    "tests/template/test_live.py",
 )
 
 
