@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: arguments, then the environment, then Keel. No dotenv source.
+{%- if cookiecutter.use_config %}
+        # persist=False: no local copy of the configuration; a start without Keel fails
+        # loudly instead of running on values nobody can see (pass cache_path= to keep one).
+{%- endif %}
         return (
             init_settings,
             env_settings,
