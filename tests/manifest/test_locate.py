@@ -59,3 +59,16 @@ def test_keys_split_on_dots_outside_quotes() -> None:
     assert split_key('a."b.c".d') == ["a", "b.c", "d"]
     assert split_key("flags.new-checkout") == ["flags", "new-checkout"]
     assert split_key("a b") is None
+
+
+def test_tables_a_dotted_name_defines_are_found_where_they_first_appear() -> None:
+    lines = field_lines(
+        '[service]\nname = "x"\n\n[audit.actions.orders.order.create]\ndescription = "d"\n'
+        "\n[flags.a]\ntags.first.second = 1\n"
+    )
+    assert lines[("audit",)] == 4
+    assert lines[("audit", "actions", "orders")] == 4
+    assert lines[("audit", "actions", "orders", "order")] == 4
+    assert lines[("flags",)] == 7
+    assert lines[("flags", "a", "tags")] == 8
+    assert lines[("flags", "a", "tags", "first")] == 8

@@ -1,9 +1,10 @@
 """The checks of the tables that are another service's API body: the gateway's pool and
-routes, storage's bucket policies, notify's templates. Each is validated by that service's
-own model, its problems placed at their fields."""
+routes, storage's bucket policies, notify's templates, job schedules and audit actions. Each
+is validated by that service's own model and rules, its problems placed at their fields."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,9 +12,13 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from keel.core.errors import KeelError
+from keel.manifest.loaded import describe_error
 
 if TYPE_CHECKING:
     from keel.manifest.loaded import LoadedManifest, Problem
+
+#: How an action's name is written in TOML: a dotted name must be quoted.
+_QUOTE_ACTION = 'quote the name: [audit.actions."orders.order.create"]'
 
 
 def _model_problems(
@@ -87,3 +92,75 @@ def check_templates(loaded: LoadedManifest, directory: Path) -> Iterator[Problem
             loaded.templates[name] = parse_content(TemplateKind(template.kind), template.content)
         except KeelError as error:
             yield loaded.problem(("templates", name), str(error.detail or error))
+
+
+def check_schedules(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
+    """Each schedule as ``PUT /jobs/v1/schedules/{name}`` takes it, its cron and time zone
+    as the jobs service reads them, its ``args`` JSON."""
+    from keel.jobs.schemas import ScheduleWrite
+    from keel.jobs.service.enqueue import validate_name
+    from keel.jobs.service.schedules import validate_cron, validate_timezone
+
+    for name, document in loaded.manifest.schedules.items():
+        path = ("schedules", name)
+        try:
+            validate_name("Schedule", name)
+        except KeelError as error:
+            yield loaded.problem(path, describe_error(error))
+            continue
+        try:
+            schedule = ScheduleWrite.model_validate(document)
+        except ValidationError as error:
+            yield from _model_problems(loaded, path, error)
+            continue
+        problems = []
+        try:
+            schedule = schedule.model_copy(update={"cron": validate_cron(schedule.cron)})
+        except KeelError as error:
+            problems.append(loaded.problem((*path, "cron"), describe_error(error)))
+        try:
+            validate_timezone(schedule.timezone)
+        except KeelError as error:
+            problems.append(loaded.problem((*path, "timezone"), describe_error(error)))
+        try:
+            json.dumps(schedule.args, allow_nan=False)
+        except (TypeError, ValueError):
+            problems.append(
+                loaded.problem(
+                    (*path, "args"),
+                    "not JSON: a TOML date or time, nan or inf has no JSON form"
+                    " (write a date as a string)",
+                )
+            )
+        yield from problems
+        if not problems:
+            loaded.schedules[name] = schedule
+
+
+def check_audit_actions(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
+    """Each action as ``PUT /audit/v1/actions/{name}`` takes it; its name
+    ``service.resource.verb`` and none of Keel's own namespaces."""
+    from keel.audit.schemas import ActionIn
+    from keel.audit.service.catalogue import is_reserved
+    from keel_client.audit import ACTION_PATTERN
+
+    audit = loaded.manifest.audit
+    if audit is None:
+        return
+    for name, document in audit.actions.items():
+        path = ("audit", "actions", name)
+        if not ACTION_PATTERN.fullmatch(name):
+            yield loaded.problem(
+                path,
+                "an action is service.resource.verb (lowercase, dot-separated); " + _QUOTE_ACTION,
+            )
+            continue
+        if is_reserved(name):
+            yield loaded.problem(
+                path, f"{name!r} is in one of Keel's own namespaces: only Keel records it"
+            )
+            continue
+        try:
+            loaded.audit_actions[name] = ActionIn.model_validate(document)
+        except ValidationError as error:
+            yield from _model_problems(loaded, path, error)

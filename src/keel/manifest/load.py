@@ -1,6 +1,7 @@
 """Read a ``keel.toml`` and check everything that can be checked without Keel's database:
 its TOML, its keys and types, permissions, names, the config schema file, flag definitions,
-routes, the upstream pool, bucket policies and template contents.
+job schedules, routes, the upstream pool, bucket policies, template contents and audit
+actions.
 
 Every problem is found (not only the first) and reported as ``file:line: field: message``;
 nothing is applied while one remains.
@@ -18,7 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from keel.core.errors import KeelError
-from keel.manifest.checks import check_buckets, check_routes, check_templates
+from keel.manifest.checks import (
+    check_audit_actions,
+    check_buckets,
+    check_routes,
+    check_schedules,
+    check_templates,
+)
 from keel.manifest.loaded import LoadedManifest, ManifestError, Problem, describe_error
 from keel.manifest.locate import field_lines, line_of
 from keel.manifest.model import Manifest
@@ -83,7 +90,13 @@ def _check(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
     """Every check beyond types, each problem at its field; resolves what it reads."""
     for check in (_check_roles, _check_config, _check_flags, _check_queues):
         yield from check(loaded, directory)
-    for check in (check_routes, check_buckets, check_templates):
+    for check in (
+        check_schedules,
+        check_routes,
+        check_buckets,
+        check_templates,
+        check_audit_actions,
+    ):
         yield from check(loaded, directory)
 
 

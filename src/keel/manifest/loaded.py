@@ -62,6 +62,10 @@ class LoadedManifest:
     buckets: dict[str, BaseModel] = field(default_factory=dict)
     #: Template contents as the notify service stores them.
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Job schedules as the jobs API's body (cron normalised).
+    schedules: dict[str, BaseModel] = field(default_factory=dict)
+    #: The tenant's audit actions as the audit API's body.
+    audit_actions: dict[str, BaseModel] = field(default_factory=dict)
 
     def problem(self, path: Sequence[str | int], message: str) -> Problem:
         return Problem(tuple(path), message, line_of(self.lines, path))

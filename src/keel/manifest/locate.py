@@ -2,7 +2,8 @@
 
 ``tomllib`` keeps no positions, so the source is read again line by line: table headers
 (``[a.b]``, ``[[routes]]``, each array-of-tables entry counted) and ``key = value`` lines
-(dotted and quoted keys included) give a path and its line. A field inside an inline table
+(dotted and quoted keys included) give a path and its line; the tables a dotted name
+defines on the way, at the line they first appear. A field inside an inline table
 or a multi-line array is found at the line of the key that holds it (the longest known
 prefix of its path).
 """
@@ -104,6 +105,7 @@ def field_lines(source: str) -> dict[Path, int]:
             if parts is None:
                 continue
             path: Path = tuple(parts)
+            _note_implicit_tables(lines, path[:-1], number)
             if header.group(1) == "[[":
                 index = array_counts.get(path, -1) + 1
                 array_counts[path] = index
@@ -116,6 +118,7 @@ def field_lines(source: str) -> dict[Path, int]:
         if key is None:
             continue
         full: Path = (*table, *key)
+        _note_implicit_tables(lines, full[:-1], number)
         lines.setdefault(full, number)
         value = line.split("=", 1)[1]
         for marker in ('"""', "'''"):
@@ -124,6 +127,13 @@ def field_lines(source: str) -> dict[Path, int]:
         if in_multiline_string is None:
             depth = max(_bracket_depth(value), 0)
     return lines
+
+
+def _note_implicit_tables(lines: dict[Path, int], prefix: Path, number: int) -> None:
+    """The tables a dotted header or key defines on the way (``[a.b.c]`` defines ``a`` and
+    ``a.b``) are written where they first appear."""
+    for length in range(1, len(prefix) + 1):
+        lines.setdefault(prefix[:length], number)
 
 
 def line_of(lines: dict[Path, int], path: Sequence[str | int]) -> int | None:

@@ -2,7 +2,7 @@
 
 Unknown keys are refused everywhere (a typo must not pass silently). The tables that are a
 service's own API body (routes, the upstream pool, bucket policies) are validated by that
-service's own models in :mod:`keel.manifest.load`.
+service's own models in :mod:`keel.manifest.load` (job schedules and audit actions too).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class TemplateSection(_Strict):
     description: str | None = Field(default=None, max_length=2000)
 
 
+class AuditSection(_Strict):
+    #: Actions of the tenant's catalogue (name -> its entry, as ``PUT /audit/v1/actions``).
+    actions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class Manifest(_Strict):
     """A whole ``keel.toml``."""
 
@@ -69,7 +74,9 @@ class Manifest(_Strict):
     config: ConfigSection | None = None
     flags: dict[str, FlagSection] = Field(default_factory=dict)
     queues: dict[str, QueueSection] = Field(default_factory=dict)
+    schedules: dict[str, dict[str, Any]] = Field(default_factory=dict)
     upstream: dict[str, Any] | None = None
     routes: list[dict[str, Any]] = Field(default_factory=list)
     buckets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     templates: dict[str, TemplateSection] = Field(default_factory=dict)
+    audit: AuditSection | None = None

@@ -4,8 +4,9 @@ Each resource kind (:mod:`keel.manifest.kinds`) reads what Keel holds and return
 :class:`Change` per resource that differs, each holding the write that makes it match. Every
 kind is planned before anything is written; a problem only the database shows (a role that
 does not exist, a flag whose type changed) is reported like a file's, and nothing is applied.
-The writes then run in order (accounts and roles, config, flags, queues, the gateway policy,
-buckets, templates) in the caller's one unit of work: they commit together or not at all.
+The writes then run in order (accounts and roles, config, flags, queues, job schedules, the
+gateway policy, buckets, templates, audit actions) in the caller's one unit of work: they
+commit together or not at all.
 """
 
 from __future__ import annotations

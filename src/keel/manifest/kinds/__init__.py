@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from keel.manifest.kinds import auth, config, flags, gateway, notify, queues, storage
+from keel.manifest.kinds import (
+    audit,
+    auth,
+    config,
+    flags,
+    gateway,
+    notify,
+    queues,
+    schedules,
+    storage,
+)
 from keel.manifest.plan import Change, Target
 
 
@@ -10,6 +20,6 @@ async def plan_changes(target: Target) -> list[Change]:
     """Every change the manifest asks for, in the order they are to be applied; problems
     found on the way are in ``target.problems``."""
     changes: list[Change] = []
-    for kind in (auth, config, flags, queues, gateway, storage, notify):
+    for kind in (auth, config, flags, queues, schedules, gateway, storage, notify, audit):
         changes.extend(await kind.plan(target))
     return changes
