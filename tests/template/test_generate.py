@@ -59,9 +59,14 @@ def test_a_generated_project_has_its_services_files_and_passes_ruff(
     assert manifest["service"]["name"] == SLUG
     for option, table in MANIFEST_OF.items():
         assert (table in manifest) == options[option], (option, table)
+    assert ("schedules" in manifest) == options["use_jobs"]
+    assert ("audit" in manifest) == options["use_audit"]
     permissions = manifest["roles"][f"{SLUG}-service"]["permissions"]
     assert ("audit:event:write" in permissions) == options["use_audit"]
     assert (f"secrets:policy:{SLUG}" in permissions) == options["use_secrets"]
+    assert (f"jobs:{SLUG}-default:work" in permissions) == options["use_jobs"]
+    # Its schedule and audit actions are keel apply's to put in Keel, not the service's.
+    assert not [p for p in permissions if p.endswith(":admin") or p == "audit:action:write"]
 
     linted = ruff_check(project)
     assert linted.returncode == 0, linted.stdout + linted.stderr

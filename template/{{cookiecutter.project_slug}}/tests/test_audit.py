@@ -1,4 +1,5 @@
-"""The service's own actions in Keel's audit log: the order's event and its transaction."""
+"""The service's own actions in Keel's audit log: the order's event and its transaction; the
+action is in Keel's catalogue from keel.toml, and the service's own key cannot register one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.api.orders import ORDER_CREATED
 
 
 def test_an_order_is_in_keels_audit_log_with_its_transaction(
@@ -26,7 +29,7 @@ def test_an_order_is_in_keels_audit_log_with_its_transaction(
     def event() -> dict[str, Any] | None:
         """the order's event in Keel's audit log"""
         page = admin.get(
-            "/audit/v1/events", params={"action": "{{ cookiecutter.package_name }}.order.create"}
+            "/audit/v1/events", params={"action": ORDER_CREATED}
         )
         page.raise_for_status()
         found = [e for e in page.json()["items"] if e.get("target", {}).get("id") == order["id"]]
@@ -42,3 +45,24 @@ def test_an_order_is_in_keels_audit_log_with_its_transaction(
     assert stored["action"] == "finance.transaction.record"
     assert stored["data"]["amount"] == "1234.50"  # the exact text: never a float
     assert stored["data"]["currency"] == "EUR"
+
+
+def test_the_action_is_in_keels_catalogue_and_the_service_cannot_register_one(
+    admin: httpx.Client, keel_server: Any
+) -> None:
+    catalogue = admin.get("/audit/v1/actions")
+    assert catalogue.status_code == 200, catalogue.text
+    entry = next(a for a in catalogue.json() if a["name"] == ORDER_CREATED)
+    assert (entry["description"], entry["builtin"]) == ("An order was placed", False)
+
+    # keel apply registered it: the service's role holds audit:event:write only.
+    with httpx.Client(
+        base_url=keel_server.url,
+        headers={"Authorization": f"Bearer {keel_server.service_token}"},
+        timeout=30.0,
+    ) as service:
+        registered = service.put(
+            "/audit/v1/actions/{{ cookiecutter.package_name }}.order.refund",
+            json={"description": "A refund"},
+        )
+    assert registered.status_code == 403, registered.text

@@ -1,5 +1,5 @@
-"""The worker runs the service's task for a job the app enqueued, and its cron schedule is
-in Keel."""
+"""The worker runs the service's task for a job the app enqueued; its cron schedule is in
+Keel from keel.toml, and the service's own key cannot change it."""
 
 from __future__ import annotations
 
@@ -49,7 +49,26 @@ def test_a_report_requested_is_built_by_the_worker(
     assert job["queue"] == QUEUE
     assert job["result"] == {"day": "2026-12-06", "status": "built"}
 
+
+def test_the_nightly_schedule_is_in_keel_and_the_service_cannot_change_it(
+    admin: httpx.Client, keel_server: Any
+) -> None:
     schedule = admin.get(f"/jobs/v1/schedules/{NIGHTLY_REPORT}")
     assert schedule.status_code == 200, schedule.text
-    assert schedule.json()["cron"] == NIGHTLY_CRON
-    assert schedule.json()["task"] == BUILD_REPORT
+    held = schedule.json()
+    assert (held["cron"], held["timezone"]) == (NIGHTLY_CRON, "UTC")
+    assert (held["queue"], held["task"], held["enabled"]) == (QUEUE, BUILD_REPORT, True)
+    assert held["next_run_at"] is not None
+
+    # keel apply put it there: the service's role holds enqueue and work, not admin.
+    with httpx.Client(
+        base_url=keel_server.url,
+        headers={"Authorization": f"Bearer {keel_server.service_token}"},
+        timeout=30.0,
+    ) as service:
+        changed = service.put(
+            f"/jobs/v1/schedules/{NIGHTLY_REPORT}",
+            json={"cron": "* * * * *", "queue": QUEUE, "task": BUILD_REPORT},
+        )
+    assert changed.status_code == 403, changed.text
+    assert admin.get(f"/jobs/v1/schedules/{NIGHTLY_REPORT}").json()["cron"] == NIGHTLY_CRON

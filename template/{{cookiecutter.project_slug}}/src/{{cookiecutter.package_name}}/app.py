@@ -29,9 +29,6 @@ from openfeature import api as openfeature
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.api import {% for name in ["checkout" if cookiecutter.use_flags, "documents" if cookiecutter.use_storage, "health", "notifications" if cookiecutter.use_notify, "orders", "reports" if cookiecutter.use_jobs] if name %}{{ name }}{{ ", " if not loop.last }}{% endfor %}
-{%- if cookiecutter.use_audit %}
-from {{ cookiecutter.package_name }}.api.orders import ACTIONS
-{%- endif %}
 from {{ cookiecutter.package_name }}.settings import {% if cookiecutter.use_edge %}SERVICE, {% endif %}Settings, get_settings
 
 
@@ -58,8 +55,6 @@ def create_app(settings: Settings | None = None, keel: Keel | None = None) -> Fa
             openfeature.set_provider(KeelProvider(flags))
 {%- endif %}
 {%- if cookiecutter.use_audit %}
-            for action, description in ACTIONS.items():
-                await keel.audit.register_action(action, description=description)
             app.state.audit = keel.audit.recorder(spool_dir=settings.audit_spool_dir)
             await app.state.audit.start()
 {%- endif %}

@@ -1,8 +1,9 @@
-"""The service's background work on Keel's queue, and its nightly cron schedule.
+"""The service's background work on Keel's queue, and the task of its nightly schedule.
 
-Run it with ``make worker`` (``python -m {{ cookiecutter.package_name }}.worker``): it makes
-sure the schedule exists in Keel, then works the queue until SIGTERM. The schedule lives in
-Keel, so it fires once per tick however many workers run.
+Run it with ``make worker`` (``python -m {{ cookiecutter.package_name }}.worker``): it works
+the queue until SIGTERM. The nightly schedule is declared in ``keel.toml`` (``keel apply``
+puts it in Keel), so it fires once per tick however many workers run, and the worker needs
+only to work its queue.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 
-from keel_client import Keel
 from keel_client.jobs import Worker, current_job
 from keel_client.logs import configure_logging
 
@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.settings import ENV_PREFIX, SERVICE
 QUEUE = f"{SERVICE}-default"
 BUILD_REPORT = "{{ cookiecutter.package_name }}.build_report"
 NIGHTLY_REPORT = f"{SERVICE}-nightly-report"
-#: Every day at 02:00 UTC: the report of the day before.
+#: Every day at 02:00 UTC: the report of the day before (keel.toml's schedule says so).
 NIGHTLY_CRON = "0 2 * * *"
 
 log = logging.getLogger("{{ cookiecutter.package_name }}.worker")
@@ -38,25 +38,8 @@ async def build_report(day: str | None = None) -> dict[str, str]:
     return {"day": day, "status": "built"}
 
 
-async def ensure_schedule(keel: Keel) -> None:
-    """Create or update the nightly schedule in Keel (a PUT: the same every time)."""
-    await keel.api.put(
-        f"/jobs/v1/schedules/{NIGHTLY_REPORT}",
-        json={
-            "cron": NIGHTLY_CRON,
-            "timezone": "UTC",
-            "queue": QUEUE,
-            "task": BUILD_REPORT,
-            "args": [],
-        },
-        idempotent=True,
-    )
-
-
 async def main() -> None:
     configure_logging(os.environ.get(f"{ENV_PREFIX}LOG_LEVEL", "INFO"))
-    async with Keel.from_env() as keel:
-        await ensure_schedule(keel)
     await worker.run()
 
 

@@ -29,9 +29,8 @@ AMOUNT = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
 FEE_RATE = Decimal("0.029")
 CENT = Decimal("0.01")
 {%- if cookiecutter.use_audit %}
-#: The audit actions of this service (registered in Keel when the app starts).
+#: The service's audit action (in Keel's catalogue: keel.toml's [audit.actions], keel apply).
 ORDER_CREATED = "{{ cookiecutter.package_name }}.order.create"
-ACTIONS = {ORDER_CREATED: "An order was placed"}
 {%- endif %}
 
 
