@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import time
 import uuid
 from typing import Any
 
@@ -45,6 +46,15 @@ async def register(client: httpx.AsyncClient, admin: TenantAdmin, action: str = 
         },
     )
     assert response.status_code in (200, 201), response.text
+    # The registration is itself an event, sequenced from the outbox within milliseconds: a
+    # test that counts the log's leaves starts once it is in.
+    deadline = time.monotonic() + 30
+    while not any(
+        item["action"] == "audit.action.register" and item["target"]["id"] == action
+        for item in (await client.get("/audit/v1/events", headers=admin.headers)).json()["items"]
+    ):
+        assert time.monotonic() < deadline, "the registration never reached the log"
+        await asyncio.sleep(0.02)
 
 
 def event(number: int, **fields: Any) -> dict[str, Any]:
@@ -376,6 +386,36 @@ async def test_keel_actions_cannot_be_registered_or_forged_by_tenants(
     )
     assert forged.status_code == 422
     assert "Keel's own action" in forged.json()["detail"]
+
+
+async def test_a_registration_is_recorded_once_and_again_only_when_it_changes(
+    client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    action = "billing.refund.issue"
+    await register(client, admin, action)
+    await register(client, admin, action)  # the same entry: nothing new to record
+    changed = await client.put(
+        f"/audit/v1/actions/{action}",
+        headers=admin.headers,
+        json={"description": "A refund issued.", "category": "finance"},
+    )
+    assert changed.status_code == 200, changed.text
+    deadline = time.monotonic() + 30
+    while True:
+        items = (await client.get("/audit/v1/events", headers=admin.headers)).json()["items"]
+        registrations = [
+            item
+            for item in items
+            if item["action"] == "audit.action.register" and item["target"]["id"] == action
+        ]
+        if len(registrations) >= 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert [item["data"]["description"] for item in registrations] == [
+        "An invoice paid.",
+        "A refund issued.",
+    ]
+    assert registrations[0]["actor"]["id"] == admin.user_id
 
 
 async def test_a_retry_is_the_same_event_even_after_the_catalogue_changed(

@@ -279,10 +279,12 @@ async def put_action(
     body: schemas.ActionIn,
     response: Response,
     principal: ActionWriter,
+    actor: CallerActor,
     audit: Audit,
     session: DbSession,
 ) -> schemas.ActionOut:
-    """Register (or update) an action the tenant's services may record."""
+    """Register (or update) an action the tenant's services may record; a new or changed
+    entry is itself an audit event (``audit.action.register``)."""
     spec, created = await audit.register_action(
         session,
         principal.tenant_id,
@@ -293,6 +295,7 @@ async def put_action(
             body.sensitivity,
             frozenset(body.sensitive_fields),
         ),
+        actor=actor,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return _action_out(spec)

@@ -19,8 +19,9 @@ from keel.audit import (
     audit_actions,  # noqa: F401  (Keel's audit actions in the catalogue)
     schemas,
 )
+from keel.audit.audit_actions import REGISTER_ACTION
 from keel.audit.models import AuditAction
-from keel.core.audit import ActionSpec, build_document, builtin_action
+from keel.core.audit import ActionSpec, Actor, build_document, builtin_action, record_event
 from keel.core.errors import Conflict, ValidationFailed
 from keel.core.tenancy import bind_tenant
 from keel_client.audit import ACTION_PATTERN, Sensitivity
@@ -60,10 +61,11 @@ async def action(session: AsyncSession, tenant_id: str, name: str) -> ActionSpec
 
 
 async def register_action(
-    session: AsyncSession, tenant_id: str, spec: ActionSpec
+    session: AsyncSession, tenant_id: str, spec: ActionSpec, *, actor: Actor
 ) -> tuple[ActionSpec, bool]:
-    """Create or update a tenant's action; Keel's own names are reserved. Returns the entry
-    and whether it is new."""
+    """Create or update a tenant's action; Keel's own names are reserved. A new or changed
+    entry is recorded (``audit.action.register``, by ``actor``); the same entry again
+    records nothing. Returns the entry and whether it is new."""
     if not ACTION_PATTERN.fullmatch(spec.name):
         raise ValidationFailed("An action is service.resource.verb: lowercase, dot-separated.")
     if is_reserved(spec.name):
@@ -71,13 +73,28 @@ async def register_action(
     bind_tenant(session, tenant_id)
     row = await session.scalar(select(AuditAction).where(AuditAction.name == spec.name))
     created = row is None
+    entry = {
+        "description": spec.description,
+        "category": spec.category,
+        "sensitivity": str(spec.sensitivity),
+        "sensitive_fields": sorted(spec.sensitive_fields),
+    }
     if row is None:
         row = AuditAction(name=spec.name)
         session.add(row)
-    row.description = spec.description
-    row.category = spec.category
-    row.sensitivity = str(spec.sensitivity)
-    row.sensitive_fields = sorted(spec.sensitive_fields)
+    elif entry == {field: getattr(row, field) for field in entry}:
+        return spec, False
+    for field, value in entry.items():
+        setattr(row, field, value)
+    record_event(
+        session,
+        tenant_id=tenant_id,
+        action=REGISTER_ACTION,
+        actor=actor,
+        target_type="audit_action",
+        target_id=spec.name,
+        data=entry,
+    )
     await session.flush()
     return spec, created
 

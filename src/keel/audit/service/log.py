@@ -41,7 +41,7 @@ from keel.audit.service.tree import (
     plan_append,
     tree_root,
 )
-from keel.core.audit import ActionSpec, AuditOutbox
+from keel.core.audit import ActionSpec, Actor, AuditOutbox
 from keel.core.context import ResourceKey
 from keel.core.crypto import Keyring
 from keel.core.db import Base, utcnow
@@ -97,10 +97,11 @@ class AuditLog:
         return await catalogue.action(session, tenant_id, name)
 
     async def register_action(
-        self, session: AsyncSession, tenant_id: str, spec: ActionSpec
+        self, session: AsyncSession, tenant_id: str, spec: ActionSpec, *, actor: Actor
     ) -> tuple[ActionSpec, bool]:
-        """Create or update a tenant's action; Keel's own names are reserved."""
-        return await catalogue.register_action(session, tenant_id, spec)
+        """Create or update a tenant's action (recorded when new or changed); Keel's own
+        names are reserved."""
+        return await catalogue.register_action(session, tenant_id, spec, actor=actor)
 
     async def tenant_actions(self, session: AsyncSession, tenant_id: str) -> list[ActionSpec]:
         """The actions the tenant registered, by name."""

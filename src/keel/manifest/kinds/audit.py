@@ -4,10 +4,9 @@ entry (description, category, sensitivity, sensitive fields) differs is changed,
 
 from __future__ import annotations
 
-from keel.audit.audit_actions import REGISTER_ACTION
 from keel.audit.schemas import ActionIn
 from keel.audit.service.catalogue import register_action, tenant_actions
-from keel.core.audit import ActionSpec, record_event
+from keel.core.audit import ActionSpec
 from keel.manifest.plan import Change, Target, shown
 
 #: An entry's fields, as the audit API takes them.
@@ -49,17 +48,8 @@ async def plan(target: Target) -> list[Change]:
                 continue
             details = [f"{field} {shown(old[field])} -> {shown(new[field])}" for field in differing]
 
-        async def register(spec: ActionSpec = spec, new: dict[str, object] = new) -> None:
-            await register_action(session, tenant_id, spec)
-            record_event(
-                session,
-                tenant_id=tenant_id,
-                action=REGISTER_ACTION,
-                actor=actor,
-                target_type="audit_action",
-                target_id=spec.name,
-                data=new,
-            )
+        async def register(spec: ActionSpec = spec) -> None:
+            await register_action(session, tenant_id, spec, actor=actor)
 
         symbol = "+" if current is None else "~"
         changes.append(Change(symbol, "audit-action", name, register, details))
