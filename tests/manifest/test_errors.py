@@ -130,3 +130,29 @@ def test_a_missing_manifest_is_one_line(deployment: Deployment) -> None:
     result = deployment.keel("apply", "nowhere.toml")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("keel: nowhere.toml: (manifest): cannot read")
+
+
+def test_config_values_that_fail_the_manifests_schema_are_refused_at_their_lines(
+    deployment: Deployment,
+) -> None:
+    """Before anything is written, and in a dry run too: a value of the wrong type, and a key
+    the schema forbids. A required key the file leaves out is not refused (Keel may hold it)."""
+    write(
+        deployment.cwd,
+        "config.schema.json",
+        '{"type": "object", "properties": {"page_size": {"type": "integer"}, '
+        '"greeting": {"type": "string"}}, "required": ["greeting"], '
+        '"additionalProperties": false}',
+    )
+    manifest = (
+        GOOD_START
+        + '\n[config]\napp = "orders"\nschema = "config.schema.json"\n'
+        + '\n[config.values.development]\npage_size = "twenty"\n'
+        + '\n[config.values.production]\npage_size = 50\ncolour = "red"\n'
+    )
+    expected = [
+        'keel: keel.toml:13: config.values.development.page_size: fails type "integer"',
+        "keel: keel.toml:17: config.values.production.colour: a key the schema does not allow",
+    ]
+    for args in ((), ("--dry-run",)):
+        assert refused_lines(deployment, manifest, *args) == expected

@@ -169,6 +169,34 @@ def _check_config(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
             loaded.json_schema = check_json_schema(schema)
         except KeelError as error:
             yield loaded.problem(("config", "schema"), describe_error(error))
+            return
+        yield from _check_values(loaded, loaded.json_schema, config.values)
+
+
+def _check_values(
+    loaded: LoadedManifest, schema: dict[str, Any], environments: dict[str, dict[str, Any]]
+) -> Iterator[Problem]:
+    """Each value the manifest sets, against the manifest's schema, placed at its line: the
+    rules of a key it names, and a key the schema forbids. A required key it leaves out is
+    not its problem (Keel may hold it); the write checks the whole snapshot again."""
+    from keel.config.service.validation import schema_violations
+
+    for environment, values in environments.items():
+        for violation in schema_violations(schema, values):
+            key = violation.path.removeprefix("$.").split(".", 1)[0].split("[", 1)[0]
+            if violation.path.startswith("$.") and key in values:
+                where: tuple[str | int, ...] = ("config", "values", environment, key)
+                yield loaded.problem(where, violation.message)
+            elif violation.rule in ("additionalProperties", "unevaluatedProperties"):
+                # At the top, each key the schema's properties do not name, at its own line.
+                allowed = schema.get("properties", {})
+                top = violation.path == "$" and "patternProperties" not in schema
+                unexpected = [name for name in values if top and name not in allowed]
+                for name in unexpected:
+                    where = ("config", "values", environment, name)
+                    yield loaded.problem(where, "a key the schema does not allow")
+                if not unexpected:
+                    yield loaded.problem(("config", "values", environment), violation.message)
 
 
 def _check_flags(loaded: LoadedManifest, directory: Path) -> Iterator[Problem]:
