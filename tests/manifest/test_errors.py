@@ -156,3 +156,26 @@ def test_config_values_that_fail_the_manifests_schema_are_refused_at_their_lines
     ]
     for args in ((), ("--dry-run",)):
         assert refused_lines(deployment, manifest, *args) == expected
+
+
+def test_a_route_that_clashes_with_another_pools_is_refused_at_its_line_in_a_dry_run_too(
+    deployment: Deployment,
+) -> None:
+    """The whole policy's checks (here: two routes taking the same requests) run before
+    anything is written, and the problem is placed at the manifest's route."""
+    other = (
+        '{"upstreams": [{"name": "billing", "targets": [{"url": "http://127.0.0.1:9001"}]}],'
+        ' "routes": [{"name": "billing-api", "path": "/orders", "upstream": "billing"}]}'
+    )
+    write(deployment.cwd, "policy.json", other)
+    deployment.ok("gateway", "apply", "policy.json")
+    manifest = (
+        GOOD_START
+        + '\n[upstream]\ntargets = [{ url = "http://127.0.0.1:9002" }]\n'
+        + '\n[[routes]]\nname = "orders-api"\npath = "/orders"\n'
+    )
+    for args in (("--dry-run",), ()):
+        lines = refused_lines(deployment, manifest, *args)
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("keel: keel.toml:13: routes[0].path: "), lines
+        assert "takes the same requests" in lines[0], lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keel.core.errors import KeelError
 from keel.gateway import service
 from keel.manifest.plan import Change, Target
 from keel_client.edge._model import EdgePolicy
@@ -65,6 +66,18 @@ async def plan(target: Target) -> list[Change]:
         document["routes"] = [*kept, *wanted_by_name.values()]
         return document
 
+    rules = service.UpstreamAddressRules.from_settings(target.settings.gateway)
+    merged, names = build(policy), [route["name"] for route in loaded.routes]
+    try:
+        await service.validate_policy(merged, rules=rules)
+    except KeelError as error:
+        # The whole policy's checks, before anything is written (a dry run shows them too),
+        # each at the manifest's line where the problem is one of the manifest's own parts.
+        for entry in error.extensions.get("errors") or [{"location": [], "message": str(error)}]:
+            where = _where(merged, names, pool_name, entry["location"])
+            target.refuse(where, entry["message"])
+        return []
+
     async def write() -> None:
         await service.write_built_policy(
             session,
@@ -73,7 +86,7 @@ async def plan(target: Target) -> list[Change]:
             actor=actor,
             if_match=None,
             comment=f"keel apply ({pool_name})",
-            rules=service.UpstreamAddressRules.from_settings(target.settings.gateway),
+            rules=rules,
             audit={"operation": "apply"},
         )
 
@@ -84,3 +97,21 @@ async def plan(target: Target) -> list[Change]:
 
 async def _no_write() -> None:
     return None
+
+
+def _where(
+    merged: dict[str, Any], names: list[str], pool_name: str, location: list[str]
+) -> tuple[str | int, ...]:
+    """The manifest's path of a problem the policy's checks place in the merged policy: one
+    of the manifest's routes (``names``, in the manifest's order) or the service's pool; else
+    the manifest's routes as a whole (the problem is in how they meet the rest)."""
+    if len(location) >= 2 and location[1].isdigit():
+        index, rest = int(location[1]), location[2:]
+        if location[0] == "routes" and index < len(merged["routes"]):
+            name = merged["routes"][index]["name"]
+            if name in names:
+                return ("routes", names.index(name), *rest)
+        upstreams = merged["upstreams"]
+        if location[0] == "upstreams" and index < len(upstreams):
+            return ("upstream", *rest) if upstreams[index]["name"] == pool_name else ("routes",)
+    return ("routes",)
