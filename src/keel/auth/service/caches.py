@@ -23,6 +23,12 @@ REVOCATIONS = SharedCache[str, bool]("auth.revoked_access_tokens", ttl=2.0, max_
 #: drops them all; a client revoked elsewhere is refused within the TTL.
 CLIENT_GRANTS = SharedCache[str, tuple[Any, ...]]("auth.client_grants", ttl=2.0)
 
+#: The client of a service account's secret, by the account id and the secret's keyed hash
+#: (an AppRole login's lookup): found clients only. What it saves is a query, not a check: the
+#: grant that follows still compares the secret with the client's stored hash in constant time
+#: and refuses a revoked client (:data:`CLIENT_GRANTS`), so an entry never lets more through.
+CLIENTS_BY_SECRET = SharedCache[tuple[str, str], str]("auth.clients_by_secret", ttl=2.0)
+
 #: The principal of an API key by its lookup part, with what a hit must still check: the
 #: secret's keyed hash, the expiry, and when ``last_used_at`` was last written (a hit older
 #: than ``api_keys.LAST_USED_GRANULARITY`` takes the slow path, which writes it again).

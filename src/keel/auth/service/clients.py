@@ -9,11 +9,11 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.models import OAuthClient, PrincipalType, Role, RoleAssignment, ServiceAccount
-from keel.auth.service.caches import CLIENT_GRANTS
+from keel.auth.service.caches import CLIENT_GRANTS, CLIENTS_BY_SECRET
 from keel.auth.service.credentials import new_client_id, new_client_secret
 from keel.auth.service.policy import NAME, granted_scope
 from keel.auth.service.results import AuthFailure, IssuedSecret, TokenPair
-from keel.auth.service.tokens import Tokens
+from keel.auth.service.tokens import Tokens, permissions_claim
 from keel.core.audit import SYSTEM, Actor, record_event, record_event_now
 from keel.core.cache import invalidate_after_commit
 from keel.core.crypto import Keyring
@@ -52,6 +52,18 @@ _CLIENT_GRANT = (
         Role, and_(Role.id == RoleAssignment.role_id, Role.tenant_id == OAuthClient.tenant_id)
     )
     .where(OAuthClient.client_id == bindparam("client_id"))
+    .execution_options(all_tenants=True)
+)
+
+#: The client of a service account by its secret's keyed hash, not revoked (Core: an AppRole
+#: login's lookup, built once). The account id tells the tenant.
+_CLIENT_BY_SECRET = (
+    select(OAuthClient.client_id)
+    .where(
+        OAuthClient.service_account_id == bindparam("service_account_id"),
+        OAuthClient.secret_hash == bindparam("secret_hash"),
+        OAuthClient.is_revoked.is_(False),
+    )
     .execution_options(all_tenants=True)
 )
 
@@ -187,21 +199,28 @@ class Clients:
             update(OAuthClient).where(OAuthClient.client_id == client_id).values(is_revoked=True)
         )
         invalidate_after_commit(session, CLIENT_GRANTS, client_id)
+        invalidate_after_commit(session, CLIENTS_BY_SECRET, None)
 
     async def client_id_for_secret(
         self, session: AsyncSession, service_account_id: str, secret: str
     ) -> str | None:
         """The client of ``service_account_id`` whose secret is ``secret`` (found by its keyed
-        hash: an indexed equality, no secret compared by hand), if any and not revoked."""
-        client_id = await session.scalar(
-            select(OAuthClient.client_id)
-            .where(
-                OAuthClient.service_account_id == service_account_id,
-                OAuthClient.secret_hash == self.keyring.token_hash(secret),
-                OAuthClient.is_revoked.is_(False),
-            )
-            .execution_options(all_tenants=True)  # the account id tells which tenant
+        hash: an indexed equality, no secret compared by hand), if any and not revoked.
+
+        A found client is kept a moment (:data:`CLIENTS_BY_SECRET`): an AppRole login asks
+        this before every grant, and the grant checks the secret and the revocation again.
+        """
+        key = (service_account_id, self.keyring.token_hash(secret))
+        client_id = CLIENTS_BY_SECRET.get(key)
+        if client_id is not None:
+            return client_id
+        stamp = CLIENTS_BY_SECRET.stamp()
+        connection = await session.connection()
+        client_id = await connection.scalar(
+            _CLIENT_BY_SECRET, {"service_account_id": key[0], "secret_hash": key[1]}
         )
+        if client_id is not None:
+            CLIENTS_BY_SECRET.put(key, client_id, stamp)
         return client_id
 
     async def authenticate_client(
@@ -261,12 +280,13 @@ class Clients:
         granted = granted_scope(sorted(permissions), scope)
         if granted is None:
             return AuthFailure("invalid_scope")
+        claimed = permissions_claim(sorted(permissions), granted)
         access, ttl = self.tokens.sign_access_token(
             tenant_id=client.tenant_id,
             principal_type=PrincipalType.service_account,
             principal_id=account_id,
             roles=roles,
-            permissions=sorted(permissions),
+            permissions=claimed,
             scope=granted,
             audience=audience,
             key=await self.tokens.signing.keys.active_key(session),
@@ -282,4 +302,4 @@ class Clients:
             target_id=client_id,
             data={"grant_type": "client_credentials", "scope": granted},
         )
-        return TokenPair(access, ttl, None, granted)
+        return TokenPair(access, ttl, None, granted, permissions=tuple(claimed))

@@ -17,6 +17,9 @@ class TokenPair:
     scope: str
     session_id: str | None = None
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    #: The access token's ``permissions`` claim, where the grant knows it (client
+    #: credentials): a caller answering with them needs no second look at the token.
+    permissions: tuple[str, ...] = field(default=(), repr=False, compare=False)
     #: For the user, to deliver after the commit (a login from a new device).
     notice: AccountNotice | None = field(default=None, repr=False, compare=False)
 

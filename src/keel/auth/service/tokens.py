@@ -28,6 +28,13 @@ from keel.settings import AuthSettings
 from keel_client.auth import InvalidToken, Principal, narrow_permissions
 
 
+def permissions_claim(permissions: list[str], scope: str) -> list[str]:
+    """The ``permissions`` claim of a token granted ``scope``: permission scopes (those with a
+    ``:``) narrow it, other scopes leave it whole."""
+    requested = [s for s in scope.split() if ":" in s]
+    return narrow_permissions(permissions, requested) if requested else permissions
+
+
 class Tokens:
     """Sign access tokens with the active key; tell a valid credential from a revoked one."""
 
@@ -92,9 +99,7 @@ class Tokens:
         extra_claims: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
         """The signed JWT and its lifetime; permission scopes narrow the permissions claim."""
-        requested = [s for s in scope.split() if ":" in s]
-        if requested:
-            permissions = narrow_permissions(permissions, requested)
+        permissions = permissions_claim(permissions, scope)
         now = int(time.time())
         ttl = int(self.access_ttl.total_seconds())
         claims: dict[str, Any] = {
