@@ -138,6 +138,8 @@ class Keyring:
         self.current = current
         self.previous = [key for key in previous or [] if key.key_id != current.key_id]
         self._by_id = {key.key_id: key for key in [*self.previous, current]}
+        # One cipher per master key, built once: every seal and open wraps or unwraps with one.
+        self._wrappers = {key_id: AESGCM(key.material) for key_id, key in self._by_id.items()}
         # Until start-up hands over the stored platform key (keel.core.sealed): the same value.
         self._hash_key = self.derive_token_hash_key()
 
@@ -191,17 +193,17 @@ class Keyring:
     def _wrap(self, data_key: bytes, payload: bytes, associated_data: bytes) -> bytes:
         key_id = self.current.key_id
         wrap_nonce = os.urandom(_NONCE_BYTES)
-        wrapped = AESGCM(self.current.material).encrypt(
+        wrapped = self._wrappers[key_id].encrypt(
             wrap_nonce, data_key, key_id.encode() + b"|" + associated_data
         )
         return Envelope(key_id, wrap_nonce, wrapped, payload).to_bytes()
 
     def _unwrap(self, envelope: Envelope, associated_data: bytes) -> bytes:
-        master = self._by_id.get(envelope.key_id)
-        if master is None:
+        wrapper = self._wrappers.get(envelope.key_id)
+        if wrapper is None:
             raise DecryptionError("the key that wrapped this value is not in the keyring")
         try:
-            return AESGCM(master.material).decrypt(
+            return wrapper.decrypt(
                 envelope.wrap_nonce,
                 envelope.wrapped_key,
                 envelope.key_id.encode() + b"|" + associated_data,
