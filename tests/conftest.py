@@ -9,6 +9,7 @@ so, except when ``CI=true``: there a missing service fails the test.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
+import structlog
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
@@ -130,6 +132,19 @@ def redis_url() -> str:
     except (OSError, redis.RedisError) as exc:
         service_missing("Redis", REDIS_URL, exc)
     return REDIS_URL
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    """Keel's logging as `keel serve` configures it (debug, JSON), put back afterwards: for
+    tests that read the log lines (that no secret reaches them, that a notice was logged)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("debug", LogFormat.json)
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:], root.level = saved
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

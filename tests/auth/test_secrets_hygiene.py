@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 
 from keel.audit.service import StoredEvent
-from keel.core.logging import configure_logging
-from keel.settings import LogFormat
 from tests.support.audit import audit_events
 from tests.support.logins import login_tokens
 from tests.support.tenants import (
@@ -25,18 +20,6 @@ from tests.support.tenants import (
     create_user,
     make_tenant_admin,
 )
-
-
-@pytest.fixture
-def json_logs() -> Iterator[None]:
-    """Keel's logging as `keel serve` configures it (debug, JSON), put back afterwards."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    configure_logging("debug", LogFormat.json)
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:], root.level = saved
 
 
 def _record_text(record: StoredEvent) -> str:

@@ -7,18 +7,13 @@ login from a new device sends the critical `account.new-device`."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 
-from keel.core.logging import configure_logging
 from keel.notify.service.account_mail import AccountNoticeMail
-from keel.settings import LogFormat
 from tests.notify.conftest import Notify
 from tests.notify.test_account_mail import parse, parts_of
 from tests.support.logins import login
@@ -27,17 +22,6 @@ from tests.support.tenants import PASSWORD, TenantAdmin, auth_service, create_us
 WRONG = "not-the-Password-71"
 #: The default lockout threshold (``KEEL_AUTH__LOCKOUT_THRESHOLD``).
 THRESHOLD = 5
-
-
-@pytest.fixture
-def json_logs() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    configure_logging("debug", LogFormat.json)
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:], root.level = saved
 
 
 async def fail_logins(client: httpx.AsyncClient, tenant: str, username: str, times: int) -> None:

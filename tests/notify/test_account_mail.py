@@ -7,20 +7,15 @@ without an email provider still gets its 202 and the old log line."""
 from __future__ import annotations
 
 import email
-import logging
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import default
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 
-from keel.core.logging import configure_logging
 from keel.notify.service.account_mail import AccountMail
-from keel.settings import LogFormat
 from tests.notify.conftest import Notify
 from tests.support.audit import audit_events
 from tests.support.logins import login
@@ -28,18 +23,6 @@ from tests.support.tenants import PASSWORD, TenantAdmin, auth_service, create_us
 
 NEW_PASSWORD = "saffron-Glacier-lantern-19"
 TOKEN = re.compile(r"kot_[A-Za-z0-9_-]{20,}")
-
-
-@pytest.fixture
-def json_logs() -> Iterator[None]:
-    """Keel's logging as `keel serve` configures it (debug, JSON), put back afterwards."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    configure_logging("debug", LogFormat.json)
-    yield
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    root.handlers[:], root.level = saved
 
 
 def parse(raw: bytes) -> EmailMessage:

@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.keel_process import free_port
-from tests.support.provider_servers.tls import Certificate, self_signed_certificate
+from tests.support.tls import Certificate, self_signed_certificate
 
 # --------------------------------------------------------------------------------------
 # SMTP

@@ -1,4 +1,4 @@
-"""TLS: a self-signed certificate made at a server's start."""
+"""TLS for test servers: a self-signed certificate for 127.0.0.1 and localhost."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-# --------------------------------------------------------------------------------------
-# TLS
 
 
 @dataclass(frozen=True)
