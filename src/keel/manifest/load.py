@@ -28,7 +28,7 @@ from keel.manifest.checks import (
 )
 from keel.manifest.loaded import LoadedManifest, ManifestError, Problem, describe_error
 from keel.manifest.locate import field_lines, line_of
-from keel.manifest.model import Manifest
+from keel.manifest.schemas import Manifest
 
 #: First segments of permissions that Keel's services check (besides ``*`` and the
 #: service's own name).

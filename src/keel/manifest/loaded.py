@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from keel.core.errors import KeelError
 from keel.manifest.locate import line_of
-from keel.manifest.model import Manifest
+from keel.manifest.schemas import Manifest
 
 
 @dataclass(frozen=True)

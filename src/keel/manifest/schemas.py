@@ -1,4 +1,5 @@
-"""The manifest's models: what each table of ``keel.toml`` may hold (docs/apply.md).
+"""The manifest's schemas (pydantic, as in every service's ``schemas.py``): what each table
+of ``keel.toml`` may hold (docs/apply.md).
 
 Unknown keys are refused everywhere (a typo must not pass silently). The tables that are a
 service's own API body (routes, the upstream pool, bucket policies) are validated by that
