@@ -77,6 +77,10 @@ class DatabasePoolSettings(BaseModel):
     #: Seconds one statement may wait for the database's answer before its connection is
     #: dropped and the request answers 503; 0 waits for ever. Migrations are exempt.
     command_timeout_seconds: float = Field(default=5.0, ge=0)
+    #: SQLite only: seconds a write waits for the database's one writer turn before the
+    #: request answers 503 with ``Retry-After``. A machine shared with other heavy work (a CI
+    #: runner) may need longer than a laptop.
+    sqlite_busy_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
 
 
 class AuthSettings(BaseModel):

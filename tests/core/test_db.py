@@ -160,7 +160,10 @@ class TestSQLite:
     @pytest.fixture
     async def sqlite_database(self, tmp_path: Path) -> AsyncIterator[Database]:
         database = Database.from_settings(
-            Settings(database_url=f"sqlite:///{tmp_path / 'nested' / 'keel.db'}")
+            Settings(
+                database_url=f"sqlite:///{tmp_path / 'nested' / 'keel.db'}",
+                database_pool=DatabasePoolSettings(sqlite_busy_timeout_seconds=7.5),
+            )
         )
         yield database
         await database.dispose()
@@ -173,7 +176,7 @@ class TestSQLite:
             for connection in (first, second):
                 assert (await connection.scalar(text("PRAGMA journal_mode"))) == "wal"
                 assert (await connection.scalar(text("PRAGMA foreign_keys"))) == 1
-                assert (await connection.scalar(text("PRAGMA busy_timeout"))) == 5000
+                assert (await connection.scalar(text("PRAGMA busy_timeout"))) == 7500
 
     async def test_missing_data_directory_is_created(
         self, sqlite_database: Database, tmp_path: Path

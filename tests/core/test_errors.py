@@ -269,9 +269,10 @@ async def test_a_request_that_finds_every_database_connection_busy_gets_a_503_to
 async def test_a_write_that_waits_out_sqlites_busy_timeout_gets_a_503_to_retry(
     sqlite_settings: Settings,
 ) -> None:
-    """SQLite's writers take turns; one kept waiting past the busy timeout (5 s) by a burst
-    of other writes answers 503 with ``Retry-After``, never a 500."""
-    app: FastAPI = create_app(sqlite_settings)
+    """SQLite's writers take turns; one kept waiting past the busy timeout (here 1 s) by a
+    burst of other writes answers 503 with ``Retry-After``, never a 500."""
+    pool = DatabasePoolSettings(sqlite_busy_timeout_seconds=1)
+    app: FastAPI = create_app(sqlite_settings.model_copy(update={"database_pool": pool}))
     async with serve(app) as http:
         admin = await make_tenant_admin(app)
         async with app.state.keel.database.session() as held:

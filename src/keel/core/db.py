@@ -17,7 +17,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,16 +127,16 @@ def unavailability_reason(error: BaseException) -> str | None:
     return None
 
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def enable(dbapi_connection: Any, connection_record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
-
-def _enable_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    return enable
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -159,8 +159,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             engine = create_async_engine(url, **sizing, **hidden)
         else:
             engine = create_async_engine(url, **hidden)
-        use_one_hop_connections(engine, busy_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-        event.listen(engine.sync_engine, "connect", _enable_sqlite_pragmas)
+        busy_timeout = pool.sqlite_busy_timeout_seconds
+        use_one_hop_connections(engine, busy_timeout=busy_timeout)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(round(busy_timeout * 1000)))
         return engine
     engine = create_async_engine(
         url, **sizing, **hidden, connect_args=_postgres_connect_args(settings, bounded=True)
