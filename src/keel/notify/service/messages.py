@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
+import orjson
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -105,7 +106,10 @@ class Accepted:
 
 
 def _check_data_size(data: Mapping[str, Any], limit: int) -> None:
-    size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
+    try:  # a batch checks 100,000 of these: orjson is about ten times json's speed
+        size = len(orjson.dumps(data, default=str))
+    except TypeError:  # what orjson refuses (an integer past 64 bits) json writes
+        size = len(json.dumps(data, separators=(",", ":"), default=str).encode())
     if size > limit:
         raise PayloadTooLarge(f"data is {size} bytes of JSON; the limit is {limit}.")
 
