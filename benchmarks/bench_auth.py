@@ -12,6 +12,12 @@
   Basic client auth) answered per second by a real ``keel serve`` on the embedded SQLite and
   on PostgreSQL (a fresh database, dropped afterwards), with one worker and with two, driven
   by a closed-loop HTTP/1.1 load generator in a separate process. No peer.
+- ``auth.client_credentials_vs_raw_signing``: issue 23's figure: the best of those servers
+  against the raw signing rate of the same algorithm — ``cryptography`` signing a token-sized
+  signing input in a loop on one core of this process, measured in every round (RS256: PKCS#1
+  v1.5 with a 2048-bit key, as Keel's). The same for ``ES256`` and ``EdDSA`` signing keys
+  (``KEEL_AUTH__SIGNING_ALGORITHM``, the embedded SQLite, one worker) in
+  ``auth.client_credentials_es256_vs_raw_signing`` and ``..._eddsa_...``. Target: ratio 0.5.
 - ``auth.login_p50_ms``: median latency of sequential ``POST /auth/v1/login`` (argon2id-bound).
 
 Peers run in the same process and rounds alternate; every figure is a median of rounds.
@@ -68,6 +74,9 @@ PASSWORD = "plum-Tractor-kettle-47"  # noqa: S105 - a benchmark user's password
 TARGET_VERIFY_RATIO = 1.0
 TARGET_CACHED_RATIO = 10.0
 TARGET_TOKENS_PER_S = 500.0
+TARGET_RAW_SIGNING_RATIO = 0.5
+#: CPU seconds each raw-signing measurement signs for.
+RAW_SIGNING_SECONDS = 1.0
 
 
 def _median(values: list[float]) -> float:
@@ -116,6 +125,34 @@ def _rate(run: Callable[[list[str]], None], tokens: list[str]) -> float:
     started = time.process_time()
     run(tokens)
     return len(tokens) / (time.process_time() - started)
+
+
+def _raw_signing_per_s(algorithm: str) -> float:
+    """Signatures a second of ``algorithm`` by ``cryptography`` alone over a token-sized
+    signing input, on one core (CPU time of this process)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    signing_input = os.urandom(450).hex().encode()[:600]  # a header and Keel's claims
+    sign: Callable[[], object]
+    if algorithm == "RS256":
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+        sign = lambda: rsa_key.sign(signing_input, pkcs1, sha256)  # noqa: E731
+    elif algorithm == "ES256":
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        ecdsa = ec.ECDSA(hashes.SHA256())
+        sign = lambda: ec_key.sign(signing_input, ecdsa)  # noqa: E731
+    else:
+        ed_key = ed25519.Ed25519PrivateKey.generate()
+        sign = lambda: ed_key.sign(signing_input)  # noqa: E731
+    signed = 0
+    started = time.process_time()
+    while (elapsed := time.process_time() - started) < RAW_SIGNING_SECONDS:
+        for _ in range(50):
+            sign()
+        signed += 50
+    return signed / elapsed
 
 
 def verification() -> list[Figure]:
@@ -339,6 +376,8 @@ def issuance_and_login(root: Path) -> list[Figure]:
         "KEEL_AUTH__LOGIN_RATE_PER_IP_PER_MINUTE": "100000",
     }
     sqlite_env = clean_env(**env_common)
+    es256_env = clean_env(KEEL_AUTH__SIGNING_ALGORITHM="ES256", **env_common)
+    eddsa_env = clean_env(KEEL_AUTH__SIGNING_ALGORITHM="EdDSA", **env_common)
     databases = contextlib.ExitStack()
     database_url = databases.enter_context(postgres_database("keel_bench_auth"))
     postgres_env = clean_env(KEEL_DATABASE_URL=database_url, **env_common)
@@ -350,6 +389,8 @@ def issuance_and_login(root: Path) -> list[Figure]:
             _serving(root / "sqlite", sqlite_env, "--workers", "2") as sqlite_2,
             _running_keel(root / "postgres", postgres_env) as (postgres, postgres_admin),
             _serving(root / "postgres", postgres_env, "--workers", "2") as postgres_2,
+            _running_keel(root / "es256", es256_env) as (es256, es256_admin),
+            _running_keel(root / "eddsa", eddsa_env) as (eddsa, eddsa_admin),
         ):
             basic = _basic_header(postgres.port, postgres_admin)
             sqlite_basic = _basic_header(sqlite.port, sqlite_admin)
@@ -358,9 +399,14 @@ def issuance_and_login(root: Path) -> list[Figure]:
                 "sqlite, 2 workers": (sqlite_2, sqlite_basic),
                 "postgresql": (postgres, basic),
                 "postgresql, 2 workers": (postgres_2, basic),
+                "sqlite, ES256": (es256, _basic_header(es256.port, es256_admin)),
+                "sqlite, EdDSA": (eddsa, _basic_header(eddsa.port, eddsa_admin)),
             }
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+            raw: dict[str, list[float]] = {name: [] for name in ("RS256", "ES256", "EdDSA")}
             for round_ in range(LOAD_ROUNDS):
+                for algorithm, rates in raw.items():
+                    rates.append(_raw_signing_per_s(algorithm))
                 names = list(servers)
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     server, basic = servers[name]
@@ -399,6 +445,7 @@ def issuance_and_login(root: Path) -> list[Figure]:
                         )
                     )
                 )  # fmt: skip
+            figures.extend(_against_raw_signing(runs, raw))
             latencies = _login_latencies(sqlite.port, sqlite_admin)
             p50 = _median(latencies)
             figures.append(
@@ -417,6 +464,35 @@ def issuance_and_login(root: Path) -> list[Figure]:
             )  # fmt: skip
     finally:
         databases.close()
+    return figures
+
+
+def _against_raw_signing(
+    runs: dict[str, list[dict[str, Any]]], raw: dict[str, list[float]]
+) -> list[Figure]:
+    """Tokens a second against the raw signing rate of their algorithm (issue 23)."""
+    rates = {name: _median([r["rps"] for r in results]) for name, results in runs.items()}
+    rs256 = {
+        name: rate for name, rate in rates.items() if "ES256" not in name and "EdDSA" not in name
+    }
+    best = max(rs256, key=rs256.__getitem__)
+    figures = []
+    for figure, algorithm, name in (
+        ("auth.client_credentials_vs_raw_signing", "RS256", best),
+        ("auth.client_credentials_es256_vs_raw_signing", "ES256", "sqlite, ES256"),
+        ("auth.client_credentials_eddsa_vs_raw_signing", "EdDSA", "sqlite, EdDSA"),
+    ):
+        peer = _median(raw[algorithm])
+        figures.append(emit(Figure(
+            figure, round(rates[name], 1), "tokens/s",
+            f"raw {algorithm} signing (cryptography, one core)", _ratio(rates[name], peer),
+            {"server": name, "peer_value": round(peer, 1),
+             "raw_signing_rounds": [round(rate, 1) for rate in raw[algorithm]],
+             "target_ratio": TARGET_RAW_SIGNING_RATIO,
+             "met": rates[name] / peer >= TARGET_RAW_SIGNING_RATIO,
+             **({"rs256_servers": {n: round(r, 1) for n, r in rs256.items()}}
+                if algorithm == "RS256" else {})},
+        )))  # fmt: skip
     return figures
 
 
