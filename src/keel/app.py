@@ -22,7 +22,13 @@ from keel.core.cache import listen_for_invalidations
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
 from keel.core.http import RequestContextMiddleware, ServiceRouter
-from keel.core.lifecycle import background_work, build_context, start_services, stop_services
+from keel.core.lifecycle import (
+    background_work,
+    build_context,
+    prepare_when_database_returns,
+    start_services,
+    stop_services,
+)
 from keel.core.logging import configure_logging, get_logger
 from keel.core.startup import pause_garbage_collection, resume_garbage_collection
 from keel.core.telemetry import init_sentry, init_tracing
@@ -58,13 +64,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await start_services(context)
+        await start_services(context, serving=True)
         await context.broadcast.connect()
         context.background_tasks.append(
             asyncio.create_task(
                 listen_for_invalidations(context.broadcast), name="cache-invalidations"
             )
         )
+        if not context.database_ready.is_set():  # started without it (keel.core.lifecycle)
+            context.background_tasks.append(
+                asyncio.create_task(prepare_when_database_returns(context), name="database-prepare")
+            )
         loops = [
             (f"{spec.name}-{task.__name__}", task) for spec in services for task in spec.companions
         ]

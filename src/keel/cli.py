@@ -257,8 +257,10 @@ def serve(
 
     async def check_start() -> None:
         # Start once here so that a missing master key, an old schema or an unreachable
-        # database is one line from the CLI, not a traceback from inside uvicorn.
-        async with started_context(settings):
+        # database is one line from the CLI, not a traceback from inside uvicorn. Started as
+        # the app starts: a gateway alone with its last known good copy passes without its
+        # database (keel.core.lifecycle.start_services).
+        async with started_context(settings, serving=True):
             pass
 
     run_database_command(check_start)

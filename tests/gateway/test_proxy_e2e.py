@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +53,6 @@ from tests.gateway.proxy.test_large_upload import (
     _CountingUpstream,
     _PeakRss,
 )
-from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.keel_process import free_port
 
 ORIGIN = "https://app.example.com"
@@ -73,21 +70,6 @@ CORS = {
 def deployment(tmp_path: Path) -> GatewayDeployment:
     """An initialised Keel on the embedded SQLite database."""
     return GatewayDeployment.initialise(tmp_path)
-
-
-@pytest.fixture
-def shared_deployment(
-    tmp_path: Path, postgres_admin_url: str, redis_url: str
-) -> Iterator[GatewayDeployment]:
-    """An initialised Keel on a new PostgreSQL database of this test, with Redis."""
-    name = f"keel_gw_{uuid.uuid4().hex[:12]}"
-    url = asyncio.run(create_postgres_database(postgres_admin_url, name))
-    try:
-        yield GatewayDeployment.initialise(
-            tmp_path, KEEL_DATABASE_URL=url, KEEL_REDIS_URL=redis_url
-        )
-    finally:
-        asyncio.run(drop_postgres_database(postgres_admin_url, name))
 
 
 async def _statuses(url: str, count: int) -> list[int]:
@@ -652,12 +634,6 @@ async def test_the_last_known_good_copy_holds_the_served_policy(
     assert EdgePolicy.model_validate(copy["policy"]).routes[0].name == "kept"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keel serve refuses to start without its database: cli.serve's check_start opens "
-    "started_context(settings) first ('keel: database error: DatabaseUnavailable'), so the "
-    "gateway never reaches GatewayEnforcement.start's fallback to the local copy",
-)
 async def test_the_gateway_starts_from_its_last_known_good_copy_without_a_database(
     deployment: GatewayDeployment, tmp_path: Path
 ) -> None:

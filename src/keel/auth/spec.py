@@ -32,12 +32,16 @@ def issuer_for(settings: Settings) -> str:
     return (issuer or f"http://{settings.host}:{settings.port}").rstrip("/")
 
 
-async def start_auth(context: AppContext) -> None:
+async def start_auth(context: AppContext, *, ensure_signing_keys: bool = True) -> None:
+    """Build the :class:`AuthService` into ``context.resources`` and make sure the signing
+    keys exist; without ``ensure_signing_keys`` it reads nothing from the database (a gateway
+    replica started without it, whose callers are checked once it answers)."""
     settings = context.settings
     auth = AuthService(settings.auth, context.keyring, issuer=issuer_for(settings))
     auth.use_database(context.database.session)
-    async with context.database.session() as session:
-        await auth.keys.ensure_keys(session)
+    if ensure_signing_keys:
+        async with context.database.session() as session:
+            await auth.keys.ensure_keys(session)
     context.resources[AUTH_RESOURCE] = auth
     context.resources[LOGIN_LIMITER_RESOURCE] = create_rate_limiter(
         settings.redis_url.get_secret_value() if settings.redis_url else None,

@@ -72,13 +72,17 @@ def run(coroutine_factory: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def started_context(settings: Settings) -> AsyncIterator[AppContext]:
-    """An :class:`AppContext` with its services started, disposed of on exit."""
+async def started_context(
+    settings: Settings, *, serving: bool = False
+) -> AsyncIterator[AppContext]:
+    """An :class:`AppContext` with its services started, disposed of on exit. ``serving``:
+    as ``keel serve`` starts them (a process of services that can serve without the database
+    starts without it: ``keel.core.lifecycle.start_services``)."""
     from keel.core.lifecycle import build_context, start_services, stop_services
 
     context = build_context(settings)
     try:
-        await start_services(context)
+        await start_services(context, serving=serving)
         yield context
     finally:
         await stop_services(context)

@@ -176,6 +176,10 @@ class ServiceSpec:
     #: The service's own background tasks (its ``tasks.py``), run on the jobs engine by
     #: ``keel.jobs.runner`` wherever background work runs.
     tasks: Sequence[PlatformTask] = field(default_factory=tuple)
+    #: Whether the service can serve with the database unreachable at start (the gateway:
+    #: from its last known good policy copy). A serving process whose every service says so
+    #: starts without it; its start-up hook then finds ``context.database_ready`` unset.
+    serves_without_database: Callable[[AppContext], bool] | None = None
 
 
 @dataclass
@@ -191,6 +195,9 @@ class AppContext:
     background_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Runtime objects services build at start-up (``keel.auth`` keeps its AuthService here).
     resources: Resources = field(default_factory=Resources)
+    #: Set once the schema is checked and the platform keys loaded: at start, or later in a
+    #: process that started without its database (``keel.core.lifecycle``).
+    database_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _keyring: Keyring | None = None
 
     @property

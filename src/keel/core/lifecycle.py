@@ -1,8 +1,15 @@
 """How a Keel process comes up: build the context, prepare the database, start the
-services, and the background work it runs."""
+services, and the background work it runs.
+
+A serving process whose every service can serve without its database (the gateway, from its
+last known good policy copy: ``ServiceSpec.serves_without_database``) starts when the
+database cannot be reached, and finishes preparing it in the background once it answers
+(:func:`prepare_when_database_returns`); any other process refuses to start.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -10,7 +17,7 @@ from sqlalchemy.engine import make_url
 from keel.core.broadcast import Broadcast, InMemoryBroadcast
 from keel.core.changes import prune_change_events_periodically, use_change_publisher
 from keel.core.context import AppContext, BackgroundTask
-from keel.core.db import Database
+from keel.core.db import Database, unavailability_reason
 from keel.core.idempotency import prune_idempotency_keys_periodically
 from keel.core.logging import get_logger
 from keel.core.metrics import Metrics
@@ -47,12 +54,30 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
-async def start_services(context: AppContext) -> None:
+#: How often a process started without its database tries it again.
+DATABASE_RETRY_SECONDS = 2.0
+
+
+async def start_services(context: AppContext, *, serving: bool = False) -> None:
     """Prepare the database, load the platform keys and run every enabled service's start-up
-    hook."""
-    await prepare_database(context.database, context.settings)
-    # Before any service hashes a token: the stored key survives master key rotation.
-    await load_token_hash_key(context.database, context.keyring)
+    hook.
+
+    With ``serving`` (``keel serve`` and its app), a database that cannot be reached is
+    tolerated when every enabled service can serve without it (:func:`serves_without_database`):
+    the process starts with ``context.database_ready`` unset. Anything else (an old schema, a
+    master key that does not open the platform keys, another process) raises as before.
+    """
+    try:
+        await prepare_platform(context)
+    except Exception as error:
+        reason = unavailability_reason(error)
+        if not (serving and reason is not None and serves_without_database(context)):
+            raise
+        log.warning(
+            "keel.database.unavailable_at_start",
+            reason=reason,
+            services=[spec.name for spec in context.services],
+        )
     use_change_publisher(context.database.engine, context.broadcast)
     for spec in context.services:
         if spec.startup is not None:
@@ -67,6 +92,45 @@ async def stop_services(context: AppContext) -> None:
                 await spec.shutdown(context)
             except Exception:  # one service's failure must not keep the others' resources
                 log.exception("keel.shutdown.service_failed", service=spec.name)
+
+
+async def prepare_platform(context: AppContext) -> None:
+    """Bring the database to (or check it at) the head revision and load the platform keys;
+    then ``context.database_ready`` is set."""
+    await prepare_database(context.database, context.settings)
+    # Before any service hashes a token: the stored key survives master key rotation.
+    await load_token_hash_key(context.database, context.keyring)
+    context.database_ready.set()
+
+
+def serves_without_database(context: AppContext) -> bool:
+    """Whether every enabled service can serve with the database unreachable at start (the
+    gateway: when it holds its last known good policy copy)."""
+    return bool(context.services) and all(
+        spec.serves_without_database is not None and spec.serves_without_database(context)
+        for spec in context.services
+    )
+
+
+async def prepare_when_database_returns(context: AppContext) -> None:
+    """In a process started without its database: prepare it (:func:`prepare_platform`) as
+    soon as it answers, trying every :data:`DATABASE_RETRY_SECONDS`. An error that is not an
+    outage (an old schema) is logged once each time it changes, and tried again too: the
+    operator may migrate meanwhile."""
+    last_problem: str | None = None
+    while not context.database_ready.is_set():
+        await asyncio.sleep(DATABASE_RETRY_SECONDS)
+        try:
+            await prepare_platform(context)
+        except Exception as error:
+            if unavailability_reason(error) is not None:
+                continue
+            problem = f"{type(error).__name__}: {error}"
+            if problem != last_problem:
+                log.error("keel.database.prepare_failed", error=problem)
+                last_problem = problem
+        else:
+            log.info("keel.database.ready")
 
 
 #: Databases this process already brought to (or found at) the head revision. `keel serve`

@@ -3,8 +3,9 @@
 ::
 
     GatewayEnforcement.start(context)
-      ├─ read the policy of KEEL_GATEWAY__TENANT (database) ─ unreachable: the last known
-      │  good copy on disk (KEEL_GATEWAY__POLICY_CACHE_PATH), and retry in the background
+      ├─ read the policy of KEEL_GATEWAY__TENANT (database) ─ unreachable, or not reached
+      │  since the process started: the last known good copy on disk
+      │  (KEEL_GATEWAY__POLICY_CACHE_PATH), and retry in the background
       ├─ compile: EdgeEnforcer (keel_client.edge, the code services run too)
       ├─ follow: the broadcast channel changes.<tenant>.gateway ─ on an event (or lost
       │  messages) read again; a newer revision is compiled and swapped in, then saved to disk
@@ -26,13 +27,13 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from keel.auth.service import AuthService
 from keel.core.broadcast import MessagesLost
 from keel.core.changes import change_channel
 from keel.core.context import AppContext, ResourceKey
+from keel.core.db import DatabaseUnavailable
 from keel.core.logging import get_logger
 from keel.core.tenancy import get_tenant_by_slug
 from keel.gateway.service.last_known_good import (
@@ -68,6 +69,10 @@ class InProcessAuthenticator:
         self._api_keys: dict[bytes, tuple[float, Principal | None]] = {}
 
     async def authenticate(self, credential: str) -> Principal:
+        if not self.context.database_ready.is_set():
+            # Started without the database: until its platform keys are loaded an API key's
+            # hash would be the wrong one, and its refusal cached (the edge answers 503).
+            raise DatabaseUnavailable("not reached since the process started")
         if not credential.startswith("keel_"):
             return await self.auth.verifier.verify(credential)
         digest = hashlib.blake2b(credential.encode(), key=self._secret, digest_size=32).digest()
@@ -115,18 +120,11 @@ class GatewayEnforcement:
         self.context = context
         settings = context.settings.gateway
         self.tenant_slug = settings.tenant
-        self.cache_path = (
-            settings.policy_cache_path or Path(context.settings.data_dir) / "gateway-policy.json"
-        )
+        self.cache_path = settings.cache_path(context.settings.data_dir)
         self.authenticator = authenticator
         self.limiter = limiter
         self.tenant_id: str | None = None
         self.revision = -1
-        # The same in every replica (an HMAC of a fixed label under the platform's token-hash
-        # key), so an API key's requests share one counter in Redis whichever replica they
-        # reach; a per-process random secret counted them apart, N replicas allowing N times
-        # the limit.
-        self._key_secret = bytes.fromhex(context.keyring.token_hash("keel.gateway.limit-keys"))
         self.enforcer = self._compile(EdgePolicy())
         self.from_local_copy = False
         #: Whether :meth:`start` has run (the policy loaded, or found absent).
@@ -136,12 +134,17 @@ class GatewayEnforcement:
         self._follower: asyncio.Task[None] | None = None
 
     def _compile(self, policy: EdgePolicy) -> EdgeEnforcer:
+        # The key secret is the same in every replica (an HMAC of a fixed label under the
+        # platform's token-hash key), so an API key's requests share one counter in Redis
+        # whichever replica they reach; a per-process random secret counted them apart, N
+        # replicas allowing N times the limit. Taken at each compile: a replica started
+        # without its database loads the platform's key later, before its first read.
         return EdgeEnforcer(
             policy,
             authenticator=self.authenticator,
             limiter=self.limiter,
             tenant_id=self.tenant_id,
-            key_secret=self._key_secret,
+            key_secret=bytes.fromhex(self.context.keyring.token_hash("keel.gateway.limit-keys")),
         )
 
     @property
@@ -196,7 +199,11 @@ class GatewayEnforcement:
         """Read the policy; compile and swap it in if it is newer. Whether it was.
 
         The revision is read first (one small query): the poll that backs up the broadcast
-        costs nothing more while the policy stays as it is."""
+        costs nothing more while the policy stays as it is. Nothing is read before the
+        process's database is prepared (``context.database_ready``: the schema checked, the
+        platform keys loaded), in a process that started without it."""
+        if not self.context.database_ready.is_set():
+            raise DatabaseUnavailable("not reached since the process started")
         async with self.context.database.session() as session:
             if self.tenant_id is None:
                 tenant = await get_tenant_by_slug(session, self.tenant_slug)
@@ -223,6 +230,8 @@ class GatewayEnforcement:
         log.info("gateway.policy.loaded", revision=revision, routes=len(policy.routes))
 
     async def _follow(self) -> None:
+        # Started without the database: keel.core.lifecycle prepares it once it answers.
+        await self.context.database_ready.wait()
         while self.tenant_id is None:  # started from the local copy; wait for the database
             await asyncio.sleep(RETRY_SECONDS)
             with contextlib.suppress(Exception):

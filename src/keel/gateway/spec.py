@@ -29,6 +29,7 @@ from keel.gateway.enforcement import (
     create_limiter,
 )
 from keel.gateway.models import GatewayPolicy
+from keel.gateway.service.last_known_good import load_last_known_good_entry
 from keel.settings import Settings
 
 #: The proxy and its listener, when ``KEEL_GATEWAY__PROXY_LISTEN`` asks for one.
@@ -37,12 +38,28 @@ GATEWAY_PROXY: ResourceKey[Any] = ResourceKey("gateway.proxy")
 
 async def gateway_ready(context: AppContext) -> None:
     """The service's tables answer; in a serving process with a proxy, the proxy listens
-    (its policy is loaded before it listens)."""
+    (its policy is loaded before it listens). A process serving its last known good copy is
+    not ready, and says so (it serves meanwhile: see :func:`has_last_known_good_copy`)."""
+    enforcement = context.resources.get(GATEWAY_ENFORCEMENT)
+    if enforcement is not None and enforcement.from_local_copy:
+        raise RuntimeError(
+            f"serving the last known good copy (revision {enforcement.revision}) "
+            "until the database answers"
+        )
     async with context.database.session() as session:
         await session.execute(select(GatewayPolicy.id).limit(1).execution_options(all_tenants=True))
     proxy_missing = context.resources.get(GATEWAY_PROXY) is None
     if context.settings.gateway.proxy_listen is not None and context.started and proxy_missing:
         raise RuntimeError("the gateway proxy is not listening yet")
+
+
+def has_last_known_good_copy(context: AppContext) -> bool:
+    """Whether this process may serve with its database unreachable at start: it holds a
+    valid last known good copy of the served tenant's policy (``serve_gateway`` starts from
+    it; the database is tried again in the background)."""
+    settings = context.settings
+    path = settings.gateway.cache_path(settings.data_dir)
+    return load_last_known_good_entry(path, settings.gateway.tenant) is not None
 
 
 async def start_gateway(context: AppContext) -> None:
@@ -52,7 +69,9 @@ async def start_gateway(context: AppContext) -> None:
     if AUTH_RESOURCE not in context.resources and all(
         spec.name != "auth" for spec in context.services
     ):
-        await start_auth(context)
+        # Without the database (a replica starting from its copy) the signing keys are left
+        # to the auth service's own process: the gateway only reads them.
+        await start_auth(context, ensure_signing_keys=context.database_ready.is_set())
     context.resources[GATEWAY_ENFORCEMENT] = GatewayEnforcement(
         context,
         authenticator=InProcessAuthenticator(context.resources[AUTH_RESOURCE], context),
@@ -105,6 +124,7 @@ service = ServiceSpec(
     startup=start_gateway,
     companions=(serve_gateway,),
     body_limits=_body_limits,
+    serves_without_database=has_last_known_good_copy,
     # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.gateway.models",),
 )
