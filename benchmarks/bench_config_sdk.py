@@ -9,8 +9,9 @@
   clients are still being reached: that work shares this process and is inside the figure,
   though not on a client's own path. One real ``keel serve`` on the embedded SQLite (its in-process
   broadcast); the clients and the writer share this process, in another process than the
-  server, so both ends are timed on one monotonic clock. ``WRITES`` writes, one at a time.
-  Peer, in the same run, right after: ``WATCHERS`` bare ``keel_client.changes.watch_changes``
+  server, so both ends are timed on one monotonic clock. ``WRITES`` writes, one at a time,
+  in ``ROUNDS`` rounds alternating with the peer's (drift on a shared machine meets both).
+  Peer, in the same run: ``WATCHERS`` bare ``keel_client.changes.watch_changes``
   streams on another environment of the same application, timed until each has the event:
   the server's fan-out and the SSE client alone, without the snapshot read. One set of
   streams is open at a time (every write wakes every open stream of the tenant; the server
@@ -44,6 +45,9 @@ from keel_client.http import BaseAPIClient, BearerToken
 
 WATCHERS = 100
 WRITES = 30
+ROUNDS = 3
+#: Issue 23: propagation to the SDK's watchers at most 1.1x that to bare streams.
+TARGET_RATIO = 1.1
 #: Clients started at once (a fleet rolls out in waves; see tests/client/config).
 START_WAVE = 10
 GET_CALLS = 1_000_000
@@ -90,13 +94,13 @@ async def _peer_watch(api: BaseAPIClient, arrivals: _Arrivals, ready: asyncio.Ev
 async def _timed_writes(
     base_url: str, admin_key: str, path: str, revision: int, arrivals: _Arrivals
 ) -> dict[str, list[float]]:
-    """``WRITES`` writes to ``path`` (now at ``revision``), one at a time: the time until
+    """A round's writes to ``path`` (now at ``revision``), one at a time: the time until
     every watcher saw each, and each watcher's time, in ms."""
     result: dict[str, list[float]] = {"all": [], "each": []}
     async with httpx.AsyncClient(
         base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
     ) as http:
-        for write in range(WRITES):
+        for write in range(WRITES // ROUNDS):
             done = arrivals.expect(revision + 1)
             started = time.perf_counter()
             answer = await http.patch(path, json={"set": {"workers": 1000 + write}})
@@ -179,14 +183,14 @@ def _get_costs(client: ConfigClient) -> dict[str, list[float]]:
 
 async def _measure(base_url: str, token: str, admin_key: str) -> dict[str, Any]:
     # One set of streams at a time: every write wakes every open stream of the tenant.
-    sdk = await _sdk_propagation(base_url, token, admin_key)
-    peer = await _peer_propagation(base_url, token, admin_key)
-    measured: dict[str, Any] = {
-        "sdk": sdk["all"],
-        "sdk_each": sdk["each"],
-        "peer": peer["all"],
-        "peer_each": peer["each"],
-    }
+    measured: dict[str, Any] = {"sdk": [], "sdk_each": [], "peer": [], "peer_each": []}
+    for _ in range(ROUNDS):
+        sdk = await _sdk_propagation(base_url, token, admin_key)
+        peer = await _peer_propagation(base_url, token, admin_key)
+        measured["sdk"] += sdk["all"]
+        measured["sdk_each"] += sdk["each"]
+        measured["peer"] += peer["all"]
+        measured["peer_each"] += peer["each"]
     async with ConfigClient("billing", "production", base_url, auth=token, persist=False) as one:
         measured["get"] = _get_costs(one)
     return measured
@@ -230,7 +234,8 @@ def main() -> list[Figure]:
             "config.sdk_propagation_p99_ms", round(p99, 2), "ms", peer_name,
             round(p99 / peer_p99, 3),
             {**common, "peer_p99_ms": round(peer_p99, 2), "max_ms": round(max(sdk), 2),
-             "target_ms": TARGET_P99_MS, "met": p99 <= TARGET_P99_MS},
+             "target_ms": TARGET_P99_MS, "met": p99 <= TARGET_P99_MS,
+             "issue_23_target_ratio": TARGET_RATIO, "met_issue_23": p99 / peer_p99 <= TARGET_RATIO},
         )),
         emit(Figure(
             "config.sdk_get_ns", round(get_sdk, 1), "ns/op", "dict.get on a plain dict",

@@ -39,6 +39,13 @@ RETRY_BASE = 1.0
 #: for 7 ms of the event loop's time; anyio's worker threads (up to 40) took 310 ms and
 #: 34 ms, the loop's time being what delays the next client's change.
 WRITER_THREADS = 4
+#: How long a save waits before it is written. A change reaches a process's clients together
+#: (a fleet's config, flags and every watcher of them); their copies' writes (JSON, a file,
+#: an fsync) are worth nothing until a restart, yet written at once they took the GIL while
+#: the other clients were still being handed the change: with 100 config clients the median
+#: time until all had it was 1.6x that of 100 bare streams, 1.07x without the files. A burst
+#: of saves of one client in the wait is one write; :meth:`LatestSaver.flush` cuts it short.
+SAVE_DELAY_SECONDS = 0.25
 
 _writers: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -64,7 +71,8 @@ def is_newer(version: Any, current: int) -> bool:
 
 class LatestSaver(Generic[SavedT]):
     """Writes the latest snapshot handed to :meth:`save` with ``write``, in a worker thread
-    (a small pool shared by the process's clients), one write at a time.
+    (a small pool shared by the process's clients), one write at a time, ``delay`` seconds
+    after the first save that found it idle (see :data:`SAVE_DELAY_SECONDS`).
 
     :meth:`save` returns at once. A snapshot handed over while a write is in flight waits
     for that write to finish; when several are handed over meanwhile, only the last one is
@@ -81,9 +89,17 @@ class LatestSaver(Generic[SavedT]):
         await saver.flush()       # at close: the file now holds the latest snapshot
     """
 
-    def __init__(self, write: Callable[[SavedT], None], *, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        write: Callable[[SavedT], None],
+        *,
+        logger: logging.Logger,
+        delay: float = SAVE_DELAY_SECONDS,
+    ) -> None:
         self._write = write
         self._logger = logger
+        self._delay = delay
+        self._hurry = asyncio.Event()  # set by flush(): write now
         #: The snapshot waiting to be written, boxed (a snapshot may itself be falsy).
         self._pending: tuple[SavedT] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,6 +113,7 @@ class LatestSaver(Generic[SavedT]):
         """Have ``snapshot`` written once the write in flight (if any) is done."""
         self._pending = (snapshot,)
         if self.is_idle:
+            self._hurry.clear()
             self._task = asyncio.get_running_loop().create_task(
                 self._write_pending(), name="keel-local-copy"
             )
@@ -108,10 +125,15 @@ class LatestSaver(Generic[SavedT]):
         (writes are atomic anyway), and the latest snapshot still lands."""
         while not self.is_idle:
             assert self._task is not None
+            self._hurry.set()
             await asyncio.shield(self._task)
 
     async def _write_pending(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._delay > 0 and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._delay):
+                    await self._hurry.wait()
         while self._pending is not None:
             (snapshot,), self._pending = self._pending, None
             try:

@@ -64,6 +64,36 @@ async def test_saves_during_a_write_are_coalesced_into_the_latest_one() -> None:
     assert writes.written == [1, 4, 5]
 
 
+async def test_a_save_waits_its_delay_so_a_burst_is_one_write_and_flush_cuts_the_wait() -> None:
+    """The write comes ``delay`` after the first save, off the moment a change reaches every
+    client of the process; the saves meanwhile are one write, of the latest."""
+    written: list[int] = []
+    landed = threading.Event()
+
+    def write(snapshot: int) -> None:
+        written.append(snapshot)
+        landed.set()
+
+    loop = asyncio.get_running_loop()
+    saver = LatestSaver(write, logger=logger, delay=0.3)
+    started = loop.time()
+    for revision in (1, 2, 3):
+        saver.save(revision)
+    await asyncio.sleep(0.1)
+    assert written == []  # still waiting
+    assert await asyncio.to_thread(landed.wait, 10)
+    assert loop.time() - started >= 0.3
+    await saver.flush()
+    assert written == [3]
+
+    flushed = LatestSaver(write, logger=logger, delay=30)
+    started = loop.time()
+    flushed.save(4)
+    await flushed.flush()  # closing: written now, not in 30 s
+    assert written == [3, 4]
+    assert loop.time() - started < 5
+
+
 async def test_a_failed_write_is_logged_and_the_next_save_still_lands(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
