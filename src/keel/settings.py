@@ -331,6 +331,10 @@ class StorageSettings(BaseModel):
     multipart_expiry_hours: int = Field(default=24, ge=1)
     #: Minutes between lifecycle sweeps (expiry, pruning, expired uploads) of each tenant.
     lifecycle_interval_minutes: float = Field(default=60.0, gt=0)
+    #: Hours a blob no version or part names is kept before the lifecycle sweep deletes it
+    #: as an orphan: longer than any write takes, since a version's row is written only once
+    #: its bytes are (S3 dates a blob written in parts from the start of its upload).
+    orphan_grace_hours: float = Field(default=24.0, ge=0)
 
     def local_root(self, data_dir: Path) -> Path:
         return self.local_path or data_dir / "storage"

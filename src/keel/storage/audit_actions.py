@@ -21,6 +21,11 @@ register_actions(
     ActionSpec("storage.object.retention", "A version's lock or retention changed.", _CHANGE),
     ActionSpec("storage.object.legal_hold", "A version's legal hold set or lifted.", _CHANGE),
     ActionSpec("storage.object.expire", "A version deleted by the lifecycle sweep.", _CHANGE),
+    ActionSpec(
+        "storage.blob.orphan_delete",
+        "A blob no version or part names deleted by the lifecycle sweep.",
+        _CHANGE,
+    ),
     ActionSpec("storage.upload.start", "A multipart upload started.", _CHANGE),
     ActionSpec("storage.upload.abort", "A multipart upload aborted or expired.", _CHANGE),
     ActionSpec("storage.url.presign", "A signed URL or POST form issued (not the URL).", _CHANGE),

@@ -6,6 +6,8 @@ closes it at shutdown::
 
     store = open_blob_store(settings.storage, settings.data_dir)
     written = await store.write(locator, chunks)      # atomic, constant memory
+    async with contextlib.aclosing(store.list_blobs(prefix)) as listing:
+        async for blob in listing: ...                  # a page at a time
     async with contextlib.aclosing(store.read(locator, start, end)) as body:
         async for chunk in body: ...
     await store.aclose()
@@ -24,6 +26,7 @@ from keel.storage.backends.base import (
     BackendUnavailable,
     BlobNotFound,
     BlobStore,
+    ListedBlob,
     locator_segments,
 )
 from keel.storage.backends.local import LocalBlobStore
@@ -49,6 +52,7 @@ __all__ = [
     "BackendUnavailable",
     "BlobNotFound",
     "BlobStore",
+    "ListedBlob",
     "LocalBlobStore",
     "S3BlobStore",
     "locator_segments",

@@ -14,7 +14,9 @@ Exception tree::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from keel.core.errors import ServiceUnavailable
@@ -48,6 +50,20 @@ class BackendUnavailable(ServiceUnavailable):
 
 #: What a caller is told to wait when the store is down.
 RETRY_AFTER_SECONDS = 5
+
+#: Blobs one request of a listing fetches (S3's page; the local store's hop to its thread).
+LIST_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class ListedBlob:
+    """A blob as :meth:`BlobStore.list_blobs` finds it."""
+
+    locator: str
+    #: Stored bytes (ciphertext, for an encrypted version).
+    size: int
+    #: When the blob was last written (aware, UTC).
+    modified_at: datetime
 
 
 class BlobStore(Protocol):
@@ -88,6 +104,14 @@ class BlobStore(Protocol):
         ``a/b/1`` and ``a/b/c/2``, not ``a/bc``) and return how many were removed."""
         ...
 
+    def list_blobs(self, prefix: str) -> AsyncGenerator[ListedBlob, None]:
+        """Yield every blob whose locator lies under ``prefix`` (as :meth:`delete_prefix`
+        reads it), in no particular order, fetching :data:`LIST_PAGE` at a time: a listing
+        of any size holds one page in memory. A blob written or removed while the listing
+        runs may or may not be listed. Close the iterator when stopping early.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release the store's connections; the store is not used afterwards."""
         ...
@@ -122,7 +146,8 @@ def locator_segments(locator: str) -> list[str]:
 
 
 def prefix_segments(prefix: str) -> list[str]:
-    """The segments of a safe prefix for :meth:`BlobStore.delete_prefix`: a safe locator,
+    """The segments of a safe prefix for :meth:`BlobStore.delete_prefix` and
+    :meth:`BlobStore.list_blobs`: a safe locator,
     with an optional trailing ``/``. The empty prefix (every blob) is refused."""
     return locator_segments(prefix.removesuffix("/") if isinstance(prefix, str) else prefix)
 

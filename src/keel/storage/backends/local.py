@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import stat
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+)
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from keel.storage.backends.base import (
     CHUNK_BYTES,
+    LIST_PAGE,
     BackendUnavailable,
     BlobNotFound,
+    ListedBlob,
     check_range,
     locator_segments,
     prefix_segments,
@@ -134,6 +145,22 @@ class LocalBlobStore:
         top = self.root.joinpath(*prefix_segments(prefix))
         with _unavailable("delete"):
             return await _in_thread(_remove_tree, top)
+
+    async def list_blobs(self, prefix: str) -> AsyncGenerator[ListedBlob, None]:
+        # An unfinished write's temporary file is listed too: its time moves while the
+        # write goes on, and one a crash left behind is a blob nobody will ever name.
+        top = self.root.joinpath(*prefix_segments(prefix))
+        walk = _walk_files(self.root, top)
+        try:
+            while True:
+                with _unavailable("list"):
+                    page = await _in_thread(_next_page, walk)
+                if not page:
+                    return
+                for blob in page:
+                    yield blob
+        finally:
+            walk.close()
 
     async def aclose(self) -> None:
         return None
@@ -245,3 +272,36 @@ def _remove_tree(top: Path) -> int:
     with contextlib.suppress(OSError):
         top.rmdir()
     return removed
+
+
+def _walk_files(root: Path, top: Path) -> Generator[ListedBlob, None, None]:
+    """Every regular file under ``top``, depth first, each directory read an entry at a time
+    (:func:`os.scandir` never loads one whole: memory is one open directory per level);
+    symbolic links are not followed."""
+    if not top.is_dir() or top.is_symlink():
+        return
+    with contextlib.ExitStack() as open_directories:
+        levels = [open_directories.enter_context(os.scandir(top))]
+        while levels:
+            entry = next(levels[-1], None)
+            if entry is None:
+                levels.pop().close()
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    levels.append(open_directories.enter_context(os.scandir(entry.path)))
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                status = entry.stat(follow_symlinks=False)
+            except _MISSING:
+                continue  # removed since its directory was read
+            yield ListedBlob(
+                locator=Path(entry.path).relative_to(root).as_posix(),
+                size=status.st_size,
+                modified_at=datetime.fromtimestamp(status.st_mtime, UTC),
+            )
+
+
+def _next_page(walk: Iterator[ListedBlob]) -> list[ListedBlob]:
+    return list(itertools.islice(walk, LIST_PAGE))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Iterator
 from typing import Any, Literal
 
 import aiohttp
@@ -35,8 +35,10 @@ from pydantic import SecretStr
 from keel.core.logging import get_logger
 from keel.storage.backends.base import (
     CHUNK_BYTES,
+    LIST_PAGE,
     BackendUnavailable,
     BlobNotFound,
+    ListedBlob,
     check_range,
     locator_segments,
     prefix_segments,
@@ -304,6 +306,32 @@ class S3BlobStore:
                     )
                 removed += len(objects)
         return removed
+
+    async def list_blobs(self, prefix: str) -> AsyncGenerator[ListedBlob, None]:
+        key_prefix = self.prefix + "/".join(prefix_segments(prefix)) + "/"
+        client = await self._connect()
+        paginator = client.get_paginator("list_objects_v2")
+        # One page is fetched when the one before has been consumed (aiobotocore's page
+        # iterator is an async generator).
+        pages = aiter(
+            paginator.paginate(
+                Bucket=self.bucket, Prefix=key_prefix, PaginationConfig={"PageSize": LIST_PAGE}
+            )
+        )
+        try:
+            while True:
+                with _translate("list"):
+                    page = await anext(pages, None)
+                if page is None:
+                    return
+                for item in page.get("Contents", ()):
+                    yield ListedBlob(
+                        locator=item["Key"].removeprefix(self.prefix),
+                        size=int(item["Size"]),
+                        modified_at=item["LastModified"],
+                    )
+        finally:
+            await pages.aclose()
 
     async def aclose(self) -> None:
         async with self._client_lock:

@@ -16,7 +16,9 @@ Nothing a lock (``retain_until`` ahead), a legal hold or the minimum retention k
 deleted. Every deleted blob's bytes and object go back to the bucket's and tenant's quota,
 in the transaction that deletes the row; the blobs go after it commits.
 
-And per tenant: multipart uploads past their ``expires_at`` are aborted, parts and all.
+And per tenant: multipart uploads past their ``expires_at`` are aborted, parts and all; and
+blobs no version or part names, older than ``KEEL_STORAGE__ORPHAN_GRACE_HOURS``, are
+deleted as orphans (``keel.storage.service.orphans``).
 
 Work goes in batches of :data:`BATCH` rows, each its own transaction, so a sweep of a large
 bucket holds no long transaction and little memory, and a sweep cut short (a crash, its
@@ -46,7 +48,7 @@ from keel.storage.models import (
     StorageUpload,
 )
 from keel.storage.schemas import BucketPolicy
-from keel.storage.service import blobio, multipart, objects, quotas
+from keel.storage.service import blobio, multipart, objects, orphans, quotas
 from keel.storage.service.buckets import bucket_policy
 from keel.storage.service.runtime import SCAN
 
@@ -68,6 +70,8 @@ class SweepReport:
     quarantine_purged: int = 0
     uploads_aborted: int = 0
     scans_requeued: int = 0
+    orphans_deleted: int = 0
+    orphan_bytes_deleted: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -113,6 +117,8 @@ async def sweep_tenant(
         )
     report.uploads_aborted = await _abort_expired_uploads(context, tenant_id, now)
     report.scans_requeued = await _requeue_lost_scans(context, tenant_id, now)
+    deleted = await orphans.delete_orphans(context, tenant_id, now)
+    report.orphans_deleted, report.orphan_bytes_deleted = deleted.blobs, deleted.bytes
     if any(report.as_dict().values()):
         log.info("storage.lifecycle.swept", tenant_id=tenant_id, **report.as_dict())
     return report

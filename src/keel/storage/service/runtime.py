@@ -21,7 +21,8 @@ SCAN = PlatformTask(
     max_attempts=8,
     timeout_seconds=900,
 )
-#: The ``storage.lifecycle`` task: expiry, version pruning, incomplete multipart uploads.
+#: The ``storage.lifecycle`` task: expiry, version pruning, incomplete multipart uploads,
+#: orphan blobs.
 LIFECYCLE = PlatformTask(
     "storage",
     "lifecycle",
