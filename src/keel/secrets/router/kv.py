@@ -14,10 +14,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from keel.auth.dependencies import get_auth_service, get_principal, request_actor
+from keel.core.deps import get_context
 from keel.core.errors import BadRequest, MethodNotAllowed, NotFound
 from keel.core.input_rules import MAX_STORED_INT
 from keel.secrets.auth import VaultCall, VaultCaller
-from keel.secrets.engines.kv import check_secret_path, format_duration, version_metadata
+from keel.secrets.engines.database import DATABASE_RESOURCE
+from keel.secrets.engines.kv import (
+    SECRETS_RESOURCE,
+    check_secret_path,
+    format_duration,
+    version_metadata,
+)
 from keel.secrets.models import SecretMount
 from keel.secrets.router.database import list_connections
 from keel.secrets.schemas import KvConfig
@@ -27,6 +35,7 @@ from keel.secrets.vault_http import (
     is_listing,
     no_content,
     read_body,
+    served_directly,
     vault_data,
     vault_errors,
 )
@@ -80,8 +89,32 @@ async def _data_read(request: Request, mount: str, path: str) -> SecretCall:
 async def read_secret(
     target: Annotated[SecretCall, Depends(_data_read)], call: VaultCaller
 ) -> Response:
-    """The hot path (``GET <mount>/data/<path>``), documented by the route below."""
+    """The hot path (``GET <mount>/data/<path>``), documented by the route below; served by
+    :func:`_read_directly`."""
     return await _read(call, target)
+
+
+async def _read_directly(request: Request) -> Response:
+    """:func:`read_secret` with its dependencies made by hand, in their order: the path
+    checked before the caller, the caller's credential in the unit of work that reads."""
+    params = request.path_params
+    target = parse_secret_call(request, params["mount"], "data", params["path"])
+    context = get_context(request)
+    async with context.database.session() as session:  # ended here, before the answer
+        principal = await get_principal(request, session, await get_auth_service(request))
+        resources = context.resources
+        call = VaultCall(
+            request,
+            session,
+            principal,
+            request_actor(request, principal),
+            resources[SECRETS_RESOURCE],
+            resources[DATABASE_RESOURCE],
+        )
+        return await _read(call, target)
+
+
+served_directly(read_secret, _read_directly)
 
 
 async def secret_operation(
