@@ -112,8 +112,10 @@ async def put_part(
     context: Context,
 ) -> schemas.PartOut:
     """Send part ``number`` (the body is its bytes, streamed). Parts may come in any order
-    and in parallel; a part sent again replaces the earlier one. The answer's ``etag`` is
-    what completion lists."""
+    and in parallel; a part sent again replaces the earlier one. A part's bytes count against
+    the bucket's and the tenant's byte quotas from now on (a part sent again, by the
+    difference): one that does not fit is a 409 ``storage-quota-exceeded`` and is not kept.
+    The answer's ``etag`` is what completion lists."""
     part = await multipart.put_part(
         context,
         tenant_id=principal.tenant_id,
@@ -171,7 +173,7 @@ async def complete_upload(
 async def abort_upload(
     bucket: str, upload_id: str, principal: ObjectWriter, actor: CallerActor, context: Context
 ) -> Response:
-    """Abort the upload: its parts are deleted."""
+    """Abort the upload: its parts are deleted and their bytes given back to the quotas."""
     tenant_id = principal.tenant_id
     upload = await multipart.abort_upload(
         context, tenant_id=tenant_id, bucket_name=bucket, upload_id=upload_id

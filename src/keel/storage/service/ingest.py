@@ -11,21 +11,24 @@ The bytes are streamed once, at constant memory, through:
    key bound to the version id;
 4. the blob store's atomic write at ``<tenant>/<bucket id>/<version id>``.
 
-Then ONE transaction: the quota is reserved, the lock rules are checked (a non-versioned
-bucket does not overwrite a version under a lock or legal hold), the version row is
-inserted — ``pending`` with a ``storage.scan`` job when the bucket scans, else ``clean`` —
-and the upload is audited. Anything failing on the way (a refused check, a client that goes
-away, a cancellation, a refused transaction) leaves no row and removes the blob: nothing
-half-written ever becomes visible.
+Then ONE transaction: the caller's ``before_reserve`` work if any (a multipart completion
+hands its parts' reservation over there), the quota is reserved, the lock rules are checked
+(a non-versioned bucket does not overwrite a version under a lock or legal hold), the version
+row is inserted — ``pending`` with a ``storage.scan`` job when the bucket scans, else
+``clean`` — and the upload is audited. Anything failing on the way (a refused check, a client
+that goes away, a cancellation, a refused transaction) leaves no row and removes the blob:
+nothing half-written ever becomes visible.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.audit import Actor, record_event
 from keel.core.context import AppContext
@@ -48,7 +51,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-__all__ = ["ingest"]
+__all__ = ["BeforeReserve", "ingest"]
+
+#: Work done in the version's transaction before its quota is reserved; raising refuses it.
+BeforeReserve = Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass
@@ -159,6 +165,7 @@ async def ingest(
     actor: Actor | None = None,
     if_absent: bool = False,
     via: UploadVia = "put",
+    before_reserve: BeforeReserve | None = None,
 ) -> StorageObject:
     """Store ``chunks`` as a new version of ``key`` in ``bucket`` (the row, or its name),
     through the whole pipeline (see the module's text); the committed version row.
@@ -166,6 +173,8 @@ async def ingest(
     ``allowed_types`` narrows the bucket's types (a presigned form's condition);
     ``if_absent`` (``If-None-Match: *``) refuses with 412 when the key has a version that is
     not a delete marker. ``created_by`` is ``<principal type>:<id>``; ``actor`` the audit's.
+    ``before_reserve`` runs in the version's transaction, before its quota is reserved, and
+    commits or rolls back with it (a multipart completion releases its parts there).
 
     Errors: ``BadRequest`` (the key), ``NotFound`` (the bucket), ``PayloadTooLarge``,
     ``UnsupportedMediaType``, ``QuotaExceeded``, ``Conflict`` (a lock keeps the current
@@ -226,6 +235,7 @@ async def ingest(
             created_by=created_by,
             actor=actor,
             if_absent=if_absent,
+            before_reserve=before_reserve,
         )
     except BaseException as exc:
         # The row never committed: the blob must not outlive it (even when cancelled).
@@ -259,6 +269,7 @@ async def _commit(
     created_by: str,
     actor: Actor | None,
     if_absent: bool,
+    before_reserve: BeforeReserve | None,
 ) -> tuple[StorageObject, list[str]]:
     """The version's transaction; the row and the locators of older versions it replaced."""
     async with context.database.session() as session:
@@ -266,6 +277,8 @@ async def _commit(
         # SQLite: uploads of the tenant take turns from here; PostgreSQL: the reservation's
         # UPDATE holds the bucket's row, so the checks below see every committed upload.
         await hold_write_lock(session)
+        if before_reserve is not None:
+            await before_reserve(session)
         await quotas.reserve(session, tenant_id, bucket.id, size=facts.size, objects=1)
         # The policy as it is now (a change since the stream began applies).
         current = await get_bucket(session, tenant_id, bucket.name)

@@ -15,8 +15,19 @@ assembled object passes the same pipeline as a single PUT (size, type by magic b
 encryption under a key of its own, quota, scan). The parts are deleted after. An upload not
 completed within ``KEEL_STORAGE__MULTIPART_EXPIRY_HOURS`` is aborted by the lifecycle sweep.
 
-Parts count against no quota until completion: each is bounded by the bucket's largest
-object, and an upload lives a limited time.
+Parts count against the bucket's and the tenant's ``quota_bytes`` as they arrive (a part
+takes no object slot): each stored part reserves its size by the same conditional ``UPDATE``
+as a version (:mod:`keel.storage.service.quotas`), in the transaction that records its row,
+so bytes parked in uploads never completed cannot pass a quota. A part refused is a
+409 ``storage-quota-exceeded`` and its blob is deleted at once; a part sent again moves the
+reservation by the difference of the sizes. Whatever deletes an upload's rows (an abort, the
+lifecycle sweep's expiry, a completion) gives its parts' bytes back in the same transaction.
+A completion hands the parts' bytes over to the version in the version's transaction: the
+parts are released, the upload's rows deleted and the object (its size and one object)
+reserved together, so nothing counts twice, and a refused completion (type, size, quota)
+changes nothing — the upload and its parts' reservation stay until it is aborted or expires.
+Every statement touching an upload's parts first locks the upload's row, so a part, an
+abort and a completion of one upload take turns.
 
 No database transaction is held while bytes move: a part's row is written once its blob is.
 """
@@ -31,7 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.audit import Actor
@@ -51,6 +62,7 @@ from keel.storage.models import (
     part_associated_data,
     upload_associated_data,
 )
+from keel.storage.service import quotas
 from keel.storage.service.buckets import bucket_policy, get_bucket
 from keel.storage.service.runtime import storage_runtime
 
@@ -215,15 +227,17 @@ async def put_part(
         async with context.database.session() as session:
             bind_tenant(session, tenant_id)
             await hold_write_lock(session)
-            live = await session.scalar(
-                select(StorageUpload).where(StorageUpload.id == upload_id).with_for_update()
-            )
+            live = await _locked_upload(session, upload_id)
             if live is None or live.expires_at <= utcnow():
                 raise NotFound("No such upload in progress (completed, aborted or expired).")
             part = await session.scalar(
                 select(StorageUploadPart).where(
                     StorageUploadPart.upload_id == upload_id, StorageUploadPart.number == number
                 )
+            )
+            earlier_size = 0 if part is None else part.size
+            await _move_reservation(
+                session, tenant_id, live.bucket_id, measured.size - earlier_size
             )
             if part is None:
                 part = StorageUploadPart(upload_id=upload_id, number=number)
@@ -241,6 +255,40 @@ async def put_part(
     if replaced is not None:
         await blobs.delete(replaced)
     return part
+
+
+async def _locked_upload(session: AsyncSession, upload_id: str) -> StorageUpload | None:
+    """The upload's row, locked to the end of the transaction (``None`` once it is gone)."""
+    return await session.scalar(
+        select(StorageUpload)
+        .where(StorageUpload.id == upload_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+async def _move_reservation(
+    session: AsyncSession, tenant_id: str, bucket_id: str, change: int
+) -> None:
+    """Reserve ``change`` more bytes for parts (``QuotaExceeded`` when they do not fit), or
+    release them when ``change`` is negative (a part sent again, smaller)."""
+    if change > 0:
+        await quotas.reserve(session, tenant_id, bucket_id, size=change, objects=0)
+    elif change < 0:
+        await quotas.release(session, tenant_id, bucket_id, size=-change, objects=0)
+
+
+async def _drop_upload_rows(session: AsyncSession, tenant_id: str, upload: StorageUpload) -> None:
+    """Delete the (locked) upload's rows and give its parts' bytes back, in the caller's
+    transaction."""
+    reserved = await session.scalar(
+        select(func.coalesce(func.sum(StorageUploadPart.size), 0)).where(
+            StorageUploadPart.upload_id == upload.id
+        )
+    )
+    await session.execute(delete(StorageUploadPart).where(StorageUploadPart.upload_id == upload.id))
+    await session.execute(delete(StorageUpload).where(StorageUpload.id == upload.id))
+    await _move_reservation(session, tenant_id, upload.bucket_id, -int(reserved or 0))
 
 
 def check_listed_parts(
@@ -332,9 +380,17 @@ async def complete_upload(
     actor: Actor | None = None,
 ) -> StorageObject:
     """Assemble the listed parts into a version of the upload's key, through the ingest
-    pipeline; the upload and its parts are gone once it is stored. A refusal of the pipeline
-    (type, size, quota) leaves the upload as it was, to be aborted or completed otherwise."""
+    pipeline; the upload and its parts are gone once it is stored (their bytes handed over to
+    the version in its transaction). A refusal of the pipeline (type, size, quota) leaves the
+    upload as it was, parts still reserved, to be aborted or completed otherwise; an upload
+    aborted or expired meanwhile is ``NotFound`` and stores nothing."""
     from keel.storage.service.ingest import ingest
+
+    async def hand_over_parts(session: AsyncSession) -> None:
+        upload = await _locked_upload(session, upload_id)
+        if upload is None:
+            raise NotFound("The upload was aborted or expired while it was being completed.")
+        await _drop_upload_rows(session, tenant_id, upload)
 
     async with context.database.session() as session:
         await hold_write_lock(session)  # the claim below writes what these reads decided
@@ -355,11 +411,12 @@ async def complete_upload(
             created_by=created_by,
             actor=actor,
             via="multipart",
+            before_reserve=hand_over_parts,
         )
     except BaseException:
         await asyncio.shield(_release_completion(context, tenant_id, upload_id))
         raise
-    await discard_upload(context, tenant_id, upload_id)
+    await storage_runtime(context).blobs.delete_prefix(upload_prefix(upload_id))
     return stored
 
 
@@ -412,16 +469,16 @@ async def abort_upload(
 
 
 async def discard_upload(context: AppContext, tenant_id: str, upload_id: str) -> bool:
-    """Delete the upload's rows, then its parts' blobs; False if the rows were already gone
-    (another completion, abort or sweep got there first). Blobs go after the rows so that no
-    row ever names a missing blob; a crash between leaves blobs only the prefix names, which
-    the next discard of the prefix (or an operator) removes."""
+    """Delete the upload's rows, giving its parts' bytes back to the quotas in the same
+    transaction, then its parts' blobs; False if the rows were already gone (another
+    completion, abort or sweep got there first). Blobs go after the rows so that no row ever
+    names a missing blob; a crash between leaves blobs no row names, which the lifecycle
+    sweep deletes as orphans."""
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
-        await session.execute(
-            delete(StorageUploadPart).where(StorageUploadPart.upload_id == upload_id)
-        )
-        result = await session.execute(delete(StorageUpload).where(StorageUpload.id == upload_id))
-        removed = bool(getattr(result, "rowcount", 0))
+        await hold_write_lock(session)
+        upload = await _locked_upload(session, upload_id)
+        if upload is not None:
+            await _drop_upload_rows(session, tenant_id, upload)
     await storage_runtime(context).blobs.delete_prefix(upload_prefix(upload_id))
-    return removed
+    return upload is not None
