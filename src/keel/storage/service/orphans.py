@@ -16,7 +16,10 @@ page at a time, and deletes each blob that is:
   deletes it, in its own audit log. A part whose upload is gone (an abort whose deletion of
   the parts failed) belongs to nobody any more and goes with the first sweep to find it.
 
-Each deletion is a ``storage.blob.orphan_delete`` event of the tenant's audit log.
+Each deletion of the tenant's own blobs (under ``<tenant>/``, or a part of one of its
+uploads) is a ``storage.blob.orphan_delete`` event of the tenant's audit log. A part whose
+upload is gone names no tenant any more: its deletion is logged
+(``storage.orphan_part_deleted``), not put in the log of whichever tenant's sweep found it.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ async def delete_orphans(context: AppContext, tenant_id: str, now: datetime) -> 
 async def _delete_unnamed(
     context: AppContext, tenant_id: str, batch: list[ListedBlob], deleted: OrphansDeleted
 ) -> None:
-    orphans = await _orphans(context, tenant_id, batch)
+    orphans, own_uploads = await _orphans(context, tenant_id, batch)
     blobs = storage_runtime(context).blobs
     gone: list[ListedBlob] = []
     for blob in orphans:
@@ -94,10 +97,19 @@ async def _delete_unnamed(
             log.warning("storage.orphan_delete_failed", locator=blob.locator, exc_info=True)
             continue
         gone.append(blob)
-    if not gone:
+    deleted.blobs += len(gone)
+    deleted.bytes += sum(blob.size for blob in gone)
+    audited = []
+    for blob in gone:
+        upload_id = upload_id_of(blob.locator)
+        if upload_id is None or upload_id in own_uploads:
+            audited.append(blob)
+        else:
+            log.info("storage.orphan_part_deleted", locator=blob.locator, size=blob.size)
+    if not audited:
         return
     async with context.database.session() as session:
-        for blob in gone:
+        for blob in audited:
             record_event(
                 session,
                 tenant_id=tenant_id,
@@ -111,15 +123,13 @@ async def _delete_unnamed(
                     "modified_at": blob.modified_at.isoformat(),
                 },
             )
-    deleted.blobs += len(gone)
-    deleted.bytes += sum(blob.size for blob in gone)
 
 
 async def _orphans(
     context: AppContext, tenant_id: str, batch: list[ListedBlob]
-) -> list[ListedBlob]:
+) -> tuple[list[ListedBlob], set[str]]:
     """The blobs of ``batch`` no row of any tenant names, but for parts of another tenant's
-    upload in progress."""
+    upload in progress; and which of the batch's uploads are the tenant's own."""
     locators = [blob.locator for blob in batch]
     upload_ids = {upload_id for blob in batch if (upload_id := upload_id_of(blob.locator))}
     async with context.database.session() as session:
@@ -135,17 +145,19 @@ async def _orphans(
                 select(StorageUploadPart.locator).where(StorageUploadPart.locator.in_(locators))
             )
         )
-        others_uploads: set[str] = set()
+        owners: dict[str, str] = {}
         if upload_ids:
-            others_uploads.update(
-                await session.scalars(
-                    select(StorageUpload.id)
-                    .where(StorageUpload.id.in_(upload_ids), StorageUpload.tenant_id != tenant_id)
-                    .execution_options(all_tenants=True)
-                )
+            rows = await session.execute(
+                select(StorageUpload.id, StorageUpload.tenant_id)
+                .where(StorageUpload.id.in_(upload_ids))
+                .execution_options(all_tenants=True)
             )
-    return [
+            owners.update((upload, owner) for upload, owner in rows)
+    others_uploads = {upload for upload, owner in owners.items() if owner != tenant_id}
+    own_uploads = set(owners) - others_uploads
+    orphans = [
         blob
         for blob in batch
         if blob.locator not in named and upload_id_of(blob.locator) not in others_uploads
     ]
+    return orphans, own_uploads
