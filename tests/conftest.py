@@ -31,18 +31,17 @@ from keel.migrations import upgrade
 from keel.settings import LogFormat, Settings
 from tests.support.apps import lifespan_of
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
-from tests.support.keel_process import TEST_MASTER_KEY
+from tests.support.keel_process import LOADED_MACHINE_WAITS, TEST_MASTER_KEY
 from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI") == "true"
 
-# SQLite's one writer turn: the default 5 s wait was outlasted on the loaded CI machine (two
-# suites' servers, workers and companion tasks on 2 cores), and a write then answered 503. Every
-# app and `keel serve` the tests start (they inherit the environment) waits up to 60 s instead;
-# the 503 itself is tested with a short wait of its own (tests/core/test_errors.py).
-os.environ.setdefault("KEEL_DATABASE_POOL__SQLITE_BUSY_TIMEOUT_SECONDS", "60")
+# Every app the tests build (their settings read the environment) and every `keel serve` they
+# start waits as LOADED_MACHINE_WAITS says, not the defaults a loaded CI machine outlasted.
+for _name, _wait in LOADED_MACHINE_WAITS.items():
+    os.environ.setdefault(_name, _wait)
 
 # Before any test's log capture is set up: ``create_app`` would otherwise configure logging
 # at the first app a test builds, replacing the root handlers a capture had installed.
