@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import orjson
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.bulk import insert_many
 from keel.core.db import utcnow
 from keel.core.errors import NotFound, PayloadTooLarge, ValidationFailed
 from keel.core.ids import new_id
@@ -466,22 +467,10 @@ async def accept_batch(
         rows.append(
             {
                 "id": new_id(),
-                "tenant_id": tenant_id,
-                "channel": channel,
                 "recipient_id": recipient.id if recipient else None,
                 "address": address,
-                "template": template.name,
                 "template_version": version.number,
-                "category": template.category,
-                "critical": bool(category and category.critical),
                 "data": merged,
-                "tags": tags,
-                "status": "queued",
-                "send_at": when,
-                "batch_id": batch_id,
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
             }
         )
     await experiments.assign_batch(
@@ -497,9 +486,21 @@ async def accept_batch(
         channel=render_channel(channel),
         hash_context_key=hash_context_key,
     )
-    table = cast("Table", NotifyMessage.__table__)
-    for start in range(0, len(rows), 5000):
-        await session.execute(insert(table), rows[start : start + 5000])
+    shared = {
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "template": template.name,
+        "category": template.category,
+        "critical": bool(category and category.critical),
+        "tags": tags,
+        "status": "queued",
+        "send_at": when,
+        "batch_id": batch_id,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await insert_many(session, cast("Table", NotifyMessage.__table__), rows, same=shared)
     chunks = [
         {"messages": [row["id"] for row in rows[start : start + chunk]]}
         for start in range(0, len(rows), chunk)
