@@ -19,7 +19,19 @@ from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Integer, Table, column, insert, select, text, tuple_, values
+from sqlalchemy import (
+    Integer,
+    Table,
+    column,
+    insert,
+    literal,
+    null,
+    select,
+    text,
+    tuple_,
+    union_all,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -78,6 +90,51 @@ async def fetch_nodes(session: AsyncSession, wanted: Iterable[Node]) -> dict[Nod
     if missing:
         raise LogCorrupted(f"the log lacks tree nodes {sorted(missing)[:5]}")
     return found
+
+
+async def size_and_nodes(
+    session: AsyncSession, tenant_id: str, wanted: Iterable[Node]
+) -> tuple[int, dict[Node, bytes]]:
+    """The tenant's tree size and the stored hashes among ``wanted`` (those the tree lacks are
+    left out: the caller knows which size it asked for), in one statement: an inclusion
+    proof's three reads were three round trips, its p99 7.8 ms at a million events.
+
+    A Core statement on the session's connection, each part naming the tenant: the ORM's
+    tenant criteria do not reach a ``UNION`` of its parts."""
+    bind_tenant(session, tenant_id)
+    wanted = set(wanted)
+    leaves = [index for level, index in wanted if level == 0]
+    inner = [(level, index) for level, index in wanted if level > 0]
+    if len(inner) > _NODES_PER_QUERY:  # a consistency proof of a huge tree: the long way
+        return await tree_size(session, tenant_id), await fetch_nodes(session, wanted)
+    last = (
+        select(AuditEvent.leaf_index)
+        .where(AuditEvent.tenant_id == tenant_id)
+        .order_by(AuditEvent.leaf_index.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    parts: list[Any] = [
+        select(literal(-1).label("level"), last.label("position"), null().label("hash"))
+    ]
+    if leaves:
+        parts.append(
+            select(literal(0), AuditEvent.leaf_index, AuditEvent.leaf_hash).where(
+                AuditEvent.tenant_id == tenant_id, AuditEvent.leaf_index.in_(leaves)
+            )
+        )
+    connection = await session.connection()
+    if inner:
+        sqlite = connection.dialect.name == "sqlite"
+        parts.append(_nodes_query(inner, sqlite=sqlite).where(AuditNode.tenant_id == tenant_id))
+    size = 0
+    found: dict[Node, bytes] = {}
+    for level, position, hashed in await connection.execute(union_all(*parts)):
+        if level == -1:
+            size = 0 if position is None else int(position) + 1
+        else:
+            found[(int(level), int(position))] = hashed
+    return size, found
 
 
 def _nodes_query(wanted: Sequence[Node], *, sqlite: bool) -> Any:
