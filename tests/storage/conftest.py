@@ -196,15 +196,26 @@ async def storage_api(
 
 
 @pytest.fixture
+def storage_changes() -> dict[str, Any]:
+    """Storage settings a test file sets for its ``storage`` (none here; override it)."""
+    return {}
+
+
+@pytest.fixture
 async def storage(
     request: pytest.FixtureRequest,
     settings: Settings,
     clamd_server: ClamdServer,
     storage_backend: str,
+    storage_changes: dict[str, Any],
 ) -> AsyncIterator[StorageApi]:
     s3 = request.getfixturevalue("s3_server") if storage_backend == "s3" else None
     configured = storage_settings(
-        settings, clamd_address=clamd_server.address, backend=storage_backend, s3=s3
+        settings,
+        clamd_address=clamd_server.address,
+        backend=storage_backend,
+        s3=s3,
+        **storage_changes,
     )
     async with storage_api(configured, s3) as api:
         yield api

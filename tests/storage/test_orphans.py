@@ -18,17 +18,15 @@ from sqlalchemy import select, update
 from keel.core.db import utcnow
 from keel.core.ids import new_id
 from keel.core.tenancy import bind_tenant
-from keel.settings import Settings
 from keel.storage.backends import LocalBlobStore
 from keel.storage.models import StorageObject, StorageUpload, StorageUploadPart
 from keel.storage.service.blobio import read_version
 from keel.storage.service.buckets import get_bucket
 from keel.storage.service.lifecycle import sweep_tenant
 from keel.storage.service.runtime import storage_runtime
-from tests.storage.conftest import StorageApi, storage_api, storage_settings
+from tests.storage.conftest import StorageApi
 from tests.support.apps import unit_of_work
 from tests.support.audit import audit_events
-from tests.support.clamd import ClamdServer
 from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 #: Moto dates every object now: on S3 the grace is 0, so age protects nothing there and only
@@ -37,19 +35,8 @@ S3_GRACE_HOURS = 0.0
 
 
 @pytest.fixture
-async def storage(
-    request: pytest.FixtureRequest,
-    settings: Settings,
-    clamd_server: ClamdServer,
-    storage_backend: str,
-) -> AsyncIterator[StorageApi]:
-    s3 = request.getfixturevalue("s3_server") if storage_backend == "s3" else None
-    changes: dict[str, Any] = {"orphan_grace_hours": S3_GRACE_HOURS} if s3 else {}
-    configured = storage_settings(
-        settings, clamd_address=clamd_server.address, backend=storage_backend, s3=s3, **changes
-    )
-    async with storage_api(configured, s3) as api:
-        yield api
+def storage_changes(storage_backend: str) -> dict[str, Any]:
+    return {"orphan_grace_hours": S3_GRACE_HOURS} if storage_backend == "s3" else {}
 
 
 async def bucket_id(storage: StorageApi, name: str) -> str:
