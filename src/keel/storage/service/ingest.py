@@ -23,10 +23,9 @@ nothing half-written ever becomes visible.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,15 +38,13 @@ from keel.core.logging import get_logger
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.jobs.service import enqueue_task
+from keel.storage.digest import StreamSha256
 from keel.storage.metrics import UploadVia, storage_metrics
 from keel.storage.models import ObjectState, StorageBucket, StorageObject
 from keel.storage.service import blobio, objects, quotas
 from keel.storage.service.buckets import bucket_policy, get_bucket
 from keel.storage.service.runtime import SCAN
 from keel.storage.sniffing import SNIFF_BYTES, allowed, sniff
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 log = get_logger(__name__)
 
@@ -62,7 +59,8 @@ class _Facts:
     """What the stream taught on its way to the store."""
 
     size: int = 0
-    sha256: _Hash = field(default_factory=hashlib.sha256)
+    digest: StreamSha256 = field(default_factory=StreamSha256)
+    etag: str | None = None  # the SHA-256's hex, once the stream has ended
     content_type: str | None = None
 
 
@@ -98,7 +96,7 @@ async def _inspected(
                 code="object-too-large",
                 max_bytes=limit,
             )
-        facts.sha256.update(chunk)
+        await facts.digest.update(bytes(chunk))
         if head is None:
             yield chunk
             continue
@@ -113,6 +111,7 @@ async def _inspected(
         decide(sample)
         if sample:
             yield sample
+    facts.etag = await facts.digest.hexdigest()
 
 
 def _limit(context: AppContext, policy_max: int | None, max_bytes: int | None) -> int:
@@ -221,6 +220,7 @@ async def ingest(
         raise
 
     assert facts.content_type is not None
+    assert facts.etag is not None
     try:
         version, gone = await _commit(
             context,
@@ -311,7 +311,7 @@ async def _commit(
             size=facts.size,
             content_type=facts.content_type,
             declared_content_type=declared_type[:255] if declared_type else None,
-            etag=facts.sha256.hexdigest(),
+            etag=facts.etag,
             locator=locator,
             encrypted=sealed_key is not None,
             data_key_sealed=sealed_key,
