@@ -12,22 +12,23 @@ signs its bytes with :func:`sign` and hands them to a provider::
                       domain="acme.test", unsubscribe_url=unsubscribe_url)
     raw = sign(message.as_bytes(), DkimKey("s1", "acme.test", private_pem))
 
-Body parts are quoted-printable so that no relay rewrites them (8-bit bodies may be
-re-encoded on the way, which breaks the DKIM body hash).
+The text part is quoted-printable and the HTML part base64, both 7-bit, so that no relay
+rewrites them (8-bit bodies may be re-encoded on the way, which breaks the DKIM body hash).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import html as html_escaping
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from email_validator import EmailNotValidError, validate_email
 from keel.notify.templating import Rendered, html_to_text
 
 __all__ = [
+    "ComposedEmail",
     "DkimKey",
     "InvalidAddress",
     "InvalidPhone",
@@ -119,6 +121,69 @@ def _unsubscribe_url(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class ComposedEmail:
+    """A composed message: its header fields in order and its body, as they go on the wire.
+
+    ``message["Message-ID"]`` reads a header (``None`` when absent); :meth:`as_bytes` is the
+    whole message, CRLF throughout.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    head: bytes = field(repr=False)
+    body: bytes = field(repr=False)
+
+    def __getitem__(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    def as_bytes(self) -> bytes:
+        return b"".join((self.head, b"\r\n", self.body))
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """One header field on the wire. An ASCII field within RFC 5322's 998 characters is
+    written as it is; anything else is folded and RFC 2047-encoded by the standard library's
+    header machinery, exactly as its generator writes it (a display name in UTF-8 becomes
+    an encoded word, the address stays as it is)."""
+    line = f"{name}: {value}\r\n"
+    if value.isascii() and len(line) <= 1000:
+        return line.encode("ascii")
+    return _POLICY.fold_binary(*_POLICY.header_store_parse(name, value))
+
+
+def _body_lines(text: str) -> bytes:
+    """``text`` in UTF-8 with CRLF line ends and a final one (as the standard library's
+    content manager normalises a text part before encoding it)."""
+    return b"\r\n".join(text.encode("utf-8").splitlines()) + b"\r\n"
+
+
+def _quoted_printable(text: str) -> bytes:
+    # binascii's encoder (C): lines of at most 76 characters (RFC 2045), CRLF soft breaks
+    # (it follows the text's own line ends), "=" and 8-bit bytes escaped.
+    return binascii.b2a_qp(_body_lines(text), istext=True)
+
+
+def _base64(text: str) -> bytes:
+    # Lines of 76 characters (RFC 2045), CRLF ends (base64.encodebytes loops in Python).
+    encoded = base64.b64encode(_body_lines(text))
+    lines = [encoded[start : start + 76] for start in range(0, len(encoded), 76)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def _text_part_headers(subtype: str, encoding: str) -> list[tuple[str, str]]:
+    return [
+        ("Content-Type", f'text/{subtype}; charset="utf-8"'),
+        ("Content-Transfer-Encoding", encoding),
+    ]
+
+
+def _boundary() -> str:
+    # "=_" can appear in neither a quoted-printable nor a base64 body ("=" is followed by
+    # two hex digits or a line end in one, and is only padding at the end in the other).
+    return f"=_keel_{secrets.token_hex(16)}"
+
+
 def compose(
     rendered: Rendered,
     *,
@@ -130,13 +195,17 @@ def compose(
     reply_to: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
     unsubscribe_label: str = "Unsubscribe",
-) -> EmailMessage:
+) -> ComposedEmail:
     """The message for a rendered email: multipart/alternative text and HTML (text alone when
     there is no HTML), UTF-8, ``Message-ID: <message_id@domain>``.
 
     With ``unsubscribe_url`` (every non-critical email), the RFC 8058 headers
     ``List-Unsubscribe: <url>`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``,
     and a visible link at the end of both parts.
+
+    The bytes are written here rather than by ``email.generator``, which walked the message
+    line by line (about 1.7 ms of a 20 KB newsletter's 5 ms); the tests read them back with
+    the standard library's parser and verify them with dkimpy.
     """
     if rendered.subject is None:
         raise ValueError("an email needs a subject")
@@ -145,23 +214,28 @@ def compose(
         raise ValueError("an email needs a text or an HTML part")
     if not _MESSAGE_ID_PART.fullmatch(message_id) or not _MESSAGE_ID_PART.fullmatch(domain):
         raise ValueError("message_id and domain must be dot-atoms (no '<', '>', '@' or spaces)")
-    message = EmailMessage(policy=_POLICY)
-    message["From"] = _single_line("From", sender)
-    message["To"] = _single_line("To", recipient)
-    message["Subject"] = _single_line("Subject", rendered.subject)
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = f"<{message_id}@{domain}>"
+    headers: list[tuple[str, str]] = [
+        ("From", _single_line("From", sender)),
+        ("To", _single_line("To", recipient)),
+        ("Subject", _single_line("Subject", rendered.subject)),
+        ("Date", format_datetime(datetime.now(UTC))),
+        ("Message-ID", f"<{message_id}@{domain}>"),
+    ]
     if reply_to is not None:
-        message["Reply-To"] = _single_line("Reply-To", reply_to)
+        headers.append(("Reply-To", _single_line("Reply-To", reply_to)))
+    extra_names: set[str] = set()
     for name, value in (extra_headers or {}).items():
         if not _FIELD_NAME.fullmatch(name) or name.lower() in _OWN_HEADERS:
             raise ValueError(f"{name[:80]!r} cannot be given as an extra header")
-        message[name] = _single_line(name, value)
+        if name.lower() in extra_names:
+            raise ValueError(f"{name[:80]!r} is given twice")
+        extra_names.add(name.lower())
+        headers.append((name, _single_line(name, value)))
     html = rendered.html
     if unsubscribe_url is not None:
         url = _unsubscribe_url(unsubscribe_url)
-        message["List-Unsubscribe"] = f"<{url}>"
-        message["List-Unsubscribe-Post"] = ONE_CLICK
+        headers.append(("List-Unsubscribe", f"<{url}>"))
+        headers.append(("List-Unsubscribe-Post", ONE_CLICK))
         label = html_escaping.escape(unsubscribe_label)
         link = html_escaping.escape(url, quote=True)
         if html is not None:
@@ -173,14 +247,37 @@ def compose(
         text = f"{(text or '').rstrip()}\n\n{unsubscribe_label}: {url}\n"
     elif text is None and html is not None:
         text = html_to_text(html)
-    message.set_content(text or "", subtype="plain", charset="utf-8", cte="quoted-printable")
-    if html is not None:
-        # base64: encoded in C (binascii), where quoted-printable is a Python loop over every
-        # character of a 20 KB newsletter; both are 7-bit, which relays leave alone.
-        message.add_alternative(html, subtype="html", charset="utf-8", cte="base64")
-        for part in message.iter_parts():
-            del part["MIME-Version"]  # set_content gives each new part one; only the top needs it
-    return message
+    headers.append(("MIME-Version", "1.0"))
+    text_body = _quoted_printable(text or "")
+    if html is None:
+        headers += _text_part_headers("plain", "quoted-printable")
+        body = text_body
+    else:
+        # The HTML part is base64: encoded in C, where quoted-printable was a Python loop
+        # over every character of a 20 KB newsletter; both are 7-bit, which relays leave alone.
+        boundary = _boundary()
+        headers.append(("Content-Type", f'multipart/alternative; boundary="{boundary}"'))
+        delimiter = f"--{boundary}\r\n".encode()
+        body = b"".join(
+            (
+                delimiter,
+                *(
+                    _header_line(*header)
+                    for header in _text_part_headers("plain", "quoted-printable")
+                ),
+                b"\r\n",
+                text_body,
+                b"\r\n",
+                delimiter,
+                *(_header_line(*header) for header in _text_part_headers("html", "base64")),
+                b"\r\n",
+                _base64(html),
+                b"\r\n",
+                f"--{boundary}--\r\n".encode(),
+            )
+        )
+    head = b"".join(_header_line(name, value) for name, value in headers)
+    return ComposedEmail(tuple(headers), head, body)
 
 
 # -- tracking -------------------------------------------------------------------------------
