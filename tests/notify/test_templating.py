@@ -375,3 +375,21 @@ class TestHtmlToText:
         assert html_to_text(html) == (
             "Title\n\nOne two\nthree\n\n- a\n- b\n\nOpen (https://x.test/?a=1&b=2) https://y.test"
         )
+
+    @pytest.mark.parametrize(
+        "html",
+        [
+            "<html><head><style>p { color: #333 }</style></head><body><h1>Hello Ada</h1>"
+            "<p>Read the <a href='https://news.example/item?id=3&amp;ref=mail'>full story</a>"
+            ".</p><p>Plain   text &lt;here&gt; &amp; there</p></body></html>",
+            '<p>a<br/>b<br />c<img src=x.png alt="x > y"/></p><pre>  kept\n  as is </pre>',
+            "<ul><li>one<li>two</ul><table><tr><td>1<td>2</table><hr>"
+            "<a href=https://x.test/ title='t'>https://x.test/</a>"
+            "<a href='mailto:a@b.test'>mail</a>",
+            "<div\nclass='a'\n>line</div ><SCRIPT>if (a<b) {}</SCRIPT>after",
+        ],
+    )
+    def test_well_formed_html_reads_as_the_standard_parser_reads_it(self, html: str) -> None:
+        # A comment sends the HTML to the standard library's parser (the fast reader takes
+        # only tags and text); the text comes out the same either way.
+        assert html_to_text(html) == html_to_text(f"<!-- -->{html}")

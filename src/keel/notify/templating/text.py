@@ -7,10 +7,12 @@ list items get a dash, links show their target, scripts and styles disappear.
 from __future__ import annotations
 
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 _SKIPPED = {"script", "style", "head", "title", "template"}
 _PARAGRAPHS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "ul", "ol"}
+_WHITESPACE = re.compile(r"\s+")
 _LINES = {"div", "tr", "section", "article", "header", "footer", "center", "dl", "dt", "dd"}
 
 
@@ -61,14 +63,87 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skipping:
             return
-        self.out.append(data if self.preformatted else re.sub(r"\s+", " ", data))
+        self.out.append(data if self.preformatted else _WHITESPACE.sub(" ", data))
+
+
+# The well-formed HTML templates are made of, read in one regular expression per token: a
+# start tag whose attributes are name="value", name='value', name=value or a bare name,
+# separated by spaces; an end tag; or text up to the next "<". Anything else ("<!--",
+# "<!DOCTYPE", a stray "<", an attribute the expression does not read) is left to the
+# standard library's parser, whose events these are, so both give the same text.
+_SPACE = "[ \t\n\r\f]"
+_TOKEN = re.compile(
+    rf"""<(?:
+        (?P<start>[a-zA-Z][a-zA-Z0-9]*)
+        (?P<attributes>(?:{_SPACE}+[^\s"'>/=]+
+            (?:{_SPACE}*={_SPACE}*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+(?=[ \t\n\r\f>])))?)*)
+        {_SPACE}*(?P<closed>/?)>
+      | /(?P<end>[a-zA-Z][-.a-zA-Z0-9:_]*){_SPACE}*>
+    )
+    | (?P<text>[^<]+)""",
+    re.VERBOSE,
+)
+_ATTRIBUTE = re.compile(
+    rf"""{_SPACE}+([^\s"'>/=]+)(?:{_SPACE}*={_SPACE}*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?"""
+)
+#: Where a script or a style ends, as the standard library's parser finds it.
+_RAW_TEXT_END = {
+    name: re.compile(rf"</\s*({name})\s*>", re.IGNORECASE) for name in ("script", "style")
+}
+
+
+def _attributes(source: str) -> list[tuple[str, str | None]]:
+    found: list[tuple[str, str | None]] = []
+    for match in _ATTRIBUTE.finditer(source):
+        value = match.group(2)
+        if value is not None and value[:1] in "'\"":
+            value = value[1:-1]
+        found.append((match.group(1).lower(), unescape(value) if value else value))
+    return found
+
+
+def _feed_well_formed(extractor: _TextExtractor, html: str) -> bool:
+    """``extractor`` given the events the standard library's parser would give it, in about
+    a fifth of its time; False (the extractor then half fed) when ``html`` is not of the
+    well-formed kind this reads."""
+    position, size = 0, len(html)
+    match_token = _TOKEN.match
+    while position < size:
+        token = match_token(html, position)
+        if token is None:
+            return False
+        position = token.end()
+        text = token.group("text")
+        if text is not None:
+            extractor.handle_data(unescape(text))
+            continue
+        end = token.group("end")
+        if end is not None:
+            extractor.handle_endtag(end.lower())
+            continue
+        tag = token.group("start").lower()
+        # Only a link's attributes are read; the others' are parsed only to be skipped.
+        attributes = _attributes(token.group("attributes")) if tag == "a" else []
+        extractor.handle_starttag(tag, attributes)
+        if token.group("closed"):
+            extractor.handle_endtag(tag)
+        elif tag in _RAW_TEXT_END:
+            # The script or style is skipped whole, as the parser's raw-text mode does.
+            close = _RAW_TEXT_END[tag].search(html, position)
+            if close is None:
+                return False
+            extractor.handle_endtag(tag)
+            position = close.end()
+    return True
 
 
 def html_to_text(html: str) -> str:
     """A readable plain-text rendering of an email's HTML (paragraphs, lists, link targets)."""
     extractor = _TextExtractor()
-    extractor.feed(html)
-    extractor.close()
+    if not _feed_well_formed(extractor, html):
+        extractor = _TextExtractor()
+        extractor.feed(html)
+        extractor.close()
     lines = [line.strip() for line in "".join(extractor.out).splitlines()]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
     return text.strip()
