@@ -29,6 +29,18 @@ CHUNK = 10_000
 Processor = Callable[[Any], Any] | None
 
 
+@functools.lru_cache(maxsize=64)  # a few tables, a dialect or two a process
+def bind_processors(
+    table: Table, columns: tuple[str, ...], dialect: Dialect
+) -> tuple[Processor, ...]:
+    """For each of ``columns``, SQLAlchemy's own bind processor for its type on ``dialect``
+    (a timestamp as SQLite's text, JSON serialised; ``None`` where the driver takes the
+    value as it is): what SQLAlchemy applies to a bound value, worked out once."""
+    return tuple(
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+    )
+
+
 @functools.lru_cache(maxsize=32)  # a few tables, a dialect or two a process
 def _plan(
     table: Table, columns: tuple[str, ...], dialect: Dialect
@@ -41,10 +53,7 @@ def _plan(
     if defaulted:  # SQLAlchemy would fill these in from their Python defaults; this does not
         raise ValueError(f"rows of {table.name} lack columns with defaults: {sorted(defaulted)}")
     positions = tuple(columns.index(name) for name in order)
-    processors = tuple(
-        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
-    )
-    return compiled.string, positions, processors
+    return compiled.string, positions, bind_processors(table, columns, dialect)
 
 
 async def insert_many(

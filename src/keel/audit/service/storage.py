@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keel.audit.models import AuditEvent, AuditNode
 from keel.audit.service.tree import Node
+from keel.core.bulk import bind_processors
 from keel.core.db import Base
 from keel.core.tenancy import bind_tenant
 
@@ -206,9 +207,8 @@ def bound_columns(
     ``dialect`` (timestamps as SQLite's text, for one) and its type's name there; worked out
     once per process, not per append."""
     table = Base.metadata.tables[model.__tablename__]
-    types = [table.c[name].type for name in columns]
-    processors = tuple(kind.dialect_impl(dialect).bind_processor(dialect) for kind in types)
-    return table, processors, tuple(kind.compile(dialect=dialect) for kind in types)
+    type_names = tuple(table.c[name].type.compile(dialect=dialect) for name in columns)
+    return table, bind_processors(table, columns, dialect), type_names
 
 
 async def insert_rows(
