@@ -172,6 +172,46 @@ def test_a_server_on_the_embedded_default_starts_without_what_it_does_not_use(
     assert completed.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_service_s_routes_are_built_on_its_first_request_not_at_start(
+    tmp_path: Path,
+) -> None:
+    """Starting, the health checks and the ready check need no service's routes (importing
+    and building them was half of the start: issue 15); the first request under
+    ``/<service>/`` builds that service's, the OpenAPI document every one."""
+    script = (
+        "import asyncio, sys, httpx\n"
+        "from asgi_lifespan import LifespanManager\n"
+        "from keel.app import create_app_from_env\n"
+        "def routers():\n"
+        "    return sorted(m for m in sys.modules if m.startswith('keel.')"
+        " and m.split('.')[2:3] == ['router'])\n"
+        "async def main():\n"
+        "    app = create_app_from_env()\n"
+        "    transport = httpx.ASGITransport(app=app)\n"
+        "    async with LifespanManager(app), httpx.AsyncClient(\n"
+        "        transport=transport, base_url='http://keel.test') as http:\n"
+        "        print((await http.get('/health/ready')).status_code, routers())\n"
+        "        print((await http.get('/flags/v1/envs')).status_code, routers())\n"
+        "        paths = (await http.get('/openapi.json')).json()['paths']\n"
+        "        print(len(paths) > 150, len({m.split('.')[1] for m in routers()}))\n"
+        "asyncio.run(main())\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=keel_env(KEEL_LOG_LEVEL="warning"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    ready, flags, listed = completed.stdout.strip().splitlines()[-3:]
+    assert ready == "200 []"
+    assert flags == "401 ['keel.flags.router']"
+    assert listed == "True 9"
+
+
 def test_the_app_resumes_the_garbage_collector_paused_for_its_start(tmp_path: Path) -> None:
     # keel.core.startup: paused while `keel serve` imports and builds, resumed once started.
     script = (

@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from keel import __version__
 from keel.core.cache import listen_for_invalidations
+from keel.core.context import RouterFactory
 from keel.core.errors import install_error_handlers
 from keel.core.health import build_health_router
-from keel.core.http import RequestContextMiddleware, ServiceRouter
+from keel.core.http import DeferredRouter, RequestContextMiddleware, ServiceRouter
+from keel.core.lazy import import_named
 from keel.core.lifecycle import (
     background_work,
     build_context,
@@ -124,14 +126,20 @@ def create_app(
     async def prometheus_metrics(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    deferred: list[DeferredRouter] = []
     for spec in services:
         if spec.router is not None:
-            router = spec.router()
-            if isinstance(router, ServiceRouter):
-                router.mount_prefix = f"/{spec.name}/"
+            router = _service_router(spec.router, f"/{spec.name}/")
+            if isinstance(router, DeferredRouter):
+                deferred.append(router)
             app.include_router(router, prefix=f"/{spec.name}")
         if spec.root_router is not None:
-            app.include_router(spec.root_router())
+            router = _service_router(spec.root_router, spec.root_prefix)
+            if isinstance(router, DeferredRouter):
+                deferred.append(router)
+            app.include_router(router)
+    if deferred:
+        _build_before_listing(app, deferred)
 
     init_tracing(app, settings, tracer_provider)
     app.add_middleware(
@@ -147,6 +155,38 @@ def create_app(
         routes=lambda: app.routes,
     )
     return app
+
+
+def _service_router(factory: RouterFactory | str, mount_prefix: str | None) -> APIRouter:
+    """A service's router: named (``"module:function"``), built on first use under
+    ``mount_prefix``; given as a function, built now."""
+    if isinstance(factory, str):
+        reference = factory
+
+        def build() -> APIRouter:
+            named: RouterFactory = import_named(reference)
+            return named()
+
+        if mount_prefix is not None:
+            return DeferredRouter(build, mount_prefix=mount_prefix)
+        factory = build
+    router = factory()
+    if isinstance(router, ServiceRouter) and mount_prefix is not None:
+        router.mount_prefix = mount_prefix
+    return router
+
+
+def _build_before_listing(app: FastAPI, deferred: list[DeferredRouter]) -> None:
+    """The OpenAPI document (``/openapi.json``, ``/docs``) lists every route: the deferred
+    ones are built first."""
+    build_document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        for router in deferred:
+            router.build()
+        return build_document()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app_from_env() -> FastAPI:

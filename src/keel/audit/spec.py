@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from fastapi import APIRouter
 from sqlalchemy import select
 
-from keel.audit import router
 from keel.audit.models import AuditSigningKey
 from keel.audit.service import AUDIT_RESOURCE, AuditLog
 from keel.audit.service.writer import GroupWriter
 from keel.core.audit import on_recorded, use_event_writer
 from keel.core.context import AppContext
 from keel.core.db import DatabaseUnavailable
-from keel.core.http import ServiceRouter
 from keel.core.logging import get_logger
 from keel.core.services import ServiceSpec
 
@@ -128,16 +125,9 @@ async def erase_expired_payloads_daily(context: AppContext) -> None:
         await asyncio.sleep(RETENTION_SECONDS)
 
 
-def build_routers() -> APIRouter:
-    """The audit API: events, proofs and the catalogue, and financial transactions."""
-    api = ServiceRouter()
-    api.include_router(router.build_router())
-    return api
-
-
 service = ServiceSpec(
     name="audit",
-    router=build_routers,
+    router="keel.audit.router:build_router",
     ready_check=audit_ready,
     startup=start_audit,
     companions=(sequence_recorded_events, write_events_now),

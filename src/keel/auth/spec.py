@@ -5,17 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from fastapi import APIRouter
 from sqlalchemy import select
 
 from keel.auth.dependencies import AUTH_RESOURCE, LOGIN_LIMITER_RESOURCE
 from keel.auth.models import SigningKey, SigningKeyStatus
-from keel.auth.router import (
-    build_account_router,
-    build_authorize_router,
-    build_router,
-    build_well_known_router,
-)
 from keel.auth.service import AuthService
 from keel.auth.service.one_time_tokens import purge_spent_one_time_rows
 from keel.core.context import AppContext
@@ -80,18 +73,11 @@ async def rotate_signing_keys_on_schedule(context: AppContext) -> None:
         await asyncio.sleep(300)
 
 
-def build_service_router() -> APIRouter:
-    """The API routes, the account-security routes and the OAuth authorization endpoint."""
-    router = build_router()
-    router.include_router(build_account_router())
-    router.include_router(build_authorize_router())
-    return router
-
-
 service = ServiceSpec(
     name="auth",
-    router=build_service_router,
-    root_router=build_well_known_router,
+    router="keel.auth.router:build_router",
+    root_router="keel.auth.router:build_well_known_router",
+    root_prefix="/.well-known/",
     ready_check=auth_ready,
     startup=start_auth,
     background=(rotate_signing_keys_on_schedule,),

@@ -6,7 +6,6 @@ from sqlalchemy import select
 
 from keel.config import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
-    router,
 )
 from keel.config.models import ConfigApplication
 from keel.core.context import AppContext
@@ -23,7 +22,7 @@ async def config_ready(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="config",
-    router=router.build_router,
+    router="keel.config.router:build_router",
     ready_check=config_ready,
     # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.config.models",),

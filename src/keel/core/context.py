@@ -10,7 +10,6 @@ import a face.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -20,6 +19,7 @@ from fastapi import APIRouter
 from keel.core.broadcast import Broadcast
 from keel.core.crypto import Keyring, load_keyring
 from keel.core.db import Database
+from keel.core.lazy import import_named
 from keel.core.metrics import Metrics
 from keel.settings import Settings
 
@@ -118,8 +118,7 @@ class PlatformTask:
         """The handler itself, imported if it was given by name."""
         if not isinstance(self.handler, str):
             return self.handler
-        module, _, function = self.handler.partition(":")
-        handler: TaskHandler = getattr(importlib.import_module(module), function)
+        handler: TaskHandler = import_named(self.handler)
         return handler
 
     @property
@@ -147,16 +146,23 @@ class DiscardTask(Exception):
 
 
 ReadyCheck = Callable[["AppContext"], Coroutine[Any, Any, None]]
+RouterFactory = Callable[[], APIRouter]
 BackgroundTask = Callable[["AppContext"], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    #: Mounted at ``/<name>``; the router's own paths start with ``/v1/...``.
-    router: Callable[[], APIRouter] | None = None
+    #: Mounted at ``/<name>``; the router's own paths start with ``/v1/...``. A
+    #: ``"module:function"`` name (:func:`~keel.core.lazy.import_named`) is imported and
+    #: called on the first request under ``/<name>/`` or the first listing of every route
+    #: (the OpenAPI document), not at start: see :class:`~keel.core.http.DeferredRouter`.
+    router: RouterFactory | str | None = None
     #: Routes mounted at the root, for paths standards fix (``/.well-known/...``).
-    root_router: Callable[[], APIRouter] | None = None
+    root_router: RouterFactory | str | None = None
+    #: The start every path of ``root_router`` shares (``/.well-known/``): the root router is
+    #: then built on the first request under it, as ``router`` is; ``None``: at start.
+    root_prefix: str | None = None
     ready_check: ReadyCheck | None = None
     #: Builds the service's runtime objects into ``context.resources`` before serving.
     startup: ReadyCheck | None = None

@@ -9,6 +9,7 @@ import binascii
 import json
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -467,8 +468,58 @@ class ServiceRouter(APIRouter):
         wanted = set(paths)
         self.routes.sort(key=lambda route: getattr(route, "path", None) not in wanted)
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+    def declines(self, scope: Scope) -> bool:
+        """Whether the request is outside :attr:`mount_prefix`, so none of its routes can match."""
         prefix = self.mount_prefix
-        if prefix and scope["type"] == "http" and not get_route_path(scope).startswith(prefix):
+        return bool(
+            prefix and scope["type"] == "http" and not get_route_path(scope).startswith(prefix)
+        )
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if self.declines(scope):
             return Match.NONE, {}
+        return super().matches(scope)
+
+
+class DeferredRouter(ServiceRouter):
+    """A service's routes, built when first needed: on the first request under
+    :attr:`mount_prefix`, or by :meth:`build` (``create_app`` builds them all before the
+    OpenAPI document, which lists every route).
+
+    Building a service's routes imports its router modules, its schemas and what they use,
+    and FastAPI analyses each route's dependencies: about half of ``keel serve``'s start
+    (issue 15), for routes a process may not serve for a while and that the health checks and
+    the ready check never need. Built once, under a lock (concurrent first requests, a thread
+    asking for the OpenAPI document); a build that fails raises to the request that asked
+    (a problem+json 500) and is tried again by the next one.
+    """
+
+    def __init__(self, factory: Callable[[], APIRouter], *, mount_prefix: str) -> None:
+        super().__init__()
+        self.mount_prefix = mount_prefix
+        self._factory: Callable[[], APIRouter] | None = factory
+        self._lock = threading.Lock()
+
+    @property
+    def is_built(self) -> bool:
+        return self._factory is None
+
+    def build(self) -> None:
+        """The routes, built now unless they are already. The factory's router's routes
+        become this router's own, in its order, each as the factory's router holds it (its
+        prefix, tags and route class applied): one router less to match a request through
+        than including it would leave."""
+        with self._lock:
+            factory = self._factory
+            if factory is None:
+                return
+            self.routes.extend(factory().routes)
+            self._mark_routes_changed()
+            self._factory = None
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if self.declines(scope):
+            return Match.NONE, {}
+        if self._factory is not None:
+            self.build()
         return super().matches(scope)

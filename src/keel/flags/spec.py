@@ -8,7 +8,6 @@ from keel.core.context import AppContext
 from keel.core.services import ServiceSpec
 from keel.flags import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
-    router,
 )
 from keel.flags.models import Flag
 
@@ -21,7 +20,7 @@ async def flags_ready(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="flags",
-    router=router.build_router,
+    router="keel.flags.router:build_router",
     ready_check=flags_ready,
     # Change events are pruned by the platform's own background work (keel.core.lifecycle).
     model_modules=("keel.flags.models",),

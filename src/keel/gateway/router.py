@@ -23,10 +23,6 @@ from keel.gateway import authz, schemas, service
 from keel.gateway.auth import PolicyReader, PolicyWriter, may
 from keel.gateway.service.parts import ROUTES, UPSTREAMS
 
-#: The largest policy document a PUT (or a dry run) accepts: a thousand routes with their
-#: policies fit well within it.
-MAX_POLICY_BODY_BYTES = 4 * 1024 * 1024
-
 IfMatch = Annotated[
     str | None, Header(description="The ETag of the policy (its revision) this write is based on.")
 ]

@@ -20,7 +20,6 @@ from keel.core.context import AppContext, ResourceKey
 from keel.core.services import ServiceSpec
 from keel.gateway import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
-    router,
 )
 from keel.gateway.enforcement import (
     GATEWAY_ENFORCEMENT,
@@ -31,6 +30,10 @@ from keel.gateway.enforcement import (
 from keel.gateway.models import GatewayPolicy
 from keel.gateway.service.last_known_good import load_last_known_good_entry
 from keel.settings import Settings
+
+#: The largest policy document a PUT (or a dry run) accepts: a thousand routes with their
+#: policies fit well within it.
+MAX_POLICY_BODY_BYTES = 4 * 1024 * 1024
 
 #: The proxy and its listener, when ``KEEL_GATEWAY__PROXY_LISTEN`` asks for one.
 GATEWAY_PROXY: ResourceKey[Any] = ResourceKey("gateway.proxy")
@@ -112,14 +115,14 @@ async def serve_gateway(context: AppContext) -> None:
 def _body_limits(settings: Settings) -> dict[str, int]:
     # A whole policy of a thousand routes is larger than KEEL_MAX_BODY_BYTES' default.
     return {
-        "/v1/policy": router.MAX_POLICY_BODY_BYTES,
-        "/v1/policy/validate": router.MAX_POLICY_BODY_BYTES,
+        "/v1/policy": MAX_POLICY_BODY_BYTES,
+        "/v1/policy/validate": MAX_POLICY_BODY_BYTES,
     }
 
 
 service = ServiceSpec(
     name="gateway",
-    router=router.build_router,
+    router="keel.gateway.router:build_router",
     ready_check=gateway_ready,
     startup=start_gateway,
     companions=(serve_gateway,),

@@ -25,7 +25,6 @@ from keel.core.logging import get_logger
 from keel.core.services import ServiceSpec
 from keel.jobs import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
-    router,
 )
 from keel.jobs.metrics import JOBS_METRICS_RESOURCE, REFRESH_SECONDS, JobsMetrics
 from keel.jobs.models import Job, JobState
@@ -140,7 +139,7 @@ async def refresh_queue_metrics(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="jobs",
-    router=router.build_router,
+    router="keel.jobs.router:build_router",
     startup=start_jobs,
     companions=(listen_for_job_signals, refresh_queue_metrics),
     ready_check=jobs_ready,

@@ -13,7 +13,6 @@ from keel.notify import (
 )
 from keel.notify.metrics import NOTIFY_METRICS_RESOURCE, NotifyMetrics
 from keel.notify.models import NotifyTemplate
-from keel.notify.router import build_router
 from keel.notify.service.account_mail import use_notify_for_account_mail
 from keel.notify.service.runtime import NOTIFY_RUNTIME, NotifyRuntime
 from keel.notify.tasks import TASKS
@@ -48,7 +47,7 @@ async def notify_ready(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="notify",
-    router=build_router,
+    router="keel.notify.router:build_router",
     startup=start_notify,
     shutdown=stop_notify,
     ready_check=notify_ready,

@@ -8,7 +8,6 @@ from keel.core.context import AppContext
 from keel.core.services import ServiceSpec
 from keel.secrets import (
     audit_actions,  # noqa: F401  (registers the catalogue entries)
-    router,
 )
 from keel.secrets.engines.database import DATABASE_RESOURCE, DatabaseEngine, sweep_forever
 from keel.secrets.engines.kv import SECRETS_RESOURCE, KvEngine
@@ -36,7 +35,7 @@ async def revoke_expired_leases(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="secrets",
-    router=router.build_router,
+    router="keel.secrets.router:build_router",
     ready_check=secrets_ready,
     startup=start_secrets,
     background=(revoke_expired_leases, rotate_secrets_on_schedule),

@@ -14,7 +14,6 @@ from keel.storage import (
 )
 from keel.storage.metrics import storage_metrics
 from keel.storage.models import StorageBucket
-from keel.storage.router import build_router
 from keel.storage.service.runtime import STORAGE_RUNTIME, StorageRuntime
 from keel.storage.tasks import BACKGROUND, TASKS
 
@@ -55,7 +54,7 @@ async def storage_ready(context: AppContext) -> None:
 
 service = ServiceSpec(
     name="storage",
-    router=build_router,
+    router="keel.storage.router:build_router",
     startup=start_storage,
     shutdown=stop_storage,
     ready_check=storage_ready,

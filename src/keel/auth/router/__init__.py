@@ -9,8 +9,8 @@
 ``authorize``  the browser side of the authorization code flow and its login page
 =============  ==========================================================================
 
-Each module declares its ``router`` and handlers at module level; ``keel.auth.spec`` mounts
-what the builders below return.
+Each module declares its ``router`` and handlers at module level; ``keel.auth.spec`` names
+the builders below, which the app calls when it first needs the routes.
 """
 
 from __future__ import annotations
@@ -20,34 +20,20 @@ from fastapi import APIRouter
 from keel.auth.router import account, admin, authorize, oauth, sessions
 from keel.core.http import ServiceRouter
 
-__all__ = [
-    "build_account_router",
-    "build_authorize_router",
-    "build_router",
-    "build_well_known_router",
-]
+__all__ = ["build_router", "build_well_known_router"]
 
 
 def build_router() -> ServiceRouter:
-    """``/v1/...``: OAuth, sessions and administration.
+    """``/v1/...``: OAuth, sessions, administration, the account-security routes and the
+    OAuth authorization endpoint (with its login page).
 
     OAuth comes first, and the token endpoint first in it: machine-to-machine traffic's
     hottest endpoint is matched before any other route is tried.
     """
     router = ServiceRouter(prefix="/v1")
-    for part in (oauth.router, sessions.router, admin.router):
+    for part in (oauth.router, sessions.router, admin.router, account.router, authorize.router):
         router.include_router(part)
     return router
-
-
-def build_account_router() -> APIRouter:
-    """The account-security routes, included under :func:`build_router`'s prefix."""
-    return account.router
-
-
-def build_authorize_router() -> APIRouter:
-    """The authorization endpoint and its login page, included under the same prefix."""
-    return authorize.router
 
 
 def build_well_known_router() -> APIRouter:
