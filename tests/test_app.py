@@ -144,6 +144,7 @@ LEFT_FOR_LATER = (
     "scipy",  # only for an experiment's chi-squared test
     "jinja2",  # only for the login page
     "pydantic.v1",  # FastAPI's check of a response model: with a service's routes
+    "croniter",  # only for a job schedule's cron expression
 )
 
 

@@ -40,7 +40,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
 from sqlalchemy import select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
@@ -88,6 +87,8 @@ def validate_cron(cron: str) -> str:
             f"Cron expression {cron!r} is not five fields (minute hour day month weekday), "
             "six with seconds first, or an alias such as @daily."
         )
+    from croniter import CroniterError, croniter  # with dateutil: only where schedules are
+
     try:
         croniter(
             normalised, datetime(2000, 1, 1), second_at_beginning=_has_seconds(normalised)
@@ -140,6 +141,8 @@ def next_tick(cron: str, timezone: str, after: datetime) -> datetime:
     ``timezone`` as validated."""
     zone = validate_timezone(timezone)
     wall = after.astimezone(zone).replace(tzinfo=None)
+    from croniter import croniter
+
     ticks = croniter(cron, wall, second_at_beginning=_has_seconds(cron))
     for _ in range(_MAX_STEPS):
         instant = _instant_of(ticks.get_next(datetime), zone)
