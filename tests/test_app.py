@@ -145,6 +145,7 @@ LEFT_FOR_LATER = (
     "jinja2",  # only for the login page
     "pydantic.v1",  # FastAPI's check of a response model: with a service's routes
     "croniter",  # only for a job schedule's cron expression
+    "keel.notify.service.messages",  # only for a message, such as an account e-mail
 )
 
 

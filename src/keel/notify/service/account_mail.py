@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,11 +55,21 @@ from keel.core.audit import SYSTEM, record_event
 from keel.core.context import AppContext
 from keel.core.db import utcnow
 from keel.core.errors import Conflict, KeelError, NotFound
+from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
 from keel.notify.channels import Channel
-from keel.notify.service import messages, recipients, templates
 from keel.notify.service.providers import get_sender, list_providers
 from keel.notify.service.runtime import DEFAULT_SENDER
+
+if TYPE_CHECKING:
+    from keel.notify.service import messages, recipients, templates
+else:
+    # Imported at the first account e-mail: accepting a send pulls in the jobs engine's
+    # service, the flags engine (experiments) and the templates' checks, none of which the
+    # start-up hook that installs this module's deliveries needs (issue 15).
+    messages = lazy_module("keel.notify.service.messages")
+    recipients = lazy_module("keel.notify.service.recipients")
+    templates = lazy_module("keel.notify.service.templates")
 
 log = get_logger(__name__)
 
