@@ -234,12 +234,15 @@ def serve(
     """Serve the Keel API (every enabled service in one ASGI app)."""
     # The garbage collector `keel` paused stays paused until the app has started
     # (keel.core.startup: a tenth to a fifth less time to ready).
+    from keel.core.startup import import_structlog_without_rich, resume_garbage_collection
+
+    import_structlog_without_rich()
+
     import uvicorn
 
     from keel.core.http_protocol import ListingHttpToolsProtocol
     from keel.core.logging import configure_logging, get_logger
     from keel.core.services import ServiceUnavailableInBuild, resolve_services
-    from keel.core.startup import resume_garbage_collection
 
     service_names = _services_option(services)
     overrides: dict[str, Any] = {}
@@ -308,6 +311,10 @@ def worker() -> None:
     """Run background work (sweepers, rotations, deliveries) of the enabled services."""
     import asyncio
     import signal
+
+    from keel.core.startup import import_structlog_without_rich
+
+    import_structlog_without_rich()
 
     from keel.core.lifecycle import background_work
     from keel.core.logging import configure_logging, get_logger
