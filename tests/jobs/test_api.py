@@ -259,6 +259,24 @@ async def test_bad_jobs_are_refused_with_a_problem(
     assert_problem(await client.post(f"{API}/jobs", headers=headers, json=body), status)
 
 
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/batch", "/fetch", "/ack"])
+async def test_the_hot_routes_refuse_a_bad_body_as_every_route_does(
+    client: httpx.AsyncClient, headers: dict[str, str], path: str
+) -> None:
+    """The routes served directly (keel.core.direct) read and check their body as FastAPI
+    does: not JSON 400, not declared JSON 415, missing or off the schema 422 (located under
+    ``body``), and no credential 401 before any of that but the JSON's own parse."""
+    url = f"{API}{path}"
+    json_type = {**headers, "content-type": "application/json"}
+    assert_problem(await client.post(url, headers=json_type, content=b"{not json"), 400)
+    text_type = {**headers, "content-type": "text/plain"}
+    assert_problem(await client.post(url, headers=text_type, content=b'{"queue": "q"}'), 415)
+    assert_problem(await client.post(url, headers=json_type), 422)
+    off_schema = assert_problem(await client.post(url, headers=headers, json={"x": 1}), 422)
+    assert all(error["location"][0] == "body" for error in off_schema["errors"]), off_schema
+    assert_problem(await client.post(url, json={"x": 1}), 401)
+
+
 async def test_a_made_up_lease_token_or_job_is_refused(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:

@@ -19,8 +19,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.dependencies import CallerActor, CurrentPrincipal
-from keel.core.deps import Context, DbSession
+from keel.auth.dependencies import CallerActor, CurrentPrincipal, get_auth_service, get_principal
+from keel.core.context import AppContext
+from keel.core.deps import Context, DbSession, get_context
+from keel.core.direct import DirectRoute, json_body, served_directly, validated_body
 from keel.core.errors import NotFound, PayloadTooLarge
 from keel.core.http import ServiceRouter
 from keel.core.idempotency import IdempotencyKeyHeader, idempotent
@@ -34,7 +36,8 @@ from keel.jobs.service import KEEP
 from keel.jobs.signals import JOB_SIGNALS_RESOURCE, signal_after_commit
 from keel_client.auth import Principal
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+#: The hot routes (enqueue, batch, fetch, ack) are served directly (:mod:`keel.core.direct`).
+router = APIRouter(prefix="/v1", tags=["jobs"], route_class=DirectRoute)
 
 
 def _check_size(what: str, value: Any, limit: int) -> None:
@@ -88,6 +91,12 @@ async def enqueue(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Put one job on a queue."""
+    return await _enqueue(context, principal, body, idempotency_key)
+
+
+async def _enqueue(
+    context: AppContext, principal: Principal, body: schemas.JobCreate, idempotency_key: str | None
+) -> JSONResponse:
     check_queues(principal, [body.queue], QueueAccess.enqueue)
     new = _new_job(body, context.settings.jobs.max_args_bytes)
 
@@ -105,6 +114,17 @@ async def enqueue(
     )
 
 
+async def _enqueue_directly(request: Request) -> Response:
+    """:func:`enqueue` with its dependencies made by hand (:mod:`keel.core.direct`)."""
+    context, sent = get_context(request), await json_body(request)
+    principal = await _caller(request, context)
+    body = validated_body(schemas.JobCreate, sent)
+    return await _enqueue(context, principal, body, request.headers.get("idempotency-key"))
+
+
+served_directly(enqueue, _enqueue_directly)
+
+
 @router.post("/jobs/batch", status_code=201, response_model=schemas.BatchAnswer)
 async def enqueue_batch(
     body: schemas.JobBatch,
@@ -113,6 +133,12 @@ async def enqueue_batch(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Put up to 10,000 jobs on their queues, all or none."""
+    return await _enqueue_batch(context, principal, body, idempotency_key)
+
+
+async def _enqueue_batch(
+    context: AppContext, principal: Principal, body: schemas.JobBatch, idempotency_key: str | None
+) -> JSONResponse:
     queues = sorted({job.queue for job in body.jobs})
     check_queues(principal, queues, QueueAccess.enqueue)
     limit = context.settings.jobs.max_args_bytes
@@ -133,6 +159,24 @@ async def enqueue_batch(
     )
 
 
+async def _enqueue_batch_directly(request: Request) -> Response:
+    """:func:`enqueue_batch` with its dependencies made by hand (:mod:`keel.core.direct`)."""
+    context, sent = get_context(request), await json_body(request)
+    principal = await _caller(request, context)
+    body = validated_body(schemas.JobBatch, sent)
+    return await _enqueue_batch(context, principal, body, request.headers.get("idempotency-key"))
+
+
+served_directly(enqueue_batch, _enqueue_batch_directly)
+
+
+async def _caller(request: Request, context: AppContext) -> Principal:
+    """:data:`CurrentPrincipal` made by hand: the caller's credential checked in a unit of work
+    of its own, ended before the route's work (a cached API key reads nothing)."""
+    async with context.database.session() as session:
+        return await get_principal(request, session, await get_auth_service(request))
+
+
 # -- workers ------------------------------------------------------------------------------
 
 
@@ -143,13 +187,34 @@ async def fetch(
     """Lease up to ``limit`` due jobs, taking the queues in the order given; when none is due,
     wait up to ``wait_seconds`` for one (idle workers are woken when jobs arrive). A worker
     that goes away while it waits (killed, its connection closed) is leased nothing."""
+    return await _fetch(context, principal, body, request)
+
+
+async def _fetch_directly(request: Request) -> Response:
+    """:func:`fetch` with its dependencies made by hand (:mod:`keel.core.direct`)."""
+    context, sent = get_context(request), await json_body(request)
+    principal = await _caller(request, context)
+    body = validated_body(schemas.FetchRequest, sent)
+    answer = await _fetch(context, principal, body, request)
+    return JSONResponse(schemas.FetchAnswer.model_validate(answer).model_dump(mode="json"))
+
+
+served_directly(fetch, _fetch_directly)
+
+
+async def _fetch(
+    context: AppContext, principal: Principal, body: schemas.FetchRequest, request: Request
+) -> dict[str, Any]:
     queues = list(dict.fromkeys(body.queues))
     check_queues(principal, queues, QueueAccess.work)
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     tenant_id = principal.tenant_id
     wait = min(body.wait_seconds, context.settings.jobs.max_fetch_wait_seconds)
     lease_seconds = body.lease_seconds or context.settings.jobs.default_lease_seconds
-    outcome = await _apply_acks(context, principal, body.ack) if body.ack else None
+    # The acks and the first claim share one transaction: one commit for a busy worker's
+    # round (its finished jobs and its next ones), not two.
+    acks: list[schemas.AckItem] | None = body.ack
+    outcome: service.AckOutcome | None = None
     deadline = time.monotonic() + wait
     gone = asyncio.ensure_future(_disconnected(request)) if wait > 0 else None
     try:
@@ -157,6 +222,8 @@ async def fetch(
             mark = signals.mark()
             claims: list[service.Claim] = []
             async with context.database.session() as session:
+                if acks:
+                    outcome = await _complete_acks(session, context, principal, acks)
                 for queue in queues:
                     claims += await service.claim(
                         session,
@@ -168,6 +235,9 @@ async def fetch(
                     )
                     if len(claims) >= body.limit:
                         break
+            if acks and outcome is not None:
+                _observe_completions(context, outcome)
+                acks = None
             remaining = deadline - time.monotonic()
             if claims or remaining <= 0 or (gone is not None and gone.done()):
                 return {"jobs": [_lease(claim) for claim in claims], **_ack_answer(outcome)}
@@ -182,9 +252,20 @@ async def fetch(
 
 
 async def _apply_acks(
-    context: Context, principal: Principal, items: list[schemas.AckItem]
+    context: AppContext, principal: Principal, items: list[schemas.AckItem]
 ) -> service.AckOutcome:
     """Complete the attempts of ``items`` in one transaction, each ack refused alone."""
+    async with context.database.session() as session:
+        outcome = await _complete_acks(session, context, principal, items)
+    _observe_completions(context, outcome)
+    return outcome
+
+
+async def _complete_acks(
+    session: AsyncSession, context: AppContext, principal: Principal, items: list[schemas.AckItem]
+) -> service.AckOutcome:
+    """Complete the attempts of ``items`` in the unit of work of ``session``, each ack
+    refused alone (one over the result's size limit too: 413)."""
     limit = context.settings.jobs.max_result_bytes
     too_large: list[service.RefusedAck] = []
     acks: list[service.Ack] = []
@@ -195,18 +276,20 @@ async def _apply_acks(
             too_large.append(service.RefusedAck(item.id, 413, str(error.detail or error)))
             continue
         acks.append(service.Ack(item.id, item.lease_token, item.result))
-    async with context.database.session() as session:
-        outcome = await service.complete_many(
-            session,
-            principal.tenant_id,
-            acks,
-            may_work=lambda queue: may(principal, queue, QueueAccess.work),
-        )
-    outcome = service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
+    outcome = await service.complete_many(
+        session,
+        principal.tenant_id,
+        acks,
+        may_work=lambda queue: may(principal, queue, QueueAccess.work),
+    )
+    return service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
+
+
+def _observe_completions(context: AppContext, outcome: service.AckOutcome) -> None:
+    """The metrics of the attempts ``outcome`` completed, once their unit of work committed."""
     metrics = context.resources[JOBS_METRICS_RESOURCE]
     for done in outcome.acked:
         metrics.observe_completion(done.queue, done.attempted_at, done.finished_at)
-    return outcome
 
 
 def _ack_answer(outcome: service.AckOutcome | None) -> dict[str, Any]:
@@ -228,6 +311,18 @@ async def ack_many(
     """Complete up to 100 attempts at once (a worker's finished jobs): one transaction, each
     ack refused alone (a stale lease 409, an unknown job 404, a queue not the caller's 403)."""
     return _ack_answer(await _apply_acks(context, principal, body.acks))
+
+
+async def _ack_many_directly(request: Request) -> Response:
+    """:func:`ack_many` with its dependencies made by hand (:mod:`keel.core.direct`)."""
+    context, sent = get_context(request), await json_body(request)
+    principal = await _caller(request, context)
+    body = validated_body(schemas.AckBatch, sent)
+    answer = _ack_answer(await _apply_acks(context, principal, body.acks))
+    return JSONResponse(schemas.AckAnswer.model_validate(answer).model_dump(mode="json"))
+
+
+served_directly(ack_many, _ack_many_directly)
 
 
 async def _disconnected(request: Request) -> None:

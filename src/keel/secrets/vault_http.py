@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.deps import DbSession
+from keel.core.direct import direct_handler
 from keel.core.errors import BadRequest, KeelError, NotFound, Unauthorized
 from keel.core.ids import new_id
 from keel.secrets.engines.kv import SecretUnreadable
@@ -102,27 +103,15 @@ async def vault_unit_of_work(request: Request, session: DbSession) -> AsyncSessi
 VaultSession = Annotated[AsyncSession, Depends(vault_unit_of_work)]
 
 
-#: The attribute :func:`served_directly` sets on an endpoint.
-DIRECT = "vault_direct"
-
-
-def served_directly(endpoint: Callable[..., Any], direct: Handler) -> None:
-    """Serve ``endpoint``'s route with ``direct(request)``, which does by hand what the
-    endpoint's declared dependencies would (in the same order), so that FastAPI does not
-    solve them: on the hot paths (a secret's read, the AppRole login) that solving was a
-    quarter and a tenth of the CPU (docs/benchmarks.md, issue 23). The endpoint's signature
-    still documents the route; :class:`VaultRoute` still ends the unit of work ``direct``
-    opens and answers its errors in Vault's shape."""
-    setattr(endpoint, DIRECT, direct)
-
-
 class VaultRoute(APIRoute):
     """A route of the Vault API: its handler's unit of work ends before the answer, and
     Keel's errors are answered in Vault's shape (see the module's docstring)."""
 
     def get_route_handler(self) -> Handler:
-        direct: Handler | None = getattr(self.endpoint, DIRECT, None)
-        handle = direct or super().get_route_handler()
+        # A hot route served directly (keel.core.direct): its handler does by hand what the
+        # endpoint's declared dependencies would; this route still ends its unit of work
+        # and answers its errors in Vault's shape.
+        handle = direct_handler(self.endpoint) or super().get_route_handler()
 
         async def handle_as_vault(request: Request) -> Response:
             return await _answer_as_vault(handle, request)

@@ -96,11 +96,26 @@ def _check_lease_seconds(lease_seconds: float) -> None:
 
 
 async def _limited_queues(
-    session: AsyncSession, names: Sequence[str]
+    session: AsyncSession, tenant_id: str, names: Sequence[str]
 ) -> tuple[set[str], dict[str, JobQueue]]:
     """The paused queues among ``names``, and the limited ones, their rows locked until the
     transaction ends (in name order, so two claims never wait on each other in a cycle)."""
-    configs = list(await session.scalars(select(JobQueue).where(JobQueue.name.in_(names))))
+    # A Core read of the four columns, the tenant named: every claim makes it, and most
+    # queues have no row at all (no pause, no limit), so no ORM object is needed to say so.
+    queues = cast("Table", JobQueue.__table__)
+    configs = (
+        await session.execute(
+            select(
+                queues.c.id,
+                queues.c.name,
+                queues.c.paused,
+                queues.c.concurrency_limit,
+                queues.c.rate_limit_per_second,
+            )
+            .where(queues.c.tenant_id == tenant_id, queues.c.name.in_(list(names)))
+            .execution_options(all_tenants=True)
+        )
+    ).all()
     paused = {config.name for config in configs if config.paused}
     limited_ids = [
         config.id
@@ -285,7 +300,7 @@ async def claim(
     bind_tenant(session, tenant_id)
     now = now or utcnow()
     await hold_write_lock(session)  # SQLite: claims take turns (no row locks)
-    paused, limited = await _limited_queues(session, names)
+    paused, limited = await _limited_queues(session, tenant_id, names)
     open_queues = [name for name in names if name not in paused]
     unlimited = [name for name in open_queues if name not in limited]
     expires = now + timedelta(seconds=lease_seconds)

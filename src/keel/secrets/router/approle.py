@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from keel.auth.dependencies import Auth, get_auth_service, limit_by_address
 from keel.core.deps import get_context
+from keel.core.direct import served_directly
 from keel.core.errors import BadRequest
 from keel.secrets.auth import VaultCaller
 from keel.secrets.engines import approle
@@ -21,7 +22,6 @@ from keel.secrets.vault_http import (
     add_vault_route,
     no_content,
     read_body,
-    served_directly,
     vault_data,
     vault_errors,
 )

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from keel.auth.dependencies import get_auth_service, get_principal, request_actor
 from keel.core.deps import get_context
+from keel.core.direct import served_directly
 from keel.core.errors import BadRequest, MethodNotAllowed, NotFound
 from keel.core.input_rules import MAX_STORED_INT
 from keel.secrets.auth import VaultCall, VaultCaller
@@ -35,7 +36,6 @@ from keel.secrets.vault_http import (
     is_listing,
     no_content,
     read_body,
-    served_directly,
     vault_data,
     vault_errors,
 )
