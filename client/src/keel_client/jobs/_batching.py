@@ -4,8 +4,8 @@ jobs instead of one each, and an idle one waits for nothing.
 
 Enqueues (:class:`EnqueueBatcher`), one lane per client::
 
-    enqueue ── lane free, nobody in line? ── POST /jobs/v1/jobs, at once ───────▶ JobRef(job)
-       └── a request of the lane in flight ── wait in line
+    enqueue ── lane free, alone at the loop's next turn? ── POST /jobs/v1/jobs ──▶ JobRef(job)
+       └── a request of the lane in flight (or others of the same moment) ── wait in line
     the lane frees ── everyone in line (up to 500) ── one POST /jobs/v1/jobs/batch ─▶ JobRef(id)
         ├─ refused whole (400/413/422; 403 over several queues) ─▶ the two halves again,
         │      down to the job Keel refuses, sent alone: only its caller gets the error
@@ -106,17 +106,11 @@ class EnqueueBatcher:
         self.requests = 0
 
     async def enqueue(self, request: SpooledRequest, run_at: datetime | None) -> JobRef:
-        """The reference to the job of ``request``: sent alone at once when the lane is
-        free, else in line (``run_at``: the job's, for the state it is given)."""
-        if not self._is_busy and not self._line:
-            self._is_busy = True
-            try:
-                self.requests += 1
-                return await self._send_alone(request)
-            finally:
-                self._is_busy = False
-                self._start_draining()
-                self._note_if_idle()
+        """The reference to the job of ``request``: in line, sent when the lane is free
+        (``run_at``: the job's, for the state it is given). A free lane sends at the event
+        loop's next turn, alone unless enqueues of the same moment joined it: the callers a
+        batch's answer wakes all enqueue again at once, and go together instead of one alone
+        and the rest behind it."""
         waiting = _InLine(request, run_at)
         self._line.append(waiting)
         self._start_draining()

@@ -178,8 +178,9 @@ class JobsClient(ServiceClient):
 
     Concurrent enqueues of one client share requests: while one is in flight, the next wait
     and then go together as one batch (up to 500), each caller with its own :class:`JobRef`;
-    an enqueue with nothing in flight goes at once, alone. An enqueue with request options of
-    its own (``idempotency_key=``, ``timeout=``...) always goes alone.
+    an enqueue with nothing in flight goes at the event loop's next turn, alone unless others
+    of the same moment joined it. An enqueue with request options of its own
+    (``idempotency_key=``, ``timeout=``...) always goes alone.
 
     Without a spool, an unreachable Keel raises the ``keel_client.http`` error after the
     client's retries. With one (:meth:`open_spool`), the enqueue is journaled on disk and
