@@ -149,6 +149,22 @@ LEFT_FOR_LATER = (
 )
 
 
+def _run_fresh(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter (nothing of Keel imported yet), on the embedded
+    default in ``cwd``; it must succeed."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=keel_env(KEEL_LOG_LEVEL="warning"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return completed
+
+
 def test_a_server_on_the_embedded_default_starts_without_what_it_does_not_use(
     tmp_path: Path,
 ) -> None:
@@ -162,16 +178,7 @@ def test_a_server_on_the_embedded_default_starts_without_what_it_does_not_use(
         "asyncio.run(main())\n"
         f"print(sorted(m for m in {LEFT_FOR_LATER!r} if m in sys.modules))\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=keel_env(KEEL_LOG_LEVEL="warning"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed = _run_fresh(script, tmp_path)
     assert completed.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -199,16 +206,7 @@ def test_a_service_s_routes_are_built_on_its_first_request_not_at_start(
         "        print(len(paths) > 150, len({m.split('.')[1] for m in routers()}))\n"
         "asyncio.run(main())\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=keel_env(KEEL_LOG_LEVEL="warning"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed = _run_fresh(script, tmp_path)
     ready, flags, listed = completed.stdout.strip().splitlines()[-3:]
     assert ready == "200 []"
     assert flags == "401 ['keel.flags.router']"
@@ -228,14 +226,5 @@ def test_the_app_resumes_the_garbage_collector_paused_for_its_start(tmp_path: Pa
         "        print(paused, gc.isenabled(), gc.get_freeze_count() > 0)\n"
         "asyncio.run(main())\n"
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=keel_env(KEEL_LOG_LEVEL="warning"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed = _run_fresh(script, tmp_path)
     assert completed.stdout.split() == ["True", "True", "True"]

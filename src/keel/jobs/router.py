@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +39,8 @@ from keel_client.auth import Principal
 
 #: The hot routes (enqueue, batch, fetch, ack) are served directly (:mod:`keel.core.direct`).
 router = APIRouter(prefix="/v1", tags=["jobs"], route_class=DirectRoute)
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 def _check_size(what: str, value: Any, limit: int) -> None:
@@ -116,9 +119,7 @@ async def _enqueue(
 
 async def _enqueue_directly(request: Request) -> Response:
     """:func:`enqueue` with its dependencies made by hand (:mod:`keel.core.direct`)."""
-    context, sent = get_context(request), await json_body(request)
-    principal = await _caller(request, context)
-    body = validated_body(schemas.JobCreate, sent)
+    context, principal, body = await _direct_call(request, schemas.JobCreate)
     return await _enqueue(context, principal, body, request.headers.get("idempotency-key"))
 
 
@@ -161,13 +162,21 @@ async def _enqueue_batch(
 
 async def _enqueue_batch_directly(request: Request) -> Response:
     """:func:`enqueue_batch` with its dependencies made by hand (:mod:`keel.core.direct`)."""
-    context, sent = get_context(request), await json_body(request)
-    principal = await _caller(request, context)
-    body = validated_body(schemas.JobBatch, sent)
+    context, principal, body = await _direct_call(request, schemas.JobBatch)
     return await _enqueue_batch(context, principal, body, request.headers.get("idempotency-key"))
 
 
 served_directly(enqueue_batch, _enqueue_batch_directly)
+
+
+async def _direct_call(
+    request: Request, schema: type[BodyT]
+) -> tuple[AppContext, Principal, BodyT]:
+    """What a hot route's declared dependencies give, made by hand in their order: the body
+    read (invalid JSON answered 400 before anything else), the caller, the body validated."""
+    context, sent = get_context(request), await json_body(request)
+    principal = await _caller(request, context)
+    return context, principal, validated_body(schema, sent)
 
 
 async def _caller(request: Request, context: AppContext) -> Principal:
@@ -192,9 +201,7 @@ async def fetch(
 
 async def _fetch_directly(request: Request) -> Response:
     """:func:`fetch` with its dependencies made by hand (:mod:`keel.core.direct`)."""
-    context, sent = get_context(request), await json_body(request)
-    principal = await _caller(request, context)
-    body = validated_body(schemas.FetchRequest, sent)
+    context, principal, body = await _direct_call(request, schemas.FetchRequest)
     answer = await _fetch(context, principal, body, request)
     return JSONResponse(schemas.FetchAnswer.model_validate(answer).model_dump(mode="json"))
 
@@ -315,9 +322,7 @@ async def ack_many(
 
 async def _ack_many_directly(request: Request) -> Response:
     """:func:`ack_many` with its dependencies made by hand (:mod:`keel.core.direct`)."""
-    context, sent = get_context(request), await json_body(request)
-    principal = await _caller(request, context)
-    body = validated_body(schemas.AckBatch, sent)
+    context, principal, body = await _direct_call(request, schemas.AckBatch)
     answer = _ack_answer(await _apply_acks(context, principal, body.acks))
     return JSONResponse(schemas.AckAnswer.model_validate(answer).model_dump(mode="json"))
 
