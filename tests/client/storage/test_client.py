@@ -198,7 +198,13 @@ async def test_an_interrupted_multipart_upload_resumes_sending_only_the_missing_
         assert 3 not in held
         assert held  # what went through before the failure stayed
         info = await keel.storage.resume_upload("videos", upload_id, path)
-        assert sorted(recording.parts()) == sorted({1, 2, 3, 4} - held)
+        resent = recording.parts()
+        # Only what was missing is sent, each once. A part of the first run whose body had
+        # gone out when part 3 failed may land after `held` was read (the server finishes
+        # what it received), so it may be missing from `held` and there at the resume.
+        assert 3 in resent
+        assert len(resent) == len(set(resent))
+        assert set(resent) <= {1, 2, 3, 4} - held
         assert info.size == len(data)
         assert await keel.storage.download("videos", "talk.bin") == data
         with pytest.raises(ObjectNotFound):  # completed: the upload is gone
