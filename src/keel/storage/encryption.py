@@ -2,7 +2,8 @@
 
 Every object gets its own data key: a serialized Tink keyset holding one
 `AesGcmHkdfStreamingKey` (`new_data_key`), which the service seals with the platform
-master key before it stores it. The ciphertext is Tink's wire format, byte for byte:
+master key before it stores it. `encrypt` feeds Tink's own encrypting stream, so the
+ciphertext is Tink's wire format, byte for byte:
 
     header = 0x28 || salt (32 bytes) || nonce prefix (7 bytes)               (40 bytes)
     segment key = HKDF-SHA256(ikm=key value, salt=salt, info=associated data)  (32 bytes)
@@ -13,19 +14,18 @@ Ciphertext segments are 1 MiB; the first holds the header too, so it carries 40 
 plaintext (https://developers.google.com/tink/streaming-aead/aes_gcm_hkdf_streaming).
 Tink's Python API has no seekable decrypter, so `decrypt_range` reads that format at an
 offset with `cryptography`'s AES-GCM and HKDF: a range read decrypts only the segments it
-touches. `encrypt` writes it with the same two (Tink's Python encrypting stream cost twelve
-times the CPU). tests/storage/test_encryption.py proves both against Tink's own encrypter
-and decrypter. Each segment is authenticated before any of its bytes are yielded: a flipped
+touches. tests/storage/test_encryption.py proves it against Tink's own encrypter and
+decrypter. Each segment is authenticated before any of its bytes are yielded: a flipped
 byte, a truncated stream, a dropped or moved segment, the wrong key or the wrong associated
 data raise `DecryptionFailed`.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import tink
 from cryptography.exceptions import InvalidTag
@@ -81,6 +81,16 @@ def new_data_key() -> bytes:
     """
     handle = tink.new_keyset_handle(_KEY_TEMPLATE)
     return cast(bytes, tink.proto_keyset_format.serialize(handle, secret_key_access.TOKEN))
+
+
+def _primitive(data_key: bytes) -> Any:
+    """Tink's StreamingAead for `data_key` (ValueError for anything but our one key)."""
+    _key_value(data_key)  # the same checks as decryption: one key of our template
+    try:
+        handle = tink.proto_keyset_format.parse(data_key, secret_key_access.TOKEN)
+        return handle.primitive(streaming_aead.StreamingAead)
+    except tink.TinkError as exc:
+        raise ValueError("not a storage data key") from exc
 
 
 def _key_value(data_key: bytes) -> bytes:
@@ -196,64 +206,62 @@ def ciphertext_range(plaintext_size: int, start: int, end: int) -> tuple[int, in
 # --- encryption ---------------------------------------------------------------------------
 
 
+class _Sink(io.RawIOBase):
+    """Where Tink's encrypting stream writes: drained after every chunk fed to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out
+
+
 async def encrypt(
     data_key: bytes, associated_data: bytes, chunks: AsyncIterable[bytes]
 ) -> AsyncIterator[bytes]:
     """Tink's ciphertext of `chunks`, as it is made: memory stays within about two segments.
 
-    Written here with `cryptography`'s AES-GCM and HKDF, as `decrypt_range` reads it: Tink's
-    Python encrypting stream took 1.1 CPU seconds a GiB on this project's machines, AES-GCM
-    0.09 (docs/benchmarks.md, storage). tests/storage/test_encryption.py holds Tink's own
-    decrypter to every size and chunking of what this writes.
-
     Exceptions from `chunks` propagate; the partial ciphertext is then worthless (its last
     segment was never written), which is what the blob stores' atomic writes expect.
     """
-    key_value = _key_value(data_key)
-    salt = os.urandom(_DERIVED_KEY_BYTES)
-    nonce_prefix = os.urandom(_NONCE_PREFIX_BYTES)
-    header = bytes((HEADER_BYTES,)) + salt + nonce_prefix
-    cipher, _ = _segment_cipher(data_key, associated_data, header, key_value=key_value)
-    buffer = bytearray()
-    segment = 0
-    room = _FIRST_SEGMENT_BYTES  # plaintext the current segment takes
-
-    def seal(plain: bytes | bytearray | memoryview, last: bool) -> bytes:
-        nonce = nonce_prefix + segment.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-        return cipher.encrypt(nonce, plain, None)
-
-    yield header
-    async for chunk in chunks:
-        # A huge chunk goes in a segment at a time, so the buffer never holds much more.
-        whole = memoryview(chunk)
-        for start in range(0, len(whole), SEGMENT_BYTES):
-            buffer += whole[start : start + SEGMENT_BYTES]
-            # A segment is sealed once more plaintext follows it: the last one carries the
-            # flag, and Tink writes no empty last segment after a full one.
-            if len(buffer) > room:
-                with memoryview(buffer) as view:
-                    sealed = seal(view[:room], last=False)
-                del buffer[:room]
-                segment += 1
-                room = SEGMENT_BYTES
-                yield sealed
-    yield seal(buffer, last=True)
+    sink = _Sink()
+    stream = _primitive(data_key).new_encrypting_stream(sink, associated_data)
+    try:
+        async for chunk in chunks:
+            # A huge chunk goes in a segment at a time so the sink never holds much.
+            view = memoryview(chunk) if len(chunk) > SEGMENT_BYTES else None
+            for offset in range(0, len(chunk), SEGMENT_BYTES):
+                stream.write(chunk if view is None else view[offset : offset + SEGMENT_BYTES])
+                if out := sink.drain():
+                    yield out
+        stream.close()  # writes the last segment
+        if out := sink.drain():
+            yield out
+    finally:
+        sink.drain()
 
 
 # --- decryption ---------------------------------------------------------------------------
 
 
-def _segment_cipher(
-    data_key: bytes, associated_data: bytes, header: bytes, *, key_value: bytes | None = None
-) -> tuple[AESGCM, bytes]:
+def _segment_cipher(data_key: bytes, associated_data: bytes, header: bytes) -> tuple[AESGCM, bytes]:
     """The segment cipher and nonce prefix that `header` and the key give."""
     if len(header) != HEADER_BYTES or header[0] != HEADER_BYTES:
         raise DecryptionFailed("the ciphertext header is malformed")
-    if key_value is None:
-        try:
-            key_value = _key_value(data_key)
-        except ValueError as exc:
-            raise DecryptionFailed("the data key is not a storage data key") from exc
+    try:
+        key_value = _key_value(data_key)
+    except ValueError as exc:
+        raise DecryptionFailed("the data key is not a storage data key") from exc
     salt = header[1 : 1 + _DERIVED_KEY_BYTES]
     derived = HKDF(
         algorithm=hashes.SHA256(), length=_DERIVED_KEY_BYTES, salt=salt, info=associated_data

@@ -23,9 +23,10 @@ nothing half-written ever becomes visible.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,13 +39,15 @@ from keel.core.logging import get_logger
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.jobs.service import enqueue_task
-from keel.storage.digest import StreamSha256
 from keel.storage.metrics import UploadVia, storage_metrics
 from keel.storage.models import ObjectState, StorageBucket, StorageObject
 from keel.storage.service import blobio, objects, quotas
 from keel.storage.service.buckets import bucket_policy, get_bucket
 from keel.storage.service.runtime import SCAN
 from keel.storage.sniffing import SNIFF_BYTES, allowed, sniff
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 log = get_logger(__name__)
 
@@ -59,8 +62,7 @@ class _Facts:
     """What the stream taught on its way to the store."""
 
     size: int = 0
-    digest: StreamSha256 = field(default_factory=StreamSha256)
-    etag: str | None = None  # the SHA-256's hex, once the stream has ended
+    sha256: _Hash = field(default_factory=hashlib.sha256)
     content_type: str | None = None
 
 
@@ -96,7 +98,7 @@ async def _inspected(
                 code="object-too-large",
                 max_bytes=limit,
             )
-        await facts.digest.update(bytes(chunk))
+        facts.sha256.update(chunk)
         if head is None:
             yield chunk
             continue
@@ -111,7 +113,6 @@ async def _inspected(
         decide(sample)
         if sample:
             yield sample
-    facts.etag = await facts.digest.hexdigest()
 
 
 def _limit(context: AppContext, policy_max: int | None, max_bytes: int | None) -> int:
@@ -220,7 +221,6 @@ async def ingest(
         raise
 
     assert facts.content_type is not None
-    assert facts.etag is not None
     try:
         version, gone = await _commit(
             context,
@@ -311,7 +311,7 @@ async def _commit(
             size=facts.size,
             content_type=facts.content_type,
             declared_content_type=declared_type[:255] if declared_type else None,
-            etag=facts.etag,
+            etag=facts.sha256.hexdigest(),
             locator=locator,
             encrypted=sealed_key is not None,
             data_key_sealed=sealed_key,

@@ -35,6 +35,7 @@ No database transaction is held while bytes move: a part's row is written once i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,6 @@ from keel.core.lazy import lazy_module
 from keel.core.logging import get_logger
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
-from keel.storage.digest import StreamSha256
 from keel.storage.models import (
     StorageBucket,
     StorageObject,
@@ -181,8 +181,7 @@ class _Measured:
         self.chunks = chunks
         self.limit = limit
         self.size = 0
-        self.digest = StreamSha256()
-        self.etag: str | None = None  # the SHA-256's hex, once the chunks have ended
+        self.digest = hashlib.sha256()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self.chunks:
@@ -193,9 +192,8 @@ class _Measured:
                 raise PayloadTooLarge(
                     f"A part is at most {self.limit} bytes (the bucket's largest object)."
                 )
-            await self.digest.update(bytes(chunk))
+            self.digest.update(chunk)
             yield chunk
-        self.etag = await self.digest.hexdigest()
 
 
 async def put_part(
@@ -247,8 +245,7 @@ async def put_part(
             else:
                 replaced = part.locator
             part.size = measured.size
-            assert measured.etag is not None  # the store read the chunks to their end
-            part.etag = measured.etag
+            part.etag = measured.digest.hexdigest()
             part.locator = locator
             part.created_at = utcnow()
             await session.flush()
@@ -336,7 +333,7 @@ async def _assembled(
     """The plaintext of ``parts`` in order, each checked against its ETag as it ends."""
     blobs = storage_runtime(context).blobs
     for part in parts:
-        digest = StreamSha256()
+        digest = hashlib.sha256()
         if part.size == 0:
             pieces: AsyncIterator[bytes] = _nothing()
         elif data_key is None:
@@ -353,13 +350,13 @@ async def _assembled(
             )
         try:
             async for chunk in pieces:
-                await digest.update(bytes(chunk))
+                digest.update(chunk)
                 yield chunk
         finally:
             close = getattr(pieces, "aclose", None)
             if close is not None:
                 await close()
-        if not hmac.compare_digest((await digest.hexdigest()).encode(), part.etag.encode()):
+        if not hmac.compare_digest(digest.hexdigest().encode(), part.etag.encode()):
             raise BadRequest(
                 f"Part {part.number}'s stored bytes do not match its ETag: upload it again.",
                 code="invalid-part",
