@@ -32,6 +32,7 @@ from keel.settings import LogFormat, Settings
 from tests.support.apps import lifespan_of
 from tests.support.databases import create_postgres_database, drop_postgres_database, postgres_dsn
 from tests.support.keel_process import LOADED_MACHINE_WAITS, TEST_MASTER_KEY
+from tests.support.loop_teardown import install as bound_loop_teardown
 from tests.support.tenants import TenantAdmin, make_tenant_admin
 
 POSTGRES_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -46,6 +47,10 @@ for _name, _wait in LOADED_MACHINE_WAITS.items():
 # Before any test's log capture is set up: ``create_app`` would otherwise configure logging
 # at the first app a test builds, replacing the root handlers a capture had installed.
 configure_logging("info", LogFormat.auto)
+
+# A leftover task that ignores its cancellation is named and abandoned after a bounded wait
+# instead of hanging its xdist worker in the loop's teardown (tests/support/loop_teardown.py).
+bound_loop_teardown()
 
 
 #: The files that take minutes (2026-12-06, ``--durations=0`` on 2 cores: the docs pages
