@@ -13,7 +13,8 @@
                 └─ response headers: transform, profile, CORS, RateLimit, X-Request-ID ◀──┘
 
 It is served on its own listener (``KEEL_GATEWAY__PROXY_LISTEN``), apart from Keel's API, by
-a uvicorn server inside the same process and event loop (:class:`ProxyServer`). Pools are
+its own HTTP/1.1 listener inside the same process and event loop (:class:`ProxyServer`,
+:mod:`keel.gateway.proxy.listener`). Pools are
 rebuilt when the policy changes; an unchanged pool keeps its runtime (its connections, its
 health and breaker state), so a route edit does not eject a target nobody touched.
 """
@@ -26,7 +27,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -521,20 +522,18 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 class ProxyServer:
-    """The proxy's listener: a uvicorn server in this process's event loop (Keel's own
-    server keeps the process's signal handling)."""
+    """The proxy's listener in this process's event loop: Keel's own HTTP/1.1 protocol
+    (:mod:`keel.gateway.proxy.listener`), WebSocket upgrades handed to uvicorn's
+    ``websockets-sansio`` protocol. Keel's own server keeps the process's signal handling."""
 
-    def __init__(self, app: GatewayProxy, listen: str) -> None:
+    def __init__(self, app: GatewayProxy, listen: str, *, reuse_port: bool = False) -> None:
         import uvicorn
+
+        from keel.gateway.proxy.listener import ProxyListener
 
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
-
-        class EmbeddedServer(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Generator[None, None, None]:
-                yield
-
+        # Only for the WebSocket connections the listener hands over (their limits, pings).
         self.config = uvicorn.Config(
             app,
             host=host,
@@ -542,29 +541,20 @@ class ProxyServer:
             lifespan="off",
             log_level="warning",
             access_log=False,
-            http="httptools",
             ws="websockets-sansio",
             server_header=False,
             date_header=False,
-            timeout_keep_alive=75,
             # The client address is the peer's: X-Forwarded-For is read by the enforcer, and
-            # only as far as KEEL_GATEWAY__FORWARDED_HOPS trusts it (uvicorn believes it from
-            # 127.0.0.1 by default).
+            # only as far as KEEL_GATEWAY__FORWARDED_HOPS trusts it.
             proxy_headers=False,
         )
-        self.server = EmbeddedServer(self.config)
-        self._task: asyncio.Task[None] | None = None
+        self.config.load()
+        self.listener = ProxyListener(
+            app, host, int(port), ws_config=self.config, reuse_port=reuse_port
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="gateway-proxy-server")
-        while not self.server.started:
-            if self._task.done():
-                await self._task  # raises what stopped it (the port taken, say)
-                raise RuntimeError("the gateway proxy stopped at start-up")
-            await asyncio.sleep(0.01)
+        await self.listener.start()
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.listener.stop()

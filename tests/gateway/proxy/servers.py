@@ -1,6 +1,8 @@
 """Real servers for the forwarding engine's tests: upstreams, and the proxy in front of them.
 
 - :func:`serve` runs any ASGI app under uvicorn on a free port of 127.0.0.1 (in this loop).
+- :func:`serve_on_listener` runs an ASGI app on the proxy's own listener
+  (``keel.gateway.proxy.listener``), as ``keel serve`` serves the gateway's proxy.
 - :func:`proxy_app` is the smallest gateway: every request of every path goes to one pool,
   as the integrator's app will after matching a route.
 - :class:`RawUpstream` is an HTTP server written on bare asyncio for what uvicorn will not
@@ -62,6 +64,19 @@ async def serve(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
         server.should_exit = True
         server.force_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serve_on_listener(app: ASGIApp) -> AsyncIterator[str]:
+    """``app`` on the proxy's own HTTP/1.1 listener, on a free port; yields its base URL."""
+    from keel.gateway.proxy_app import ProxyServer
+
+    server = ProxyServer(app, f"127.0.0.1:{free_port()}")  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{server.listener.port}"
+    finally:
+        await server.stop()
 
 
 def pool_of(*urls: str | UpstreamTarget, **settings: Any) -> UpstreamPool:
@@ -149,8 +164,9 @@ async def proxied(pool: UpstreamPool, **options: Any) -> AsyncIterator[tuple[str
     runtime = UpstreamRuntime(pool)
     await runtime.start()
     try:
-        # proxy_headers off: uvicorn would otherwise take the client from X-Forwarded-For.
-        async with serve(proxy_app(runtime, **options), proxy_headers=False) as url:
+        # On the listener the gateway's proxy is served by (its WebSocket upgrades handed to
+        # uvicorn's protocol), so every forwarding test goes through it.
+        async with serve_on_listener(proxy_app(runtime, **options)) as url:
             yield url, runtime
     finally:
         await runtime.stop()

@@ -220,8 +220,15 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
+#: ``Connection`` options that name no header to drop (and hop-by-hop ones, dropped anyway).
+_CONNECTION_OPTIONS: Final = HOP_BY_HOP_HEADERS | {b"close"}
+
+
 def _add_tokens(tokens: set[bytes], connection_value: bytes) -> set[bytes]:
+    # ``keep-alive`` or ``close``, as nearly every upstream sends, leaves nothing to filter:
+    # the second pass over the headers is skipped then.
     tokens.update(token.strip().lower() for token in connection_value.split(b","))
+    tokens -= _CONNECTION_OPTIONS
     return tokens
 
 
