@@ -238,6 +238,11 @@ class GatewaySettings(BaseModel):
     tenant: str = Field(default="default", min_length=1, max_length=63)
     #: ``host:port`` of the proxy listener (``None``: no proxy in this process).
     proxy_listen: str | None = None
+    #: Bind the proxy's port with ``SO_REUSEPORT``: with ``keel serve --workers N`` every
+    #: worker process runs a proxy on the same port and the kernel spreads the connections.
+    #: Needs ``KEEL_REDIS_URL``: in-memory rate limits would count per process (N times the
+    #: limit); health, breaker and cache state is each process's own (see docs/gateway.md).
+    proxy_reuse_port: bool = False
     #: CIDRs refused as upstream addresses when a policy is written (a literal IP in one, or
     #: a host name resolving into one), e.g. ``KEEL_GATEWAY__BLOCKED_UPSTREAM_NETWORKS=
     #: '["169.254.0.0/16","10.99.0.0/16"]'`` or comma-separated.
@@ -409,6 +414,17 @@ class Settings(BaseSettings):
                     f"{variable} and {ENV_PREFIX}SECRETS{NESTED_DELIMITER}{name.upper()} are "
                     f"both set and differ; one master key serves every service, set one of them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_limits_for_many_proxies(self) -> Settings:
+        """Proxies sharing one port count their rate limits together, in Redis."""
+        if self.gateway.proxy_reuse_port and self.redis_url is None:
+            raise ValueError(
+                f"{ENV_PREFIX}GATEWAY{NESTED_DELIMITER}PROXY_REUSE_PORT needs "
+                f"{ENV_PREFIX}REDIS_URL: proxies in several processes share rate limits only "
+                "through Redis"
+            )
         return self
 
     @field_validator("services", mode="before")

@@ -526,7 +526,14 @@ class ProxyServer:
     (:mod:`keel.gateway.proxy.listener`), WebSocket upgrades handed to uvicorn's
     ``websockets-sansio`` protocol. Keel's own server keeps the process's signal handling."""
 
-    def __init__(self, app: GatewayProxy, listen: str, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        app: GatewayProxy,
+        listen: str,
+        *,
+        reuse_port: bool = False,
+        max_head_bytes: int | None = None,
+    ) -> None:
         import uvicorn
 
         from keel.gateway.proxy.listener import ProxyListener
@@ -550,7 +557,12 @@ class ProxyServer:
         )
         self.config.load()
         self.listener = ProxyListener(
-            app, host, int(port), ws_config=self.config, reuse_port=reuse_port
+            app,
+            host,
+            int(port),
+            ws_config=self.config,
+            reuse_port=reuse_port,
+            **({"max_head_bytes": max_head_bytes} if max_head_bytes is not None else {}),
         )
 
     async def start(self) -> None:

@@ -100,7 +100,12 @@ async def serve_gateway(context: AppContext) -> None:
                 metrics=ProxyMetrics(context.metrics.registry),
             )
             await proxy.start()
-            server = ProxyServer(proxy, listen)
+            server = ProxyServer(
+                proxy,
+                listen,
+                reuse_port=context.settings.gateway.proxy_reuse_port,
+                max_head_bytes=context.settings.max_header_bytes,
+            )
             await server.start()
             running = (proxy, server)
             context.resources[GATEWAY_PROXY] = running

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 import httptools
+import httpx
+import pytest
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 
+from keel.gateway.proxy.listener import ProxyListener
 from keel.gateway.proxy.runtime import UpstreamRuntime
+from keel.settings import Settings
+from tests.support.keel_process import free_port
 
 from .servers import RawUpstream, pool_of, proxied, proxy_app, serve, serve_on_listener
 
@@ -186,6 +193,30 @@ async def test_a_malformed_request_is_answered_400_problem_json_and_closed() -> 
                 client.close()
 
 
+async def test_a_head_over_the_limit_is_answered_431_problem_json_and_closed() -> None:
+    async with serve(echo) as upstream, proxied(pool_of(upstream)) as (url, _):
+        for head in (
+            _head("GET", "/big", *(f"x-filler-{n}: {'v' * 1000}" for n in range(40))),
+            _head("GET", "/big", f"x-one-long-line: {'v' * 100_000}"),
+        ):
+            client = await _open(url)
+            try:
+                await client.send(head)
+                (answer,) = await client.answers(1)
+                assert answer.status == 431
+                assert answer.headers[b"content-type"] == b"application/problem+json"
+                assert await client.is_closed()
+            finally:
+                client.close()
+        client = await _open(url)  # a head under the limit still passes
+        try:
+            await client.send(_head("GET", "/small", f"x-filler: {'v' * 20_000}"))
+            (answer,) = await client.answers(1)
+            assert answer.status == 200
+        finally:
+            client.close()
+
+
 async def test_http_1_0_is_answered_and_closed() -> None:
     async with serve(echo) as upstream, proxied(pool_of(upstream)) as (url, _):
         client = await _open(url)
@@ -194,6 +225,26 @@ async def test_http_1_0_is_answered_and_closed() -> None:
             (answer,) = await client.answers(1)
             assert answer.json()["path"] == "/old"
             assert await client.is_closed()
+        finally:
+            client.close()
+
+    async def unsized(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part one ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part two"})
+
+    # An answer of unknown length: no chunked coding for HTTP/1.0, the close ends it.
+    async with serve(unsized) as upstream, proxied(pool_of(upstream)) as (url, _):
+        client = await _open(url)
+        try:
+            await client.send(b"GET /old HTTP/1.0\r\n\r\n")
+            received = b""
+            async with asyncio.timeout(5):
+                while chunk := await client.reader.read(65536):
+                    received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert b"transfer-encoding" not in head.lower()
+            assert body == b"part one part two"
         finally:
             client.close()
 
@@ -357,3 +408,57 @@ async def test_stopping_closes_idle_connections_and_lets_an_answer_finish() -> N
             busy.close()
         finally:
             await runtime.stop()
+
+
+async def test_an_idle_connection_is_closed_after_the_keep_alive_time() -> None:
+    async with serve(echo) as upstream:
+        runtime = UpstreamRuntime(pool_of(upstream))
+        await runtime.start()
+        listener = ProxyListener(
+            proxy_app(runtime), "127.0.0.1", free_port(), ws_config=None, keep_alive_seconds=0.5
+        )
+        await listener.start()
+        try:
+            client = await _open(f"http://127.0.0.1:{listener.port}")
+            await client.send(_head("GET", "/once"))
+            (answer,) = await client.answers(1)
+            assert answer.status == 200
+            started = time.monotonic()
+            assert await client.is_closed(timeout=5)
+            assert 0.3 < time.monotonic() - started < 3
+            client.close()
+        finally:
+            await listener.stop()
+            await runtime.stop()
+
+
+async def test_proxies_in_several_processes_share_a_port_only_with_reuse_port() -> None:
+    async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    port = free_port()
+    first = ProxyListener(hello, "127.0.0.1", port, ws_config=None, reuse_port=True)
+    second = ProxyListener(hello, "127.0.0.1", port, ws_config=None, reuse_port=True)
+    alone = ProxyListener(hello, "127.0.0.1", port, ws_config=None)
+    await first.start()
+    try:
+        await second.start()
+        with pytest.raises(OSError, match="address already in use"):
+            await alone.start()  # without the option a taken port still fails the start
+        async with httpx.AsyncClient() as client:
+            for _ in range(4):
+                assert (await client.get(f"http://127.0.0.1:{port}/")).text == "hi"
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+def test_reuse_port_needs_redis_for_shared_rate_limits() -> None:
+    with pytest.raises(ValidationError, match="PROXY_REUSE_PORT needs KEEL_REDIS_URL"):
+        Settings(gateway={"proxy_listen": "127.0.0.1:8080", "proxy_reuse_port": True})
+    settings = Settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        gateway={"proxy_listen": "127.0.0.1:8080", "proxy_reuse_port": True},
+    )
+    assert settings.gateway.proxy_reuse_port

@@ -47,6 +47,8 @@ log = get_logger("keel.gateway.proxy.listener")
 HIGH_WATER: Final = 64 * 1024
 #: How long a connection may wait for its next request.
 KEEP_ALIVE_SECONDS: Final = 75.0
+#: The most a request's target and headers may take (``KEEL_MAX_HEADER_BYTES``' default).
+MAX_HEAD_BYTES: Final = 32 * 1024
 
 App = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -71,10 +73,13 @@ class ListenerState:
     """What every connection of one listener shares: the app, the open connections, the
     uvicorn configuration a WebSocket upgrade is handed to."""
 
-    def __init__(self, app: App, ws_config: Any, keep_alive_seconds: float) -> None:
+    def __init__(
+        self, app: App, ws_config: Any, keep_alive_seconds: float, max_head_bytes: int
+    ) -> None:
         self.app = app
         self.ws_config = ws_config
         self.keep_alive_seconds = keep_alive_seconds
+        self.max_head_bytes = max_head_bytes
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self._ws_state: Any = None
@@ -98,6 +103,7 @@ class _Exchange:
         "expect_continue",
         "head",
         "is_head",
+        "is_http10",
         "keep_alive",
         "last_read",
         "more_body",
@@ -119,6 +125,7 @@ class _Exchange:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.is_head = scope["method"] == "HEAD"
+        self.is_http10 = scope["http_version"] == "1.0"
         self.body = bytearray()
         self.more_body = True
         self.last_read = False  # the app was handed the body's end
@@ -221,8 +228,11 @@ class _Exchange:
             and status >= 200
             and not self.is_head
         ):
-            self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
+            if self.is_http10:
+                self.keep_alive = False  # no chunked coding in HTTP/1.0: the close ends it
+            else:
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
@@ -259,6 +269,10 @@ class HttpConnection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._keep_alive_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0  # when the last answer went out (the loop's clock)
+        self._reading_head = False
+        self._head_bytes = 0  # the target's, names' and values' bytes of the head being read
+        self._head_received = 0  # bytes received while a head was incomplete
+        self._head_too_large = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -309,6 +323,15 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = self.loop.time()
+        if self._head_too_large:
+            return  # answered 431 and closing: the rest is dropped
+        if self._reading_head:
+            # llhttp holds a header line until it ends: count the raw bytes too (never more
+            # than the head's own, so this refuses nothing the exact count would pass).
+            self._head_received += len(data)
+            if self._head_received > 2 * self.state.max_head_bytes:
+                self._refuse_head()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -317,7 +340,10 @@ class HttpConnection(asyncio.Protocol):
                 self._hand_to_websocket(data[offset:])
             # another protocol: answered as plain HTTP, then closed (the parser stops here)
         except (httptools.HttpParserError, _BadRequest) as error:
-            self._bad_request(str(error) or "Invalid HTTP request.")
+            if self._head_too_large:
+                self._refuse_head()
+            else:
+                self._bad_request(str(error) or "Invalid HTTP request.")
 
     def resume_reading(self) -> None:
         if self.is_reading_paused and self.current is not None:
@@ -334,6 +360,9 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._reading_head = True
+        self._head_bytes = 0
+        self._head_received = 0
         self.url = b""
         self.headers = []
         self.expect_continue = False
@@ -341,15 +370,24 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (RFC 9110 §5.5)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         self.headers.append((name, value))
 
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.state.max_head_bytes:
+            self._head_too_large = True
+            raise _BadRequest("the head is too large")
+
     def on_headers_complete(self) -> None:
+        self._reading_head = False
         parser = self.parser
         method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
@@ -433,7 +471,9 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(error, asyncio.CancelledError):
                 self.transport.abort()
                 raise
-            if exchange.response_started:
+            if exchange.response_complete:
+                log.exception("gateway.proxy.error_after_answer")
+            elif exchange.response_started:
                 # Mid-answer (the upstream failed, say): a truncated body must not pass for a
                 # whole one, so the connection goes.
                 log.warning("gateway.proxy.aborted", error=type(error).__name__)
@@ -538,6 +578,29 @@ class HttpConnection(asyncio.Protocol):
             self._pause_reading()
         log.info("gateway.proxy.bad_request", detail=detail[:200])
 
+    def _refuse_head(self) -> None:
+        """431 problem+json (as Keel's API answers), then close."""
+        self._head_too_large = True
+        self._reading_head = False
+        refusal = problem(
+            431,
+            "headers-too-large",
+            "Request header fields too large",
+            f"The request's target and headers exceed {self.state.max_head_bytes} bytes.",
+        )
+        log.warning("gateway.proxy.headers_too_large", limit=self.state.max_head_bytes)
+        if self.current is not None:
+            self.current.keep_alive = False
+            self.waiting.clear()
+            self._pause_reading()
+            return
+        if not self.transport.is_closing():
+            lines = [_STATUS_LINES[431]]
+            lines.extend(b"%s: %s\r\n" % header for header in refusal.headers)
+            lines.append(b"connection: close\r\n\r\n")
+            self.transport.write(b"".join(lines) + refusal.body)
+            self.transport.close()
+
     def _hand_to_websocket(self, rest: bytes) -> None:
         """Give the connection to uvicorn's WebSocket protocol, as uvicorn does: it reads
         the upgrade request again from its head rebuilt here."""
@@ -573,9 +636,10 @@ class ProxyListener:
         *,
         ws_config: Any,
         keep_alive_seconds: float = KEEP_ALIVE_SECONDS,
+        max_head_bytes: int = MAX_HEAD_BYTES,
         reuse_port: bool = False,
     ) -> None:
-        self.state = ListenerState(app, ws_config, keep_alive_seconds)
+        self.state = ListenerState(app, ws_config, keep_alive_seconds, max_head_bytes)
         self.host = host
         self.port = port
         self.reuse_port = reuse_port
