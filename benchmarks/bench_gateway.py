@@ -14,9 +14,18 @@ worker): the fastest upstream there is, so the differences below are the proxies
 - ``gateway.keel_realistic``: a route verifying a Keel access token (a service account's,
   from ``client_credentials``) locally against the JWKS, one sliding-window rate limit per
   caller (in memory: this Keel has no Redis; set high enough never to refuse) and the
-  ``api`` security-header profile.
+  ``api`` security-header profile;
+- ``gateway.keel_workers_floor`` / ``gateway.keel_workers_realistic``: the same routes on
+  ``keel serve --workers <cores>`` with ``KEEL_GATEWAY__PROXY_REUSE_PORT`` (one proxy per
+  core on one port, as nginx ``worker_processes auto`` runs one worker per core) and Redis
+  (``KEEL_BENCH_REDIS_URL``, default ``redis://127.0.0.1:6379``: the setting needs it, the
+  limit being shared by the processes). Their ratio is against nginx ``auto``: the same
+  cores on both sides. The realistic route's limit is then a Redis round trip where the
+  one-process case counts in memory, so the two realistic figures do not compare alone.
+  Skipped (with a line on stderr) when Redis does not answer.
 
-Each proxied case gives two figures:
+Each proxied case gives two figures (the ``rps`` ratio: one process against nginx's one
+worker, one process a core against nginx's ``auto``):
 
 - ``<case>.rps``: requests/s at ``CONNECTIONS`` keep-alive connections (wrk ``-t1``: one
   load thread leaves the proxy and the upstream the rest of the two cores). Ratio against
@@ -190,21 +199,31 @@ def _access_token(http: httpx.Client) -> str:
 
 
 @contextlib.contextmanager
-def _keel(root: Path, upstream_port: int) -> Iterator[tuple[Server, int, str]]:
+def _keel(
+    root: Path, upstream_port: int, *, workers: int = 1, redis_url: str | None = None
+) -> Iterator[tuple[Server, int, str]]:
     """``keel serve`` with the proxy listening, the policy written: the server, the proxy's
-    port and an access token for the realistic route."""
-    cwd = root / "keel"
+    port and an access token for the realistic route. With ``workers`` above one: that many
+    processes, each with a proxy on the one port (``SO_REUSEPORT``), sharing Redis."""
+    cwd = root / f"keel-{workers}"
     cwd.mkdir()
     proxy_port = free_port()
+    several = (
+        {"KEEL_REDIS_URL": redis_url or "", "KEEL_GATEWAY__PROXY_REUSE_PORT": "true"}
+        if workers > 1
+        else {}
+    )
     env = clean_env(
         KEEL_DATA_DIR=str(cwd / "data"),
         KEEL_MASTER_KEY=BENCH_MASTER_KEY,
         KEEL_LOG_LEVEL="warning",
         KEEL_GATEWAY__PROXY_LISTEN=f"{HOST}:{proxy_port}",
+        **several,
     )
     admin_key = keel_admin_key(cwd, env)
     port = free_port()
-    with Server(keel_serve_command(port), port=port, cwd=cwd, env=env) as server:
+    command = keel_serve_command(port, *(["--workers", str(workers)] if workers > 1 else []))
+    with Server(command, port=port, cwd=cwd, env=env) as server:
         server.wait_http("/health/ready")
         with httpx.Client(base_url=server.url, timeout=30) as admin:
             admin.headers["Authorization"] = f"Bearer {admin_key}"
@@ -217,9 +236,12 @@ def _keel(root: Path, upstream_port: int) -> Iterator[tuple[Server, int, str]]:
 
 
 def _wait_routed(proxy_port: int, token: str, timeout: float = 30.0) -> None:
-    """Until both routes answer 200 through the proxy (the policy reaches it by broadcast)."""
+    """Until both routes answer 200 through the proxy (the policy reaches it by broadcast),
+    eight times running, each on a new connection (with several processes on the port, the
+    kernel gives each connection to one of them: every one must have the policy)."""
     deadline = time.monotonic() + timeout
     last = ""
+    running = 0
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             floor = httpx.get(f"http://{HOST}:{proxy_port}{FLOOR_PATH}", timeout=2)
@@ -229,7 +251,11 @@ def _wait_routed(proxy_port: int, token: str, timeout: float = 30.0) -> None:
                 timeout=2,
             )
             if floor.status_code == realistic.status_code == 200:
-                return
+                running += 1
+                if running >= 8:
+                    return
+                continue
+            running = 0
             last = f"{floor.status_code} {realistic.status_code} {realistic.text[:200]}"
         time.sleep(0.1)
     raise ServerFailed(f"the proxy did not route within {timeout} s: {last}")
@@ -291,9 +317,14 @@ def _figures(runs: dict[str, dict[str, list[dict[str, float]]]]) -> list[Figure]
                            "spread": _spread(runs["direct"]["single"], "p50_ms"),
                            "spread_p99_ms": _spread(runs["direct"]["single"], "p99_ms")})),
     ]  # fmt: skip
-    peer_name = "nginx, 1 worker"
-    peer_rps = _best(runs["nginx_1_worker"]["load"], "rps", highest=True)["rps"]
-    for name in ("nginx_1_worker", "nginx_auto_workers", "keel_floor", "keel_realistic"):
+    one_worker = _best(runs["nginx_1_worker"]["load"], "rps", highest=True)["rps"]
+    auto = _best(runs["nginx_auto_workers"]["load"], "rps", highest=True)["rps"]
+    names = ["nginx_1_worker", "nginx_auto_workers", "keel_floor", "keel_realistic"]
+    names += [name for name in ("keel_workers_floor", "keel_workers_realistic") if name in runs]
+    for name in names:
+        per_core = name.startswith("keel_workers")
+        peer_name = "nginx, auto workers" if per_core else "nginx, 1 worker"
+        peer_rps = auto if per_core else one_worker
         load = _best(runs[name]["load"], "rps", highest=True)
         p50 = min(result["p50_ms"] for result in runs[name]["single"])
         p99 = min(result["p99_ms"] for result in runs[name]["single"])
@@ -346,6 +377,7 @@ def main() -> list[Figure]:
             _nginx(root, "nginx-auto", _reverse_proxy_config(nginx_auto_port, upstream_port),
                    "auto", nginx_auto_port) as nginx_auto,
             _keel(root, upstream_port) as (keel, proxy_port, token),
+            contextlib.ExitStack() as stack,
         ):  # fmt: skip
             bearer = f"Authorization: Bearer {token}"
             cases = [
@@ -355,7 +387,31 @@ def main() -> list[Figure]:
                 Case("keel_floor", proxy_port, FLOOR_PATH, server=keel),
                 Case("keel_realistic", proxy_port, REALISTIC_PATH, bearer, server=keel),
             ]
+            redis_url = os.environ.get("KEEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+            if _redis_answers(redis_url):
+                cores = os.cpu_count() or 1
+                many, many_port, many_token = stack.enter_context(
+                    _keel(root, upstream_port, workers=cores, redis_url=redis_url)
+                )
+                many_bearer = f"Authorization: Bearer {many_token}"
+                cases += [
+                    Case("keel_workers_floor", many_port, FLOOR_PATH, server=many),
+                    Case("keel_workers_realistic", many_port, REALISTIC_PATH, many_bearer,
+                         server=many),
+                ]  # fmt: skip
+            else:
+                print(f"bench_gateway: no Redis at {redis_url}: one process only",
+                      file=sys.stderr, flush=True)  # fmt: skip
             return _figures(_measure(cases))
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
 
 
 if __name__ == "__main__":

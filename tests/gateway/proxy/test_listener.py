@@ -326,6 +326,32 @@ async def test_a_streamed_answer_goes_out_chunked_as_it_comes() -> None:
             client.close()
 
 
+async def test_a_head_whose_body_is_not_there_yet_is_sent_without_waiting_for_it() -> None:
+    release = asyncio.Event()
+
+    async def quiet_stream(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        await release.wait()  # an event stream with nothing to say yet
+        await send({"type": "http.response.body", "body": b"data: late\n\n"})
+
+    async with serve(quiet_stream) as upstream, proxied(pool_of(upstream)) as (url, _):
+        client = await _open(url)
+        try:
+            await client.send(_head("GET", "/quiet"))
+            async with asyncio.timeout(5):
+                head = await client.reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            release.set()
+            async with asyncio.timeout(5):
+                rest = b""
+                while not rest.endswith(b"0\r\n\r\n"):
+                    rest += await client.reader.read(65536)
+            assert b"data: late" in rest
+        finally:
+            client.close()
+
+
 async def test_an_upstream_dying_mid_answer_aborts_the_client_connection() -> None:
     async def half_then_close(request: object) -> bytes | None:
         return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\nonly part"

@@ -5,8 +5,9 @@
     client bytes ─ data_received ─ httptools (llhttp) ─ on_header … on_message_complete
         └─ a request: scope (a plain dict), its body as it arrives ─ the app (GatewayProxy)
              ├─ receive(): the body, chunk by chunk (reading paused above 64 KiB unread)
-             └─ send():    the head is held until the first body part: an answer of one
-                           body part (most proxied answers) goes out in ONE write
+             └─ send():    the head is held for the first body part: an answer of one
+                           body part (most proxied answers) goes out in ONE write (a head
+                           whose body is not there yet goes at the loop's next turn)
         WebSocket upgrade ─ the connection handed to uvicorn's websockets protocol
 
 It replaces uvicorn's HTTP protocol for the proxy only (Keel's API keeps uvicorn). It serves
@@ -179,6 +180,10 @@ class _Exchange:
             self.response_started = True
             self.expect_continue = False
             self.head = self._head(message["status"], message.get("headers", ()))
+            # Held for the first body part, which is usually there already (the upstream's
+            # head and body came in one read): one write. If the app must wait for it (an
+            # event stream between events), the head goes out at the loop's next turn.
+            self.connection.loop.call_soon(self._flush_head)
             return
         if self.response_complete or kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
@@ -208,6 +213,11 @@ class _Exchange:
             self.connection.response_complete(self)
         elif self.connection.is_writing_paused:
             await self.connection.drain()
+
+    def _flush_head(self) -> None:
+        head, self.head = self.head, None
+        if head is not None and not self.connection.transport.is_closing():
+            self.connection.transport.write(head)
 
     def _head(self, status: int, headers: Any) -> bytes:
         lines = [_STATUS_LINES.get(status) or _status_line(status)]
