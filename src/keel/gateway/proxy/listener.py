@@ -346,7 +346,9 @@ class HttpConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
-            if self.is_upgrade:
+            if self.is_upgrade and self.state.ws_config is None:
+                self._bad_request("no WebSocket support configured")
+            elif self.is_upgrade:
                 self._hand_to_websocket(data[offset:])
             # another protocol: answered as plain HTTP, then closed (the parser stops here)
         except (httptools.HttpParserError, _BadRequest) as error:
