@@ -34,7 +34,13 @@ from keel.jobs.auth import QueueAccess, check_queues, may
 from keel.jobs.metrics import JOBS_METRICS_RESOURCE
 from keel.jobs.models import Job, JobState
 from keel.jobs.service import KEEP
-from keel.jobs.signals import JOB_SIGNALS_RESOURCE, signal_after_commit
+from keel.jobs.signals import (
+    JOB_SIGNALS_RESOURCE,
+    Handing,
+    Waiting,
+    hand_after_commit,
+    signal_after_commit,
+)
 from keel_client.auth import Principal
 
 #: The hot routes (enqueue, batch, fetch, ack) are served directly (:mod:`keel.core.direct`).
@@ -102,19 +108,30 @@ async def _enqueue(
 ) -> JSONResponse:
     check_queues(principal, [body.queue], QueueAccess.enqueue)
     new = _new_job(body, context.settings.jobs.max_args_bytes)
+    signals = context.resources[JOB_SIGNALS_RESOURCE]
+    handings: list[Handing] = []
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
-        enqueued = await service.enqueue_one(session, principal.tenant_id, new)
-        if enqueued.created:
+        # A fetch waiting in this process for the queue may be handed the job (its lease in
+        # this transaction); it answers once this commits (keel.jobs.signals, "Hand-off").
+        handing = Handing(signals, principal.tenant_id)
+        handings.append(handing)
+        hand_after_commit(session, handing)
+        enqueued = await service.enqueue_one(session, principal.tenant_id, new, handing)
+        if enqueued.created and not handing.taken:
             signal_after_commit(session, principal.tenant_id, [body.queue])
         return (201 if enqueued.created else 200), _job_document(
             enqueued.job, duplicate=not enqueued.created
         )
 
     request = body.model_dump(mode="json")
-    return await idempotent(
-        context.database, principal.tenant_id, "jobs.enqueue", idempotency_key, request, write
-    )
+    try:
+        return await idempotent(
+            context.database, principal.tenant_id, "jobs.enqueue", idempotency_key, request, write
+        )
+    finally:
+        for handing in handings:
+            handing.abandon()
 
 
 async def _enqueue_directly(request: Request) -> Response:
@@ -144,10 +161,17 @@ async def _enqueue_batch(
     check_queues(principal, queues, QueueAccess.enqueue)
     limit = context.settings.jobs.max_args_bytes
     news = [_new_job(job, limit) for job in body.jobs]
+    signals = context.resources[JOB_SIGNALS_RESOURCE]
+    handings: list[Handing] = []
 
     async def write(session: AsyncSession) -> tuple[int, dict[str, Any]]:
-        entries = await service.enqueue_batch(session, principal.tenant_id, news)
-        signal_after_commit(session, principal.tenant_id, queues)
+        handing = Handing(signals, principal.tenant_id)  # as in _enqueue
+        handings.append(handing)
+        hand_after_commit(session, handing)
+        entries = await service.enqueue_batch(session, principal.tenant_id, news, handing)
+        handed = sum(len(waiting.claims) for waiting in handing.taken)
+        if handed < len(news):  # jobs left for others to claim: wake the waiting fetches
+            signal_after_commit(session, principal.tenant_id, queues)
         return 201, {
             "ids": [entry.id for entry in entries],
             "duplicates": [entry.duplicate for entry in entries],
@@ -155,9 +179,13 @@ async def _enqueue_batch(
 
     # The fingerprint of 10,000 jobs is cheap next to inserting them.
     request = body.model_dump(mode="json")
-    return await idempotent(
-        context.database, principal.tenant_id, "jobs.batch", idempotency_key, request, write
-    )
+    try:
+        return await idempotent(
+            context.database, principal.tenant_id, "jobs.batch", idempotency_key, request, write
+        )
+    finally:
+        for handing in handings:
+            handing.abandon()
 
 
 async def _enqueue_batch_directly(request: Request) -> Response:
@@ -248,14 +276,49 @@ async def _fetch(
             remaining = deadline - time.monotonic()
             if claims or remaining <= 0 or (gone is not None and gone.done()):
                 return {"jobs": [_lease(claim) for claim in claims], **_ack_answer(outcome)}
-            await signals.wait(
-                tenant_id, queues, mark, min(remaining, signals.recheck_seconds), until=gone
+            handed = await _wait(
+                signals.offer(tenant_id, queues, body.worker_id, body.limit, lease_seconds),
+                context,
+                mark,
+                min(remaining, signals.recheck_seconds),
+                gone,
             )
+            if handed:
+                return {"jobs": [_lease(claim) for claim in handed], **_ack_answer(outcome)}
             if gone is not None and gone.done():
                 return {"jobs": [], **_ack_answer(outcome)}
     finally:
         if gone is not None:
             gone.cancel()
+
+
+async def _wait(
+    waiting: Waiting,
+    context: AppContext,
+    mark: int,
+    timeout: float,
+    gone: asyncio.Future[None] | None,
+) -> list[service.Claim]:
+    """Wait as :meth:`JobSignals.wait` does, offered to enqueues meanwhile: the jobs an
+    enqueue handed this fetch (committed, leased to it), or none. Handed jobs the caller is
+    no longer there for are given back at once (available again, no attempt counted)."""
+    signals = context.resources[JOB_SIGNALS_RESOURCE]
+    try:
+        await signals.wait(
+            waiting.tenant_id, waiting.queues, mark, timeout, until=gone, handed=waiting.handed
+        )
+    finally:
+        taken = not signals.withdraw(waiting)
+    if not taken:
+        return []
+    # An enqueue took this fetch: its outcome (commit or rollback) settles what it handed.
+    handed: list[service.Claim] = list(await asyncio.shield(waiting.handed) or ())
+    if handed and gone is not None and gone.done():
+        async with context.database.session() as session:
+            await service.release(session, waiting.tenant_id, handed)
+            signal_after_commit(session, waiting.tenant_id, {claim.queue for claim in handed})
+        return []
+    return handed
 
 
 async def _apply_acks(

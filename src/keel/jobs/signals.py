@@ -14,6 +14,13 @@ On PostgreSQL without Redis, replicas share no broadcast; the signal then travel
 ``NOTIFY`` on :data:`PG_CHANNEL`: each replica's listener holds one connection on which it
 runs ``LISTEN`` and sends, after commit, the signals its own requests committed.
 
+**Hand-off.** A fetch that waits also offers itself (:meth:`JobSignals.offer`): an enqueue in
+this process of a job due now on one of its queues (not paused, no concurrency or rate limit)
+may take it (:meth:`JobSignals.take`, at most one enqueue takes a fetch) and insert the job
+already leased to it, in the enqueue's own transaction; once that commits, the fetch answers
+with the job (:func:`hand_after_commit`), without a claim transaction of its own or a wake-up.
+If the enqueue rolls back, the fetch is handed nothing and reads the table again.
+
 Signals are hints, never the truth: a fetch re-reads the table after each wake, and also
 every :data:`RECHECK_SECONDS` without one, so a lost message (Redis down, a job whose
 ``run_at`` came, a lease rescued) costs at most that long, never a job.
@@ -73,6 +80,7 @@ class JobSignals:
         self._generation = 0
         self._waiters: dict[str, set[tuple[frozenset[str], asyncio.Event]]] = defaultdict(set)
         self._last: dict[tuple[str, str], int] = {}
+        self._offers: list[Waiting] = []
 
     def mark(self) -> int:
         return self._generation
@@ -105,9 +113,11 @@ class JobSignals:
         timeout: float,
         *,
         until: asyncio.Future[Any] | None = None,
+        handed: asyncio.Future[Any] | None = None,
     ) -> None:
         """Return when one of ``queues`` was signalled after :meth:`mark` gave ``since``,
-        after ``timeout`` seconds, or once ``until`` is done (the caller went away)."""
+        after ``timeout`` seconds, once ``until`` is done (the caller went away), or once
+        ``handed`` is (an enqueue handed the waiting fetch jobs)."""
         wanted = frozenset(queues)
         if any(self._last.get((tenant_id, queue), 0) > since for queue in wanted):
             return
@@ -116,7 +126,7 @@ class JobSignals:
         woken = asyncio.ensure_future(entry[1].wait())
         try:
             await asyncio.wait(
-                [woken] if until is None else [woken, until],
+                [woken, *(future for future in (until, handed) if future is not None)],
                 timeout=timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -129,6 +139,131 @@ class JobSignals:
         # Generations only grow; forget old per-queue marks now and then.
         if len(self._last) > 10_000:
             self._last.clear()
+
+    # -- hand-off ---------------------------------------------------------------------------
+
+    def offer(
+        self,
+        tenant_id: str,
+        queues: Iterable[str],
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> Waiting:
+        """A waiting fetch's offer to be handed jobs (see the module's text); withdraw it
+        with :meth:`withdraw` before the fetch answers."""
+        waiting = Waiting(tenant_id, frozenset(queues), worker_id, limit, lease_seconds)
+        self._offers.append(waiting)
+        return waiting
+
+    def withdraw(self, waiting: Waiting) -> bool:
+        """Withdraw ``waiting``'s offer; False when an enqueue took it already (the fetch
+        must then await :attr:`Waiting.handed`, which that enqueue's outcome settles)."""
+        try:
+            self._offers.remove(waiting)
+        except ValueError:
+            return False
+        return True
+
+    def offered(self, tenant_id: str, queue: str) -> bool:
+        return any(
+            waiting.tenant_id == tenant_id and queue in waiting.queues for waiting in self._offers
+        )
+
+    def take(self, tenant_id: str, queue: str) -> Waiting | None:
+        """The longest-waiting fetch of ``tenant_id`` on ``queue``, its offer taken (no other
+        enqueue can take it), or None."""
+        for waiting in self._offers:
+            if waiting.tenant_id == tenant_id and queue in waiting.queues:
+                self._offers.remove(waiting)
+                return waiting
+        return None
+
+
+@dataclass(eq=False)
+class Waiting:
+    """A fetch of this process waiting for jobs, offered to enqueues (:meth:`JobSignals.offer`).
+
+    ``handed`` is settled once the enqueue that took it ends: with the claims committed for
+    it (leases of this fetch's ``worker_id``), or ``None`` when that enqueue rolled back.
+    """
+
+    tenant_id: str
+    queues: frozenset[str]
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    #: What the enqueue that took this fetch leased to it (committed only once ``handed``).
+    claims: list[Any] = field(default_factory=list)
+    handed: asyncio.Future[list[Any] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def room(self) -> int:
+        return self.limit - len(self.claims)
+
+    def settle(self, claims: list[Any] | None) -> None:
+        if not self.handed.done():
+            self.handed.set_result(claims)
+
+
+_HANDING = "keel.jobs.handing"
+
+
+class Handing:
+    """The fetches one enqueue's unit of work took (:meth:`JobSignals.take`): handed their
+    jobs when it commits, nothing when it rolls back (:func:`hand_after_commit`)."""
+
+    def __init__(self, signals: JobSignals, tenant_id: str) -> None:
+        self.signals = signals
+        self.tenant_id = tenant_id
+        self.taken: list[Waiting] = []
+
+    def offered(self, queue: str) -> bool:
+        return self.signals.offered(self.tenant_id, queue) or any(
+            queue in waiting.queues and waiting.room > 0 for waiting in self.taken
+        )
+
+    def take(self, queue: str) -> Waiting | None:
+        """A fetch waiting on ``queue`` with room for one more job: one this unit of work
+        took already, else a new one."""
+        for waiting in self.taken:
+            if queue in waiting.queues and waiting.room > 0:
+                return waiting
+        taken = self.signals.take(self.tenant_id, queue)
+        if taken is not None:
+            self.taken.append(taken)
+        return taken
+
+    def handed_queues(self) -> set[str]:
+        return {claim.queue for waiting in self.taken for claim in waiting.claims}
+
+    def abandon(self) -> None:
+        """Settle what was not settled (the unit of work ended without committing)."""
+        for waiting in self.taken:
+            waiting.settle(None)
+
+
+def hand_after_commit(session: AsyncSession, handing: Handing) -> None:
+    """Once ``session`` commits, the fetches ``handing`` took answer with their jobs; if it
+    rolls back, they are handed nothing."""
+    session.sync_session.info.setdefault(_HANDING, []).append(handing)
+
+
+@event.listens_for(Session, "after_commit")
+def _hand_over(sync_session: Session) -> None:
+    for handing in sync_session.info.pop(_HANDING, ()):
+        for waiting in handing.taken:
+            waiting.settle(list(waiting.claims) if waiting.claims else None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _hand_nothing(sync_session: Session) -> None:
+    for handing in sync_session.info.pop(_HANDING, ()):
+        for waiting in handing.taken:
+            waiting.claims.clear()
+            waiting.settle(None)
 
 
 JOB_SIGNALS_RESOURCE: ResourceKey[JobSignals] = ResourceKey("jobs.signals")

@@ -35,6 +35,7 @@ from keel.jobs.service.claims import (
     complete_many,
     fail,
     heartbeat,
+    release,
     rescue_lapsed,
 )
 from keel.jobs.service.enqueue import (
@@ -45,6 +46,7 @@ from keel.jobs.service.enqueue import (
     enqueue_batch,
     enqueue_many,
     enqueue_one,
+    open_queues,
 )
 from keel.jobs.service.platform import (
     enqueue_signalled,
@@ -119,10 +121,12 @@ __all__ = [
     "list_schedules",
     "live_task_args",
     "next_tick",
+    "open_queues",
     "pause_queue",
     "prune",
     "put_schedule",
     "queue_stats",
+    "release",
     "requeue",
     "requeue_dead",
     "rescue_lapsed",

@@ -346,6 +346,38 @@ async def claim(
     return claims
 
 
+async def release(session: AsyncSession, tenant_id: str, claims: Sequence[Claim]) -> int:
+    """Give back first attempts nobody started (a fetch handed them went away before it
+    could answer): available again, the attempt not counted, the lease ended. A claim whose
+    lease is no longer current is left alone. How many were given back."""
+    if not claims:
+        return 0
+    bind_tenant(session, tenant_id)
+    await hold_write_lock(session)
+    jobs = cast("Table", Job.__table__)
+    result = await session.execute(
+        update(jobs)
+        .where(
+            jobs.c.tenant_id == tenant_id,
+            jobs.c.id == bindparam("b_id"),
+            jobs.c.lease_token == bindparam("b_token"),
+            jobs.c.state == JobState.running.value,
+            jobs.c.attempt == 1,
+        )
+        .values(
+            state=JobState.available.value,
+            attempt=0,
+            lease_token=None,
+            lease_expires_at=None,
+            worker_id=None,
+            attempted_at=None,
+        )
+        .execution_options(all_tenants=True),
+        [{"b_id": claim.job_id, "b_token": claim.lease_token} for claim in claims],
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def _leased_job(session: AsyncSession, tenant_id: str, job_id: str, lease_token: str) -> Job:
     """The job, locked until the transaction ends, if ``lease_token`` is its current lease."""
     bind_tenant(session, tenant_id)

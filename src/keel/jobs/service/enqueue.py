@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +30,7 @@ from keel.core.errors import ValidationFailed
 from keel.core.ids import new_id
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
-from keel.jobs.models import LIVE_STATES, Job, JobState
+from keel.jobs.models import LIVE_STATES, Job, JobQueue, JobState
 from keel.jobs.service.retry import MAX_BACKOFF_SECONDS, Backoff
 
 if TYPE_CHECKING:
@@ -78,6 +79,109 @@ class Enqueued:
 
     job: Job
     created: bool
+
+
+class Taker(Protocol):
+    """A fetch waiting in this process, taken by this enqueue (``keel.jobs.signals.Waiting``)."""
+
+    worker_id: str
+    lease_seconds: float
+    claims: list[Any]
+
+
+class Handing(Protocol):
+    """The fetches waiting in this process that an enqueue may hand its jobs to
+    (``keel.jobs.signals.Handing``): a job due now on a queue without pause or limits is
+    inserted already leased to one of them (its first attempt running), in the enqueue's
+    transaction; the caller answers those fetches once it commits."""
+
+    def offered(self, queue: str) -> bool: ...
+
+    def take(self, queue: str) -> Taker | None: ...
+
+
+async def open_queues(session: AsyncSession, tenant_id: str, names: Collection[str]) -> set[str]:
+    """Those of ``names`` a claim would take from without a lock: not paused, no concurrency
+    or rate limit (most queues have no row at all)."""
+    queues = cast("Table", JobQueue.__table__)
+    configs = (
+        await session.execute(
+            select(
+                queues.c.name,
+                queues.c.paused,
+                queues.c.concurrency_limit,
+                queues.c.rate_limit_per_second,
+            )
+            .where(queues.c.tenant_id == tenant_id, queues.c.name.in_(list(names)))
+            .execution_options(all_tenants=True)
+        )
+    ).all()
+    closed = {
+        config.name
+        for config in configs
+        if config.paused
+        or config.concurrency_limit is not None
+        or config.rate_limit_per_second is not None
+    }
+    return set(names) - closed
+
+
+def _hand(row: dict[str, Any], taker: Taker, now: datetime) -> None:
+    """Make ``row`` (an available job) the first attempt of ``taker``'s lease, as a claim
+    would, and record the claim on ``taker``."""
+    from keel.jobs.service.claims import Claim  # claims imports this module (via queues)
+
+    expires = now + timedelta(seconds=taker.lease_seconds)
+    row.update(
+        state=JobState.running,
+        attempt=1,
+        lease_token=secrets.token_urlsafe(24),
+        lease_expires_at=expires,
+        worker_id=taker.worker_id,
+        attempted_at=now,
+    )
+    taker.claims.append(
+        Claim(
+            row["id"],
+            row["queue"],
+            row["task"],
+            row["args"],
+            1,
+            row["max_attempts"],
+            row["timeout_seconds"],
+            row["lease_token"],
+            expires,
+            None,
+        )
+    )
+
+
+async def _hand_rows(
+    session: AsyncSession,
+    tenant_id: str,
+    rows: Sequence[dict[str, Any]],
+    handing: Handing | None,
+    now: datetime,
+) -> int:
+    """Hand the available ``rows`` to fetches ``handing`` offers, while there are any and
+    their queues are open; how many were handed."""
+    if handing is None:
+        return 0
+    wanted = {row["queue"] for row in rows if row["state"] == JobState.available}
+    wanted = {queue for queue in wanted if handing.offered(queue)}
+    if not wanted:
+        return 0
+    opened = await open_queues(session, tenant_id, wanted)
+    handed = 0
+    for row in rows:
+        if row["state"] == JobState.available and row["queue"] in opened:
+            taker = handing.take(row["queue"])
+            if taker is None:
+                opened.discard(row["queue"])
+                continue
+            _hand(row, taker, now)
+            handed += 1
+    return handed
 
 
 def _unique_states(states: Collection[str] | None) -> list[str]:
@@ -134,6 +238,12 @@ def _row(new: NewJob, now: datetime) -> dict[str, Any]:
         "backoff": backoff.to_json() if backoff else None,
         "errors": [],
         "created_at": now,
+        # Set when the job is handed to a waiting fetch (:func:`_hand`); every row has the
+        # same columns, so a batch stays one insert.
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker_id": None,
+        "attempted_at": None,
     }
 
 
@@ -165,8 +275,11 @@ async def _holder_of_key(
     )
 
 
-async def enqueue_one(session: AsyncSession, tenant_id: str, new: NewJob) -> Enqueued:
-    """:func:`enqueue` of a :class:`NewJob`."""
+async def enqueue_one(
+    session: AsyncSession, tenant_id: str, new: NewJob, handing: Handing | None = None
+) -> Enqueued:
+    """:func:`enqueue` of a :class:`NewJob`; handed to a waiting fetch when ``handing``
+    offers one (see :class:`Handing`)."""
     bind_tenant(session, tenant_id)
     now = utcnow()
     row = _row(new, now)
@@ -176,6 +289,7 @@ async def enqueue_one(session: AsyncSession, tenant_id: str, new: NewJob) -> Enq
         holder = await _holder_of_key(session, new, states, now)
         if holder is not None:
             return Enqueued(holder, created=False)
+    await _hand_rows(session, tenant_id, [row], handing, now)
     # A Core insert: the hottest write of the service, and nothing in the unit of work needs
     # the row as an ORM object (the returned one is transient, for the answer).
     await session.execute(insert(cast("Table", Job.__table__)).values(**row, tenant_id=tenant_id))
@@ -237,11 +351,16 @@ class BatchEntry:
 
 
 async def enqueue_batch(
-    session: AsyncSession, tenant_id: str, jobs: Sequence[NewJob | Mapping[str, Any]]
+    session: AsyncSession,
+    tenant_id: str,
+    jobs: Sequence[NewJob | Mapping[str, Any]],
+    handing: Handing | None = None,
 ) -> list[BatchEntry]:
     """Enqueue ``jobs``, in order. All are validated before any is written; jobs without a
     unique key go in one bulk insert (10,000 take well under a second on SQLite); one with a
-    key is enqueued as :func:`enqueue` does, so its id may be the existing job's."""
+    key is enqueued as :func:`enqueue` does, so its id may be the existing job's. Jobs without
+    a unique key may be handed to fetches ``handing`` offers (see :class:`Handing`), and so may
+    one with a key that creates its job."""
     bind_tenant(session, tenant_id)
     now = utcnow()
     news = [job if isinstance(job, NewJob) else NewJob(**job) for job in jobs]
@@ -256,8 +375,9 @@ async def enqueue_batch(
             plain.append({**row, "tenant_id": tenant_id})
             entries.append(BatchEntry(row["id"], duplicate=False))
         else:
-            enqueued = await enqueue_one(session, tenant_id, new)
+            enqueued = await enqueue_one(session, tenant_id, new, handing)
             entries.append(BatchEntry(enqueued.job.id, duplicate=not enqueued.created))
     if plain:
+        await _hand_rows(session, tenant_id, plain, handing, now)
         await session.execute(insert(Job), plain)
     return entries
