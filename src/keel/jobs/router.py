@@ -169,7 +169,7 @@ async def _enqueue_batch(
         handings.append(handing)
         hand_after_commit(session, handing)
         entries = await service.enqueue_batch(session, principal.tenant_id, news, handing)
-        handed = sum(len(waiting.claims) for waiting in handing.taken)
+        handed = sum(len(waiting.rows) for waiting in handing.taken)
         if handed < len(news):  # jobs left for others to claim: wake the waiting fetches
             signal_after_commit(session, principal.tenant_id, queues)
         return 201, {
@@ -312,7 +312,20 @@ async def _wait(
     if not taken:
         return []
     # An enqueue took this fetch: its outcome (commit or rollback) settles what it handed.
-    handed: list[service.Claim] = list(await asyncio.shield(waiting.handed) or ())
+    handed = [
+        service.Claim(
+            row["id"],
+            row["queue"],
+            row["task"],
+            row["args"],
+            row["attempt"],
+            row["max_attempts"],
+            row["timeout_seconds"],
+            row["lease_token"],
+            row["lease_expires_at"],
+        )
+        for row in await asyncio.shield(waiting.handed) or ()
+    ]
     if handed and gone is not None and gone.done():
         async with context.database.session() as session:
             await service.release(session, waiting.tenant_id, handed)

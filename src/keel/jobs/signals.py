@@ -184,8 +184,9 @@ class JobSignals:
 class Waiting:
     """A fetch of this process waiting for jobs, offered to enqueues (:meth:`JobSignals.offer`).
 
-    ``handed`` is settled once the enqueue that took it ends: with the claims committed for
-    it (leases of this fetch's ``worker_id``), or ``None`` when that enqueue rolled back.
+    ``handed`` is settled once the enqueue that took it ends: with what it committed for
+    it (the rows of jobs leased to this fetch's ``worker_id``), or ``None`` when that enqueue
+    rolled back.
     """
 
     tenant_id: str
@@ -193,19 +194,20 @@ class Waiting:
     worker_id: str
     limit: int
     lease_seconds: float
-    #: What the enqueue that took this fetch leased to it (committed only once ``handed``).
-    claims: list[Any] = field(default_factory=list)
-    handed: asyncio.Future[list[Any] | None] = field(
+    #: The jobs the enqueue that took this fetch leased to it, as rows (committed only once
+    #: ``handed`` says so).
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    handed: asyncio.Future[list[dict[str, Any]] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
     @property
     def room(self) -> int:
-        return self.limit - len(self.claims)
+        return self.limit - len(self.rows)
 
-    def settle(self, claims: list[Any] | None) -> None:
+    def settle(self, rows: list[dict[str, Any]] | None) -> None:
         if not self.handed.done():
-            self.handed.set_result(claims)
+            self.handed.set_result(rows)
 
 
 _HANDING = "keel.jobs.handing"
@@ -236,9 +238,6 @@ class Handing:
             self.taken.append(taken)
         return taken
 
-    def handed_queues(self) -> set[str]:
-        return {claim.queue for waiting in self.taken for claim in waiting.claims}
-
     def abandon(self) -> None:
         """Settle what was not settled (the unit of work ended without committing)."""
         for waiting in self.taken:
@@ -255,14 +254,14 @@ def hand_after_commit(session: AsyncSession, handing: Handing) -> None:
 def _hand_over(sync_session: Session) -> None:
     for handing in sync_session.info.pop(_HANDING, ()):
         for waiting in handing.taken:
-            waiting.settle(list(waiting.claims) if waiting.claims else None)
+            waiting.settle(list(waiting.rows) if waiting.rows else None)
 
 
 @event.listens_for(Session, "after_rollback")
 def _hand_nothing(sync_session: Session) -> None:
     for handing in sync_session.info.pop(_HANDING, ()):
         for waiting in handing.taken:
-            waiting.claims.clear()
+            waiting.rows.clear()
             waiting.settle(None)
 
 

@@ -86,7 +86,8 @@ class Taker(Protocol):
 
     worker_id: str
     lease_seconds: float
-    claims: list[Any]
+    #: The rows of the jobs handed to it (their lease columns set).
+    rows: list[dict[str, Any]]
 
 
 class Handing(Protocol):
@@ -128,32 +129,16 @@ async def open_queues(session: AsyncSession, tenant_id: str, names: Collection[s
 
 def _hand(row: dict[str, Any], taker: Taker, now: datetime) -> None:
     """Make ``row`` (an available job) the first attempt of ``taker``'s lease, as a claim
-    would, and record the claim on ``taker``."""
-    from keel.jobs.service.claims import Claim  # claims imports this module (via queues)
-
-    expires = now + timedelta(seconds=taker.lease_seconds)
+    would, and give ``taker`` the row."""
     row.update(
         state=JobState.running,
         attempt=1,
         lease_token=secrets.token_urlsafe(24),
-        lease_expires_at=expires,
+        lease_expires_at=now + timedelta(seconds=taker.lease_seconds),
         worker_id=taker.worker_id,
         attempted_at=now,
     )
-    taker.claims.append(
-        Claim(
-            row["id"],
-            row["queue"],
-            row["task"],
-            row["args"],
-            1,
-            row["max_attempts"],
-            row["timeout_seconds"],
-            row["lease_token"],
-            expires,
-            None,
-        )
-    )
+    taker.rows.append(row)
 
 
 async def _hand_rows(
