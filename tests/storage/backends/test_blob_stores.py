@@ -123,6 +123,9 @@ async def list_all(store: BlobStore, prefix: str) -> dict[str, ListedBlob]:
         pytest.param(0, 1, id="empty"),
         pytest.param(1000, 7, id="small"),
         pytest.param(2 * CHUNK_BYTES + 123, 300_001, id="several-read-chunks"),
+        pytest.param(
+            2 * local_backend.WRITEBACK_BYTES + 12_345, 300_001, id="several-writebacks"
+        ),
         pytest.param(2 * PART_BYTES + 12_345, 300_001, id="multipart"),
         pytest.param(PART_BYTES + 1, PART_BYTES + 1, id="multipart-from-one-big-chunk"),
         pytest.param(2 * PART_BYTES, MiB, id="exact-parts"),
@@ -514,6 +517,27 @@ async def test_an_s3_endpoint_that_never_answers_is_unavailable_after_the_read_t
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_the_local_store_asks_for_writeback_every_writeback_bytes(tmp_path: Path) -> None:
+    """Linux: ``sync_file_range`` starts the disk on each WRITEBACK_BYTES as they are written
+    (the fsync before the rename then waits for the tail only); the bytes are unchanged."""
+    if local_backend._sync_file_range() is None:
+        pytest.skip("sync_file_range(2) is Linux's")
+    step = local_backend.WRITEBACK_BYTES // 3 + 1
+    data = os.urandom(3 * step + local_backend.WRITEBACK_BYTES)
+    requested_up_to = []
+    with open(tmp_path / "blob", "wb") as file:
+        written_back = 0
+        for offset in range(0, len(data), step):
+            written_back = local_backend._write(file, [data[offset : offset + step]], written_back)
+            requested_up_to.append(written_back)
+    # Nothing until WRITEBACK_BYTES were written, then the whole range written so far.
+    assert requested_up_to[:2] == [0, 0]
+    assert requested_up_to[2] == 3 * step
+    assert requested_up_to[3] == 3 * step  # the next request waits for WRITEBACK_BYTES more
+    assert requested_up_to[-1] == len(data)
+    assert (tmp_path / "blob").read_bytes() == data
 
 
 async def test_a_local_root_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:

@@ -8,15 +8,23 @@ the whole new one, never a part, and a crash leaves at most a temporary file. Fi
 in worker threads (:func:`asyncio.to_thread`), so the event loop never waits on the disk;
 small incoming chunks are gathered up to :data:`CHUNK_BYTES` before each hop, which bounds
 both the memory a write holds and the number of hops.
+
+On Linux the kernel is asked to start writing each :data:`WRITEBACK_BYTES` to disk as soon
+as they are written (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait): the
+disk works while the rest of the body arrives, and the fsync before the rename only waits
+for the tail. Without it the whole blob sat in the page cache until that fsync, which then
+took most of a second per 512 MiB on its own. The fsync stays the only durability point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import (
     AsyncGenerator,
@@ -44,6 +52,10 @@ from keel.storage.backends.base import (
 _T = TypeVar("_T")
 
 _TEMP_SUFFIX = ".tmp"
+
+#: Bytes written between two requests to the kernel to start writing them back to disk.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages
 
 #: What an ``open``/``stat``/``unlink`` of a missing blob raises: ``a/b`` when ``a`` is a
 #: blob is as missing as ``a/b`` when ``a`` is not there at all.
@@ -73,6 +85,7 @@ class LocalBlobStore:
         with _unavailable("write"):
             file, temp = await _in_thread(_open_temp, target)
         written = 0
+        written_back = 0  # where the last writeback request ended
         committing = False
         try:
             pending: list[bytes] = []
@@ -85,7 +98,7 @@ class LocalBlobStore:
                 written += len(chunk)
                 if pending_bytes >= CHUNK_BYTES:
                     with _unavailable("write"):
-                        await _in_thread(file.writelines, pending)
+                        written_back = await _in_thread(_write, file, pending, written_back)
                     pending, pending_bytes = [], 0
             with _unavailable("write"):
                 await _in_thread(_flush_and_close, file, pending)
@@ -198,6 +211,40 @@ def _open_temp(target: Path) -> tuple[BinaryIO, Path]:
         dir=target.parent, prefix=f".{target.name}.", suffix=_TEMP_SUFFIX
     )
     return os.fdopen(descriptor, "wb"), Path(name)
+
+
+def _write(file: BinaryIO, pending: list[bytes], written_back: int) -> int:
+    """Write ``pending``; once :data:`WRITEBACK_BYTES` have been written since
+    ``written_back``, ask the kernel to start writing them to disk. Where the requests now
+    end."""
+    file.writelines(pending)
+    start_writeback = _sync_file_range()
+    if start_writeback is None:
+        return written_back
+    file.flush()
+    end = file.tell()
+    if end - written_back < WRITEBACK_BYTES:
+        return written_back
+    # Only a hint: the fsync before the rename is what makes the blob durable, and reports
+    # any error of the disk.
+    start_writeback(file.fileno(), written_back, end - written_back, _SYNC_FILE_RANGE_WRITE)
+    return end
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range(2)`` (not in :mod:`os`), or ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
 
 
 def _flush_and_close(file: BinaryIO, pending: list[bytes]) -> None:
