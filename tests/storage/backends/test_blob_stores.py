@@ -123,9 +123,7 @@ async def list_all(store: BlobStore, prefix: str) -> dict[str, ListedBlob]:
         pytest.param(0, 1, id="empty"),
         pytest.param(1000, 7, id="small"),
         pytest.param(2 * CHUNK_BYTES + 123, 300_001, id="several-read-chunks"),
-        pytest.param(
-            2 * local_backend.WRITEBACK_BYTES + 12_345, 300_001, id="several-writebacks"
-        ),
+        pytest.param(2 * local_backend.WRITEBACK_BYTES + 12_345, 300_001, id="several-writebacks"),
         pytest.param(2 * PART_BYTES + 12_345, 300_001, id="multipart"),
         pytest.param(PART_BYTES + 1, PART_BYTES + 1, id="multipart-from-one-big-chunk"),
         pytest.param(2 * PART_BYTES, MiB, id="exact-parts"),
