@@ -150,18 +150,23 @@ async def remember_answer(
     """Keep ``document`` as the answer to ``key``, in the unit of work (stored if, and only
     if, it commits). A key kept already fails here, on the primary key (``IntegrityError``);
     a concurrent request's key makes this wait for that request's commit, then fail."""
-    keys = cast("Table", IdempotencyKey.__table__)
     await session.execute(
-        insert(keys).values(
-            tenant_id=tenant_id,
-            scope=scope,
-            key=key,
-            request_hash=request_hash,
-            status=status,
-            answer=document,
-            created_at=utcnow(),
-        )
+        _INSERT_KEY,
+        {
+            "tenant_id": tenant_id,
+            "scope": scope,
+            "key": key,
+            "request_hash": request_hash,
+            "status": status,
+            "answer": document,
+            "created_at": utcnow(),
+        },
     )
+
+
+#: :func:`remember_answer`'s insert, built once (the row is its parameters: no statement to
+#: build, coerce and compute a cache key of on every call).
+_INSERT_KEY = insert(cast("Table", IdempotencyKey.__table__))
 
 
 async def prune_idempotency_keys(database: Database, *, now: datetime | None = None) -> int:

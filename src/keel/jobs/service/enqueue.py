@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
@@ -101,21 +101,28 @@ class Handing(Protocol):
     def take(self, queue: str) -> Taker | None: ...
 
 
+_queues = cast("Table", JobQueue.__table__)
+#: :func:`open_queues`' read, built once (the tenant and names are its parameters).
+_QUEUE_CONFIGS = (
+    select(
+        _queues.c.name,
+        _queues.c.paused,
+        _queues.c.concurrency_limit,
+        _queues.c.rate_limit_per_second,
+    )
+    .where(
+        _queues.c.tenant_id == bindparam("tenant_id"),
+        _queues.c.name.in_(bindparam("names", expanding=True)),
+    )
+    .execution_options(all_tenants=True)
+)
+
+
 async def open_queues(session: AsyncSession, tenant_id: str, names: Collection[str]) -> set[str]:
     """Those of ``names`` a claim would take from without a lock: not paused, no concurrency
     or rate limit (most queues have no row at all)."""
-    queues = cast("Table", JobQueue.__table__)
     configs = (
-        await session.execute(
-            select(
-                queues.c.name,
-                queues.c.paused,
-                queues.c.concurrency_limit,
-                queues.c.rate_limit_per_second,
-            )
-            .where(queues.c.tenant_id == tenant_id, queues.c.name.in_(list(names)))
-            .execution_options(all_tenants=True)
-        )
+        await session.execute(_QUEUE_CONFIGS, {"tenant_id": tenant_id, "names": list(names)})
     ).all()
     closed = {
         config.name
@@ -232,6 +239,10 @@ def _row(new: NewJob, now: datetime) -> dict[str, Any]:
     }
 
 
+#: The insert of one job; every row has the same columns (:func:`_row` and ``tenant_id``).
+_INSERT_JOB = insert(cast("Table", Job.__table__))
+
+
 def _key_lock_id(tenant_id: str, unique_key: str) -> int:
     """A signed 64-bit number for ``pg_advisory_xact_lock``, from tenant and key."""
     digest = hashlib.blake2b(f"{tenant_id}\0{unique_key}".encode(), digest_size=8).digest()
@@ -276,8 +287,10 @@ async def enqueue_one(
             return Enqueued(holder, created=False)
     await _hand_rows(session, tenant_id, [row], handing, now)
     # A Core insert: the hottest write of the service, and nothing in the unit of work needs
-    # the row as an ORM object (the returned one is transient, for the answer).
-    await session.execute(insert(cast("Table", Job.__table__)).values(**row, tenant_id=tenant_id))
+    # the row as an ORM object (the returned one is transient, for the answer). One statement
+    # built once, the row as its parameters: ``.values(**row)`` would build and coerce a new
+    # statement, and compute its cache key, on every call.
+    await session.execute(_INSERT_JOB, {**row, "tenant_id": tenant_id})
     return Enqueued(Job(**row, tenant_id=tenant_id), created=True)
 
 
