@@ -26,7 +26,7 @@ from keel.core.deps import Context, DbSession, get_context
 from keel.core.direct import DirectRoute, json_body, served_directly, validated_body
 from keel.core.errors import NotFound, PayloadTooLarge
 from keel.core.http import ServiceRouter
-from keel.core.idempotency import IdempotencyKeyHeader, idempotent
+from keel.core.idempotency import IdempotencyKeyHeader, IdempotentWrite, idempotent
 from keel.core.tenancy import bind_tenant
 from keel.jobs import schemas, service
 from keel.jobs.audit_actions import record_change
@@ -103,6 +103,31 @@ async def enqueue(
     return await _enqueue(context, principal, body, idempotency_key)
 
 
+async def _idempotent_handing(
+    context: AppContext,
+    principal: Principal,
+    operation: str,
+    idempotency_key: str | None,
+    body: BaseModel,
+    write: IdempotentWrite,
+    handings: list[Handing],
+) -> JSONResponse:
+    """``write`` under ``idempotency_key`` (:func:`idempotent`); the waiting fetches it took
+    and did not hand a job to (a rollback, a replayed answer) are let go after it."""
+    try:
+        return await idempotent(
+            context.database,
+            principal.tenant_id,
+            operation,
+            idempotency_key,
+            body.model_dump(mode="json"),
+            write,
+        )
+    finally:
+        for handing in handings:
+            handing.abandon()
+
+
 async def _enqueue(
     context: AppContext, principal: Principal, body: schemas.JobCreate, idempotency_key: str | None
 ) -> JSONResponse:
@@ -124,14 +149,9 @@ async def _enqueue(
             enqueued.job, duplicate=not enqueued.created
         )
 
-    request = body.model_dump(mode="json")
-    try:
-        return await idempotent(
-            context.database, principal.tenant_id, "jobs.enqueue", idempotency_key, request, write
-        )
-    finally:
-        for handing in handings:
-            handing.abandon()
+    return await _idempotent_handing(
+        context, principal, "jobs.enqueue", idempotency_key, body, write, handings
+    )
 
 
 async def _enqueue_directly(request: Request) -> Response:
@@ -178,14 +198,9 @@ async def _enqueue_batch(
         }
 
     # The fingerprint of 10,000 jobs is cheap next to inserting them.
-    request = body.model_dump(mode="json")
-    try:
-        return await idempotent(
-            context.database, principal.tenant_id, "jobs.batch", idempotency_key, request, write
-        )
-    finally:
-        for handing in handings:
-            handing.abandon()
+    return await _idempotent_handing(
+        context, principal, "jobs.batch", idempotency_key, body, write, handings
+    )
 
 
 async def _enqueue_batch_directly(request: Request) -> Response:
