@@ -166,7 +166,11 @@ def test_serve_against_an_unreachable_postgres_says_so_in_a_line_within_seconds(
     with threaded_tcp_proxy("127.0.0.1", free_port()) as silent:
         silent.blackhole()
         port = silent.port if outage == "silent" else free_port()
-        env = keel_env(KEEL_DATABASE_URL=f"postgresql://keel@127.0.0.1:{port}/keel")
+        env = keel_env(
+            KEEL_DATABASE_URL=f"postgresql://keel@127.0.0.1:{port}/keel",
+            # The default (the suite's own is longer, for its loaded machine).
+            KEEL_DATABASE_POOL__CONNECT_TIMEOUT_SECONDS="2",
+        )
         started = time.monotonic()
         served = invoke_keel("serve", "--port", str(free_port()), cwd=tmp_path, env=env)
         elapsed = time.monotonic() - started

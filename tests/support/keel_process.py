@@ -37,12 +37,14 @@ TEST_MASTER_KEY = "dGVzdC1vbmx5LW1hc3Rlci1rZXktMzItYnl0ZXMhISE="
 
 
 #: How long the suite's apps and servers let a statement wait: the defaults (SQLite's writer
-#: turn 5 s, a PostgreSQL statement 5 s) were outlasted on the loaded CI machine (two suites'
-#: servers, workers and companion tasks on 2 cores), and a request answered 503. Tests of those
-#: bounds set their own (tests/core/test_errors.py, tests/core/test_db.py, tests/test_outages.py).
+#: turn 5 s, a PostgreSQL statement 5 s, opening a PostgreSQL connection 2 s) were outlasted on
+#: the loaded CI machine (two suites' servers, workers and companion tasks on 2 cores), and a
+#: request answered 503 or a test's app failed to start. Tests of those bounds set their own
+#: (tests/core/test_errors.py, tests/core/test_db.py, tests/test_outages.py, tests/test_serve.py).
 LOADED_MACHINE_WAITS = {
     "KEEL_DATABASE_POOL__SQLITE_BUSY_TIMEOUT_SECONDS": "60",
     "KEEL_DATABASE_POOL__COMMAND_TIMEOUT_SECONDS": "30",
+    "KEEL_DATABASE_POOL__CONNECT_TIMEOUT_SECONDS": "15",
 }
 
 
