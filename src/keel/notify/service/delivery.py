@@ -1,12 +1,13 @@
 """Delivering messages: the ``notify.deliver`` task on the jobs engine.
 
 A job carries up to ``KEEL_NOTIFY__DELIVERY_CHUNK`` message ids. Each message is delivered
-on its own, in three steps:
+in three steps:
 
-1. **Prepare** (one transaction): the message is read under a lock and only a ``queued``
-   one goes on; the suppression list, the recipient's preferences and quiet hours are
-   applied again (they may have changed since the send was accepted); the content is
-   rendered; an email gets its unsubscribe token (its keyed hash stored now, before the
+1. **Prepare** (one transaction for ``PREPARE_GROUP`` messages of the job): the messages are
+   read under a lock (with their recipients and suppressions, one statement each) and only
+   a ``queued`` one goes on; the suppression list, the recipient's preferences and quiet
+   hours are applied again (they may have changed since the send was accepted); the
+   content is rendered; an email gets its unsubscribe token (its keyed hash stored now, before the
    token leaves), tracking, MIME and DKIM signature. The attempt is counted.
 2. **Send** through the channel's providers in order (failover), outside any transaction.
 3. **Record** (one transaction): ``sent`` with the provider and its message id, or a retry
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.changes import record_change
@@ -67,9 +68,10 @@ from keel.notify.service.policy import quiet_hours_end, recipient_view, render_c
 from keel.notify.service.providers import get_sender, read_secret_fields
 from keel.notify.service.recipients import (
     SuppressionReason,
-    is_suppressed,
     opted_out,
     suppress,
+    suppression_applies,
+    suppressions_among,
 )
 from keel.notify.service.runtime import (
     DEFAULT_SENDER,
@@ -241,6 +243,8 @@ class _Prepared:
     attempts: int
     #: In-app messages need no provider: step 3 writes the inbox item.
     inbox: dict[str, Any] | None = None
+    #: When its preparing began (``time.perf_counter``), for the delivery time metric.
+    started: float = 0.0
 
 
 def _quiet_until(message: NotifyMessage, recipient: NotifyRecipient | None) -> Any:
@@ -267,106 +271,180 @@ async def _finish(
     await session.flush()
 
 
-async def _prepare(
-    context: AppContext, tenant_id: str, message_id: str, cache: _ChunkCache
-) -> _Prepared | None:
+#: Messages prepared together in one transaction (step 1 for a group of a job's messages):
+#: their rows, recipients and suppressions read in one statement each, their attempts and
+#: unsubscribe tokens written in one commit. Sends and records stay one per message, so a
+#: killed process still sends again at most the one message it was sending; a group
+#: prepared but not yet sent only counts an attempt more for each of its messages.
+PREPARE_GROUP = 10
+
+
+@dataclass
+class _GroupReads:
+    """What :func:`_prepare_group` read for its messages in one statement each."""
+
+    messages: dict[str, NotifyMessage]
+    recipients: dict[str, NotifyRecipient]
+    #: Suppressed addresses by channel, with the category each is suppressed for.
+    suppressions: dict[str, dict[str, str | None]]
+
+
+async def _read_group(session: AsyncSession, message_ids: Sequence[str]) -> _GroupReads:
+    messages = {
+        message.id: message
+        for message in await session.scalars(
+            select(NotifyMessage)
+            .where(NotifyMessage.id.in_(list(message_ids)))
+            .order_by(NotifyMessage.id)  # rows locked in one order by every job
+            .with_for_update()
+        )
+    }
+    queued = [message for message in messages.values() if message.status == "queued"]
+    recipient_ids = sorted({m.recipient_id for m in queued if m.recipient_id})
+    recipients: dict[str, NotifyRecipient] = {}
+    if recipient_ids:
+        recipients = {
+            recipient.id: recipient
+            for recipient in await session.scalars(
+                select(NotifyRecipient).where(NotifyRecipient.id.in_(recipient_ids))
+            )
+        }
+    addresses: dict[str, list[str]] = {}
+    for message in queued:
+        if not message.critical and message.address:
+            addresses.setdefault(message.channel, []).append(message.address)
+    suppressions = {
+        channel: await suppressions_among(session, channel, found)
+        for channel, found in addresses.items()
+    }
+    return _GroupReads(messages, recipients, suppressions)
+
+
+async def _prepare_group(
+    context: AppContext, tenant_id: str, message_ids: Sequence[str], cache: _ChunkCache
+) -> list[_Prepared]:
+    """Step 1 for ``message_ids`` in one transaction: the messages to send, in order. Those
+    finished here (suppressed, opted out, held, failed) are counted in the metrics."""
+    prepared: list[_Prepared] = []
+    finished: list[tuple[tuple[str, str, str], float]] = []
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
-        message = await session.scalar(
-            select(NotifyMessage).where(NotifyMessage.id == message_id).with_for_update()
-        )
-        if message is None or message.status != "queued":
-            return None  # delivered by an earlier attempt, erased, or cancelled
-        recipient = (
-            await session.get(NotifyRecipient, message.recipient_id)
-            if message.recipient_id
-            else None
-        )
-        if not message.critical:
-            if await is_suppressed(session, message.channel, message.address, message.category):
-                await _finish(session, message, "suppressed", {"at": "delivery"})
-                return None
-            if recipient is not None and await opted_out(
-                session, recipient.id, message.category, message.channel
-            ):
-                await _finish(session, message, "skipped", {"reason": "opted out"})
-                return None
-            quiet_end = _quiet_until(message, recipient)
-            if quiet_end is not None:
-                message.send_at = quiet_end
-                tracking.record_status(
-                    session, message, "queued", {"quiet_hours_until": quiet_end.isoformat()}
-                )
-                _note_outcome(message, "held")
-                await enqueue_task(
-                    session, tenant_id, DELIVER, {"messages": [message.id]}, run_at=quiet_end
-                )
-                return None
-        if message.data is None:  # erased while waiting
-            await _finish(session, message, "failed", {"error": "the message's data was erased"})
+        reads = await _read_group(session, message_ids)
+        for message_id in message_ids:
+            started = time.perf_counter()
+            _OUTCOME.set(None)
+            message = reads.messages.get(message_id)
+            if message is None or message.status != "queued":
+                continue  # delivered by an earlier attempt, erased, or cancelled
+            try:
+                one = await _prepare(session, context, tenant_id, message, reads, cache)
+            except templating.TemplateError as exc:  # published content no longer renders
+                await _finish(session, message, "failed", {"error": str(exc)})
+                one = None
+            if one is not None:
+                one.started = started
+                prepared.append(one)
+            elif (outcome := _OUTCOME.get()) is not None:
+                finished.append((outcome, started))
+    for outcome, started in finished:
+        _count_outcome(context, outcome, started)
+    return prepared
+
+
+async def _prepare(
+    session: AsyncSession,
+    context: AppContext,
+    tenant_id: str,
+    message: NotifyMessage,
+    reads: _GroupReads,
+    cache: _ChunkCache,
+) -> _Prepared | None:
+    """Step 1 for one queued ``message`` of a group, in the group's transaction."""
+    recipient = reads.recipients.get(message.recipient_id) if message.recipient_id else None
+    if not message.critical:
+        suppressions = reads.suppressions.get(message.channel, {})
+        if suppression_applies(suppressions, message.channel, message.address, message.category):
+            await _finish(session, message, "suppressed", {"at": "delivery"})
             return None
-        content = await cache.content(session, tenant_id, message)
-        data = {**message.data, "recipient": recipient_view(recipient)}
-        rendered = templating.render(
-            content,
-            locale=message.locale or (recipient.locale if recipient else None),
-            data=data,
-            library=cache.library,
-            channel=render_channel(message.channel),
-        )
-        message.attempts += 1
-        prepared = _Prepared(message.id, message.channel, [], [], message.attempts)
-        if message.channel == "in_app":
-            prepared.inbox = {
-                "recipient_id": message.recipient_id,
-                "title": rendered.push_title or "",
-                "body": rendered.push_body or "",
-                "category": message.category,
-            }
-            return prepared
-        try:
-            chain = await cache.providers_of(session, context, tenant_id, message.channel)
-            prepared.providers = chain.providers
-            if message.channel == "chat" and message.address:  # the named provider, or all
-                prepared.providers = [
-                    p for p in prepared.providers if p.name == message.address
-                ] or prepared.providers
-            # The provider tried first is the one whose limit counts (a failover provider
-            # is reached only when it fails, and its own 429 then defers the message).
-            first = prepared.providers[0].name
-            rate = chain.rates.get(first)
-            wait = await provider_wait(context, tenant_id, first, rate) if rate else 0
-            if wait:
-                await _defer(session, tenant_id, message, first, wait)
-                return None
-            if message.channel == "email":
-                if cache.sender is None:
-                    cache.sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
-                prepared.payloads = [
-                    await _email_payload(
-                        session, context, tenant_id, message, rendered, cache.sender
-                    )
-                ]
-            elif message.channel == "sms":
-                prepared.payloads = [
-                    SmsPayload(recipient=message.address or "", body=rendered.sms or "")
-                ]
-            elif message.channel == "push":
-                prepared.payloads = [
-                    PushPayload(
-                        target=_push_target(target),
-                        title=rendered.push_title or "",
-                        body=rendered.push_body or "",
-                        data={**(message.push_data or {}), "message_id": message.id},
-                    )
-                    for target in (recipient.push_targets if recipient else [])
-                ]
-            else:  # chat
-                prepared.payloads = [ChatPayload(text=rendered.chat or "")]
-        except NotConfigured as exc:
-            await _retry_or_fail(session, tenant_id, message, context, f"{exc}", None, "config")
+        if recipient is not None and await opted_out(
+            session, recipient.id, message.category, message.channel
+        ):
+            await _finish(session, message, "skipped", {"reason": "opted out"})
             return None
+        quiet_end = _quiet_until(message, recipient)
+        if quiet_end is not None:
+            message.send_at = quiet_end
+            tracking.record_status(
+                session, message, "queued", {"quiet_hours_until": quiet_end.isoformat()}
+            )
+            _note_outcome(message, "held")
+            await enqueue_task(
+                session, tenant_id, DELIVER, {"messages": [message.id]}, run_at=quiet_end
+            )
+            return None
+    if message.data is None:  # erased while waiting
+        await _finish(session, message, "failed", {"error": "the message's data was erased"})
+        return None
+    content = await cache.content(session, tenant_id, message)
+    data = {**message.data, "recipient": recipient_view(recipient)}
+    rendered = templating.render(
+        content,
+        locale=message.locale or (recipient.locale if recipient else None),
+        data=data,
+        library=cache.library,
+        channel=render_channel(message.channel),
+    )
+    message.attempts += 1
+    prepared = _Prepared(message.id, message.channel, [], [], message.attempts)
+    if message.channel == "in_app":
+        prepared.inbox = {
+            "recipient_id": message.recipient_id,
+            "title": rendered.push_title or "",
+            "body": rendered.push_body or "",
+            "category": message.category,
+        }
         return prepared
+    try:
+        chain = await cache.providers_of(session, context, tenant_id, message.channel)
+        prepared.providers = chain.providers
+        if message.channel == "chat" and message.address:  # the named provider, or all
+            prepared.providers = [
+                p for p in prepared.providers if p.name == message.address
+            ] or prepared.providers
+        # The provider tried first is the one whose limit counts (a failover provider
+        # is reached only when it fails, and its own 429 then defers the message).
+        first = prepared.providers[0].name
+        rate = chain.rates.get(first)
+        wait = await provider_wait(context, tenant_id, first, rate) if rate else 0
+        if wait:
+            await _defer(session, tenant_id, message, first, wait)
+            return None
+        if message.channel == "email":
+            if cache.sender is None:
+                cache.sender = await get_sender(session, tenant_id, DEFAULT_SENDER)
+            prepared.payloads = [
+                await _email_payload(session, context, tenant_id, message, rendered, cache.sender)
+            ]
+        elif message.channel == "sms":
+            prepared.payloads = [
+                SmsPayload(recipient=message.address or "", body=rendered.sms or "")
+            ]
+        elif message.channel == "push":
+            prepared.payloads = [
+                PushPayload(
+                    target=_push_target(target),
+                    title=rendered.push_title or "",
+                    body=rendered.push_body or "",
+                    data={**(message.push_data or {}), "message_id": message.id},
+                )
+                for target in (recipient.push_targets if recipient else [])
+            ]
+        else:  # chat
+            prepared.payloads = [ChatPayload(text=rendered.chat or "")]
+    except NotConfigured as exc:
+        await _retry_or_fail(session, tenant_id, message, context, f"{exc}", None, "config")
+        return None
+    return prepared
 
 
 async def _defer(
@@ -567,6 +645,30 @@ async def _record(
         )
 
 
+_messages = cast("Table", NotifyMessage.__table__)
+#: :func:`_record_sent`'s two statements, built once (the values are their parameters: no
+#: statement to build, coerce and compute a cache key of for every message sent).
+_MARK_SENT = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("message_id"),
+        _messages.c.tenant_id == bindparam("tenant"),
+        _messages.c.status == "queued",
+    )
+    .values(
+        status="sent",
+        provider=bindparam("provider"),
+        provider_message_id=bindparam("provider_message_id"),
+        sent_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        error=None,
+        data=None,
+    )
+    .execution_options(all_tenants=True)
+)
+_INSERT_EVENT = insert(cast("Table", NotifyMessageEvent.__table__))
+
+
 async def _record_sent(
     context: AppContext, tenant_id: str, prepared: _Prepared, sent: Sent
 ) -> bool:
@@ -574,38 +676,30 @@ async def _record_sent(
     it: one ``UPDATE`` (of a message still ``queued``) and its history's ``INSERT``. False
     when the message is no longer queued (erased, say): :func:`_record` decides then."""
     now = utcnow()
-    messages = cast("Table", NotifyMessage.__table__)
     async with context.database.session() as session:
         bind_tenant(session, tenant_id)
         moved = await session.execute(
-            update(messages)
-            .where(
-                messages.c.id == prepared.message_id,
-                messages.c.tenant_id == tenant_id,
-                messages.c.status == "queued",
-            )
-            .values(
-                status="sent",
-                provider=sent.provider,
-                provider_message_id=sent.provider_message_id,
-                sent_at=now,
-                updated_at=now,
-                error=None,
-                data=None,
-            )
-            .execution_options(all_tenants=True)
+            _MARK_SENT,
+            {
+                "message_id": prepared.message_id,
+                "tenant": tenant_id,
+                "provider": sent.provider,
+                "provider_message_id": sent.provider_message_id,
+                "now": now,
+            },
         )
         if getattr(moved, "rowcount", 0) != 1:
             return False
         await session.execute(
-            insert(cast("Table", NotifyMessageEvent.__table__)).values(
-                id=new_id(),
-                tenant_id=tenant_id,
-                message_id=prepared.message_id,
-                status="sent",
-                detail={"provider": sent.provider},
-                at=now,
-            )
+            _INSERT_EVENT,
+            {
+                "id": new_id(),
+                "tenant_id": tenant_id,
+                "message_id": prepared.message_id,
+                "status": "sent",
+                "detail": {"provider": sent.provider},
+                "at": now,
+            },
         )
     _OUTCOME.set((prepared.channel, sent.provider, "sent"))
     return True
@@ -631,45 +725,33 @@ async def _forget_push_targets(
         ]
 
 
-async def deliver_message(
-    context: AppContext, tenant_id: str, message_id: str, cache: _ChunkCache
-) -> None:
-    """Deliver one message (see the module's text), counted in the service's metrics."""
-    started = time.perf_counter()
+def _count_outcome(context: AppContext, outcome: tuple[str, str, str], started: float) -> None:
+    metrics = context.resources.get(NOTIFY_METRICS_RESOURCE)
+    if metrics is not None:
+        metrics.deliveries.labels(*outcome).inc()
+        metrics.delivery_seconds.labels(outcome[0]).observe(time.perf_counter() - started)
+
+
+async def _send_and_record(context: AppContext, tenant_id: str, prepared: _Prepared) -> None:
+    """Steps 2 and 3 of a prepared message, counted in the service's metrics."""
     _OUTCOME.set(None)
     try:
-        await _deliver_message(context, tenant_id, message_id, cache)
+        outcomes = [] if prepared.inbox is not None else await _send(prepared)
+        await _record(context, tenant_id, prepared, outcomes)
     finally:
         outcome = _OUTCOME.get()
-        metrics = context.resources.get(NOTIFY_METRICS_RESOURCE)
-        if outcome is not None and metrics is not None:
-            metrics.deliveries.labels(*outcome).inc()
-            metrics.delivery_seconds.labels(outcome[0]).observe(time.perf_counter() - started)
-
-
-async def _deliver_message(
-    context: AppContext, tenant_id: str, message_id: str, cache: _ChunkCache
-) -> None:
-    try:
-        prepared = await _prepare(context, tenant_id, message_id, cache)
-    except templating.TemplateError as exc:  # published content no longer renders
-        async with context.database.session() as session:
-            bind_tenant(session, tenant_id)
-            message = await session.get(NotifyMessage, message_id)
-            if message is not None:
-                await _finish(session, message, "failed", {"error": str(exc)})
-        return
-    if prepared is None:
-        return
-    outcomes = [] if prepared.inbox is not None else await _send(prepared)
-    await _record(context, tenant_id, prepared, outcomes)
+        if outcome is not None:
+            _count_outcome(context, outcome, prepared.started)
 
 
 async def deliver_messages(context: AppContext, run: TaskRun, args: Any) -> dict[str, int]:
-    """The ``notify.deliver`` task: deliver each message of ``args["messages"]``."""
+    """The ``notify.deliver`` task: deliver each message of ``args["messages"]``, prepared
+    ``PREPARE_GROUP`` at a time (see the module's text)."""
     ids: list[str] = list(args["messages"])
     async with context.database.session() as session:
         cache = _ChunkCache(await load_library(session, run.tenant_id))
-    for message_id in ids:
-        await deliver_message(context, run.tenant_id, message_id, cache)
+    for start in range(0, len(ids), PREPARE_GROUP):
+        group = ids[start : start + PREPARE_GROUP]
+        for prepared in await _prepare_group(context, run.tenant_id, group, cache):
+            await _send_and_record(context, run.tenant_id, prepared)
     return {"messages": len(ids)}
