@@ -60,6 +60,11 @@ class _TextExtractor(HTMLParser):
                 if shown != label:
                     self.out.append(f" ({shown})" if label else shown)
 
+    def is_at_rest(self) -> bool:
+        """Outside any skipped element, ``pre`` and link: what follows reads the same
+        whatever came before."""
+        return not (self.skipping or self.preformatted or self.links)
+
     def handle_data(self, data: str) -> None:
         if self.skipping:
             return
@@ -102,24 +107,70 @@ def _attributes(source: str) -> list[tuple[str, str | None]]:
     return found
 
 
+#: Where the HTML is cut into pieces whose text is kept (:func:`_feed_well_formed`).
+_PIECE_END = "</p>"
+#: Each piece's text events, by the piece's HTML: the messages of a batch render one
+#: template, so all but a few of a message's paragraphs are those of the message before.
+#: Measured: the benchmark's 20 KB newsletter's text part, 2.8 ms -> 0.2 ms a message.
+_PIECES: dict[str, tuple[str, ...]] = {}
+_PIECES_KEPT = 4096
+
+
 def _feed_well_formed(extractor: _TextExtractor, html: str) -> bool:
     """``extractor`` given the events the standard library's parser would give it, in about
     a fifth of its time; False (the extractor then half fed) when ``html`` is not of the
-    well-formed kind this reads."""
+    well-formed kind this reads.
+
+    The HTML is read in pieces, each up to and including a ``</p>``. A piece that begins
+    with the extractor at rest (outside any script, style, ``pre`` or link) and was read
+    before from rest to rest gives the text it gave then without being read again. That
+    text is the same because nothing inside a piece depends on what follows it: the token
+    that ends a piece is its ``</p>``, and a token is kept only from a piece where no token
+    other than that one reads a ``<`` beyond its first character (a tag's attribute value
+    could, and then it could run past the ``</p>`` in another message)."""
     position, size = 0, len(html)
-    match_token = _TOKEN.match
+    out = extractor.out
     while position < size:
+        cut = html.find(_PIECE_END, position)
+        end = size if cut < 0 else cut + len(_PIECE_END)
+        piece = html[position:end] if extractor.is_at_rest() else None
+        if piece is not None:
+            known = _PIECES.get(piece)
+            if known is not None:
+                out.extend(known)
+                position = end
+                continue
+        first = len(out)
+        position, is_self_contained = _feed_tokens(extractor, html, position, end)
+        if position < 0:
+            return False
+        if piece is not None and is_self_contained and position == end and extractor.is_at_rest():
+            if len(_PIECES) >= _PIECES_KEPT:
+                _PIECES.clear()
+            _PIECES[piece] = tuple(out[first:])
+    return True
+
+
+def _feed_tokens(extractor: _TextExtractor, html: str, position: int, end: int) -> tuple[int, bool]:
+    """Read the tokens of ``html`` from ``position`` until one ends at or past ``end``: the
+    position reached (-1 when the HTML is not of the well-formed kind), and whether no token
+    read a ``<`` beyond its first character."""
+    match_token = _TOKEN.match
+    is_self_contained = True
+    while position < end:
         token = match_token(html, position)
         if token is None:
-            return False
-        position = token.end()
+            return -1, False
+        start, position = position, token.end()
         text = token.group("text")
         if text is not None:
             extractor.handle_data(unescape(text))
             continue
-        end = token.group("end")
-        if end is not None:
-            extractor.handle_endtag(end.lower())
+        if html.find("<", start + 1, position) >= 0:
+            is_self_contained = False
+        end_tag = token.group("end")
+        if end_tag is not None:
+            extractor.handle_endtag(end_tag.lower())
             continue
         tag = token.group("start").lower()
         # Only a link's attributes are read; the others' are parsed only to be skipped.
@@ -131,10 +182,10 @@ def _feed_well_formed(extractor: _TextExtractor, html: str) -> bool:
             # The script or style is skipped whole, as the parser's raw-text mode does.
             close = _RAW_TEXT_END[tag].search(html, position)
             if close is None:
-                return False
+                return -1, False
             extractor.handle_endtag(tag)
             position = close.end()
-    return True
+    return position, is_self_contained
 
 
 def html_to_text(html: str) -> str:
