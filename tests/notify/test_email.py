@@ -236,6 +236,21 @@ class TestTracking:
         assert 'title="href=https://no.test">No href' in rewritten
         assert '<abbr title="https://no.test">' in rewritten
 
+    def test_each_message_gets_its_own_links_from_the_same_html(self) -> None:
+        # The second message's anchors were seen in the first (their parts are kept): each
+        # message's links still carry that message's own tracking URLs, and the skipped
+        # link stays skipped only where the message skips it.
+        first = rewrite_links(self.HTML, lambda url: f"https://t.test/m1?u={url}")
+        second = rewrite_links(
+            self.HTML, lambda url: f"https://t.test/m2?u={url}", skip=lambda url: "shop" in url
+        )
+        assert '<a href="https://t.test/m1?u=https://shop.test/item?id=1&amp;ref=mail">' in first
+        assert f'<a href="https://t.test/m1?u={UNSUBSCRIBE}">' in first
+        assert "m1" not in second
+        assert '<a href="https://shop.test/item?id=1&amp;ref=mail">Item</a>' in second
+        assert "<a class='x' HREF=\"https://t.test/m2?u=http://plain.test/\">" in second
+        assert f'<a href="https://t.test/m2?u={UNSUBSCRIBE}">' in second
+
     def test_open_pixel_goes_before_the_body_end(self) -> None:
         html = add_open_pixel(self.HTML, "https://t.acme.test/o?m=1&sig=2")
         assert html.endswith(

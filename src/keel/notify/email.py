@@ -298,26 +298,39 @@ def add_open_pixel(html: str, pixel_url: str) -> str:
     return _insert_before_body_close(html, pixel)
 
 
-def _rewrite_anchor(
-    tag: str, rewrite: Callable[[str], str], skip: Callable[[str], bool] | None
-) -> str:
+@functools.lru_cache(maxsize=4096)
+def _anchor_href(tag: str) -> tuple[str, str, str, str] | None:
+    """An ``<a>`` tag's parts around its http(s) ``href``: the tag before it, the attribute's
+    name, its URL (unescaped), the tag after it; None when the tag has no such link. Kept per
+    tag: a newsletter's links are the same in every message of a batch."""
     position = 2  # after "<a"
     while True:
         attribute = _ATTRIBUTE.search(tag, position)
         if attribute is None:
-            return tag
+            return None
         position = attribute.end()
         if attribute.group(1).lower() != "href":
             continue
         raw = next((g for g in attribute.groups()[1:] if g is not None), None)
         if raw is None:
-            return tag
+            return None
         url = html_escaping.unescape(raw).strip()
-        if urlsplit(url).scheme.lower() not in ("http", "https") or (skip and skip(url)):
-            return tag
-        value = html_escaping.escape(rewrite(url), quote=True)
-        replacement = f'{attribute.group(1)}="{value}"'
-        return tag[: attribute.start()] + replacement + tag[attribute.end() :]
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            return None
+        return tag[: attribute.start()], attribute.group(1), url, tag[attribute.end() :]
+
+
+def _rewrite_anchor(
+    tag: str, rewrite: Callable[[str], str], skip: Callable[[str], bool] | None
+) -> str:
+    parts = _anchor_href(tag)
+    if parts is None:
+        return tag
+    before, name, url, after = parts
+    if skip and skip(url):
+        return tag
+    value = html_escaping.escape(rewrite(url), quote=True)
+    return f'{before}{name}="{value}"{after}'
 
 
 def rewrite_links(
