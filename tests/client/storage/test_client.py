@@ -29,6 +29,7 @@ from keel_client.storage import (
     ObjectTooLarge,
     RevisionMismatch,
     StorageClient,
+    StorageError,
     SyncStorageClient,
     UploadInterrupted,
     clean_object,
@@ -365,6 +366,70 @@ async def test_the_clean_hook_hands_a_worker_the_clean_object(keel: Keel) -> Non
     assert (obj.size, obj.etag) == (info.size, info.etag)
     jobs = await keel.jobs.list_jobs("uploads")
     assert [job.result for job in jobs.jobs] == [{"records_processed": 1}]
+
+
+class _FlipsOneByte(httpx.AsyncBaseTransport):
+    """The network between the SDK and Keel altering one byte of every object download's
+    body (after the headers, ETag included, went through untouched)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method != "GET" or "/objects/" not in request.url.path:
+            return response
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_Flipped(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Flipped(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        flipped = False
+        async for chunk in self.inner:
+            if not flipped and chunk:
+                chunk, flipped = bytes([chunk[0] ^ 1]) + chunk[1:], True
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_download_of_several_mib_arrives_whole_and_altered_bytes_are_refused(
+    keel: Keel, keel_url: str, admin: TenantAdmin, tmp_path: Path
+) -> None:
+    await keel.storage.create_bucket("batches", PLAIN)
+    data = os.urandom(3 * MIB + 4321)  # more than one of the writer's 1 MiB batches
+    await keel.storage.upload("batches", "big.bin", data)
+    target = tmp_path / "whole.bin"
+    assert await keel.storage.download("batches", "big.bin", target) == len(data)
+    assert target.read_bytes() == data
+    buffer = io.BytesIO()
+    assert await keel.storage.download("batches", "big.bin", buffer) == len(data)
+    assert buffer.getvalue() == data
+
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    async with Keel(keel_url, admin.api_key, retry=quick_retries(),
+                    transport=_FlipsOneByte()) as tampered:  # fmt: skip
+        with pytest.raises(StorageError, match="do not match the object's SHA-256"):
+            await tampered.storage.download("batches", "big.bin", altered / "big.bin")
+        assert os.listdir(altered) == []  # neither the file nor its partial
+        with pytest.raises(StorageError, match="do not match"):
+            await tampered.storage.download("batches", "big.bin", io.BytesIO())
+        with pytest.raises(StorageError, match="do not match"):
+            await tampered.storage.download("batches", "big.bin")
 
 
 async def test_the_blocking_face_uploads_and_downloads(

@@ -57,7 +57,7 @@ from keel_client.storage._policy import (
     segment,
     uses_multipart,
 )
-from keel_client.storage._sources import CHUNK_BYTES, Part, Source, UploadSource, source_of
+from keel_client.storage._sources import Part, Source, UploadSource, source_of
 from keel_client.storage._streams import (
     HeldSource,
     ObjectStream,
@@ -69,6 +69,7 @@ from keel_client.storage._streams import (
     etag_of,
     first_error,
     head_of,
+    write_body,
 )
 from keel_client.storage._transfer import stream_call
 
@@ -496,7 +497,7 @@ class StorageClient(ServiceClient):
             digest = hashlib.sha256() if expected else None
             if destination is None:
                 data = bytearray()
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                async for chunk in response.aiter_bytes():
                     data += chunk
                     if digest is not None:
                         digest.update(chunk)
@@ -505,12 +506,7 @@ class StorageClient(ServiceClient):
             if isinstance(destination, str | os.PathLike):
                 return await self._to_path(response, Path(destination), digest, expected,
                                             bucket, key)  # fmt: skip
-            written = 0
-            async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                await anyio.to_thread.run_sync(destination.write, chunk)
-                written += len(chunk)
-                if digest is not None:
-                    digest.update(chunk)
+            written = await write_body(response, destination.write, digest)
             check_digest(digest, expected, bucket, key)
             return written
         finally:
@@ -526,14 +522,12 @@ class StorageClient(ServiceClient):
         key: str,
     ) -> int:
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        written = 0
         try:
-            async with await anyio.open_file(partial, "wb") as file:
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                    await file.write(chunk)
-                    written += len(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
+            file = await anyio.to_thread.run_sync(lambda: partial.open("wb"))
+            try:
+                written = await write_body(response, file.write, digest)
+            finally:
+                await anyio.to_thread.run_sync(file.close)
             check_digest(digest, expected, bucket, key)
             await anyio.to_thread.run_sync(os.replace, partial, path)
         except BaseException:
