@@ -11,7 +11,8 @@ info) with two buckets, ``{"scan": false, "encrypted": true}`` and
   The ETag Keel answers must be the file's SHA-256.
 - ``storage.<backend>.download_<encrypted|plain>_mb_s``: the same object streamed back into
   a file (``GET``, httpx's chunks written as they arrive); the file's SHA-256 must be the
-  upload's.
+  upload's. The same download made with Keel's SDK (``StorageClient.download`` to a path,
+  which checks the SHA-256 itself) is ``sdk_client_*`` in ``extra``.
 - ``storage.<backend>.rss_growth_mb``: the largest growth of the Keel process's RSS over its
   value just before a transfer, sampled every 100 ms during each of the four transfers.
 
@@ -244,6 +245,24 @@ def _keel_download(
     return transfer
 
 
+def _sdk_download(
+    base: str, admin_key: str, bucket: str, key: str, target: Path, size: int, sha256: str,
+    keel_pid: int, store_pid: int | None,
+) -> Transfer:  # fmt: skip
+    """The same download as a user of Keel's SDK makes it: ``StorageClient.download`` to a
+    path (which checks the bytes against the object's SHA-256 and renames a partial file)."""
+    from keel_client.storage import StorageClient
+
+    async def download() -> None:
+        async with StorageClient(base, auth=admin_key) as storage:
+            await storage.download(bucket, key, target)
+
+    with _measured(keel_pid, store_pid, size) as transfer:
+        asyncio.run(download())
+    _check_file(target, size, sha256)
+    return transfer
+
+
 def _check_file(path: Path, size: int, sha256: str) -> None:
     """A wrong benchmark is worse than none: the bytes that came back must be the file's."""
     if path.stat().st_size != size or _sha256_of(path) != sha256:
@@ -284,8 +303,10 @@ def _warm_up(base: str, admin_key: str, root: Path) -> None:
 def _through_keel(
     server: Server, admin_key: str, source: Path, size: int, sha256: str, work: Path,
     store_pid: int | None, results: dict[str, list[Transfer]], round_: int,
+    sdk_results: dict[str, list[Transfer]],
 ) -> None:  # fmt: skip
-    """Upload then download the file through each bucket, then delete the object."""
+    """Upload then download the file through each bucket (with httpx, then with Keel's SDK),
+    then delete the object."""
     base = server.url
     target = work / "downloaded.bin"
     for mode, bucket in BUCKETS.items():
@@ -296,6 +317,11 @@ def _through_keel(
             base, admin_key, bucket, key, target, size, sha256, server.pid, store_pid
         )
         results[f"download_{mode}"].append(down)
+        target.unlink()
+        sdk = _sdk_download(
+            base, admin_key, bucket, key, target, size, sha256, server.pid, store_pid
+        )
+        sdk_results[f"download_{mode}"].append(sdk)
         target.unlink()
         _keel_delete(base, admin_key, bucket, key)
 
@@ -469,6 +495,7 @@ def _backend(
         backend == "local" or os.environ.get("KEEL_BENCH_STORAGE_CURL") == "all"
     )
     curl_runs: dict[str, list[Transfer]] = {f"curl_{name}": [] for name in keel_runs}
+    sdk_runs: dict[str, list[Transfer]] = {f"download_{mode}": [] for mode in BUCKETS}
     with contextlib.ExitStack() as stack:
         moto: Server | None = None
         if backend == "s3":
@@ -498,7 +525,7 @@ def _backend(
                 if who == "keel":
                     _through_keel(
                         server, admin_key, source, size, sha256, work, store_pid, keel_runs,
-                        round_,
+                        round_, sdk_runs,
                     )  # fmt: skip
                     if with_curl:
                         _curl_round(
@@ -554,6 +581,13 @@ def _backend(
         if backend == "s3":
             extra["moto_cpu_s"] = keel.store_cpu_s
             extra["peer_moto_cpu_s"] = peer.store_cpu_s
+        if name in sdk_runs:
+            sdk = _median(sdk_runs[name])
+            extra["sdk_client_mb_s"] = round(sdk.mb_s, 1)
+            extra["sdk_client_runs_mb_s"] = [round(t.mb_s, 1) for t in sdk_runs[name]]
+            extra["sdk_client_ratio"] = round(sdk.mb_s / peer.mb_s, 3)
+            extra["sdk_client_cpu_s"] = sdk.client_cpu_s
+            extra["sdk_client_keel_cpu_s"] = sdk.server_cpu_s
         if curl_runs[f"curl_{name}"]:
             curl = _median(curl_runs[f"curl_{name}"])
             extra["curl_client_mb_s"] = round(curl.mb_s, 1)
@@ -575,7 +609,7 @@ def _backend(
         )  # fmt: skip
     every = [
         transfer
-        for runs in (keel_runs, curl_runs)
+        for runs in (keel_runs, curl_runs, sdk_runs)
         for transfers in runs.values()
         for transfer in transfers
     ]
@@ -588,7 +622,10 @@ def _backend(
                     **common,
                     "per_transfer_mb": {
                         name: [round(t.rss_growth_mb, 1) for t in transfers]
-                        for name, transfers in {**keel_runs, **curl_runs}.items()
+                        for name, transfers in {
+                            **keel_runs, **curl_runs,
+                            **{f"sdk_{name}": runs for name, runs in sdk_runs.items()},
+                        }.items()
                         if transfers
                     },
                     "rss_idle_mb": round(rss_idle / MB, 1),
