@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import bindparam, case, func, select, text, update
+from sqlalchemy import Integer, Select, bindparam, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.db import utcnow
@@ -50,6 +50,7 @@ from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
 from keel.jobs.models import CLAIMABLE, Job, JobQueue, JobState
+from keel.jobs.service.enqueue import QUEUE_CONFIGS
 from keel.jobs.service.queues import claim_allowance, take_tokens
 from keel.jobs.service.retry import Backoff, retry_delay
 
@@ -100,21 +101,8 @@ async def _limited_queues(
 ) -> tuple[set[str], dict[str, JobQueue]]:
     """The paused queues among ``names``, and the limited ones, their rows locked until the
     transaction ends (in name order, so two claims never wait on each other in a cycle)."""
-    # A Core read of the four columns, the tenant named: every claim makes it, and most
-    # queues have no row at all (no pause, no limit), so no ORM object is needed to say so.
-    queues = cast("Table", JobQueue.__table__)
     configs = (
-        await session.execute(
-            select(
-                queues.c.id,
-                queues.c.name,
-                queues.c.paused,
-                queues.c.concurrency_limit,
-                queues.c.rate_limit_per_second,
-            )
-            .where(queues.c.tenant_id == tenant_id, queues.c.name.in_(list(names)))
-            .execution_options(all_tenants=True)
-        )
+        await session.execute(QUEUE_CONFIGS, {"tenant_id": tenant_id, "names": list(names)})
     ).all()
     paused = {config.name for config in configs if config.paused}
     limited_ids = [
@@ -183,12 +171,75 @@ def _claim_order(order: Sequence[str]) -> Any:
     return lambda job: (job.priority, place[job.queue], job.run_at, job.id)
 
 
+_jobs = cast("Table", Job.__table__)
+
+
+def _due_ids(queue_is: Any, *queue_order: Any) -> Select[Any]:
+    """The ids of a claim's due jobs (locked by the caller), in claim order: the tenant, the
+    time and the count are parameters (``c_tenant``, ``c_now``, ``c_limit``)."""
+    return (
+        select(_jobs.c.id)
+        .where(
+            _jobs.c.tenant_id == bindparam("c_tenant"),
+            queue_is,
+            CLAIMABLE,
+            _jobs.c.run_at <= bindparam("c_now", type_=_jobs.c.run_at.type),
+        )
+        .order_by(_jobs.c.priority, *queue_order, _jobs.c.run_at, _jobs.c.id)
+        .limit(bindparam("c_limit", type_=Integer))
+    )
+
+
+#: What a claim sets; the lease's end, the worker and the time are parameters.
+_CLAIMED = {
+    "state": JobState.running.value,
+    "attempt": _jobs.c.attempt + 1,
+    "lease_expires_at": bindparam("c_expires", type_=_jobs.c.lease_expires_at.type),
+    "worker_id": bindparam("c_worker", type_=_jobs.c.worker_id.type),
+    "attempted_at": bindparam("c_attempted_at", type_=_jobs.c.attempted_at.type),
+}
 #: The columns a claim answers with, and sorts by.
-_CLAIMED = ("id", "queue", "task", "args", "attempt", "max_attempts", "timeout_seconds",
-            "progress", "priority", "run_at")  # fmt: skip
+_RETURNED = [
+    _jobs.c[name]
+    for name in ("id", "queue", "task", "args", "attempt", "max_attempts", "timeout_seconds",
+                 "progress", "priority", "run_at", "lease_token")
+]  # fmt: skip
 #: 64 hex digits from PostgreSQL's strong random generator (two version 4 UUIDs).
 _PG_NEW_LEASE = (
     "replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')"
+)
+
+
+def _pg_claim(due: Select[Any]) -> Any:
+    """PostgreSQL's claim of the ``due`` jobs in one statement: ``UPDATE … FROM (SELECT … FOR
+    UPDATE SKIP LOCKED) RETURNING``, the lease tokens drawn by the server."""
+    chosen = due.with_for_update(skip_locked=True).subquery()
+    return (
+        update(_jobs)
+        .where(_jobs.c.id == chosen.c.id)
+        .values(**_CLAIMED, lease_token=text(_PG_NEW_LEASE))
+        .returning(*_RETURNED)
+        .execution_options(all_tenants=True)
+    )
+
+
+#: The claim of one queue (a worker's usual fetch), built once: building, coercing and
+#: computing the cache key of the statement was a large share of an idle fetch's CPU.
+_DUE_IN_ONE_QUEUE = _due_ids(_jobs.c.queue == bindparam("c_queue")).execution_options(
+    all_tenants=True
+)
+_PG_CLAIM_ONE_QUEUE = _pg_claim(_due_ids(_jobs.c.queue == bindparam("c_queue")))
+#: SQLite's claim of the jobs read (under the write lock), one executemany.
+_SQLITE_CLAIM = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_id"))
+    .values(**_CLAIMED, lease_token=bindparam("b_token"))
+    .execution_options(all_tenants=True)
+)
+_CLAIMED_ROWS = (
+    select(*_RETURNED)
+    .where(_jobs.c.id.in_(bindparam("ids", expanding=True)))
+    .execution_options(all_tenants=True)
 )
 
 
@@ -206,62 +257,28 @@ async def _claim_unlimited(
     on PostgreSQL one ``UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``, the
     tokens drawn by the server; on SQLite (under the write lock) a read and one executemany.
     No ORM objects: a worker's fetch is the hottest path of the service."""
-    jobs = cast("Table", Job.__table__)
     place = {name: index for index, name in enumerate(order)}
-    candidates = (
-        select(jobs.c.id)
-        .where(
-            jobs.c.tenant_id == tenant_id,
-            jobs.c.queue.in_(list(queues)),
-            CLAIMABLE,
-            jobs.c.run_at <= now,
-        )
-        .order_by(
-            jobs.c.priority,
-            *(() if len(queues) == 1 else (case(place, value=jobs.c.queue),)),
-            jobs.c.run_at,
-            jobs.c.id,
-        )
-        .limit(limit)
-    )
-    claimed = {
-        "state": JobState.running.value,
-        "attempt": jobs.c.attempt + 1,
-        "lease_expires_at": expires,
-        "worker_id": worker_id,
-        "attempted_at": now,
-    }
-    returned = [jobs.c[name] for name in _CLAIMED]
-    if session.get_bind().dialect.name == "postgresql":
-        chosen = candidates.with_for_update(skip_locked=True).subquery()
-        rows = (
-            await session.execute(
-                update(jobs)
-                .where(jobs.c.id == chosen.c.id)
-                .values(**claimed, lease_token=text(_PG_NEW_LEASE))
-                .returning(*returned, jobs.c.lease_token)
-                .execution_options(all_tenants=True)
-            )
-        ).all()
+    claimed = {"c_expires": expires, "c_worker": worker_id, "c_attempted_at": now}
+    wanted = {"c_tenant": tenant_id, "c_now": now, "c_limit": limit}
+    is_postgres = session.get_bind().dialect.name == "postgresql"
+    if len(queues) == 1:
+        wanted["c_queue"] = queues[0]
+        due: Any = _PG_CLAIM_ONE_QUEUE if is_postgres else _DUE_IN_ONE_QUEUE
     else:
-        ids = list(await session.scalars(candidates.execution_options(all_tenants=True)))
+        due = _due_ids(_jobs.c.queue.in_(list(queues)), case(place, value=_jobs.c.queue))
+        due = _pg_claim(due) if is_postgres else due.execution_options(all_tenants=True)
+    if is_postgres:
+        rows = (await session.execute(due, {**wanted, **claimed})).all()
+    else:
+        ids = list(await session.scalars(due, wanted))
         if not ids:
             return []
         tokens = {job_id: secrets.token_urlsafe(24) for job_id in ids}
         await session.execute(
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"))
-            .values(**claimed, lease_token=bindparam("b_token"))
-            .execution_options(all_tenants=True),
-            [{"b_id": job_id, "b_token": token} for job_id, token in tokens.items()],
+            _SQLITE_CLAIM,
+            [{"b_id": job_id, "b_token": token, **claimed} for job_id, token in tokens.items()],
         )
-        rows = (
-            await session.execute(
-                select(*returned, jobs.c.lease_token)
-                .where(jobs.c.id.in_(ids))
-                .execution_options(all_tenants=True)
-            )
-        ).all()
+        rows = (await session.execute(_CLAIMED_ROWS, {"ids": ids})).all()
     rows = sorted(rows, key=lambda row: (row.priority, place[row.queue], row.run_at, row.id))
     return [
         Claim(
@@ -476,6 +493,31 @@ class AckOutcome:
     refused: list[RefusedAck]
 
 
+#: :func:`complete_many`'s statements, built once (the tenant, the jobs and the results are
+#: their parameters): every ack of every worker runs them.
+_ACKED_JOBS = (
+    select(_jobs.c.id, _jobs.c.queue, _jobs.c.state, _jobs.c.lease_token, _jobs.c.attempted_at)
+    .where(
+        _jobs.c.tenant_id == bindparam("tenant_id"),
+        _jobs.c.id.in_(bindparam("ids", expanding=True)),
+    )
+    .with_for_update()
+    .execution_options(all_tenants=True)
+)
+_COMPLETE = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_id"), _jobs.c.tenant_id == bindparam("b_tenant"))
+    .values(
+        state=JobState.completed.value,
+        result=bindparam("b_result", type_=_jobs.c.result.type),
+        finished_at=bindparam("b_now", type_=_jobs.c.finished_at.type),
+        lease_token=None,
+        lease_expires_at=None,
+    )
+    .execution_options(all_tenants=True)
+)
+
+
 async def complete_many(
     session: AsyncSession,
     tenant_id: str,
@@ -490,13 +532,7 @@ async def complete_many(
     bind_tenant(session, tenant_id)
     await hold_write_lock(session)
     wanted = {ack.job_id: ack for ack in acks}
-    rows = (
-        await session.execute(
-            select(Job.id, Job.queue, Job.state, Job.lease_token, Job.attempted_at)
-            .where(Job.id.in_(list(wanted)))
-            .with_for_update()
-        )
-    ).all()
+    rows = (await session.execute(_ACKED_JOBS, {"tenant_id": tenant_id, "ids": list(wanted)})).all()
     found = {row.id: row for row in rows}
     now = utcnow()
     acked: list[AckedJob] = []
@@ -519,25 +555,14 @@ async def complete_many(
         elif row.state != JobState.running:
             refused.append(RefusedAck(job_id, 409, f"The job is {row.state}, not running."))
         else:
-            updates.append({"b_id": job_id, "b_result": ack.result})
+            updates.append(
+                {"b_id": job_id, "b_tenant": tenant_id, "b_result": ack.result, "b_now": now}
+            )
             acked.append(AckedJob(job_id, row.queue, row.attempted_at, now))
     if updates:
         # One executemany on the table (the rows were read, locked and checked above, in the
         # tenant's scope; the tenant is in the criteria again all the same).
-        jobs = cast("Table", Job.__table__)
-        await session.execute(
-            update(jobs)
-            .where(jobs.c.id == bindparam("b_id"), jobs.c.tenant_id == tenant_id)
-            .values(
-                state=JobState.completed.value,
-                result=bindparam("b_result", type_=jobs.c.result.type),
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-            .execution_options(all_tenants=True),
-            updates,
-        )
+        await session.execute(_COMPLETE, updates)
     return AckOutcome(acked, refused)
 
 

@@ -102,9 +102,12 @@ class Handing(Protocol):
 
 
 _queues = cast("Table", JobQueue.__table__)
-#: :func:`open_queues`' read, built once (the tenant and names are its parameters).
-_QUEUE_CONFIGS = (
+#: The read of queue configurations of :func:`open_queues` and of a claim, built once (the
+#: tenant and names are its parameters): both run it on every call, and most queues have no
+#: row at all (no pause, no limit), so no ORM object is needed to say so.
+QUEUE_CONFIGS = (
     select(
+        _queues.c.id,
         _queues.c.name,
         _queues.c.paused,
         _queues.c.concurrency_limit,
@@ -122,7 +125,7 @@ async def open_queues(session: AsyncSession, tenant_id: str, names: Collection[s
     """Those of ``names`` a claim would take from without a lock: not paused, no concurrency
     or rate limit (most queues have no row at all)."""
     configs = (
-        await session.execute(_QUEUE_CONFIGS, {"tenant_id": tenant_id, "names": list(names)})
+        await session.execute(QUEUE_CONFIGS, {"tenant_id": tenant_id, "names": list(names)})
     ).all()
     closed = {
         config.name
