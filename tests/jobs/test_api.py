@@ -92,6 +92,25 @@ async def test_a_job_goes_from_enqueue_through_a_lease_to_completed(
     )
 
 
+async def test_an_enqueue_answers_the_job_as_it_was_stored(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    # The answer of a created job is built from the values it was inserted with, not read
+    # back: it must say what a read of the job says, to the microsecond.
+    queue = queue_name()
+    for fields in ({}, {"args": {"to": "ada"}, "tags": ["a", "b"], "priority": -3},
+                   {"run_at": (utcnow() + timedelta(hours=1)).isoformat(), "max_attempts": 2,
+                    "timeout_seconds": 9, "max_backoff_seconds": 60}):  # fmt: skip
+        answer = await client.post(
+            f"{API}/jobs", headers=headers, json={"queue": queue, "task": "t", **fields}
+        )
+        assert answer.status_code == 201, answer.text
+        created = answer.json()
+        assert created.pop("duplicate") is False
+        stored = await client.get(f"{API}/jobs/{created['id']}", headers=headers)
+        assert created == stored.json()
+
+
 async def test_queues_are_taken_in_the_order_the_worker_gives(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:

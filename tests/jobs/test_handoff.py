@@ -90,6 +90,9 @@ async def test_a_waiting_fetch_is_handed_the_job_leased_to_it(
         assert row.attempted_at is not None
         assert row.lease_expires_at is not None
         assert 59 <= (row.lease_expires_at - row.attempted_at).total_seconds() <= 60
+        # ... and what a read of the job says (the answer is built from the inserted values).
+        stored = await http.get(f"/jobs/v1/jobs/{job['id']}", headers=admin.headers)
+        assert {**job, "duplicate": None} == {**stored.json(), "duplicate": None}
         # The lease is an ordinary one: acked once, then refused.
         ack = {"acks": [{"id": job["id"], "lease_token": lease["lease_token"]}]}
         first = (await http.post("/jobs/v1/ack", json=ack, headers=admin.headers)).json()

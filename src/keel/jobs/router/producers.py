@@ -52,12 +52,15 @@ def _new_job(body: schemas.JobCreate, max_args_bytes: int) -> service.NewJob:
     )
 
 
-def _job_document(job: Job, *, duplicate: bool | None = None) -> dict[str, Any]:
-    model = schemas.Job.model_validate(job)
-    document = model.model_dump(mode="json")
-    if duplicate is not None:
-        document["duplicate"] = duplicate
-    return document
+def _enqueued_document(enqueued: service.Enqueued) -> dict[str, Any]:
+    """The answer of an enqueue: the job (read from its ORM object or, for a job just
+    created, from its column values, which hold no result or end yet) and ``duplicate``."""
+    record = enqueued.record
+    if not isinstance(record, Job):
+        record = {**record, "finished_at": None}
+    answer = schemas.Enqueued.model_validate(record).model_dump(mode="json")
+    answer["duplicate"] = not enqueued.created
+    return answer
 
 
 @router.post(
@@ -118,9 +121,7 @@ async def _enqueue(
         enqueued = await service.enqueue_one(session, principal.tenant_id, new, handing)
         if enqueued.created and not handing.taken:
             signal_after_commit(session, principal.tenant_id, [body.queue])
-        return (201 if enqueued.created else 200), _job_document(
-            enqueued.job, duplicate=not enqueued.created
-        )
+        return (201 if enqueued.created else 200), _enqueued_document(enqueued)
 
     return await _idempotent_handing(
         context, principal, "jobs.enqueue", idempotency_key, body, write, handings

@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import bindparam, insert, select, text
@@ -74,11 +75,26 @@ class NewJob:
 
 @dataclass(frozen=True)
 class Enqueued:
-    """What an enqueue did: ``job`` was ``created``, or is the job holding the unique key
-    already (a duplicate: nothing was created)."""
+    """What an enqueue did: :attr:`job` was ``created``, or is the job holding the unique key
+    already (a duplicate: nothing was created).
 
-    job: Job
+    ``record`` is the duplicate's ORM object, or the created job's column values: the API
+    answers from those (``schemas.Job`` reads either), and :attr:`job` makes the (transient)
+    ORM object of a created job only when asked for — making it on every enqueue was about
+    80 µs of CPU, more than building the answer itself."""
+
+    record: Job | Mapping[str, Any]
     created: bool
+
+    @cached_property
+    def job(self) -> Job:
+        record = self.record
+        return record if isinstance(record, Job) else Job(**record)
+
+    @property
+    def id(self) -> str:
+        record = self.record
+        return record.id if isinstance(record, Job) else str(record["id"])
 
 
 class Taker(Protocol):
@@ -294,7 +310,7 @@ async def enqueue_one(
     # built once, the row as its parameters: ``.values(**row)`` would build and coerce a new
     # statement, and compute its cache key, on every call.
     await session.execute(_INSERT_JOB, {**row, "tenant_id": tenant_id})
-    return Enqueued(Job(**row, tenant_id=tenant_id), created=True)
+    return Enqueued({**row, "tenant_id": tenant_id}, created=True)
 
 
 async def enqueue(
@@ -377,7 +393,7 @@ async def enqueue_batch(
             entries.append(BatchEntry(row["id"], duplicate=False))
         else:
             enqueued = await enqueue_one(session, tenant_id, new, handing)
-            entries.append(BatchEntry(enqueued.job.id, duplicate=not enqueued.created))
+            entries.append(BatchEntry(enqueued.id, duplicate=not enqueued.created))
     if plain:
         await _hand_rows(session, tenant_id, plain, handing, now)
         await session.execute(insert(Job), plain)
