@@ -227,6 +227,33 @@ class TestAcksTogether:
         assert requests.get(FETCH, 0) + requests.get(ACKS, 0) < 100, requests
         print(f"200 jobs: {requests}")
 
+    async def test_an_idle_worker_sends_a_quick_jobs_ack_with_its_next_fetch(
+        self, counted: tuple[JobsClient, CountingTransport], queue: str
+    ) -> None:
+        jobs, transport = counted
+        worker = Worker(jobs, queues=[queue], concurrency=10, poll_wait=5.0)
+
+        @worker.task("noop")
+        async def noop(n: int) -> int:
+            return n
+
+        running = asyncio.create_task(worker.run(install_signal_handlers=False))
+        try:
+            for n in range(5):  # one at a time, the worker idle in its fetch before each
+                await asyncio.sleep(0.1)
+                ref = await jobs.enqueue("noop", [n], queue=queue)
+                deadline = time.monotonic() + 10.0
+                while (await jobs.get(ref.id)).state is not JobState.COMPLETED:
+                    assert time.monotonic() < deadline, transport.requests
+                    await asyncio.sleep(0.01)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 10.0)
+        # Each job: the fetch it was leased to, then the next fetch carrying its ack (one
+        # each on their own before; a loaded machine may let a job outlast the wait).
+        assert transport.requests.get(ACKS, 0) <= 2, transport.requests
+        assert transport.requests.get(ONE_ACK, 0) == 0, transport.requests
+
     async def test_stop_sends_the_acks_still_queued(self, jobs: JobsClient, queue: str) -> None:
         # The acks wait a minute to go, and the fetch after the first long-polls (30 s):
         # only the shutdown sends them.
@@ -234,6 +261,9 @@ class TestAcksTogether:
 
         @worker.task("noop")
         async def noop(n: int) -> int:
+            # Longer than the worker waits for a job to end before it fetches again (its
+            # ack would then go with that fetch).
+            await asyncio.sleep(0.1)
             return n
 
         batch = await jobs.enqueue_many([NewJob("noop", [n], queue=queue) for n in range(3)])

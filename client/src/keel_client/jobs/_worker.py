@@ -12,7 +12,10 @@ One worker fetches for up to ``concurrency`` jobs at once and runs each in a tas
 
 A queued ack goes with the next fetch, or else in ``POST /jobs/v1/ack`` with the others
 queued within about 5 ms (``_batching.AckBuffer``): a busy worker pays one request for a
-job's ack and its next lease together. A failure is reported at once, alone.
+job's ack and its next lease together. A worker just handed jobs waits up to those 5 ms for
+one to end before it fetches again, so that an idle worker's quick job costs one request
+for its ack and the next lease too, not a fetch and an ``/ack``. A failure is reported at
+once, alone.
 
 Shutdown (SIGTERM, SIGINT, or :meth:`Worker.stop`): stop fetching, give the running jobs
 ``shutdown_grace`` seconds to finish, then stop the rest and fail them with
@@ -55,6 +58,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("keel_current_job")
+#: The longest a worker that was just handed jobs waits for one of them to end before its next
+#: fetch, so that the fetch carries its ack (:meth:`Worker._let_quick_jobs_end`).
+QUICK_JOB_SECONDS = ACK_DELAY_SECONDS
 
 
 def current_job() -> JobContext:
@@ -348,6 +354,18 @@ class Worker:
             acks_queued.settle(acks, answer)
             for lease in answer.jobs:
                 self._start(client, lease)
+            if answer.jobs and not acks_queued.pending:
+                await self._let_quick_jobs_end(slot_freed, stopping)
+
+    async def _let_quick_jobs_end(self, slot_freed: asyncio.Event, stopping: asyncio.Event) -> None:
+        """Wait a moment (``ack_delay``, at most :data:`QUICK_JOB_SECONDS`) for one of the
+        jobs just started to end, so that its ack goes with the next fetch: an idle worker
+        handed a quick job then pays Keel one request for the ack and the next lease, not a
+        fetch and an ``/ack`` of its own (the ack would wait that long for company anyway)."""
+        slot_freed.clear()  # the jobs just started have not run yet: none has ended
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self.ack_delay, QUICK_JOB_SECONDS)):
+                await _first(slot_freed.wait(), stopping.wait())
 
     def _start(self, client: JobsClient, lease: Lease) -> None:
         self.stats.fetched += 1
