@@ -14,7 +14,9 @@ dependencies' included, in Vault's shape.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any
 
@@ -34,10 +36,13 @@ from keel.secrets.engines.kv import SecretUnreadable
 PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 #: Runs of a Vault call that keeps losing a unique key to concurrent requests. A call can lose
 #: each row it creates once (an AppRole's first write creates three: its role, its service
-#: account and the assignment), and the run after the last loss finds them all: four runs, and
-#: one to spare. Three let one of five concurrent first writes of an AppRole answer 409 now and
-#: then (seen in CI).
-RACE_ATTEMPTS = 5
+#: account and the assignment), and the losers then race each other again on the rows they
+#: replace. Three, then five immediate runs let one of five concurrent first writes of an
+#: AppRole answer 409 now and then on the loaded CI machine; the runs after a loss now wait a
+#: random moment first (:data:`RACE_BACKOFF_SECONDS` times the run's number at most), so that
+#: the losers do not collide again in step.
+RACE_ATTEMPTS = 8
+RACE_BACKOFF_SECONDS = 0.01
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -134,13 +139,16 @@ def add_vault_route(router: APIRouter, path: str, endpoint: Any, methods: list[s
 
 async def _answer_as_vault(handle: Handler, request: Request) -> Response:
     try:
-        for _ in range(RACE_ATTEMPTS):
+        for attempt in range(RACE_ATTEMPTS):
             try:
                 return await _in_unit_of_work(handle, request)
             except IntegrityError:
                 # Another request created the same row between this one's read and its
                 # write; nothing of this one was stored. Vault's writes are upserts (a
-                # check-and-set is checked again), so the call runs again.
+                # check-and-set is checked again), so the call runs again, a moment later
+                # (a random one: timing jitter, not a secret).
+                pause = random.uniform(0, RACE_BACKOFF_SECONDS * (attempt + 1))  # noqa: S311
+                await asyncio.sleep(pause)
                 continue
         return vault_errors(409, "changed by another request at the same time; retry")
     except (Denied, Unauthorized):  # Vault answers a missing or invalid token alike
