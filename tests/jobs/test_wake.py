@@ -30,10 +30,12 @@ async def test_a_worker_that_goes_away_while_it_waits_is_leased_nothing(
         signals = app.state.keel.resources[JOB_SIGNALS_RESOURCE]
         signals.recheck_seconds = 0.2  # it looks often: the disconnect is what must stop it
         body = {"queues": [queue], "wait_seconds": 20, "worker_id": "doomed"}
-        # The other calls get a loaded machine's room; only the fetch is given up on purpose.
+        # The other calls get a loaded machine's room; only the fetch's wait for its answer is
+        # given up on purpose (its connect keeps the room: a loaded machine took over 0.5 s).
+        gives_up = httpx.Timeout(30.0, read=0.5)
         async with httpx.AsyncClient(base_url=url, headers=admin.headers, timeout=30) as http:
             with pytest.raises(httpx.ReadTimeout):  # the worker gives up: its connection closes
-                await http.post("/jobs/v1/fetch", json=body, timeout=0.5)
+                await http.post("/jobs/v1/fetch", json=body, timeout=gives_up)
             await asyncio.sleep(0.5)  # the server has noticed by now
             job = (await http.post("/jobs/v1/jobs", json={"queue": queue, "task": "t"})).json()
             await asyncio.sleep(0.6)  # three rechecks: a fetch still waiting would take it
