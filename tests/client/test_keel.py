@@ -78,7 +78,7 @@ class Recorder(BaseHTTPRequestHandler):
         if "unavailable" in path:
             self._send(503, {"errors": ["sealed"]})
         elif "slow" in path:
-            time.sleep(1.0)
+            time.sleep(2.0)
             self._send(200, {"data": {"data": {"k": "slow"}}})
         elif path == "/auth/v1/oauth/token":
             self._send(200, {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
@@ -238,7 +238,7 @@ async def test_a_per_call_timeout_overrides_the_keels(recording: RecordingServer
         started = time.monotonic()
         with pytest.raises(RequestTimeout):
             await keel.secrets.get("slow/a", timeout=0.2, max_retries=0)
-        assert time.monotonic() - started < 0.9
+        assert time.monotonic() - started < 1.5  # the answer takes 2 s; a loaded machine's room
         assert await keel.secrets.get("slow/b", "k") == "slow"  # the default waits
 
 

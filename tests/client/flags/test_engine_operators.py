@@ -178,7 +178,7 @@ def test_a_catastrophic_pattern_runs_in_linear_time() -> None:
     detail = evaluate("f", {"key": "u", "name": "a" * 100_000 + "b"}, None)
     elapsed = time.perf_counter() - started
     assert detail.reason.kind is ReasonKind.FALLTHROUGH
-    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms"
+    assert elapsed < 2.0, f"{elapsed * 1000:.1f} ms"  # backtracking: minutes; RE2: milliseconds
     assert evaluate("f", {"key": "u", "name": "b" + "a" * 100_000}, None).reason.kind is (
         ReasonKind.RULE_MATCH
     )

@@ -154,7 +154,7 @@ class TestRetryAfter:
         with pytest.raises(ClientError) as caught:
             await client.get(f"/retry-after/{key}", params={"after": 30}, deadline=2.0)
         assert caught.value.status == 429
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5  # not the 30 s the answer asked for
         assert fault_server.hits[key] == 1
 
 
@@ -171,7 +171,7 @@ class TestDeadline:
             with pytest.raises((ServerError, RequestTimeout)):
                 await api.get(f"/outage/{key}", deadline=0.4)
             elapsed = time.monotonic() - started
-        assert elapsed < 0.4 + 0.1
+        assert elapsed < 1.5  # not a thousand retries' 50 s; a loaded machine's room
         # Every retry started before the deadline; with sleeps of at most 50 ms that is few.
         assert 2 <= fault_server.hits[key] < 100
 
@@ -181,9 +181,9 @@ class TestDeadline:
         started = time.monotonic()
         with pytest.raises(RequestTimeout) as caught:
             await client.get(
-                f"/slow-body/{key}", params={"chunks": 20, "interval": 0.05}, deadline=0.3
+                f"/slow-body/{key}", params={"chunks": 60, "interval": 0.05}, deadline=0.3
             )
-        assert time.monotonic() - started < 0.6
+        assert time.monotonic() - started < 2.0  # the whole body would take 3 s
         assert isinstance(caught.value, TimeoutError)
         assert caught.value.code == "timeout"
 
@@ -249,7 +249,7 @@ class TestSyncFace:
             started = time.monotonic()
             with pytest.raises((ServerError, RequestTimeout)):
                 api.get(f"/outage/{key}", deadline=0.3)
-            assert time.monotonic() - started < 0.4
+            assert time.monotonic() - started < 1.5  # not a thousand retries' 50 s
 
     def test_sync_read_timeout_is_bounded_by_the_deadline(
         self, fault_server: FaultServer, key: str
@@ -257,8 +257,8 @@ class TestSyncFace:
         with SyncBaseAPIClient(fault_server.url, retry=FAST_RETRY) as api:
             started = time.monotonic()
             with pytest.raises(RequestTimeout):
-                api.get(f"/delay/{key}", params={"seconds": 2}, deadline=0.3)
-            assert time.monotonic() - started < 0.6
+                api.get(f"/delay/{key}", params={"seconds": 3}, deadline=0.3)
+            assert time.monotonic() - started < 2.0  # not the 3 s answer
 
 
 async def test_http_client_options_pass_through(fault_server: FaultServer) -> None:
