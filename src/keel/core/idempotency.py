@@ -151,17 +151,36 @@ async def remember_answer(
     if, it commits). A key kept already fails here, on the primary key (``IntegrityError``);
     a concurrent request's key makes this wait for that request's commit, then fail."""
     await session.execute(
-        _INSERT_KEY,
-        {
-            "tenant_id": tenant_id,
-            "scope": scope,
-            "key": key,
-            "request_hash": request_hash,
-            "status": status,
-            "answer": document,
-            "created_at": utcnow(),
-        },
+        _INSERT_KEY, kept_row(tenant_id, KeyToKeep(scope, key, request_hash), status, document)
     )
+
+
+@dataclass(frozen=True)
+class KeyToKeep:
+    """A key whose answer a write keeps itself (the jobs enqueue's one-statement path):
+    what :func:`idempotent` would pass :func:`remember_answer`."""
+
+    scope: str
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, scope: str, key: str, request: Any) -> KeyToKeep:
+        """The key of ``request`` (its JSON body), checked as :func:`idempotent` checks it."""
+        return cls(scope, check_key(key), fingerprint(request))
+
+
+def kept_row(tenant_id: str, key: KeyToKeep, status: int, document: Any) -> dict[str, Any]:
+    """The column values of ``key``'s row keeping ``document``."""
+    return {
+        "tenant_id": tenant_id,
+        "scope": key.scope,
+        "key": key.key,
+        "request_hash": key.request_hash,
+        "status": status,
+        "answer": document,
+        "created_at": utcnow(),
+    }
 
 
 #: :func:`remember_answer`'s insert, built once (the row is its parameters: no statement to

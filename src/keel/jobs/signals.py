@@ -238,6 +238,11 @@ class Handing:
             self.taken.append(taken)
         return taken
 
+    def hand_over(self) -> None:
+        """The unit of work committed: the fetches taken answer with their jobs."""
+        for waiting in self.taken:
+            waiting.settle(list(waiting.rows) if waiting.rows else None)
+
     def abandon(self) -> None:
         """Settle what was not settled (the unit of work ended without committing)."""
         for waiting in self.taken:
@@ -253,8 +258,7 @@ def hand_after_commit(session: AsyncSession, handing: Handing) -> None:
 @event.listens_for(Session, "after_commit")
 def _hand_over(sync_session: Session) -> None:
     for handing in sync_session.info.pop(_HANDING, ()):
-        for waiting in handing.taken:
-            waiting.settle(list(waiting.rows) if waiting.rows else None)
+        handing.hand_over()
 
 
 @event.listens_for(Session, "after_rollback")
@@ -294,10 +298,6 @@ def signal_after_commit(session: AsyncSession, tenant_id: str, queues: Iterable[
     pending.setdefault(tenant_id, set()).update(queues)
 
 
-def _route_of(sync_session: Session) -> _Route | None:
-    return _routes.get(sync_session.get_bind().engine) if sync_session.bind else None
-
-
 def _pg_payloads(pending: dict[str, set[str]]) -> list[str]:
     payloads = []
     for tenant_id, queues in pending.items():
@@ -311,9 +311,15 @@ def _pg_payloads(pending: dict[str, set[str]]) -> list[str]:
 @event.listens_for(Session, "after_commit")
 def _publish_signals(sync_session: Session) -> None:
     pending: dict[str, set[str]] | None = sync_session.info.pop(_PENDING, None)
-    if not pending:
-        return
-    route = _route_of(sync_session)
+    if pending and sync_session.bind is not None:
+        publish_signals(sync_session.get_bind().engine, pending)
+
+
+def publish_signals(engine: Any, pending: dict[str, set[str]]) -> None:
+    """Tell every replica that ``pending`` queues (by tenant) have jobs, committed on
+    ``engine`` (a sync ``Engine``): what :func:`signal_after_commit` does once its unit of
+    work commits, for a write that committed by itself (a statement outside a transaction)."""
+    route = _routes.get(engine)
     if route is None:
         return  # no listener in this process (a CLI command): fetches find the jobs on recheck
     for tenant_id, queues in pending.items():

@@ -1,7 +1,8 @@
 """Producers' routes: ``POST /jobs`` and ``POST /jobs/batch``, both taking an
 ``Idempotency-Key``, both served directly (:mod:`keel.core.direct`). A fetch waiting in this
 process for the queue may be handed the job in the enqueue's own transaction
-(:mod:`keel.jobs.signals`, "Hand-off")."""
+(:mod:`keel.jobs.signals`, "Hand-off"). On PostgreSQL a job without a unique key is one
+statement, its key's answer kept in it (:func:`keel.jobs.service.enqueue_at_once`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.auth.dependencies import CurrentPrincipal
 from keel.core.context import AppContext
 from keel.core.deps import Context
 from keel.core.direct import DirectRoute, served_directly
-from keel.core.idempotency import IdempotencyKeyHeader, IdempotentWrite, idempotent
+from keel.core.idempotency import IdempotencyKeyHeader, IdempotentWrite, KeyToKeep, idempotent
 from keel.jobs import schemas, service
 from keel.jobs.auth import QueueAccess, check_queues
 from keel.jobs.models import Job
@@ -25,6 +27,7 @@ from keel.jobs.signals import (
     JOB_SIGNALS_RESOURCE,
     Handing,
     hand_after_commit,
+    publish_signals,
     signal_after_commit,
 )
 from keel_client.auth import Principal
@@ -109,6 +112,10 @@ async def _enqueue(
 ) -> JSONResponse:
     check_queues(principal, [body.queue], QueueAccess.enqueue)
     new = _new_job(body, context.settings.jobs.max_args_bytes)
+    if context.database.dialect == "postgresql" and new.unique_key is None:
+        answered = await _enqueue_at_once(context, principal.tenant_id, new, body, idempotency_key)
+        if answered is not None:
+            return answered
     signals = context.resources[JOB_SIGNALS_RESOURCE]
     handings: list[Handing] = []
 
@@ -126,6 +133,40 @@ async def _enqueue(
     return await _idempotent_handing(
         context, principal, "jobs.enqueue", idempotency_key, body, write, handings
     )
+
+
+async def _enqueue_at_once(
+    context: AppContext,
+    tenant_id: str,
+    new: service.NewJob,
+    body: schemas.JobCreate,
+    idempotency_key: str | None,
+) -> JSONResponse | None:
+    """:func:`service.enqueue_at_once`: the job and its key's answer in one statement. None
+    when the caller must take the unit-of-work path, which does the rest: the queue was
+    closed to the hand-off, or the key was kept already (a retry: that path replays it)."""
+    key = None
+    if idempotency_key is not None:
+        key = KeyToKeep.of("jobs.enqueue", idempotency_key, body.model_dump(mode="json"))
+    handing = Handing(context.resources[JOB_SIGNALS_RESOURCE], tenant_id)
+    done = None
+    try:
+        done = await service.enqueue_at_once(
+            context.database, tenant_id, new, handing, _enqueued_document, key
+        )
+    except IntegrityError:
+        pass  # the key was kept already: nothing was written
+    finally:
+        # Written: the fetch taken answers with its job. Not: it reads the table again.
+        if done is None:
+            handing.abandon()
+        else:
+            handing.hand_over()
+    if done is None:
+        return None
+    if not handing.taken:
+        publish_signals(context.database.engine.sync_engine, {tenant_id: {new.queue}})
+    return JSONResponse(done[1], status_code=201)
 
 
 async def _enqueue_directly(request: Request) -> Response:

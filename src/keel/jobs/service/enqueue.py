@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import Boolean, and_, bindparam, exists, func, insert, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.db import utcnow
+from keel.core.db import Database, utcnow
 from keel.core.errors import ValidationFailed
+from keel.core.idempotency import IdempotencyKey, KeyToKeep, kept_row
 from keel.core.ids import new_id
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
@@ -311,6 +312,79 @@ async def enqueue_one(
     # statement, and compute its cache key, on every call.
     await session.execute(_INSERT_JOB, {**row, "tenant_id": tenant_id})
     return Enqueued({**row, "tenant_id": tenant_id}, created=True)
+
+
+def _at_once_statement(*, keeps_key: bool) -> Any:
+    """:func:`enqueue_at_once`'s statement: the job's insert, refused when it is ``handed``
+    and its queue is closed to hand-offs (:func:`open_queues`' test, on the same row), and
+    the insert of the key's row for each job inserted; it answers how many jobs it inserted.
+    Every value is a parameter (the job's columns by name, the key's as ``key_<column>``)."""
+    jobs = cast("Table", Job.__table__)
+    columns = [*_row(NewJob("q", "t"), utcnow()), "tenant_id"]
+    closed = select(literal(1)).where(
+        _queues.c.tenant_id == bindparam("tenant_id"),
+        _queues.c.name == bindparam("queue"),
+        or_(
+            _queues.c.paused,
+            _queues.c.concurrency_limit.is_not(None),
+            _queues.c.rate_limit_per_second.is_not(None),
+        ),
+    )
+    values = select(*(bindparam(name, type_=jobs.c[name].type) for name in columns)).where(
+        ~and_(bindparam("handed", type_=Boolean()), exists(closed))
+    )
+    job = insert(jobs).from_select(columns, values).returning(jobs.c.id).cte("job")
+    statement = select(func.count()).select_from(job)
+    if keeps_key:
+        keys = cast("Table", IdempotencyKey.__table__)
+        names = list(kept_row("t", KeyToKeep("s", "k", "h"), 201, None))
+        kept = select(*(bindparam(f"key_{name}", type_=keys.c[name].type) for name in names))
+        statement = statement.add_cte(
+            insert(keys).from_select(names, kept.select_from(job)).returning(keys.c.key).cte("kept")
+        )
+    return statement
+
+
+#: :func:`enqueue_at_once`'s statements, built once, without and with a key to keep.
+_AT_ONCE = {keeps: _at_once_statement(keeps_key=keeps) for keeps in (False, True)}
+
+
+async def enqueue_at_once(
+    database: Database,
+    tenant_id: str,
+    new: NewJob,
+    handing: Handing | None,
+    answer: Callable[[Enqueued], Any],
+    key: KeyToKeep | None = None,
+) -> tuple[Enqueued, Any] | None:
+    """On PostgreSQL, a job without a unique key in one statement outside any transaction
+    (its own, committed when it returns): one round trip, where a unit of work takes five
+    (``BEGIN``, the queue's configuration, the job, the key, ``COMMIT``). The job is handed
+    to a fetch ``handing`` offers, as :func:`enqueue_one` would; ``answer(enqueued)`` is
+    the document kept under ``key`` (status 201), and is returned with it.
+
+    ``None`` when nothing was written: the job was to be handed and its queue is closed to
+    hand-offs (paused, limited); the caller then enqueues in a unit of work. A key kept
+    already raises ``IntegrityError`` (nothing written either). Unlike this package's other
+    functions it takes no session: the statement is its own transaction, and the caller
+    hands the taken fetches their job (or abandons them) once it returns."""
+    now = utcnow()
+    row = _row(new, now)
+    taker = None
+    if handing is not None and row["state"] == JobState.available and handing.offered(new.queue):
+        taker = handing.take(new.queue)
+        if taker is not None:
+            _hand(row, taker, now)
+    enqueued = Enqueued({**row, "tenant_id": tenant_id}, created=True)
+    document = answer(enqueued)
+    parameters = {**row, "tenant_id": tenant_id, "handed": taker is not None}
+    if key is not None:
+        kept = kept_row(tenant_id, key, 201, document)
+        parameters.update({f"key_{name}": value for name, value in kept.items()})
+    async with database.engine.connect() as connection:
+        alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        inserted = await alone.scalar(_AT_ONCE[key is not None], parameters)
+    return (enqueued, document) if inserted else None
 
 
 async def enqueue(
