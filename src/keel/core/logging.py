@@ -61,9 +61,11 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         return {
             key: REDACTED
-            if isinstance(key, str) and is_sensitive_key(key) and value[key] not in (None, "")
-            else redact(value[key], _depth=_depth + 1)
-            for key in value
+            if isinstance(key, str) and is_sensitive_key(key) and item not in (None, "")
+            else _redact_string(item)
+            if type(item) is str  # the usual value, without a call of this function
+            else redact(item, _depth=_depth + 1)
+            for key, item in value.items()
         }
     if isinstance(value, list | tuple):
         return type(value)(redact(item, _depth=_depth + 1) for item in value)
