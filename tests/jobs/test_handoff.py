@@ -72,11 +72,9 @@ async def test_a_waiting_fetch_is_handed_the_job_leased_to_it(
     queue = new_queue()
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         fetch = await waiting_fetch(app, http, admin, queue, limit=5, lease_seconds=60)
-        enqueued = await http.post(
-            "/jobs/v1/jobs",
-            headers={**admin.headers, "Idempotency-Key": uuid.uuid4().hex},
-            json={"queue": queue, "task": "t", "args": [1]},
-        )
+        keyed = {**admin.headers, "Idempotency-Key": uuid.uuid4().hex}
+        body = {"queue": queue, "task": "t", "args": [1]}
+        enqueued = await http.post("/jobs/v1/jobs", headers=keyed, json=body)
         assert enqueued.status_code == 201, enqueued.text
         answer = (await fetch).json()
         job = enqueued.json()
@@ -100,6 +98,12 @@ async def test_a_waiting_fetch_is_handed_the_job_leased_to_it(
         assert first["acked"] == [job["id"]]
         assert again["refused"][0]["status"] == 409
         assert (await job_row(app, job["id"])).state == JobState.completed
+        # The key kept the answer the job was handed with (on PostgreSQL, in the job's own
+        # statement): a retry replays it, and enqueues nothing.
+        replay = await http.post("/jobs/v1/jobs", headers=keyed, json=body)
+        assert (replay.status_code, replay.json()) == (201, job)
+        listed = await http.get("/jobs/v1/jobs", headers=admin.headers, params={"queue": queue})
+        assert [listed_job["id"] for listed_job in listed.json()["jobs"]] == [job["id"]]
 
 
 async def test_a_batch_hands_each_fetch_no_more_than_its_limit(
