@@ -23,6 +23,7 @@ from keel_client.http._core import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     USER_AGENT,
+    AsyncHTTPClient,
     ClientCore,
     ClientHealth,
     Headers,
@@ -112,7 +113,7 @@ class BaseAPIClient:
                     verify=shared_verify(verify), http2=http2, limits=limits
                 )
             )
-        self._http = httpx.AsyncClient(
+        self._http = AsyncHTTPClient(
             base_url=self.base_url,
             auth=auth,
             headers={"User-Agent": USER_AGENT, **(headers or {})},

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from typing import Any, TypeVar
 
 import httpx
@@ -64,12 +65,15 @@ __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
     "USER_AGENT",
+    "AsyncHTTPClient",
     "Call",
     "ClientCore",
     "ClientHealth",
+    "HTTPClient",
     "Headers",
     "ModelT",
     "Params",
+    "ResponseCookies",
     "shared_verify",
 ]
 
@@ -83,6 +87,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 DEFAULT_DEADLINE = 60.0
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 USER_AGENT = f"keel-client/{__version__}"
+#: Distinct URL strings a client keeps resolved against its base URL (then it starts over).
+_URL_CACHE_SIZE = 256
 
 
 def shared_verify(verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
@@ -118,6 +124,55 @@ class ClientHealth:
     def is_healthy(self) -> bool:
         """No upstream host has an open circuit."""
         return all(c.state is not CircuitState.OPEN for c in self.circuits.values())
+
+
+class ResponseCookies(httpx.Cookies):
+    """httpx's cookie jar, read only when a response sets a cookie.
+
+    httpx hands every response to its jar, which builds urllib request and response
+    stand-ins (parsing the URL again) to find no ``Set-Cookie`` at all: 10% of a worker's
+    time fetching jobs (py-spy). Keel sets no cookies; an API that does still has them kept
+    and sent back as before.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        # The two headers http.cookiejar reads; without them it would store nothing.
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+CookieTypes = httpx.Cookies | CookieJar | dict[str, str] | list[tuple[str, str]] | None
+
+
+class _ResponseCookiesJar:
+    """Gives an httpx client a ``ResponseCookies`` jar (whatever ``cookies`` is set to)."""
+
+    _response_cookies: ResponseCookies
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._response_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: CookieTypes) -> None:
+        self._response_cookies = ResponseCookies(cookies)
+
+
+class AsyncHTTPClient(_ResponseCookiesJar, httpx.AsyncClient):
+    """The ``httpx.AsyncClient`` of ``BaseAPIClient``: a jar read only when a cookie is set."""
+
+    def __init__(self, *, cookies: CookieTypes = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.cookies = cookies
+
+
+class HTTPClient(_ResponseCookiesJar, httpx.Client):
+    """The ``httpx.Client`` of ``SyncBaseAPIClient``: a jar read only when a cookie is set."""
+
+    def __init__(self, *, cookies: CookieTypes = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.cookies = cookies
 
 
 def _classify(error: BaseException) -> FailureKind | None:
@@ -163,6 +218,27 @@ class ClientCore:
             self.registry, name, self.breakers or CircuitBreakers(BreakerPolicy())
         )
         self.tracing = Tracing(tracer_provider)
+        self._absolute_urls: dict[str, httpx.URL] = {}
+        self._absolute_urls_base: httpx.URL | None = None
+
+    def absolute_url(self, http: httpx.AsyncClient | httpx.Client, url: str) -> httpx.URL:
+        """``url`` merged with ``http``'s base URL as httpx merges it, parsed once per distinct
+        string rather than on every request (a call's paths are mostly constants)."""
+        base = http.base_url
+        if base is not self._absolute_urls_base:
+            self._absolute_urls.clear()
+            self._absolute_urls_base = base
+        absolute = self._absolute_urls.get(url)
+        if absolute is None:
+            if len(self._absolute_urls) >= _URL_CACHE_SIZE:
+                self._absolute_urls.clear()
+            absolute = httpx.URL(url)
+            if absolute.is_relative_url:
+                # httpx's own merge (``_merge_url``): the path is appended to the base's.
+                raw_path = base.raw_path + absolute.raw_path.lstrip(b"/")
+                absolute = base.copy_with(raw_path=raw_path)
+            self._absolute_urls[url] = absolute
+        return absolute
 
     def start(
         self,
@@ -184,6 +260,8 @@ class ClientCore:
             except KeelHTTPError as error:
                 self.metrics.call(method.upper(), "-", error.code, 0.0)
                 raise
+        if isinstance(url, str):
+            url = self.absolute_url(http, url)
         request = http.build_request(
             method, url, params=params, json=json, content=content, data=data, headers=headers
         )

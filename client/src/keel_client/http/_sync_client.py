@@ -26,6 +26,7 @@ from keel_client.http._core import (
     ClientCore,
     ClientHealth,
     Headers,
+    HTTPClient,
     ModelT,
     Params,
     shared_verify,
@@ -102,7 +103,7 @@ class SyncBaseAPIClient:
                 transport
                 or httpx.HTTPTransport(verify=shared_verify(verify), http2=http2, limits=limits)
             )
-        self._http = httpx.Client(
+        self._http = HTTPClient(
             base_url=self.base_url,
             auth=auth,
             headers={"User-Agent": USER_AGENT, **(headers or {})},
