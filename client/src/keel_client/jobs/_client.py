@@ -316,12 +316,12 @@ class JobsClient(ServiceClient):
         answer = await self._send_or_spool(request, options)
         if answer is None:
             return JobRef(request.idempotency_key, is_spooled=True)
-        return JobRef.of_job(request.idempotency_key, Job.model_validate(answer))
+        return JobRef.of_job(request.idempotency_key, Job.model_validate_json(answer.content))
 
     async def _send_batch(self, body: dict[str, Any], idempotency_key: str) -> BatchAnswer:
         """A batch of concurrent callers' enqueues, sent (never spooled) under its key."""
         response = await self.api.post(BATCH_PATH, json=body, idempotency_key=idempotency_key)
-        return BatchAnswer.model_validate(response.json())
+        return BatchAnswer.model_validate_json(response.content)
 
     async def enqueue_many(
         self, jobs: Sequence[NewJob], **options: Unpack[RequestOptions]
@@ -335,12 +335,13 @@ class JobsClient(ServiceClient):
         answer = await self._send_or_spool(request, options)
         if answer is None:
             return JobBatchRef(request.idempotency_key, is_spooled=True)
-        return JobBatchRef(request.idempotency_key, ids=BatchAnswer.model_validate(answer).ids)
+        ids = BatchAnswer.model_validate_json(answer.content).ids
+        return JobBatchRef(request.idempotency_key, ids=ids)
 
     async def _send_or_spool(
         self, request: SpooledRequest, options: RequestOptions
-    ) -> dict[str, Any] | None:
-        """Keel's JSON answer, or ``None`` when the request went to the spool."""
+    ) -> httpx.Response | None:
+        """Keel's answer, or ``None`` when the request went to the spool."""
         spool = self._spool
         if spool is not None and spool.pending:
             # Behind what waits already: jobs reach Keel in the order they were enqueued.
@@ -356,8 +357,7 @@ class JobsClient(ServiceClient):
             # Nothing was sent with the circuit open; anything else may have reached Keel.
             spool.append(replace(request, was_sent=not isinstance(error, CircuitOpenError)))
             return None
-        answer: dict[str, Any] = response.json()
-        return answer
+        return response
 
     # -- read and manage ---------------------------------------------------------------------
 
