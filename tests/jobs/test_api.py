@@ -390,6 +390,73 @@ async def test_acks_in_one_request_are_each_accepted_or_refused_alone(
     )
 
 
+@pytest.mark.parametrize("limited", [False, True], ids=["open", "limited"])
+async def test_a_fetch_settles_each_ack_it_carries_alone(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    admin: TenantAdmin,
+    limited: bool,
+) -> None:
+    """A fetch's acks, on the queue it fetches or not, each completed or refused as
+    ``POST /ack`` would; on PostgreSQL the first part of that is one statement with the
+    claim, whose leftovers (and a limited queue's claim) go the unit-of-work way."""
+    queue, elsewhere, forbidden = queue_name(), queue_name(), queue_name()
+    if limited:
+        configured = await client.patch(
+            f"{API}/queues/{queue}", headers=headers, json={"concurrency_limit": 4}
+        )
+        assert configured.status_code == 200, configured.text
+    for _ in range(4):
+        await enqueue(client, headers, queue)
+    await enqueue(client, headers, elsewhere)
+    await enqueue(client, headers, forbidden)
+    leases = await fetch(client, headers, queue, limit=4)
+    [other] = await fetch(client, headers, elsewhere)
+    [foreign] = await fetch(client, headers, forbidden)
+    worker = await member(app, admin, f"jobs:{queue}:work", f"jobs:{elsewhere}:work")
+    for _ in range(3):
+        await enqueue(client, headers, queue)
+    acks = [
+        {"id": leases[0]["id"], "lease_token": leases[0]["lease_token"], "result": {"n": [0]}},
+        {"id": leases[1]["id"], "lease_token": leases[2]["lease_token"]},  # another job's
+        {"id": str(uuid.uuid4()), "lease_token": "x"},
+        {"id": other["id"], "lease_token": other["lease_token"], "result": "elsewhere"},
+        {"id": foreign["id"], "lease_token": foreign["lease_token"]},
+        {"id": leases[2]["id"], "lease_token": leases[2]["lease_token"], "result": "x" * 20_000},
+        {"id": leases[3]["id"], "lease_token": leases[3]["lease_token"]},
+    ]
+    body = {"queues": [queue], "worker_id": "w", "limit": 10, "ack": acks}
+    answer = await client.post(f"{API}/fetch", headers=worker, json=body)
+    assert answer.status_code == 200, answer.text
+    assert sorted(answer.json()["acked"]) == sorted([leases[0]["id"], other["id"], leases[3]["id"]])
+    refused = {item["id"]: item["status"] for item in answer.json()["refused"]}
+    assert refused == {
+        leases[1]["id"]: 409,
+        acks[2]["id"]: 404,
+        foreign["id"]: 403,
+        leases[2]["id"]: 413,
+    }
+    # Two of the four running jobs ended: a limit of 4 leaves room for two of the three new.
+    assert len(answer.json()["jobs"]) == (2 if limited else 3)
+    expected = {
+        leases[0]["id"]: ("completed", {"n": [0]}),
+        other["id"]: ("completed", "elsewhere"),
+        leases[3]["id"]: ("completed", None),
+        leases[1]["id"]: ("running", None),
+        leases[2]["id"]: ("running", None),
+        foreign["id"]: ("running", None),
+    }
+    for job_id, (state, result) in expected.items():
+        job = (await client.get(f"{API}/jobs/{job_id}", headers=headers)).json()
+        assert (job["state"], job["result"]) == (state, result), job_id
+    # A refused ack changed nothing: the right token still completes the job.
+    again = [{"id": leases[1]["id"], "lease_token": leases[1]["lease_token"]}]
+    body = {"queues": [queue], "worker_id": "w", "ack": again}
+    answer = await client.post(f"{API}/fetch", headers=worker, json=body)
+    assert (answer.json()["acked"], answer.json()["refused"]) == ([leases[1]["id"]], [])
+
+
 async def test_a_batch_says_which_jobs_were_duplicates(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:

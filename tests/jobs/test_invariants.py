@@ -1,6 +1,7 @@
 """The engine's invariants (``keel.jobs.service.claims``), checked after every call of random
 sequences of enqueues, claims, heartbeats, acks, failures, cancels, requeues, rescues and
-limit changes, on SQLite and PostgreSQL:
+limit changes, on SQLite and PostgreSQL (there also a worker's one-statement round of acks
+and claim, :func:`~keel.jobs.service.fetch_at_once`):
 
 - a job is in exactly one state, and the state agrees with its lease and end;
 - a lease token is current for at most one attempt: every claim issues a new one, and a call
@@ -27,6 +28,7 @@ from keel.core.errors import Conflict
 from keel.core.tenancy import bind_tenant
 from keel.jobs.models import FINAL_STATES, Job, JobState
 from keel.jobs.service import (
+    Ack,
     NewJob,
     cancel,
     claim,
@@ -35,12 +37,13 @@ from keel.jobs.service import (
     enqueue,
     enqueue_many,
     fail,
+    fetch_at_once,
     heartbeat,
     requeue,
     rescue_lapsed,
 )
 
-SEEDS = (18, 1818)
+SEEDS = (18, 1819)
 STEPS = 120
 QUEUES = ("limited", "free")
 _FIELDS = ("state", "attempt", "lease_token", "result", "errors", "run_at", "finished_at")
@@ -109,11 +112,15 @@ async def _step(
             "requeue",
             "rescue",
             "limit",
+            "round",
         ],
-        weights=[4, 5, 2, 4, 3, 1, 1, 1, 1],
+        weights=[4, 5, 2, 4, 3, 1, 1, 1, 1, 3 if database.dialect == "postgresql" else 0],
     )[0]
     ids = sorted(jobs)
     job_id = rng.choice(ids) if ids else None
+    if op == "round":
+        await _round(database, tenant_id, rng, model, jobs)
+        return op, None
     async with database.session() as session:
         if op == "enqueue":
             if rng.random() < 0.3:
@@ -150,6 +157,37 @@ async def _step(
         elif job_id is not None:
             return await _job_step(session, tenant_id, rng, model, jobs[job_id], op)
     return op, None
+
+
+async def _round(
+    database: Database, tenant_id: str, rng: random.Random, model: Model, jobs: dict[str, Job]
+) -> None:
+    """A worker's round in one statement: acks naming current or stale tokens of any queue's
+    jobs, and a claim of one queue. Exactly the acks whose job runs on that queue under their
+    token are completed; the others are left unchanged for the unit-of-work path."""
+    queue = rng.choice(QUEUES)
+    chosen = rng.sample(sorted(jobs), min(len(jobs), rng.randint(0, 4)))
+    acks = [Ack(job_id, model.stale_or_current(rng, job_id), {"n": 1}) for job_id in chosen]
+    fetched = await fetch_at_once(
+        database, tenant_id, queue, acks, worker_id="w", limit=rng.randint(1, 3)
+    )
+    completable = {
+        ack.job_id
+        for ack in acks
+        if jobs[ack.job_id].queue == queue
+        and jobs[ack.job_id].state == JobState.running
+        and jobs[ack.job_id].lease_token == ack.lease_token
+    }
+    assert {job.job_id for job in fetched.acked} == completable
+    assert {ack.job_id for ack in fetched.left} == set(chosen) - completable
+    assert fetched.closed == (queue == "limited")
+    assert not (fetched.closed and fetched.claims)
+    for job_id in completable:
+        model.current[job_id] = None
+    for held in fetched.claims:
+        assert held.queue == queue
+        model.issued.setdefault(held.job_id, []).append(held.lease_token)
+        model.current[held.job_id] = held.lease_token
 
 
 async def _job_step(

@@ -64,26 +64,22 @@ async def _fetch(
     # round (its finished jobs and its next ones), not two.
     acks: list[schemas.AckItem] | None = body.ack
     outcome: service.AckOutcome | None = None
+    # PostgreSQL, one queue (a worker's usual fetch): the round in one statement.
+    at_once = context.database.dialect == "postgresql" and len(queues) == 1
     deadline = time.monotonic() + wait
     gone = asyncio.ensure_future(_disconnected(request)) if wait > 0 else None
     try:
         while True:
             mark = signals.mark()
-            claims: list[service.Claim] = []
-            async with context.database.session() as session:
-                if acks:
-                    outcome = await _complete_acks(session, context, principal, acks)
-                for queue in queues:
-                    claims += await service.claim(
-                        session,
-                        tenant_id,
-                        [queue],
-                        worker_id=body.worker_id,
-                        limit=body.limit - len(claims),
-                        lease_seconds=lease_seconds,
-                    )
-                    if len(claims) >= body.limit:
-                        break
+            if at_once:
+                claims, outcome = await _round_at_once(
+                    context, principal, body, queues, acks, lease_seconds, outcome
+                )
+            else:
+                async with context.database.session() as session:
+                    if acks:
+                        outcome = await _complete_acks(session, context, principal, acks)
+                    claims = await _claim_in_turn(session, principal, body, queues, lease_seconds)
             if acks and outcome is not None:
                 _observe_completions(context, outcome)
                 acks = None
@@ -104,6 +100,68 @@ async def _fetch(
     finally:
         if gone is not None:
             gone.cancel()
+
+
+async def _claim_in_turn(
+    session: AsyncSession,
+    principal: Principal,
+    body: schemas.FetchRequest,
+    queues: list[str],
+    lease_seconds: float,
+) -> list[service.Claim]:
+    """Claim up to the fetch's limit, from each of ``queues`` in turn."""
+    claims: list[service.Claim] = []
+    for queue in queues:
+        claims += await service.claim(
+            session,
+            principal.tenant_id,
+            [queue],
+            worker_id=body.worker_id,
+            limit=body.limit - len(claims),
+            lease_seconds=lease_seconds,
+        )
+        if len(claims) >= body.limit:
+            break
+    return claims
+
+
+async def _round_at_once(
+    context: AppContext,
+    principal: Principal,
+    body: schemas.FetchRequest,
+    queues: list[str],
+    items: list[schemas.AckItem] | None,
+    lease_seconds: float,
+    outcome: service.AckOutcome | None,
+) -> tuple[list[service.Claim], service.AckOutcome | None]:
+    """A round of a fetch of one queue on PostgreSQL: its acks completed and its jobs claimed
+    in one statement (:func:`service.fetch_at_once`). What that statement leaves goes the
+    unit-of-work way: acks it did not complete (each completed or refused alone, as
+    ``POST /ack`` would) and the claim of a paused or limited queue."""
+    too_large, acks = _sized_acks(context, items or [])
+    fetched = await service.fetch_at_once(
+        context.database,
+        principal.tenant_id,
+        queues[0],
+        acks,
+        worker_id=body.worker_id,
+        limit=body.limit,
+        lease_seconds=lease_seconds,
+    )
+    acked, refused, claims = fetched.acked, too_large, fetched.claims
+    if fetched.left or fetched.closed:
+        async with context.database.session() as session:
+            if fetched.left:
+                rest = await service.complete_many(
+                    session,
+                    principal.tenant_id,
+                    fetched.left,
+                    may_work=lambda queue: may(principal, queue, QueueAccess.work),
+                )
+                acked, refused = [*acked, *rest.acked], [*refused, *rest.refused]
+            if fetched.closed:
+                claims = await _claim_in_turn(session, principal, body, queues, lease_seconds)
+    return claims, (service.AckOutcome(acked, refused) if items else outcome)
 
 
 async def _wait(
@@ -163,6 +221,20 @@ async def _complete_acks(
 ) -> service.AckOutcome:
     """Complete the attempts of ``items`` in the unit of work of ``session``, each ack
     refused alone (one over the result's size limit too: 413)."""
+    too_large, acks = _sized_acks(context, items)
+    outcome = await service.complete_many(
+        session,
+        principal.tenant_id,
+        acks,
+        may_work=lambda queue: may(principal, queue, QueueAccess.work),
+    )
+    return service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
+
+
+def _sized_acks(
+    context: AppContext, items: list[schemas.AckItem]
+) -> tuple[list[service.RefusedAck], list[service.Ack]]:
+    """The acks whose result is over the size limit (refused alone: 413), and the others."""
     limit = context.settings.jobs.max_result_bytes
     too_large: list[service.RefusedAck] = []
     acks: list[service.Ack] = []
@@ -173,13 +245,7 @@ async def _complete_acks(
             too_large.append(service.RefusedAck(item.id, 413, str(error.detail or error)))
             continue
         acks.append(service.Ack(item.id, item.lease_token, item.result))
-    outcome = await service.complete_many(
-        session,
-        principal.tenant_id,
-        acks,
-        may_work=lambda queue: may(principal, queue, QueueAccess.work),
-    )
-    return service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
+    return too_large, acks
 
 
 def _observe_completions(context: AppContext, outcome: service.AckOutcome) -> None:

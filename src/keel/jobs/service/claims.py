@@ -36,6 +36,7 @@ sequences):
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Integer, Select, bindparam, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.db import utcnow
+from keel.core.db import Database, UTCDateTime, utcnow
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.sqlite import hold_write_lock
 from keel.core.tenancy import bind_tenant
@@ -564,6 +565,147 @@ async def complete_many(
         # tenant's scope; the tenant is in the criteria again all the same).
         await session.execute(_COMPLETE, updates)
     return AckOutcome(acked, refused)
+
+
+#: :func:`fetch_at_once`'s statement. Five parts of one ``WITH``: the acks (a JSON array of
+#: ``{"id", "token", "result"}``), the update completing those whose job is running on
+#: the fetch's queue under that token (compared as SHA-256 digests, so the time the equality
+#: takes says nothing of the token), the queue's closing configuration if any (paused or
+#: limited: such a queue is claimed under its row's lock, in a unit of work), the due jobs
+#: (none when the queue is closed) and the claim of them. One row a completed job
+#: (``acked``), a claimed one (``claimed``), and one ``closed`` row when the queue is.
+_PG_FETCH = (
+    text(
+        f"""
+WITH acks AS (
+    SELECT * FROM json_to_recordset(CAST(:acks AS json)) AS a(id varchar, token varchar,
+                                                              result json)
+), acked AS (
+    UPDATE jobs SET state = 'completed', result = acks.result, finished_at = :now,
+                    lease_token = NULL, lease_expires_at = NULL
+    FROM acks
+    WHERE jobs.tenant_id = :tenant_id AND jobs.queue = :queue AND jobs.id = acks.id
+      AND jobs.state = 'running'
+      AND sha256(convert_to(jobs.lease_token, 'UTF8')) = sha256(convert_to(acks.token, 'UTF8'))
+    RETURNING jobs.id, jobs.attempted_at
+), closed AS (
+    SELECT 1 FROM job_queues
+    WHERE tenant_id = :tenant_id AND name = :queue
+      AND (paused OR concurrency_limit IS NOT NULL OR rate_limit_per_second IS NOT NULL)
+), due AS (
+    SELECT id FROM jobs
+    WHERE tenant_id = :tenant_id AND queue = :queue AND {CLAIMABLE.text} AND run_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM closed)
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_expires_at = :expires,
+                    worker_id = :worker_id, attempted_at = :now, lease_token = {_PG_NEW_LEASE}
+    FROM due WHERE jobs.id = due.id
+    RETURNING jobs.id, jobs.task, jobs.args, jobs.attempt, jobs.max_attempts,
+              jobs.timeout_seconds, jobs.progress, jobs.priority, jobs.run_at, jobs.lease_token
+)
+SELECT 'claimed' AS kind, id, task, args, attempt, max_attempts, timeout_seconds, progress,
+       priority, run_at, lease_token, NULL::timestamptz AS attempted_at
+FROM claimed
+UNION ALL
+SELECT 'acked', id, NULL, NULL::json, NULL::int, NULL::int, NULL::int, NULL::json, NULL::int,
+       NULL::timestamptz, NULL, attempted_at
+FROM acked
+UNION ALL
+SELECT 'closed', NULL, NULL, NULL::json, NULL::int, NULL::int, NULL::int, NULL::json,
+       NULL::int, NULL::timestamptz, NULL, NULL::timestamptz
+FROM closed
+"""  # noqa: S608 - what is interpolated is this module's constant SQL, never a value
+    )
+    .bindparams(
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("expires", type_=UTCDateTime()),
+        bindparam("limit", type_=Integer()),
+    )
+    .columns(run_at=UTCDateTime(), attempted_at=UTCDateTime())
+)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What :func:`fetch_at_once` did: the acks it completed, those it left (the caller
+    settles them with :func:`complete_many`, which completes or refuses each), the jobs it
+    claimed, and whether the queue is ``closed`` (paused or limited: nothing was claimed,
+    and the caller claims through :func:`claim`)."""
+
+    acked: list[AckedJob]
+    left: list[Ack]
+    claims: list[Claim]
+    closed: bool
+
+
+async def fetch_at_once(
+    database: Database,
+    tenant_id: str,
+    queue: str,
+    acks: Sequence[Ack],
+    *,
+    worker_id: str,
+    limit: int,
+    lease_seconds: float = 30.0,
+) -> Fetched:
+    """A worker's round on one queue on PostgreSQL in one statement outside any transaction
+    (its own): complete ``acks`` and claim up to ``limit`` jobs, as :func:`complete_many`
+    then :func:`claim` would in a unit of work of five round trips (``BEGIN``, the acks'
+    read and update, the queue's configuration and the claim, ``COMMIT``).
+
+    The caller must have checked that its principal may work ``queue``: an ack is completed
+    here only when its job is running on that queue under the ack's token. Any other ack is
+    left untouched for :func:`complete_many` (which refuses a stale token, an unknown job,
+    another queue the principal may not work, each alone)."""
+    _check_lease_seconds(lease_seconds)
+    wanted = {ack.job_id: ack for ack in acks}
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    parameters = {
+        "acks": json.dumps(
+            [{"id": ack.job_id, "token": ack.lease_token, "result": ack.result} for ack in
+             wanted.values()]
+        ),
+        "tenant_id": tenant_id,
+        "queue": queue,
+        "now": now,
+        "expires": expires,
+        "worker_id": worker_id,
+        "limit": max(limit, 0),
+    }  # fmt: skip
+    async with database.engine.connect() as connection:
+        alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        rows = (await alone.execute(_PG_FETCH, parameters)).all()
+    acked = [AckedJob(row.id, queue, row.attempted_at, now) for row in rows if row.kind == "acked"]
+    done = {job.job_id for job in acked}
+    claimed = sorted(
+        (row for row in rows if row.kind == "claimed"),
+        key=lambda row: (row.priority, row.run_at, row.id),
+    )
+    claims = [
+        Claim(
+            row.id,
+            queue,
+            row.task,
+            row.args,
+            row.attempt,
+            row.max_attempts,
+            row.timeout_seconds,
+            row.lease_token,
+            expires,
+            row.progress,
+        )
+        for row in claimed
+    ]
+    return Fetched(
+        acked,
+        [ack for job_id, ack in wanted.items() if job_id not in done],
+        claims,
+        closed=any(row.kind == "closed" for row in rows),
+    )
 
 
 def _retry_or_discard(
