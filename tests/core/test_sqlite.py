@@ -4,6 +4,7 @@ long results read in chunks, errors and transactions as with plain aiosqlite."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,3 +152,59 @@ async def test_a_held_write_lock_keeps_what_was_read_current_until_commit(
 
 def table_of_n() -> Table:
     return Table("n", MetaData(), Column("i", Integer, primary_key=True), Column("label", Text))
+
+
+def _add_one_here(connection: sqlite3.Connection, fail: bool) -> int:
+    """On the connection's thread: read, then write one more (or fail after the write)."""
+    [(label,)] = connection.execute("SELECT label FROM n WHERE i = 0").fetchall()
+    count = int(label.removeprefix("row ")) + 1
+    connection.execute("UPDATE n SET label = ? WHERE i = 0", (f"row {count}",))
+    if fail:
+        raise ValueError("after the write")
+    return count
+
+
+async def test_a_unit_of_work_run_whole_on_the_thread_takes_turns_and_commits_or_rolls_back(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_in_transaction``: one hand-over, under the write lock (so it takes turns with
+    units of work that hold it through SQLAlchemy), committed when the function returns,
+    rolled back when it raises, the writer's turn given back either way."""
+    await fill(db, 1)
+    calls: list[str] = []
+    run = sqlite.OneHopConnection.run
+
+    async def counting_run(
+        self: sqlite.OneHopConnection, function: object, *args: object
+    ) -> object:
+        calls.append(getattr(function, "__name__", "?"))
+        return await run(self, function, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite.OneHopConnection, "run", counting_run)
+
+    async def add_one_at_once(fail: bool = False) -> None:
+        async with db.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert isinstance(driver, sqlite.OneHopConnection)
+            await driver.run_in_transaction(_add_one_here, fail)
+            assert not driver.writing
+
+    async def add_one_through_sqlalchemy() -> None:
+        table = table_of_n()
+        async with db.session() as session:
+            await sqlite.hold_write_lock(session)
+            label = (await session.execute(select(table.c.label))).scalar_one()
+            await asyncio.sleep(0.01)  # a run_in_transaction meanwhile would be lost
+            count = int(label.removeprefix("row ")) + 1
+            await session.execute(update(table).values(label=f"row {count}"))
+
+    await add_one_at_once()
+    assert calls == ["_in_transaction"]
+    await asyncio.gather(
+        *(add_one_at_once() if n % 2 else add_one_through_sqlalchemy() for n in range(8))
+    )
+    with pytest.raises(ValueError, match="after the write"):
+        await add_one_at_once(fail=True)
+    async with db.session() as session:
+        label = (await session.execute(text("SELECT label FROM n WHERE i = 0"))).scalar()
+    assert label == "row 9"  # 1 + 8, the failed one rolled back

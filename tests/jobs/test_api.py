@@ -121,6 +121,28 @@ async def test_queues_are_taken_in_the_order_the_worker_gives(
     assert [lease["id"] for lease in leases] == [high["id"], low["id"]]
 
 
+async def test_a_fetch_of_one_queue_leases_by_priority_then_run_at(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    """The claim order of a worker's usual fetch (one queue, one call to the database)."""
+    queue = queue_name()
+    now = utcnow()
+
+    def ago(minutes: int) -> str:
+        return (now - timedelta(minutes=minutes)).isoformat()
+
+    last = await enqueue(client, headers, queue, priority=5, run_at=ago(3))
+    second = await enqueue(client, headers, queue, priority=-1, run_at=ago(1))
+    first = await enqueue(client, headers, queue, priority=-1, run_at=ago(2), args={"n": 1})
+    await enqueue(
+        client, headers, queue, priority=-9, run_at=(now + timedelta(hours=1)).isoformat()
+    )
+    leases = await fetch(client, headers, queue, limit=2)
+    assert [lease["id"] for lease in leases] == [first["id"], second["id"]]
+    assert (leases[0]["args"], leases[0]["attempt"]) == ({"n": 1}, 1)
+    assert [lease["id"] for lease in await fetch(client, headers, queue, limit=10)] == [last["id"]]
+
+
 async def test_a_failure_is_retried_later_and_the_last_one_is_dead_with_its_error(
     client: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
@@ -399,8 +421,9 @@ async def test_a_fetch_settles_each_ack_it_carries_alone(
     limited: bool,
 ) -> None:
     """A fetch's acks, on the queue it fetches or not, each completed or refused as
-    ``POST /ack`` would; on PostgreSQL the first part of that is one statement with the
-    claim, whose leftovers (and a limited queue's claim) go the unit-of-work way."""
+    ``POST /ack`` would; the first part of that is one call to the database with the claim
+    (:func:`~keel.jobs.service.fetch_at_once`), whose leftovers (and a limited queue's
+    claim) go the unit-of-work way."""
     queue, elsewhere, forbidden = queue_name(), queue_name(), queue_name()
     if limited:
         configured = await client.patch(

@@ -1,7 +1,7 @@
 """The engine's invariants (``keel.jobs.service.claims``), checked after every call of random
 sequences of enqueues, claims, heartbeats, acks, failures, cancels, requeues, rescues and
-limit changes, on SQLite and PostgreSQL (there also a worker's one-statement round of acks
-and claim, :func:`~keel.jobs.service.fetch_at_once`):
+limit changes, and a worker's round of acks and claim in one call to the database
+(:func:`~keel.jobs.service.fetch_at_once`), on SQLite and PostgreSQL:
 
 - a job is in exactly one state, and the state agrees with its lease and end;
 - a lease token is current for at most one attempt: every claim issues a new one, and a call
@@ -114,7 +114,7 @@ async def _step(
             "limit",
             "round",
         ],
-        weights=[4, 5, 2, 4, 3, 1, 1, 1, 1, 3 if database.dialect == "postgresql" else 0],
+        weights=[4, 5, 2, 4, 3, 1, 1, 1, 1, 3],
     )[0]
     ids = sorted(jobs)
     job_id = rng.choice(ids) if ids else None
@@ -162,9 +162,10 @@ async def _step(
 async def _round(
     database: Database, tenant_id: str, rng: random.Random, model: Model, jobs: dict[str, Job]
 ) -> None:
-    """A worker's round in one statement: acks naming current or stale tokens of any queue's
-    jobs, and a claim of one queue. Exactly the acks whose job runs on that queue under their
-    token are completed; the others are left unchanged for the unit-of-work path."""
+    """A worker's round in one call to the database: acks naming current or stale tokens of
+    any queue's jobs, and a claim of one queue. Exactly the acks whose job runs on that queue
+    under their token are completed; the others are left unchanged for the unit-of-work
+    path."""
     queue = rng.choice(QUEUES)
     chosen = rng.sample(sorted(jobs), min(len(jobs), rng.randint(0, 4)))
     acks = [Ack(job_id, model.stale_or_current(rng, job_id), {"n": 1}) for job_id in chosen]

@@ -41,6 +41,18 @@ def bind_processors(
     )
 
 
+@functools.lru_cache(maxsize=64)  # a few tables, a dialect or two a process
+def result_processors(
+    table: Table, columns: tuple[str, ...], dialect: Dialect
+) -> tuple[Processor, ...]:
+    """For each of ``columns``, SQLAlchemy's own result processor for its type on ``dialect``
+    (SQLite's text back to an aware timestamp, JSON parsed; ``None`` where the driver's value
+    is the value): what SQLAlchemy applies to a value read, for rows read by the driver."""
+    return tuple(
+        table.c[name].type.dialect_impl(dialect).result_processor(dialect, None) for name in columns
+    )
+
+
 @functools.lru_cache(maxsize=32)  # a few tables, a dialect or two a process
 def _plan(
     table: Table, columns: tuple[str, ...], dialect: Dialect

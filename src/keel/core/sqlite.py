@@ -6,7 +6,9 @@ and each costs a thread wake-up and a GIL hand-over that dwarf the statement its
 :class:`OneHopCursor` runs the whole statement — execute, fetch the first rows, close — as
 one call on the worker thread, so a query is one hand-over. Results longer than
 ``FIRST_FETCH`` rows stay open on the thread and are fetched in chunks, so a streamed
-result is never read into memory whole.
+result is never read into memory whole. A hot unit of work can go further and run whole on
+the thread, its ``BEGIN`` to its ``COMMIT`` one hand-over
+(:meth:`OneHopConnection.run_in_transaction`: a jobs worker's fetch round).
 
 Writers of one process also queue for the database in the event loop (:class:`WriterQueue`)
 rather than in SQLite: a connection that finds the database locked sleeps in SQLite's busy
@@ -104,6 +106,20 @@ class OneHopConnection(aiosqlite.Connection):
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function(sqlite3_connection, *args)`` on the connection's thread."""
         return await self._execute(function, self._conn, *args)  # type: ignore[no-untyped-call]
+
+    async def run_in_transaction(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call ``function(sqlite3_connection, *args)`` on the connection's thread inside a
+        transaction of its own that holds SQLite's write lock (``BEGIN IMMEDIATE`` … ``COMMIT``,
+        rolled back if it raises), queued as a writer first: a whole unit of work in one
+        hand-over, where each of its statements through SQLAlchemy would be one (and the
+        ``BEGIN`` and the ``COMMIT`` one each). Only on a connection outside any transaction."""
+        if self._writing is not None or self._conn.in_transaction:
+            raise RuntimeError("run_in_transaction needs a connection outside any transaction")
+        self._writing = await self._writers.acquire()
+        try:
+            return await self.run(_in_transaction, function, args)
+        finally:
+            self._end_writing()
 
     async def before(self, sql: str) -> None:
         """Queue for the database before the first write of a transaction."""
@@ -230,6 +246,19 @@ def _execute(
 def _begin_immediate(connection: sqlite3.Connection) -> None:
     if not connection.in_transaction:
         connection.execute("BEGIN IMMEDIATE")
+
+
+def _in_transaction(
+    connection: sqlite3.Connection, function: Callable[..., Any], args: tuple[Any, ...]
+) -> Any:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = function(connection, *args)
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
+    return result
 
 
 def _executemany(

@@ -64,8 +64,8 @@ async def _fetch(
     # round (its finished jobs and its next ones), not two.
     acks: list[schemas.AckItem] | None = body.ack
     outcome: service.AckOutcome | None = None
-    # PostgreSQL, one queue (a worker's usual fetch): the round in one statement.
-    at_once = context.database.dialect == "postgresql" and len(queues) == 1
+    # One queue (a worker's usual fetch): the round in one call to the database.
+    at_once = len(queues) == 1
     deadline = time.monotonic() + wait
     gone = asyncio.ensure_future(_disconnected(request)) if wait > 0 else None
     try:
@@ -134,8 +134,9 @@ async def _round_at_once(
     lease_seconds: float,
     outcome: service.AckOutcome | None,
 ) -> tuple[list[service.Claim], service.AckOutcome | None]:
-    """A round of a fetch of one queue on PostgreSQL: its acks completed and its jobs claimed
-    in one statement (:func:`service.fetch_at_once`). What that statement leaves goes the
+    """A round of a fetch of one queue: its acks completed and its jobs claimed in one call
+    to the database (:func:`service.fetch_at_once`: one statement on PostgreSQL, one
+    hand-over to the connection's thread on SQLite). What that call leaves goes the
     unit-of-work way: acks it did not complete (each completed or refused alone, as
     ``POST /ack`` would) and the claim of a paused or limited queue."""
     too_large, acks = _sized_acks(context, items or [])
