@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -194,6 +196,38 @@ async def test_revoked_key_is_refused(
     assert revoked.status_code == 204
     assert (await _me(client, key)).status_code == 401
     assert (await _key_row(app, admin.tenant_id, key_id)).revoked_at is not None
+
+
+async def test_a_key_in_use_is_read_again_before_its_cache_entry_expires(
+    app: FastAPI, client: httpx.AsyncClient, admin: TenantAdmin
+) -> None:
+    """Refresh ahead: a hit in the second half of the entry's life reads the key again in
+    the background, so a key in use never has a request wait on its read. That read keeps
+    the TTL's promise: a key revoked behind the cache's back (its invalidation lost) is
+    forgotten by it, and is never served for longer than the TTL after it was read."""
+    key_id, key = await create_api_key(app, admin.tenant_id, admin.user_id)
+    assert (await _me(client, key)).status_code == 200
+    cached_at = time.monotonic()
+    lookup = (await _key_row(app, admin.tenant_id, key_id)).lookup
+    await asyncio.sleep(API_KEYS.ttl / 2 + 0.05)
+    assert (await _me(client, key)).status_code == 200  # a hit; it asks for the read
+    await auth_service(app).api_keys.aclose()
+    await asyncio.sleep(API_KEYS.ttl / 2)
+    assert time.monotonic() - cached_at > API_KEYS.ttl
+    assert API_KEYS.get(lookup) is not None, "the entry was not read again before it expired"
+
+    # Revoked with no invalidation: the next refresh forgets the key, before its expiry.
+    async with unit_of_work(app) as session:
+        bind_tenant(session, admin.tenant_id)
+        row = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+        assert row is not None
+        row.revoked_at = utcnow()
+    deadline = time.monotonic() + API_KEYS.ttl
+    while API_KEYS.get(lookup) is not None:
+        assert time.monotonic() < deadline, "a revoked key was served past the TTL"
+        await _me(client, key)
+        await asyncio.sleep(0.05)
+    assert (await _me(client, key)).status_code == 401
 
 
 async def test_last_used_at_is_written_at_most_once_a_minute(

@@ -51,6 +51,20 @@ def test_an_entry_expires_after_its_ttl() -> None:
     assert cache.get("a") is None
 
 
+def test_a_hit_past_half_its_ttl_asks_for_one_refresh() -> None:
+    cache = new_cache(ttl=0.2)
+    cache.put("a", 1, cache.stamp())
+    assert not cache.refresh_due("a")  # young
+    time.sleep(0.11)
+    assert cache.refresh_due("a")
+    assert not cache.refresh_due("a")  # asked for already
+    cache.put("a", 2, cache.stamp())  # what the refresh read
+    assert not cache.refresh_due("a")
+    time.sleep(0.11)
+    assert cache.refresh_due("a")  # the new entry ages in its turn
+    assert not cache.refresh_due("missing")
+
+
 def test_an_answer_read_before_an_invalidation_is_not_stored() -> None:
     cache = new_cache()
     stamp = cache.stamp()  # a reader starts reading the old row ...

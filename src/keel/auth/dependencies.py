@@ -20,8 +20,9 @@ import structlog
 from fastapi import Depends, Request, Response
 
 from keel.auth.service import AuthService
+from keel.auth.service.credentials import looks_like_api_key
 from keel.core.audit import Actor
-from keel.core.context import ResourceKey
+from keel.core.context import AppContext, ResourceKey
 from keel.core.deps import DbSession, client_ip, get_context
 from keel.core.errors import Forbidden, RateLimited, Unauthorized
 from keel.core.ratelimit import RateLimiter
@@ -64,6 +65,25 @@ async def get_principal(request: Request, session: DbSession, auth: Auth) -> Pri
     if principal is None:
         raise Unauthorized("The credential is invalid, expired or revoked.")
     bind_tenant(session, principal.tenant_id)
+    return _accepted(request, principal)
+
+
+async def caller_of(request: Request, context: AppContext) -> Principal:
+    """:data:`CurrentPrincipal` for a route that makes its dependencies by hand and needs no
+    unit of work for them: an API key this process read lately is answered from the cache;
+    any other credential is checked in a unit of work of its own, ended before the route's
+    work."""
+    auth = await get_auth_service(request)
+    credential = bearer_credential(request)
+    if credential is not None and looks_like_api_key(credential):
+        principal = auth.api_keys.cached_principal(credential)
+        if principal is not None:
+            return _accepted(request, principal)
+    async with context.database.session() as session:
+        return await get_principal(request, session, auth)
+
+
+def _accepted(request: Request, principal: Principal) -> Principal:
     structlog.contextvars.bind_contextvars(
         tenant=principal.tenant_id, principal=f"{principal.principal_type}:{principal.subject}"
     )

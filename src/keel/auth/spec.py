@@ -44,6 +44,12 @@ async def start_auth(context: AppContext, *, ensure_signing_keys: bool = True) -
     )
 
 
+async def stop_auth(context: AppContext) -> None:
+    auth = context.resources.get(AUTH_RESOURCE)
+    if isinstance(auth, AuthService):
+        await auth.aclose()
+
+
 async def auth_ready(context: AppContext) -> None:
     async with context.database.session() as session:
         active = await session.scalar(
@@ -80,6 +86,7 @@ service = ServiceSpec(
     root_prefix="/.well-known/",
     ready_check=auth_ready,
     startup=start_auth,
+    shutdown=stop_auth,
     background=(rotate_signing_keys_on_schedule,),
     model_modules=("keel.auth.models",),
 )

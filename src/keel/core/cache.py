@@ -60,6 +60,8 @@ class SharedCache(Generic[K, V]):
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        #: Keys whose refresh was asked for (:meth:`refresh_due`) and not yet put.
+        self._refreshing: set[K] = set()
         self._generation = 0
         _CACHES[name] = self
 
@@ -70,29 +72,48 @@ class SharedCache(Generic[K, V]):
         expires, value = entry
         if expires <= time.monotonic():
             self._entries.pop(key, None)
+            self._refreshing.discard(key)
             return None
         return value
+
+    def refresh_due(self, key: K) -> bool:
+        """Whether the caller of a hit on ``key`` should read its answer again now, ahead of
+        its expiry: the entry has lived past half its TTL and no refresh was asked for since
+        it was put. True once per entry. A cache refreshed this way in the background never
+        expires under steady use, so no request waits on the read; an answer is still never
+        older than the TTL (each is put after it was read)."""
+        entry = self._entries.get(key)
+        if entry is None or key in self._refreshing:
+            return False
+        if entry[0] - time.monotonic() > self.ttl / 2:
+            return False
+        self._refreshing.add(key)
+        return True
 
     def stamp(self) -> int:
         """Take before reading what :meth:`put` will store."""
         return self._generation
 
     def put(self, key: K, value: V, stamp: int) -> None:
+        self._refreshing.discard(key)
         if stamp != self._generation:
             return  # invalidated while the caller read: its answer may be the old one
         self._entries[key] = (time.monotonic() + self.ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            evicted, _ = self._entries.popitem(last=False)
+            self._refreshing.discard(evicted)
 
     def drop(self, key: K) -> None:
         """Forget ``key`` in this process (use :func:`invalidate_after_commit` for a change)."""
         self._generation += 1
         self._entries.pop(key, None)
+        self._refreshing.discard(key)
 
     def clear(self) -> None:
         self._generation += 1
         self._entries.clear()
+        self._refreshing.clear()
 
 
 def invalidate_after_commit(

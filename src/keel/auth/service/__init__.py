@@ -29,6 +29,7 @@ so the unit of work that records them commits.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import keel.auth.audit_actions  # noqa: F401 - registers the catalogue entries
 from keel.auth.models import PrincipalType
@@ -109,7 +110,6 @@ class AuthService:
         self.account_tokens = AccountTokens(keyring, self.users)
 
         # The operations, by concept.
-        self.use_database = self.signing.use_database
         self.rotate_signing_key = self.signing.rotate_signing_key
 
         self.create_user = self.users.create_user
@@ -162,3 +162,14 @@ class AuthService:
         self.reset_password = self.account_tokens.reset_password
         self.request_email_verification = self.account_tokens.request_email_verification
         self.verify_email = self.account_tokens.verify_email
+
+    def use_database(self, sessions: Any) -> None:
+        """Give the verifier a way to reload keys on an unknown ``kid``, and API key cache
+        hits a way to read their key again ahead of its expiry (``sessions()``: a unit of
+        work)."""
+        self.signing.use_database(sessions)
+        self.api_keys.use_database(sessions)
+
+    async def aclose(self) -> None:
+        """Wait for what runs in the background (at shutdown)."""
+        await self.api_keys.aclose()

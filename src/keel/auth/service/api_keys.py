@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,11 +20,18 @@ from keel.core.cache import invalidate_after_commit
 from keel.core.crypto import Keyring
 from keel.core.db import utcnow
 from keel.core.errors import NotFound, ValidationFailed
+from keel.core.logging import get_logger
 from keel.core.tenancy import bind_tenant
 from keel_client.auth import Principal, narrow_permissions
 
+log = get_logger(__name__)
+
 #: Last-used times of API keys are written at most this often, not on every request.
 LAST_USED_GRANULARITY = timedelta(minutes=1)
+#: A key's read writes its last-used time once it is this old: half the granularity, so a
+#: key in use, read again ahead of each cache expiry (:meth:`ApiKeys.principal_for_api_key`),
+#: has it written before a hit finds it older than the granularity and must read itself.
+_WRITE_LAST_USED_AFTER = LAST_USED_GRANULARITY / 2
 
 
 class ApiKeys:
@@ -30,6 +39,20 @@ class ApiKeys:
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
+        self._sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    def use_database(
+        self, sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]]
+    ) -> None:
+        """Give cache hits a way to read their key again in the background (units of work of
+        their own), ahead of the entry's expiry: a key in use then never waits on its read."""
+        self._sessions = sessions
+
+    async def aclose(self) -> None:
+        """Wait for the background reads under way (at shutdown)."""
+        if self._refreshes:
+            await asyncio.gather(*self._refreshes, return_exceptions=True)
 
     async def create_api_key(
         self,
@@ -109,17 +132,56 @@ class ApiKeys:
         lookup = parse_api_key(token)
         if lookup is None:
             return None
+        principal = self.cached_principal(token, lookup)
+        if principal is not None:
+            bind_tenant(session, principal.tenant_id)
+            return principal
+        return await self._read(session, token, lookup, utcnow())
+
+    def cached_principal(self, token: str, lookup: str | None = None) -> Principal | None:
+        """The principal of a key this process read lately and that is still valid (the
+        secret matches, unexpired, its last use written lately), from the cache: no unit of
+        work. None when the key must be read (:meth:`principal_for_api_key`). A hit in the
+        second half of the entry's life reads the key again in the background."""
+        lookup = lookup or parse_api_key(token)
+        cached = API_KEYS.get(lookup) if lookup is not None else None
+        if lookup is None or cached is None:
+            return None
+        secret_hash, principal, expires_at, last_used_at = cached
         now = utcnow()
-        cached = API_KEYS.get(lookup)
-        if cached is not None:
-            secret_hash, principal, expires_at, last_used_at = cached
-            if (
-                (expires_at is None or expires_at > now)
-                and now - last_used_at <= LAST_USED_GRANULARITY
-                and self.keyring.token_matches(token, secret_hash)
-            ):
-                bind_tenant(session, principal.tenant_id)
-                return principal
+        if (
+            (expires_at is not None and expires_at <= now)
+            or now - last_used_at > LAST_USED_GRANULARITY
+            or not self.keyring.token_matches(token, secret_hash)
+        ):
+            return None
+        if API_KEYS.refresh_due(lookup):
+            self._refresh_soon(token, lookup)
+        return principal
+
+    def _refresh_soon(self, token: str, lookup: str) -> None:
+        """Read the key again in the background and cache what it says (or forget it)."""
+        if self._sessions is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(token, lookup))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, token: str, lookup: str) -> None:
+        assert self._sessions is not None
+        try:
+            async with self._sessions() as session:
+                principal = await self._read(session, token, lookup, utcnow())
+        except Exception as error:  # the entry expires as it would have; a request reads it
+            log.warning("auth.api_key.refresh_failed", error=type(error).__name__)
+            return
+        if principal is None:  # revoked, expired or deactivated meanwhile
+            API_KEYS.drop(lookup)
+
+    async def _read(
+        self, session: AsyncSession, token: str, lookup: str, now: datetime
+    ) -> Principal | None:
+        """The principal of the key, read from the database and cached."""
         stamp = API_KEYS.stamp()
         key = await session.scalar(
             select(ApiKey).where(ApiKey.lookup == lookup).execution_options(all_tenants=True)
@@ -136,7 +198,7 @@ class ApiKeys:
         )
         if key.scopes:
             permissions = narrow_permissions(permissions, key.scopes)
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_GRANULARITY:
+        if key.last_used_at is None or now - key.last_used_at > _WRITE_LAST_USED_AFTER:
             key.last_used_at = now
         principal = Principal(
             subject=key.principal_id,

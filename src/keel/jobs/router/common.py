@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.auth.dependencies import get_auth_service, get_principal
+from keel.auth.dependencies import caller_of
 from keel.core.context import AppContext
 from keel.core.deps import get_context
 from keel.core.direct import json_body, validated_body
@@ -35,15 +35,8 @@ async def direct_call(request: Request, schema: type[BodyT]) -> tuple[AppContext
     """What a hot route's declared dependencies give, made by hand in their order: the body
     read (invalid JSON answered 400 before anything else), the caller, the body validated."""
     context, sent = get_context(request), await json_body(request)
-    principal = await _caller(request, context)
+    principal = await caller_of(request, context)
     return context, principal, validated_body(schema, sent)
-
-
-async def _caller(request: Request, context: AppContext) -> Principal:
-    """:data:`CurrentPrincipal` made by hand: the caller's credential checked in a unit of work
-    of its own, ended before the route's work (a cached API key reads nothing)."""
-    async with context.database.session() as session:
-        return await get_principal(request, session, await get_auth_service(request))
 
 
 async def _queue_of(session: AsyncSession, tenant_id: str, job_id: str) -> str:
