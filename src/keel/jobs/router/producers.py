@@ -6,7 +6,6 @@ statement, its key's answer kept in it (:func:`keel.jobs.service.enqueue_at_once
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -34,11 +33,6 @@ from keel.jobs.signals import (
 from keel_client.auth import Principal
 
 router = APIRouter(tags=["jobs"], route_class=DirectRoute)
-
-#: Event-loop turns an enqueue that handed its job to a waiting fetch lets pass before it
-#: answers: the fetch answers first (its wait ends in two, its answer is written in the
-#: third), so the worker starts the job while the enqueue's own answer is being made.
-HANDED_ANSWER_TURNS = 3
 
 
 def _new_job(body: schemas.JobCreate, max_args_bytes: int) -> service.NewJob:
@@ -172,9 +166,6 @@ async def _enqueue_at_once(
         return None
     if not handing.taken:
         publish_signals(context.database.engine.sync_engine, {tenant_id: {new.queue}})
-    else:
-        for _ in range(HANDED_ANSWER_TURNS):
-            await asyncio.sleep(0)
     return JSONResponse(done[1], status_code=201)
 
 
