@@ -42,10 +42,9 @@ async def test_connections_are_one_hop_connections(db: Database) -> None:
         assert isinstance(raw.driver_connection, sqlite.OneHopConnection)
 
 
-async def test_a_query_is_one_call_on_the_worker_thread(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await fill(db, 3)
+def count_hand_overs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions run on the connection's thread from now on, one a
+    hand-over (``OneHopConnection.run`` still runs them)."""
     calls: list[str] = []
     run = sqlite.OneHopConnection.run
 
@@ -56,6 +55,14 @@ async def test_a_query_is_one_call_on_the_worker_thread(
         return await run(self, function, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sqlite.OneHopConnection, "run", counting_run)
+    return calls
+
+
+async def test_a_query_is_one_call_on_the_worker_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fill(db, 3)
+    calls = count_hand_overs(monkeypatch)
     async with db.session() as session:
         rows = (await session.execute(text("SELECT i, label FROM n ORDER BY i"))).all()
     assert [tuple(row) for row in rows] == [(0, "row 0"), (1, "row 1"), (2, "row 2")]
@@ -171,16 +178,7 @@ async def test_a_unit_of_work_run_whole_on_the_thread_takes_turns_and_commits_or
     units of work that hold it through SQLAlchemy), committed when the function returns,
     rolled back when it raises, the writer's turn given back either way."""
     await fill(db, 1)
-    calls: list[str] = []
-    run = sqlite.OneHopConnection.run
-
-    async def counting_run(
-        self: sqlite.OneHopConnection, function: object, *args: object
-    ) -> object:
-        calls.append(getattr(function, "__name__", "?"))
-        return await run(self, function, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(sqlite.OneHopConnection, "run", counting_run)
+    calls = count_hand_overs(monkeypatch)
 
     async def add_one_at_once(fail: bool = False) -> None:
         async with db.engine.connect() as connection:
