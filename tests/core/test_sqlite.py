@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from keel.core import sqlite
 from keel.core.db import Database
-from keel.settings import Settings
+from keel.settings import DatabasePoolSettings, Settings
 
 
 @pytest.fixture
@@ -206,3 +206,39 @@ async def test_a_unit_of_work_run_whole_on_the_thread_takes_turns_and_commits_or
     async with db.session() as session:
         label = (await session.execute(text("SELECT label FROM n WHERE i = 0"))).scalar()
     assert label == "row 9"  # 1 + 8, the failed one rolled back
+
+
+async def test_a_unit_of_work_run_whole_waits_out_another_process_then_fails_as_sqlalchemy_would(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock past the busy timeout: ``run_in_transaction``
+    raises SQLAlchemy's ``OperationalError`` around SQLite's "database is locked" (which the
+    API answers 503), not the bare driver error (a 500), and the writer's turn is given back."""
+    pool = DatabasePoolSettings(sqlite_busy_timeout_seconds=0.2)
+    database = Database.from_settings(
+        Settings(data_dir=tmp_path, database_pool=pool, _env_file=None)
+    )
+    try:
+        async with database.session() as session:
+            await session.execute(text("CREATE TABLE n (i INTEGER PRIMARY KEY)"))
+        other = sqlite3.connect(tmp_path / "keel.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with database.engine.connect() as connection:
+                driver = (await connection.get_raw_connection()).driver_connection
+                assert isinstance(driver, sqlite.OneHopConnection)
+                with pytest.raises(OperationalError, match="database is locked"):
+                    await driver.run_in_transaction(
+                        lambda raw: raw.execute("INSERT INTO n (i) VALUES (1)")
+                    )
+        finally:
+            other.rollback()
+            other.close()
+        async with database.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert isinstance(driver, sqlite.OneHopConnection)
+            await driver.run_in_transaction(lambda raw: raw.execute("INSERT INTO n (i) VALUES (2)"))
+        async with database.session() as session:
+            assert list(await session.scalars(text("SELECT i FROM n"))) == [2]
+    finally:
+        await database.engine.dispose()

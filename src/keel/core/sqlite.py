@@ -42,6 +42,7 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 #: Rows fetched together with the statement; more are fetched in chunks of ``arraysize``.
@@ -115,11 +116,16 @@ class OneHopConnection(aiosqlite.Connection):
         ``BEGIN`` and the ``COMMIT`` one each). Only on a connection outside any transaction."""
         if self._writing is not None or self._conn.in_transaction:
             raise RuntimeError("run_in_transaction needs a connection outside any transaction")
-        self._writing = await self._writers.acquire()
         try:
-            return await self.run(_in_transaction, function, args)
-        finally:
-            self._end_writing()
+            self._writing = await self._writers.acquire()
+            try:
+                return await self.run(_in_transaction, function, args)
+            finally:
+                self._end_writing()
+        except sqlite3.Error as error:
+            # Wrapped as SQLAlchemy wraps a statement's: the API answers a database still
+            # locked after its busy timeout with a 503 to retry, as anywhere else.
+            raise DBAPIError.instance(None, None, error, sqlite3.Error) from error
 
     async def before(self, sql: str) -> None:
         """Queue for the database before the first write of a transaction."""
