@@ -287,21 +287,23 @@ async def _claim_unlimited(
         )
         rows = (await session.execute(_CLAIMED_ROWS, {"ids": ids})).all()
     rows = sorted(rows, key=lambda row: (row.priority, place[row.queue], row.run_at, row.id))
-    return [
-        Claim(
-            row.id,
-            row.queue,
-            row.task,
-            row.args,
-            row.attempt,
-            row.max_attempts,
-            row.timeout_seconds,
-            row.lease_token,
-            expires,
-            row.progress,
-        )
-        for row in rows
-    ]
+    return [_claim_of(row, row.queue, expires) for row in rows]
+
+
+def _claim_of(row: Any, queue: str, expires: datetime) -> Claim:
+    """The claim a row of a claim's ``RETURNING`` (or read back) says."""
+    return Claim(
+        row.id,
+        queue,
+        row.task,
+        row.args,
+        row.attempt,
+        row.max_attempts,
+        row.timeout_seconds,
+        row.lease_token,
+        expires,
+        row.progress,
+    )
 
 
 async def claim(
@@ -674,7 +676,7 @@ async def fetch_at_once(
     expires = now + timedelta(seconds=lease_seconds)
     round_at_once = _pg_round if database.dialect == "postgresql" else _sqlite_round
     acked, claims, closed = await round_at_once(
-        database, tenant_id, queue, wanted, worker_id, max(limit, 0), now, expires
+        database, _Round(tenant_id, queue, wanted, worker_id, max(limit, 0), now, expires)
     )
     done = {job.job_id for job in acked}
     return Fetched(
@@ -682,55 +684,49 @@ async def fetch_at_once(
     )
 
 
-_Round = tuple[list[AckedJob], list[Claim], bool]
+@dataclass(frozen=True)
+class _Round:
+    """What :func:`fetch_at_once` asks of each database's round."""
+
+    tenant_id: str
+    queue: str
+    wanted: dict[str, Ack]
+    worker_id: str
+    limit: int
+    now: datetime
+    expires: datetime
 
 
-async def _pg_round(
-    database: Database,
-    tenant_id: str,
-    queue: str,
-    wanted: dict[str, Ack],
-    worker_id: str,
-    limit: int,
-    now: datetime,
-    expires: datetime,
-) -> _Round:
+_RoundDone = tuple[list[AckedJob], list[Claim], bool]
+
+
+async def _pg_round(database: Database, asked: _Round) -> _RoundDone:
     """:func:`fetch_at_once` on PostgreSQL: :data:`_PG_FETCH`."""
     parameters = {
         "acks": json.dumps(
             [{"id": ack.job_id, "token": ack.lease_token, "result": ack.result} for ack in
-             wanted.values()]
+             asked.wanted.values()]
         ),
-        "tenant_id": tenant_id,
-        "queue": queue,
-        "now": now,
-        "expires": expires,
-        "worker_id": worker_id,
-        "limit": limit,
+        "tenant_id": asked.tenant_id,
+        "queue": asked.queue,
+        "now": asked.now,
+        "expires": asked.expires,
+        "worker_id": asked.worker_id,
+        "limit": asked.limit,
     }  # fmt: skip
     async with database.engine.connect() as connection:
         alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
         rows = (await alone.execute(_PG_FETCH, parameters)).all()
-    acked = [AckedJob(row.id, queue, row.attempted_at, now) for row in rows if row.kind == "acked"]
+    acked = [
+        AckedJob(row.id, asked.queue, row.attempted_at, asked.now)
+        for row in rows
+        if row.kind == "acked"
+    ]
     claimed = sorted(
         (row for row in rows if row.kind == "claimed"),
         key=lambda row: (row.priority, row.run_at, row.id),
     )
-    claims = [
-        Claim(
-            row.id,
-            queue,
-            row.task,
-            row.args,
-            row.attempt,
-            row.max_attempts,
-            row.timeout_seconds,
-            row.lease_token,
-            expires,
-            row.progress,
-        )
-        for row in claimed
-    ]
+    claims = [_claim_of(row, asked.queue, asked.expires) for row in claimed]
     return acked, claims, any(row.kind == "closed" for row in rows)
 
 
@@ -814,16 +810,7 @@ def _as_is(value: Any) -> Any:
     return value
 
 
-async def _sqlite_round(
-    database: Database,
-    tenant_id: str,
-    queue: str,
-    wanted: dict[str, Ack],
-    worker_id: str,
-    limit: int,
-    now: datetime,
-    expires: datetime,
-) -> _Round:
+async def _sqlite_round(database: Database, asked: _Round) -> _RoundDone:
     """:func:`fetch_at_once` on SQLite: :func:`_sqlite_round_in_thread` in one hand-over to
     the connection's thread. Through SQLAlchemy, :func:`complete_many` then :func:`claim`
     made eight hand-overs there and back (``BEGIN IMMEDIATE``, six statements, ``COMMIT``),
@@ -835,19 +822,20 @@ async def _sqlite_round(
     read_time, read_args, read_progress = map(
         _or_as_is, result_processors(_jobs, ("attempted_at", "args", "progress"), dialect)
     )
-    acks = [(ack.job_id, ack.lease_token, bind_result(ack.result)) for ack in wanted.values()]
+    queue, now, expires = asked.queue, asked.now, asked.expires
+    acks = [(ack.job_id, ack.lease_token, bind_result(ack.result)) for ack in asked.wanted.values()]
     async with database.engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert isinstance(driver, OneHopConnection)
         acked_rows, claimed, closed = await driver.run_in_transaction(
             _sqlite_round_in_thread,
-            tenant_id,
+            asked.tenant_id,
             queue,
             acks,
             bind_time(now),
             bind_time(expires),
-            worker_id,
-            limit,
+            asked.worker_id,
+            asked.limit,
         )
     acked = [
         AckedJob(job_id, queue, read_time(attempted_at), now) for job_id, attempted_at in acked_rows
