@@ -4,6 +4,7 @@ functions take the caller's session and never commit.
 - :mod:`.enqueue`: one job or a batch; unique jobs;
 - :mod:`.claims`: claim (leases, within queue limits), heartbeat, complete, fail, and the
   rescue of lapsed leases; the engine's invariants are written there;
+- :mod:`.rounds`: a worker's round (its acks and its next claim) in one call to the database;
 - :mod:`.retry`: the backoff policy (pure);
 - :mod:`.queues`: pause, resume, concurrency and rate limits, the queues' overview;
 - :mod:`.schedules`: cron schedules and their firing;
@@ -28,14 +29,12 @@ from keel.jobs.service.claims import (
     AckedJob,
     AckOutcome,
     Claim,
-    Fetched,
     HeartbeatResult,
     RefusedAck,
     claim,
     complete,
     complete_many,
     fail,
-    fetch_at_once,
     heartbeat,
     release,
     rescue_lapsed,
@@ -68,6 +67,7 @@ from keel.jobs.service.queues import (
 )
 from keel.jobs.service.retention import prune
 from keel.jobs.service.retry import MAX_BACKOFF_SECONDS, Backoff, backoff_seconds
+from keel.jobs.service.rounds import Fetched, fetch_at_once
 from keel.jobs.service.schedules import (
     SavedSchedule,
     delete_schedule,
