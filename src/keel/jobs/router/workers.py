@@ -72,9 +72,10 @@ async def _fetch(
         while True:
             mark = signals.mark()
             if at_once:
-                claims, outcome = await _round_at_once(
-                    context, principal, body, queues, acks, lease_seconds, outcome
+                claims, settled = await _round_at_once(
+                    context, principal, body, queues, acks, lease_seconds
                 )
+                outcome = settled or outcome
             else:
                 async with context.database.session() as session:
                     if acks:
@@ -132,13 +133,13 @@ async def _round_at_once(
     queues: list[str],
     items: list[schemas.AckItem] | None,
     lease_seconds: float,
-    outcome: service.AckOutcome | None,
 ) -> tuple[list[service.Claim], service.AckOutcome | None]:
     """A round of a fetch of one queue: its acks completed and its jobs claimed in one call
     to the database (:func:`service.fetch_at_once`: one statement on PostgreSQL, one
     hand-over to the connection's thread on SQLite). What that call leaves goes the
     unit-of-work way: acks it did not complete (each completed or refused alone, as
-    ``POST /ack`` would) and the claim of a paused or limited queue."""
+    ``POST /ack`` would) and the claim of a paused or limited queue. The acks' outcome is
+    ``None`` when the fetch carried none."""
     too_large, acks = _sized_acks(context, items or [])
     fetched = await service.fetch_at_once(
         context.database,
@@ -153,16 +154,11 @@ async def _round_at_once(
     if fetched.left or fetched.closed:
         async with context.database.session() as session:
             if fetched.left:
-                rest = await service.complete_many(
-                    session,
-                    principal.tenant_id,
-                    fetched.left,
-                    may_work=lambda queue: may(principal, queue, QueueAccess.work),
-                )
-                acked, refused = [*acked, *rest.acked], [*refused, *rest.refused]
+                rest = await _complete(session, principal, fetched.left, refused)
+                acked, refused = [*acked, *rest.acked], rest.refused
             if fetched.closed:
                 claims = await _claim_in_turn(session, principal, body, queues, lease_seconds)
-    return claims, (service.AckOutcome(acked, refused) if items else outcome)
+    return claims, (service.AckOutcome(acked, refused) if items else None)
 
 
 async def _wait(
@@ -223,13 +219,24 @@ async def _complete_acks(
     """Complete the attempts of ``items`` in the unit of work of ``session``, each ack
     refused alone (one over the result's size limit too: 413)."""
     too_large, acks = _sized_acks(context, items)
+    return await _complete(session, principal, acks, too_large)
+
+
+async def _complete(
+    session: AsyncSession,
+    principal: Principal,
+    acks: list[service.Ack],
+    refused: list[service.RefusedAck],
+) -> service.AckOutcome:
+    """:func:`service.complete_many` of ``acks`` for ``principal`` (an ack of a queue it may
+    not work refused alone), after the acks ``refused`` already."""
     outcome = await service.complete_many(
         session,
         principal.tenant_id,
         acks,
         may_work=lambda queue: may(principal, queue, QueueAccess.work),
     )
-    return service.AckOutcome(outcome.acked, [*too_large, *outcome.refused])
+    return service.AckOutcome(outcome.acked, [*refused, *outcome.refused])
 
 
 def _sized_acks(
