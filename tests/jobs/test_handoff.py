@@ -106,6 +106,42 @@ async def test_a_waiting_fetch_is_handed_the_job_leased_to_it(
         assert [listed_job["id"] for listed_job in listed.json()["jobs"]] == [job["id"]]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"unique": {"key": "once"}}],
+    ids=["one statement on PostgreSQL", "in a unit of work"],
+)
+async def test_a_handed_fetch_answers_before_the_enqueue_that_handed_it(
+    settings: Settings, extra: dict[str, Any]
+) -> None:
+    """The worker starts the job while the enqueuer reads its answer: the server sends the
+    fetch's answer first (a job's start is what its enqueue waits for)."""
+    app = create_app(settings)
+    answered: list[str] = []
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        async def sent(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered.append(scope["path"])
+            await send(message)
+
+        await app(scope, receive, sent)
+
+    async with lifespan_of(app), serve_over_tcp(recording) as url:  # type: ignore[arg-type]
+        admin = await make_tenant_admin(app)
+        queue = new_queue()
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            fetch = await waiting_fetch(app, http, admin, queue)
+            answered.clear()
+            body = {"queue": queue, "task": "t", **extra}
+            enqueued = await http.post("/jobs/v1/jobs", json=body, headers=admin.headers)
+            assert enqueued.status_code == 201, enqueued.text
+            assert [lease["id"] for lease in (await fetch).json()["jobs"]] == [
+                enqueued.json()["id"]
+            ]
+    assert answered == ["/jobs/v1/fetch", "/jobs/v1/jobs"]
+
+
 async def test_a_batch_hands_each_fetch_no_more_than_its_limit(
     served: tuple[FastAPI, str],
 ) -> None:

@@ -248,6 +248,25 @@ class Handing:
         for waiting in self.taken:
             waiting.settle(None)
 
+    @property
+    def handed_jobs(self) -> bool:
+        """Whether a fetch taken was handed jobs (settled with rows)."""
+        return any(
+            waiting.handed.done() and not waiting.handed.cancelled() and waiting.handed.result()
+            for waiting in self.taken
+        )
+
+
+async def handed_answers_first(handings: Iterable[Handing]) -> None:
+    """Let the fetches ``handings`` handed jobs to answer before the enqueue does: their
+    workers start the jobs while the enqueuer reads its own answer (the job's start is what
+    an enqueue is waiting for; its answer only confirms it). A settled hand-off wakes its
+    fetch two turns of the event loop later (the future's callback, then the task), and a
+    handed fetch answers without waiting on anything, so two turns suffice."""
+    if any(handing.handed_jobs for handing in handings):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
 
 def hand_after_commit(session: AsyncSession, handing: Handing) -> None:
     """Once ``session`` commits, the fetches ``handing`` took answer with their jobs; if it

@@ -27,6 +27,7 @@ from keel.jobs.signals import (
     JOB_SIGNALS_RESOURCE,
     Handing,
     hand_after_commit,
+    handed_answers_first,
     publish_signals,
     signal_after_commit,
 )
@@ -94,7 +95,7 @@ async def _idempotent_handing(
     """``write`` under ``idempotency_key`` (:func:`idempotent`); the waiting fetches it took
     and did not hand a job to (a rollback, a replayed answer) are let go after it."""
     try:
-        return await idempotent(
+        answer = await idempotent(
             context.database,
             principal.tenant_id,
             operation,
@@ -105,6 +106,8 @@ async def _idempotent_handing(
     finally:
         for handing in handings:
             handing.abandon()
+    await handed_answers_first(handings)
+    return answer
 
 
 async def _enqueue(
@@ -166,6 +169,7 @@ async def _enqueue_at_once(
         return None
     if not handing.taken:
         publish_signals(context.database.engine.sync_engine, {tenant_id: {new.queue}})
+    await handed_answers_first([handing])
     return JSONResponse(done[1], status_code=201)
 
 
