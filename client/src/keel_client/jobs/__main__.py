@@ -36,6 +36,19 @@ def load_worker(reference: str) -> Worker:
     return worker
 
 
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``, unless the process has handlers already. httpx logs every
+    request at INFO, a line per fetch and ack written out between Keel's answer and the
+    job's start: its lines are left to ``DEBUG`` (the worker logs its own failures)."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m keel_client.jobs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,17 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--concurrency", type=int, help="overrides the worker's concurrency")
     run.add_argument("--log-level", default="INFO")
     arguments = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=arguments.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+    configure_logging(arguments.log_level)
     worker = load_worker(arguments.worker)
     if arguments.queues:
         worker.queues = list(arguments.queues)
     if arguments.concurrency is not None:
         if arguments.concurrency < 1:
-            raise SystemExit("--concurrency is at least 1")
+            parser.error("--concurrency is at least 1")
         worker.concurrency = arguments.concurrency
     asyncio.run(worker.run())
     return 0
