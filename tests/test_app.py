@@ -9,13 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 from tests.support.keel_process import keel_env
 
 
@@ -57,7 +57,7 @@ async def widgets_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
     app.include_router(widgets_router())
     transport = httpx.ASGITransport(app=app)
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http,
     ):
         yield http

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from keel.app import create_app
 from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 from tests.support.keel_process import TEST_MASTER_KEY
 from tests.support.tcpproxy import TcpProxy, tcp_proxy
 
@@ -60,7 +60,7 @@ async def proxied_client(
     )
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
         ) as http,

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,6 +31,7 @@ from keel.core.logging import REDACTED
 from keel.core.metrics import UNMATCHED_ROUTE
 from keel.core.telemetry import scrub_event
 from keel.settings import OtelSettings, Settings
+from tests.support.apps import lifespan_of
 from tests.support.failing_app import SECRETS
 from tests.support.keel_process import (
     KeelServer,
@@ -133,7 +133,7 @@ async def metrics_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
     app.include_router(items_router())
     app.include_router(items_router(), prefix="/shop/v1")  # as services are mounted
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
         ) as http,
@@ -228,7 +228,7 @@ async def test_server_span_joins_the_callers_w3c_trace(tmp_path: Path) -> None:
     app = create_app(settings, tracer_provider=provider)
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
         ) as http,
@@ -260,7 +260,7 @@ async def test_tracing_stays_off_unless_enabled(tmp_path: Path) -> None:
     )
     app = create_app(settings, tracer_provider=provider)
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
         ) as http,

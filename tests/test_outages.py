@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
@@ -32,6 +31,7 @@ from keel.core.errors import PROBLEM_CONTENT_TYPE
 from keel.core.ratelimit import InMemoryRateLimiter
 from keel.settings import AuthSettings, DatabasePoolSettings, Settings
 from keel_client.edge._ratelimit import redis_key
+from tests.support.apps import lifespan_of
 from tests.support.asgi import serve_over_tcp
 from tests.support.flags_api import API as FLAGS_API
 from tests.support.flags_api import new_environment, new_flag, next_flags_event, watching
@@ -79,7 +79,7 @@ async def on_proxied_postgres(
     )
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        lifespan_of(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://keel.test"
         ) as http,
@@ -267,7 +267,7 @@ async def on_own_redis(own_redis: RedisServer, tmp_path: Path) -> AsyncIterator[
         auth=AuthSettings(login_rate_per_ip_per_minute=LOGIN_LIMIT),
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with lifespan_of(app):
         admin = await make_tenant_admin(app)
         username = f"u-{uuid.uuid4().hex[:8]}"
         email = f"{username}@example.com"

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import event as sqlalchemy_event
 
@@ -29,6 +28,7 @@ from keel_client.audit import (
     verify_inclusion,
     verify_tree_head,
 )
+from tests.support.apps import lifespan_of
 from tests.support.audit import audit_events
 from tests.support.tenants import TenantAdmin, create_user, make_tenant_admin
 
@@ -539,7 +539,7 @@ async def test_appends_above_the_pool_size_wait_their_turn_and_all_land(
     connections queue for them instead of each holding one while waiting for a second."""
     pool = DatabasePoolSettings(size=2, timeout_seconds=5.0)
     application = create_app(settings.model_copy(update={"database_pool": pool}))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         admin = await make_tenant_admin(application)
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as client:

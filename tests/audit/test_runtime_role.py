@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +17,7 @@ from keel.app import create_app
 from keel.audit.service import AUDIT_RESOURCE, AuditLog
 from keel.audit.service.verify import verify_tenant
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 from tests.support.keel_process import TEST_MASTER_KEY
 from tests.support.tenants import make_tenant_admin
 
@@ -44,7 +44,7 @@ async def test_the_log_runs_on_a_role_without_update_or_delete_on_it(
     )
     try:
         app = create_app(settings)
-        async with LifespanManager(app):
+        async with lifespan_of(app):
             tenant = await make_tenant_admin(app)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import jwt
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -18,7 +17,7 @@ from keel.audit.service import AUDIT_RESOURCE, EventFilter
 from keel.auth.models import PrincipalType
 from keel.core.audit import AuditOutbox
 from keel.settings import Settings
-from tests.support.apps import unit_of_work
+from tests.support.apps import lifespan_of, unit_of_work
 from tests.support.logins import login_tokens
 from tests.support.tenants import (
     TenantAdmin,
@@ -415,7 +414,7 @@ async def test_without_the_audit_service_an_issued_token_is_recorded_through_the
     settings: Settings,
 ) -> None:
     application = create_app(settings.model_copy(update={"services": ["auth"]}))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         admin = await make_tenant_admin(application)
         _, client_id, secret = await _service_client(application, admin)
         transport = httpx.ASGITransport(app=application)

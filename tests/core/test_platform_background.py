@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from asgi_lifespan import LifespanManager
 from sqlalchemy import select, update
 
 from keel.app import create_app
@@ -18,6 +17,7 @@ from keel.core.lifecycle import background_work, build_context
 from keel.core.tenancy import bind_tenant, ensure_tenant
 from keel.migrations import upgrade
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 
 PRUNE = "platform-prune_change_events_periodically"
 
@@ -82,7 +82,7 @@ async def test_serve_with_config_and_flags_only_prunes_change_events(settings: S
         # What `keel serve --services config,flags` runs (on PostgreSQL `keel worker` runs
         # the same background work: run_background says which process does).
         app = create_app(only, run_background=True)
-        async with LifespanManager(app):
+        async with lifespan_of(app):
             names = {task.get_name() for task in app.state.keel.background_tasks}
             assert PRUNE in names
             assert not any(name.startswith("secrets-") for name in names)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from asgi_lifespan import LifespanManager
-
 from keel.app import create_app
 from keel.core.db import Database
 from keel.core.tenancy import create_tenant
@@ -15,6 +13,7 @@ from keel.jobs.models import JobState
 from keel.jobs.service import claim, enqueue, get_job
 from keel.migrations import upgrade
 from keel.settings import Settings
+from tests.support.apps import lifespan_of
 
 
 async def test_the_running_service_makes_a_lapsed_job_available_again(settings: Settings) -> None:
@@ -29,7 +28,7 @@ async def test_the_running_service_makes_a_lapsed_job_available_again(settings: 
             await claim(session, tenant.id, ["rescue"], worker_id="killed", lease_seconds=0.5)
 
         app = create_app(settings.model_copy(update={"services": ["jobs"]}), run_background=True)
-        async with LifespanManager(app):
+        async with lifespan_of(app):
             names = {task.get_name() for task in app.state.keel.background_tasks}
             assert "jobs-rescue_lapsed_leases" in names
             state = JobState.running

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
@@ -32,7 +31,7 @@ from keel.secrets.engines.rotation import (
 from keel.secrets.models import SecretRotation
 from keel.settings import Settings
 from keel_client.changes import ServerSentEvent, SSEDecoder
-from tests.support.apps import running, unit_of_work
+from tests.support.apps import lifespan_of, running, unit_of_work
 from tests.support.asgi import serve_over_tcp
 from tests.support.audit import audit_events
 from tests.support.secrets_api import DATA, member, put_policy, vault, write
@@ -289,7 +288,7 @@ async def test_the_schedule_survives_a_restart(settings: Settings) -> None:
     await database.dispose()
 
     second = create_app(settings, run_background=True)
-    async with LifespanManager(second):
+    async with lifespan_of(second):
         transport = httpx.ASGITransport(app=second)
         async with httpx.AsyncClient(transport=transport, base_url="http://keel.test") as http:
             for _ in range(100):  # the task looks every 5 s
