@@ -222,6 +222,10 @@ async def test_an_append_after_this_process_own_reads_no_tree_node(
         if "FROM audit_nodes" in statement:
             node_reads.append(statement)
 
+    # The tenant's own events (its admin's creation) are sequenced first, here: the
+    # background sweep would otherwise append them in this process at any moment, and an
+    # append of this process after the other one's remembers the grown tree's frontier.
+    await audit.sequence_outbox(admin.tenant_id)
     await audit.append(admin.tenant_id, documents())
     sqlalchemy_event.listen(engine, "before_cursor_execute", capture)
     try:
