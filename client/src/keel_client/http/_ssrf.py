@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-import typing
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from keel_client._addresses import (
     parse_ip_literal,
 )
 from keel_client._addresses import normalize_host as _normalize_host
+from keel_client.http._asyncio_backend import AsyncioBackend, AsyncioHTTPTransport, pool_options
 from keel_client.http._exceptions import SSRFBlockedError
 
 __all__ = [
@@ -234,7 +234,7 @@ class _PinnedAsyncBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(self, policy: SSRFPolicy) -> None:
         self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
+        self._inner = AsyncioBackend()
 
     async def connect_tcp(
         self,
@@ -357,15 +357,7 @@ def redirect_request(request: httpx.Request, response: httpx.Response) -> httpx.
     )
 
 
-def _pool_options(limits: httpx.Limits) -> dict[str, typing.Any]:
-    return {
-        "max_connections": limits.max_connections,
-        "max_keepalive_connections": limits.max_keepalive_connections,
-        "keepalive_expiry": limits.keepalive_expiry,
-    }
-
-
-class SSRFSafeTransport(httpx.AsyncHTTPTransport):
+class SSRFSafeTransport(AsyncioHTTPTransport):
     """An httpx transport that only reaches destinations its ``SSRFPolicy`` allows.
 
     Use it through ``BaseAPIClient(ssrf=SSRFPolicy(...))`` or directly in any httpx client
@@ -387,16 +379,15 @@ class SSRFSafeTransport(httpx.AsyncHTTPTransport):
         http2: bool = False,
         limits: httpx.Limits = httpx.Limits(max_connections=100, max_keepalive_connections=20),
     ) -> None:
-        super().__init__(verify=verify, http1=http1, http2=http2, limits=limits, trust_env=False)
         self.policy = policy or SSRFPolicy()
-        # httpx takes no network backend, so the pool it built is replaced by an identical one
-        # that connects through the pinning backend. This is the only place addresses are used.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+        # Connects through the pinning backend: the only place addresses are used.
+        super().__init__(
+            verify=verify,
             http1=http1,
             http2=http2,
+            limits=limits,
+            trust_env=False,
             network_backend=_PinnedAsyncBackend(self.policy),
-            **_pool_options(limits),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -439,7 +430,7 @@ class SyncSSRFSafeTransport(httpx.HTTPTransport):
             http1=http1,
             http2=http2,
             network_backend=_PinnedSyncBackend(self.policy),
-            **_pool_options(limits),
+            **pool_options(limits),
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
