@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+import time
 from pathlib import Path
 
 import h2.config
@@ -18,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from keel_client.http import BaseAPIClient
+from keel_client.http import BaseAPIClient, RequestTimeout
 from keel_client.http._asyncio_backend import AsyncioBackend, AsyncioHTTPTransport
 from tests.client.http.faultserver import FaultServer
 from tests.support.tls import self_signed_certificate
@@ -217,3 +218,18 @@ def test_under_trio_the_connection_is_anyio_s(fault_server: FaultServer) -> None
             return response.status_code, response.json()["body"]
 
     assert trio.run(main) == (200, "from trio")
+
+
+def test_under_trio_the_deadline_still_cuts_a_body_that_trickles_in(
+    fault_server: FaultServer, key: str
+) -> None:
+    async def main() -> float:
+        started = time.monotonic()
+        async with BaseAPIClient(fault_server.url) as api:
+            with pytest.raises(RequestTimeout):
+                await api.get(
+                    f"/slow-body/{key}", params={"chunks": 60, "interval": 0.05}, deadline=0.3
+                )
+        return time.monotonic() - started
+
+    assert trio.run(main) < 2.0  # the whole body would take 3 s

@@ -22,7 +22,7 @@ from typing import Any
 import httpcore
 import httpx
 
-__all__ = ["AsyncioBackend", "AsyncioHTTPTransport", "pool_options"]
+__all__ = ["AsyncioBackend", "AsyncioHTTPTransport", "pool_options", "running_asyncio"]
 
 #: Reading pauses while this much is buffered unread (a slow consumer of a streamed body).
 _HIGH_WATER = 256 * 1024
@@ -238,6 +238,11 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             await self._anyio.sleep(seconds)
         else:
             await asyncio.sleep(seconds)
+
+
+def running_asyncio() -> bool:
+    """Whether this runs on an asyncio event loop (not trio)."""
+    return _asyncio_loop() is not None
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
