@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import httpcore
@@ -204,16 +204,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         if loop is None:
             return await self._anyio.connect_tcp(host, port, timeout, local_address, socket_options)
         local = (local_address, 0) if local_address is not None else None
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=local
-                )
-        except TimeoutError as error:
-            raise httpcore.ConnectTimeout(str(error) or "connect timed out") from error
-        except OSError as error:
-            raise httpcore.ConnectError(str(error)) from error
-        return _opened(transport, protocol, socket_options)  # asyncio sets TCP_NODELAY
+        opening = loop.create_connection(_Protocol, host, port, local_addr=local)
+        return await _opened(opening, timeout, socket_options)  # asyncio sets TCP_NODELAY
 
     async def connect_unix_socket(
         self,
@@ -224,14 +216,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         loop = _asyncio_loop()
         if loop is None:
             return await self._anyio.connect_unix_socket(path, timeout, socket_options)
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_Protocol, path)
-        except TimeoutError as error:
-            raise httpcore.ConnectTimeout(str(error) or "connect timed out") from error
-        except OSError as error:
-            raise httpcore.ConnectError(str(error)) from error
-        return _opened(transport, protocol, socket_options)
+        opening = loop.create_unix_connection(_Protocol, path)
+        return await _opened(opening, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         if _asyncio_loop() is None:
@@ -253,11 +239,19 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _opened(
-    transport: asyncio.BaseTransport,
-    protocol: _Protocol,
+async def _opened(
+    opening: Coroutine[Any, Any, tuple[asyncio.BaseTransport, _Protocol]],
+    timeout: float | None,
     socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
 ) -> _Stream:
+    """The stream of the connection ``opening`` makes within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await opening
+    except TimeoutError as error:
+        raise httpcore.ConnectTimeout(str(error) or "connect timed out") from error
+    except OSError as error:
+        raise httpcore.ConnectError(str(error)) from error
     assert isinstance(transport, asyncio.Transport)
     if socket_options:
         raw: socket.socket = transport.get_extra_info("socket")
