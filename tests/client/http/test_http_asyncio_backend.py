@@ -18,6 +18,7 @@ import h2.events
 import httpx
 import pytest
 import trio
+import uvloop
 
 from keel_client.http import BaseAPIClient, RequestTimeout
 from keel_client.http._asyncio_backend import AsyncioBackend, AsyncioHTTPTransport
@@ -233,3 +234,32 @@ def test_under_trio_the_deadline_still_cuts_a_body_that_trickles_in(
         return time.monotonic() - started
 
     assert trio.run(main) < 2.0  # the whole body would take 3 s
+
+
+def test_on_uvloop_as_on_asyncio_s_own_loop(fault_server: FaultServer, tmp_path: Path) -> None:
+    """uvloop's transports are not ``asyncio.Transport`` subclasses; the backend must not
+    care (a generated service runs its Keel clients on uvicorn's uvloop)."""
+    certificate = self_signed_certificate(tmp_path)
+
+    async def main() -> tuple[str, int, str]:
+        async with BaseAPIClient(fault_server.url) as api:
+            echoed = (await api.post("/echo", json={"on": "uvloop"})).json()["body"]
+        server = await asyncio.start_server(_answer_ok, "127.0.0.1", 0,
+                                            ssl=certificate.server_context())  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        trusted = ssl.create_default_context(cafile=str(certificate.cert_file))
+        async with server, BaseAPIClient(f"https://127.0.0.1:{port}", verify=trusted) as api:
+            first = await api.get("/")
+            await asyncio.sleep(0.2)  # the server has closed the first connection meanwhile
+            second = await api.get("/")
+        return echoed, first.status_code, second.text
+
+    assert uvloop.run(main()) == ('{"on":"uvloop"}', 200, "ok")
+
+
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()

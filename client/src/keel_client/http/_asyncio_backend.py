@@ -17,7 +17,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -41,8 +41,8 @@ class _Protocol(asyncio.Protocol):
         self._paused_reading = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport's subclasses: a cast, not a check.
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -167,7 +167,6 @@ class _Stream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectError(str(error)) from error
         if transport is None:  # the connection closed during the handshake
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
-        assert isinstance(transport, asyncio.Transport)
         self._protocol.transport = transport
         return _Stream(transport, self._protocol)
 
@@ -252,7 +251,6 @@ async def _opened(
         raise httpcore.ConnectTimeout(str(error) or "connect timed out") from error
     except OSError as error:
         raise httpcore.ConnectError(str(error)) from error
-    assert isinstance(transport, asyncio.Transport)
     if socket_options:
         raw: socket.socket = transport.get_extra_info("socket")
         try:
@@ -261,7 +259,7 @@ async def _opened(
         except OSError as error:
             transport.close()
             raise httpcore.ConnectError(str(error)) from error
-    return _Stream(transport, protocol)
+    return _Stream(cast("asyncio.Transport", transport), protocol)
 
 
 def pool_options(limits: httpx.Limits) -> dict[str, Any]:
