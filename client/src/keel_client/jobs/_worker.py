@@ -379,7 +379,14 @@ class Worker:
     def _start(self, client: JobsClient, lease: Lease) -> None:
         self.stats.fetched += 1
         context = JobContext(lease, self.worker_id)
-        runner = asyncio.create_task(self._run_job(client, context), name=f"keel-job-{lease.id}")
+        task = self.tasks.get(lease.task)
+        if task is not None:  # the body now: it runs on the loop's next turn, its runner's after
+            context._body = asyncio.create_task(
+                self._call(task, context), context=_context_for(context)
+            )
+        runner = asyncio.create_task(
+            self._run_job(client, context, task), name=f"keel-job-{lease.id}"
+        )
         self._running[runner] = context
         self.stats.running = len(self._running)
         runner.add_done_callback(self._finished)
@@ -406,18 +413,15 @@ class Worker:
             # Each runner reports its release (one short call) and ends.
             await asyncio.wait(set(self._running), timeout=15.0)
 
-    async def _run_job(self, client: JobsClient, context: JobContext) -> None:
-        lease = context.lease
-        task = self.tasks.get(lease.task)
-        if task is None:
+    async def _run_job(self, client: JobsClient, context: JobContext, task: Task | None) -> None:
+        lease, body = context.lease, context._body
+        if task is None or body is None:
             await self._report(
                 client.fail(lease, f"no task {lease.task!r} on worker {self.worker_id}"), lease
             )
             self.stats.failed += 1
             return
         timeout = task.timeout if task.timeout is not None else lease.timeout_seconds
-        body = asyncio.create_task(self._call(task, context), context=_context_for(context))
-        context._body = body
         heartbeat = asyncio.create_task(self._heartbeat(client, context, body))
         try:
             done, _ = await asyncio.wait({body}, timeout=timeout)
