@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
+import anyio
 import httpcore
 import httpx
 
-__all__ = ["AsyncioBackend", "AsyncioHTTPTransport", "pool_options", "running_asyncio"]
+__all__ = ["AsyncioBackend", "AsyncioHTTPTransport", "deadline_scope", "pool_options"]
 
 #: Reading pauses while this much is buffered unread (a slow consumer of a streamed body).
 _HIGH_WATER = 256 * 1024
@@ -87,8 +89,12 @@ class _Protocol(asyncio.Protocol):
             await self._writable
 
     def take(self, max_bytes: int) -> bytes:
-        chunk = bytes(self.buffer[:max_bytes])
-        del self.buffer[:max_bytes]
+        if len(self.buffer) <= max_bytes:  # the usual case: everything, copied once
+            chunk = bytes(self.buffer)
+            self.buffer.clear()
+        else:
+            chunk = bytes(self.buffer[:max_bytes])
+            del self.buffer[:max_bytes]
         if self._paused_reading and len(self.buffer) <= _HIGH_WATER // 2:
             assert self.transport is not None
             self.transport.resume_reading()
@@ -225,9 +231,18 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             await asyncio.sleep(seconds)
 
 
-def running_asyncio() -> bool:
-    """Whether this runs on an asyncio event loop (not trio)."""
-    return _asyncio_loop() is not None
+def deadline_scope(seconds: float | None) -> AbstractAsyncContextManager[Any]:
+    """``async with deadline_scope(s):`` raises ``TimeoutError`` after ``s`` seconds (never,
+    for ``None``): ``asyncio.timeout`` under asyncio, anyio's cancel scope under trio."""
+    if _asyncio_loop() is not None:
+        return asyncio.timeout(seconds)
+    return _anyio_deadline(seconds)
+
+
+@asynccontextmanager
+async def _anyio_deadline(seconds: float | None) -> AsyncIterator[None]:
+    with anyio.fail_after(seconds):
+        yield
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -6,7 +6,6 @@ for the flow of one call). ``SyncBaseAPIClient`` (``_sync_client``) is the block
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import types
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ import anyio
 import httpx
 from prometheus_client import CollectorRegistry
 
-from keel_client.http._asyncio_backend import AsyncioHTTPTransport, running_asyncio
+from keel_client.http._asyncio_backend import AsyncioHTTPTransport, deadline_scope
 from keel_client.http._breaker import BreakerPolicy
 from keel_client.http._budget import RetryBudget
 from keel_client.http._cache import HTTPCache
@@ -260,16 +259,10 @@ class BaseAPIClient:
             remaining = call.begin_attempt()
             with call.span() as span:
                 try:
-                    if remaining is None:
+                    # httpx timeouts bound each read; this bounds the whole attempt (a body
+                    # trickling in byte by byte cannot outlive the deadline).
+                    async with deadline_scope(remaining):
                         response = await self._http.send(call.request, auth=self._send_auth)
-                    elif running_asyncio():
-                        # httpx timeouts bound each read; this bounds the whole attempt
-                        # (a body trickling in byte by byte cannot outlive the deadline).
-                        async with asyncio.timeout(remaining):
-                            response = await self._http.send(call.request, auth=self._send_auth)
-                    else:  # trio
-                        with anyio.fail_after(remaining):
-                            response = await self._http.send(call.request, auth=self._send_auth)
                 except Exception as error:
                     delay = call.on_error(error)
                 except BaseException:
